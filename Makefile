@@ -1,0 +1,52 @@
+# kfn — the two commands a new user needs are `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-kfn
+PORT   ?= 8080
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast test-e2e test-k8s crd bench lint-chart images clean
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)  ## create .venv and install kfn with its test dependencies
+
+run: $(STAMP)  ## serve examples/ locally: http://127.0.0.1:$(PORT)/function/hello
+	$(BIN)/kfn local examples/ --port $(PORT)
+
+test: $(STAMP) .cache/bin/helm  ## the whole suite: unit, end-to-end, Kubernetes (kmock), chart, then images (buildah)
+	$(BIN)/pytest
+	$(MAKE) images
+
+test-fast: $(STAMP)  ## only the fast unit tests
+	$(BIN)/pytest -m 'not e2e and not k8s and not images'
+
+test-e2e: $(STAMP)  ## only the end-to-end tests (real processes, real HTTP)
+	$(BIN)/pytest -m e2e
+
+test-k8s: $(STAMP) .cache/bin/helm  ## only the Kubernetes tests (operator against kmock, chart)
+	$(BIN)/pytest -m k8s tests/k8s tests/chart
+
+.cache/bin/helm:
+	scripts/get-helm .cache/bin
+
+crd: $(STAMP)  ## regenerate the Function CRD from the model
+	$(BIN)/kfn crd > charts/kfn/crds/functions.kfn.dev.yaml
+
+bench: $(STAMP)  ## benchmarks: runtime and gateway latency, throughput, cold starts, memory (prints tables)
+	$(BIN)/python bench/runtime_latency.py
+	$(BIN)/python bench/gateway.py
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .cache .pytest_cache *.egg-info
+
+-include mk/images.mk
+-include mk/kind.mk

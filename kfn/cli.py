@@ -1,0 +1,101 @@
+"""The `kfn` command line: one parser, each command's work done by the module that owns it."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8080"
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr with a non-zero exit, without a traceback."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kfn", description="kfn: Lambda-style functions on Kubernetes, or locally.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check Function manifests and report every problem")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("crd", help="print the Function CustomResourceDefinition (generated from the model)")
+
+    p = sub.add_parser("local", help="serve every Function manifest in DIR on this machine")
+    p.add_argument("directory", nargs="?", default="examples", metavar="DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    for name, help_ in (("invoke", "call a function through the gateway"),
+                        ("list", "list functions with replicas and usage"),
+                        ("logs", "print a function's instance logs")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--gateway", default=None, help=f"gateway URL (default $KFN_GATEWAY or {DEFAULT_GATEWAY})")
+        p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+        if name == "invoke":
+            p.add_argument("name")
+            p.add_argument("--data", "-d", default=None, help="request body: JSON text, or @FILE")
+            p.add_argument("--method", "-X", default=None, help="HTTP method (default POST with data, else GET)")
+            p.add_argument("--path", default="", help="path below the function, e.g. /items/1")
+            p.add_argument("--header", "-H", action="append", default=[], help="extra header 'Name: value'")
+            p.add_argument("--timeout", type=float, default=60.0)
+        elif name == "logs":
+            p.add_argument("name")
+            p.add_argument("--follow", "-f", action="store_true")
+            p.add_argument("--tail", type=int, default=100)
+
+    p = sub.add_parser("gateway", help="run the gateway (on Kubernetes)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
+
+    p = sub.add_parser("operator", help="run the operator and the autoscaler (on Kubernetes)")
+    p.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
+    p.add_argument("--prometheus-url", default=None, help="evaluate PromQL here instead of scraping gateways")
+    p.add_argument("--standalone", action="store_true", help="no peering (a single operator replica)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except CommandError as e:
+        print(f"kfn {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    # Imports are local so that `kfn invoke` does not pay for kopf, nor `kfn validate` for aiohttp.
+    if args.command == "validate":
+        from kfn import manifests
+        return manifests.validate_command(args.files, output=args.output)
+    if args.command == "crd":
+        from kfn import crd
+        sys.stdout.write(crd.render_crd_yaml())
+        return 0
+    if args.command == "local":
+        from kfn import local
+        return local.main(args)
+    if args.command in ("invoke", "list", "logs"):
+        from kfn import client
+        return client.main(args)
+    if args.command == "gateway":
+        from kfn_gateway import kubernetes
+        return kubernetes.main(args)
+    if args.command == "operator":
+        from kfn_operator import main as operator_main
+        return operator_main.main(args)
+    raise CommandError(f"unknown command {args.command!r}", exit_code=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The Function CustomResourceDefinition, generated from the model in `kfn.functions`.
+
+The committed copy under charts/kfn/crds/ is this module's output; a test fails when they drift.
+Regenerate with `make crd` (or `kfn crd > charts/kfn/crds/functions.kfn.dev.yaml`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kfn import naming
+from kfn.functions import RUNTIMES, FunctionSpec
+
+CRD_PATH = Path(__file__).resolve().parent.parent / "charts" / "kfn" / "crds" / f"{naming.CRD_NAME}.yaml"
+
+# What the schema language can say beyond types and bounds, checked by the API server at once
+# (`kubectl apply` rejects it) instead of by the operator after the fact.
+_CEL_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
+    (): [
+        {"rule": "has(self.source) || has(self.image)",
+         "message": "must set source.files, source.configMap or image"},
+    ],
+    ("scale",): [
+        {"rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+         "message": "maxReplicas must be >= minReplicas", "fieldPath": ".maxReplicas"},
+    ],
+    ("source",): [
+        {"rule": "has(self.files) != has(self.configMap)", "message": "must set exactly one of files or configMap"},
+    ],
+}
+# File-name rules stay with the model (and so with the operator's InvalidSpec condition): a CEL
+# rule over every key of an unbounded map exceeds the API server's cost budget.
+_PATTERNS: dict[tuple[str, ...], str] = {
+    ("handler",): r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+}
+
+_STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    # kopf keeps its own progress under status as well; keep what we do not describe.
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {
+        "observedGeneration": {"type": "integer", "format": "int64"},
+        "replicas": {"type": "integer", "format": "int32", "description": "Instances that exist."},
+        "readyReplicas": {"type": "integer", "format": "int32", "description": "Instances ready to serve."},
+        "desiredReplicas": {"type": "integer", "format": "int32", "description": "The autoscaler's last decision."},
+        "lastScaleReason": {"type": "string"},
+        "lastScaleTime": {"type": "string", "format": "date-time"},
+        "url": {"type": "string", "description": "The function's path on the gateway."},
+        "codeHash": {"type": "string"},
+        "conditions": {
+            "type": "array",
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+            "items": {
+                "type": "object",
+                "required": ["type", "status"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                    "observedGeneration": {"type": "integer", "format": "int64"},
+                },
+            },
+        },
+    },
+}
+
+
+def spec_schema() -> dict[str, Any]:
+    """The structural openAPIV3Schema of `spec`, derived from FunctionSpec."""
+    raw = FunctionSpec.model_json_schema(mode="validation")
+    defs = raw.pop("$defs", {})
+    schema = _structural(raw, defs, ())
+    schema["required"] = ["handler"]
+    return schema
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    if "$ref" in node:
+        target = defs[node["$ref"].split("/")[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs, path)
+    if node.get("x-kubernetes-int-or-string"):
+        out: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+        if "description" in node:
+            out["description"] = node["description"]
+        return out
+    if "anyOf" in node:
+        # Optional[X] is anyOf [X, null]: an absent field is how Kubernetes says "not set".
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express {path} structurally: {node['anyOf']}")
+        extra = {k: v for k, v in node.items() if k in ("description",)}
+        return _structural({**options[0], **extra}, defs, path)
+
+    out = {}
+    if "description" in node:
+        out["description"] = node["description"]
+    if "const" in node or "enum" in node:
+        out["type"] = "string"
+        out["enum"] = list(node.get("enum") or [node["const"]])
+    else:
+        out["type"] = node["type"]
+    kind = out["type"]
+    if kind == "object":
+        if "properties" in node:
+            out["properties"] = {
+                key: _structural(value, defs, (*path, key)) for key, value in node["properties"].items()
+            }
+            required = [k for k in node.get("required", []) if k in out["properties"]]
+            if required:
+                out["required"] = required
+        elif isinstance(node.get("additionalProperties"), dict):
+            out["additionalProperties"] = _structural(node["additionalProperties"], defs, (*path, "*"))
+            if "minProperties" in node:
+                out["minProperties"] = node["minProperties"]
+    elif kind == "array":
+        out["items"] = _structural(node["items"], defs, (*path, "[]"))
+    elif kind in ("integer", "number"):
+        if "minimum" in node:
+            out["minimum"] = node["minimum"]
+        if "exclusiveMinimum" in node:
+            # JSON Schema 2020-12 gives a number; OpenAPI v3.0 wants minimum + a boolean.
+            out["minimum"] = node["exclusiveMinimum"]
+            out["exclusiveMinimum"] = True
+        if "maximum" in node:
+            out["maximum"] = node["maximum"]
+    elif kind == "string":
+        if "minLength" in node:
+            out["minLength"] = node["minLength"]
+    if path in _PATTERNS:
+        out["pattern"] = _PATTERNS[path]
+    if path in _CEL_RULES:
+        out["x-kubernetes-validations"] = _CEL_RULES[path]
+    return out
+
+
+def crd_manifest() -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema(),
+            "status": _STATUS_SCHEMA,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": naming.CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "kfn", "app.kubernetes.io/part-of": "kfn"},
+        },
+        "spec": {
+            "group": naming.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": naming.KIND,
+                "listKind": f"{naming.KIND}List",
+                "plural": naming.PLURAL,
+                "singular": naming.SINGULAR,
+                "shortNames": list(naming.SHORT_NAMES),
+                "categories": ["all", "kfn"],
+            },
+            "versions": [{
+                "name": naming.VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime"},
+                    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+                    {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                    {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+                    {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": schema},
+            }],
+        },
+    }
+
+
+def render_crd_yaml() -> str:
+    header = ("# Generated from kfn/functions.py by `kfn crd`; do not edit by hand (`make crd` regenerates it).\n"
+              f"# Runtimes: {', '.join(RUNTIMES)}\n")
+    return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=120)

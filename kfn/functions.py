@@ -1,0 +1,441 @@
+"""The Function resource: the one definition every component reads.
+
+The operator builds Deployments from it, the gateway and the autoscaler read its concurrency and
+scale settings, local mode starts runtime processes from it, `kfn validate` checks files against
+it, and the CRD's schema is generated from it (see `kfn.crd`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import keyword
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from kfn import units
+
+RUNTIMES: tuple[str, ...] = ("python3.11", "python3.12", "python3.13")
+DEFAULT_RUNTIME = "python3.12"
+
+# Kubernetes object names that also work as DNS labels (Services need that).
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_NAME_LENGTH = 63
+MAX_TIMEOUT_SECONDS = 900.0  # AWS Lambda's limit
+# A ConfigMap holds at most 1 MiB; inline code goes into one.
+MAX_INLINE_SOURCE_BYTES = 1024 * 1024 - 16 * 1024
+
+
+def _error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("kfn", message)
+
+
+def _duration(value: object) -> float:
+    try:
+        return units.parse_duration(value)
+    except ValueError as e:
+        raise _error(str(e)) from None
+
+
+def _quantity(value: object) -> str:
+    try:
+        units.parse_quantity(value)
+    except ValueError as e:
+        raise _error(str(e)) from None
+    return str(value)
+
+
+# Durations are seconds inside kfn; manifests may say "30s" or 30. The CRD accepts both shapes
+# and leaves the grammar to this model (see the operator's InvalidSpec condition).
+Duration = Annotated[
+    float,
+    pydantic.BeforeValidator(_duration),
+    pydantic.WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+Quantity = Annotated[
+    str,
+    pydantic.BeforeValidator(_quantity),
+    pydantic.WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+
+
+class _Model(BaseModel):
+    # Unknown fields are errors, so a typo such as `minReplica` is reported instead of ignored.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1)
+
+
+class KeySelector(_Model):
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    optional: bool | None = None
+
+
+class FieldSelector(_Model):
+    fieldPath: str = Field(min_length=1)
+    apiVersion: str | None = None
+
+
+class EnvVarSource(_Model):
+    secretKeyRef: KeySelector | None = None
+    configMapKeyRef: KeySelector | None = None
+    fieldRef: FieldSelector | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        given = [k for k in ("secretKeyRef", "configMapKeyRef", "fieldRef") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise _error("must set exactly one of secretKeyRef, configMapKeyRef or fieldRef")
+        return self
+
+
+class EnvVar(_Model):
+    """An environment variable, in the shape of a Kubernetes container's `env` entries."""
+
+    name: str
+    value: str | None = None
+    valueFrom: EnvVarSource | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not _ENV_NAME.match(name):
+            raise _error(f"must be a valid environment variable name (got {name!r})")
+        if name.startswith("KFN_"):
+            raise _error(f"names starting with KFN_ are reserved for the platform (got {name!r})")
+        return name
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _stringify(cls, value: object) -> object:
+        # YAML turns `value: 3` or `value: true` into non-strings; Kubernetes would reject them,
+        # but the intent is obvious and Knative/OpenFaaS users expect it to work.
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return str(value)
+        return value
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.valueFrom is not None:
+            raise _error("must set value or valueFrom, not both")
+        return self
+
+
+class Source(_Model):
+    """Where the function's code comes from when it is not baked into a custom image."""
+
+    files: dict[str, str] | None = Field(
+        default=None, min_length=1,
+        description="Inline files: file name → content. Mounted as the code directory.")
+    configMap: LocalObjectReference | None = Field(
+        default=None, description="A ConfigMap in the function's namespace whose keys are file names.")
+
+    @field_validator("files")
+    @classmethod
+    def _safe_files(cls, files: dict[str, str] | None) -> dict[str, str] | None:
+        if files is None:
+            return None
+        for path in files:
+            check_file_name(path)
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in files.items())
+        if size > MAX_INLINE_SOURCE_BYTES:
+            raise _error(f"inline files must total at most {MAX_INLINE_SOURCE_BYTES} bytes (got {size}); "
+                         "use source.configMap or a custom image")
+        return files
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Source:
+        if (self.files is None) == (self.configMap is None):
+            raise _error("must set exactly one of files or configMap")
+        return self
+
+
+def check_file_name(path: str) -> str:
+    """Inline file names become ConfigMap keys and files in the code directory: no traversal."""
+    if not path:
+        raise _error("file names must not be empty")
+    if "/" in path or "\\" in path:
+        raise _error(f"file names must not contain '/' (got {path!r}); nested directories need "
+                     "source.configMap or a custom image")
+    if path in (".", "..") or path.startswith(".."):
+        raise _error(f"file names must not be '.' or start with '..' (got {path!r})")
+    if not re.match(r"^[-._a-zA-Z0-9]+$", path):
+        raise _error(f"file names may contain only letters, digits, '-', '_' and '.' (got {path!r})")
+    return path
+
+
+class ScaleSpec(_Model):
+    minReplicas: int = Field(default=0, ge=0, description="Instances kept even when idle; 0 allows scale to zero.")
+    maxReplicas: int = Field(default=10, description="Upper bound on instances (at least 1).")
+    targetConcurrency: float | None = Field(
+        default=None, gt=0,
+        description="In-flight requests per instance the autoscaler aims for; default 70% of concurrency.")
+    idleTimeout: Duration = Field(
+        default=60.0, description="Time with no requests before scaling to zero (when minReplicas is 0).")
+    stableWindow: Duration = Field(
+        default=60.0, description="Window over which average concurrency is taken for scaling decisions.")
+
+    @field_validator("maxReplicas")
+    @classmethod
+    def _max_at_least_min(cls, value: int, info: pydantic.ValidationInfo) -> int:
+        low = info.data.get("minReplicas")
+        if low is not None and value < low:
+            raise _error(f"must be >= minReplicas (got {value} < {low})")
+        if value < 1:
+            raise _error(f"must be >= 1 (got {value})")
+        return value
+
+    @field_validator("idleTimeout", "stableWindow")
+    @classmethod
+    def _positive_window(cls, value: float) -> float:
+        if not (value > 0 and math.isfinite(value)):
+            raise _error(f"must be a positive duration (got {units.format_duration(value)})")
+        if value > 24 * 3600:
+            raise _error(f"must be at most 24h (got {units.format_duration(value)})")
+        return value
+
+
+class Resources(_Model):
+    """Compute resources of one instance, in the Kubernetes shape."""
+
+    requests: dict[str, Quantity] = Field(default_factory=lambda: {"cpu": "50m", "memory": "64Mi"})
+    limits: dict[str, Quantity] = Field(default_factory=lambda: {"memory": "256Mi"})
+
+    @property
+    def memory_limit_mb(self) -> int:
+        memory = self.limits.get("memory") or self.requests.get("memory") or "256Mi"
+        return max(1, units.quantity_to_mebibytes(memory))
+
+
+class FunctionSpec(_Model):
+    runtime: Literal["python3.11", "python3.12", "python3.13"] = Field(
+        default=DEFAULT_RUNTIME, description="The language runtime; selects the runtime image.")
+    handler: str = Field(description="The entry point, as module.function (e.g. main.handler).")
+    source: Source | None = Field(default=None, description="Code: inline files or a ConfigMap.")
+    image: str | None = Field(default=None, description="A custom image with the code at /var/task; overrides the runtime image.")
+    requirements: list[str] = Field(default_factory=list, description="pip requirement lines, installed at instance start.")
+    env: list[EnvVar] = Field(default_factory=list)
+    timeout: Duration = Field(default=30.0, description="Per-invocation timeout (e.g. 30s); at most 15m.")
+    concurrency: int = Field(default=10, ge=1, le=1000, description="Max in-flight requests per instance.")
+    scale: ScaleSpec = Field(default_factory=ScaleSpec)
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("handler")
+    @classmethod
+    def _module_and_function(cls, handler: str) -> str:
+        module, dot, function = handler.rpartition(".")
+        if not dot or not module:
+            raise _error(f"must be module.function, e.g. main.handler (got {handler!r})")
+        for part in [*module.split("."), function]:
+            if not _IDENTIFIER.match(part) or keyword.iskeyword(part):
+                raise _error(f"must be module.function made of Python identifiers (got {handler!r})")
+        return handler
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_range(cls, value: float) -> float:
+        if not (0 < value <= MAX_TIMEOUT_SECONDS):
+            raise _error(f"must be more than 0 and at most 15m (got {units.format_duration(value)})")
+        return value
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirement_lines(cls, lines: list[str]) -> list[str]:
+        for line in lines:
+            # One requirement per entry: a newline would smuggle extra pip options in.
+            if not line.strip() or "\n" in line or line.lstrip().startswith("-"):
+                raise _error(f"each entry must be one pip requirement such as 'requests==2.32.3' (got {line!r})")
+        return lines
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for var in env:
+            if var.name in seen:
+                raise _error(f"duplicate variable {var.name!r}")
+            seen.add(var.name)
+        return env
+
+    @model_validator(mode="after")
+    def _code_and_scale(self) -> FunctionSpec:
+        if self.source is None and self.image is None:
+            raise _error("must set source.files, source.configMap or image")
+        target = self.scale.targetConcurrency
+        if target is not None and target > self.concurrency:
+            raise PydanticCustomError(
+                "kfn", "spec.scale.targetConcurrency: must be <= concurrency (got {target} > {limit})",
+                {"target": _num(target), "limit": self.concurrency})
+        return self
+
+    @property
+    def target_concurrency(self) -> float:
+        """In-flight requests per instance that the autoscaler aims for."""
+        if self.scale.targetConcurrency is not None:
+            return self.scale.targetConcurrency
+        return max(1.0, 0.7 * self.concurrency)
+
+
+class ObjectMeta(BaseModel):
+    # Kubernetes adds many fields (uid, managedFields, ...): keep them, check only the name.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if len(name) > MAX_NAME_LENGTH or not _DNS_LABEL.match(name):
+            raise _error(f"must be a lowercase DNS label of at most {MAX_NAME_LENGTH} characters "
+                         f"(letters, digits and '-') (got {name!r})")
+        return name
+
+
+class Function(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    apiVersion: Literal["kfn.dev/v1alpha1"]
+    kind: Literal["Function"]
+    metadata: ObjectMeta
+    spec: FunctionSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+    def code_hash(self) -> str:
+        """A short digest of what the instances run: changes when code, handler or requirements do."""
+        blob = json.dumps({
+            "files": self.spec.source.files if self.spec.source else None,
+            "configMap": self.spec.source.configMap.name if self.spec.source and self.spec.source.configMap else None,
+            "image": self.spec.image,
+            "handler": self.spec.handler,
+            "requirements": self.spec.requirements,
+            "runtime": self.spec.runtime,
+        }, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def spec_hash(self) -> str:
+        """A digest of the whole spec: changes whenever instances must be rolled."""
+        blob = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str       # e.g. "spec.scale.maxReplicas"
+    message: str    # e.g. "must be >= minReplicas (got 0 < 1)"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class InvalidFunction(ValueError):
+    """A manifest that is not a valid Function; `errors` name each field path and the reason."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+def parse_function(manifest: object) -> Function:
+    """A Function from a decoded manifest, or InvalidFunction listing every problem."""
+    if not isinstance(manifest, Mapping):
+        raise InvalidFunction([FieldError("", f"a Function manifest must be a mapping (got {_kind_of(manifest)})")])
+    try:
+        return Function.model_validate(dict(manifest))
+    except pydantic.ValidationError as e:
+        raise InvalidFunction(_field_errors(e)) from None
+
+
+def _field_errors(error: pydantic.ValidationError) -> list[FieldError]:
+    out: list[FieldError] = []
+    for item in error.errors(include_url=False):
+        path = _path(item["loc"])
+        message = _message(item)
+        # A model-level check may name its own, more precise path ("spec.scale.targetConcurrency: ...").
+        if message.startswith("spec.") and ": " in message:
+            path, message = message.split(": ", 1)
+        out.append(FieldError(path, message))
+    return out
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif parts and not part.isidentifier() and part not in ("function-after", "function-before"):
+            # A dict key such as a file name: spec.source.files["../x"]
+            parts.append(f"[{part!r}]")
+        elif part.startswith(("function-", "literal[")):
+            continue
+        else:
+            parts.append(("." if parts else "") + part)
+    return "".join(parts)
+
+
+def _message(item: Any) -> str:
+    kind = item["type"]
+    ctx = item.get("ctx") or {}
+    got = item.get("input")
+    if kind == "kfn":
+        return item["msg"]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')} (got {got!r})"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound} (got {got!r})"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be an integer (got {got!r})"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number (got {got!r})"
+    if kind in ("string_type",):
+        return f"must be a string (got {_kind_of(got)})"
+    if kind in ("string_too_short", "too_short"):
+        return "must not be empty"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping (got {_kind_of(got)})"
+    if kind in ("list_type",):
+        return f"must be a list (got {_kind_of(got)})"
+    if kind == "bool_parsing":
+        return f"must be true or false (got {got!r})"
+    return str(item["msg"])
+
+
+def _kind_of(value: object) -> str:
+    if value is None:
+        return "null"
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list"}.get(
+        type(value), type(value).__name__)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

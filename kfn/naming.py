@@ -1,0 +1,74 @@
+"""Names that more than one component must agree on, defined once.
+
+The operator writes these labels, the gateway's Kubernetes backend selects on them, the autoscaler
+reads these metrics, and dashboards built for OpenFaaS keep working because the gateway also
+exports the OpenFaaS metric names.
+"""
+from __future__ import annotations
+
+from typing import Final
+
+# The Function custom resource.
+GROUP: Final = "kfn.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "Function"
+PLURAL: Final = "functions"
+SINGULAR: Final = "function"
+SHORT_NAMES: Final = ("fn", "kfn")
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+# Labels on everything that belongs to a function (Deployment, pods, Service, ConfigMap).
+LABEL_FUNCTION: Final = f"{GROUP}/function"
+LABEL_COMPONENT: Final = f"{GROUP}/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "kfn"
+
+# Annotations.
+ANNOTATION_CODE_HASH: Final = f"{GROUP}/code-hash"          # on the pod template: rolls pods on a code change
+ANNOTATION_LAST_SCALE: Final = f"{GROUP}/last-scale"        # on the Deployment: the autoscaler's last decision
+ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
+
+# The port every runtime listens on inside a pod, and the Service port in front of it.
+RUNTIME_PORT: Final = 8080
+SERVICE_PORT: Final = 80
+
+# Gateway URL layout (OpenFaaS-compatible).
+FUNCTION_PATH_PREFIX: Final = "/function/"
+SYSTEM_FUNCTIONS_PATH: Final = "/system/functions"
+
+# Gateway metrics: kfn's own names ...
+METRIC_INVOCATIONS: Final = "kfn_gateway_invocations_total"
+METRIC_DURATION: Final = "kfn_gateway_request_duration_seconds"
+METRIC_IN_FLIGHT: Final = "kfn_gateway_in_flight_requests"
+METRIC_QUEUE_DEPTH: Final = "kfn_gateway_queue_depth"
+METRIC_COLD_STARTS: Final = "kfn_gateway_cold_starts_total"
+METRIC_COLD_START_WAIT: Final = "kfn_gateway_cold_start_wait_seconds"
+METRIC_REPLICAS_DESIRED: Final = "kfn_function_replicas_desired"
+METRIC_REPLICAS_READY: Final = "kfn_function_replicas_ready"
+# ... and OpenFaaS's, so existing dashboards work.
+METRIC_OPENFAAS_INVOCATIONS: Final = "gateway_function_invocation_total"
+METRIC_OPENFAAS_SECONDS: Final = "gateway_functions_seconds"
+
+# Label names on gateway metrics.
+METRIC_LABEL_FUNCTION: Final = "function"
+METRIC_LABEL_CODE: Final = "code"
+METRIC_LABEL_OPENFAAS_FUNCTION: Final = "function_name"
+
+# Autoscaler metrics.
+METRIC_AUTOSCALER_DESIRED: Final = "kfn_autoscaler_desired_replicas"
+METRIC_AUTOSCALER_DECISIONS: Final = "kfn_autoscaler_decisions_total"
+
+
+def function_labels(name: str) -> dict[str, str]:
+    """The labels that mark an object as belonging to the function `name`."""
+    return {LABEL_FUNCTION: name, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def function_url_path(name: str) -> str:
+    return f"{FUNCTION_PATH_PREFIX}{name}"
+
+# The integral over time of requests the gateway holds for a function (queued + in flight), in
+# request-seconds. Its rate is the average concurrency, which is what the autoscaler scales on;
+# summing it over gateway replicas gives the function's total concurrency.
+METRIC_LOAD_SECONDS: Final = "kfn_gateway_load_seconds_total"
