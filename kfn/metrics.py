@@ -1,0 +1,258 @@
+"""Where the autoscaler's load figures come from on Kubernetes: the gateways' own metrics.
+
+Every gateway replica exports, per function, the counter `kfn_gateway_load_seconds_total` (the
+time integral of requests it holds, so its rate is the average concurrency), the counter of
+invocations, and the gauges of requests in flight and queued. The function's load is the sum over
+gateway replicas. Two sources compute it:
+
+- `PrometheusScrapeSource` scrapes every replica's /metrics itself (no Prometheus needed);
+- `PromQLSource` asks a Prometheus server that already scrapes them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from kfn import naming
+from kfn.autoscaling import MetricsUnavailable, Observation
+from kfn.scaling import Sample
+
+logger = logging.getLogger(__name__)
+
+FUNCTION = naming.METRIC_LABEL_FUNCTION
+_SUFFIX_TOTAL = "_total"
+
+
+def _created_name(counter: str) -> str:
+    base = counter[: -len(_SUFFIX_TOTAL)] if counter.endswith(_SUFFIX_TOTAL) else counter
+    return f"{base}_created"
+
+
+# A counter series: the function it belongs to and all its labels (e.g. several `code`s).
+SeriesKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class GatewayMetrics:
+    """The figures the autoscaler needs from one gateway's /metrics, per function."""
+
+    load: dict[SeriesKey, float] = field(default_factory=dict)          # request-seconds counter
+    invocations: dict[SeriesKey, float] = field(default_factory=dict)   # request counter
+    created: dict[tuple[str, SeriesKey], float] = field(default_factory=dict)  # (metric, series) → created time
+    held: dict[str, float] = field(default_factory=dict)                # in flight + queued, right now
+
+    def functions(self) -> set[str]:
+        return {key[0] for key in (*self.load, *self.invocations)} | set(self.held)
+
+
+def parse_gateway_metrics(text: str) -> GatewayMetrics:
+    """Pick kfn's gateway metrics out of a Prometheus text exposition. Raises ValueError if it is malformed."""
+    load_created = _created_name(naming.METRIC_LOAD_SECONDS)
+    invocations_created = _created_name(naming.METRIC_INVOCATIONS)
+    result = GatewayMetrics()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            function = sample.labels.get(FUNCTION)
+            if function is None or math.isnan(sample.value):
+                continue
+            key: SeriesKey = (function, frozenset(sample.labels.items()))
+            if sample.name == naming.METRIC_LOAD_SECONDS:
+                result.load[key] = result.load.get(key, 0.0) + sample.value
+            elif sample.name == naming.METRIC_INVOCATIONS:
+                result.invocations[key] = result.invocations.get(key, 0.0) + sample.value
+            elif sample.name == load_created:
+                result.created[(naming.METRIC_LOAD_SECONDS, key)] = sample.value
+            elif sample.name == invocations_created:
+                result.created[(naming.METRIC_INVOCATIONS, key)] = sample.value
+            elif sample.name in (naming.METRIC_IN_FLIGHT, naming.METRIC_QUEUE_DEPTH):
+                result.held[function] = result.held.get(function, 0.0) + sample.value
+    return result
+
+
+def counter_increase(previous: Mapping[SeriesKey, float], current: Mapping[SeriesKey, float], *,
+                     metric: str, previous_created: Mapping[tuple[str, SeriesKey], float],
+                     current_created: Mapping[tuple[str, SeriesKey], float]) -> dict[str, float]:
+    """Per function, how much a counter grew between two scrapes of the same gateway.
+
+    A series that went down, or whose `_created` time changed, was reset (the gateway restarted):
+    its whole current value is the increase since then. A new series started from 0.
+    """
+    out: dict[str, float] = {}
+    for key, value in current.items():
+        before = previous.get(key)
+        created_before = previous_created.get((metric, key))
+        created_now = current_created.get((metric, key))
+        reset = before is None or value < before or (
+            created_before is not None and created_now is not None and created_now != created_before)
+        delta = value if reset else value - before  # type: ignore[operator]
+        out[key[0]] = out.get(key[0], 0.0) + max(0.0, delta)
+    return out
+
+
+@dataclass(frozen=True)
+class _Scrape:
+    time: float
+    metrics: GatewayMetrics
+
+
+class PrometheusScrapeSource:
+    """Scrapes every gateway replica's /metrics and sums the load per function.
+
+    Each replica is remembered by URL: its own previous scrape is the baseline for its rates, so a
+    replica missed for a tick (unreachable: logged and skipped) contributes its average over the
+    longer interval when it comes back, and a replica that restarted (counters reset) is not
+    mistaken for negative load. Replicas no longer listed by `urls_provider` are forgotten.
+    """
+
+    def __init__(self, urls_provider: Callable[[], Awaitable[list[str]]], *,
+                 session: aiohttp.ClientSession, timeout: float = 2.0) -> None:
+        self._urls_provider = urls_provider
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._previous: dict[str, _Scrape] = {}
+
+    async def collect(self, now: float) -> dict[str, Observation]:
+        """Scrape all replicas concurrently; returns within about `timeout` seconds.
+
+        Raises MetricsUnavailable when there is no replica or none could be scraped.
+        """
+        urls = list(dict.fromkeys(await self._urls_provider()))
+        for gone in set(self._previous) - set(urls):
+            del self._previous[gone]
+        if not urls:
+            raise MetricsUnavailable("no gateway replicas to scrape")
+
+        results = await asyncio.gather(*(self._scrape(url) for url in urls), return_exceptions=True)
+
+        concurrency: dict[str, float] = {}
+        requests: dict[str, float] = {}
+        held: dict[str, float] = {}
+        seen: set[str] = set()
+        measured: set[str] = set()
+        reachable = 0
+        for url, result in zip(urls, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                logger.warning("skipping gateway %s this tick: %s", url, _describe(result))
+                continue
+            reachable += 1
+            current = _Scrape(time=now, metrics=result)
+            previous = self._previous.get(url)
+            self._previous[url] = current
+            seen |= result.functions()
+            for function, value in result.held.items():
+                held[function] = held.get(function, 0.0) + value
+            if previous is None or now <= previous.time:
+                continue  # no baseline for this replica yet
+            elapsed = now - previous.time
+            load = counter_increase(previous.metrics.load, result.load, metric=naming.METRIC_LOAD_SECONDS,
+                                    previous_created=previous.metrics.created, current_created=result.created)
+            calls = counter_increase(previous.metrics.invocations, result.invocations,
+                                     metric=naming.METRIC_INVOCATIONS,
+                                     previous_created=previous.metrics.created, current_created=result.created)
+            # Every function this replica knows (now or before) was measured by it, even at zero.
+            functions = result.functions() | previous.metrics.functions()
+            measured |= functions
+            for function in functions:
+                concurrency[function] = concurrency.get(function, 0.0) + load.get(function, 0.0) / elapsed
+                requests[function] = requests.get(function, 0.0) + calls.get(function, 0.0)
+        if not reachable:
+            raise MetricsUnavailable(f"none of {len(urls)} gateway replicas could be scraped")
+
+        out: dict[str, Observation] = {}
+        for function in seen | measured:
+            sample = None
+            if function in measured:
+                sample = Sample(time=now, concurrency=concurrency[function],
+                                requests=round(requests[function]))
+            out[function] = Observation(sample=sample, in_flight=held.get(function, 0.0))
+        return out
+
+    async def _scrape(self, url: str) -> GatewayMetrics:
+        async with self._session.get(url, timeout=self._timeout) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(response.request_info, response.history,
+                                                  status=response.status, message=response.reason or "")
+            text = await response.text()
+        return parse_gateway_metrics(text)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+_PROMQL_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+
+
+class PromQLSource:
+    """Asks a Prometheus server that scrapes the gateways for each function's load.
+
+    Concurrency is the rate of the load counter over `window`, summed over gateway replicas, and
+    Prometheus handles counter resets. Requests are the increase of invocations over `window`,
+    so idleness is noticed up to one `window` late.
+    """
+
+    def __init__(self, base_url: str, *, session: aiohttp.ClientSession, window: str = "30s",
+                 timeout: float = 5.0) -> None:
+        if not _PROMQL_DURATION.match(window):
+            raise ValueError(f"window must be a Prometheus duration such as '30s' or '1m' (got {window!r})")
+        self._url = base_url.rstrip("/") + "/api/v1/query"
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        by = f"sum by ({FUNCTION})"
+        self.load_query = f"{by} (rate({naming.METRIC_LOAD_SECONDS}[{window}]))"
+        self.requests_query = f"{by} (increase({naming.METRIC_INVOCATIONS}[{window}]))"
+        self.held_query = f'{by} ({{__name__=~"{naming.METRIC_IN_FLIGHT}|{naming.METRIC_QUEUE_DEPTH}"}})'
+
+    async def collect(self, now: float) -> dict[str, Observation]:
+        """Run the three queries concurrently; returns within about `timeout` seconds.
+
+        Raises MetricsUnavailable if Prometheus cannot be reached or answers with an error.
+        """
+        try:
+            load, requests, held = await asyncio.gather(
+                self._query(self.load_query), self._query(self.requests_query), self._query(self.held_query))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise MetricsUnavailable(f"Prometheus query failed: {_describe(e)}") from e
+        out: dict[str, Observation] = {}
+        for function in set(load) | set(requests) | set(held):
+            arrived = requests.get(function, 0.0)
+            # increase() extrapolates to the window's edges: any growth means at least one request.
+            count = max(0, math.ceil(arrived - 1e-9)) if arrived > 0 else 0
+            sample = Sample(time=now, concurrency=max(0.0, load.get(function, 0.0)), requests=count)
+            out[function] = Observation(sample=sample, in_flight=max(0.0, held.get(function, 0.0)))
+        return out
+
+    async def _query(self, query: str) -> dict[str, float]:
+        async with self._session.get(self._url, params={"query": query}, timeout=self._timeout) as response:
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:
+                raise ValueError(f"HTTP {response.status} with a body that is not JSON") from None
+        if not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error") if isinstance(body, dict) else None
+            raise ValueError(f"HTTP {response.status}: {error or 'not a Prometheus answer'}")
+        data = body.get("data") or {}
+        if data.get("resultType") != "vector":
+            raise ValueError(f"expected an instant vector, got {data.get('resultType')!r}")
+        out: dict[str, float] = {}
+        for item in data.get("result") or []:
+            function = (item.get("metric") or {}).get(FUNCTION)
+            try:
+                value = float(item["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            if function is None or math.isnan(value):
+                continue
+            out[function] = out.get(function, 0.0) + value
+        return out

@@ -1,0 +1,324 @@
+"""The autoscaler's loop, with a fake backend, a fake metrics source and a fake clock."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import prometheus_client
+import pytest
+
+from kfn import naming
+from kfn.autoscaling import Autoscaler, MetricsUnavailable, Observation
+from kfn.functions import Function, parse_function
+from kfn.instances import Instance, Listener
+from kfn.scaling import Decision, Sample
+
+
+def function(name: str, **scale: Any) -> Function:
+    return parse_function({
+        "apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": name},
+        "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1"}}, "concurrency": 10,
+                 "scale": {"targetConcurrency": 10, "stableWindow": 10, "idleTimeout": 30, **scale}},
+    })
+
+
+class FakeBackend:
+    """Instances become ready the moment they are asked for."""
+
+    def __init__(self, *functions: Function, replicas: int = 1) -> None:
+        self.functions_by_name = {fn.name: fn for fn in functions}
+        self.replicas = {fn.name: replicas for fn in functions}
+        self.scaled: list[tuple[str, int, str]] = []
+        self.failing: set[str] = set()
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def function(self, name: str) -> Function | None:
+        return self.functions_by_name.get(name)
+
+    def functions(self) -> list[Function]:
+        return list(self.functions_by_name.values())
+
+    def ready(self, name: str) -> list[Instance]:
+        return [Instance(name, f"{name}-{i}", "127.0.0.1", 9000 + i, 10) for i in range(self.replicas.get(name, 0))]
+
+    def desired(self, name: str) -> int:
+        return self.replicas.get(name, 0)
+
+    async def scale(self, name: str, replicas: int, *, reason: str = "") -> None:
+        if name in self.failing:
+            raise RuntimeError("the API said no")
+        self.scaled.append((name, replicas, reason))
+        self.replicas[name] = replicas
+
+    def report_failure(self, instance: Instance, *, error: str) -> None: ...
+
+    def add_listener(self, listener: Listener) -> None: ...
+
+
+class FakeSource:
+    """Reports, per function, a constant concurrency (stamped with the tick's time)."""
+
+    def __init__(self) -> None:
+        self.load: dict[str, float] = {}
+        self.held: dict[str, float] = {}
+        self.no_sample: set[str] = set()
+        self.error: Exception | None = None
+        self.calls = 0
+
+    async def collect(self, now: float) -> dict[str, Observation]:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        out = {}
+        for name in set(self.load) | self.no_sample:
+            sample = None if name in self.no_sample else Sample(now, self.load[name], 1 if self.load[name] else 0)
+            out[name] = Observation(sample=sample, in_flight=self.held.get(name, 0.0))
+        return out
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+async def ticks(autoscaler: Autoscaler, clock: FakeClock, count: int, *, step: float = 1.0) -> dict[str, Decision]:
+    decisions: dict[str, Decision] = {}
+    for _ in range(count):
+        clock.now += step
+        decisions = await autoscaler.tick()
+    return decisions
+
+
+async def test_load_above_target_scales_up(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"))
+    source.load["hello"] = 15.0
+    decisions = await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
+    assert decisions["hello"].replicas == 2
+    assert backend.scaled == [("hello", 2, decisions["hello"].reason)]
+
+
+async def test_an_unchanged_decision_does_not_call_scale(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"), replicas=2)
+    source.load["hello"] = 15.0
+    await ticks(Autoscaler(backend, source, clock=clock), clock, 5)
+    assert backend.scaled == []
+
+
+async def test_decisions_start_from_what_the_backend_was_last_asked_for(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"), replicas=2)
+    source.load["hello"] = 15.0
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 1)
+    backend.replicas["hello"] = 6  # someone else scaled it
+    await ticks(autoscaler, clock, 1)
+    assert backend.scaled == [("hello", 3, backend.scaled[0][2])]  # gently down from 6, not from 2
+
+
+async def test_history_keeps_only_what_the_stable_window_needs(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello", stableWindow=10))
+    source.load["hello"] = 5.0
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 100)
+    kept = autoscaler.samples("hello")
+    assert len(kept) == 11
+    assert kept[1].time > clock.now - 10  # one older sample marks where the window's first one began
+
+
+async def test_a_repeated_sample_is_recorded_once(clock: FakeClock) -> None:
+    class Stale:
+        async def collect(self, now: float) -> dict[str, Observation]:
+            return {"hello": Observation(sample=Sample(5.0, 1.0, 1), in_flight=0.0)}
+
+    autoscaler = Autoscaler(FakeBackend(function("hello")), Stale(), clock=clock)
+    await ticks(autoscaler, clock, 3)
+    assert autoscaler.samples("hello") == (Sample(5.0, 1.0, 1),)
+
+
+async def test_a_function_absent_from_the_metrics_had_no_load(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("quiet", idleTimeout=30))
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 30)  # the idle timer starts at the first tick
+    assert backend.replicas["quiet"] == 1
+    await ticks(autoscaler, clock, 1)
+    assert backend.replicas["quiet"] == 0
+    assert autoscaler.samples("quiet")[-1] == Sample(clock.now, 0.0, 0)
+
+
+async def test_a_function_without_a_computable_sample_is_held(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"), replicas=3)
+    source.no_sample.add("hello")
+    decisions = await ticks(Autoscaler(backend, source, clock=clock), clock, 100)
+    assert decisions["hello"].kind == "no-data"
+    assert backend.scaled == []
+
+
+async def test_held_requests_at_zero_start_an_instance(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("cold"), replicas=0)
+    source.no_sample.add("cold")
+    source.held["cold"] = 1.0
+    await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
+    assert backend.replicas["cold"] == 1
+
+
+async def test_a_removed_function_is_forgotten(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"), function("other"))
+    source.load.update(hello=5.0, other=5.0)
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 3)
+    del backend.functions_by_name["hello"]
+    decisions = await ticks(autoscaler, clock, 1)
+    assert set(decisions) == {"other"}
+    assert autoscaler.samples("hello") == ()
+    labels = {naming.METRIC_LABEL_FUNCTION: "hello"}
+    assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_DESIRED, labels) is None
+
+
+async def test_a_function_that_comes_back_starts_afresh(clock: FakeClock, source: FakeSource) -> None:
+    fn = function("hello")
+    backend = FakeBackend(fn)
+    source.load["hello"] = 5.0
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 3)
+    del backend.functions_by_name["hello"]
+    await ticks(autoscaler, clock, 1)
+    backend.functions_by_name["hello"] = fn
+    await ticks(autoscaler, clock, 1)
+    assert len(autoscaler.samples("hello")) == 1
+
+
+async def test_decisions_are_exported_as_metrics(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"))
+    source.load["hello"] = 25.0
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 1)
+    labels = {naming.METRIC_LABEL_FUNCTION: "hello"}
+    assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_DESIRED, labels) == 3
+    assert autoscaler.registry.get_sample_value(
+        naming.METRIC_AUTOSCALER_DECISIONS, {**labels, "kind": "panic", "action": "up"}) == 1
+
+
+async def test_metrics_go_to_the_given_registry_only(clock: FakeClock, source: FakeSource) -> None:
+    registry = prometheus_client.CollectorRegistry()
+    source.load["hello"] = 5.0
+    autoscaler = Autoscaler(FakeBackend(function("hello")), source, clock=clock, registry=registry)
+    await ticks(autoscaler, clock, 1)
+    assert autoscaler.registry is registry
+    assert registry.get_sample_value(naming.METRIC_AUTOSCALER_DESIRED, {naming.METRIC_LABEL_FUNCTION: "hello"}) == 1
+    assert prometheus_client.REGISTRY.get_sample_value(
+        naming.METRIC_AUTOSCALER_DESIRED, {naming.METRIC_LABEL_FUNCTION: "hello"}) is None
+
+
+async def test_two_autoscalers_do_not_share_metrics(clock: FakeClock, source: FakeSource) -> None:
+    # Each builds its own registry; duplicate metric names would raise if they were shared.
+    first = Autoscaler(FakeBackend(), source, clock=clock)
+    second = Autoscaler(FakeBackend(), source, clock=clock)
+    assert first.registry is not second.registry
+
+
+async def test_on_decision_hears_about_changes_only(clock: FakeClock, source: FakeSource) -> None:
+    heard: list[tuple[str, int]] = []
+
+    async def hook(name: str, decision: Decision) -> None:
+        heard.append((name, decision.replicas))
+
+    backend = FakeBackend(function("hello"), replicas=2)
+    source.load["hello"] = 15.0
+    autoscaler = Autoscaler(backend, source, clock=clock, on_decision=hook)
+    await ticks(autoscaler, clock, 5)
+    source.load["hello"] = 35.0
+    await ticks(autoscaler, clock, 20)
+    assert heard == [("hello", 2), ("hello", 3), ("hello", 4)]  # the stable average climbs 15 → 35
+
+
+async def test_on_decision_may_be_a_plain_function(clock: FakeClock, source: FakeSource) -> None:
+    heard: list[str] = []
+    source.load["hello"] = 5.0
+    autoscaler = Autoscaler(FakeBackend(function("hello")), source, clock=clock,
+                            on_decision=lambda name, decision: heard.append(decision.kind))
+    await ticks(autoscaler, clock, 1)
+    assert heard == ["stable"]
+
+
+async def test_a_failing_hook_does_not_stop_scaling(clock: FakeClock, source: FakeSource) -> None:
+    def hook(name: str, decision: Decision) -> None:
+        raise RuntimeError("status patch failed")
+
+    backend = FakeBackend(function("hello"))
+    source.load["hello"] = 15.0
+    await ticks(Autoscaler(backend, source, clock=clock, on_decision=hook), clock, 1)
+    assert backend.replicas["hello"] == 2
+
+
+async def test_a_failing_scale_does_not_stop_other_functions(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("broken"), function("fine"))
+    backend.failing.add("broken")
+    source.load.update(broken=15.0, fine=15.0)
+    decisions = await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
+    assert backend.replicas == {"broken": 1, "fine": 2}
+    assert set(decisions) == {"fine"}
+
+
+async def test_a_failed_scale_is_retried_next_tick(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"))
+    backend.failing.add("hello")
+    source.load["hello"] = 15.0
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 1)
+    backend.failing.clear()
+    await ticks(autoscaler, clock, 1)
+    assert backend.replicas["hello"] == 2
+
+
+async def test_a_failing_source_fails_the_tick_and_scales_nothing(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"), replicas=3)
+    source.error = MetricsUnavailable("no gateway")
+    with pytest.raises(MetricsUnavailable):
+        await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
+    assert backend.scaled == []
+
+
+async def test_run_goes_on_after_a_failing_tick_until_cancelled(clock: FakeClock) -> None:
+    class Flaky:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.third = asyncio.Event()
+
+        async def collect(self, now: float) -> dict[str, Observation]:
+            self.calls += 1
+            if self.calls >= 3:
+                self.third.set()
+            if self.calls == 1:
+                raise RuntimeError("first scrape failed")
+            return {"hello": Observation(Sample(now, 15.0, 3), 15.0)}
+
+    backend = FakeBackend(function("hello"))
+    flaky = Flaky()
+    task = asyncio.create_task(Autoscaler(backend, flaky, interval=0.001).run())
+    try:
+        await asyncio.wait_for(flaky.third.wait(), timeout=5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert backend.replicas["hello"] == 2
+
+
+def test_interval_must_be_positive(source: FakeSource) -> None:
+    with pytest.raises(ValueError, match="interval"):
+        Autoscaler(FakeBackend(), source, interval=0)

@@ -1,0 +1,413 @@
+"""Metric sources for Kubernetes, against real HTTP servers on 127.0.0.1 whose answers tests control."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import prometheus_client
+import pytest
+from aiohttp import web
+
+from kfn import naming
+from kfn.autoscaling import Autoscaler, MetricsUnavailable
+from kfn.metrics import PrometheusScrapeSource, PromQLSource, parse_gateway_metrics
+from kfn.scaling import Sample
+
+FN = naming.METRIC_LABEL_FUNCTION
+
+
+def exposition(*, load: dict[str, float] | None = None,
+               invocations: dict[tuple[str, str], float] | None = None,
+               in_flight: dict[str, float] | None = None, queued: dict[str, float] | None = None,
+               created: float | None = None) -> str:
+    """A gateway's /metrics text, in the Prometheus text format."""
+    lines = [f"# TYPE {naming.METRIC_LOAD_SECONDS} counter"]
+    for name, value in (load or {}).items():
+        lines.append(f'{naming.METRIC_LOAD_SECONDS}{{{FN}="{name}"}} {value}')
+    if created is not None:
+        base = naming.METRIC_LOAD_SECONDS.removesuffix("_total")
+        lines.append(f"# TYPE {base}_created gauge")
+        for name in load or {}:
+            lines.append(f'{base}_created{{{FN}="{name}"}} {created}')
+    lines.append(f"# TYPE {naming.METRIC_INVOCATIONS} counter")
+    for (name, code), value in (invocations or {}).items():
+        lines.append(f'{naming.METRIC_INVOCATIONS}{{{FN}="{name}",{naming.METRIC_LABEL_CODE}="{code}"}} {value}')
+    lines.append(f"# TYPE {naming.METRIC_IN_FLIGHT} gauge")
+    for name, value in (in_flight or {}).items():
+        lines.append(f'{naming.METRIC_IN_FLIGHT}{{{FN}="{name}"}} {value}')
+    lines.append(f"# TYPE {naming.METRIC_QUEUE_DEPTH} gauge")
+    for name, value in (queued or {}).items():
+        lines.append(f'{naming.METRIC_QUEUE_DEPTH}{{{FN}="{name}"}} {value}')
+    # Unrelated metrics are ignored.
+    lines.append("# TYPE process_cpu_seconds_total counter")
+    lines.append("process_cpu_seconds_total 12.5")
+    return "\n".join(lines) + "\n"
+
+
+class FakeGateway:
+    """Serves /metrics with whatever text the test sets; can be stopped to become unreachable."""
+
+    def __init__(self) -> None:
+        self.text = exposition()
+        self.status = 200
+        self.hang = False
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.hang:
+            # Longer than any source timeout; released when the test stops the server.
+            await asyncio.wait_for(self._release.wait(), timeout=30)
+        return web.Response(text=self.text, status=self.status, content_type="text/plain")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def gateways() -> AsyncIterator[Callable[[int], Awaitable[list[FakeGateway]]]]:
+    started: list[FakeGateway] = []
+
+    async def make(count: int) -> list[FakeGateway]:
+        for _ in range(count):
+            gateway = FakeGateway()
+            await gateway.start()
+            started.append(gateway)
+        return started[-count:]
+
+    try:
+        yield make
+    finally:
+        for gateway in started:
+            await gateway.stop()
+
+
+def scraping(urls: list[str], session: aiohttp.ClientSession, **kwargs: Any) -> PrometheusScrapeSource:
+    async def provider() -> list[str]:
+        return list(urls)
+    return PrometheusScrapeSource(provider, session=session, **kwargs)
+
+
+# --- PrometheusScrapeSource
+
+
+async def test_first_scrape_has_no_rate_yet_but_knows_what_is_held(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    gw.text = exposition(load={"hello": 10}, invocations={("hello", "200"): 4}, in_flight={"hello": 2},
+                         queued={"hello": 3})
+    observed = await scraping([gw.url], session).collect(100.0)
+    assert observed["hello"].sample is None
+    assert observed["hello"].in_flight == 5
+
+
+async def test_concurrency_is_the_rate_of_load_seconds(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    source = scraping([gw.url], session)
+    gw.text = exposition(load={"hello": 10})
+    await source.collect(100.0)
+    gw.text = exposition(load={"hello": 16})
+    observed = await source.collect(102.0)
+    assert observed["hello"].sample == Sample(time=102.0, concurrency=3.0, requests=0)
+
+
+async def test_requests_are_new_invocations_of_every_code(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    source = scraping([gw.url], session)
+    gw.text = exposition(load={"hello": 1}, invocations={("hello", "200"): 10, ("hello", "500"): 1})
+    await source.collect(100.0)
+    gw.text = exposition(load={"hello": 2}, invocations={("hello", "200"): 15, ("hello", "500"): 3})
+    observed = await source.collect(101.0)
+    assert observed["hello"].sample.requests == 7
+
+
+async def test_load_is_summed_over_gateway_replicas(session, gateways) -> None:
+    a, b = await gateways(2)
+    source = scraping([a.url, b.url], session)
+    a.text = exposition(load={"hello": 0, "other": 5}, in_flight={"hello": 1})
+    b.text = exposition(load={"hello": 100}, in_flight={"hello": 2}, queued={"hello": 4})
+    await source.collect(10.0)
+    a.text = exposition(load={"hello": 4, "other": 5}, in_flight={"hello": 1})
+    b.text = exposition(load={"hello": 106}, in_flight={"hello": 2}, queued={"hello": 4})
+    observed = await source.collect(12.0)
+    assert observed["hello"].sample.concurrency == pytest.approx(2.0 + 3.0)
+    assert observed["hello"].in_flight == 7
+    assert observed["other"].sample.concurrency == 0.0
+
+
+async def test_a_restarted_gateway_counts_from_zero(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    source = scraping([gw.url], session)
+    gw.text = exposition(load={"hello": 500}, invocations={("hello", "200"): 900})
+    await source.collect(100.0)
+    gw.text = exposition(load={"hello": 4}, invocations={("hello", "200"): 3})
+    observed = await source.collect(102.0)
+    assert observed["hello"].sample == Sample(time=102.0, concurrency=2.0, requests=3)
+
+
+async def test_a_reset_is_seen_in_created_even_when_the_counter_grew(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    source = scraping([gw.url], session)
+    gw.text = exposition(load={"hello": 5}, created=1000.0)
+    await source.collect(100.0)
+    gw.text = exposition(load={"hello": 8}, created=1099.0)
+    observed = await source.collect(102.0)
+    assert observed["hello"].sample.concurrency == pytest.approx(4.0)  # 8 since the restart, not 3
+
+
+async def test_a_function_first_seen_later_counts_from_zero(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    source = scraping([gw.url], session)
+    gw.text = exposition(load={"hello": 5})
+    await source.collect(100.0)
+    gw.text = exposition(load={"hello": 5, "new": 3}, invocations={("new", "200"): 2})
+    observed = await source.collect(101.0)
+    assert observed["new"].sample == Sample(time=101.0, concurrency=3.0, requests=2)
+
+
+async def test_an_unreachable_replica_is_skipped_and_logged(session, gateways, caplog) -> None:
+    a, b = await gateways(2)
+    source = scraping([a.url, b.url], session)
+    a.text = exposition(load={"hello": 0})
+    b.text = exposition(load={"hello": 0})
+    await source.collect(100.0)
+    await b.stop()
+    a.text = exposition(load={"hello": 2})
+    with caplog.at_level(logging.WARNING, logger="kfn.metrics"):
+        observed = await source.collect(101.0)
+    assert observed["hello"].sample.concurrency == pytest.approx(2.0)
+    assert b.url in caplog.text
+
+
+async def test_a_replica_back_after_a_miss_reports_its_average_since_its_last_scrape(session, gateways) -> None:
+    a, b = await gateways(2)
+    source = scraping([a.url, b.url], session)
+    a.text = exposition(load={"hello": 0})
+    b.text = exposition(load={"hello": 0})
+    await source.collect(100.0)
+    b.status = 503
+    a.text = exposition(load={"hello": 1})
+    await source.collect(101.0)
+    b.status = 200
+    a.text = exposition(load={"hello": 2})
+    b.text = exposition(load={"hello": 8})  # 8 request-seconds over the 2 s since its last scrape
+    observed = await source.collect(102.0)
+    assert observed["hello"].sample.concurrency == pytest.approx(1.0 + 4.0)
+
+
+async def test_a_replica_that_answers_garbage_is_skipped(session, gateways, caplog) -> None:
+    a, b = await gateways(2)
+    source = scraping([a.url, b.url], session)
+    a.text = exposition(load={"hello": 0})
+    b.text = "this is { not prometheus\n"
+    await source.collect(100.0)
+    a.text = exposition(load={"hello": 1})
+    with caplog.at_level(logging.WARNING, logger="kfn.metrics"):
+        observed = await source.collect(101.0)
+    assert observed["hello"].sample.concurrency == pytest.approx(1.0)
+    assert b.url in caplog.text
+
+
+async def test_a_replica_that_hangs_is_given_up_on(session, gateways) -> None:
+    a, b = await gateways(2)
+    source = scraping([a.url, b.url], session, timeout=0.2)
+    b.hang = True
+    a.text = exposition(load={"hello": 0}, in_flight={"hello": 1})
+    observed = await source.collect(100.0)
+    assert observed["hello"].in_flight == 1
+
+
+async def test_no_reachable_replica_is_an_error(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    gw.status = 500
+    with pytest.raises(MetricsUnavailable, match="none of 1"):
+        await scraping([gw.url], session).collect(100.0)
+
+
+async def test_no_replica_at_all_is_an_error(session) -> None:
+    with pytest.raises(MetricsUnavailable, match="no gateway replicas"):
+        await scraping([], session).collect(100.0)
+
+
+async def test_a_replica_no_longer_listed_is_forgotten(session, gateways) -> None:
+    a, b = await gateways(2)
+    urls = [a.url, b.url]
+    source = scraping(urls, session)
+    a.text = exposition(load={"hello": 0})
+    b.text = exposition(load={"hello": 0})
+    await source.collect(100.0)
+    urls.remove(b.url)
+    a.text = exposition(load={"hello": 1})
+    await source.collect(101.0)
+    urls.append(b.url)
+    b.text = exposition(load={"hello": 50})
+    a.text = exposition(load={"hello": 2})
+    observed = await source.collect(102.0)
+    assert observed["hello"].sample.concurrency == pytest.approx(1.0)  # b has no baseline again
+
+
+async def test_a_function_gone_from_a_replica_is_measured_at_zero(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    source = scraping([gw.url], session)
+    gw.text = exposition(load={"hello": 5})
+    await source.collect(100.0)
+    gw.text = exposition()
+    observed = await source.collect(101.0)
+    assert observed["hello"].sample == Sample(time=101.0, concurrency=0.0, requests=0)
+
+
+def test_parses_what_prometheus_client_exports() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    load = prometheus_client.Counter(naming.METRIC_LOAD_SECONDS, "load", [FN], registry=registry)
+    calls = prometheus_client.Counter(naming.METRIC_INVOCATIONS, "calls", [FN, naming.METRIC_LABEL_CODE],
+                                      registry=registry)
+    held = prometheus_client.Gauge(naming.METRIC_IN_FLIGHT, "held", [FN], registry=registry)
+    load.labels("hello").inc(2.5)
+    calls.labels("hello", "200").inc(3)
+    held.labels("hello").set(4)
+    parsed = parse_gateway_metrics(prometheus_client.generate_latest(registry).decode())
+    assert sum(parsed.load.values()) == 2.5
+    assert sum(parsed.invocations.values()) == 3
+    assert parsed.held == {"hello": 4}
+    assert len(parsed.created) == 2
+
+
+async def test_the_autoscaler_scales_on_scraped_gateways(session, gateways) -> None:
+    from tests.unit.test_autoscaling import FakeBackend, FakeClock, function
+
+    a, b = await gateways(2)
+    clock = FakeClock()
+    backend = FakeBackend(function("hello"))
+    autoscaler = Autoscaler(backend, scraping([a.url, b.url], session), clock=clock)
+    total = 0.0
+    for _ in range(5):
+        clock.now += 1
+        total += 15.0  # 15 requests held on each gateway, all the time
+        a.text = exposition(load={"hello": total}, in_flight={"hello": 15})
+        b.text = exposition(load={"hello": total}, in_flight={"hello": 15})
+        await autoscaler.tick()
+    assert backend.replicas["hello"] == 3  # 30 held / target 10
+
+
+# --- PromQLSource
+
+
+class FakePrometheus:
+    """Answers /api/v1/query like Prometheus, from a table of query → {function: value}."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, dict[str, str]] = {}
+        self.queries: list[str] = []
+        self.error: str | None = None
+        self.raw: str | None = None
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/api/v1/query", self._query)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _query(self, request: web.Request) -> web.Response:
+        query = request.query.get("query", "")
+        self.queries.append(query)
+        if self.raw is not None:
+            return web.Response(text=self.raw, status=502)
+        if self.error is not None:
+            return web.json_response({"status": "error", "errorType": "bad_data", "error": self.error}, status=400)
+        result = [{"metric": {FN: name}, "value": [1700000000.0, value]}
+                  for name, value in self.answers.get(query, {}).items()]
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+
+@pytest.fixture
+async def prometheus() -> AsyncIterator[FakePrometheus]:
+    server = FakePrometheus()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_promql_builds_observations_from_three_queries(session, prometheus) -> None:
+    source = PromQLSource(prometheus.url, session=session)
+    prometheus.answers[source.load_query] = {"hello": "2.5", "idle": "0"}
+    prometheus.answers[source.requests_query] = {"hello": "12.4", "idle": "0"}
+    prometheus.answers[source.held_query] = {"hello": "3"}
+    observed = await source.collect(50.0)
+    assert observed["hello"].sample == Sample(time=50.0, concurrency=2.5, requests=13)
+    assert observed["hello"].in_flight == 3
+    assert observed["idle"].sample == Sample(time=50.0, concurrency=0.0, requests=0)
+    assert observed["idle"].in_flight == 0
+
+
+async def test_promql_queries_name_the_gateway_metrics_and_the_window(session, prometheus) -> None:
+    source = PromQLSource(prometheus.url, session=session, window="1m")
+    await source.collect(50.0)
+    assert sorted(prometheus.queries) == sorted([
+        f"sum by (function) (rate({naming.METRIC_LOAD_SECONDS}[1m]))",
+        f"sum by (function) (increase({naming.METRIC_INVOCATIONS}[1m]))",
+        f'sum by (function) ({{__name__=~"{naming.METRIC_IN_FLIGHT}|{naming.METRIC_QUEUE_DEPTH}"}})',
+    ])
+
+
+async def test_promql_skips_values_that_are_not_numbers(session, prometheus) -> None:
+    source = PromQLSource(prometheus.url, session=session)
+    prometheus.answers[source.load_query] = {"hello": "NaN"}
+    observed = await source.collect(50.0)
+    assert observed == {}
+
+
+async def test_promql_error_answer_is_metrics_unavailable(session, prometheus) -> None:
+    prometheus.error = "parse error at char 3"
+    with pytest.raises(MetricsUnavailable, match="parse error at char 3"):
+        await PromQLSource(prometheus.url, session=session).collect(50.0)
+
+
+async def test_promql_non_json_answer_is_metrics_unavailable(session, prometheus) -> None:
+    prometheus.raw = "<html>bad gateway</html>"
+    with pytest.raises(MetricsUnavailable, match="HTTP 502"):
+        await PromQLSource(prometheus.url, session=session).collect(50.0)
+
+
+async def test_promql_unreachable_server_is_metrics_unavailable(session, prometheus) -> None:
+    url = prometheus.url
+    await prometheus.stop()
+    with pytest.raises(MetricsUnavailable):
+        await PromQLSource(url, session=session).collect(50.0)
+
+
+def test_promql_window_must_be_a_prometheus_duration() -> None:
+    with pytest.raises(ValueError, match="window"):
+        PromQLSource("http://127.0.0.1:9", session=None, window="30 seconds; drop")  # type: ignore[arg-type]
