@@ -6,7 +6,9 @@ inside every runtime image, where the rest of kfn is not installed.
 """
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # typing costs milliseconds on every cold start; Final is for type checkers only
+if TYPE_CHECKING:
+    from typing import Final
 
 # Environment variables the platform sets for a runtime process.
 ENV_HANDLER: Final = "KFN_HANDLER"                  # "module.function", e.g. "main.handler"
@@ -43,9 +45,12 @@ HEADER_REQUEST_ID: Final = "X-Kfn-Request-Id"
 
 # --- Added by the runtime: more of the contract the platform may rely on. ---
 
+# A request that already carries HEADER_REQUEST_ID (set by the gateway, at most 128 characters of
+# [A-Za-z0-9-_.:]) keeps that id: it becomes context.aws_request_id and appears in the logs.
+
 # Optional tuning the platform may set; the runtime has sensible defaults.
-ENV_STUCK_GRACE: Final = "KFN_STUCK_GRACE"          # seconds a timed-out handler may overrun before the instance gives up
-ENV_REQUIREMENTS: Final = "KFN_REQUIREMENTS"        # pip requirement lines, newline-separated (install-requirements mode)
+ENV_STUCK_GRACE: Final = "KFN_STUCK_GRACE"          # seconds a timed-out handler may overrun before a restart
+ENV_REQUIREMENTS: Final = "KFN_REQUIREMENTS"        # pip requirement lines, newline-separated (REQUIREMENTS_MODULE)
 ENV_MAX_BODY_BYTES: Final = "KFN_MAX_BODY_BYTES"    # largest request body accepted (413 above)
 
 DEFAULT_STUCK_GRACE: Final = 5.0
@@ -57,7 +62,7 @@ REQUIREMENTS_MODULE: Final = "kfn_runtime.requirements"
 
 # Exit codes of `python -m kfn_runtime`.
 EXIT_OK: Final = 0                  # stopped on SIGTERM/SIGINT after in-flight invocations finished
-EXIT_LOAD_FAILED: Final = 1         # the handler could not be imported (traceback on stderr)
+EXIT_LOAD_FAILED: Final = 1         # the handler could not be imported (traceback on stderr), or the port not bound
 EXIT_BAD_CONFIG: Final = 2          # an environment variable had an invalid value
 EXIT_STUCK: Final = 3               # a timed-out handler never returned; restart the instance
 EXIT_DRAIN_TIMEOUT: Final = 4       # stopped with invocations still running after the drain timeout
@@ -85,5 +90,5 @@ METRIC_DURATION: Final = "kfn_runtime_invocation_duration_seconds"       # histo
 METRIC_IN_FLIGHT: Final = "kfn_runtime_in_flight"                        # gauge
 METRIC_CONCURRENCY_LIMIT: Final = "kfn_runtime_concurrency_limit"        # gauge, KFN_CONCURRENCY
 METRIC_TIMEOUTS: Final = "kfn_runtime_timeouts_total"                    # counter
-METRIC_ERRORS: Final = "kfn_runtime_errors_total"                        # counter: handler raised
+METRIC_ERRORS: Final = "kfn_runtime_errors_total"                        # counter: raised or unmappable result
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)

@@ -1,0 +1,110 @@
+"""Invocation counters, exposed in the Prometheus text format on /_/metrics.
+
+Counting is plain arithmetic under a lock, so serving invocations never imports prometheus_client;
+it is imported on the first scrape and renders the numbers through a custom collector on a
+registry owned by this object.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterator
+
+from kfn_runtime import contract
+
+
+class MetricsUnavailable(RuntimeError):
+    """prometheus_client is not installed (outside the runtime image)."""
+
+
+class Metrics:
+    def __init__(self, *, concurrency: int, in_flight: Callable[[], int],
+                 buckets: tuple[float, ...] = contract.DURATION_BUCKETS) -> None:
+        self._lock = threading.Lock()
+        self._concurrency = concurrency
+        self._in_flight = in_flight
+        self._buckets = tuple(sorted(buckets))
+        self._bucket_counts = [0] * (len(self._buckets) + 1)  # the last one is +Inf
+        self._duration_sum = 0.0
+        self._by_code: dict[int, int] = {}
+        self._timeouts = 0
+        self._errors = 0
+        self._registry: object | None = None
+
+    def observe(self, status: int, seconds: float) -> None:
+        """One finished invocation request (any status, including rejections)."""
+        index = bisect.bisect_left(self._buckets, seconds)
+        with self._lock:
+            self._by_code[status] = self._by_code.get(status, 0) + 1
+            self._bucket_counts[index] += 1
+            self._duration_sum += seconds
+
+    def timed_out(self) -> None:
+        with self._lock:
+            self._timeouts += 1
+
+    def failed(self) -> None:
+        with self._lock:
+            self._errors += 1
+
+    def snapshot(self) -> dict:
+        """The current numbers, for tests and for the collector."""
+        with self._lock:
+            cumulative, running = [], 0
+            for count in self._bucket_counts:
+                running += count
+                cumulative.append(running)
+            return {
+                "by_code": dict(self._by_code),
+                "buckets": list(zip([*self._buckets, float("inf")], cumulative, strict=True)),
+                "count": running,
+                "sum": self._duration_sum,
+                "timeouts": self._timeouts,
+                "errors": self._errors,
+                "in_flight": self._in_flight(),
+                "concurrency": self._concurrency,
+            }
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its content type; MetricsUnavailable without prometheus_client."""
+        try:
+            from prometheus_client import CollectorRegistry, exposition
+        except ImportError:
+            raise MetricsUnavailable("prometheus_client is not installed") from None
+        with self._lock:
+            if self._registry is None:
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(_Collector(self))
+                self._registry = registry
+        return exposition.generate_latest(self._registry), exposition.CONTENT_TYPE_LATEST
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        snap = self._metrics.snapshot()
+        invocations = CounterMetricFamily(contract.METRIC_INVOCATIONS, "Invocation requests by HTTP status code.",
+                                          labels=["code"])
+        for code, count in sorted(snap["by_code"].items()):
+            invocations.add_metric([str(code)], count)
+        yield invocations
+        yield HistogramMetricFamily(
+            contract.METRIC_DURATION, "Time from request received to response ready, in seconds.",
+            buckets=[("+Inf" if le == float("inf") else _le(le), count) for le, count in snap["buckets"]],
+            sum_value=snap["sum"])
+        yield GaugeMetricFamily(contract.METRIC_IN_FLIGHT, "Invocations currently holding a concurrency slot.",
+                                value=snap["in_flight"])
+        yield GaugeMetricFamily(contract.METRIC_CONCURRENCY_LIMIT, "Most invocations run at once (KFN_CONCURRENCY).",
+                                value=snap["concurrency"])
+        yield CounterMetricFamily(contract.METRIC_TIMEOUTS, "Invocations answered 504 after the timeout.",
+                                  value=snap["timeouts"])
+        yield CounterMetricFamily(contract.METRIC_ERRORS, "Invocations whose handler raised an exception.",
+                                  value=snap["errors"])
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
