@@ -1,0 +1,11 @@
+"""kfn's gateway: routes /function/{name} to instances, queues, scales from zero, exports metrics.
+
+It only talks to an `kfn.instances.InstanceBackend`, so the same gateway runs in local mode
+(processes on 127.0.0.1) and on Kubernetes (`kfn_gateway.kubernetes`).
+"""
+from __future__ import annotations
+
+from kfn_gateway.metrics import FunctionStats
+from kfn_gateway.server import Gateway, GatewaySettings, serve
+
+__all__ = ["FunctionStats", "Gateway", "GatewaySettings", "serve"]

@@ -1,0 +1,192 @@
+"""What the gateway tells about traffic: /metrics (kfn's and OpenFaaS's names), /system/functions,
+and the in-process MetricsSource the autoscaler reads."""
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from kfn import naming
+from kfn.metrics import parse_gateway_metrics
+from kfn.scaling import Sample
+
+from .fakes import ControlledApps, FakeBackend, eventually, make_function, running_gateway
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(metrics: dict, name: str, **labels: str) -> float:
+    return metrics[(name, frozenset(labels.items()))]
+
+
+async def scrape(gw) -> str:
+    async with gw.session.get(gw.url("/metrics")) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return await response.text()
+
+
+async def test_metrics_count_invocations_by_function_and_code_after_traffic() -> None:
+    apps = ControlledApps()
+    backend = FakeBackend(make_function("hello", concurrency=1), make_function("idle"), app_factory=apps)
+    backend.scale_gate = asyncio.Event()
+    async with backend, running_gateway(backend) as gw:
+        first = asyncio.create_task(gw.json("GET", "/function/hello"))
+        await eventually(lambda: gw.gateway.stats("hello").queued == 1)
+        backend.scale_gate.set()
+        assert (await first)[0] == 200
+        for _ in range(2):
+            assert (await gw.json("GET", "/function/hello"))[0] == 200
+        await gw.json("GET", "/function/nope")   # unknown functions are not counted
+        held = asyncio.create_task(gw.json("GET", "/function/hello/hold/x"))
+        queued = asyncio.create_task(gw.json("GET", "/function/hello"))
+        await eventually(lambda: gw.gateway.stats("hello").queued == 1)
+
+        metrics = samples(await scrape(gw))
+        apps.release("x")
+        await asyncio.gather(held, queued)
+
+    F, C, OF = naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_CODE, naming.METRIC_LABEL_OPENFAAS_FUNCTION
+    assert value(metrics, naming.METRIC_INVOCATIONS, **{F: "hello", C: "200"}) == 3
+    assert value(metrics, naming.METRIC_OPENFAAS_INVOCATIONS, **{OF: "hello", C: "200"}) == 3
+    assert not any(dict(labels).get(F) == "nope" or dict(labels).get(OF) == "nope" for _, labels in metrics)
+    assert value(metrics, naming.METRIC_DURATION + "_count", **{F: "hello"}) == 3
+    assert value(metrics, naming.METRIC_OPENFAAS_SECONDS + "_count", **{OF: "hello"}) == 3
+    assert value(metrics, naming.METRIC_OPENFAAS_SECONDS + "_sum", **{OF: "hello"}) > 0
+    assert value(metrics, naming.METRIC_IN_FLIGHT, **{F: "hello"}) == 1
+    assert value(metrics, naming.METRIC_QUEUE_DEPTH, **{F: "hello"}) == 1
+    assert value(metrics, naming.METRIC_COLD_STARTS, **{F: "hello"}) == 1
+    assert value(metrics, naming.METRIC_COLD_START_WAIT + "_count", **{F: "hello"}) == 1
+    assert value(metrics, naming.METRIC_REPLICAS_DESIRED, **{F: "hello"}) == 1
+    assert value(metrics, naming.METRIC_REPLICAS_READY, **{F: "hello"}) == 1
+    assert value(metrics, naming.METRIC_REPLICAS_DESIRED, **{F: "idle"}) == 0
+    assert value(metrics, naming.METRIC_REPLICAS_READY, **{F: "idle"}) == 0
+    assert value(metrics, naming.METRIC_LOAD_SECONDS, **{F: "hello"}) > 0
+
+
+async def test_metrics_record_error_codes_per_function() -> None:
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    from kfn_gateway.server import GatewaySettings
+    async with backend, running_gateway(backend, settings=GatewaySettings(max_body_bytes=10)) as gw:
+        await gw.json("POST", "/function/hello", data=b"x" * 11)
+        metrics = samples(await scrape(gw))
+    assert value(metrics, naming.METRIC_INVOCATIONS, function="hello", code="413") == 1
+    assert value(metrics, naming.METRIC_OPENFAAS_INVOCATIONS, function_name="hello", code="413") == 1
+
+
+async def test_metrics_live_in_the_gateways_own_registry() -> None:
+    backend = FakeBackend(make_function("hello"))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        await gw.json("GET", "/function/hello")
+    assert REGISTRY.get_sample_value(naming.METRIC_INVOCATIONS, {"function": "hello", "code": "200"}) is None
+    assert gw.gateway.registry.get_sample_value(
+        naming.METRIC_INVOCATIONS, {"function": "hello", "code": "200"}) == 1
+
+
+async def test_the_autoscalers_scrape_parser_reads_the_gateways_metrics() -> None:
+    apps = ControlledApps()
+    backend = FakeBackend(make_function("hello"), app_factory=apps)
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        held = [asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")) for i in range(2)]
+        await eventually(lambda: apps.held() == 2)
+        parsed = parse_gateway_metrics(await scrape(gw))
+        apps.release("0")
+        apps.release("1")
+        await asyncio.gather(*held)
+    assert parsed.held == {"hello": 2}
+    assert sum(v for (fn, _), v in parsed.load.items() if fn == "hello") > 0
+
+
+async def test_system_functions_lists_every_function_with_replicas_and_traffic() -> None:
+    backend = FakeBackend(make_function("hello", min_replicas=1),
+                          make_function("custom", image="example.com/fn:1", namespace="team"))
+    async with backend, running_gateway(backend) as gw:
+        before = time.time()
+        for _ in range(2):
+            await gw.json("GET", "/function/hello")
+        status, items, _ = await gw.json("GET", "/system/functions")
+        status_one, one, _ = await gw.json("GET", "/system/functions/hello")
+        status_missing, missing, _ = await gw.json("GET", "/system/functions/nope")
+    assert status == 200
+    by_name = {item["name"]: item for item in items}
+    assert set(by_name) == {"hello", "custom"}
+    hello = by_name["hello"]
+    assert hello["namespace"] == "default"
+    assert hello["runtime"] == "python3.12"
+    assert hello["image"] is None
+    assert hello["replicas"] == 1
+    assert hello["availableReplicas"] == 1
+    assert hello["invocationCount"] == 2
+    assert hello["inFlight"] == 0 and hello["queued"] == 0
+    assert hello["url"] == f"http://127.0.0.1:{gw.port}/function/hello"
+    assert hello["lastUsed"].endswith("Z")
+    assert datetime.fromisoformat(hello["lastUsed"]).timestamp() >= before - 1
+    custom = by_name["custom"]
+    assert custom["namespace"] == "team"
+    assert custom["image"] == "example.com/fn:1"
+    assert custom["replicas"] == 0 and custom["availableReplicas"] == 0
+    assert custom["invocationCount"] == 0 and custom["lastUsed"] is None
+    assert (status_one, one) == (200, hello | {"inFlight": 0})
+    assert status_missing == 404 and missing["function"] == "nope"
+
+
+async def test_metrics_source_reports_the_average_load_and_arrivals_between_collections() -> None:
+    apps = ControlledApps()
+    backend = FakeBackend(make_function("hello"), make_function("quiet"), app_factory=apps)
+    async with backend, running_gateway(backend) as gw:
+        source = gw.gateway.metrics_source
+        await backend.add_instance("hello")
+        await source.collect(1.0)
+        held = [asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")) for i in range(3)]
+        await eventually(lambda: apps.held() == 3)
+        arrived = await source.collect(2.0)
+        await asyncio.sleep(0.05)  # let load accumulate; the value does not depend on how long
+        steady = await source.collect(3.0)
+        for i in range(3):
+            apps.release(str(i))
+        await asyncio.gather(*held)
+        await asyncio.sleep(0.01)
+        drained = await source.collect(4.0)
+        idle = await source.collect(5.0)
+
+    hello = arrived["hello"]
+    assert hello.in_flight == 3
+    assert hello.sample is not None and hello.sample.requests == 3 and hello.sample.time == 2.0
+    assert 0 < hello.sample.concurrency <= 3
+    # Three requests held the whole interval: average concurrency exactly 3.
+    assert steady["hello"].sample == Sample(time=3.0, concurrency=pytest.approx(3.0), requests=0)
+    assert steady["hello"].in_flight == 3
+    assert drained["hello"].in_flight == 0
+    assert 0 < drained["hello"].sample.concurrency < 3
+    assert idle["hello"].sample == Sample(time=5.0, concurrency=0.0, requests=0)
+    # A function without traffic is observed too, at zero.
+    assert steady["quiet"].sample == Sample(time=3.0, concurrency=0.0, requests=0)
+    assert steady["quiet"].in_flight == 0
+
+
+async def test_metrics_source_counts_queued_requests_as_load() -> None:
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    async with backend, running_gateway(backend) as gw:
+        source = gw.gateway.metrics_source
+        await backend.scale("hello", 1)
+        tasks = [asyncio.create_task(gw.json("GET", "/function/hello")) for _ in range(2)]
+        await eventually(lambda: gw.gateway.stats("hello").queued == 2)
+        await source.collect(1.0)
+        await asyncio.sleep(0.02)
+        observed = await source.collect(2.0)
+        await backend.add_instance("hello")
+        await asyncio.gather(*tasks)
+    assert observed["hello"].in_flight == 2
+    assert observed["hello"].sample.concurrency == pytest.approx(2.0)
