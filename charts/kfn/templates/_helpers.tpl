@@ -1,0 +1,95 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "kfn.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kfn.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<component>", for the objects of one component. Call with (list . "gateway"). */}}
+{{- define "kfn.componentName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "kfn.fullname" $root) (index . 1) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The name is per component ("kfn-gateway"): the operator's autoscaler finds the gateway replicas to
+scrape by the EndpointSlices labelled app.kubernetes.io/name=kfn-gateway (copied from the Service).
+*/}}
+{{- define "kfn.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ printf "%s-%s" (include "kfn.name" $root) (index . 1) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "kfn.labels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version | replace "+" "_" }}
+{{ include "kfn.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: kfn
+{{- end -}}
+
+{{- define "kfn.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/*
+Namespaces where a component gets a Role when watchNamespaces is a list (call with (list . "operator")):
+the watched ones, and for the operator also the release's own, where its Lease and peering objects
+live and where it finds the gateway replicas to scrape.
+*/}}
+{{- define "kfn.roleNamespaces" -}}
+{{- $root := index . 0 -}}
+{{- $namespaces := list -}}
+{{- if eq (index . 1) "operator" -}}
+{{- $namespaces = append $namespaces $root.Release.Namespace -}}
+{{- end -}}
+{{- range $root.Values.watchNamespaces -}}
+{{- $namespaces = append $namespaces . -}}
+{{- end -}}
+{{- $namespaces | uniq | toJson -}}
+{{- end -}}
+
+{{/*
+The Pod Security "restricted" profile, for every pod of the chart. The uid is the images' USER;
+numeric so the kubelet can enforce runAsNonRoot without reading /etc/passwd.
+*/}}
+{{- define "kfn.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "kfn.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The RBAC rules of one component ("operator" or "gateway") and scope, from files/rbac-rules.yaml. */}}
+{{- define "kfn.rbacRules" -}}
+{{- $root := index . 0 -}}
+{{- $rules := $root.Files.Get "files/rbac-rules.yaml" | fromYaml -}}
+{{- index $rules (index . 1) (index . 2) | toYaml -}}
+{{- end -}}

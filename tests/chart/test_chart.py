@@ -1,0 +1,487 @@
+"""The Helm chart (charts/kfn): what `helm install` would send to the API server.
+
+Rendered offline with `helm template`, and every object checked against the OpenAPI schemas of
+several Kubernetes releases (kubernetes-validate), so a field that one release drops or renames
+fails here, not at install time. Objects of other APIs (Prometheus Operator) are checked by shape.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kfn import naming
+from kfn.cli import build_parser
+from kfn.functions import parse_function
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kfn"
+HELM = ROOT / ".cache" / "bin" / "helm"
+CUSTOM_VALUES = Path(__file__).with_name("values-custom.yaml")
+RELEASE, NAMESPACE = "kfn", "kfn-system"
+CUSTOM_NAMESPACES = ["team-a", "team-b"]
+
+# The oldest release the chart supports (Chart.yaml kubeVersion), some between, the newest bundled.
+KUBERNETES_VERSIONS = sorted({"1.29.0", "1.31.0", "1.33.0", kubernetes_validate.latest_version()},
+                             key=lambda v: tuple(int(p) for p in v.split(".")))
+PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
+
+Manifest = dict[str, Any]
+
+# With the operator's tests: `make test-k8s` runs `pytest -m k8s tests/k8s tests/chart`.
+pytestmark = pytest.mark.k8s
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    if not HELM.exists():
+        subprocess.run([str(ROOT / "scripts" / "get-helm"), str(HELM.parent)], check=True, timeout=120,
+                       capture_output=True)
+    return HELM
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=60)
+
+
+def render(helm: Path, *values: Path) -> list[Manifest]:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds"]
+    for path in values:
+        args += ["--values", str(path)]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="session")
+def default_objects(helm: Path) -> list[Manifest]:
+    return render(helm)
+
+
+@pytest.fixture(scope="session")
+def custom_objects(helm: Path) -> list[Manifest]:
+    return render(helm, CUSTOM_VALUES)
+
+
+@pytest.fixture(params=["default", "custom"])
+def objects(request: pytest.FixtureRequest) -> list[Manifest]:
+    return request.getfixturevalue(f"{request.param}_objects")
+
+
+def find(objects: list[Manifest], kind: str, name: str, *, namespace: str | None = NAMESPACE) -> Manifest:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name
+               and o["metadata"].get("namespace") == namespace]
+    assert len(matches) == 1, f"expected one {kind} {namespace}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def of_kind(objects: list[Manifest], kind: str) -> list[Manifest]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def pod_specs(objects: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
+    for o in objects:
+        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield o["metadata"]["name"], o["spec"]["template"]["spec"]
+
+
+def container(objects: list[Manifest], deployment: str) -> Manifest:
+    (c,) = find(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels and matchExpressions) applied to `labels`."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        present = expr["key"] in labels
+        if expr["operator"] == "Exists" and not present:
+            return False
+        if expr["operator"] == "In" and labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+# --- helm itself ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", [None, CUSTOM_VALUES, ROOT / "hack" / "kind-values.yaml"],
+                         ids=["default", "custom", "kind"])
+def test_chart_passes_strict_lint(helm: Path, values: Path | None) -> None:
+    result = run_helm(helm, "lint", "--strict", str(CHART), *(["--values", str(values)] if values else []))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ("gateway: {replicas: three}", "/gateway/replicas"),
+    ("gateway: {service: {type: Ingress}}", "/gateway/service/type"),
+    ("watchNamespaces: default", "/watchNamespaces"),
+    ("watchNamespaces: [Team_A]", "/watchNamespaces/0"),
+    ("operator: {prometheusUrl: prometheus:9090}", "/operator/prometheusUrl"),
+    ("image: {pullPolicy: Sometimes}", "/image/pullPolicy"),
+    ("gatway: {replicas: 3}", "gatway"),
+    ("runtimeImages: {ruby3.3: ruby:3.3}", "/runtimeImages"),
+])
+def test_bad_values_are_rejected_naming_the_field(helm: Path, tmp_path: Path, values: str, field: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(values + "\n")
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(bad))
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert field in result.stderr, result.stderr
+
+
+# --- every object is valid Kubernetes --------------------------------------------------------------
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_is_valid_for_kubernetes(objects: list[Manifest], version: str) -> None:
+    checked = 0
+    for obj in objects:
+        if obj["apiVersion"] == PROMETHEUS_OPERATOR_API:
+            continue  # not a Kubernetes API: see test_prometheus_operator_objects_*
+        kubernetes_validate.validate(obj, version, strict=True)
+        checked += 1
+    assert checked >= 10
+
+
+def test_default_install_renders_these_kinds(default_objects: list[Manifest]) -> None:
+    kinds = sorted(o["kind"] for o in default_objects)
+    assert kinds == sorted([
+        "CustomResourceDefinition", "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "Deployment", "Service", "PodDisruptionBudget",
+    ])
+
+
+def test_objects_are_in_the_release_namespace(objects: list[Manifest]) -> None:
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    for obj in objects:
+        if obj["kind"] in cluster_scoped:
+            assert "namespace" not in obj["metadata"]
+        elif obj["kind"] not in ("Role", "RoleBinding"):
+            assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]
+
+
+# --- the CRD ---------------------------------------------------------------------------------------
+
+def test_crd_in_chart_is_generated_from_the_model() -> None:
+    crd = pytest.importorskip("kfn.crd", reason="kfn.crd (the lead's CRD generator) is not written yet")
+    path = CHART / "crds" / f"{naming.CRD_NAME}.yaml"
+    assert path.read_text() == crd.render_crd_yaml(), "stale CRD: run `kfn crd > charts/kfn/crds/...`"
+
+
+def test_crd_is_installed_from_the_chart(default_objects: list[Manifest]) -> None:
+    crd = find(default_objects, "CustomResourceDefinition", naming.CRD_NAME, namespace=None)
+    assert crd["spec"]["group"] == naming.GROUP
+    assert crd["spec"]["names"]["kind"] == naming.KIND
+
+
+# --- the restricted Pod Security profile -----------------------------------------------------------
+
+def test_every_pod_follows_the_restricted_profile(objects: list[Manifest]) -> None:
+    specs = list(pod_specs(objects))
+    assert len(specs) == 2
+    for name, spec in specs:
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["runAsUser"] != 0, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), (name, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert sc["runAsNonRoot"] is True, (name, c["name"])
+            assert not sc.get("privileged"), (name, c["name"])
+        for volume in spec.get("volumes", []):
+            assert "hostPath" not in volume, (name, volume)
+
+
+def test_every_container_has_resources_and_probes(objects: list[Manifest]) -> None:
+    for name, spec in pod_specs(objects):
+        for c in spec["containers"]:
+            assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], name
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+            assert c["imagePullPolicy"] == "IfNotPresent", name
+
+
+# --- operator and gateway: the command lines they are started with ----------------------------------
+
+def test_both_components_run_the_one_platform_image(objects: list[Manifest]) -> None:
+    images = {container(objects, f"{RELEASE}-{c}")["image"] for c in ("operator", "gateway")}
+    assert len(images) == 1
+
+
+def test_default_image_is_tagged_with_the_app_version(default_objects: list[Manifest]) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert container(default_objects, "kfn-operator")["image"] == f"ghcr.io/kfn-dev/kfn:{chart['appVersion']}"
+
+
+def test_chart_version_follows_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{chart["appVersion"]}"' in pyproject
+
+
+@pytest.mark.parametrize("component", ["operator", "gateway"])
+def test_component_arguments_are_accepted_by_the_kfn_command_line(objects: list[Manifest], component: str) -> None:
+    c = container(objects, f"{RELEASE}-{component}")
+    args = c.get("command", []) + c["args"]
+    assert args[0] == component
+    parsed = build_parser().parse_args(args)  # exits (SystemExit) on an argument kfn does not know
+    assert parsed.command == component
+
+
+def test_operator_watches_all_namespaces_by_default(default_objects: list[Manifest]) -> None:
+    args = build_parser().parse_args(container(default_objects, "kfn-operator")["args"])
+    assert args.namespace == []
+    assert args.standalone is True
+    assert args.prometheus_url is None
+
+
+def test_operator_watches_the_listed_namespaces_and_reads_prometheus(custom_objects: list[Manifest]) -> None:
+    args = build_parser().parse_args(container(custom_objects, "kfn-operator")["args"])
+    assert args.namespace == CUSTOM_NAMESPACES
+    assert args.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
+
+
+def test_operator_liveness_endpoint_is_the_probed_port(objects: list[Manifest]) -> None:
+    c = container(objects, "kfn-operator")
+    args = build_parser().parse_args(c["args"])
+    (port,) = [p for p in c["ports"] if p["name"] == c["livenessProbe"]["httpGet"]["port"]]
+    assert args.health_port == port["containerPort"]
+
+
+def test_operator_serves_its_metrics_when_asked(default_objects: list[Manifest],
+                                                custom_objects: list[Manifest]) -> None:
+    assert build_parser().parse_args(container(default_objects, "kfn-operator")["args"]).metrics_port is None
+    c = container(custom_objects, "kfn-operator")
+    assert build_parser().parse_args(c["args"]).metrics_port == 9090
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+
+
+def test_operator_finds_the_gateway_replicas_by_its_default_selector(objects: list[Manifest]) -> None:
+    config = pytest.importorskip("kfn_operator.config")
+    # EndpointSlices carry their Service's labels: the autoscaler scrapes what the selector matches.
+    key, _, value = config.DEFAULT_GATEWAY_SELECTOR.partition("=")
+    labelled = [o["metadata"]["name"] for o in of_kind(objects, "Service") if o["metadata"]["labels"].get(key) == value]
+    assert labelled == ["kfn-gateway"]
+    assert container(objects, "kfn-gateway")["ports"][0]["name"] == config.OperatorConfig().gateway_port_name
+
+
+def test_operator_knows_its_namespace_and_name_for_the_lease(objects: list[Manifest]) -> None:
+    env = {e["name"]: e for e in container(objects, "kfn-operator")["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_gateway_watches_the_same_namespaces_as_the_operator(objects: list[Manifest]) -> None:
+    parser = build_parser()
+    operator = parser.parse_args(container(objects, "kfn-operator")["args"])
+    gateway = parser.parse_args(container(objects, "kfn-gateway")["args"])
+    assert gateway.namespace == operator.namespace
+
+
+def test_operator_reads_the_runtime_image_map_of_the_values(custom_objects: list[Manifest]) -> None:
+    builders = pytest.importorskip("kfn_operator.builders")
+    env = {e["name"]: e["value"] for e in container(custom_objects, "kfn-operator")["env"] if "value" in e}
+    images = builders.RuntimeImages.from_environment(env).images
+    custom = yaml.safe_load(CUSTOM_VALUES.read_text())["runtimeImages"]
+    assert dict(images) == custom
+
+
+def test_default_runtime_images_are_the_operators_defaults(default_objects: list[Manifest]) -> None:
+    builders = pytest.importorskip("kfn_operator.builders")
+    env = {e["name"]: e["value"] for e in container(default_objects, "kfn-operator")["env"] if "value" in e}
+    assert json.loads(env["KFN_RUNTIME_IMAGES"]) == dict(builders.RuntimeImages().images)
+
+
+# --- the gateway: replicas, Service, disruption budget, Ingress --------------------------------------
+
+def test_gateway_service_is_cluster_ip_by_default(default_objects: list[Manifest]) -> None:
+    service = find(default_objects, "Service", "kfn-gateway")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert "nodePort" not in service["spec"]["ports"][0]
+
+
+def test_gateway_is_reachable_on_the_configured_node_port(custom_objects: list[Manifest]) -> None:
+    service = find(custom_objects, "Service", "kfn-gateway")
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["ports"][0]["nodePort"] == 30080
+
+
+def test_kind_values_use_the_node_port_the_kind_cluster_maps_to_localhost(helm: Path) -> None:
+    objects = render(helm, ROOT / "hack" / "kind-values.yaml")
+    node_port = find(objects, "Service", "kfn-gateway")["spec"]["ports"][0]["nodePort"]
+    cluster = yaml.safe_load((ROOT / "hack" / "kind.yaml").read_text())
+    mappings = [m for node in cluster["nodes"] for m in node.get("extraPortMappings", [])]
+    assert {"containerPort": node_port, "hostPort": 8080} in [
+        {k: m[k] for k in ("containerPort", "hostPort")} for m in mappings]
+
+
+def test_kind_loads_every_image_the_chart_runs(default_objects: list[Manifest]) -> None:
+    # `make -n` prints the commands without running them: the images `make kind-load` puts on the node.
+    result = subprocess.run(["make", "--no-print-directory", "-n", "kind-load"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    (command,) = [line for line in result.stdout.splitlines() if "load docker-image" in line]
+    loaded = {word for word in command.split() if ":" in word}
+    env = {e["name"]: e.get("value") for e in container(default_objects, "kfn-operator")["env"]}
+    needed = {container(default_objects, "kfn-operator")["image"], *json.loads(env["KFN_RUNTIME_IMAGES"]).values()}
+    assert loaded == needed
+
+
+def test_gateway_replicas_follow_the_values(custom_objects: list[Manifest]) -> None:
+    assert find(custom_objects, "Deployment", "kfn-gateway")["spec"]["replicas"] == 3
+
+
+def test_selectors_select_their_own_pods(objects: list[Manifest]) -> None:
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in of_kind(objects, "Deployment")}
+    for name, labels in pods.items():
+        assert matches(find(objects, "Deployment", name)["spec"]["selector"], labels), name
+    gateway = find(objects, "Service", "kfn-gateway")["spec"]["selector"]
+    assert [n for n, labels in pods.items() if matches({"matchLabels": gateway}, labels)] == ["kfn-gateway"]
+    budget = find(objects, "PodDisruptionBudget", "kfn-gateway")["spec"]["selector"]
+    assert [n for n, labels in pods.items() if matches(budget, labels)] == ["kfn-gateway"]
+
+
+def test_service_targets_the_gateway_container_port(objects: list[Manifest]) -> None:
+    (port,) = find(objects, "Service", "kfn-gateway")["spec"]["ports"]
+    assert port["targetPort"] in [p["name"] for p in container(objects, "kfn-gateway")["ports"]]
+
+
+def test_disruption_budget_uses_min_available_when_set(default_objects: list[Manifest],
+                                                       custom_objects: list[Manifest]) -> None:
+    assert find(default_objects, "PodDisruptionBudget", "kfn-gateway")["spec"]["maxUnavailable"] == 1
+    custom = find(custom_objects, "PodDisruptionBudget", "kfn-gateway")["spec"]
+    assert custom["minAvailable"] == 2 and "maxUnavailable" not in custom
+
+
+def test_ingress_routes_the_host_to_the_gateway_service(custom_objects: list[Manifest]) -> None:
+    ingress = find(custom_objects, "Ingress", "kfn-gateway")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "functions.example.com"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "kfn-gateway", "port": {"name": "http"}}
+    assert ingress["spec"]["tls"][0]["secretName"] == "functions-tls"
+
+
+def test_optional_objects_are_off_by_default(default_objects: list[Manifest]) -> None:
+    kinds = {o["kind"] for o in default_objects}
+    assert not kinds & {"Ingress", "ServiceMonitor", "PodMonitor", "Role", "RoleBinding"}
+
+
+# --- Prometheus Operator objects (checked by shape: not a Kubernetes API) -----------------------------
+
+def test_prometheus_operator_objects_are_well_formed(custom_objects: list[Manifest]) -> None:
+    monitors = [o for o in custom_objects if o["apiVersion"] == PROMETHEUS_OPERATOR_API]
+    assert sorted(o["kind"] for o in monitors) == ["PodMonitor", "PodMonitor", "ServiceMonitor"]
+    for m in monitors:
+        assert set(m) == {"apiVersion", "kind", "metadata", "spec"}
+        assert m["metadata"]["namespace"] == NAMESPACE
+        endpoints = m["spec"]["endpoints" if m["kind"] == "ServiceMonitor" else "podMetricsEndpoints"]
+        assert endpoints and all(e["port"] and e["path"].startswith("/") for e in endpoints)
+
+
+def test_service_monitor_scrapes_the_gateway_service(custom_objects: list[Manifest]) -> None:
+    monitor = find(custom_objects, "ServiceMonitor", "kfn-gateway")
+    service = find(custom_objects, "Service", "kfn-gateway")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert matches(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
+    assert endpoint["path"] == "/metrics"
+
+
+def test_pod_monitor_scrapes_the_function_pods_the_operator_builds(custom_objects: list[Manifest]) -> None:
+    builders = pytest.importorskip("kfn_operator.builders")
+    contract = pytest.importorskip("kfn_runtime.contract")
+    hello = parse_function(yaml.safe_load((ROOT / "examples" / "hello.yaml").read_text()) | {
+        "metadata": {"name": "hello", "namespace": CUSTOM_NAMESPACES[0]}})
+    pod = builders.build_pod_template(hello, images=builders.RuntimeImages())
+    monitor = find(custom_objects, "PodMonitor", "kfn-functions")
+    assert matches(monitor["spec"]["selector"], pod["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": CUSTOM_NAMESPACES}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+    assert endpoint["port"] in ports
+    assert endpoint["path"] == contract.PATH_METRICS
+
+
+def test_operator_pod_monitor_scrapes_the_operator_metrics_port(custom_objects: list[Manifest]) -> None:
+    monitor = find(custom_objects, "PodMonitor", "kfn-operator")
+    operator = find(custom_objects, "Deployment", "kfn-operator")["spec"]["template"]
+    gateway = find(custom_objects, "Deployment", "kfn-gateway")["spec"]["template"]
+    assert matches(monitor["spec"]["selector"], operator["metadata"]["labels"])
+    assert not matches(monitor["spec"]["selector"], gateway["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in [p["name"] for p in operator["spec"]["containers"][0]["ports"]]
+
+
+# --- RBAC: exactly kfn_operator.rbac's rules ---------------------------------------------------------
+
+def test_chart_rules_file_is_generated_from_kfn_operator_rbac() -> None:
+    pytest.importorskip("kfn_operator.rbac")
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "chart-rbac"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def _rbac_by_key(objects: list[Manifest]) -> dict[tuple[str, str | None, str], list[Manifest]]:
+    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o["rules"]
+            for o in objects if o["kind"] in ("Role", "ClusterRole")}
+
+
+def test_cluster_wide_install_has_exactly_the_operator_module_rules(default_objects: list[Manifest]) -> None:
+    rbac = pytest.importorskip("kfn_operator.rbac")
+    expected = rbac.rbac_objects(namespaced=False, namespace=NAMESPACE, prefix=RELEASE)
+    assert _rbac_by_key(default_objects) == _rbac_by_key(expected)
+
+
+def test_namespaced_install_has_exactly_the_operator_module_rules_in_each_namespace(
+        custom_objects: list[Manifest]) -> None:
+    rbac = pytest.importorskip("kfn_operator.rbac")
+    expected: dict = {}
+    for namespace in CUSTOM_NAMESPACES:
+        expected |= _rbac_by_key(rbac.rbac_objects(namespaced=True, namespace=namespace, prefix=RELEASE))
+    # The operator's also in the release namespace: its Lease and the gateway replicas it scrapes are there.
+    expected |= {key: rules for key, rules in _rbac_by_key(
+        rbac.rbac_objects(namespaced=True, namespace=NAMESPACE, prefix=RELEASE)).items()
+        if key[0] == "Role" and key[2] == f"{RELEASE}-operator"}
+    assert _rbac_by_key(custom_objects) == expected
+
+
+def test_every_role_is_bound_to_its_components_service_account_only(objects: list[Manifest]) -> None:
+    roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
+    bindings = {(b["kind"], b["metadata"].get("namespace"), b["roleRef"]["name"]): b
+                for b in objects if b["kind"] in ("RoleBinding", "ClusterRoleBinding")}
+    accounts = {a["metadata"]["name"] for a in of_kind(objects, "ServiceAccount")}
+    assert len(bindings) == len(roles)
+    for role in roles:
+        name, namespace = role["metadata"]["name"], role["metadata"].get("namespace")
+        binding = bindings[(f"{role['kind']}Binding", namespace, name)]
+        assert binding["roleRef"]["kind"] == role["kind"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
+        assert name in accounts
+    for _, spec in pod_specs(objects):
+        assert spec["serviceAccountName"] in accounts
+
+
+# --- what `helm install` prints ---------------------------------------------------------------------
+
+def test_install_notes_tell_how_to_reach_the_gateway_on_kind_and_apply_hello(helm: Path) -> None:
+    result = run_helm(helm, "install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+                      "--values", str(ROOT / "hack" / "kind-values.yaml"))
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.partition("NOTES:")[2]
+    assert "export KFN_GATEWAY=http://localhost:8080" in notes
+    assert "kubectl apply -f examples/hello.yaml" in notes
+    assert '"$KFN_GATEWAY/function/hello' in notes
