@@ -31,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--max-body-size", default=None, metavar="BYTES",
+                   help="largest request body the gateway accepts, e.g. 1Mi (default: the gateway's)")
+    p.add_argument("--queue-limit", type=int, default=None, metavar="N",
+                   help="requests a function may queue for a free instance before 429 (default: the gateway's)")
+    p.add_argument("--queue-timeout", default=None, metavar="DURATION",
+                   help="how long a request may wait for an instance before 503, e.g. 30s (default: the gateway's)")
+    p.add_argument("--work-dir", default=None, metavar="DIR",
+                   help="keep instance code and log files here (default: a temporary directory)")
 
     for name, help_ in (("invoke", "call a function through the gateway"),
                         ("list", "list functions with replicas and usage"),
@@ -59,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
     p.add_argument("--prometheus-url", default=None, help="evaluate PromQL here instead of scraping gateways")
     p.add_argument("--standalone", action="store_true", help="no peering (a single operator replica)")
+    p.add_argument("--runtime-image", action="append", default=[], metavar="RUNTIME=IMAGE",
+                   help="the image for a runtime, e.g. python3.12=registry/runtime-python:3.12 (also $KFN_RUNTIME_IMAGES)")
+    p.add_argument("--gateway-selector", default=None, metavar="SELECTOR",
+                   help="label selector of the gateway Service's EndpointSlices, scraped for load "
+                        "(default app.kubernetes.io/name=kfn-gateway)")
+    p.add_argument("--autoscale-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="seconds between autoscaling decisions")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve the autoscaler's metrics on this port")
+    p.add_argument("--health-port", type=int, default=None, help="serve a liveness probe on this port (/healthz)")
     return parser
 
 
@@ -98,4 +115,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m kfn.cli` runs this file as __main__; commands raise kfn.cli.CommandError, so
+    # dispatch through the imported module or their errors would escape as tracebacks.
+    from kfn.cli import main as _main
+
+    sys.exit(_main())
