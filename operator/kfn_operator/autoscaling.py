@@ -1,0 +1,175 @@
+"""The autoscaler on Kubernetes: `kfn.autoscaling.Autoscaler` wired to the cluster.
+
+- Actuation and the view of functions/instances: `kfn_gateway.kubernetes.KubernetesBackend`
+  (scale subresource patches, EndpointSlice-based ready counts) — the same backend the gateway uses.
+- Load: `kfn.metrics.PrometheusScrapeSource` over every ready gateway pod, found through the
+  EndpointSlices matching `--gateway-selector` (the gateway Service's labels) in the operator's
+  own namespace ($POD_NAMESPACE; without it, the watched namespaces), or
+  `kfn.metrics.PromQLSource` when `--prometheus-url` is given.
+- Decisions: written to the Function's status (desiredReplicas, lastScaleReason, lastScaleTime)
+  and exported as Prometheus metrics (`--metrics-port`).
+- One active autoscaler among operator replicas: a `coordination.k8s.io` Lease (kubernetes-asyncio's
+  leader election). kopf's peering only pauses lower-priority operators and lets equal ones run
+  side by side, so it cannot elect. `--standalone` skips the Lease (a single replica).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+import prometheus_client
+from aiohttp import web
+from kfn_gateway.kubernetes import KubernetesBackend
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
+from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
+
+from kfn import naming
+from kfn.autoscaling import Autoscaler, MetricsSource
+from kfn.metrics import PrometheusScrapeSource, PromQLSource
+from kfn.scaling import Decision
+from kfn_operator import status
+from kfn_operator.config import OperatorConfig
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class OperatorAutoscaler:
+    """Runs one `Autoscaler` loop while this operator replica holds the Lease (or always, standalone)."""
+
+    def __init__(self, api: client.ApiClient, config: OperatorConfig) -> None:
+        self._api = api
+        self._config = config
+        self.registry = prometheus_client.CollectorRegistry()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        # The leader election runs `_lead` in a task of its own, which cancelling `_task` misses.
+        self._leader_task: asyncio.Task[object] | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.leading = asyncio.Event()
+        self.backend = KubernetesBackend(api, namespaces=config.namespaces)
+        self._autoscaler: Autoscaler | None = None
+
+    async def start(self) -> None:
+        """Start the background loop (and the metrics endpoint); returns at once."""
+        self._session = aiohttp.ClientSession()
+        source: MetricsSource
+        if self._config.prometheus_url:
+            source = PromQLSource(self._config.prometheus_url, session=self._session)
+        else:
+            source = PrometheusScrapeSource(self.gateway_urls, session=self._session)
+        self._autoscaler = Autoscaler(self.backend, source, interval=self._config.autoscale_interval,
+                                      registry=self.registry, on_decision=self._record)
+        if self._config.metrics_port is not None:
+            self._metrics_runner = await _serve_metrics(self.registry, self._config.metrics_port)
+        run = self._lead if self._config.standalone else self._elect
+        self._task = asyncio.create_task(run(), name="kfn-autoscaler")
+
+    async def close(self) -> None:
+        """Stop the loop and wait for it; releases the HTTP session and the metrics endpoint."""
+        for task in (self._task, self._leader_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._leader_task = None
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+            self._metrics_runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _elect(self) -> None:
+        """Campaign for the Lease forever; lead while holding it. Runs until cancelled."""
+        duration = self._config.lease_duration
+        while True:
+            lock = LeaseLock(self._config.lease_name, self._config.lease_namespace, self._config.identity, self._api)
+            election = leaderelection.LeaderElection(electionconfig.Config(
+                lock, lease_duration=duration, renew_deadline=max(2, duration * 2 // 3),
+                retry_period=max(1, duration // 6), onstarted_leading=self._lead, onstopped_leading=self._stopped))
+            try:
+                await election.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an unreachable API server: campaign again
+                logger.warning("autoscaler leader election failed: %s", e)
+            await asyncio.sleep(max(1, duration // 6))
+
+    async def _stopped(self) -> None:
+        logger.warning("autoscaler lost the Lease %s/%s", self._config.lease_namespace, self._config.lease_name)
+
+    async def _lead(self) -> None:
+        """Watch the cluster and run the autoscaler until cancelled (the Lease lost or shutdown)."""
+        assert self._autoscaler is not None
+        self._leader_task = asyncio.current_task()
+        logger.info("autoscaler active (%s)", self._config.identity)
+        self.leading.set()
+        try:
+            await self.backend.start()
+            await self._autoscaler.run()
+        finally:
+            self.leading.clear()
+            await self.backend.close()
+
+    async def gateway_urls(self) -> list[str]:
+        """The /metrics URL of every ready gateway pod (EndpointSlices matching the gateway selector)."""
+        discovery = client.DiscoveryV1Api(self._api)
+        if self._config.gateway_namespace:
+            scopes: tuple[str | None, ...] = (self._config.gateway_namespace,)
+        else:
+            scopes = self._config.namespaces or (None,)
+        urls: list[str] = []
+        for ns in scopes:
+            if ns is None:
+                listing = await discovery.list_endpoint_slice_for_all_namespaces(
+                    label_selector=self._config.gateway_selector)
+            else:
+                listing = await discovery.list_namespaced_endpoint_slice(
+                    ns, label_selector=self._config.gateway_selector)
+            for slice_ in listing.items or ():
+                port = next((p.port for p in slice_.ports or () if p.name == self._config.gateway_port_name), None)
+                if port is None and slice_.ports and len(slice_.ports) == 1:
+                    port = slice_.ports[0].port
+                if port is None:
+                    continue
+                for endpoint in slice_.endpoints or ():
+                    if endpoint.conditions is not None and endpoint.conditions.ready is False:
+                        continue
+                    for address in endpoint.addresses or ():
+                        host = f"[{address}]" if ":" in address else address
+                        urls.append(f"http://{host}:{port}{self._config.gateway_metrics_path}")
+        return urls
+
+    async def _record(self, name: str, decision: Decision) -> None:
+        fn = self.backend.function(name)
+        if fn is None:
+            return
+        custom = client.CustomObjectsApi(self._api)
+        body = {"status": status.decision_status(replicas=decision.replicas, reason=decision.reason)}
+        try:
+            await custom.patch_namespaced_custom_object_status(naming.GROUP, naming.VERSION, fn.namespace,
+                                                               naming.PLURAL, name, body, _content_type=MERGE_PATCH)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+async def _serve_metrics(registry: prometheus_client.CollectorRegistry, port: int) -> web.AppRunner:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=prometheus_client.generate_latest(registry),
+                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host="0.0.0.0", port=port).start()
+    return runner
+
+

@@ -1,0 +1,324 @@
+"""The Kubernetes objects a Function is made of: pure functions from a Function to manifests.
+
+Nothing here talks to the API. `kfn_operator.handlers` creates and patches what these return;
+tests validate the output against the real Kubernetes schemas of several versions.
+
+A Function becomes:
+- a ConfigMap `NAME-code-HASH` holding inline files (content-addressed, so a code change creates
+  a new ConfigMap and rolls the pods; the handler garbage-collects old ones);
+- a Deployment running the runtime image, hardened for the Pod Security "restricted" profile;
+- a ClusterIP Service in front of the pods (the gateway routes to pod IPs, but the Service gives
+  the pods EndpointSlices and a stable in-cluster name).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfn_runtime import contract
+
+from kfn import naming
+from kfn.functions import Function
+
+Manifest = dict[str, Any]
+
+CONTAINER_NAME = "function"
+INIT_CONTAINER_NAME = "requirements"
+PORT_NAME = "http"
+# A numeric non-root user: "restricted" needs runAsNonRoot, and a numeric uid lets the kubelet
+# verify it without reading the image's /etc/passwd. 65532 is distroless' "nonroot".
+RUN_AS_USER = 65532
+# After SIGTERM the runtime drains for spec.timeout + DEFAULT_DRAIN_EXTRA; the kubelet waits this
+# much longer before SIGKILL, so the runtime's own deadline always comes first.
+TERMINATION_MARGIN_SECONDS = 5
+# The pip install mode of the runtime image, run as the init container.
+REQUIREMENTS_COMMAND = ("python", "-m", contract.REQUIREMENTS_MODULE)
+
+COMPONENT_FUNCTION = "function"
+COMPONENT_CODE = "code"
+
+DEFAULT_IMAGE_REPOSITORY = "ghcr.io/kfn-dev/runtime-python"
+ENV_RUNTIME_IMAGES = "KFN_RUNTIME_IMAGES"
+
+
+def _default_images() -> dict[str, str]:
+    # "python3.12" → "ghcr.io/kfn-dev/runtime-python:3.12"
+    return {runtime: f"{DEFAULT_IMAGE_REPOSITORY}:{runtime.removeprefix('python')}"
+            for runtime in ("python3.11", "python3.12", "python3.13")}
+
+
+@dataclass(frozen=True)
+class RuntimeImages:
+    """Which image runs each spec.runtime; spec.image overrides it per function."""
+
+    images: Mapping[str, str] = field(default_factory=_default_images)
+    pull_policy: str = "IfNotPresent"
+
+    def image_for(self, fn: Function) -> str:
+        if fn.spec.image:
+            return fn.spec.image
+        try:
+            return self.images[fn.spec.runtime]
+        except KeyError:
+            raise ValueError(f"no runtime image configured for {fn.spec.runtime!r}") from None
+
+    def with_overrides(self, overrides: Mapping[str, str]) -> RuntimeImages:
+        return RuntimeImages(images={**self.images, **overrides}, pull_policy=self.pull_policy)
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None, *,
+                         overrides: Mapping[str, str] | None = None) -> RuntimeImages:
+        """Defaults, then $KFN_RUNTIME_IMAGES (JSON object or `rt=image,rt=image`), then `overrides`."""
+        env = os.environ if env is None else env
+        images = _default_images()
+        images.update(parse_image_map(env.get(ENV_RUNTIME_IMAGES, "")))
+        images.update(overrides or {})
+        return cls(images=images)
+
+
+def parse_image_map(text: str) -> dict[str, str]:
+    """`{"python3.12": "img"}` or `python3.12=img,python3.13=img2` → a dict; ValueError when malformed."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        value = json.loads(text)
+        if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+            raise ValueError("runtime images must be a JSON object of runtime → image name")
+        return dict(value)
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        runtime, eq, image = item.strip().partition("=")
+        if not eq or not runtime.strip() or not image.strip():
+            raise ValueError(f"expected RUNTIME=IMAGE (got {item.strip()!r})")
+        out[runtime.strip()] = image.strip()
+    return out
+
+
+def labels(fn: Function, component: str) -> dict[str, str]:
+    return {**naming.function_labels(fn.name), naming.LABEL_COMPONENT: component}
+
+
+def selector(fn: Function) -> dict[str, str]:
+    """What the Deployment and Service select pods by. Immutable once created: keep it minimal."""
+    return {naming.LABEL_FUNCTION: fn.name, naming.LABEL_COMPONENT: COMPONENT_FUNCTION}
+
+
+def code_configmap_name(fn: Function) -> str | None:
+    """The ConfigMap with the function's code: its own for inline files, the user's for source.configMap."""
+    source = fn.spec.source
+    if source is None:
+        return None
+    if source.configMap is not None:
+        return source.configMap.name
+    return f"{fn.name}-code-{fn.code_hash()}"
+
+
+def build_code_configmap(fn: Function) -> Manifest | None:
+    """The ConfigMap holding inline files, or None when the code lives elsewhere."""
+    if fn.spec.source is None or fn.spec.source.files is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": code_configmap_name(fn),
+            "namespace": fn.namespace,
+            "labels": labels(fn, COMPONENT_CODE),
+            "annotations": {naming.ANNOTATION_CODE_HASH: fn.code_hash()},
+        },
+        # Never edited: a new hash is a new ConfigMap, so running pods keep a consistent view.
+        "immutable": True,
+        "data": dict(fn.spec.source.files),
+    }
+
+
+def drain_seconds(fn: Function) -> float:
+    return fn.spec.timeout + contract.DEFAULT_DRAIN_EXTRA
+
+
+def termination_grace_seconds(fn: Function) -> int:
+    return math.ceil(drain_seconds(fn)) + TERMINATION_MARGIN_SECONDS
+
+
+def _container_security() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _runtime_env(fn: Function) -> list[Manifest]:
+    values = {
+        contract.ENV_HANDLER: fn.spec.handler,
+        contract.ENV_CODE_DIR: contract.DEFAULT_CODE_DIR,
+        contract.ENV_DEPS_DIR: contract.DEFAULT_DEPS_DIR,
+        contract.ENV_FUNCTION_NAME: fn.name,
+        contract.ENV_FUNCTION_VERSION: fn.code_hash(),
+        contract.ENV_NAMESPACE: fn.namespace,
+        contract.ENV_TIMEOUT: _number(fn.spec.timeout),
+        contract.ENV_CONCURRENCY: str(fn.spec.concurrency),
+        contract.ENV_MEMORY_MB: str(fn.spec.resources.memory_limit_mb),
+        contract.ENV_HOST: "0.0.0.0",
+        contract.ENV_PORT: str(naming.RUNTIME_PORT),
+        contract.ENV_DRAIN_TIMEOUT: _number(drain_seconds(fn)),
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def build_pod_template(fn: Function, *, images: RuntimeImages) -> Manifest:
+    image = images.image_for(fn)
+    code_cm = code_configmap_name(fn)
+    mounts: list[Manifest] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "deps", "mountPath": contract.DEFAULT_DEPS_DIR, "readOnly": not fn.spec.requirements},
+    ]
+    volumes: list[Manifest] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "deps", "emptyDir": {}},
+    ]
+    if code_cm is not None:
+        mounts.append({"name": "code", "mountPath": contract.DEFAULT_CODE_DIR, "readOnly": True})
+        volumes.append({"name": "code", "configMap": {"name": code_cm}})
+
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": images.pull_policy,
+        "ports": [{"name": PORT_NAME, "containerPort": naming.RUNTIME_PORT, "protocol": "TCP"}],
+        "env": [*_runtime_env(fn), *(v.model_dump(mode="json", exclude_none=True) for v in fn.spec.env)],
+        "resources": {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)},
+        # Readiness is polled every second: scale-from-zero waits on it.
+        "readinessProbe": {
+            "httpGet": {"path": contract.PATH_READY, "port": PORT_NAME},
+            "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": contract.PATH_HEALTH, "port": PORT_NAME},
+            "initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3,
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: Manifest = {
+        "containers": [container],
+        # Merge patches replace lists wholesale; an explicit empty list removes an old init container.
+        "initContainers": [],
+        "volumes": volumes,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": termination_grace_seconds(fn),
+        # Functions never talk to the Kubernetes API on kfn's behalf.
+        "automountServiceAccountToken": False,
+        # Service links put one env var per Service in the namespace into every container.
+        "enableServiceLinks": False,
+    }
+    if fn.spec.requirements:
+        pod_spec["initContainers"] = [{
+            "name": INIT_CONTAINER_NAME,
+            "image": image,
+            "imagePullPolicy": images.pull_policy,
+            "command": list(REQUIREMENTS_COMMAND),
+            "env": [
+                {"name": contract.ENV_REQUIREMENTS, "value": "\n".join(fn.spec.requirements)},
+                {"name": contract.ENV_DEPS_DIR, "value": contract.DEFAULT_DEPS_DIR},
+                # pip writes caches and build files under HOME; the root filesystem is read-only.
+                {"name": "HOME", "value": "/tmp"},
+                {"name": "PIP_NO_CACHE_DIR", "value": "1"},
+                {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"},
+            ],
+            "resources": {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)},
+            "securityContext": _container_security(),
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "deps", "mountPath": contract.DEFAULT_DEPS_DIR},
+            ],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }]
+    return {
+        "metadata": {
+            "labels": labels(fn, COMPONENT_FUNCTION),
+            "annotations": {
+                naming.ANNOTATION_CODE_HASH: fn.code_hash(),
+                naming.ANNOTATION_SPEC_HASH: fn.spec_hash(),
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_deployment(fn: Function, *, images: RuntimeImages, replicas: int | None = None) -> Manifest:
+    """The function's Deployment. `replicas` is set only when creating it: afterwards the
+    autoscaler owns the count, so updates built with `replicas=None` leave it alone."""
+    spec: Manifest = {
+        "selector": {"matchLabels": selector(fn)},
+        "revisionHistoryLimit": 2,
+        # Never fewer ready pods than asked for while rolling new code.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+        "progressDeadlineSeconds": 120,
+        "template": build_pod_template(fn, images=images),
+    }
+    if replicas is not None:
+        spec = {"replicas": replicas, **spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": fn.name,
+            "namespace": fn.namespace,
+            "labels": labels(fn, COMPONENT_FUNCTION),
+            "annotations": {naming.ANNOTATION_SPEC_HASH: fn.spec_hash()},
+        },
+        "spec": spec,
+    }
+
+
+def deployment_update(fn: Function, *, images: RuntimeImages) -> Manifest:
+    """A JSON merge patch that brings an existing Deployment to `fn` without touching replicas."""
+    patch = build_deployment(fn, images=images, replicas=None)
+    # The selector is immutable, and re-sending it would only risk a 422.
+    del patch["spec"]["selector"]
+    return patch
+
+
+def build_service(fn: Function) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": fn.name,
+            "namespace": fn.namespace,
+            "labels": labels(fn, COMPONENT_FUNCTION),
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(fn),
+            "ports": [{"name": PORT_NAME, "port": naming.SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def service_update(fn: Function) -> Manifest:
+    patch = copy.deepcopy(build_service(fn))
+    patch["spec"].pop("type")
+    return patch

@@ -1,0 +1,317 @@
+"""kopf handlers: keep every Function's ConfigMap, Deployment and Service as its spec says.
+
+`register(registry, controller)` wires a `Controller` into a kopf registry; nothing is registered
+at import time, so tests and `kfn operator` build their own registries.
+
+- Function created / changed / seen at operator start → `Controller.reconcile`: parse (invalid →
+  Ready=False/InvalidSpec, an Event, and a permanent error: kopf does not retry until the spec
+  changes), then create-or-patch the children (adopted: deleting the Function deletes them),
+  never touching the Deployment's replicas after creation (the autoscaler owns them).
+- Deployment changes → the Function's status (replicas, readyReplicas, Ready condition); a
+  Deployment deleted while its Function lives is recreated.
+- Operator start/stop → the autoscaler loop (`kfn_operator.autoscaling`) and the API client.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kfn_gateway.kubernetes import connect, read_json
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kfn import naming
+from kfn.functions import FieldError, Function, InvalidFunction, parse_function
+from kfn_operator import builders, status
+from kfn_operator.autoscaling import OperatorAutoscaler
+from kfn_operator.config import OperatorConfig
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+# How many code ConfigMaps a function keeps: the current one and the one before it, so pods of
+# the previous ReplicaSet can still start while a rollout is in progress.
+KEPT_CODE_CONFIGMAPS = 2
+
+
+class Controller:
+    """Creates and patches a Function's children through one Kubernetes API client."""
+
+    def __init__(self, config: OperatorConfig, *, api: client.ApiClient | None = None) -> None:
+        self.config = config
+        self._api = api
+        self._own_api = api is None
+        self._autoscaling: OperatorAutoscaler | None = None
+
+    @property
+    def api(self) -> client.ApiClient:
+        if self._api is None:
+            raise RuntimeError("the controller is not started")
+        return self._api
+
+    async def start(self) -> None:
+        """Connect (unless given an ApiClient) and start the autoscaler in the background."""
+        if self._api is None:
+            self._api = await connect()
+        if self.config.autoscaler:
+            self._autoscaling = OperatorAutoscaler(self.api, self.config)
+            await self._autoscaling.start()
+
+    async def close(self) -> None:
+        """Stop the autoscaler (waits for it) and close the API client if it is ours."""
+        if self._autoscaling is not None:
+            await self._autoscaling.close()
+            self._autoscaling = None
+        if self._own_api and self._api is not None:
+            await self._api.close()
+            self._api = None
+
+    # ---- reconciliation
+
+    async def reconcile(self, body: Mapping[str, Any], patch: kopf.Patch, log: logging.Logger | logging.LoggerAdapter) -> None:
+        """Bring the children to the spec; raises kopf.PermanentError for an invalid spec and
+        lets API errors propagate (kopf retries those with backoff)."""
+        try:
+            fn = parse_function(_plain(body))
+        except InvalidFunction as e:
+            patch.setdefault("status", {}).update(status.invalid_status(body, e))
+            kopf.warn(body, reason=status.REASON_INVALID_SPEC, message=str(e))
+            raise kopf.PermanentError(f"invalid spec: {e}") from None
+        try:
+            self.config.images.image_for(fn)
+        except ValueError as e:
+            patch.setdefault("status", {}).update(status.invalid_status(
+                body, InvalidFunction([FieldError("spec.runtime", str(e))])))
+            kopf.warn(body, reason=status.REASON_INVALID_SPEC, message=str(e))
+            raise kopf.PermanentError(str(e)) from None
+
+        configmap = builders.build_code_configmap(fn)
+        if configmap is not None:
+            kopf.adopt(configmap, owner=body)
+            await self._ensure_configmap(configmap, log)
+        deployment = await self._ensure_deployment(fn, body, log)
+        service = builders.build_service(fn)
+        kopf.adopt(service, owner=body)
+        await self._ensure_service(fn, service, log)
+        if configmap is not None:
+            await self._collect_old_code(fn, body, keep=configmap["metadata"]["name"], log=log)
+
+        new_status = status.deployment_status(body, deployment)
+        new_status["observedGeneration"] = (body.get("metadata") or {}).get("generation")
+        new_status["codeHash"] = fn.code_hash()
+        patch.setdefault("status", {}).update(new_status)
+
+    async def _ensure_configmap(self, configmap: dict[str, Any], log: Any) -> None:
+        core = client.CoreV1Api(self.api)
+        meta = configmap["metadata"]
+        try:
+            await core.create_namespaced_config_map(meta["namespace"], configmap)
+            log.info("created ConfigMap %s", meta["name"])
+        except ApiException as e:
+            # Content-addressed and immutable: an existing one with this name has this content.
+            if e.status != 409:
+                raise
+
+    async def _ensure_deployment(self, fn: Function, owner: Mapping[str, Any], log: Any) -> dict[str, Any]:
+        apps = client.AppsV1Api(self.api)
+        try:
+            response = await apps.read_namespaced_deployment(fn.name, fn.namespace, _preload_content=False)
+            existing = await read_json(response)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            existing = None
+        if existing is None:
+            deployment = builders.build_deployment(fn, images=self.config.images, replicas=fn.spec.scale.minReplicas)
+            kopf.adopt(deployment, owner=dict(owner))
+            response = await apps.create_namespaced_deployment(fn.namespace, deployment, _preload_content=False)
+            log.info("created Deployment %s with %d replicas", fn.name, fn.spec.scale.minReplicas)
+            return await read_json(response)
+        update = builders.deployment_update(fn, images=self.config.images)
+        kopf.adopt(update, owner=dict(owner))
+        template_annotations = (((existing.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations") or {}
+        if (template_annotations.get(naming.ANNOTATION_SPEC_HASH) == fn.spec_hash()
+                and ((existing.get("metadata") or {}).get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH) == fn.spec_hash()):
+            return existing
+        response = await apps.patch_namespaced_deployment(fn.name, fn.namespace, update, _content_type=MERGE_PATCH,
+                                                          _preload_content=False)
+        log.info("updated Deployment %s (code %s)", fn.name, fn.code_hash())
+        return await read_json(response)
+
+    async def _ensure_service(self, fn: Function, service: dict[str, Any], log: Any) -> None:
+        core = client.CoreV1Api(self.api)
+        try:
+            await core.create_namespaced_service(fn.namespace, service)
+            log.info("created Service %s", fn.name)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            update = builders.service_update(fn)
+            update["metadata"]["ownerReferences"] = service["metadata"]["ownerReferences"]
+            await core.patch_namespaced_service(fn.name, fn.namespace, update, _content_type=MERGE_PATCH)
+
+    async def _collect_old_code(self, fn: Function, owner: Mapping[str, Any], *, keep: str, log: Any) -> None:
+        core = client.CoreV1Api(self.api)
+        selector = f"{naming.LABEL_FUNCTION}={fn.name},{naming.LABEL_COMPONENT}={builders.COMPONENT_CODE}"
+        listing = await read_json(await core.list_namespaced_config_map(fn.namespace, label_selector=selector,
+                                                                     _preload_content=False))
+        owner_uid = (owner.get("metadata") or {}).get("uid")
+        old = [cm for cm in listing.get("items") or ()
+               if cm["metadata"]["name"] != keep
+               and any(ref.get("uid") == owner_uid for ref in cm["metadata"].get("ownerReferences") or ())]
+        old.sort(key=lambda cm: (cm["metadata"].get("creationTimestamp") or "",
+                                 int(cm["metadata"].get("resourceVersion") or 0)), reverse=True)
+        for cm in old[KEPT_CODE_CONFIGMAPS - 1:]:
+            try:
+                await core.delete_namespaced_config_map(cm["metadata"]["name"], fn.namespace)
+                log.info("deleted old code ConfigMap %s", cm["metadata"]["name"])
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    async def restore(self, deployment: Mapping[str, Any], log: Any) -> None:
+        """Recreate a Function's children after its Deployment was deleted from under it."""
+        fn_body = await self._get_function(deployment)
+        if fn_body is None or (fn_body.get("metadata") or {}).get("deletionTimestamp"):
+            return  # the Function is going away: the garbage collector took the Deployment
+        log.warning("Deployment %s was deleted; recreating it", (deployment.get("metadata") or {}).get("name"))
+        patch: dict[str, Any] = {}
+        try:
+            await self.reconcile(fn_body, patch, log)  # type: ignore[arg-type]
+        except kopf.PermanentError:
+            pass  # the InvalidSpec status below says why
+        if patch.get("status"):
+            meta = fn_body["metadata"]
+            await client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+                naming.GROUP, naming.VERSION, meta["namespace"], naming.PLURAL, meta["name"],
+                {"status": patch["status"]}, _content_type=MERGE_PATCH)
+
+    async def _get_function(self, child: Mapping[str, Any]) -> dict[str, Any] | None:
+        meta = child.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(naming.LABEL_FUNCTION)
+        namespace = meta.get("namespace")
+        if not name or not namespace:
+            return None
+        try:
+            return await client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    # ---- status
+
+    async def sync_status(self, deployment: Mapping[str, Any]) -> None:
+        """Copy a Deployment's state into its Function's status (only when something changed)."""
+        fn_body = await self._get_function(deployment)
+        if fn_body is None:
+            return  # being deleted: the garbage collector takes the Deployment too
+        meta = fn_body["metadata"]
+        current = fn_body.get("status") or {}
+        conditions = current.get("conditions") or ()
+        if any(c.get("type") == status.READY and c.get("reason") == status.REASON_INVALID_SPEC for c in conditions):
+            return  # the running Deployment is from an earlier, valid spec; the error stays visible
+        new = status.deployment_status(fn_body, deployment)
+        ready = next(c for c in new["conditions"] if c["type"] == status.READY)
+        was_failing = any(c.get("type") == status.READY and c.get("reason") == status.REASON_DEPLOYMENT_FAILED
+                          for c in conditions)
+        if ready["reason"] == status.REASON_DEPLOYMENT_FAILED and not was_failing:
+            kopf.warn(fn_body, reason=status.REASON_DEPLOYMENT_FAILED, message=ready["message"])
+        if all(current.get(k) == v for k, v in new.items() if k != "conditions") and \
+                _same_conditions(conditions, new["conditions"]):
+            return
+        await client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            naming.GROUP, naming.VERSION, meta["namespace"], naming.PLURAL, meta["name"],
+            # The resourceVersion makes this conditional: a concurrent InvalidSpec write wins (409).
+            {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": new},
+            _content_type=MERGE_PATCH)
+
+
+def _same_conditions(old: Any, new: list[dict[str, Any]]) -> bool:
+    strip = lambda cs: sorted(({k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or ()),
+                              key=lambda c: c.get("type", ""))
+    return strip(old) == strip(new)
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A kopf Body as the manifest dict parse_function expects (without kopf's own annotations)."""
+    raw = dict(body)
+    return {k: v for k, v in raw.items() if k in ("apiVersion", "kind", "metadata", "spec")}
+
+
+
+
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled state, with the spec replaced by its digest.
+
+    kopf keeps the last handled spec to tell real changes from noise, by default verbatim in an
+    annotation. Inline code may make a spec approach 1 MiB, while all annotations of an object
+    must stay under 256 KiB; the handlers never read kopf's per-field diff, so a digest that
+    changes whenever the spec does is all they need.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        if "spec" in essence:
+            blob = json.dumps(essence["spec"], sort_keys=True, separators=(",", ":"))
+            essence["spec"] = {"sha256": hashlib.sha256(blob.encode()).hexdigest()}
+        return essence
+
+
+def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    """kopf settings kfn relies on."""
+    settings = kopf.OperatorSettings()
+    # Progress and the last-handled spec live in annotations, so the CRD's status schema stays
+    # kfn's own (no `status.kopf` to allow).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.GROUP)
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=naming.GROUP, key="last-handled-spec")
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.reconnect_backoff = 1.0
+    # Under peering, the autoscaler elects its own leader with a Lease (see kfn_operator.autoscaling).
+    settings.peering.standalone = config.standalone
+    settings.peering.clusterwide = not config.namespaces
+    settings.peering.mandatory = False
+    # Watching named namespaces needs no cluster-wide list of namespaces or CRDs: the namespaced
+    # RBAC variant grants none (see kfn_operator.rbac).
+    settings.scanning.disabled = bool(config.namespaces)
+    return settings
+
+
+def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """Add kfn's handlers to `registry`."""
+    resource = (naming.GROUP, naming.VERSION, naming.PLURAL)
+
+    # Starting needs only local configuration: a failure is not worth kopf's minute-long retries.
+    @kopf.on.startup(registry=registry, errors=kopf.ErrorsMode.PERMANENT)
+    async def start(**_: Any) -> None:
+        await controller.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        await controller.close()
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, registry=registry, field="spec")
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+        await controller.reconcile(body, patch, logger)
+
+    @kopf.on.event("apps", "v1", "deployments", registry=registry,
+                   labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_FUNCTION: kopf.PRESENT})
+    async def deployment_changed(type: str | None, body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        try:
+            if type == "DELETED":
+                await controller.restore(dict(body), logger)
+            else:
+                await controller.sync_status(dict(body))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the next Deployment event retries; never crash the watch
+            logger.warning("could not update the status of %s: %s", body.get("metadata", {}).get("name"), e)

@@ -1,0 +1,89 @@
+"""What the operator and the gateway may do in the cluster, as data.
+
+The Helm chart renders these rules (the chart's tests compare it with `render_rbac_yaml`), so the
+permissions are written once, next to the code that needs them. Each rule says why it exists.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kfn import naming
+
+Rule = dict[str, Any]
+
+READ = ["get", "list", "watch"]
+
+
+def operator_rules() -> list[Rule]:
+    """The operator (kopf handlers + the autoscaler with its Lease)."""
+    return [
+        # Functions: watched by kopf; kopf patches its annotations (progress, last-handled).
+        {"apiGroups": [naming.GROUP], "resources": [naming.PLURAL], "verbs": [*READ, "patch"]},
+        # Status: conditions, replicas, the autoscaler's decision.
+        {"apiGroups": [naming.GROUP], "resources": [f"{naming.PLURAL}/status"], "verbs": ["get", "patch"]},
+        # Children. No "update": changes are merge patches. "delete" for old code ConfigMaps.
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": [*READ, "create", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": [*READ, "create", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": [*READ, "create", "patch", "delete"]},
+        # Ready instances per function, and the gateway replicas the autoscaler scrapes.
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["endpoints"], "verbs": READ},
+        # Failures are reported as Events (kopf posts through the core API; newer clients use events.k8s.io).
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        # One active autoscaler among operator replicas.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]},
+        # kopf: resource discovery and peering between operator replicas.
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": READ},
+        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": [*READ, "patch"]},
+        {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": [*READ, "patch"]},
+    ]
+
+
+def gateway_rules() -> list[Rule]:
+    """The gateway's Kubernetes backend: read functions and endpoints, scale from zero."""
+    return [
+        {"apiGroups": [naming.GROUP], "resources": [naming.PLURAL], "verbs": READ},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": READ},
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["endpoints"], "verbs": READ},
+    ]
+
+
+# Only a cluster-wide operator needs these: with --namespace, kopf's cluster scanning is off and
+# its peering objects are namespaced, so a namespaced install is Roles only.
+_CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("kopf.dev", "clusterkopfpeerings")}
+
+
+def _is_cluster_scoped(rule: Rule) -> bool:
+    return all((group, resource) in _CLUSTER_SCOPED for group in rule["apiGroups"] for resource in rule["resources"])
+
+
+def _role(kind: str, name: str, rules: list[Rule], *, namespace: str | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "labels": {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata, "rules": rules}
+
+
+def rbac_objects(*, namespaced: bool, namespace: str = "kfn-system", prefix: str = "kfn") -> list[dict[str, Any]]:
+    """ClusterRoles (cluster-wide install) or Roles in `namespace` (namespaced install: bind one
+    per namespace the operator and gateway watch)."""
+    out: list[dict[str, Any]] = []
+    for component, rules in (("operator", operator_rules()), ("gateway", gateway_rules())):
+        name = f"{prefix}-{component}"
+        if namespaced:
+            out.append(_role("Role", name, [r for r in rules if not _is_cluster_scoped(r)], namespace=namespace))
+        else:
+            out.append(_role("ClusterRole", name, rules))
+    return out
+
+
+def render_rbac_yaml(*, namespaced: bool, namespace: str = "kfn-system", prefix: str = "kfn") -> str:
+    """The rules as a multi-document YAML stream (without bindings: the chart owns those)."""
+    return yaml.safe_dump_all(rbac_objects(namespaced=namespaced, namespace=namespace, prefix=prefix),
+                              sort_keys=False)

@@ -1,0 +1,112 @@
+"""A Function's status: pure functions from what was observed to the status to write.
+
+Conditions follow the Kubernetes convention (type/status/reason/message/lastTransitionTime, the
+time changing only when the status does). `Ready` is the one condition kfn sets:
+- True/Ready: at least one instance serves; True/ScaledToZero: none run, the first request starts one;
+- False/Deploying: instances are asked for and none is ready yet;
+- False/DeploymentFailed: the Deployment reports a failure (image pull, quota, progress deadline);
+- False/InvalidSpec: the spec cannot be turned into instances (the message names the fields).
+"""
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kfn import naming
+from kfn.functions import InvalidFunction
+
+Condition = dict[str, Any]
+
+READY = "Ready"
+REASON_READY = "Ready"
+REASON_SCALED_TO_ZERO = "ScaledToZero"
+REASON_DEPLOYING = "Deploying"
+REASON_DEPLOYMENT_FAILED = "DeploymentFailed"
+REASON_INVALID_SPEC = "InvalidSpec"
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ReadyState:
+    status: bool
+    reason: str
+    message: str
+
+
+def set_condition(conditions: Sequence[Mapping[str, Any]] | None, *, type: str, status: bool, reason: str,
+                  message: str, observed_generation: int | None, now: str) -> list[Condition]:
+    """`conditions` with `type` replaced; lastTransitionTime kept unless the status flips."""
+    value = "True" if status else "False"
+    previous = next((c for c in conditions or () if c.get("type") == type), None)
+    changed = previous is None or previous.get("status") != value
+    new: Condition = {
+        "type": type,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now if changed or not previous.get("lastTransitionTime") else previous["lastTransitionTime"],
+    }
+    if observed_generation is not None:
+        new["observedGeneration"] = observed_generation
+    return [*(dict(c) for c in conditions or () if c.get("type") != type), new]
+
+
+def ready_from_deployment(deployment: Mapping[str, Any] | None) -> ReadyState:
+    """What the Deployment says about the function being able to serve."""
+    if deployment is None:
+        return ReadyState(False, REASON_DEPLOYING, "the Deployment does not exist yet")
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    wanted = int(spec.get("replicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    for condition in status.get("conditions") or ():
+        kind, value = condition.get("type"), condition.get("status")
+        if (kind == "ReplicaFailure" and value == "True") or (kind == "Progressing" and value == "False"):
+            return ReadyState(False, REASON_DEPLOYMENT_FAILED,
+                              condition.get("message") or condition.get("reason") or kind)
+    if ready > 0:
+        return ReadyState(True, REASON_READY, f"{ready}/{wanted} instances ready")
+    if wanted == 0:
+        return ReadyState(True, REASON_SCALED_TO_ZERO, "no instances run; the next request starts one")
+    return ReadyState(False, REASON_DEPLOYING, f"0/{wanted} instances ready")
+
+
+def deployment_status(fn_body: Mapping[str, Any], deployment: Mapping[str, Any] | None, *,
+                      now: str | None = None) -> dict[str, Any]:
+    """The status fields that follow the Deployment: replicas, readyReplicas, Ready."""
+    old = fn_body.get("status") or {}
+    ready = ready_from_deployment(deployment)
+    dep_spec = (deployment or {}).get("spec") or {}
+    dep_status = (deployment or {}).get("status") or {}
+    generation = (fn_body.get("metadata") or {}).get("generation")
+    return {
+        "replicas": int(dep_spec.get("replicas") or 0),
+        "readyReplicas": int(dep_status.get("readyReplicas") or 0),
+        "url": naming.function_url_path(fn_body["metadata"]["name"]),
+        "conditions": set_condition(old.get("conditions"), type=READY, status=ready.status, reason=ready.reason,
+                                    message=ready.message, observed_generation=generation,
+                                    now=now or now_rfc3339()),
+    }
+
+
+def invalid_status(fn_body: Mapping[str, Any], error: InvalidFunction, *, now: str | None = None) -> dict[str, Any]:
+    old = fn_body.get("status") or {}
+    generation = (fn_body.get("metadata") or {}).get("generation")
+    status: dict[str, Any] = {
+        "conditions": set_condition(old.get("conditions"), type=READY, status=False, reason=REASON_INVALID_SPEC,
+                                    message=str(error), observed_generation=generation,
+                                    now=now or now_rfc3339()),
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
+
+
+def decision_status(*, replicas: int, reason: str, now: str | None = None) -> dict[str, Any]:
+    """The autoscaler's last decision, as written to the Function's status."""
+    return {"desiredReplicas": replicas, "lastScaleReason": reason, "lastScaleTime": now or now_rfc3339()}

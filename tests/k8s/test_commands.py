@@ -1,0 +1,109 @@
+"""`kfn operator` and `kfn gateway` as processes, configured by KUBECONFIG, against the emulated API."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from kfn import naming
+from tests.k8s import kube
+
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(90)]
+
+HELLO = {"apiVersion": naming.API_VERSION, "kind": naming.KIND, "metadata": {"name": "hello", "namespace": "default"},
+         "spec": {"handler": "main.handler", "source": {"files": {"main.py": "def handler(e, c):\n    return 1\n"}}}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def kfn(cluster: kube.Cluster, tmp_path: Path, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`kfn ARGS` with KUBECONFIG pointing at the emulator; SIGTERM on exit (SIGKILL if it hangs)."""
+    with open(tmp_path / f"{args[0]}.log", "wb") as log:  # noqa: ASYNC230 - a local file
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kfn.cli", *args, env=kube.env_with_kubeconfig(cluster.kubeconfig),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def test_kfn_operator_reconciles_and_stops_cleanly_on_sigterm(cluster, tmp_path) -> None:
+    async with kfn(cluster, tmp_path, "operator", "--standalone", "--runtime-image", "python3.12=reg.local/py:3.12",
+                   "--autoscale-interval", "0.5") as process:
+        async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json=HELLO) as r:
+            assert r.status == 201
+        dep = await kube.wait_for(lambda: cluster.object(kube.DEPLOYMENTS, "default", "hello"), timeout=30,
+                                  what="the Deployment")
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "reg.local/py:3.12"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0, (tmp_path / "operator.log").read_text()
+
+
+async def test_kfn_gateway_serves_the_functions_of_the_cluster(cluster, tmp_path) -> None:
+    async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json=HELLO) as r:
+        assert r.status == 201
+    port = free_port()
+    async with kfn(cluster, tmp_path, "gateway", "--host", "127.0.0.1", "--port", str(port)) as process, \
+            aiohttp.ClientSession() as session:
+        async def listed() -> list[str] | None:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{naming.SYSTEM_FUNCTIONS_PATH}") as r:
+                    return [f.get("name") for f in await r.json()] if r.status == 200 else None
+            except aiohttp.ClientConnectionError:
+                return None
+
+        for _ in range(150):
+            names = await listed()
+            if names is not None or process.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert names == ["hello"], (tmp_path / "gateway.log").read_text()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0, (tmp_path / "gateway.log").read_text()
+
+
+async def test_kfn_operator_rejects_a_malformed_runtime_image_flag(cluster, tmp_path) -> None:
+    async with kfn(cluster, tmp_path, "operator", "--runtime-image", "python3.12") as process:
+        assert await asyncio.wait_for(process.wait(), 20) == 1
+    output = (tmp_path / "operator.log").read_text()
+    assert "kfn operator: expected RUNTIME=IMAGE" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("command", ["gateway", "operator"])
+async def test_without_a_cluster_configuration_the_command_fails_with_one_line(command, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST",)}
+    env["KUBECONFIG"] = str(tmp_path / "missing")
+    env["HOME"] = str(tmp_path)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kfn.cli", command, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1
+    assert err.decode() == (f"kfn {command}: cannot configure the Kubernetes client: not in a pod "
+                            f"(KUBERNETES_SERVICE_HOST is unset) and no kubeconfig at {tmp_path / 'missing'}\n")
