@@ -11,19 +11,27 @@ from typing import Any
 import yaml
 
 from kfn import naming
-from kfn.functions import RUNTIMES, FunctionSpec
+from kfn.functions import MAX_NAME_LENGTH, RUNTIMES, FunctionSpec, ScaleSpec
 
 CRD_PATH = Path(__file__).resolve().parent.parent / "charts" / "kfn" / "crds" / f"{naming.CRD_NAME}.yaml"
 
 # What the schema language can say beyond types and bounds, checked by the API server at once
 # (`kubectl apply` rejects it) instead of by the operator after the fact.
+# Fields left out take the model's defaults, so the rules apply those defaults too.
+_MIN = ScaleSpec.model_fields["minReplicas"].default
+_MAX = ScaleSpec.model_fields["maxReplicas"].default
+_CONCURRENCY = FunctionSpec.model_fields["concurrency"].default
 _CEL_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
     (): [
         {"rule": "has(self.source) || has(self.image)",
          "message": "must set source.files, source.configMap or image"},
+        {"rule": "!has(self.scale) || !has(self.scale.targetConcurrency) || "
+                 f"self.scale.targetConcurrency <= double(has(self.concurrency) ? self.concurrency : {_CONCURRENCY})",
+         "message": "scale.targetConcurrency must be <= concurrency", "fieldPath": ".scale.targetConcurrency"},
     ],
     ("scale",): [
-        {"rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+        {"rule": f"(has(self.maxReplicas) ? self.maxReplicas : {_MAX}) >= "
+                 f"(has(self.minReplicas) ? self.minReplicas : {_MIN})",
          "message": "maxReplicas must be >= minReplicas", "fieldPath": ".maxReplicas"},
     ],
     ("source",): [
@@ -143,6 +151,11 @@ def crd_manifest() -> dict[str, Any]:
     schema = {
         "type": "object",
         "required": ["spec"],
+        # A Function's name is also its Service's name: a DNS label.
+        "x-kubernetes-validations": [{
+            "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+            "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters",
+        }],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
