@@ -1,0 +1,98 @@
+"""The CRD's CEL rules, evaluated the way the API server would (cel-python stands in for cel-go).
+
+`kubectl apply` rejects what these rules forbid before the operator ever sees it, so each rule
+must accept every example and reject the input it was written for.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import celpy
+import pytest
+import yaml
+
+from kfn import crd
+from kfn.manifests import manifest_files
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def rules_at(schema: dict[str, Any], value: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(path, rule, self) for every rule whose node is present in `value`, typed like the API server."""
+    typed = _typed(schema, value)
+    for rule in schema.get("x-kubernetes-validations", []):
+        yield path, rule["rule"], typed
+    if isinstance(value, dict):
+        for key, child in schema.get("properties", {}).items():
+            if key in value:
+                yield from rules_at(child, value[key], f"{path}.{key}")
+
+
+def _typed(schema: dict[str, Any], value: Any) -> Any:
+    # A `number` field holds a double even when YAML wrote an integer.
+    if schema.get("type") == "number" and isinstance(value, int):
+        return float(value)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _typed(props.get(k, {}), v) for k, v in value.items()}
+    return value
+
+
+def failing_rules(document: dict[str, Any]) -> list[str]:
+    env = celpy.Environment()
+    failed = []
+    for path, rule, value in rules_at(crd.crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"], document):
+        result = env.program(env.compile(rule)).evaluate({"self": celpy.json_to_cel(value)})
+        if not isinstance(result, celpy.celtypes.BoolType):
+            raise AssertionError(f"rule at {path or '<root>'} did not evaluate to a bool: {rule} → {result!r}")
+        if not result:
+            failed.append(f"{path or '<root>'}: {rule}")
+    return failed
+
+
+def function(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "f"},
+            "spec": {"handler": "main.handler", "source": {"files": {"main.py": ""}}, **spec}}
+
+
+@pytest.mark.parametrize("path", manifest_files(EXAMPLES), ids=lambda p: p.name)
+def test_examples_pass_every_rule(path: Path) -> None:
+    for document in yaml.safe_load_all(path.read_text()):
+        assert failing_rules(document) == []
+
+
+def test_min_replicas_above_the_default_max_is_rejected() -> None:
+    [failure] = failing_rules(function(scale={"minReplicas": 20}))
+    assert failure.startswith(".spec.scale:")
+
+
+def test_inverted_scale_bounds_are_rejected() -> None:
+    assert len(failing_rules(function(scale={"minReplicas": 3, "maxReplicas": 2}))) == 1
+
+
+def test_target_concurrency_above_concurrency_is_rejected() -> None:
+    [failure] = failing_rules(function(concurrency=2, scale={"targetConcurrency": 5}))
+    assert "targetConcurrency" in failure
+
+
+def test_target_concurrency_within_the_default_concurrency_is_accepted() -> None:
+    assert failing_rules(function(scale={"targetConcurrency": 7})) == []
+
+
+def test_no_code_is_rejected() -> None:
+    document = function()
+    del document["spec"]["source"]
+    assert len(failing_rules(document)) == 1
+
+
+def test_files_and_config_map_together_are_rejected() -> None:
+    [failure] = failing_rules(function(source={"files": {"a.py": ""}, "configMap": {"name": "c"}}))
+    assert failure.startswith(".spec.source:")
+
+
+def test_long_names_are_rejected() -> None:
+    document = function()
+    document["metadata"]["name"] = "a" * 64
+    assert failing_rules(document) == ["<root>: size(self.metadata.name) <= 63"]
