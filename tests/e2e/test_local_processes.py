@@ -1,0 +1,196 @@
+"""`ProcessBackend` on its own: real runtime processes, driven through the InstanceBackend seam."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kfn.functions import Function, parse_function
+from kfn.processes import ProcessBackend
+from tests.e2e.localmode import function_manifest, pid_alive
+
+pytestmark = pytest.mark.e2e
+
+HELLO = """
+def handler(event, context):
+    return {"version": context.function_version, "body": event.get("body")}
+"""
+
+
+def make_function(name: str, code: str = HELLO, **spec: Any) -> Function:
+    return parse_function(function_manifest(name, code, **spec))
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[ProcessBackend]:
+    backend = ProcessBackend(work_dir=tmp_path / "work", deps_cache=tmp_path / "deps", start_timeout=20,
+                             max_backoff=0.5)
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        pids = [i["pid"] for f in backend.functions() for i in (backend.status(f.name) or {})["instances"]
+                if i["pid"]]
+        await backend.close()
+        assert not [pid for pid in pids if pid_alive(pid)]
+
+
+async def until(predicate: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def get(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_scaling_up_starts_ready_instances_on_local_ports(backend: ProcessBackend) -> None:
+    backend.set_function(make_function("hello"))
+    assert backend.ready("hello") == [] and backend.desired("hello") == 0
+    await backend.scale("hello", 2)
+    instances = await until(lambda: len(backend.ready("hello")) == 2 and backend.ready("hello"), what="2 ready")
+    assert {i.host for i in instances} == {"127.0.0.1"}
+    assert len({i.port for i in instances}) == 2
+    assert {i.capacity for i in instances} == {10}
+    status, body = await get(instances[0].url + "/")
+    assert status == 200 and body["version"] == make_function("hello").code_hash()
+
+
+async def test_listeners_hear_about_ready_instances(backend: ProcessBackend) -> None:
+    heard: list[tuple[str, int]] = []
+    backend.add_listener(lambda name: heard.append((name, len(backend.ready(name)))))
+    backend.set_function(make_function("hello"))
+    await backend.scale("hello", 1)
+    await until(lambda: ("hello", 1) in heard, what="a ready notification")
+    await backend.scale("hello", 0)
+    await until(lambda: heard[-1] == ("hello", 0), what="a scale-down notification")
+
+
+async def test_scaling_down_takes_instances_out_of_rotation_before_stopping_them(backend: ProcessBackend) -> None:
+    backend.set_function(make_function("hello"))
+    await backend.scale("hello", 1)
+    await until(lambda: backend.ready("hello"), what="an instance")
+    pid = backend.status("hello")["instances"][0]["pid"]  # type: ignore[index]
+    # When the gateway hears that the instance left rotation, it has not been signalled yet.
+    alive_when_removed: list[bool] = []
+    backend.add_listener(lambda name: alive_when_removed.append(pid_alive(pid)) if not backend.ready(name) else None)
+    await backend.scale("hello", 0)
+    await until(lambda: not pid_alive(pid), what="the process to exit")
+    assert alive_when_removed[:1] == [True]
+    await until(lambda: backend.status("hello")["instances"] == [], what="it to be reaped")  # type: ignore[index]
+
+
+async def test_a_changed_function_rolls_without_a_moment_with_no_ready_instance(backend: ProcessBackend) -> None:
+    backend.set_function(make_function("roll", scale={"minReplicas": 2}))
+    await until(lambda: len(backend.ready("roll")) == 2, what="2 ready")
+    old_ports = {i.port for i in backend.ready("roll")}
+    gaps: list[float] = []
+    backend.add_listener(lambda name: gaps.append(time.monotonic()) if not backend.ready(name) else None)
+    changed = make_function("roll", code=HELLO + "\n# v2\n", scale={"minReplicas": 2})
+    backend.set_function(changed)
+    await until(lambda: len(backend.ready("roll")) == 2 and not {i.port for i in backend.ready("roll")} & old_ports,
+                what="the new version")
+    assert gaps == []
+    status, body = await get(backend.ready("roll")[0].url + "/")
+    assert body["version"] == changed.code_hash()
+
+
+async def test_a_crashed_instance_is_replaced_and_its_output_kept(backend: ProcessBackend) -> None:
+    backend.set_function(make_function("crashy", code="print('about to be killed', flush=True)\n" + HELLO))
+    await backend.scale("crashy", 1)
+    first = (await until(lambda: backend.ready("crashy"), what="an instance"))[0]
+    pid = backend.status("crashy")["instances"][0]["pid"]  # type: ignore[index]
+    os.kill(pid, signal.SIGKILL)
+    replacement = (await until(lambda: [i for i in backend.ready("crashy") if i.id != first.id],
+                               what="a replacement"))[0]
+    assert replacement.port != first.port
+    logs = "\n".join(backend.logs("crashy").tail())  # type: ignore[union-attr]
+    assert f"instance {first.id} exited with code -9 while serving" in logs
+    assert "about to be killed" in logs
+
+
+async def test_a_reported_failure_replaces_the_instance(backend: ProcessBackend) -> None:
+    backend.set_function(make_function("hello"))
+    await backend.scale("hello", 1)
+    first = (await until(lambda: backend.ready("hello"), what="an instance"))[0]
+    backend.report_failure(first, error="connection refused")
+    assert first not in backend.ready("hello")
+    await until(lambda: [i for i in backend.ready("hello") if i.id != first.id], what="a replacement")
+
+
+async def test_a_handler_that_cannot_load_is_retried_with_backoff_then_given_up(backend: ProcessBackend) -> None:
+    backend.set_function(make_function("broken", code="raise ImportError('no such thing')\n"))
+    await backend.scale("broken", 1)
+    error = await until(lambda: "gave up" in (backend.error("broken") or "") and backend.error("broken"),
+                        timeout=30, what="giving up")
+    assert "no such thing" in error
+    assert backend.ready("broken") == []
+    # The last attempt is reaped, and no further one starts.
+    await until(lambda: backend.status("broken")["instances"] == [],  # type: ignore[index]
+                what="the last attempt to be reaped")
+    await asyncio.sleep(1.0)
+    assert backend.status("broken")["instances"] == []  # type: ignore[index]
+
+
+async def test_the_function_environment_reaches_the_handler(backend: ProcessBackend) -> None:
+    code = """
+import os
+def handler(event, context):
+    return {k: os.environ.get(k) for k in ("GREETING", "KFN_FUNCTION_NAME", "KFN_CONCURRENCY", "KFN_TIMEOUT",
+                                           "KFN_MEMORY_MB", "KFN_GATEWAY")}
+"""
+    os.environ["KFN_GATEWAY"] = "http://leaked"
+    try:
+        backend.set_function(make_function("env", code=code, env=[{"name": "GREETING", "value": "hi"}],
+                                           concurrency=3, timeout="7s",
+                                           resources={"limits": {"memory": "128Mi"}}))
+        await backend.scale("env", 1)
+    finally:
+        del os.environ["KFN_GATEWAY"]
+    instance = (await until(lambda: backend.ready("env"), what="an instance"))[0]
+    _, body = await get(instance.url + "/")
+    assert body == {"GREETING": "hi", "KFN_FUNCTION_NAME": "env", "KFN_CONCURRENCY": "3", "KFN_TIMEOUT": "7.0",
+                    "KFN_MEMORY_MB": "128", "KFN_GATEWAY": None}
+
+
+async def test_log_followers_get_new_lines_until_the_backend_closes(tmp_path: Path) -> None:
+    backend = ProcessBackend(work_dir=tmp_path / "work")
+    await backend.start()
+    backend.set_function(make_function("chatty", code="print('loaded', flush=True)\n" + HELLO))
+    buffer = backend.logs("chatty")
+    assert buffer is not None
+    lines: list[str] = []
+
+    async def follow() -> None:
+        async with buffer.follow(tail=0) as followed:
+            async for line in followed:
+                lines.append(line)
+
+    follower = asyncio.create_task(follow())
+    try:
+        await backend.scale("chatty", 1)
+        await until(lambda: any(line.endswith("] loaded") for line in lines), what="the followed line")
+    finally:
+        await backend.close()
+    async with asyncio.timeout(5):
+        await follower   # ends by itself once the backend closes
+
+
+async def test_a_handler_sees_only_its_requirements_not_kfns_environment(backend: ProcessBackend) -> None:
+    # PyYAML is installed beside kfn; in a runtime image it is not, unless the function lists it.
+    backend.set_function(make_function("unlisted", code="import yaml\n" + HELLO))
+    await backend.scale("unlisted", 1)
+    error = await until(lambda: backend.error("unlisted"), what="the import failure")
+    assert "No module named 'yaml'" in error
