@@ -1,9 +1,11 @@
 """The runtime as a real process (`python -m kfn_runtime`) spoken to over HTTP on 127.0.0.1."""
 from __future__ import annotations
 
+import ctypes
 import http.client
 import json
 import os
+import platform
 import select
 import signal
 import socket
@@ -493,6 +495,23 @@ def test_sigterm_drains_the_in_flight_request_and_exits_zero(start: Callable[...
     assert (status, body) == (200, b"released")
     assert headers["connection"] == "close"
     assert rt.wait_exit() == contract.EXIT_OK
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, pid, tid, signum) != 0:  # SYS_tgkill on x86_64
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="uses the x86_64 tgkill syscall number")
+def test_sigterm_caught_by_another_thread_still_stops_the_runtime(start: Callable[..., RuntimeProcess]) -> None:
+    # The kernel may hand a process-directed signal to any thread; aim it at a non-main thread
+    # (the HTTP server's) to check the main thread still wakes up and drains.
+    rt = start()
+    threads = [int(t) for t in os.listdir(f"/proc/{rt.pid}/task") if int(t) != rt.pid]
+    assert threads, "the runtime serves HTTP from a thread of its own"
+    _tgkill(rt.pid, threads[0], signal.SIGTERM)
+    assert rt.wait_exit(timeout=10) == contract.EXIT_OK
 
 
 def test_sigint_stops_an_idle_runtime_with_exit_zero(start: Callable[..., RuntimeProcess]) -> None:

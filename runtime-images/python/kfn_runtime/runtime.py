@@ -53,7 +53,12 @@ class Runtime:
         self._cond = threading.Condition()
         self._active = 0  # accepted invocation requests whose response is not written yet
         self._exit_code = contract.EXIT_OK
-        self._stop_requested = threading.Event()
+        # Wakes the main thread: written by stop() from any thread and by the signal handler.
+        # A pipe, not a threading.Event: a signal handler runs inside whatever the main thread was
+        # doing, and Event.set() would take the lock Event.wait() may be holding (a deadlock).
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._signalled: int | None = None
         self._invoker: Invoker | None = None
         self._server: RuntimeServer | None = None
         self._started = time.monotonic() if started is None else started  # for the startupMs of the ready line
@@ -83,6 +88,10 @@ class Runtime:
         """
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # The kernel may deliver a signal to any thread; the Python-level handler only runs once
+        # the main thread executes bytecode. The wakeup fd gets a byte whichever thread caught it,
+        # so the main thread's read below returns and the handler runs.
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
             self.listen()
         except OSError as e:
@@ -96,8 +105,11 @@ class Runtime:
             self._stderr.flush()
             return contract.EXIT_LOAD_FAILED
         self.announce()
-        while not self._stop_requested.wait(1.0):
-            pass
+        while self._state != DRAINING:
+            os.read(self._wake_r, 64)  # retried after a signal handler returns (PEP 475)
+            if self._signalled is not None:
+                self.log.event("stopping", signal=signal.Signals(self._signalled).name)
+                self.stop(contract.EXIT_OK)
         return self.drain()
 
     def listen(self) -> None:
@@ -143,7 +155,7 @@ class Runtime:
                 return
             self._state = DRAINING
             self._exit_code = exit_code
-        self._stop_requested.set()
+        self._wake()
 
     def drain(self) -> int:
         """Wait (at most the drain timeout) for accepted invocations to be answered; the exit code."""
@@ -161,14 +173,24 @@ class Runtime:
         return code
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        # Runs in the main thread between two bytecodes of whatever it was doing, possibly while
+        # it holds a lock or is writing a log line: so no locks and no buffered I/O here, only a
+        # flag, raw writes and _exit.
         if self._state == LOADING:
             # Nothing was ever served; the handler's import may take long, so do not wait for it.
-            self.log.event("stopped while loading", signal=signal.Signals(signum).name)
-            exit_process(contract.EXIT_OK)
+            _raw_log(f"kfn-runtime: {signal.Signals(signum).name} while loading; exiting\n")
+            os._exit(contract.EXIT_OK)
         if self._state == DRAINING:
-            self.log.event("forced stop", level="error", signal=signal.Signals(signum).name, inFlight=self._active)
-            exit_process(contract.EXIT_DRAIN_TIMEOUT if self._active else self._exit_code)
-        self.stop(contract.EXIT_OK)
+            _raw_log(f"kfn-runtime: {signal.Signals(signum).name} while draining; forced stop\n")
+            os._exit(contract.EXIT_DRAIN_TIMEOUT if self._active else self._exit_code)
+        self._signalled = signum
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # the pipe already holds unread wake-ups: the main thread will wake anyway
 
     def _on_stuck(self, request_id: str, overrun: float) -> None:
         self.log.event("handler stuck after timeout; draining to restart", level="error",
@@ -289,6 +311,13 @@ class Runtime:
 
 def _json(status: int, value: object) -> HttpResponse:
     return HttpResponse(status, [("Content-Type", JSON)], json.dumps(value).encode())
+
+
+def _raw_log(line: str) -> None:
+    try:
+        os.write(2, line.encode())
+    except OSError:
+        pass
 
 
 def exit_process(code: int) -> None:
