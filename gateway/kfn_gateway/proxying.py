@@ -25,8 +25,8 @@ CONNECT_TIMEOUT = 10.0
 # they have just closed.
 KEEPALIVE_TIMEOUT = 15.0
 
-# RFC 9110 §7.6.1: meaningful for one connection only. Host is set from the instance's address
-# (the original goes in X-Forwarded-Host); Expect is answered by the gateway itself.
+# RFC 9110 §7.6.1: meaningful for one connection only. Host is written first by the gateway (the
+# client's, also in X-Forwarded-Host); Expect is answered by the gateway itself.
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host", "expect",
@@ -281,9 +281,13 @@ def _request_head(request: web.Request, instance: Instance, path: str,
                   body: RequestBody | None) -> tuple[bytes, bool]:
     """The request line and headers for the instance, and whether the body goes chunked."""
     method = request.method
-    parts = [b"%s %s HTTP/1.1\r\nHost: %s:%d\r\n" % (
-        method.encode("ascii"), path.encode("utf-8", "surrogateescape"), instance.host.encode("idna"),
-        instance.port)]
+    # The client's Host goes through, as Knative and OpenFaaS do: the handler's event shows the
+    # host it was called on (headers.host, requestContext.domainName), not an instance address.
+    host = request.headers.get("Host")
+    host_bytes = host.encode("utf-8", "surrogateescape") if host else b"%s:%d" % (
+        instance.host.encode("idna"), instance.port)
+    parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (
+        method.encode("ascii"), path.encode("utf-8", "surrogateescape"), host_bytes)]
     dropped = _HOP_BY_HOP_BYTES
     raw = request.raw_headers
     forwarded_for = b""

@@ -39,6 +39,15 @@ async def test_method_path_query_headers_and_body_reach_the_instance() -> None:
     assert header_values(headers, "X-Forwarded-Host") == [f"127.0.0.1:{gw.port}"]
 
 
+async def test_the_clients_host_header_reaches_the_instance() -> None:
+    backend = FakeBackend(make_function("hello"))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        status, seen, _ = await gw.json("GET", "/function/hello", headers={"Host": "api.example.com"})
+    assert status == 200
+    assert header_values(seen["headers"], "Host") == ["api.example.com"]
+
+
 @pytest.mark.parametrize(("path", "expected"), [
     ("/function/hello", "/"),
     ("/function/hello/", "/"),
