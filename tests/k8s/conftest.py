@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from kfn_gateway.kubernetes import connect
 from kfn_operator.config import OperatorConfig
 from kfn_operator.main import operate
+from kubernetes_asyncio import client
 
 from tests.k8s import kube
 
@@ -20,6 +22,16 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         yield emulator
+
+
+@pytest.fixture
+async def api(cluster: kube.Cluster) -> AsyncIterator[client.ApiClient]:
+    """A Kubernetes API client configured from the emulated cluster's kubeconfig."""
+    api = await connect()
+    try:
+        yield api
+    finally:
+        await api.close()
 
 
 @contextlib.asynccontextmanager

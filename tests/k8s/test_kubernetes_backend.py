@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kfn_gateway.kubernetes import Backoff, KubernetesBackend, connect
+from kfn_gateway.kubernetes import Backoff, KubernetesBackend
 from kubernetes_asyncio import client
 
 from kfn import naming
@@ -59,15 +59,6 @@ async def add_function(cluster: kube.Cluster, body: dict[str, Any]) -> None:
 
 async def add_slice(cluster: kube.Cluster, body: dict[str, Any]) -> None:
     await post(cluster, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", body)
-
-
-@pytest.fixture
-async def api(cluster: kube.Cluster) -> AsyncIterator[client.ApiClient]:
-    api = await connect()
-    try:
-        yield api
-    finally:
-        await api.close()
 
 
 @pytest.fixture

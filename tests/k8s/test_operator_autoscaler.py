@@ -2,28 +2,16 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from kfn_gateway.kubernetes import connect
 from kfn_operator.autoscaling import OperatorAutoscaler
 from kfn_operator.config import OperatorConfig
-from kubernetes_asyncio import client
 
 from kfn import naming
 from tests.k8s import kube
 
 pytestmark = pytest.mark.k8s
-
-
-@pytest.fixture
-async def api(cluster: kube.Cluster) -> AsyncIterator[client.ApiClient]:
-    api = await connect()
-    try:
-        yield api
-    finally:
-        await api.close()
 
 
 def config(identity: str, **kwargs: object) -> OperatorConfig:
