@@ -203,7 +203,8 @@ async def test_twenty_concurrent_first_requests_cause_one_scale_up_and_all_succe
     backend.scale_gate = asyncio.Event()
     async with backend, running_gateway(backend) as gw:
         tasks = [asyncio.create_task(gw.json("POST", "/function/hello", data=str(i))) for i in range(20)]
-        await eventually(lambda: gw.gateway.stats("hello").queued == 20)
+        # The scale call runs in a task of its own: wait for it as well as for the queue.
+        await eventually(lambda: gw.gateway.stats("hello").queued == 20 and bool(backend.scale_calls))
         assert [(c.name, c.replicas, c.reason) for c in backend.scale_calls] == [("hello", 1, "cold start")]
         backend.scale_gate.set()
         results = await asyncio.gather(*tasks)
