@@ -15,6 +15,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from kfn.instances import Instance
+from kfn_runtime import contract
 from kfn_gateway.upstream import ConnectFailed, ConnectionBroken, Pool, ReadTimeout, UpstreamResponse
 
 # Bodies up to this size are read whole (request) or answered in one write (response).
@@ -48,6 +49,17 @@ class BodyUnreadable(Exception):
 
 class NotSent(Exception):
     """The instance could not be reached; nothing of the request was sent to it."""
+
+
+class Rejected(Exception):
+    """The instance turned the request away before running the handler: it is draining (its pod
+    is terminating; endpoint updates lag behind SIGTERM) or still loading. The request may go to
+    another instance, and this one should not be chosen again, but it has not failed."""
+
+
+# A runtime says so in this header; any other 429/503 is the handler's own answer and passes through.
+_RETRYABLE_REJECTIONS = frozenset({contract.REJECTED_DRAINING, contract.REJECTED_LOADING})
+_REJECTED_HEADER = contract.HEADER_REJECTED.lower()
 
 
 class UpstreamFailed(Exception):
@@ -179,7 +191,7 @@ class Proxy:
                       *, timeout: float) -> web.StreamResponse:
         """Send `request` to `instance` at `path` and answer the client with the instance's response.
 
-        Runs until the whole response has been sent to the client. Raises NotSent,
+        Runs until the whole response has been sent to the client. Raises NotSent, Rejected,
         UpstreamFailed, UpstreamTimeout, BodyTooLarge or BodyUnreadable (see the module
         docstring), or ConnectionError when the client went away; a client that goes away may
         also cancel it, which closes the connection to the instance.
@@ -207,6 +219,10 @@ class Proxy:
                 raise UpstreamFailed(f"instance {instance.id} failed: {e}") from e
             raise
         try:
+            if upstream.status in (429, 503) and (body is None or body.resendable):
+                reason = next((v for k, v in upstream.headers if k.lower() == _REJECTED_HEADER), None)
+                if reason in _RETRYABLE_REJECTIONS:
+                    raise Rejected(f"instance {instance.id} is {reason}")
             return await self._respond(request, upstream, instance, timeout)
         finally:
             upstream.release()

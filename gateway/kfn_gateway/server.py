@@ -26,7 +26,8 @@ from kfn.functions import Function
 from kfn.instances import Instance, InstanceBackend
 from kfn_gateway.metrics import FunctionStats, GatewayMetrics, LoadSource, StateCollector
 from kfn_gateway.proxying import (
-    BodyTooLarge, BodyUnreadable, NotSent, Proxy, RequestBody, UpstreamFailed, UpstreamTimeout, upstream_path,
+    BodyTooLarge, BodyUnreadable, NotSent, Proxy, Rejected, RequestBody, UpstreamFailed, UpstreamTimeout,
+    upstream_path,
 )
 from kfn_gateway.routing import Route, Unavailable
 
@@ -212,6 +213,13 @@ class Gateway:
                 return _error(e.status, str(e), name, retry_after=settings.retry_after if e.retry else None)
             try:
                 return await self._proxy.forward(request, instance, path, body, timeout=timeout)
+            except Rejected as e:
+                # Draining or loading: skip it here, without reporting a failure (the backend
+                # stops a draining instance itself, and must not kill its in-flight requests).
+                route.drop(instance)
+                attempts += 1
+                if attempts >= MAX_ATTEMPTS:
+                    return _error(503, str(e), name, retry_after=settings.retry_after)
             except NotSent as e:
                 self._report(route, instance, str(e))
                 attempts += 1

@@ -13,7 +13,7 @@ from kfn_gateway.server import GatewaySettings
 
 from kfn.instances import Instance
 
-from .fakes import ControlledApps, FakeBackend, eventually, make_function, running_gateway
+from .fakes import ControlledApps, FakeBackend, echo_app, eventually, make_function, running_gateway
 
 
 def unused_port() -> int:
@@ -274,3 +274,52 @@ async def test_without_handler_cancellation_an_abandoned_upload_still_frees_ever
             assert backend.failures == []
         finally:
             await runner.cleanup()
+
+
+class DrainingFirst:
+    """The first instance answers like a draining runtime (503 + X-Kfn-Rejected); later ones echo."""
+
+    def __init__(self) -> None:
+        self.rejected = 0
+
+    def __call__(self, instance_id: str) -> web.Application:
+        if instance_id.endswith("-1"):
+            async def reject(request: web.Request) -> web.Response:
+                await request.read()
+                self.rejected += 1
+                return web.json_response({"errorType": "ServiceUnavailable"}, status=503,
+                                         headers={"X-Kfn-Rejected": "draining", "Connection": "close"})
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", reject)
+            return app
+        return echo_app(instance_id)
+
+
+async def test_a_request_a_draining_instance_turned_away_goes_to_another_instance() -> None:
+    apps = DrainingFirst()
+    backend = FakeBackend(make_function("hello"), app_factory=apps)
+    async with backend, running_gateway(backend) as gw:
+        draining = await backend.add_instance("hello")
+        healthy = await backend.add_instance("hello")
+        status, seen, _ = await gw.json("POST", "/function/hello", data=b"payload")
+        assert status == 200
+        assert seen["instance"] == healthy.id
+        assert apps.rejected == 1
+        assert backend.failures == [], f"{draining.id} is draining, not failed"
+
+
+async def test_a_handlers_own_503_passes_through_without_a_retry() -> None:
+    async def busy(request: web.Request) -> web.Response:
+        return web.json_response({"busy": True}, status=503)
+
+    def factory(instance_id: str) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", busy)
+        return app
+
+    backend = FakeBackend(make_function("hello"), app_factory=factory)
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        await backend.add_instance("hello")
+        status, body, _ = await gw.json("GET", "/function/hello")
+    assert (status, body) == (503, {"busy": True})
