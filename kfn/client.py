@@ -23,8 +23,6 @@ from kfn import naming
 from kfn.cli import DEFAULT_GATEWAY, CommandError
 
 GATEWAY_ENV = "KFN_GATEWAY"
-LOGS_PATH = "/system/logs/"
-LOCAL_ERRORS_PATH = "/system/errors"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -207,7 +205,7 @@ def list_functions(client: GatewayClient, *, output: str = "text") -> int:
 
 def _local_errors(client: GatewayClient) -> dict[str, list[dict[str, Any]]]:
     """Manifest and instance problems, which only `kfn local` reports (/system/errors)."""
-    status, body = client.get_json(LOCAL_ERRORS_PATH)
+    status, body = client.get_json(naming.SYSTEM_ERRORS_PATH)
     if status != 200 or not isinstance(body, dict):
         return {}
     return body
@@ -251,7 +249,7 @@ def logs(client: GatewayClient, name: str, *, follow: bool = False, tail: int = 
     if tail < 0:
         raise CommandError(f"--tail must be 0 or more (got {tail})", exit_code=2)
     query = urllib.parse.urlencode({"tail": tail, **({"follow": "1"} if follow else {})})
-    path = f"{LOGS_PATH}{urllib.parse.quote(name, safe='')}?{query}"
+    path = f"{naming.SYSTEM_LOGS_PATH}/{urllib.parse.quote(name, safe='')}?{query}"
     # Following has no end: no read timeout then (the connection closes when kfn local stops).
     response = client.request("GET", path, timeout=None if follow else client.timeout)
     if response.status == 404:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kfn import units
+from kfn import naming, units
 from kfn.cli import CommandError
 from kfn.functions import Function
 from kfn.manifests import MANIFEST_SUFFIXES, MAX_MANIFEST_BYTES, ManifestError, load_text
@@ -266,9 +266,9 @@ class LocalRoutes:
         self._closing = asyncio.Event()
 
     def add_to(self, app: web.Application) -> None:
-        app.router.add_get("/system/logs/{name}", self.logs)
-        app.router.add_get("/system/errors", self.errors)
-        app.router.add_get("/system/instances/{name}", self.instances)
+        app.router.add_get(naming.SYSTEM_LOGS_PATH + "/{name}", self.logs)
+        app.router.add_get(naming.SYSTEM_ERRORS_PATH, self.errors)
+        app.router.add_get(naming.SYSTEM_INSTANCES_PATH + "/{name}", self.instances)
         app.on_shutdown.append(self._on_shutdown)
 
     async def _on_shutdown(self, app: web.Application) -> None:

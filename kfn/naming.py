@@ -36,6 +36,10 @@ SERVICE_PORT: Final = 80
 # Gateway URL layout (OpenFaaS-compatible).
 FUNCTION_PATH_PREFIX: Final = "/function/"
 SYSTEM_FUNCTIONS_PATH: Final = "/system/functions"
+# Local mode only: instance logs, manifest and instance problems, instance addresses.
+SYSTEM_LOGS_PATH: Final = "/system/logs"
+SYSTEM_ERRORS_PATH: Final = "/system/errors"
+SYSTEM_INSTANCES_PATH: Final = "/system/instances"
 
 # Gateway metrics: kfn's own names ...
 METRIC_INVOCATIONS: Final = "kfn_gateway_invocations_total"
