@@ -52,13 +52,25 @@ class NotSent(Exception):
 
 
 class Rejected(Exception):
-    """The instance turned the request away before running the handler: it is draining (its pod
-    is terminating; endpoint updates lag behind SIGTERM) or still loading. The request may go to
-    another instance, and this one should not be chosen again, but it has not failed."""
+    """The instance turned the request away before running the handler, so it may go elsewhere.
+
+    `reason` is the runtime's: "draining" (its pod is terminating; endpoint updates lag behind
+    SIGTERM) or "loading" mean the instance should not be chosen again, though it has not failed;
+    "concurrency" means it is full, which happens when several gateway replicas share it.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def unavailable(self) -> bool:
+        return self.reason != contract.REJECTED_CONCURRENCY
 
 
 # A runtime says so in this header; any other 429/503 is the handler's own answer and passes through.
-_RETRYABLE_REJECTIONS = frozenset({contract.REJECTED_DRAINING, contract.REJECTED_LOADING})
+_RETRYABLE_REJECTIONS = frozenset({
+    contract.REJECTED_DRAINING, contract.REJECTED_LOADING, contract.REJECTED_CONCURRENCY})
 _REJECTED_HEADER = contract.HEADER_REJECTED.lower()
 
 
@@ -222,7 +234,7 @@ class Proxy:
             if upstream.status in (429, 503) and (body is None or body.resendable):
                 reason = next((v for k, v in upstream.headers if k.lower() == _REJECTED_HEADER), None)
                 if reason in _RETRYABLE_REJECTIONS:
-                    raise Rejected(f"instance {instance.id} is {reason}")
+                    raise Rejected(f"instance {instance.id} turned the request away ({reason})", reason=reason)
             return await self._respond(request, upstream, instance, timeout)
         finally:
             upstream.release()

@@ -214,12 +214,14 @@ class Gateway:
             try:
                 return await self._proxy.forward(request, instance, path, body, timeout=timeout)
             except Rejected as e:
-                # Draining or loading: skip it here, without reporting a failure (the backend
-                # stops a draining instance itself, and must not kill its in-flight requests).
-                route.drop(instance)
+                # Nothing ran: try again. A draining or loading instance is skipped from now on,
+                # without reporting a failure (the backend stops a draining instance itself and
+                # must not kill its in-flight requests); a full one stays in rotation.
+                if e.unavailable:
+                    route.drop(instance)
                 attempts += 1
                 if attempts >= MAX_ATTEMPTS:
-                    return _error(503, str(e), name, retry_after=settings.retry_after)
+                    return _error(503 if e.unavailable else 429, str(e), name, retry_after=settings.retry_after)
             except NotSent as e:
                 self._report(route, instance, str(e))
                 attempts += 1

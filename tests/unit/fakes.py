@@ -48,22 +48,26 @@ def make_function(name: str = "hello", *, concurrency: int = 10, timeout: float 
                            "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 
 
-def echo_app(instance_id: str) -> web.Application:
-    """Answers every request with JSON describing it: method, path (with query), headers, body size."""
+async def echo(request: web.Request, instance_id: str) -> web.Response:
+    """JSON describing the request: method, path (with query), headers, body size."""
+    body = await request.read()
+    return web.json_response({
+        "instance": instance_id,
+        "method": request.method,
+        "path": request.raw_path,
+        "headers": [[k, v] for k, v in request.headers.items()],
+        "body_length": len(body),
+        "body": body[:1024].decode("utf-8", "replace"),
+    })
 
-    async def echo(request: web.Request) -> web.Response:
-        body = await request.read()
-        return web.json_response({
-            "instance": instance_id,
-            "method": request.method,
-            "path": request.raw_path,
-            "headers": [[k, v] for k, v in request.headers.items()],
-            "body_length": len(body),
-            "body": body[:1024].decode("utf-8", "replace"),
-        })
+
+def echo_app(instance_id: str) -> web.Application:
+    """Answers every request with `echo`."""
+    async def handle(request: web.Request) -> web.Response:
+        return await echo(request, instance_id)
 
     app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_route("*", "/{tail:.*}", echo)
+    app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
 

@@ -13,7 +13,7 @@ from kfn_gateway.server import GatewaySettings
 
 from kfn.instances import Instance
 
-from .fakes import ControlledApps, FakeBackend, echo_app, eventually, make_function, running_gateway
+from .fakes import ControlledApps, FakeBackend, echo, echo_app, eventually, make_function, running_gateway
 
 
 def unused_port() -> int:
@@ -323,3 +323,55 @@ async def test_a_handlers_own_503_passes_through_without_a_retry() -> None:
         await backend.add_instance("hello")
         status, body, _ = await gw.json("GET", "/function/hello")
     assert (status, body) == (503, {"busy": True})
+
+
+class FullOnce:
+    """Every instance first answers like a runtime over its concurrency limit, then echoes
+    (another gateway replica was using its slots)."""
+
+    def __init__(self) -> None:
+        self.rejected: list[str] = []
+
+    def __call__(self, instance_id: str) -> web.Application:
+        async def first_full(request: web.Request) -> web.StreamResponse:
+            if instance_id not in self.rejected:
+                self.rejected.append(instance_id)
+                await request.read()
+                return web.json_response({"errorType": "TooManyRequestsException"}, status=429,
+                                         headers={"X-Kfn-Rejected": "concurrency"})
+            return await echo(request, instance_id)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", first_full)
+        return app
+
+
+async def test_a_request_a_full_instance_turned_away_is_retried_and_the_instance_kept() -> None:
+    apps = FullOnce()
+    backend = FakeBackend(make_function("hello"), app_factory=apps)
+    async with backend, running_gateway(backend) as gw:
+        only = await backend.add_instance("hello")
+        status, seen, _ = await gw.json("GET", "/function/hello")
+        assert status == 200
+        assert seen["instance"] == only.id
+        assert apps.rejected == [only.id]
+        assert backend.failures == []
+
+
+async def test_an_instance_that_stays_full_gets_a_429_with_retry_after() -> None:
+    async def full(request: web.Request) -> web.Response:
+        return web.json_response({"errorType": "TooManyRequestsException"}, status=429,
+                                 headers={"X-Kfn-Rejected": "concurrency"})
+
+    def factory(instance_id: str) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", full)
+        return app
+
+    backend = FakeBackend(make_function("hello"), app_factory=factory)
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        status, body, headers = await gw.json("GET", "/function/hello")
+    assert status == 429
+    assert "Retry-After" in headers
+    assert body["function"] == "hello"
