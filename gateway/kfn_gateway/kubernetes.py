@@ -33,6 +33,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from kfn import naming
+from kfn.aiotasks import stop_tasks
 from kfn.functions import Function, InvalidFunction, parse_function
 from kfn.instances import Instance, Listener
 
@@ -217,9 +218,7 @@ class KubernetesBackend:
 
     async def close(self) -> None:
         """Cancel the informers and wait for them; does not close the ApiClient (the caller's)."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, what="kubernetes backend")
         self._tasks.clear()
         self._informers.clear()
 

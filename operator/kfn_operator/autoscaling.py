@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiohttp
@@ -28,6 +27,7 @@ from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from kfn import naming
+from kfn.aiotasks import stop_tasks
 from kfn.autoscaling import Autoscaler, MetricsSource
 from kfn.metrics import PrometheusScrapeSource, PromQLSource
 from kfn.scaling import Decision
@@ -52,6 +52,7 @@ class OperatorAutoscaler:
         self._leader_task: asyncio.Task[object] | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.leading = asyncio.Event()
+        self._closing = False
         self.backend = KubernetesBackend(api, namespaces=config.namespaces)
         self._autoscaler: Autoscaler | None = None
 
@@ -71,12 +72,9 @@ class OperatorAutoscaler:
         self._task = asyncio.create_task(run(), name="kfn-autoscaler")
 
     async def close(self) -> None:
-        """Stop the loop and wait for it; releases the HTTP session and the metrics endpoint."""
-        for task in (self._task, self._leader_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        """Stop the loop and wait for it (bounded); releases the HTTP session and the metrics endpoint."""
+        self._closing = True
+        await stop_tasks([t for t in (self._task, self._leader_task) if t is not None], what="autoscaler")
         self._task = self._leader_task = None
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
@@ -107,6 +105,8 @@ class OperatorAutoscaler:
     async def _lead(self) -> None:
         """Watch the cluster and run the autoscaler until cancelled (the Lease lost or shutdown)."""
         assert self._autoscaler is not None
+        if self._closing:
+            return  # the election started this task after close() began: nothing to lead
         self._leader_task = asyncio.current_task()
         logger.info("autoscaler active (%s)", self._config.identity)
         self.leading.set()
