@@ -20,7 +20,7 @@ import logging
 import aiohttp
 import prometheus_client
 from aiohttp import web
-from kfn_gateway.kubernetes import KubernetesBackend
+from kfn_gateway.kubernetes import MERGE_PATCH, KubernetesBackend
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
@@ -36,7 +36,6 @@ from kfn_operator.config import OperatorConfig
 
 logger = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"
 
 
 class OperatorAutoscaler:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kfn_gateway.kubernetes import connect, read_json
+from kfn_gateway.kubernetes import MERGE_PATCH, connect, read_json
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -33,7 +33,6 @@ from kfn_operator.config import OperatorConfig
 
 logger = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"
 # How many code ConfigMaps a function keeps: the current one and the one before it, so pods of
 # the previous ReplicaSet can still start while a rollout is in progress.
 KEPT_CODE_CONFIGMAPS = 2
