@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -61,14 +61,27 @@ async def echo(request: web.Request, instance_id: str) -> web.Response:
     })
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def app_of(handler: Handler) -> web.Application:
+    """An instance's app: `handler` answers every method and path."""
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+def serving(handler: Handler) -> AppFactory:
+    """An app factory whose every instance answers with `handler`."""
+    return lambda _instance_id: app_of(handler)
+
+
 def echo_app(instance_id: str) -> web.Application:
     """Answers every request with `echo`."""
     async def handle(request: web.Request) -> web.Response:
         return await echo(request, instance_id)
 
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
+    return app_of(handle)
 
 
 class FakeInstance:
@@ -326,6 +339,4 @@ class ControlledApps:
             finally:
                 self.active[instance_id] -= 1
 
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("*", "/{tail:.*}", handle)
-        return app
+        return app_of(handle)

@@ -13,7 +13,9 @@ from kfn_gateway.server import GatewaySettings
 
 from kfn.instances import Instance
 
-from .fakes import ControlledApps, FakeBackend, echo, echo_app, eventually, make_function, running_gateway
+from .fakes import (
+    ControlledApps, FakeBackend, app_of, echo, echo_app, eventually, make_function, running_gateway, serving,
+)
 
 
 def unused_port() -> int:
@@ -38,9 +40,7 @@ class DyingApps:
                 await asyncio.sleep(3600)
             return web.json_response({"instance": instance_id})
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        return app
+        return app_of(handle)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -121,10 +121,7 @@ async def test_the_runtimes_own_504_passes_through() -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"errorType": "TimeoutError"}, status=504)
 
-    def app(_: str) -> web.Application:
-        application = web.Application()
-        application.router.add_route("*", "/{tail:.*}", handler)
-        return application
+    app = serving(handler)
 
     backend = FakeBackend(make_function("hello"), app_factory=app)
     async with backend, running_gateway(backend) as gw:
@@ -185,10 +182,7 @@ async def test_an_instance_dying_mid_response_cuts_the_client_off() -> None:
         request.transport.abort()
         return response
 
-    def app(_: str) -> web.Application:
-        application = web.Application()
-        application.router.add_route("*", "/{tail:.*}", handler)
-        return application
+    app = serving(handler)
 
     backend = FakeBackend(make_function("hello"), app_factory=app)
     async with backend, running_gateway(backend) as gw:
@@ -228,10 +222,7 @@ async def test_a_client_disconnecting_mid_download_releases_the_slot_and_blames_
             pass  # the gateway hung up, as it should once its client did
         return response
 
-    def app(_: str) -> web.Application:
-        application = web.Application()
-        application.router.add_route("*", "/{tail:.*}", handler)
-        return application
+    app = serving(handler)
 
     backend = FakeBackend(make_function("hello", concurrency=1), app_factory=app)
     async with backend, running_gateway(backend) as gw:
@@ -289,9 +280,7 @@ class DrainingFirst:
                 self.rejected += 1
                 return web.json_response({"errorType": "ServiceUnavailable"}, status=503,
                                          headers={"X-Kfn-Rejected": "draining", "Connection": "close"})
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", reject)
-            return app
+            return app_of(reject)
         return echo_app(instance_id)
 
 
@@ -312,10 +301,7 @@ async def test_a_handlers_own_503_passes_through_without_a_retry() -> None:
     async def busy(request: web.Request) -> web.Response:
         return web.json_response({"busy": True}, status=503)
 
-    def factory(instance_id: str) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", busy)
-        return app
+    factory = serving(busy)
 
     backend = FakeBackend(make_function("hello"), app_factory=factory)
     async with backend, running_gateway(backend) as gw:
@@ -341,9 +327,7 @@ class FullOnce:
                                          headers={"X-Kfn-Rejected": "concurrency"})
             return await echo(request, instance_id)
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", first_full)
-        return app
+        return app_of(first_full)
 
 
 async def test_a_request_a_full_instance_turned_away_is_retried_and_the_instance_kept() -> None:
@@ -363,10 +347,7 @@ async def test_an_instance_that_stays_full_gets_a_429_with_retry_after() -> None
         return web.json_response({"errorType": "TooManyRequestsException"}, status=429,
                                  headers={"X-Kfn-Rejected": "concurrency"})
 
-    def factory(instance_id: str) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", full)
-        return app
+    factory = serving(full)
 
     backend = FakeBackend(make_function("hello"), app_factory=factory)
     async with backend, running_gateway(backend) as gw:

@@ -11,7 +11,7 @@ from aiohttp import web
 from kfn_gateway.routing import Unavailable
 from kfn_gateway.server import GatewaySettings
 
-from .fakes import ControlledApps, FakeBackend, eventually, make_function, running_gateway
+from .fakes import ControlledApps, FakeBackend, eventually, make_function, running_gateway, serving
 
 
 def header_values(headers: list[list[str]], name: str) -> list[str]:
@@ -70,10 +70,7 @@ async def test_status_headers_and_several_set_cookies_come_back() -> None:
         response.headers.add("Set-Cookie", "b=2; Path=/")
         return response
 
-    def app(_: str) -> web.Application:
-        application = web.Application()
-        application.router.add_route("*", "/{tail:.*}", handler)
-        return application
+    app = serving(handler)
 
     backend = FakeBackend(make_function("hello"), app_factory=app)
     async with backend, running_gateway(backend) as gw:

@@ -12,7 +12,7 @@ from kfn_gateway.upstream import Pool
 
 from kfn.instances import Instance
 
-from .fakes import FakeBackend, eventually, make_function, running_gateway
+from .fakes import FakeBackend, eventually, make_function, running_gateway, serving
 
 Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -172,10 +172,7 @@ async def test_an_early_answer_to_an_upload_reaches_the_client() -> None:
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"error": "too big for me"}, status=413)
 
-    def app(_: str) -> web.Application:
-        application = web.Application()
-        application.router.add_route("*", "/{tail:.*}", refuse)
-        return application
+    app = serving(refuse)
 
     backend = FakeBackend(make_function("hello"), app_factory=app)
     async with backend, running_gateway(backend) as gw:
