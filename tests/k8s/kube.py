@@ -433,3 +433,18 @@ async def wait_for(predicate, *, timeout: float = 15.0, interval: float = 0.05, 
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def run_command(*argv: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run a command to its end (killed by PID after `timeout` seconds): exit code, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -95,15 +95,7 @@ async def test_without_a_cluster_configuration_the_command_fails_with_one_line(c
     env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST",)}
     env["KUBECONFIG"] = str(tmp_path / "missing")
     env["HOME"] = str(tmp_path)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kfn.cli", command, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        _, err = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 1
-    assert err.decode() == (f"kfn {command}: cannot configure the Kubernetes client: not in a pod "
+    returncode, _, err = await kube.run_command(sys.executable, "-m", "kfn.cli", command, env=env)
+    assert returncode == 1
+    assert err == (f"kfn {command}: cannot configure the Kubernetes client: not in a pod "
                             f"(KUBERNETES_SERVICE_HOST is unset) and no kubeconfig at {tmp_path / 'missing'}\n")

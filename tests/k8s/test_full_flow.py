@@ -115,17 +115,9 @@ def kubectl_binary() -> str:
 
 
 async def kubectl(cluster: kube.Cluster, *args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        kubectl_binary(), "--kubeconfig", str(cluster.kubeconfig), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, f"kubectl {' '.join(args)} failed: {err.decode()}"
-    return out.decode()
+    returncode, out, err = await kube.run_command(kubectl_binary(), "--kubeconfig", str(cluster.kubeconfig), *args)
+    assert returncode == 0, f"kubectl {' '.join(args)} failed: {err}"
+    return out
 
 
 def replicas(cluster: kube.Cluster) -> int | None:
