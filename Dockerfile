@@ -21,6 +21,10 @@ RUN python3 -m venv --without-pip /opt/kfn \
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/kfn /opt/kfn
+# A passwd entry for the user the image runs as: libraries that ask who they run as
+# (getpass.getuser(), as kopf does for its identity) fail for a uid the system does not know.
+RUN echo 'kfn:x:65532:65532:kfn:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'kfn:x:65532:' >> /etc/group
 # Bytecode is compiled at build time above, as unchecked-hash .pyc files that stay valid whatever
 # file times the copy leaves: the root filesystem is read-only in the cluster.
 ENV PATH=/opt/kfn/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

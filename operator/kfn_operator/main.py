@@ -38,6 +38,10 @@ async def operate(config: OperatorConfig, *, stop_flag: Any = None, ready_flag: 
         registry=build_registry(controller),
         settings=handlers.make_settings(config),
         standalone=config.standalone,
+        # kopf would otherwise derive its peering identity from getpass.getuser(), which fails for
+        # a uid without a passwd entry (any non-root user an image does not name); the pod name
+        # is unique among replicas and says which pod holds what.
+        identity=config.identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
