@@ -84,7 +84,7 @@ def kfn_local(directory: Path, log: Path) -> Iterator[tuple[str, int]]:
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
     with log.open("wb") as out:
-        process = subprocess.Popen([PYTHON, "-m", "kfn.cli", "local", str(directory), "--port", str(port),
+        process = subprocess.Popen([PYTHON, "-m", "kfn", "local", str(directory), "--port", str(port),
                                     "--log-level", "warning"],
                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=REPO, start_new_session=True)

@@ -39,7 +39,7 @@ def load_example(name: str) -> tuple[str, dict[str, str]] | None:
         return None
     import yaml
 
-    from kfn.functions import parse_function
+    from kfn.core.functions import parse_function
 
     function = parse_function(yaml.safe_load(path.read_text()))
     if function.spec.source is None or function.spec.source.files is None:

@@ -1,7 +1,7 @@
 """kfn's gateway: routes /function/{name} to instances, queues, scales from zero, exports metrics.
 
-It only talks to an `kfn.instances.InstanceBackend`, so the same gateway runs in local mode
-(processes on 127.0.0.1) and on Kubernetes (`kfn_gateway.kubernetes`).
+It only talks to a `kfn.core.instances.InstanceBackend`, so the same gateway runs in local mode
+(processes on 127.0.0.1, `kfn.processes`) and on Kubernetes (pods, `kfn.kube`).
 """
 from __future__ import annotations
 

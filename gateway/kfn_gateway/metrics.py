@@ -11,21 +11,32 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kfn import naming
-from kfn.autoscaling import Observation
-from kfn.instances import InstanceBackend
-from kfn.scaling import Sample
+from kfn.core import naming
+from kfn.core.functions import FunctionRef
+from kfn.core.instances import InstanceBackend
+from kfn.core.scaling import Observation, Sample
 
-if TYPE_CHECKING:
-    from kfn_gateway.routing import Route
+
+class RouteView(Protocol):
+    """What the metrics read of a route (kfn_gateway.routing.Route) at scrape time."""
+
+    @property
+    def ref(self) -> FunctionRef: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def metrics(self) -> FunctionMetrics: ...
 
 FUNCTION = naming.METRIC_LABEL_FUNCTION
+NAMESPACE = naming.METRIC_LABEL_NAMESPACE
 CODE = naming.METRIC_LABEL_CODE
 OPENFAAS_FUNCTION = naming.METRIC_LABEL_OPENFAAS_FUNCTION
 
@@ -52,16 +63,17 @@ class GatewayMetrics:
         self.registry = registry
         self.invocations = Counter(
             naming.METRIC_INVOCATIONS, "Requests answered by the gateway, by function and HTTP status code.",
-            [FUNCTION, CODE], registry=registry)
+            [FUNCTION, NAMESPACE, CODE], registry=registry)
         self.duration = Histogram(
-            naming.METRIC_DURATION, "Seconds from a request's arrival at the gateway to its answer (queueing included).",
-            [FUNCTION], buckets=DURATION_BUCKETS, registry=registry)
+            naming.METRIC_DURATION,
+            "Seconds from a request's arrival at the gateway to its answer (queueing included).",
+            [FUNCTION, NAMESPACE], buckets=DURATION_BUCKETS, registry=registry)
         self.cold_starts = Counter(
             naming.METRIC_COLD_STARTS, "Scale-ups from zero instances that the gateway asked for.",
-            [FUNCTION], registry=registry)
+            [FUNCTION, NAMESPACE], registry=registry)
         self.cold_start_wait = Histogram(
             naming.METRIC_COLD_START_WAIT, "Seconds the request that caused a cold start waited for an instance.",
-            [FUNCTION], buckets=COLD_START_BUCKETS, registry=registry)
+            [FUNCTION, NAMESPACE], buckets=COLD_START_BUCKETS, registry=registry)
         # OpenFaaS's names, so dashboards built for its gateway keep working.
         self.openfaas_invocations = Counter(
             naming.METRIC_OPENFAAS_INVOCATIONS, "Function invocations (OpenFaaS-compatible).",
@@ -70,15 +82,15 @@ class GatewayMetrics:
             naming.METRIC_OPENFAAS_SECONDS, "Function invocation seconds (OpenFaaS-compatible).",
             [OPENFAAS_FUNCTION], buckets=DURATION_BUCKETS, registry=registry)
 
-    def for_function(self, name: str) -> FunctionMetrics:
-        return FunctionMetrics(name, self)
+    def for_function(self, ref: FunctionRef) -> FunctionMetrics:
+        return FunctionMetrics(ref, self)
 
 
 class FunctionMetrics:
     """One function's counters and cached metric children: the hot path only does arithmetic."""
 
-    def __init__(self, name: str, metrics: GatewayMetrics) -> None:
-        self.name = name
+    def __init__(self, ref: FunctionRef, metrics: GatewayMetrics) -> None:
+        self.ref = ref
         self.created = time.time()
         self.held = 0
         self.arrived = 0
@@ -87,8 +99,8 @@ class FunctionMetrics:
         self._load = 0.0
         self._since = time.monotonic()
         self._metrics = metrics
-        self._duration = metrics.duration.labels(name)
-        self._openfaas_seconds = metrics.openfaas_seconds.labels(name)
+        self._duration = metrics.duration.labels(ref.name, ref.namespace)
+        self._openfaas_seconds = metrics.openfaas_seconds.labels(str(ref))
         self._by_code: dict[int, tuple[Counter, Counter]] = {}
 
     def arrive(self) -> float:
@@ -112,8 +124,8 @@ class FunctionMetrics:
         if children is None:
             code = str(status)
             children = self._by_code[status] = (
-                self._metrics.invocations.labels(self.name, code),
-                self._metrics.openfaas_invocations.labels(self.name, code))
+                self._metrics.invocations.labels(self.ref.name, self.ref.namespace, code),
+                self._metrics.openfaas_invocations.labels(str(self.ref), code))
         children[0].inc()
         children[1].inc()
         elapsed = now - started
@@ -127,40 +139,43 @@ class FunctionMetrics:
         return self._load + self.held * max(0.0, now - self._since)
 
     def cold_start(self) -> None:
-        self._metrics.cold_starts.labels(self.name).inc()
+        self._metrics.cold_starts.labels(self.ref.name, self.ref.namespace).inc()
 
     def cold_start_waited(self, seconds: float) -> None:
-        self._metrics.cold_start_wait.labels(self.name).observe(seconds)
+        self._metrics.cold_start_wait.labels(self.ref.name, self.ref.namespace).observe(seconds)
 
 
 class StateCollector(Collector):
     """Gauges and counters read from live state at scrape time: nothing to update per request."""
 
-    def __init__(self, backend: InstanceBackend, routes: Callable[[], Iterable[Route]]) -> None:
+    def __init__(self, backend: InstanceBackend, routes: Callable[[], Iterable[RouteView]]) -> None:
         self._backend = backend
         self._routes = routes
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = [FUNCTION, NAMESPACE]
         desired = GaugeMetricFamily(naming.METRIC_REPLICAS_DESIRED, "Replicas last asked of the backend.",
-                                    labels=[FUNCTION])
+                                    labels=labels)
         ready = GaugeMetricFamily(naming.METRIC_REPLICAS_READY, "Instances ready to receive requests.",
-                                  labels=[FUNCTION])
+                                  labels=labels)
         for function in self._backend.functions():
-            desired.add_metric([function.name], self._backend.desired(function.name))
-            ready.add_metric([function.name], len(self._backend.ready(function.name)))
+            ref = function.ref
+            desired.add_metric([ref.name, ref.namespace], self._backend.desired(ref))
+            ready.add_metric([ref.name, ref.namespace], len(self._backend.ready(ref)))
         in_flight = GaugeMetricFamily(naming.METRIC_IN_FLIGHT, "Requests held by the gateway and not queued.",
-                                      labels=[FUNCTION])
+                                      labels=labels)
         queued = GaugeMetricFamily(naming.METRIC_QUEUE_DEPTH, "Requests waiting for a free instance slot.",
-                                   labels=[FUNCTION])
+                                   labels=labels)
         load = CounterMetricFamily(naming.METRIC_LOAD_SECONDS,
                                    "Time integral of requests held (queued + in flight), in request-seconds.",
-                                   labels=[FUNCTION])
+                                   labels=labels)
         now = time.monotonic()
         for route in self._routes():
             queue = route.queued
-            in_flight.add_metric([route.name], route.metrics.held - queue)
-            queued.add_metric([route.name], queue)
-            load.add_metric([route.name], route.metrics.load(now), created=route.metrics.created)
+            key = [route.ref.name, route.ref.namespace]
+            in_flight.add_metric(key, route.metrics.held - queue)
+            queued.add_metric(key, queue)
+            load.add_metric(key, route.metrics.load(now), created=route.metrics.created)
         yield desired
         yield ready
         yield in_flight
@@ -175,20 +190,21 @@ class LoadSource:
     first call against the moment this source was made, when every function's load was zero).
     """
 
-    def __init__(self, backend: InstanceBackend, route: Callable[[str], Route | None]) -> None:
+    def __init__(self, backend: InstanceBackend, route: Callable[[FunctionRef], RouteView | None]) -> None:
         self._backend = backend
         self._route = route
         self._started = time.monotonic()
-        self._previous: dict[str, tuple[float, float, int]] = {}  # name → (monotonic time, load, arrived)
+        # function → (monotonic time, load, arrived) at the previous collection
+        self._previous: dict[FunctionRef, tuple[float, float, int]] = {}
 
-    async def collect(self, now: float) -> dict[str, Observation]:
+    async def collect(self, now: float) -> dict[FunctionRef, Observation]:
         """Returns at once; never raises for lack of traffic (no traffic is a zero sample)."""
         mono = time.monotonic()
-        out: dict[str, Observation] = {}
+        out: dict[FunctionRef, Observation] = {}
         previous = self._previous
-        current: dict[str, tuple[float, float, int]] = {}
+        current: dict[FunctionRef, tuple[float, float, int]] = {}
         for function in self._backend.functions():
-            name = function.name
+            name = function.ref
             route = self._route(name)
             if route is None:
                 load, arrived, held = 0.0, 0, 0

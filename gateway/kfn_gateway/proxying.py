@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from kfn.instances import Instance
-from kfn_runtime import contract
+from kfn.core.instances import Instance
 from kfn_gateway.upstream import ConnectFailed, ConnectionBroken, Pool, ReadTimeout, UpstreamResponse
+from kfn_runtime import contract
 
 # Bodies up to this size are read whole (request) or answered in one write (response).
 BUFFER_BYTES = 256 * 1024

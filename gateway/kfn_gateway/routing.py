@@ -14,7 +14,8 @@ import logging
 import time
 from collections import deque
 
-from kfn.instances import Instance, InstanceBackend
+from kfn.core.functions import FunctionRef
+from kfn.core.instances import Instance, InstanceBackend
 from kfn_gateway.metrics import FunctionMetrics
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,13 @@ class ScaleFailed(Unavailable):
 class Route:
     """One function's instances, their busy slots, and the requests waiting for a slot."""
 
-    def __init__(self, name: str, backend: InstanceBackend, metrics: FunctionMetrics, *, queue_limit: int) -> None:
-        self.name = name
+    def __init__(self, ref: FunctionRef, backend: InstanceBackend, metrics: FunctionMetrics, *,
+                 queue_limit: int) -> None:
+        self.ref = ref
         self.metrics = metrics
         self._backend = backend
         self._queue_limit = queue_limit
-        self._instances: list[Instance] = list(backend.ready(name))
+        self._instances: list[Instance] = list(backend.ready(ref))
         self._busy: dict[str, int] = {}   # instance id → slots taken
         self._waiters: deque[asyncio.Future[Instance]] = deque()
         self._scaling: asyncio.Task[None] | None = None
@@ -81,14 +83,14 @@ class Route:
             if instance is not None:
                 return instance
             # The listener may lag behind the backend (or a failure was reported): look again.
-            self._instances = list(self._backend.ready(self.name))
+            self._instances = list(self._backend.ready(self.ref))
             instance = self._take()
             if instance is not None:
                 return instance
         if len(self._waiters) >= self._queue_limit:
             if not self._instances:
                 self._maybe_cold_start(None)  # turned away, but the function must still start
-            raise QueueFull(f"too many requests waiting for function {self.name!r} "
+            raise QueueFull(f"too many requests waiting for function '{self.ref}' "
                             f"({self._queue_limit} queued)")
         waiter: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -104,8 +106,8 @@ class Route:
                 return waiter.result()  # handed a slot just as time ran out: use it
             self._forget(waiter)
             if not self._instances:
-                raise QueueTimeout(f"function {self.name!r} has no ready instance after {timeout:g}s") from None
-            raise QueueTimeout(f"no free instance slot for function {self.name!r} after {timeout:g}s") from None
+                raise QueueTimeout(f"function '{self.ref}' has no ready instance after {timeout:g}s") from None
+            raise QueueTimeout(f"no free instance slot for function '{self.ref}' after {timeout:g}s") from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(waiter.result())
@@ -128,11 +130,11 @@ class Route:
         Returns the instances that are no longer ready.
         """
         before = self._instances
-        if self._backend.function(self.name) is None:
+        if self._backend.function(self.ref) is None:
             self._instances = []
-            self._fail_waiters(FunctionGone(f"function {self.name!r} was deleted"))
+            self._fail_waiters(FunctionGone(f"function '{self.ref}' was deleted"))
         else:
-            self._instances = list(self._backend.ready(self.name))
+            self._instances = list(self._backend.ready(self.ref))
             if self._waiters:
                 self._dispatch()
         ready = {instance.id for instance in self._instances}
@@ -196,7 +198,7 @@ class Route:
 
     def _maybe_cold_start(self, waiter: asyncio.Future[Instance] | None) -> None:
         # One scale call however many requests arrive: the first starts it, the rest wait with it.
-        if self._scaling is not None or self._backend.desired(self.name) > 0:
+        if self._scaling is not None or self._backend.desired(self.ref) > 0:
             return
         self.metrics.cold_start()
         self._cold_waiter = waiter
@@ -209,11 +211,11 @@ class Route:
         A failing call turns the waiting requests away with 503 instead of letting them time out.
         """
         try:
-            await self._backend.scale(self.name, 1, reason="cold start")
+            await self._backend.scale(self.ref, 1, reason="cold start")
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - any backend failure turns the waiters away
-            logger.warning("could not scale function %s from zero: %s", self.name, e)
-            self._fail_waiters(ScaleFailed(f"could not start function {self.name!r}: {e}"))
+            logger.warning("could not scale function %s from zero: %s", self.ref, e)
+            self._fail_waiters(ScaleFailed(f"could not start function '{self.ref}': {e}"))
         finally:
             self._scaling = None

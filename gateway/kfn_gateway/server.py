@@ -2,37 +2,46 @@
 
     ANY /function/{name}[/{path}]    invoke a function (the runtime sees "/" or "/{path}")
     GET /system/functions[/{name}]   functions with replicas and traffic (OpenFaaS-style)
+    GET /system/logs/{name}          instance output: ?tail=N (default 100), &follow=1 to stream
     GET /healthz                     the gateway itself is up
     GET /metrics                     Prometheus metrics of this gateway
+
+{name} is NAME (in the gateway's default namespace) or NAME.NAMESPACE, as in OpenFaaS.
 
 Every answer the gateway makes up itself (errors included) is JSON: {"error": ..., "function": ...}.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from kfn import naming
-from kfn.functions import Function
-from kfn.instances import Instance, InstanceBackend
+from kfn.core import naming
+from kfn.core.functions import Function, FunctionRef
+from kfn.core.instances import Instance, InstanceBackend
+from kfn.core.scaling import MetricsSource
 from kfn_gateway.metrics import FunctionStats, GatewayMetrics, LoadSource, StateCollector
 from kfn_gateway.proxying import (
-    BodyTooLarge, BodyUnreadable, NotSent, Proxy, Rejected, RequestBody, UpstreamFailed, UpstreamTimeout,
+    BodyTooLarge,
+    BodyUnreadable,
+    NotSent,
+    Proxy,
+    Rejected,
+    RequestBody,
+    UpstreamFailed,
+    UpstreamTimeout,
     upstream_path,
 )
 from kfn_gateway.routing import Route, Unavailable
-
-if TYPE_CHECKING:
-    from kfn.autoscaling import MetricsSource
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,7 @@ class GatewaySettings:
     queue_timeout: float = 30.0     # seconds a request may wait for a slot / a cold start before 503
     retry_after: int = 1
     upstream_timeout_margin: float = 5.0  # added to spec.timeout, so the runtime's own 504 comes first
+    default_namespace: str = naming.DEFAULT_NAMESPACE  # what /function/NAME means
 
 
 class Gateway:
@@ -69,7 +79,9 @@ class Gateway:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics = GatewayMetrics(self.registry)
-        self._routes: dict[str, Route] = {}
+        self._routes: dict[FunctionRef, Route] = {}
+        self._closing = asyncio.Event()
+        self._draining = False
         self._proxy = Proxy()
         self._listening = False
         self._prefix_length = len(naming.FUNCTION_PATH_PREFIX)
@@ -88,6 +100,7 @@ class Gateway:
         app.router.add_route("*", prefix + "{name}/{path:.*}", self._invoke)
         app.router.add_get(naming.SYSTEM_FUNCTIONS_PATH, self._list_functions)
         app.router.add_get(naming.SYSTEM_FUNCTIONS_PATH + "/{name}", self._get_function)
+        app.router.add_get(naming.SYSTEM_LOGS_PATH + "/{name}", self._logs)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._scrape)
         # Checked after every other resource, whatever the order they were added in.
@@ -99,7 +112,17 @@ class Gateway:
         async def on_cleanup(_: web.Application) -> None:
             await self.close()
 
+        async def on_shutdown(_: web.Application) -> None:
+            # Log followers would otherwise hold the server's graceful shutdown for its whole timeout.
+            self._closing.set()
+
+        async def on_response_prepare(_: web.Request, response: web.StreamResponse) -> None:
+            if self._draining:
+                response.force_close()
+
         app.on_startup.append(on_startup)
+        app.on_shutdown.append(on_shutdown)
+        app.on_response_prepare.append(on_response_prepare)
         app.on_cleanup.append(on_cleanup)
         return app
 
@@ -109,6 +132,11 @@ class Gateway:
         if not self._listening:
             self.backend.add_listener(self._on_change)
             self._listening = True
+
+    def drain(self) -> None:
+        """Start shutting down gently: keep serving, but close each client connection after its
+        answer (so clients reconnect, to another replica) and fail the health check."""
+        self._draining = True
 
     async def close(self) -> None:
         """Turn waiting requests away and close connections to instances; returns at once."""
@@ -123,8 +151,8 @@ class Gateway:
         """The autoscaler's view of this gateway's load, computed in-process."""
         return self._source
 
-    def stats(self, name: str) -> FunctionStats:
-        route = self._routes.get(name)
+    def stats(self, ref: FunctionRef) -> FunctionStats:
+        route = self._routes.get(ref)
         if route is None:
             return FunctionStats(invocations=0, last_used=None, in_flight=0, queued=0)
         metrics = route.metrics
@@ -134,27 +162,34 @@ class Gateway:
 
     # -- invocations -----------------------------------------------------------------------------
 
-    def _route(self, name: str) -> Route:
-        route = self._routes.get(name)
+    def ref(self, text: str) -> FunctionRef | None:
+        """The function a URL names (NAME or NAME.NAMESPACE), or None if it cannot name one."""
+        try:
+            return FunctionRef.parse(text, default_namespace=self.settings.default_namespace)
+        except ValueError:
+            return None
+
+    def _route(self, ref: FunctionRef) -> Route:
+        route = self._routes.get(ref)
         if route is None:
-            route = self._routes[name] = Route(name, self.backend, self._metrics.for_function(name),
-                                               queue_limit=self.settings.queue_limit)
+            route = self._routes[ref] = Route(ref, self.backend, self._metrics.for_function(ref),
+                                              queue_limit=self.settings.queue_limit)
         return route
 
-    def _on_change(self, name: str) -> None:
-        route = self._routes.get(name)
+    def _on_change(self, ref: FunctionRef) -> None:
+        route = self._routes.get(ref)
         if route is None:
             return
         try:
             gone = route.refresh()
         except Exception:
-            logger.exception("could not refresh instances of function %s", name)
+            logger.exception("could not refresh instances of function %s", ref)
         else:
             for instance in gone:
                 # Idle connections to an instance that is draining or gone would only go stale.
                 self._proxy.close_idle(instance)
-        if route.metrics.held == 0 and self.backend.function(name) is None:
-            del self._routes[name]
+        if route.metrics.held == 0 and self.backend.function(ref) is None:
+            del self._routes[ref]
 
     async def _invoke(self, request: web.Request) -> web.StreamResponse:
         """Answer one invocation; runs as long as the queueing and the instance take.
@@ -163,10 +198,11 @@ class Gateway:
         the client going away ends it early (cancelled, or its answer dropped).
         """
         name = request.match_info["name"]
-        function = self.backend.function(name)
+        ref = self.ref(name)
+        function = self.backend.function(ref) if ref is not None else None
         if function is None:
             return _error(404, f"no function named {name!r}", name)
-        route = self._route(name)
+        route = self._route(function.ref)
         metrics = route.metrics
         started = metrics.arrive()
         status = 500
@@ -196,7 +232,7 @@ class Gateway:
 
     async def _serve(self, request: web.Request, function: Function, route: Route) -> web.StreamResponse:
         settings = self.settings
-        name = route.name
+        name = request.match_info["name"]  # as the caller wrote it, for the errors it gets
         try:
             body = await RequestBody.read(request, limit=settings.max_body_bytes)
         except BodyTooLarge as e:
@@ -257,38 +293,92 @@ class Gateway:
 
     async def _list_functions(self, request: web.Request) -> web.Response:
         items = [self._describe(function, request) for function in self.backend.functions()]
-        items.sort(key=lambda item: item["name"])
+        items.sort(key=lambda item: (item["namespace"], item["name"]))
         return web.json_response(items)
 
-    async def _get_function(self, request: web.Request) -> web.Response:
+    def _function_or_404(self, request: web.Request) -> Function | web.Response:
         name = request.match_info["name"]
-        function = self.backend.function(name)
+        ref = self.ref(name)
+        function = self.backend.function(ref) if ref is not None else None
         if function is None:
             return _error(404, f"no function named {name!r}", name)
+        return function
+
+    async def _get_function(self, request: web.Request) -> web.Response:
+        function = self._function_or_404(request)
+        if isinstance(function, web.Response):
+            return function
         return web.json_response(self._describe(function, request))
 
     def _describe(self, function: Function, request: web.Request) -> dict[str, Any]:
-        name = function.name
-        stats = self.stats(name)
+        ref = function.ref
+        stats = self.stats(ref)
         last_used = None
         if stats.last_used is not None:
             last_used = datetime.datetime.fromtimestamp(stats.last_used, datetime.UTC).isoformat().replace(
                 "+00:00", "Z")
+        path = naming.function_url_path(
+            ref.name, None if ref.namespace == self.settings.default_namespace else ref.namespace)
         return {
-            "name": name,
-            "namespace": function.namespace,
+            "name": ref.name,
+            "namespace": ref.namespace,
             "runtime": function.spec.runtime,
             "image": function.spec.image,
-            "replicas": self.backend.desired(name),
-            "availableReplicas": len(self.backend.ready(name)),
+            "replicas": self.backend.desired(ref),
+            "availableReplicas": len(self.backend.ready(ref)),
             "invocationCount": stats.invocations,
             "lastUsed": last_used,
             "inFlight": stats.in_flight,
             "queued": stats.queued,
-            "url": f"{request.scheme}://{request.host}{naming.function_url_path(name)}",
+            "error": self.backend.problem(ref),
+            "url": f"{request.scheme}://{request.host}{path}",
         }
 
+    async def _logs(self, request: web.Request) -> web.StreamResponse:
+        """Recent instance output as text; with follow=1, streams new lines until the client leaves."""
+        function = self._function_or_404(request)
+        if isinstance(function, web.Response):
+            return function
+        try:
+            tail = int(request.query.get("tail", "100"))
+            if tail < 0:
+                raise ValueError
+        except ValueError:
+            return web.json_response({"error": f"tail must be a non-negative integer (got {request.query['tail']!r})"},
+                                     status=400)
+        follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
+        async with self.backend.logs(function.ref, tail=tail, follow=follow) as lines:
+            if not follow:
+                text = "".join([line + "\n" async for line in lines])
+                return web.Response(text=text, content_type="text/plain")
+            response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
+                                                   "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            await response.prepare(request)
+            closing = asyncio.ensure_future(self._closing.wait())
+            try:
+                iterator = aiter(lines)
+                while True:
+                    nxt = asyncio.ensure_future(anext(iterator))
+                    done, _ = await asyncio.wait({nxt, closing}, return_when=asyncio.FIRST_COMPLETED)
+                    if nxt not in done:
+                        nxt.cancel()
+                        break
+                    try:
+                        line = nxt.result()
+                    except StopAsyncIteration:
+                        break
+                    await response.write((line + "\n").encode())
+            except (ConnectionResetError, asyncio.CancelledError):
+                pass
+            finally:
+                closing.cancel()
+            with contextlib.suppress(ConnectionResetError):
+                await response.write_eof()
+            return response
+
     async def _healthz(self, request: web.Request) -> web.Response:
+        if self._draining:
+            return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "ok"})
 
     async def _scrape(self, request: web.Request) -> web.Response:
@@ -298,7 +388,7 @@ class Gateway:
     async def _not_found(self, request: web.Request) -> web.Response:
         path = request.path
         known = ("/healthz", "/metrics", naming.SYSTEM_FUNCTIONS_PATH)
-        if path in known or path.startswith(naming.SYSTEM_FUNCTIONS_PATH + "/"):
+        if path in known or path.startswith((naming.SYSTEM_FUNCTIONS_PATH + "/", naming.SYSTEM_LOGS_PATH + "/")):
             return web.json_response({"error": f"method {request.method} is not allowed on {path}"}, status=405)
         return web.json_response({"error": f"no route for {path}"}, status=404)
 

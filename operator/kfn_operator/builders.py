@@ -12,7 +12,7 @@ A Function becomes:
 """
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import math
 import os
@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kfn.core import naming
+from kfn.core.functions import RUNTIMES, Function
 from kfn_runtime import contract
-
-from kfn import naming
-from kfn.functions import Function
 
 Manifest = dict[str, Any]
 
@@ -44,12 +43,37 @@ COMPONENT_CODE = "code"
 
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/kfn-dev/runtime-python"
 ENV_RUNTIME_IMAGES = "KFN_RUNTIME_IMAGES"
+# Where init containers install spec.requirements from: the chart passes its values here, and the
+# operator hands them to pip in the pod as pip's own variables (space-separated lists).
+ENV_PIP = {"index_url": "KFN_PIP_INDEX_URL", "extra_index_urls": "KFN_PIP_EXTRA_INDEX_URL",
+           "find_links": "KFN_PIP_FIND_LINKS", "trusted_hosts": "KFN_PIP_TRUSTED_HOST"}
+PIP_ENV = {"index_url": "PIP_INDEX_URL", "extra_index_urls": "PIP_EXTRA_INDEX_URL",
+           "find_links": "PIP_FIND_LINKS", "trusted_hosts": "PIP_TRUSTED_HOST"}
 
 
 def _default_images() -> dict[str, str]:
     # "python3.12" → "ghcr.io/kfn-dev/runtime-python:3.12"
-    return {runtime: f"{DEFAULT_IMAGE_REPOSITORY}:{runtime.removeprefix('python')}"
-            for runtime in ("python3.11", "python3.12", "python3.13")}
+    return {runtime: f"{DEFAULT_IMAGE_REPOSITORY}:{runtime.removeprefix('python')}" for runtime in RUNTIMES}
+
+
+@dataclass(frozen=True)
+class PipSettings:
+    """The package index (and other sources) init containers install requirements from."""
+
+    index_url: str = ""
+    extra_index_urls: str = ""
+    find_links: str = ""
+    trusted_hosts: str = ""
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> PipSettings:
+        return cls(**{key: " ".join(env.get(var, "").split()) for key, var in ENV_PIP.items()})
+
+    def env(self) -> list[Manifest]:
+        """The init container's env entries for pip (none for what is not set)."""
+        return [{"name": PIP_ENV[key], "value": value} for key, value in (
+            ("index_url", self.index_url), ("extra_index_urls", self.extra_index_urls),
+            ("find_links", self.find_links), ("trusted_hosts", self.trusted_hosts)) if value]
 
 
 @dataclass(frozen=True)
@@ -66,9 +90,6 @@ class RuntimeImages:
             return self.images[fn.spec.runtime]
         except KeyError:
             raise ValueError(f"no runtime image configured for {fn.spec.runtime!r}") from None
-
-    def with_overrides(self, overrides: Mapping[str, str]) -> RuntimeImages:
-        return RuntimeImages(images={**self.images, **overrides}, pull_policy=self.pull_policy)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None, *,
@@ -180,7 +201,14 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def build_pod_template(fn: Function, *, images: RuntimeImages) -> Manifest:
+def deployed_hash(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings()) -> str:
+    """A digest of everything the Deployment is built from: the spec and the operator's settings
+    (an upgrade that changes the runtime image rolls the pods, too)."""
+    blob = json.dumps([fn.spec_hash(), images.image_for(fn), images.pull_policy, pip.env()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings()) -> Manifest:
     image = images.image_for(fn)
     code_cm = code_configmap_name(fn)
     mounts: list[Manifest] = [
@@ -246,6 +274,7 @@ def build_pod_template(fn: Function, *, images: RuntimeImages) -> Manifest:
                 {"name": "HOME", "value": "/tmp"},
                 {"name": "PIP_NO_CACHE_DIR", "value": "1"},
                 {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"},
+                *pip.env(),
             ],
             "resources": {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)},
             "securityContext": _container_security(),
@@ -260,14 +289,15 @@ def build_pod_template(fn: Function, *, images: RuntimeImages) -> Manifest:
             "labels": labels(fn, COMPONENT_FUNCTION),
             "annotations": {
                 naming.ANNOTATION_CODE_HASH: fn.code_hash(),
-                naming.ANNOTATION_SPEC_HASH: fn.spec_hash(),
+                naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip),
             },
         },
         "spec": pod_spec,
     }
 
 
-def build_deployment(fn: Function, *, images: RuntimeImages, replicas: int | None = None) -> Manifest:
+def build_deployment(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
+                     replicas: int | None = None) -> Manifest:
     """The function's Deployment. `replicas` is set only when creating it: afterwards the
     autoscaler owns the count, so updates built with `replicas=None` leave it alone."""
     spec: Manifest = {
@@ -276,7 +306,7 @@ def build_deployment(fn: Function, *, images: RuntimeImages, replicas: int | Non
         # Never fewer ready pods than asked for while rolling new code.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
         "progressDeadlineSeconds": 120,
-        "template": build_pod_template(fn, images=images),
+        "template": build_pod_template(fn, images=images, pip=pip),
     }
     if replicas is not None:
         spec = {"replicas": replicas, **spec}
@@ -287,18 +317,10 @@ def build_deployment(fn: Function, *, images: RuntimeImages, replicas: int | Non
             "name": fn.name,
             "namespace": fn.namespace,
             "labels": labels(fn, COMPONENT_FUNCTION),
-            "annotations": {naming.ANNOTATION_SPEC_HASH: fn.spec_hash()},
+            "annotations": {naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip)},
         },
         "spec": spec,
     }
-
-
-def deployment_update(fn: Function, *, images: RuntimeImages) -> Manifest:
-    """A JSON merge patch that brings an existing Deployment to `fn` without touching replicas."""
-    patch = build_deployment(fn, images=images, replicas=None)
-    # The selector is immutable, and re-sending it would only risk a 422.
-    del patch["spec"]["selector"]
-    return patch
 
 
 def build_service(fn: Function) -> Manifest:
@@ -316,9 +338,3 @@ def build_service(fn: Function) -> Manifest:
             "ports": [{"name": PORT_NAME, "port": naming.SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
         },
     }
-
-
-def service_update(fn: Function) -> Manifest:
-    patch = copy.deepcopy(build_service(fn))
-    patch["spec"].pop("type")
-    return patch

@@ -1,13 +1,12 @@
 """The operator's settings: from `kfn operator` flags and the environment, validated once."""
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kfn_operator.builders import RuntimeImages, parse_image_map
+from kfn_operator.builders import PipSettings, RuntimeImages, parse_image_map
 
 DEFAULT_GATEWAY_SELECTOR = "app.kubernetes.io/name=kfn-gateway"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
@@ -17,6 +16,7 @@ ENV_POD_NAME = "POD_NAME"
 @dataclass(frozen=True)
 class OperatorConfig:
     images: RuntimeImages = field(default_factory=RuntimeImages)
+    pip: PipSettings = field(default_factory=lambda: PipSettings())   # where init containers install from
     namespaces: tuple[str, ...] = ()            # empty: every namespace
     standalone: bool = False                    # no peering, no Lease: the only replica
     prometheus_url: str | None = None           # PromQL instead of scraping the gateways
@@ -34,30 +34,32 @@ class OperatorConfig:
     health_port: int | None = None              # kopf's liveness endpoint on 0.0.0.0:PORT/healthz
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> OperatorConfig:
+    def build(cls, *, namespaces: tuple[str, ...] = (), standalone: bool = False, prometheus_url: str | None = None,
+              runtime_images: tuple[str, ...] = (), gateway_selector: str | None = None,
+              autoscale_interval: float = 2.0, metrics_port: int | None = None, health_port: int | None = None,
+              env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """The configuration from `kfn operator`'s options and the environment the chart sets.
+
+        Raises ValueError naming what is wrong.
+        """
         env = os.environ if env is None else env
-        interval = float(getattr(args, "autoscale_interval", None) or 2.0)
-        if not interval > 0:
-            raise ValueError(f"--autoscale-interval must be positive (got {interval:g})")
-        for flag in ("metrics_port", "health_port"):
-            port = getattr(args, flag, None)
-            if port is not None and not 0 < port < 65536:
-                raise ValueError(f"--{flag.replace('_', '-')} must be a TCP port (got {port})")
+        if not autoscale_interval > 0:
+            raise ValueError(f"--autoscale-interval must be positive (got {autoscale_interval:g})")
         overrides: dict[str, str] = {}
-        for item in getattr(args, "runtime_image", None) or ():
+        for item in runtime_images:
             overrides.update(parse_image_map(item))
         return cls(
             images=RuntimeImages.from_environment(env, overrides=overrides),
-            namespaces=tuple(getattr(args, "namespace", None) or ()),
-            standalone=bool(getattr(args, "standalone", False)),
-            prometheus_url=getattr(args, "prometheus_url", None),
-            gateway_selector=getattr(args, "gateway_selector", None) or DEFAULT_GATEWAY_SELECTOR,
-            autoscale_interval=interval,
-            autoscaler=not getattr(args, "no_autoscaler", False),
+            pip=PipSettings.from_environment(env),
+            namespaces=namespaces,
+            standalone=standalone,
+            prometheus_url=prometheus_url,
+            gateway_selector=gateway_selector or DEFAULT_GATEWAY_SELECTOR,
+            autoscale_interval=autoscale_interval,
             lease_namespace=env.get(ENV_POD_NAMESPACE) or "default",
             # The gateway is installed next to the operator (one chart release).
             gateway_namespace=env.get(ENV_POD_NAMESPACE) or None,
             identity=env.get(ENV_POD_NAME) or socket.gethostname(),
-            metrics_port=getattr(args, "metrics_port", None),
-            health_port=getattr(args, "health_port", None),
+            metrics_port=metrics_port,
+            health_port=health_port,
         )

@@ -9,7 +9,10 @@ at import time, so tests and `kfn operator` build their own registries.
   never touching the Deployment's replicas after creation (the autoscaler owns them).
 - Deployment changes → the Function's status (replicas, readyReplicas, Ready condition); a
   Deployment deleted while its Function lives is recreated.
-- Operator start/stop → the autoscaler loop (`kfn_operator.autoscaling`) and the API client.
+- Operator start/stop → the autoscaler loop (`kfn_operator.lease`) and the API client.
+
+kopf watches Functions and Deployments with its own client (logged in with the credentials of
+`kfn.kube.connection`); everything else goes through the official client's asyncio API.
 """
 from __future__ import annotations
 
@@ -18,24 +21,32 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
-from kfn_gateway.kubernetes import MERGE_PATCH, connect, read_json
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
 
-from kfn import naming
-from kfn.functions import FieldError, Function, InvalidFunction, parse_function
+from kfn.core import naming
+from kfn.core.functions import FieldError, Function, FunctionRef, InvalidFunction, parse_function
+from kfn.kube import connect
+from kfn.kube.resources import manifest, patch_function_status, pointer, set_ops, typed
 from kfn_operator import builders, status
-from kfn_operator.autoscaling import OperatorAutoscaler
 from kfn_operator.config import OperatorConfig
+from kfn_operator.lease import OperatorAutoscaler
 
 logger = logging.getLogger(__name__)
 
 # How many code ConfigMaps a function keeps: the current one and the one before it, so pods of
 # the previous ReplicaSet can still start while a rollout is in progress.
 KEPT_CODE_CONFIGMAPS = 2
+
+Log = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def _body(obj: Mapping[str, Any]) -> kopf.Body:
+    # kopf's helpers (adopt, warn) take its Body; a plain manifest dict serves as well.
+    return cast(kopf.Body, obj)
 
 
 class Controller:
@@ -54,7 +65,7 @@ class Controller:
         return self._api
 
     async def start(self) -> None:
-        """Connect (unless given an ApiClient) and start the autoscaler in the background."""
+        """Connect (unless given an API client) and start the autoscaler in the background."""
         if self._api is None:
             self._api = await connect()
         if self.config.autoscaler:
@@ -67,35 +78,35 @@ class Controller:
             await self._autoscaling.close()
             self._autoscaling = None
         if self._own_api and self._api is not None:
-            await self._api.close()
+            await self._api.close()  # type: ignore[no-untyped-call]
             self._api = None
 
     # ---- reconciliation
 
-    async def reconcile(self, body: Mapping[str, Any], patch: kopf.Patch, log: logging.Logger | logging.LoggerAdapter) -> None:
+    async def reconcile(self, body: Mapping[str, Any], patch: kopf.Patch, log: Log) -> None:
         """Bring the children to the spec; raises kopf.PermanentError for an invalid spec and
         lets API errors propagate (kopf retries those with backoff)."""
         try:
             fn = parse_function(_plain(body))
         except InvalidFunction as e:
             patch.setdefault("status", {}).update(status.invalid_status(body, e))
-            kopf.warn(body, reason=status.REASON_INVALID_SPEC, message=str(e))
+            kopf.warn(_body(body), reason=status.REASON_INVALID_SPEC, message=str(e))
             raise kopf.PermanentError(f"invalid spec: {e}") from None
         try:
             self.config.images.image_for(fn)
         except ValueError as e:
             patch.setdefault("status", {}).update(status.invalid_status(
                 body, InvalidFunction([FieldError("spec.runtime", str(e))])))
-            kopf.warn(body, reason=status.REASON_INVALID_SPEC, message=str(e))
+            kopf.warn(_body(body), reason=status.REASON_INVALID_SPEC, message=str(e))
             raise kopf.PermanentError(str(e)) from None
 
         configmap = builders.build_code_configmap(fn)
         if configmap is not None:
-            kopf.adopt(configmap, owner=body)
+            kopf.adopt(configmap, owner=_body(body))
             await self._ensure_configmap(configmap, log)
         deployment = await self._ensure_deployment(fn, body, log)
         service = builders.build_service(fn)
-        kopf.adopt(service, owner=body)
+        kopf.adopt(service, owner=_body(body))
         await self._ensure_service(fn, service, log)
         if configmap is not None:
             await self._collect_old_code(fn, body, keep=configmap["metadata"]["name"], log=log)
@@ -105,75 +116,107 @@ class Controller:
         new_status["codeHash"] = fn.code_hash()
         patch.setdefault("status", {}).update(new_status)
 
-    async def _ensure_configmap(self, configmap: dict[str, Any], log: Any) -> None:
-        core = client.CoreV1Api(self.api)
+    async def _ensure_configmap(self, configmap: dict[str, Any], log: Log) -> None:
         meta = configmap["metadata"]
         try:
-            await core.create_namespaced_config_map(meta["namespace"], configmap)
+            await client.CoreV1Api(self.api).create_namespaced_config_map(
+                meta["namespace"], typed(client.V1ConfigMap, configmap))
             log.info("created ConfigMap %s", meta["name"])
         except ApiException as e:
             # Content-addressed and immutable: an existing one with this name has this content.
             if e.status != 409:
                 raise
 
-    async def _ensure_deployment(self, fn: Function, owner: Mapping[str, Any], log: Any) -> dict[str, Any]:
+    async def _ensure_deployment(self, fn: Function, owner: Mapping[str, Any], log: Log) -> dict[str, Any]:
+        """Create the Deployment, or bring an existing one to the spec; returns it as a manifest."""
         apps = client.AppsV1Api(self.api)
         try:
-            response = await apps.read_namespaced_deployment(fn.name, fn.namespace, _preload_content=False)
-            existing = await read_json(response)
+            existing: dict[str, Any] | None = manifest(await apps.read_namespaced_deployment(fn.name, fn.namespace))
         except ApiException as e:
             if e.status != 404:
                 raise
             existing = None
         if existing is None:
-            deployment = builders.build_deployment(fn, images=self.config.images, replicas=fn.spec.scale.minReplicas)
-            kopf.adopt(deployment, owner=dict(owner))
-            response = await apps.create_namespaced_deployment(fn.namespace, deployment, _preload_content=False)
+            deployment = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip,
+                                                  replicas=fn.spec.scale.minReplicas)
+            kopf.adopt(deployment, owner=_body(owner))
+            try:
+                created = await apps.create_namespaced_deployment(fn.namespace, typed(client.V1Deployment, deployment))
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                # Created meanwhile (another replica of the operator, or a restart mid-way): the
+                # next reconcile brings it to the spec; this one must not make a second one.
+                raise kopf.TemporaryError("the Deployment appeared while creating it", delay=1) from None
             log.info("created Deployment %s with %d replicas", fn.name, fn.spec.scale.minReplicas)
-            return await read_json(response)
-        update = builders.deployment_update(fn, images=self.config.images)
-        kopf.adopt(update, owner=dict(owner))
-        template_annotations = (((existing.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations") or {}
-        if (template_annotations.get(naming.ANNOTATION_SPEC_HASH) == fn.spec_hash()
-                and ((existing.get("metadata") or {}).get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH) == fn.spec_hash()):
-            return existing
-        response = await apps.patch_namespaced_deployment(fn.name, fn.namespace, update, _content_type=MERGE_PATCH,
-                                                          _preload_content=False)
+            return manifest(created)
+        wanted = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip, replicas=None)
+        kopf.adopt(wanted, owner=_body(owner))
+        meta = existing.get("metadata") or {}
+        template_annotations = ((existing.get("spec") or {}).get("template") or {}).get("metadata", {}).get(
+            "annotations") or {}
+        digest = wanted["metadata"]["annotations"][naming.ANNOTATION_SPEC_HASH]
+        if (template_annotations.get(naming.ANNOTATION_SPEC_HASH) == digest
+                and (meta.get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH) == digest):
+            return dict(existing)
+        # Everything but replicas (the autoscaler's) and the selector (immutable).
+        ops = set_ops({
+            pointer("metadata", "labels"): {**(meta.get("labels") or {}), **wanted["metadata"]["labels"]},
+            pointer("metadata", "annotations"): {**(meta.get("annotations") or {}),
+                                                 **wanted["metadata"]["annotations"]},
+            pointer("metadata", "ownerReferences"): wanted["metadata"]["ownerReferences"],
+            **{pointer("spec", key): value for key, value in wanted["spec"].items() if key != "selector"},
+        }, resource_version=meta.get("resourceVersion"))
+        updated = await apps.patch_namespaced_deployment(fn.name, fn.namespace, ops)
         log.info("updated Deployment %s (code %s)", fn.name, fn.code_hash())
-        return await read_json(response)
+        return manifest(updated)
 
-    async def _ensure_service(self, fn: Function, service: dict[str, Any], log: Any) -> None:
+    async def _ensure_service(self, fn: Function, service: dict[str, Any], log: Log) -> None:
         core = client.CoreV1Api(self.api)
         try:
-            await core.create_namespaced_service(fn.namespace, service)
+            await core.create_namespaced_service(fn.namespace, typed(client.V1Service, service))
             log.info("created Service %s", fn.name)
+            return
         except ApiException as e:
             if e.status != 409:
                 raise
-            update = builders.service_update(fn)
-            update["metadata"]["ownerReferences"] = service["metadata"]["ownerReferences"]
-            await core.patch_namespaced_service(fn.name, fn.namespace, update, _content_type=MERGE_PATCH)
+        existing = manifest(await core.read_namespaced_service(fn.name, fn.namespace))
+        meta = existing.get("metadata") or {}
+        spec = existing.get("spec") or {}
+        wanted = builders.build_service(fn)
+        if (spec.get("selector") == wanted["spec"]["selector"]
+                and [(p.get("name"), p.get("port")) for p in spec.get("ports") or ()]
+                == [(p["name"], p["port"]) for p in wanted["spec"]["ports"]]
+                and meta.get("ownerReferences") == service["metadata"]["ownerReferences"]):
+            return
+        await core.patch_namespaced_service(fn.name, fn.namespace, set_ops({
+            pointer("metadata", "labels"): {**(meta.get("labels") or {}), **wanted["metadata"]["labels"]},
+            pointer("metadata", "ownerReferences"): service["metadata"]["ownerReferences"],
+            pointer("spec", "selector"): wanted["spec"]["selector"],
+            pointer("spec", "ports"): wanted["spec"]["ports"],
+        }, resource_version=meta.get("resourceVersion")))
+        log.info("updated Service %s", fn.name)
 
-    async def _collect_old_code(self, fn: Function, owner: Mapping[str, Any], *, keep: str, log: Any) -> None:
+    async def _collect_old_code(self, fn: Function, owner: Mapping[str, Any], *, keep: str, log: Log) -> None:
         core = client.CoreV1Api(self.api)
         selector = f"{naming.LABEL_FUNCTION}={fn.name},{naming.LABEL_COMPONENT}={builders.COMPONENT_CODE}"
-        listing = await read_json(await core.list_namespaced_config_map(fn.namespace, label_selector=selector,
-                                                                     _preload_content=False))
+        listing = await core.list_namespaced_config_map(fn.namespace, label_selector=selector)
         owner_uid = (owner.get("metadata") or {}).get("uid")
-        old = [cm for cm in listing.get("items") or ()
-               if cm["metadata"]["name"] != keep
-               and any(ref.get("uid") == owner_uid for ref in cm["metadata"].get("ownerReferences") or ())]
-        old.sort(key=lambda cm: (cm["metadata"].get("creationTimestamp") or "",
-                                 int(cm["metadata"].get("resourceVersion") or 0)), reverse=True)
-        for cm in old[KEPT_CODE_CONFIGMAPS - 1:]:
+        old = [cm.metadata for cm in listing.items or ()
+               if cm.metadata is not None and cm.metadata.name and cm.metadata.name != keep
+               and any(ref.uid == owner_uid for ref in cm.metadata.owner_references or ())]
+        old.sort(key=lambda meta: (meta.creation_timestamp.isoformat() if meta.creation_timestamp else "",
+                                   int(meta.resource_version or 0)), reverse=True)
+        for meta in old[KEPT_CODE_CONFIGMAPS - 1:]:
+            assert meta.name is not None
             try:
-                await core.delete_namespaced_config_map(cm["metadata"]["name"], fn.namespace)
-                log.info("deleted old code ConfigMap %s", cm["metadata"]["name"])
+                await core.delete_namespaced_config_map(meta.name, fn.namespace)
+                log.info("deleted old code ConfigMap %s", meta.name)
             except ApiException as e:
                 if e.status != 404:
                     raise
 
-    async def restore(self, deployment: Mapping[str, Any], log: Any) -> None:
+    async def restore(self, deployment: Mapping[str, Any], log: Log) -> None:
         """Recreate a Function's children after its Deployment was deleted from under it."""
         fn_body = await self._get_function(deployment)
         if fn_body is None or (fn_body.get("metadata") or {}).get("deletionTimestamp"):
@@ -181,14 +224,12 @@ class Controller:
         log.warning("Deployment %s was deleted; recreating it", (deployment.get("metadata") or {}).get("name"))
         patch: dict[str, Any] = {}
         try:
-            await self.reconcile(fn_body, patch, log)  # type: ignore[arg-type]
+            await self.reconcile(fn_body, patch, log)  # type: ignore[arg-type]  # a dict serves as kopf.Patch
         except kopf.PermanentError:
             pass  # the InvalidSpec status below says why
         if patch.get("status"):
             meta = fn_body["metadata"]
-            await client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
-                naming.GROUP, naming.VERSION, meta["namespace"], naming.PLURAL, meta["name"],
-                {"status": patch["status"]}, _content_type=MERGE_PATCH)
+            await patch_function_status(self.api, FunctionRef(meta["namespace"], meta["name"]), patch["status"])
 
     async def _get_function(self, child: Mapping[str, Any]) -> dict[str, Any] | None:
         meta = child.get("metadata") or {}
@@ -197,12 +238,13 @@ class Controller:
         if not name or not namespace:
             return None
         try:
-            return await client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            found = await client.CustomObjectsApi(self.api).get_namespaced_custom_object(
                 naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name)
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
+        return dict(cast(Mapping[str, Any], found))
 
     # ---- status
 
@@ -221,20 +263,19 @@ class Controller:
         was_failing = any(c.get("type") == status.READY and c.get("reason") == status.REASON_DEPLOYMENT_FAILED
                           for c in conditions)
         if ready["reason"] == status.REASON_DEPLOYMENT_FAILED and not was_failing:
-            kopf.warn(fn_body, reason=status.REASON_DEPLOYMENT_FAILED, message=ready["message"])
+            kopf.warn(_body(fn_body), reason=status.REASON_DEPLOYMENT_FAILED, message=ready["message"])
         if all(current.get(k) == v for k, v in new.items() if k != "conditions") and \
                 _same_conditions(conditions, new["conditions"]):
             return
-        await client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
-            naming.GROUP, naming.VERSION, meta["namespace"], naming.PLURAL, meta["name"],
-            # The resourceVersion makes this conditional: a concurrent InvalidSpec write wins (409).
-            {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": new},
-            _content_type=MERGE_PATCH)
+        # Conditional on the version read: a concurrent InvalidSpec write wins (409).
+        await patch_function_status(self.api, FunctionRef(meta["namespace"], meta["name"]), new,
+                                    resource_version=meta.get("resourceVersion"))
 
 
 def _same_conditions(old: Any, new: list[dict[str, Any]]) -> bool:
-    strip = lambda cs: sorted(({k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or ()),
-                              key=lambda c: c.get("type", ""))
+    def strip(conditions: Any) -> list[dict[str, Any]]:
+        return sorted(({k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conditions or ()),
+                      key=lambda c: str(c.get("type", "")))
     return strip(old) == strip(new)
 
 
@@ -299,12 +340,12 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, registry=registry, field="spec")
-    async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Log, **_: Any) -> None:
         await controller.reconcile(body, patch, logger)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry,
                    labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_FUNCTION: kopf.PRESENT})
-    async def deployment_changed(type: str | None, body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    async def deployment_changed(type: str, body: kopf.Body, logger: Log, **_: Any) -> None:
         try:
             if type == "DELETED":
                 await controller.restore(dict(body), logger)

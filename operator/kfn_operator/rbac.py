@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from kfn import naming
+from kfn.core import naming
 
 Rule = dict[str, Any]
 
@@ -28,9 +28,10 @@ def operator_rules() -> list[Rule]:
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": [*READ, "create", "patch"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": [*READ, "create", "patch", "delete"]},
-        # Ready instances per function, and the gateway replicas the autoscaler scrapes.
+        # Ready instances per function (the autoscaler counts pods, as the gateway routes to them).
+        {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
+        # The gateway replicas the autoscaler scrapes for load.
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
-        {"apiGroups": [""], "resources": ["endpoints"], "verbs": READ},
         # Failures are reported as Events (kopf posts through the core API; newer clients use events.k8s.io).
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -44,13 +45,14 @@ def operator_rules() -> list[Rule]:
 
 
 def gateway_rules() -> list[Rule]:
-    """The gateway's Kubernetes backend: read functions and endpoints, scale from zero."""
+    """The gateway's Kubernetes backend: read functions and their pods, scale from zero, logs."""
     return [
         {"apiGroups": [naming.GROUP], "resources": [naming.PLURAL], "verbs": READ},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": READ},
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
-        {"apiGroups": [""], "resources": ["endpoints"], "verbs": READ},
+        # Pods are the instances (their IPs, readiness, why they fail); `kfn logs` reads their output.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     ]
 
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kfn import naming
-from kfn.functions import InvalidFunction
+from kfn.core import naming
+from kfn.core.functions import InvalidFunction
 
 Condition = dict[str, Any]
 
@@ -49,7 +49,8 @@ def set_condition(conditions: Sequence[Mapping[str, Any]] | None, *, type: str, 
         "status": value,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now if changed or not previous.get("lastTransitionTime") else previous["lastTransitionTime"],
+        "lastTransitionTime": (now if previous is None or changed or not previous.get("lastTransitionTime")
+                               else previous["lastTransitionTime"]),
     }
     if observed_generation is not None:
         new["observedGeneration"] = observed_generation

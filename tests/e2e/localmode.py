@@ -113,7 +113,7 @@ class LocalMode:
         env["XDG_CACHE_HOME"] = str(self.directory.parent / "cache")
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [PYTHON, "-m", "kfn.cli", "local", str(self.directory), "--port", str(self.port), *self.extra_args],
+                [PYTHON, "-m", "kfn", "local", str(self.directory), "--port", str(self.port), *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                 start_new_session=True)
         wait_until(self._serving, timeout=timeout, interval=0.05, what=f"kfn local on {self.url}")

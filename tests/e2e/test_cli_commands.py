@@ -12,8 +12,6 @@ import pytest
 
 from tests.e2e.localmode import HELLO, PYTHON, REPO, LocalMode, free_port, wait_until, write_manifest
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMode]:
@@ -39,7 +37,7 @@ def kfn(*args: str, gateway: str | None = None, timeout: float = 30) -> subproce
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
     if gateway is not None:
         env["KFN_GATEWAY"] = gateway
-    return subprocess.run([PYTHON, "-m", "kfn.cli", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([PYTHON, "-m", "kfn", *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=REPO)
 
 
@@ -87,10 +85,11 @@ def test_list_shows_a_table_of_functions(local: LocalMode) -> None:
     result = kfn("list", gateway=local.url)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "RUNTIME", "READY/DESIRED", "INVOCATIONS", "LAST", "USED"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert lines[0].split() == ["NAMESPACE", "NAME", "RUNTIME", "READY/DESIRED", "INVOCATIONS", "LAST", "USED"]
+    rows = {line.split()[1]: line.split() for line in lines[1:]}
     assert set(rows) == {"chatty", "hello", "teapot"}
-    assert rows["hello"][3] != "0" and rows["hello"][4].endswith("s")
+    assert {row[0] for row in rows.values()} == {"default"}
+    assert rows["hello"][4] != "0" and rows["hello"][5].endswith("s")
 
 
 def test_list_shows_why_a_function_cannot_run(tmp_path: Path) -> None:
@@ -106,7 +105,7 @@ def test_list_shows_why_a_function_cannot_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()
     assert header.split()[-1] == "ERROR"
-    assert row.split()[0] == "cm" and "spec.source.configMap" in row
+    assert row.split()[:2] == ["default", "cm"] and "spec.source.configMap" in row
     assert "broken.yaml" in result.stderr and "metadata.name" in result.stderr
 
 
@@ -127,7 +126,7 @@ def test_logs_follow_streams_new_lines(local: LocalMode, tmp_path: Path) -> None
     output = tmp_path / "follow.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
     with output.open("w") as out:
-        follower = subprocess.Popen([PYTHON, "-m", "kfn.cli", "logs", "chatty", "--follow", "--tail", "0",
+        follower = subprocess.Popen([PYTHON, "-m", "kfn", "logs", "chatty", "--follow", "--tail", "0",
                                      "--gateway", local.url], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         marker = f"followed-{time.monotonic_ns()}"

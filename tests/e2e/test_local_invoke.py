@@ -9,8 +9,6 @@ import pytest
 
 from tests.e2e.localmode import HELLO, LocalMode, http, wait_until, write_manifest
 
-pytestmark = pytest.mark.e2e
-
 BODY_LIMIT = 1024
 QUEUE_LIMIT = 2
 QUEUE_TIMEOUT = 3.0

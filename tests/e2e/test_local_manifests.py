@@ -8,14 +8,20 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.localmode import (
-    HELLO, PYTHON, REPO, LocalMode, descendants, free_port, http, make_wheel, pid_alive, running, wait_until,
+    HELLO,
+    PYTHON,
+    REPO,
+    LocalMode,
+    descendants,
+    free_port,
+    http,
+    make_wheel,
+    pid_alive,
+    running,
+    wait_until,
     write_manifest,
 )
-
-pytestmark = pytest.mark.e2e
 
 
 def _version(version: str) -> str:
@@ -168,7 +174,7 @@ def test_a_failed_pip_install_is_the_functions_error(tmp_path: Path) -> None:
 
 
 def test_a_missing_directory_exits_2_with_a_message(tmp_path: Path) -> None:
-    result = subprocess.run([PYTHON, "-m", "kfn.cli", "local", str(tmp_path / "nope"), "--port", str(free_port())],
+    result = subprocess.run([PYTHON, "-m", "kfn", "local", str(tmp_path / "nope"), "--port", str(free_port())],
                             capture_output=True, text=True, timeout=30, cwd=REPO)
     assert result.returncode == 2
     assert "no such directory" in result.stderr and "nope" in result.stderr
@@ -180,7 +186,7 @@ def test_a_port_in_use_exits_non_zero_with_a_message(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([PYTHON, "-m", "kfn.cli", "local", str(tmp_path), "--port", str(port)],
+        result = subprocess.run([PYTHON, "-m", "kfn", "local", str(tmp_path), "--port", str(port)],
                                 capture_output=True, text=True, timeout=30, cwd=REPO, start_new_session=True)
     assert result.returncode != 0
     assert "already in use" in result.stderr and str(port) in result.stderr

@@ -12,16 +12,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kfn.functions import Function, parse_function
+from kfn.core.functions import Function, FunctionRef, parse_function
 from kfn.processes import ProcessBackend
 from tests.e2e.localmode import function_manifest, pid_alive
-
-pytestmark = pytest.mark.e2e
 
 HELLO = """
 def handler(event, context):
     return {"version": context.function_version, "body": event.get("body")}
 """
+
+
+def R(name: str) -> FunctionRef:
+    return FunctionRef.parse(name)
 
 
 def make_function(name: str, code: str = HELLO, **spec: Any) -> Function:
@@ -36,7 +38,7 @@ async def backend(tmp_path: Path) -> AsyncIterator[ProcessBackend]:
     try:
         yield backend
     finally:
-        pids = [i["pid"] for f in backend.functions() for i in (backend.status(f.name) or {})["instances"]
+        pids = [i["pid"] for f in backend.functions() for i in (backend.status(f.ref) or {})["instances"]
                 if i["pid"]]
         await backend.close()
         assert not [pid for pid in pids if pid_alive(pid)]
@@ -58,9 +60,9 @@ async def get(url: str) -> tuple[int, Any]:
 
 async def test_scaling_up_starts_ready_instances_on_local_ports(backend: ProcessBackend) -> None:
     backend.set_function(make_function("hello"))
-    assert backend.ready("hello") == [] and backend.desired("hello") == 0
-    await backend.scale("hello", 2)
-    instances = await until(lambda: len(backend.ready("hello")) == 2 and backend.ready("hello"), what="2 ready")
+    assert backend.ready(R("hello")) == [] and backend.desired(R("hello")) == 0
+    await backend.scale(R("hello"), 2)
+    instances = await until(lambda: len(backend.ready(R("hello"))) == 2 and backend.ready(R("hello")), what="2 ready")
     assert {i.host for i in instances} == {"127.0.0.1"}
     assert len({i.port for i in instances}) == 2
     assert {i.capacity for i in instances} == {10}
@@ -70,78 +72,94 @@ async def test_scaling_up_starts_ready_instances_on_local_ports(backend: Process
 
 async def test_listeners_hear_about_ready_instances(backend: ProcessBackend) -> None:
     heard: list[tuple[str, int]] = []
-    backend.add_listener(lambda name: heard.append((name, len(backend.ready(name)))))
+    backend.add_listener(lambda ref: heard.append((ref.name, len(backend.ready(ref)))))
     backend.set_function(make_function("hello"))
-    await backend.scale("hello", 1)
+    await backend.scale(R("hello"), 1)
     await until(lambda: ("hello", 1) in heard, what="a ready notification")
-    await backend.scale("hello", 0)
+    await backend.scale(R("hello"), 0)
     await until(lambda: heard[-1] == ("hello", 0), what="a scale-down notification")
 
 
 async def test_scaling_down_takes_instances_out_of_rotation_before_stopping_them(backend: ProcessBackend) -> None:
     backend.set_function(make_function("hello"))
-    await backend.scale("hello", 1)
-    await until(lambda: backend.ready("hello"), what="an instance")
-    pid = backend.status("hello")["instances"][0]["pid"]  # type: ignore[index]
+    await backend.scale(R("hello"), 1)
+    await until(lambda: backend.ready(R("hello")), what="an instance")
+    pid = backend.status(R("hello"))["instances"][0]["pid"]  # type: ignore[index]
     # When the gateway hears that the instance left rotation, it has not been signalled yet.
     alive_when_removed: list[bool] = []
     backend.add_listener(lambda name: alive_when_removed.append(pid_alive(pid)) if not backend.ready(name) else None)
-    await backend.scale("hello", 0)
+    await backend.scale(R("hello"), 0)
     await until(lambda: not pid_alive(pid), what="the process to exit")
     assert alive_when_removed[:1] == [True]
-    await until(lambda: backend.status("hello")["instances"] == [], what="it to be reaped")  # type: ignore[index]
+    await until(lambda: backend.status(R("hello"))["instances"] == [], what="it to be reaped")  # type: ignore[index]
 
 
 async def test_a_changed_function_rolls_without_a_moment_with_no_ready_instance(backend: ProcessBackend) -> None:
     backend.set_function(make_function("roll", scale={"minReplicas": 2}))
-    await until(lambda: len(backend.ready("roll")) == 2, what="2 ready")
-    old_ports = {i.port for i in backend.ready("roll")}
+    await until(lambda: len(backend.ready(R("roll"))) == 2, what="2 ready")
+    old_ports = {i.port for i in backend.ready(R("roll"))}
     gaps: list[float] = []
     backend.add_listener(lambda name: gaps.append(time.monotonic()) if not backend.ready(name) else None)
     changed = make_function("roll", code=HELLO + "\n# v2\n", scale={"minReplicas": 2})
     backend.set_function(changed)
-    await until(lambda: len(backend.ready("roll")) == 2 and not {i.port for i in backend.ready("roll")} & old_ports,
-                what="the new version")
+    await until(lambda: len(backend.ready(R("roll"))) == 2
+                and not {i.port for i in backend.ready(R("roll"))} & old_ports, what="the new version")
     assert gaps == []
-    status, body = await get(backend.ready("roll")[0].url + "/")
+    status, body = await get(backend.ready(R("roll"))[0].url + "/")
     assert body["version"] == changed.code_hash()
 
 
 async def test_a_crashed_instance_is_replaced_and_its_output_kept(backend: ProcessBackend) -> None:
     backend.set_function(make_function("crashy", code="print('about to be killed', flush=True)\n" + HELLO))
-    await backend.scale("crashy", 1)
-    first = (await until(lambda: backend.ready("crashy"), what="an instance"))[0]
-    pid = backend.status("crashy")["instances"][0]["pid"]  # type: ignore[index]
+    await backend.scale(R("crashy"), 1)
+    first = (await until(lambda: backend.ready(R("crashy")), what="an instance"))[0]
+    pid = backend.status(R("crashy"))["instances"][0]["pid"]  # type: ignore[index]
     os.kill(pid, signal.SIGKILL)
-    replacement = (await until(lambda: [i for i in backend.ready("crashy") if i.id != first.id],
+    replacement = (await until(lambda: [i for i in backend.ready(R("crashy")) if i.id != first.id],
                                what="a replacement"))[0]
     assert replacement.port != first.port
-    logs = "\n".join(backend.logs("crashy").tail())  # type: ignore[union-attr]
+    async with backend.logs(R("crashy"), tail=100, follow=False) as lines:
+        logs = "\n".join([line async for line in lines])
     assert f"instance {first.id} exited with code -9 while serving" in logs
     assert "about to be killed" in logs
 
 
 async def test_a_reported_failure_replaces_the_instance(backend: ProcessBackend) -> None:
     backend.set_function(make_function("hello"))
-    await backend.scale("hello", 1)
-    first = (await until(lambda: backend.ready("hello"), what="an instance"))[0]
+    await backend.scale(R("hello"), 1)
+    first = (await until(lambda: backend.ready(R("hello")), what="an instance"))[0]
     backend.report_failure(first, error="connection refused")
-    assert first not in backend.ready("hello")
-    await until(lambda: [i for i in backend.ready("hello") if i.id != first.id], what="a replacement")
+    assert first not in backend.ready(R("hello"))
+    await until(lambda: [i for i in backend.ready(R("hello")) if i.id != first.id], what="a replacement")
 
 
-async def test_a_handler_that_cannot_load_is_retried_with_backoff_then_given_up(backend: ProcessBackend) -> None:
+async def test_a_handler_that_cannot_load_reports_why_and_is_retried_while_wanted(backend: ProcessBackend) -> None:
     backend.set_function(make_function("broken", code="raise ImportError('no such thing')\n"))
-    await backend.scale("broken", 1)
-    error = await until(lambda: "gave up" in (backend.error("broken") or "") and backend.error("broken"),
-                        timeout=30, what="giving up")
+    await backend.scale(R("broken"), 1)
+    error = await until(lambda: backend.problem(R("broken")), what="the failure to be reported")
     assert "no such thing" in error
-    assert backend.ready("broken") == []
-    # The last attempt is reaped, and no further one starts.
-    await until(lambda: backend.status("broken")["instances"] == [],  # type: ignore[index]
-                what="the last attempt to be reaped")
-    await asyncio.sleep(1.0)
-    assert backend.status("broken")["instances"] == []  # type: ignore[index]
+    assert backend.ready(R("broken")) == []
+    # Attempts go on, with backoff, for as long as an instance is wanted: no giving up.
+    logs: list[str] = []
+    async with backend.logs(R("broken"), tail=1000, follow=True) as lines:
+        async for line in lines:
+            logs.append(line)
+            if sum("failed to start" in line for line in logs) >= 6:
+                break
+    assert backend.problem(R("broken")) is not None
+
+
+async def test_a_start_failure_that_heals_heals_the_function_without_a_change(
+        backend: ProcessBackend, tmp_path: Path) -> None:
+    flag = tmp_path / "broken-flag"
+    flag.write_text("x")
+    code = f"import os\nif os.path.exists({str(flag)!r}):\n    raise RuntimeError('not yet')\n" + HELLO
+    backend.set_function(make_function("healing", code=code))
+    await backend.scale(R("healing"), 1)
+    await until(lambda: "not yet" in (backend.problem(R("healing")) or ""), what="the first failures")
+    flag.unlink()
+    await until(lambda: backend.ready(R("healing")), timeout=30, what="an instance once the cause is gone")
+    assert backend.problem(R("healing")) is None
 
 
 async def test_the_function_environment_reaches_the_handler(backend: ProcessBackend) -> None:
@@ -156,10 +174,10 @@ def handler(event, context):
         backend.set_function(make_function("env", code=code, env=[{"name": "GREETING", "value": "hi"}],
                                            concurrency=3, timeout="7s",
                                            resources={"limits": {"memory": "128Mi"}}))
-        await backend.scale("env", 1)
+        await backend.scale(R("env"), 1)
     finally:
         del os.environ["KFN_GATEWAY"]
-    instance = (await until(lambda: backend.ready("env"), what="an instance"))[0]
+    instance = (await until(lambda: backend.ready(R("env")), what="an instance"))[0]
     _, body = await get(instance.url + "/")
     assert body == {"GREETING": "hi", "KFN_FUNCTION_NAME": "env", "KFN_CONCURRENCY": "3", "KFN_TIMEOUT": "7.0",
                     "KFN_MEMORY_MB": "128", "KFN_GATEWAY": None}
@@ -169,18 +187,16 @@ async def test_log_followers_get_new_lines_until_the_backend_closes(tmp_path: Pa
     backend = ProcessBackend(work_dir=tmp_path / "work")
     await backend.start()
     backend.set_function(make_function("chatty", code="print('loaded', flush=True)\n" + HELLO))
-    buffer = backend.logs("chatty")
-    assert buffer is not None
     lines: list[str] = []
 
     async def follow() -> None:
-        async with buffer.follow(tail=0) as followed:
+        async with backend.logs(R("chatty"), tail=0, follow=True) as followed:
             async for line in followed:
                 lines.append(line)
 
     follower = asyncio.create_task(follow())
     try:
-        await backend.scale("chatty", 1)
+        await backend.scale(R("chatty"), 1)
         await until(lambda: any(line.endswith("] loaded") for line in lines), what="the followed line")
     finally:
         await backend.close()
@@ -191,6 +207,6 @@ async def test_log_followers_get_new_lines_until_the_backend_closes(tmp_path: Pa
 async def test_a_handler_sees_only_its_requirements_not_kfns_environment(backend: ProcessBackend) -> None:
     # PyYAML is installed beside kfn; in a runtime image it is not, unless the function lists it.
     backend.set_function(make_function("unlisted", code="import yaml\n" + HELLO))
-    await backend.scale("unlisted", 1)
-    error = await until(lambda: backend.error("unlisted"), what="the import failure")
+    await backend.scale(R("unlisted"), 1)
+    error = await until(lambda: backend.problem(R("unlisted")), what="the import failure")
     assert "No module named 'yaml'" in error

@@ -11,8 +11,6 @@ import pytest
 
 from tests.e2e.localmode import HELLO, HttpResult, LocalMode, wait_until, write_manifest
 
-pytestmark = pytest.mark.e2e
-
 SLOW = """
     import time
     def handler(event, context):

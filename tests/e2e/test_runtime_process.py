@@ -21,7 +21,7 @@ import pytest
 
 from kfn_runtime import contract
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60)]
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "runtime-images" / "python"
 STARTUP_TIMEOUT = 15.0

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kfn_gateway.kubernetes import connect
+from kubernetes.aio import client
+
+from kfn.kube import connect
 from kfn_operator.config import OperatorConfig
 from kfn_operator.main import operate
-from kubernetes_asyncio import client
-
 from tests.k8s import kube
 
 

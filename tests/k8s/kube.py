@@ -10,8 +10,10 @@ server (and its controllers) does beyond that, and kfn relies on, is added here 
   generation bumps on spec changes;
 - the status subresource writes only status, and a main-resource write never changes status;
 - the scale subresource (GET/PATCH as `autoscaling/v1` Scale);
-- PUT (replace), used by kubernetes-asyncio's Lease lock;
-- `?watch=True`/`1` (kubernetes-asyncio sends `True`; kmock knows only `true`);
+- PUT (replace), used by the official client's Lease lock;
+- JSON Patch (RFC 6902: add, replace, remove, test), which the official client sends for built-in
+  kinds, on objects and on the scale subresource;
+- `?watch=True`/`1` (the official client sends `True`; kmock knows only `true`);
 - list responses with kind/apiVersion and a numeric resourceVersion;
 - label selectors on list and watch (equality, inequality, existence, `in`/`notin`);
 - `/api/v1` discovery answering `groupVersion: v1`;
@@ -39,7 +41,7 @@ from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums as kmock_enums
 from kmock._internal import rendering as kmock_rendering
 
-from kfn import naming
+from kfn.core import naming
 
 FUNCTIONS = f"{naming.GROUP}/{naming.VERSION}/{naming.PLURAL}"
 DEPLOYMENTS = "apps/v1/deployments"
@@ -145,7 +147,8 @@ class Cluster(kmock.KubernetesEmulator):
             return None
         return copy.deepcopy(self.objects[key].raw)
 
-    def list_objects(self, resource: str, namespace: str | None = None, *, selector: str | None = None) -> list[dict[str, Any]]:
+    def list_objects(self, resource: str, namespace: str | None = None, *,
+                     selector: str | None = None) -> list[dict[str, Any]]:
         res = kmock.resource(resource)
         out = []
         for (r, ns, _), obj in list(self.objects.items()):
@@ -183,6 +186,8 @@ class Cluster(kmock.KubernetesEmulator):
             return _status_response(fault[1], "InternalError", "injected by the test")
         if request.resource is not None and request.subresource == "scale" and request.name:
             return await self._serve_scale(request)
+        if request.method == kmock.method.PATCH and isinstance(request.data, list) and request.name:
+            return await self._serve_json_patch(request)
 
         if request.action == kmock_enums.action.CREATE and isinstance(request.data, dict):
             self._prepare_create(request)
@@ -279,6 +284,39 @@ class Cluster(kmock.KubernetesEmulator):
             await self._buses[request.resource].put({"type": "MODIFIED", "object": obj.raw})
             return copy.deepcopy(obj.raw)
 
+    async def _serve_json_patch(self, request: kmock_rendering.Request) -> aiohttp.web.StreamResponse:
+        """A JSON Patch, applied to the stored object (or its status), written back as a replace."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self.objects or self.objects[key].deleted:
+                return _status_response(404, "NotFound", f"{request.name} not found")
+            obj = self.objects[key]
+            old = copy.deepcopy(obj.raw)
+            try:
+                new = apply_json_patch(old, request.data)
+            except JsonPatchTestFailed as e:
+                return _status_response(422, "Invalid", f"the server rejected our request: test failed: {e}")
+            except (KeyError, IndexError, ValueError, TypeError) as e:
+                return _status_response(422, "Invalid", f"the patch cannot be applied: {e}")
+            if request.subresource == "status":
+                new = {**old, "status": new.get("status")}
+            elif self._has_status_subresource(request.resource):
+                new["status"] = old.get("status")
+            meta = new.setdefault("metadata", {})
+            old_meta = old.get("metadata") or {}
+            for field in ("uid", "creationTimestamp", "namespace", "name", "resourceVersion", "generation"):
+                if field in old_meta:
+                    meta[field] = old_meta[field]
+            if new == old:
+                return aiohttp.web.json_response(old)
+            meta["resourceVersion"] = self._next_version()
+            if request.subresource is None and new.get("spec") != old.get("spec"):
+                meta["generation"] = int(old_meta.get("generation") or 1) + 1
+            obj.delete()
+            obj.create(new)
+            await self._buses[request.resource].put({"type": "MODIFIED", "object": obj.raw})
+            return aiohttp.web.json_response(copy.deepcopy(obj.raw))
+
     async def _serve_scale(self, request: kmock_rendering.Request) -> aiohttp.web.StreamResponse:
         key = (request.resource, request.namespace, request.name)
         async with self._lock:
@@ -286,7 +324,11 @@ class Cluster(kmock.KubernetesEmulator):
                 return _status_response(404, "NotFound", f"{request.name} not found")
             obj = self.objects[key]
             if request.method == kmock.method.PATCH or request.method == kmock.method.PUT:
-                replicas = ((request.data or {}).get("spec") or {}).get("replicas")
+                data = request.data
+                if isinstance(data, list):  # a JSON Patch of the Scale object
+                    data = apply_json_patch({"spec": {"replicas": (obj.raw.get("spec") or {}).get("replicas")}},
+                                            data)
+                replicas = ((data or {}).get("spec") or {}).get("replicas")
                 if not isinstance(replicas, int) or replicas < 0:
                     return _status_response(422, "Invalid", "spec.replicas must be a non-negative integer")
                 if (obj.raw.get("spec") or {}).get("replicas") != replicas:
@@ -296,11 +338,13 @@ class Cluster(kmock.KubernetesEmulator):
                 return _status_response(405, "MethodNotAllowed", "scale supports GET, PATCH and PUT")
             raw = obj.raw
         meta = raw.get("metadata") or {}
-        selector = ",".join(f"{k}={v}" for k, v in (((raw.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}).items())
+        match_labels = (((raw.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+        selector = ",".join(f"{k}={v}" for k, v in match_labels.items())
         return aiohttp.web.json_response({
             "apiVersion": "autoscaling/v1",
             "kind": "Scale",
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta},
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                         if k in meta},
             "spec": {"replicas": int((raw.get("spec") or {}).get("replicas") or 0)},
             "status": {"replicas": int((raw.get("status") or {}).get("replicas") or 0), "selector": selector},
         })
@@ -310,7 +354,7 @@ class Cluster(kmock.KubernetesEmulator):
         while uids:
             next_uids: set[str] = set()
             async with self._lock:
-                for (resource, namespace, name), obj in list(self.objects.items()):
+                for (resource, _namespace, _name), obj in list(self.objects.items()):
                     if obj.deleted:
                         continue
                     raw = obj.raw
@@ -362,6 +406,52 @@ class Cluster(kmock.KubernetesEmulator):
         return payload
 
 
+class JsonPatchTestFailed(ValueError):
+    pass
+
+
+def _pointer(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise ValueError(f"not a JSON pointer: {path!r}")
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def apply_json_patch(document: Any, operations: list[dict[str, Any]]) -> Any:
+    """RFC 6902 add/replace/remove/test, as far as kfn uses them."""
+    doc = copy.deepcopy(document)
+    for op in operations:
+        parts = _pointer(op["path"])
+        parent: Any = doc
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+        last = parts[-1]
+        kind = op["op"]
+        if kind == "test":
+            current = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if current != op.get("value"):
+                raise JsonPatchTestFailed(f"{op['path']} is {current!r}, not {op.get('value')!r}")
+        elif kind in ("add", "replace"):
+            if isinstance(parent, list):
+                if last == "-":
+                    parent.append(op["value"])
+                elif kind == "add":
+                    parent.insert(int(last), op["value"])
+                else:
+                    parent[int(last)] = op["value"]
+            else:
+                if kind == "replace" and last not in parent:
+                    raise KeyError(op["path"])
+                parent[last] = copy.deepcopy(op["value"])
+        elif kind == "remove":
+            if isinstance(parent, list):
+                del parent[int(last)]
+            else:
+                del parent[last]
+        else:
+            raise ValueError(f"unsupported JSON Patch operation {kind!r}")
+    return doc
+
+
 def _check_precondition(meta: Any, current: Mapping[str, Any]) -> None:
     wanted = meta.get("resourceVersion") if isinstance(meta, dict) else None
     have = (current.get("metadata") or {}).get("resourceVersion")
@@ -373,7 +463,9 @@ def _check_precondition(meta: Any, current: Mapping[str, Any]) -> None:
 
 def _resource_str(resource: kmock.resource | None) -> str:
     assert resource is not None
-    return f"{resource.group}/{resource.version}/{resource.plural}" if resource.group else f"{resource.version}/{resource.plural}"
+    if resource.group:
+        return f"{resource.group}/{resource.version}/{resource.plural}"
+    return f"{resource.version}/{resource.plural}"
 
 
 def _status_response(code: int, reason: str, message: str) -> aiohttp.web.Response:

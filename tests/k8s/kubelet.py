@@ -1,4 +1,4 @@
-"""A stand-in for the Deployment controller, the kubelet and the EndpointSlice controller.
+"""A stand-in for the Deployment controller and the kubelet.
 
 kmock stores Deployments but nothing runs them. `Kubelet` watches kfn's Deployments through the
 emulated API (HTTP, like a real node would) and, for each wanted replica, runs the function's
@@ -6,13 +6,14 @@ container as a local process: `python -m kfn_runtime` with the container's KFN_*
 listening on its own loopback address (127.0.0.2, 127.0.0.3, …) and one shared port, with the
 code written from the ConfigMap volume. It then writes what a cluster would:
 
-- an EndpointSlice per function (labels of the Service, ready/serving/terminating per pod), with
-  a pod's address becoming ready once its readinessProbe path (/_/ready) answers 200;
+- a Pod per replica (the template's labels and containers), whose status gets the pod's address
+  and, once its readinessProbe path (/_/ready) answers 200, the Ready condition;
 - the Deployment's status (replicas, readyReplicas, updatedReplicas, availableReplicas).
 
-Scale-down sends SIGTERM (the pod turns `terminating` in the EndpointSlice first) and SIGKILL
-after the pod's terminationGracePeriodSeconds. A changed pod template replaces pods surge-first
-(maxUnavailable 0), like the rolling update kfn's Deployments ask for.
+Scale-down marks the pod deleted (deletionTimestamp) before it sends SIGTERM, and SIGKILL after
+the pod's terminationGracePeriodSeconds; the Pod object goes once the process has exited. A
+changed pod template replaces pods surge-first (maxUnavailable 0), like the rolling update kfn's
+Deployments ask for.
 
 Not emulated: scheduling, resources/limits, securityContext, init containers (requirements are
 not installed), liveness probes, image pulls.
@@ -35,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from kfn import naming
+from kfn.core import naming
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Pod:
     grace: float = 30.0
     probe: asyncio.Task[None] | None = None
     log_path: Path | None = None
+    published: tuple[bool, bool] | None = None   # (ready, terminating) last written to the API
 
 
 @dataclass
@@ -65,7 +67,6 @@ class _Deployment:
     body: dict[str, Any]
     pods: list[Pod] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    published_endpoints: list[Any] | None = None
     published_status: dict[str, Any] | None = None
 
 
@@ -146,14 +147,14 @@ class Kubelet:
         if d is None:
             function = (meta.get("labels") or {}).get(naming.LABEL_FUNCTION, meta["name"])
             d = self._deployments[key] = _Deployment(namespace=key[0], name=key[1], function=function, body=body)
-        if kind != "DELETED" and int(meta.get("resourceVersion") or 0) < int(d.body["metadata"].get("resourceVersion") or 0):
+        seen = int(d.body["metadata"].get("resourceVersion") or 0)
+        if kind != "DELETED" and int(meta.get("resourceVersion") or 0) < seen:
             return  # stale: a later version was already seen
         d.body = body
         try:
             async with d.lock:
                 if kind == "DELETED":
                     await self._sync(d, wanted=0)
-                    await self._delete_slice(d)
                     self._deployments.pop(key, None)
                 else:
                     await self._sync(d, wanted=int((body.get("spec") or {}).get("replicas") or 0))
@@ -249,12 +250,13 @@ class Kubelet:
 
     async def _reap(self, d: _Deployment, pod: Pod) -> None:
         async with d.lock:
-            await self._publish(d)   # endpoints see `terminating` before the process gets SIGTERM
+            await self._publish(d)   # watchers see the pod terminating before it gets SIGTERM
         await self._kill(pod, grace=pod.grace)
         async with d.lock:
             if pod in d.pods:
                 d.pods.remove(pod)
             self._free.append(pod.address)
+            await self._delete_pod(pod)
             await self._publish(d)
 
     async def _kill(self, pod: Pod, *, grace: float) -> None:
@@ -278,41 +280,50 @@ class Kubelet:
     async def _publish(self, d: _Deployment) -> None:
         # Only what changed is written, like real controllers: a status write is a watch event,
         # and this kubelet reacts to Deployment events.
-        endpoints = [(p.name, p.address, p.ready, p.terminating) for p in d.pods]
-        if endpoints != d.published_endpoints:
-            await self._write_slice(d)
-            d.published_endpoints = endpoints
+        for pod in d.pods:
+            state = (pod.ready, pod.terminating)
+            if state != pod.published:
+                await self._write_pod(d, pod)
+                pod.published = state
         await self._write_status(d)
 
-    async def _write_slice(self, d: _Deployment) -> None:
-        labels = {**(d.body["metadata"].get("labels") or {}), "kubernetes.io/service-name": d.name,
-                  "endpointslice.kubernetes.io/managed-by": "kubelet-emulator.kfn.dev"}
-        body = {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {"name": f"{d.name}-emu", "namespace": d.namespace, "labels": labels},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": self.port, "protocol": "TCP"}],
-            "endpoints": [{
-                "addresses": [p.address],
-                "conditions": {"ready": p.ready and not p.terminating, "serving": p.ready, "terminating": p.terminating},
-                "targetRef": {"kind": "Pod", "name": p.name, "namespace": d.namespace},
-            } for p in d.pods],
-        }
-        path = f"/apis/discovery.k8s.io/v1/namespaces/{d.namespace}/endpointslices"
-        assert self._session is not None
-        async with self._session.patch(f"{self.api_url}{path}/{d.name}-emu", json={"endpoints": body["endpoints"]},
-                                       headers={"Content-Type": "application/merge-patch+json"}) as r:
-            if r.status != 404:
-                r.raise_for_status()
-                return
-        async with self._session.post(f"{self.api_url}{path}", json=body) as r:
-            r.raise_for_status()
+    def _pod_path(self, pod: Pod) -> str:
+        return f"/api/v1/namespaces/{pod.namespace}/pods"
 
-    async def _delete_slice(self, d: _Deployment) -> None:
+    async def _write_pod(self, d: _Deployment, pod: Pod) -> None:
         assert self._session is not None
-        path = f"/apis/discovery.k8s.io/v1/namespaces/{d.namespace}/endpointslices/{d.name}-emu"
-        async with self._session.delete(f"{self.api_url}{path}") as r:
+        template = d.body["spec"]["template"]
+        status = {
+            "phase": "Running",
+            "podIP": pod.address,
+            "podIPs": [{"ip": pod.address}],
+            "conditions": [{"type": "Ready", "status": "True" if pod.ready and not pod.terminating else "False"}],
+        }
+        metadata: dict[str, Any] = {"name": pod.name, "namespace": pod.namespace,
+                                    "labels": dict((template.get("metadata") or {}).get("labels") or {})}
+        if pod.terminating:
+            metadata["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        url = f"{self.api_url}{self._pod_path(pod)}"
+        if pod.published is None:
+            # The pod listens on this kubelet's port, whatever port the template names.
+            containers = [{**c, "ports": [{**p, "containerPort": self.port} for p in c.get("ports") or ()]}
+                          for c in template["spec"]["containers"]]
+            body = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+                    "spec": {"containers": containers}, "status": status}
+            async with self._session.post(url, json=body) as r:
+                r.raise_for_status()
+            return
+        # Status first: a deletionTimestamp ends the emulated pod (it has no finalizer to keep it).
+        for path, patch in ((f"{url}/{pod.name}/status", {"status": status}),
+                            (f"{url}/{pod.name}", {"metadata": metadata})):
+            async with self._session.patch(path, json=patch,
+                                           headers={"Content-Type": "application/merge-patch+json"}) as r:
+                if r.status != 404:
+                    r.raise_for_status()
+
+    async def _delete_pod(self, pod: Pod) -> None:
+        assert self._session is not None
+        async with self._session.delete(f"{self.api_url}{self._pod_path(pod)}/{pod.name}") as r:
             if r.status not in (200, 202, 404):
                 r.raise_for_status()
 

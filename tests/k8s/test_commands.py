@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kfn import naming
+from kfn.core import naming
 from tests.k8s import kube
 
-pytestmark = [pytest.mark.k8s, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.timeout(90)]
 
 HELLO = {"apiVersion": naming.API_VERSION, "kind": naming.KIND, "metadata": {"name": "hello", "namespace": "default"},
          "spec": {"handler": "main.handler", "source": {"files": {"main.py": "def handler(e, c):\n    return 1\n"}}}}
@@ -33,7 +33,7 @@ async def kfn(cluster: kube.Cluster, tmp_path: Path, *args: str) -> AsyncIterato
     """`kfn ARGS` with KUBECONFIG pointing at the emulator; SIGTERM on exit (SIGKILL if it hangs)."""
     with open(tmp_path / f"{args[0]}.log", "wb") as log:  # noqa: ASYNC230 - a local file
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kfn.cli", *args, env=kube.env_with_kubeconfig(cluster.kubeconfig),
+            sys.executable, "-m", "kfn", *args, env=kube.env_with_kubeconfig(cluster.kubeconfig),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT)
     try:
         yield process
@@ -84,7 +84,7 @@ async def test_kfn_gateway_serves_the_functions_of_the_cluster(cluster, tmp_path
 
 async def test_kfn_operator_rejects_a_malformed_runtime_image_flag(cluster, tmp_path) -> None:
     async with kfn(cluster, tmp_path, "operator", "--runtime-image", "python3.12") as process:
-        assert await asyncio.wait_for(process.wait(), 20) == 1
+        assert await asyncio.wait_for(process.wait(), 20) == 2  # a usage error
     output = (tmp_path / "operator.log").read_text()
     assert "kfn operator: expected RUNTIME=IMAGE" in output
     assert "Traceback" not in output
@@ -95,7 +95,7 @@ async def test_without_a_cluster_configuration_the_command_fails_with_one_line(c
     env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST",)}
     env["KUBECONFIG"] = str(tmp_path / "missing")
     env["HOME"] = str(tmp_path)
-    returncode, _, err = await kube.run_command(sys.executable, "-m", "kfn.cli", command, env=env)
+    returncode, _, err = await kube.run_command(sys.executable, "-m", "kfn", command, env=env)
     assert returncode == 1
     assert err == (f"kfn {command}: cannot configure the Kubernetes client: not in a pod "
                             f"(KUBERNETES_SERVICE_HOST is unset) and no kubeconfig at {tmp_path / 'missing'}\n")

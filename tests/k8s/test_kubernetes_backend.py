@@ -1,4 +1,4 @@
-"""KubernetesBackend: the gateway's view of functions, ready pods and replica counts."""
+"""KubernetesBackend: the gateway's view of functions, their pods and replica counts."""
 from __future__ import annotations
 
 import asyncio
@@ -7,16 +7,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kfn_gateway.kubernetes import Backoff, KubernetesBackend
-from kubernetes_asyncio import client
+from aiohttp import web
+from kubernetes.aio import client
 
-from kfn import naming
-from kfn.instances import Instance
+from kfn.core import naming
+from kfn.core.functions import FunctionRef
+from kfn.core.instances import Instance
+from kfn.kube import Backoff, KubernetesBackend
 from tests.k8s import kube
 
-pytestmark = pytest.mark.k8s
-
 CODE = "def handler(event, context):\n    return 'hi'\n"
+PODS = "v1/pods"
+HELLO = FunctionRef("default", "hello")
 
 
 def function(name: str = "hello", namespace: str = "default", **spec: Any) -> dict[str, Any]:
@@ -26,17 +28,24 @@ def function(name: str = "hello", namespace: str = "default", **spec: Any) -> di
             "metadata": {"name": name, "namespace": namespace}, "spec": body}
 
 
-def endpoint_slice(function: str, pods: dict[str, tuple[str, dict[str, bool]]], *, name: str | None = None,
-                   port: int = 8080) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name or f"{function}-abc12", "namespace": "default",
-                     "labels": {**naming.function_labels(function), "kubernetes.io/service-name": function}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [ip], "conditions": conditions, "targetRef": {"kind": "Pod", "name": pod}}
-                      for pod, (ip, conditions) in pods.items()],
-    }
+def pod(function: str, name: str, ip: str | None, *, ready: bool = True, terminating: bool = False,
+        namespace: str = "default", port: int = 8080, waiting: str | None = None) -> dict[str, Any]:
+    labels = {**naming.function_labels(function), naming.LABEL_COMPONENT: "function"}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status: dict[str, Any] = {"phase": "Running", "conditions": [{"type": "Ready", "status": str(ready)}]}
+    if ip is not None:
+        status["podIP"] = ip
+    if waiting is not None:
+        status["containerStatuses"] = [{
+            "name": "function", "ready": False, "restartCount": 3, "image": "x", "imageID": "",
+            "state": {"waiting": {"reason": waiting, "message": "back-off 40s restarting failed container"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": "ImportError: no module named nope"}}}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"containers": [{"name": "function", "image": "x",
+                                     "ports": [{"name": "http", "containerPort": port}]}]},
+            "status": status}
 
 
 def deployment(name: str, replicas: int) -> dict[str, Any]:
@@ -57,8 +66,17 @@ async def add_function(cluster: kube.Cluster, body: dict[str, Any]) -> None:
     await post(cluster, f"/apis/kfn.dev/v1alpha1/namespaces/{body['metadata']['namespace']}/functions", body)
 
 
-async def add_slice(cluster: kube.Cluster, body: dict[str, Any]) -> None:
-    await post(cluster, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", body)
+async def add_pod(cluster: kube.Cluster, body: dict[str, Any]) -> None:
+    await post(cluster, f"/api/v1/namespaces/{body['metadata']['namespace']}/pods", body)
+
+
+async def update_pod(cluster: kube.Cluster, body: dict[str, Any]) -> None:
+    """What the kubelet and the API server would write: the status subresource, then metadata (a
+    deletionTimestamp ends the emulated pod, which has no finalizer to keep it)."""
+    path = f"/api/v1/namespaces/{body['metadata']['namespace']}/pods/{body['metadata']['name']}"
+    for url, patch in ((path + "/status", {"status": body["status"]}), (path, {"metadata": body["metadata"]})):
+        async with cluster.patch(url, json=patch, headers={"Content-Type": "application/merge-patch+json"}) as r:
+            assert r.status == 200, await r.text()
 
 
 @pytest.fixture
@@ -71,81 +89,125 @@ async def backend(api: client.ApiClient) -> AsyncIterator[KubernetesBackend]:
         await backend.close()
 
 
-async def test_functions_are_known_by_name(cluster, backend) -> None:
+async def test_functions_are_known_by_namespace_and_name(cluster, backend) -> None:
     await add_function(cluster, function())
-    fn = await kube.wait_for(lambda: backend.function("hello"), what="the function")
+    fn = await kube.wait_for(lambda: backend.function(HELLO), what="the function")
     assert fn.spec.concurrency == 7
-    assert [f.name for f in backend.functions()] == ["hello"]
-    assert backend.function("missing") is None
+    assert [f.ref for f in backend.functions()] == [HELLO]
+    assert backend.function(FunctionRef("default", "missing")) is None
+
+
+async def test_functions_of_the_same_name_in_two_namespaces_are_two_functions(cluster, backend) -> None:
+    await add_function(cluster, function("hello", namespace="team-a", concurrency=3))
+    await add_function(cluster, function("hello", namespace="team-b", concurrency=4))
+    a = await kube.wait_for(lambda: backend.function(FunctionRef("team-a", "hello")), what="team-a's hello")
+    b = await kube.wait_for(lambda: backend.function(FunctionRef("team-b", "hello")), what="team-b's hello")
+    assert (a.spec.concurrency, b.spec.concurrency) == (3, 4)
 
 
 async def test_invalid_functions_are_ignored_with_a_log(cluster, backend, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="kfn_gateway.kubernetes")
+    caplog.set_level(logging.WARNING, logger="kfn.kube.backend")
     await add_function(cluster, function("broken", handler="nodot"))
     await add_function(cluster, function("good"))
-    await kube.wait_for(lambda: backend.function("good"), what="the valid function")
-    assert backend.function("broken") is None
+    await kube.wait_for(lambda: backend.function(FunctionRef("default", "good")), what="the valid function")
+    assert backend.function(FunctionRef("default", "broken")) is None
     assert any("broken" in r.getMessage() and "spec.handler" in r.getMessage() for r in caplog.records)
 
 
 async def test_ready_pods_become_instances_on_their_pod_ip(cluster, backend) -> None:
     await add_function(cluster, function())
-    await add_slice(cluster, endpoint_slice("hello", {
-        "hello-1": ("10.0.0.1", {"ready": True}),
-        "hello-2": ("10.0.0.2", {"ready": False}),
-        "hello-3": ("10.0.0.3", {"ready": True, "terminating": True}),
-        "hello-4": ("10.0.0.4", {}),   # unset means ready
-    }, port=8080))
-    instances = await kube.wait_for(lambda: backend.ready("hello"), what="instances")
-    assert instances == [
-        Instance(function="hello", id="hello-1", host="10.0.0.1", port=8080, capacity=7),
-        Instance(function="hello", id="hello-4", host="10.0.0.4", port=8080, capacity=7),
+    await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
+    await add_pod(cluster, pod("hello", "hello-2", "10.0.0.2", ready=False))
+    await add_pod(cluster, pod("hello", "hello-3", "10.0.0.3"))
+    await update_pod(cluster, pod("hello", "hello-3", "10.0.0.3", terminating=True))  # created, then deleted
+    await add_pod(cluster, pod("hello", "hello-4", None))
+    await add_pod(cluster, pod("hello", "hello-5", "10.0.0.5", port=9000))
+    await kube.wait_for(lambda: [i.id for i in backend.ready(HELLO)] == ["hello-1", "hello-5"], what="instances")
+    assert backend.ready(HELLO) == [
+        Instance(function=HELLO, id="hello-1", host="10.0.0.1", port=8080, capacity=7),
+        Instance(function=HELLO, id="hello-5", host="10.0.0.5", port=9000, capacity=7),
     ]
 
 
-async def test_instances_of_several_slices_are_merged_and_follow_updates(cluster, backend) -> None:
+async def test_a_pod_leaves_rotation_as_soon_as_it_is_being_deleted(cluster, backend) -> None:
     await add_function(cluster, function())
-    await add_slice(cluster, endpoint_slice("hello", {"hello-1": ("10.0.0.1", {"ready": True})}, name="hello-a"))
-    await add_slice(cluster, endpoint_slice("hello", {"hello-2": ("10.0.0.2", {"ready": True})}, name="hello-b"))
-    await kube.wait_for(lambda: len(backend.ready("hello")) == 2, what="two instances")
-    async with cluster.delete("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/hello-a") as r:
-        assert r.status == 200
-    await kube.wait_for(lambda: [i.id for i in backend.ready("hello")] == ["hello-2"], what="one instance left")
+    await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
+    await kube.wait_for(lambda: backend.ready(HELLO), what="an instance")
+    await update_pod(cluster, pod("hello", "hello-1", "10.0.0.1", terminating=True))
+    await kube.wait_for(lambda: backend.ready(HELLO) == [], what="the pod out of rotation")
 
 
 async def test_listeners_hear_about_new_instances(cluster, backend) -> None:
-    heard: list[str] = []
+    heard: list[FunctionRef] = []
     backend.add_listener(heard.append)
     await add_function(cluster, function())
-    await add_slice(cluster, endpoint_slice("hello", {"hello-1": ("10.0.0.1", {"ready": True})}))
-    await kube.wait_for(lambda: backend.ready("hello"), what="an instance")
-    assert "hello" in heard
+    await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
+    await kube.wait_for(lambda: backend.ready(HELLO), what="an instance")
+    assert HELLO in heard
+
+
+async def test_a_new_pod_answering_its_readiness_path_is_routed_before_the_kubelet_says_ready(
+        cluster, api) -> None:
+    async def ready(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ready"})
+
+    app = web.Application()
+    app.router.add_get("/_/ready", ready)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    backend = KubernetesBackend(api, probe=True, probe_interval=0.01)
+    await backend.start()
+    try:
+        await add_function(cluster, function())
+        await add_pod(cluster, pod("hello", "hello-1", "127.0.0.1", ready=False, port=port))
+        instances = await kube.wait_for(lambda: backend.ready(HELLO), what="the probed pod")
+        assert instances == [Instance(function=HELLO, id="hello-1", host="127.0.0.1", port=port, capacity=7)]
+    finally:
+        await backend.close()
+        await runner.cleanup()
+
+
+async def test_a_pod_the_kubelet_marks_not_ready_again_leaves_rotation(cluster, backend) -> None:
+    await add_function(cluster, function())
+    await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
+    await kube.wait_for(lambda: backend.ready(HELLO), what="an instance")
+    await update_pod(cluster, pod("hello", "hello-1", "10.0.0.1", ready=False))
+    await kube.wait_for(lambda: backend.ready(HELLO) == [], what="the pod out of rotation")
+
+
+async def test_a_pod_that_cannot_start_is_the_functions_problem(cluster, backend) -> None:
+    await add_function(cluster, function())
+    await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1", ready=False, waiting="CrashLoopBackOff"))
+    problem = await kube.wait_for(lambda: backend.problem(HELLO), what="the problem")
+    assert "CrashLoopBackOff" in problem and "exited with code 1" in problem and "no module named nope" in problem
 
 
 async def test_scale_patches_the_deployments_scale_subresource(cluster, backend) -> None:
     await add_function(cluster, function(scale={"minReplicas": 0}))
     await post(cluster, "/apis/apps/v1/namespaces/default/deployments", deployment("hello", 0))
-    await kube.wait_for(lambda: backend.function("hello"), what="the function")
-    assert backend.desired("hello") == 0
+    await kube.wait_for(lambda: backend.function(HELLO), what="the function")
+    assert backend.desired(HELLO) == 0
 
-    await backend.scale("hello", 3, reason="test")
+    await backend.scale(HELLO, 3, reason="test")
     assert cluster.object(kube.DEPLOYMENTS, "default", "hello")["spec"]["replicas"] == 3
-    assert backend.desired("hello") == 3
+    assert backend.desired(HELLO) == 3
     assert any(r.subresource == "scale" and r.method == "PATCH" for r in cluster.served)
 
 
 async def test_desired_follows_the_deployment(cluster, backend) -> None:
     await add_function(cluster, function(scale={"minReplicas": 1}))
-    await kube.wait_for(lambda: backend.function("hello"), what="the function")
-    assert backend.desired("hello") == 1   # no Deployment yet: minReplicas
+    await kube.wait_for(lambda: backend.function(HELLO), what="the function")
+    assert backend.desired(HELLO) == 1   # no Deployment yet: minReplicas
     await post(cluster, "/apis/apps/v1/namespaces/default/deployments", deployment("hello", 5))
-    await kube.wait_for(lambda: backend.desired("hello") == 5, what="desired from the Deployment")
+    await kube.wait_for(lambda: backend.desired(HELLO) == 5, what="desired from the Deployment")
 
 
 async def test_scaling_without_a_deployment_is_logged_not_raised(cluster, backend, caplog) -> None:
     await add_function(cluster, function())
-    await kube.wait_for(lambda: backend.function("hello"), what="the function")
-    await backend.scale("hello", 1)
+    await kube.wait_for(lambda: backend.function(HELLO), what="the function")
+    await backend.scale(HELLO, 1)
     assert any("scaling default/hello to 1 failed" in r.getMessage() for r in caplog.records)
 
 
@@ -155,74 +217,56 @@ async def test_a_failed_instance_leaves_rotation_until_the_cooldown_ends(cluster
     await backend.start()
     try:
         await add_function(cluster, function())
-        await add_slice(cluster, endpoint_slice("hello", {"hello-1": ("10.0.0.1", {"ready": True}),
-                                                           "hello-2": ("10.0.0.2", {"ready": True})}))
-        first, second = await kube.wait_for(lambda: len(backend.ready("hello")) == 2 and backend.ready("hello"),
+        await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
+        await add_pod(cluster, pod("hello", "hello-2", "10.0.0.2"))
+        first, second = await kube.wait_for(lambda: len(backend.ready(HELLO)) == 2 and backend.ready(HELLO),
                                             what="two instances")
         backend.report_failure(first, error="connection refused")
-        assert backend.ready("hello") == [second]
+        assert backend.ready(HELLO) == [second]
         now[0] += 9
-        assert backend.ready("hello") == [second]
+        assert backend.ready(HELLO) == [second]
         now[0] += 1
-        assert backend.ready("hello") == [first, second]
+        assert backend.ready(HELLO) == [first, second]
     finally:
         await backend.close()
 
 
-async def test_a_failed_instance_returns_when_kubernetes_marks_it_ready_again(cluster, backend) -> None:
-    await add_function(cluster, function())
-    await add_slice(cluster, endpoint_slice("hello", {"hello-1": ("10.0.0.1", {"ready": True}),
-                                                       "hello-2": ("10.0.0.2", {"ready": True})}))
-    first, second = await kube.wait_for(lambda: len(backend.ready("hello")) == 2 and backend.ready("hello"),
-                                        what="two instances")
-    backend.report_failure(first, error="connection refused")
-    path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/hello-abc12"
-    for ready in (False, True):
-        body = endpoint_slice("hello", {"hello-1": ("10.0.0.1", {"ready": ready}),
-                                        "hello-2": ("10.0.0.2", {"ready": True})})
-        async with cluster.patch(path, json={"endpoints": body["endpoints"]},
-                                 headers={"Content-Type": "application/merge-patch+json"}) as r:
-            assert r.status == 200
-        await kube.wait_for(lambda ready=ready: len(backend.ready("hello")) == (2 if ready else 1),
-                            what=f"ready={ready}")
-    assert backend.ready("hello") == [first, second]
-
-
 async def test_api_errors_keep_the_known_state_and_the_watches_recover(cluster, backend) -> None:
     await add_function(cluster, function())
-    await add_slice(cluster, endpoint_slice("hello", {"hello-1": ("10.0.0.1", {"ready": True})}))
-    await kube.wait_for(lambda: backend.ready("hello"), what="an instance")
+    await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
+    await kube.wait_for(lambda: backend.ready(HELLO), what="an instance")
 
     # The API server goes away for a while: watches end with errors, relists fail.
     cluster.fail_requests(kube.FUNCTIONS, 8)
-    cluster.fail_requests(kube.ENDPOINTSLICES, 8)
+    cluster.fail_requests(PODS, 8)
     await cluster.interrupt_watches(kube.FUNCTIONS)
-    await cluster.interrupt_watches(kube.ENDPOINTSLICES)
+    await cluster.interrupt_watches(PODS)
     checks = 0
     for _ in range(200):
-        if cluster.pending_failures(kube.FUNCTIONS) == 0 and cluster.pending_failures(kube.ENDPOINTSLICES) == 0:
+        if cluster.pending_failures(kube.FUNCTIONS) == 0 and cluster.pending_failures(PODS) == 0:
             break
-        assert backend.function("hello") is not None
-        assert [i.id for i in backend.ready("hello")] == ["hello-1"]
+        assert backend.function(HELLO) is not None
+        assert [i.id for i in backend.ready(HELLO)] == ["hello-1"]
         checks += 1
         await asyncio.sleep(0.02)
     assert checks > 0
     assert cluster.pending_failures(kube.FUNCTIONS) == 0
 
     # Changes made after the outage arrive.
+    second = FunctionRef("default", "second")
     await add_function(cluster, function("second"))
-    await kube.wait_for(lambda: backend.function("second"), what="the watch to resume")
-    await add_slice(cluster, endpoint_slice("second", {"second-1": ("10.0.0.9", {"ready": True})}))
-    await kube.wait_for(lambda: backend.ready("second"), what="the EndpointSlice watch to resume")
+    await kube.wait_for(lambda: backend.function(second), what="the watch to resume")
+    await add_pod(cluster, pod("second", "second-1", "10.0.0.9"))
+    await kube.wait_for(lambda: backend.ready(second), what="the pod watch to resume")
 
 
 async def test_deleted_functions_disappear(cluster, backend) -> None:
     await add_function(cluster, function())
-    await kube.wait_for(lambda: backend.function("hello"), what="the function")
+    await kube.wait_for(lambda: backend.function(HELLO), what="the function")
     async with cluster.delete("/apis/kfn.dev/v1alpha1/namespaces/default/functions/hello") as r:
         assert r.status == 200
-    await kube.wait_for(lambda: backend.function("hello") is None, what="the function gone")
-    assert backend.ready("hello") == []
+    await kube.wait_for(lambda: backend.function(HELLO) is None, what="the function gone")
+    assert backend.ready(HELLO) == []
 
 
 async def test_a_namespaced_backend_sees_only_its_namespaces(cluster, api) -> None:
@@ -231,26 +275,7 @@ async def test_a_namespaced_backend_sees_only_its_namespaces(cluster, api) -> No
     backend = KubernetesBackend(api, namespaces=["team-a"])
     await backend.start()
     try:
-        await kube.wait_for(lambda: backend.function("mine"), what="the function in team-a")
-        assert backend.function("theirs") is None
-    finally:
-        await backend.close()
-
-
-async def test_without_endpointslices_core_endpoints_are_used(cluster, api) -> None:
-    del cluster.resources[kube.ENDPOINTSLICES]
-    await add_function(cluster, function())
-    await post(cluster, "/api/v1/namespaces/default/endpoints", {
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "hello", "namespace": "default", "labels": naming.function_labels("hello")},
-        "subsets": [{"addresses": [{"ip": "10.0.0.1", "targetRef": {"kind": "Pod", "name": "hello-1"}}],
-                     "notReadyAddresses": [{"ip": "10.0.0.2", "targetRef": {"kind": "Pod", "name": "hello-2"}}],
-                     "ports": [{"name": "http", "port": 8080}]}],
-    })
-    backend = KubernetesBackend(api)
-    await backend.start()
-    try:
-        instances = await kube.wait_for(lambda: backend.ready("hello"), what="an instance")
-        assert instances == [Instance(function="hello", id="hello-1", host="10.0.0.1", port=8080, capacity=7)]
+        await kube.wait_for(lambda: backend.function(FunctionRef("team-a", "mine")), what="the function in team-a")
+        assert backend.function(FunctionRef("team-b", "theirs")) is None
     finally:
         await backend.close()

@@ -5,12 +5,9 @@ import asyncio
 from typing import Any
 
 import jsonschema
-import pytest
 
-from kfn import crd, naming
+from kfn.core import crd, naming
 from tests.k8s import kube
-
-pytestmark = pytest.mark.k8s
 
 FUNCTIONS_PATH = "/apis/kfn.dev/v1alpha1/namespaces/default/functions"
 CODE = "def handler(event, context):\n    return 'hi'\n"
@@ -102,10 +99,11 @@ async def test_a_code_change_makes_a_new_configmap_and_rolls_the_pod_template(cl
     (old_cm,) = code_configmaps(cluster)
 
     await patch(cluster, f"{FUNCTIONS_PATH}/hello", {"spec": {"source": {"files": {"main.py": CODE + "# v2\n"}}}})
-    new = await kube.wait_for(
-        lambda: (d := deployment(cluster)) and d["spec"]["template"]["metadata"]["annotations"][naming.ANNOTATION_CODE_HASH]
-        != old["spec"]["template"]["metadata"]["annotations"][naming.ANNOTATION_CODE_HASH] and d,
-        what="a new pod template")
+    def code_hash(d: dict[str, Any]) -> str:
+        return d["spec"]["template"]["metadata"]["annotations"][naming.ANNOTATION_CODE_HASH]
+
+    new = await kube.wait_for(lambda: (d := deployment(cluster)) and code_hash(d) != code_hash(old) and d,
+                              what="a new pod template")
     (volume,) = [v for v in new["spec"]["template"]["spec"]["volumes"] if v["name"] == "code"]
     assert volume["configMap"]["name"] != old_cm
     assert volume["configMap"]["name"] in code_configmaps(cluster)

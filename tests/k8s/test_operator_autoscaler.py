@@ -4,14 +4,11 @@ from __future__ import annotations
 import socket
 
 import aiohttp
-import pytest
-from kfn_operator.autoscaling import OperatorAutoscaler
+
+from kfn.core import naming
 from kfn_operator.config import OperatorConfig
-
-from kfn import naming
+from kfn_operator.lease import OperatorAutoscaler
 from tests.k8s import kube
-
-pytestmark = pytest.mark.k8s
 
 
 def config(identity: str, **kwargs: object) -> OperatorConfig:

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import yaml
-from kfn_gateway.kubernetes import KubernetesBackend, connect
+
+from kfn.core import naming
+from kfn.core.functions import FunctionRef
+from kfn.kube import KubernetesBackend, connect
 from kfn_operator import rbac
 from kfn_operator.config import OperatorConfig
-
-from kfn import naming
 from tests.k8s import kube
 from tests.k8s.conftest import running_operator
-
-pytestmark = pytest.mark.k8s
 
 
 def verb(request: Any) -> str:
@@ -49,7 +47,8 @@ async def test_the_operator_needs_nothing_beyond_its_rules(cluster) -> None:
                             lease_duration=3)
     async with running_operator(config):
         async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json={
-            "apiVersion": naming.API_VERSION, "kind": naming.KIND, "metadata": {"name": "hello", "namespace": "default"},
+            "apiVersion": naming.API_VERSION, "kind": naming.KIND,
+            "metadata": {"name": "hello", "namespace": "default"},
             "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1\n"}},
                      "scale": {"minReplicas": 1}}}) as r:
             assert r.status == 201
@@ -78,19 +77,21 @@ async def test_the_gateway_needs_nothing_beyond_its_rules(cluster) -> None:
     backend = KubernetesBackend(api)
     try:
         async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json={
-            "apiVersion": naming.API_VERSION, "kind": naming.KIND, "metadata": {"name": "hello", "namespace": "default"},
+            "apiVersion": naming.API_VERSION, "kind": naming.KIND,
+            "metadata": {"name": "hello", "namespace": "default"},
             "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1\n"}}}}) as r:
             assert r.status == 201
         labels = naming.function_labels("hello")
         async with cluster.post("/apis/apps/v1/namespaces/default/deployments", json={
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "hello", "labels": labels},
             "spec": {"replicas": 0, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "f", "image": "x"}]}}},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "f", "image": "x"}]}}},
         }) as r:
             assert r.status == 201
         await backend.start()
-        await kube.wait_for(lambda: backend.function("hello"), what="the function")
-        await backend.scale("hello", 1)
+        await kube.wait_for(lambda: backend.function(FunctionRef("default", "hello")), what="the function")
+        await backend.scale(FunctionRef("default", "hello"), 1)
     finally:
         await backend.close()
         await api.close()

@@ -23,8 +23,8 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-from kfn.functions import Function, parse_function
-from kfn.instances import Instance, Listener
+from kfn.core.functions import Function, FunctionRef, parse_function
+from kfn.core.instances import Instance, Listener
 
 AppFactory = Callable[[str], web.Application]
 
@@ -84,10 +84,15 @@ def echo_app(instance_id: str) -> web.Application:
     return app_of(handle)
 
 
+def ref(name: str | FunctionRef) -> FunctionRef:
+    """A function's ref from its name (in the default namespace), or the ref itself."""
+    return name if isinstance(name, FunctionRef) else FunctionRef.parse(name)
+
+
 class FakeInstance:
     """One fake runtime: an aiohttp app served on 127.0.0.1, port picked by the OS."""
 
-    def __init__(self, function: str, id: str, app: web.Application, *, capacity: int) -> None:
+    def __init__(self, function: FunctionRef, id: str, app: web.Application, *, capacity: int) -> None:
         self.function = function
         self.id = id
         self.capacity = capacity
@@ -110,7 +115,7 @@ class FakeInstance:
 
 @dataclass(frozen=True)
 class ScaleCall:
-    name: str
+    name: str        # the function's name (its namespace is the default one unless the test says)
     replicas: int
     reason: str
 
@@ -118,14 +123,15 @@ class ScaleCall:
 class FakeBackend:
     """An InstanceBackend for tests. `scale` starts or stops fake instances in the background
     (unless `start_on_scale` is False: then it only records the call and the desired count).
+    Its test controls take a function's name or ref.
     """
 
     def __init__(self, *functions: Function, app_factory: AppFactory = echo_app,
                  start_on_scale: bool = True) -> None:
-        self._functions: dict[str, Function] = {f.name: f for f in functions}
-        self._desired: dict[str, int] = {f.name: f.spec.scale.minReplicas for f in functions}
-        self._servers: dict[str, list[FakeInstance]] = {}
-        self._ready: dict[str, list[Instance]] = {}
+        self._functions: dict[FunctionRef, Function] = {f.ref: f for f in functions}
+        self._desired: dict[FunctionRef, int] = {f.ref: f.spec.scale.minReplicas for f in functions}
+        self._servers: dict[FunctionRef, list[FakeInstance]] = {}
+        self._ready: dict[FunctionRef, list[Instance]] = {}
         self._listeners: list[Listener] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
@@ -133,6 +139,8 @@ class FakeBackend:
         self.start_on_scale = start_on_scale
         self.scale_calls: list[ScaleCall] = []
         self.failures: list[tuple[Instance, str]] = []
+        self.problems: dict[FunctionRef, str] = {}
+        self.log_lines: dict[FunctionRef, list[str]] = {}
         # When set, `scale` waits for this event before starting instances (cold starts in progress).
         self.scale_gate: asyncio.Event | None = None
         self.scale_error: Exception | None = None
@@ -147,9 +155,9 @@ class FakeBackend:
     # -- InstanceBackend ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for name, count in self._desired.items():
+        for key, count in self._desired.items():
             for _ in range(count):
-                await self.add_instance(name)
+                await self.add_instance(key)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -161,25 +169,29 @@ class FakeBackend:
         self._servers.clear()
         self._ready.clear()
 
-    def function(self, name: str) -> Function | None:
-        return self._functions.get(name)
+    def function(self, name: FunctionRef) -> Function | None:
+        return self._functions.get(ref(name))
 
     def functions(self) -> list[Function]:
         return list(self._functions.values())
 
-    def ready(self, name: str) -> list[Instance]:
-        return list(self._ready.get(name, ()))
+    def ready(self, name: FunctionRef) -> list[Instance]:
+        return list(self._ready.get(ref(name), ()))
 
-    def desired(self, name: str) -> int:
-        return self._desired.get(name, 0)
+    def desired(self, name: FunctionRef) -> int:
+        return self._desired.get(ref(name), 0)
 
-    async def scale(self, name: str, replicas: int, *, reason: str = "") -> None:
-        self.scale_calls.append(ScaleCall(name, replicas, reason))
+    def problem(self, name: FunctionRef) -> str | None:
+        return self.problems.get(ref(name))
+
+    async def scale(self, name: FunctionRef, replicas: int, *, reason: str = "") -> None:
+        key = ref(name)
+        self.scale_calls.append(ScaleCall(key.name, replicas, reason))
         if self.scale_error is not None:
             raise self.scale_error
-        self._desired[name] = replicas
+        self._desired[key] = replicas
         if self.start_on_scale:
-            task = asyncio.get_running_loop().create_task(self._converge(name))
+            task = asyncio.get_running_loop().create_task(self._converge(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -193,28 +205,39 @@ class FakeBackend:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    @contextlib.asynccontextmanager
+    async def logs(self, name: FunctionRef, *, tail: int, follow: bool) -> AsyncIterator[AsyncIterator[str]]:
+        lines = self.log_lines.get(ref(name), [])
+
+        async def read() -> AsyncIterator[str]:
+            for line in lines[-tail:] if tail else []:
+                yield line
+
+        yield read()
+
     # -- test controls -----------------------------------------------------------------------------
 
     def add_function(self, function: Function) -> None:
-        self._functions[function.name] = function
-        self._desired.setdefault(function.name, function.spec.scale.minReplicas)
-        self._notify(function.name)
+        self._functions[function.ref] = function
+        self._desired.setdefault(function.ref, function.spec.scale.minReplicas)
+        self._notify(function.ref)
 
-    def remove_function(self, name: str) -> None:
-        self._functions.pop(name, None)
-        self._notify(name)
+    def remove_function(self, name: str | FunctionRef) -> None:
+        self._functions.pop(ref(name), None)
+        self._notify(ref(name))
 
-    async def add_instance(self, name: str, *, app: web.Application | None = None,
+    async def add_instance(self, name: str | FunctionRef, *, app: web.Application | None = None,
                            capacity: int | None = None) -> Instance:
-        """Start a fake instance of `name` and mark it ready."""
-        function = self._functions[name]
-        instance_id = f"{name}-{next(self._ids)}"
-        server = FakeInstance(name, instance_id, app if app is not None else self.app_factory(instance_id),
+        """Start a fake instance of a function and mark it ready."""
+        key = ref(name)
+        function = self._functions[key]
+        instance_id = f"{key.name}-{next(self._ids)}"
+        server = FakeInstance(key, instance_id, app if app is not None else self.app_factory(instance_id),
                               capacity=capacity if capacity is not None else function.spec.concurrency)
         instance = await server.start()
-        self._servers.setdefault(name, []).append(server)
-        self._ready.setdefault(name, []).append(instance)
-        self._notify(name)
+        self._servers.setdefault(key, []).append(server)
+        self._ready.setdefault(key, []).append(instance)
+        self._notify(key)
         return instance
 
     async def stop_instance(self, instance: Instance, *, unready: bool = True) -> None:
@@ -233,17 +256,17 @@ class FakeBackend:
         self._ready.setdefault(instance.function, []).append(instance)
         self._notify(instance.function)
 
-    def _notify(self, name: str) -> None:
+    def _notify(self, key: FunctionRef) -> None:
         for listener in self._listeners:
-            listener(name)
+            listener(key)
 
-    async def _converge(self, name: str) -> None:
+    async def _converge(self, key: FunctionRef) -> None:
         if self.scale_gate is not None:
             await self.scale_gate.wait()
-        while len(self._servers.get(name, [])) < self._desired.get(name, 0):
-            await self.add_instance(name)
-        while len(self._servers.get(name, [])) > self._desired.get(name, 0):
-            server = self._servers[name][-1]
+        while len(self._servers.get(key, [])) < self._desired.get(key, 0):
+            await self.add_instance(key)
+        while len(self._servers.get(key, [])) > self._desired.get(key, 0):
+            server = self._servers[key][-1]
             assert server.instance is not None
             await self.stop_instance(server.instance)
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from kfn.aiotasks import stop_tasks
+from kfn.core.aiotasks import stop_tasks
 
 
 async def test_a_task_that_swallows_one_cancellation_is_cancelled_again() -> None:

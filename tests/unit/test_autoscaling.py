@@ -7,11 +7,11 @@ from typing import Any
 import prometheus_client
 import pytest
 
-from kfn import naming
-from kfn.autoscaling import Autoscaler, MetricsUnavailable, Observation
-from kfn.functions import Function, parse_function
-from kfn.instances import Instance, Listener
-from kfn.scaling import Decision, Sample
+from kfn.core import naming
+from kfn.core.functions import Function, FunctionRef, parse_function
+from kfn.core.instances import Instance, Listener
+from kfn.core.scaling import Decision, MetricsUnavailable, Observation, Sample
+from kfn_autoscaler.autoscaler import Autoscaler
 
 
 def function(name: str, **scale: Any) -> Function:
@@ -35,19 +35,24 @@ class FakeBackend:
 
     async def close(self) -> None: ...
 
-    def function(self, name: str) -> Function | None:
-        return self.functions_by_name.get(name)
+    def function(self, ref: FunctionRef) -> Function | None:
+        return self.functions_by_name.get(ref.name)
 
     def functions(self) -> list[Function]:
         return list(self.functions_by_name.values())
 
-    def ready(self, name: str) -> list[Instance]:
-        return [Instance(name, f"{name}-{i}", "127.0.0.1", 9000 + i, 10) for i in range(self.replicas.get(name, 0))]
+    def ready(self, ref: FunctionRef) -> list[Instance]:
+        name = ref.name
+        return [Instance(ref, f"{name}-{i}", "127.0.0.1", 9000 + i, 10) for i in range(self.replicas.get(name, 0))]
 
-    def desired(self, name: str) -> int:
-        return self.replicas.get(name, 0)
+    def desired(self, ref: FunctionRef) -> int:
+        return self.replicas.get(ref.name, 0)
 
-    async def scale(self, name: str, replicas: int, *, reason: str = "") -> None:
+    def problem(self, ref: FunctionRef) -> str | None:
+        return None
+
+    async def scale(self, ref: FunctionRef, replicas: int, *, reason: str = "") -> None:
+        name = ref.name
         if name in self.failing:
             raise RuntimeError("the API said no")
         self.scaled.append((name, replicas, reason))
@@ -68,14 +73,14 @@ class FakeSource:
         self.error: Exception | None = None
         self.calls = 0
 
-    async def collect(self, now: float) -> dict[str, Observation]:
+    async def collect(self, now: float) -> dict[FunctionRef, Observation]:
         self.calls += 1
         if self.error is not None:
             raise self.error
         out = {}
         for name in set(self.load) | self.no_sample:
             sample = None if name in self.no_sample else Sample(now, self.load[name], 1 if self.load[name] else 0)
-            out[name] = Observation(sample=sample, in_flight=self.held.get(name, 0.0))
+            out[FunctionRef.parse(name)] = Observation(sample=sample, in_flight=self.held.get(name, 0.0))
         return out
 
 
@@ -98,11 +103,12 @@ def source() -> FakeSource:
 
 
 async def ticks(autoscaler: Autoscaler, clock: FakeClock, count: int, *, step: float = 1.0) -> dict[str, Decision]:
-    decisions: dict[str, Decision] = {}
+    """The decisions of the last of `count` ticks, by function name."""
+    decisions: dict[FunctionRef, Decision] = {}
     for _ in range(count):
         clock.now += step
         decisions = await autoscaler.tick()
-    return decisions
+    return {ref.name: decision for ref, decision in decisions.items()}
 
 
 async def test_load_above_target_scales_up(clock: FakeClock, source: FakeSource) -> None:
@@ -135,19 +141,19 @@ async def test_history_keeps_only_what_the_stable_window_needs(clock: FakeClock,
     source.load["hello"] = 5.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 100)
-    kept = autoscaler.samples("hello")
+    kept = autoscaler.samples(FunctionRef.parse("hello"))
     assert len(kept) == 11
     assert kept[1].time > clock.now - 10  # one older sample marks where the window's first one began
 
 
 async def test_a_repeated_sample_is_recorded_once(clock: FakeClock) -> None:
     class Stale:
-        async def collect(self, now: float) -> dict[str, Observation]:
-            return {"hello": Observation(sample=Sample(5.0, 1.0, 1), in_flight=0.0)}
+        async def collect(self, now: float) -> dict[FunctionRef, Observation]:
+            return {FunctionRef.parse("hello"): Observation(sample=Sample(5.0, 1.0, 1), in_flight=0.0)}
 
     autoscaler = Autoscaler(FakeBackend(function("hello")), Stale(), clock=clock)
     await ticks(autoscaler, clock, 3)
-    assert autoscaler.samples("hello") == (Sample(5.0, 1.0, 1),)
+    assert autoscaler.samples(FunctionRef.parse("hello")) == (Sample(5.0, 1.0, 1),)
 
 
 async def test_a_function_absent_from_the_metrics_had_no_load(clock: FakeClock, source: FakeSource) -> None:
@@ -157,7 +163,7 @@ async def test_a_function_absent_from_the_metrics_had_no_load(clock: FakeClock, 
     assert backend.replicas["quiet"] == 1
     await ticks(autoscaler, clock, 1)
     assert backend.replicas["quiet"] == 0
-    assert autoscaler.samples("quiet")[-1] == Sample(clock.now, 0.0, 0)
+    assert autoscaler.samples(FunctionRef.parse("quiet"))[-1] == Sample(clock.now, 0.0, 0)
 
 
 async def test_a_function_without_a_computable_sample_is_held(clock: FakeClock, source: FakeSource) -> None:
@@ -184,8 +190,8 @@ async def test_a_removed_function_is_forgotten(clock: FakeClock, source: FakeSou
     del backend.functions_by_name["hello"]
     decisions = await ticks(autoscaler, clock, 1)
     assert set(decisions) == {"other"}
-    assert autoscaler.samples("hello") == ()
-    labels = {naming.METRIC_LABEL_FUNCTION: "hello"}
+    assert autoscaler.samples(FunctionRef.parse("hello")) == ()
+    labels = {naming.METRIC_LABEL_FUNCTION: "hello", naming.METRIC_LABEL_NAMESPACE: "default"}
     assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_DESIRED, labels) is None
 
 
@@ -199,7 +205,7 @@ async def test_a_function_that_comes_back_starts_afresh(clock: FakeClock, source
     await ticks(autoscaler, clock, 1)
     backend.functions_by_name["hello"] = fn
     await ticks(autoscaler, clock, 1)
-    assert len(autoscaler.samples("hello")) == 1
+    assert len(autoscaler.samples(FunctionRef.parse("hello"))) == 1
 
 
 async def test_decisions_are_exported_as_metrics(clock: FakeClock, source: FakeSource) -> None:
@@ -207,7 +213,7 @@ async def test_decisions_are_exported_as_metrics(clock: FakeClock, source: FakeS
     source.load["hello"] = 25.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 1)
-    labels = {naming.METRIC_LABEL_FUNCTION: "hello"}
+    labels = {naming.METRIC_LABEL_FUNCTION: "hello", naming.METRIC_LABEL_NAMESPACE: "default"}
     assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_DESIRED, labels) == 3
     assert autoscaler.registry.get_sample_value(
         naming.METRIC_AUTOSCALER_DECISIONS, {**labels, "kind": "panic", "action": "up"}) == 1
@@ -219,7 +225,8 @@ async def test_metrics_go_to_the_given_registry_only(clock: FakeClock, source: F
     autoscaler = Autoscaler(FakeBackend(function("hello")), source, clock=clock, registry=registry)
     await ticks(autoscaler, clock, 1)
     assert autoscaler.registry is registry
-    assert registry.get_sample_value(naming.METRIC_AUTOSCALER_DESIRED, {naming.METRIC_LABEL_FUNCTION: "hello"}) == 1
+    labels = {naming.METRIC_LABEL_FUNCTION: "hello", naming.METRIC_LABEL_NAMESPACE: "default"}
+    assert registry.get_sample_value(naming.METRIC_AUTOSCALER_DESIRED, labels) == 1
     assert prometheus_client.REGISTRY.get_sample_value(
         naming.METRIC_AUTOSCALER_DESIRED, {naming.METRIC_LABEL_FUNCTION: "hello"}) is None
 
@@ -234,8 +241,8 @@ async def test_two_autoscalers_do_not_share_metrics(clock: FakeClock, source: Fa
 async def test_on_decision_hears_about_changes_only(clock: FakeClock, source: FakeSource) -> None:
     heard: list[tuple[str, int]] = []
 
-    async def hook(name: str, decision: Decision) -> None:
-        heard.append((name, decision.replicas))
+    async def hook(ref: FunctionRef, decision: Decision) -> None:
+        heard.append((ref.name, decision.replicas))
 
     backend = FakeBackend(function("hello"), replicas=2)
     source.load["hello"] = 15.0
@@ -299,13 +306,13 @@ async def test_run_goes_on_after_a_failing_tick_until_cancelled(clock: FakeClock
             self.calls = 0
             self.third = asyncio.Event()
 
-        async def collect(self, now: float) -> dict[str, Observation]:
+        async def collect(self, now: float) -> dict[FunctionRef, Observation]:
             self.calls += 1
             if self.calls >= 3:
                 self.third.set()
             if self.calls == 1:
                 raise RuntimeError("first scrape failed")
-            return {"hello": Observation(Sample(now, 15.0, 3), 15.0)}
+            return {FunctionRef.parse("hello"): Observation(Sample(now, 15.0, 3), 15.0)}
 
     backend = FakeBackend(function("hello"))
     flaky = Flaky()

@@ -8,9 +8,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kfn import crd
-from kfn.functions import InvalidFunction, parse_function
-from kfn.manifests import manifest_files, load_file
+from kfn.core import crd
+from kfn.core.functions import InvalidFunction, parse_function
+from kfn.manifests import load_file, manifest_files
 
 KUBERNETES_VERSIONS = ["1.29.0", "1.31.0", "1.33.0", "1.35.0", "1.37.0"]
 

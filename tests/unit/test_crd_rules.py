@@ -13,7 +13,7 @@ import celpy
 import pytest
 import yaml
 
-from kfn import crd
+from kfn.core import crd
 from kfn.manifests import manifest_files
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kfn.functions import DEFAULT_RUNTIME, InvalidFunction, parse_function
+from kfn.core.functions import DEFAULT_RUNTIME, InvalidFunction, parse_function
 
 
 def manifest(**spec: Any) -> dict[str, Any]:
@@ -44,7 +44,8 @@ def test_explicit_target_concurrency_wins() -> None:
     assert parse_function(manifest(scale={"targetConcurrency": 3})).spec.target_concurrency == 3.0
 
 
-@pytest.mark.parametrize("text, seconds", [("30s", 30), ("1m30s", 90), ("500ms", 0.5), (45, 45), ("2", 2), ("1h", 3600)])
+@pytest.mark.parametrize("text, seconds",
+                         [("30s", 30), ("1m30s", 90), ("500ms", 0.5), (45, 45), ("2", 2), ("1h", 3600)])
 def test_timeout_accepts_durations_and_seconds(text: Any, seconds: float) -> None:
     if seconds > 900:
         assert errors_of(manifest(timeout=text)) == ["spec.timeout: must be more than 0 and at most 15m (got 3600s)"]

@@ -9,12 +9,21 @@ import socket
 import aiohttp
 import pytest
 from aiohttp import web
+
+from kfn.core.instances import Instance
 from kfn_gateway.server import GatewaySettings
 
-from kfn.instances import Instance
-
 from .fakes import (
-    ControlledApps, FakeBackend, app_of, echo, echo_app, eventually, make_function, running_gateway, serving,
+    ControlledApps,
+    FakeBackend,
+    app_of,
+    echo,
+    echo_app,
+    eventually,
+    make_function,
+    ref,
+    running_gateway,
+    serving,
 )
 
 
@@ -60,14 +69,14 @@ async def test_an_instance_dying_mid_request_is_502_and_reported_and_never_retri
         status, seen, _ = await gw.json("GET", "/function/hello/ok")
         assert status == 200
         assert seen == {"instance": healthy.id}
-        assert gw.gateway.stats("hello").in_flight == 0
+        assert gw.gateway.stats(ref("hello")).in_flight == 0
 
 
 async def test_an_instance_refusing_connections_is_skipped_and_the_request_retried() -> None:
     apps = ControlledApps()
     backend = FakeBackend(make_function("hello"), app_factory=apps)
     async with backend, running_gateway(backend) as gw:
-        dead = Instance(function="hello", id="hello-dead", host="127.0.0.1", port=unused_port(), capacity=10)
+        dead = Instance(function=ref("hello"), id="hello-dead", host="127.0.0.1", port=unused_port(), capacity=10)
         backend.mark_ready(dead)  # first in the list: chosen first
         alive = await backend.add_instance("hello")
         status, seen, _ = await gw.json("POST", "/function/hello/x", data=b"body")
@@ -81,7 +90,7 @@ async def test_a_streamed_body_is_retried_when_the_first_instance_refused_the_co
     body = b"z" * (2 * 1024 * 1024)
     backend = FakeBackend(make_function("hello"))
     async with backend, running_gateway(backend) as gw:
-        backend.mark_ready(Instance(function="hello", id="hello-dead", host="127.0.0.1",
+        backend.mark_ready(Instance(function=ref("hello"), id="hello-dead", host="127.0.0.1",
                                     port=unused_port(), capacity=10))
         await backend.add_instance("hello")
         status, seen, _ = await gw.json("PUT", "/function/hello", data=io.BytesIO(body))
@@ -92,10 +101,10 @@ async def test_a_streamed_body_is_retried_when_the_first_instance_refused_the_co
 async def test_a_request_waits_for_a_new_instance_when_every_instance_refused_it() -> None:
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
     async with backend, running_gateway(backend) as gw:
-        backend.mark_ready(Instance(function="hello", id="hello-dead", host="127.0.0.1",
+        backend.mark_ready(Instance(function=ref("hello"), id="hello-dead", host="127.0.0.1",
                                     port=unused_port(), capacity=10))
         task = asyncio.create_task(gw.json("GET", "/function/hello"))
-        await eventually(lambda: len(backend.failures) == 1 and gw.gateway.stats("hello").queued == 1)
+        await eventually(lambda: len(backend.failures) == 1 and gw.gateway.stats(ref("hello")).queued == 1)
         await backend.add_instance("hello")
         status, _, _ = await task
     assert status == 200
@@ -112,7 +121,7 @@ async def test_an_instance_slower_than_the_function_timeout_is_504_json() -> Non
         assert body["function"] == "hello"
         # A slow instance is not a failed one.
         assert backend.failures == []
-        assert gw.gateway.stats("hello").in_flight == 0
+        assert gw.gateway.stats(ref("hello")).in_flight == 0
         status, seen, _ = await gw.json("GET", "/function/hello/quick")
         assert status == 200 and seen["instance"] == instance.id
 
@@ -140,10 +149,10 @@ async def test_a_client_disconnecting_mid_request_releases_its_slot() -> None:
         writer.write(b"GET /function/hello/hold/never HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         await eventually(lambda: apps.held(instance.id) == 1)
-        assert gw.gateway.stats("hello").in_flight == 1
+        assert gw.gateway.stats(ref("hello")).in_flight == 1
         writer.close()
         await writer.wait_closed()
-        await eventually(lambda: gw.gateway.stats("hello").in_flight == 0)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
         # The instance's request was cancelled too, and the single slot serves the next request.
         await eventually(lambda: apps.held(instance.id) == 0)
         status, _, _ = await gw.json("GET", "/function/hello/quick")
@@ -160,15 +169,15 @@ async def test_a_client_disconnecting_while_queued_leaves_the_queue() -> None:
         _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(b"GET /function/hello/queued HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
-        await eventually(lambda: gw.gateway.stats("hello").queued == 1)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
         writer.close()
         await writer.wait_closed()
-        await eventually(lambda: gw.gateway.stats("hello").queued == 0)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 0)
         apps.release("a")
         assert (await blocker)[0] == 200
         status, _, _ = await gw.json("GET", "/function/hello/next")
         assert status == 200
-        assert gw.gateway.stats("hello").in_flight == 0
+        assert gw.gateway.stats(ref("hello")).in_flight == 0
     # The disconnected request never reached the instance.
     assert "/queued" not in [path for _, path in apps.arrivals]
 
@@ -191,7 +200,7 @@ async def test_an_instance_dying_mid_response_cuts_the_client_off() -> None:
             async with gw.session.get(gw.url("/function/hello")) as response:
                 assert response.status == 200
                 await response.read()
-        await eventually(lambda: gw.gateway.stats("hello").in_flight == 0)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
         assert [i for i, _ in backend.failures] == [instance]
 
 
@@ -203,10 +212,10 @@ async def test_a_client_disconnecting_mid_upload_is_not_an_instance_failure() ->
         writer.write(b"POST /function/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
         writer.write(b"u" * (1024 * 1024))
         await writer.drain()
-        await eventually(lambda: gw.gateway.stats("hello").in_flight == 1)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 1)
         writer.close()
         await writer.wait_closed()
-        await eventually(lambda: gw.gateway.stats("hello").in_flight == 0)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
         assert backend.failures == []
         assert (await gw.json("GET", "/function/hello"))[0] == 200
 
@@ -234,10 +243,11 @@ async def test_a_client_disconnecting_mid_download_releases_the_slot_and_blames_
         await reader.readexactly(65536)
         writer.close()
         await writer.wait_closed()
-        await eventually(lambda: gw.gateway.stats("hello").in_flight == 0)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
         assert backend.failures == []
     registry = gw.gateway.registry
-    assert registry.get_sample_value("kfn_gateway_invocations_total", {"function": "hello", "code": "499"}) == 1
+    labels = {"function": "hello", "namespace": "default", "code": "499"}
+    assert registry.get_sample_value("kfn_gateway_invocations_total", labels) == 1
 
 
 async def test_without_handler_cancellation_an_abandoned_upload_still_frees_everything() -> None:
@@ -258,10 +268,10 @@ async def test_without_handler_cancellation_an_abandoned_upload_still_frees_ever
             _reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"POST /function/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
             await writer.drain()
-            await eventually(lambda: gateway.stats("hello").in_flight == 1)
+            await eventually(lambda: gateway.stats(ref("hello")).in_flight == 1)
             writer.close()
             await writer.wait_closed()
-            await eventually(lambda: gateway.stats("hello").in_flight == 0)
+            await eventually(lambda: gateway.stats(ref("hello")).in_flight == 0)
             assert backend.failures == []
         finally:
             await runner.cleanup()

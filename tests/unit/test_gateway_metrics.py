@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from kfn import naming
-from kfn.metrics import parse_gateway_metrics
-from kfn.scaling import Sample
+from kfn.core import naming
+from kfn.core.scaling import Sample
+from kfn_autoscaler.sources import parse_gateway_metrics
 
-from .fakes import ControlledApps, FakeBackend, eventually, make_function, running_gateway
+from .fakes import ControlledApps, FakeBackend, eventually, make_function, ref, running_gateway
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -26,6 +26,12 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def value(metrics: dict, name: str, **labels: str) -> float:
+    """One sample's value; a function named without a namespace is in the default one."""
+    if naming.METRIC_LABEL_FUNCTION in labels:
+        labels.setdefault(naming.METRIC_LABEL_NAMESPACE, "default")
+    openfaas = labels.get(naming.METRIC_LABEL_OPENFAAS_FUNCTION)
+    if openfaas is not None and "." not in openfaas:
+        labels[naming.METRIC_LABEL_OPENFAAS_FUNCTION] = f"{openfaas}.default"
     return metrics[(name, frozenset(labels.items()))]
 
 
@@ -42,7 +48,7 @@ async def test_metrics_count_invocations_by_function_and_code_after_traffic() ->
     backend.scale_gate = asyncio.Event()
     async with backend, running_gateway(backend) as gw:
         first = asyncio.create_task(gw.json("GET", "/function/hello"))
-        await eventually(lambda: gw.gateway.stats("hello").queued == 1)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
         backend.scale_gate.set()
         assert (await first)[0] == 200
         for _ in range(2):
@@ -50,7 +56,7 @@ async def test_metrics_count_invocations_by_function_and_code_after_traffic() ->
         await gw.json("GET", "/function/nope")   # unknown functions are not counted
         held = asyncio.create_task(gw.json("GET", "/function/hello/hold/x"))
         queued = asyncio.create_task(gw.json("GET", "/function/hello"))
-        await eventually(lambda: gw.gateway.stats("hello").queued == 1)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
 
         metrics = samples(await scrape(gw))
         apps.release("x")
@@ -89,9 +95,9 @@ async def test_metrics_live_in_the_gateways_own_registry() -> None:
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
         await gw.json("GET", "/function/hello")
-    assert REGISTRY.get_sample_value(naming.METRIC_INVOCATIONS, {"function": "hello", "code": "200"}) is None
-    assert gw.gateway.registry.get_sample_value(
-        naming.METRIC_INVOCATIONS, {"function": "hello", "code": "200"}) == 1
+    labels = {"function": "hello", "namespace": "default", "code": "200"}
+    assert REGISTRY.get_sample_value(naming.METRIC_INVOCATIONS, labels) is None
+    assert gw.gateway.registry.get_sample_value(naming.METRIC_INVOCATIONS, labels) == 1
 
 
 async def test_the_autoscalers_scrape_parser_reads_the_gateways_metrics() -> None:
@@ -105,8 +111,8 @@ async def test_the_autoscalers_scrape_parser_reads_the_gateways_metrics() -> Non
         apps.release("0")
         apps.release("1")
         await asyncio.gather(*held)
-    assert parsed.held == {"hello": 2}
-    assert sum(v for (fn, _), v in parsed.load.items() if fn == "hello") > 0
+    assert parsed.held == {ref("hello"): 2}
+    assert sum(v for (fn, _), v in parsed.load.items() if fn == ref("hello")) > 0
 
 
 async def test_system_functions_lists_every_function_with_replicas_and_traffic() -> None:
@@ -161,19 +167,19 @@ async def test_metrics_source_reports_the_average_load_and_arrivals_between_coll
         drained = await source.collect(4.0)
         idle = await source.collect(5.0)
 
-    hello = arrived["hello"]
+    hello = arrived[ref("hello")]
     assert hello.in_flight == 3
     assert hello.sample is not None and hello.sample.requests == 3 and hello.sample.time == 2.0
     assert 0 < hello.sample.concurrency <= 3
     # Three requests held the whole interval: average concurrency exactly 3.
-    assert steady["hello"].sample == Sample(time=3.0, concurrency=pytest.approx(3.0), requests=0)
-    assert steady["hello"].in_flight == 3
-    assert drained["hello"].in_flight == 0
-    assert 0 < drained["hello"].sample.concurrency < 3
-    assert idle["hello"].sample == Sample(time=5.0, concurrency=0.0, requests=0)
+    assert steady[ref("hello")].sample == Sample(time=3.0, concurrency=pytest.approx(3.0), requests=0)
+    assert steady[ref("hello")].in_flight == 3
+    assert drained[ref("hello")].in_flight == 0
+    assert 0 < drained[ref("hello")].sample.concurrency < 3
+    assert idle[ref("hello")].sample == Sample(time=5.0, concurrency=0.0, requests=0)
     # A function without traffic is observed too, at zero.
-    assert steady["quiet"].sample == Sample(time=3.0, concurrency=0.0, requests=0)
-    assert steady["quiet"].in_flight == 0
+    assert steady[ref("quiet")].sample == Sample(time=3.0, concurrency=0.0, requests=0)
+    assert steady[ref("quiet")].in_flight == 0
 
 
 async def test_metrics_source_counts_queued_requests_as_load() -> None:
@@ -182,11 +188,11 @@ async def test_metrics_source_counts_queued_requests_as_load() -> None:
         source = gw.gateway.metrics_source
         await backend.scale("hello", 1)
         tasks = [asyncio.create_task(gw.json("GET", "/function/hello")) for _ in range(2)]
-        await eventually(lambda: gw.gateway.stats("hello").queued == 2)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 2)
         await source.collect(1.0)
         await asyncio.sleep(0.02)
         observed = await source.collect(2.0)
         await backend.add_instance("hello")
         await asyncio.gather(*tasks)
-    assert observed["hello"].in_flight == 2
-    assert observed["hello"].sample.concurrency == pytest.approx(2.0)
+    assert observed[ref("hello")].in_flight == 2
+    assert observed[ref("hello")].sample.concurrency == pytest.approx(2.0)

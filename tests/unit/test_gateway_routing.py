@@ -8,10 +8,11 @@ import io
 
 import pytest
 from aiohttp import web
+
 from kfn_gateway.routing import Unavailable
 from kfn_gateway.server import GatewaySettings
 
-from .fakes import ControlledApps, FakeBackend, eventually, make_function, running_gateway, serving
+from .fakes import ControlledApps, FakeBackend, eventually, make_function, ref, running_gateway, serving
 
 
 def header_values(headers: list[list[str]], name: str) -> list[str]:
@@ -167,8 +168,9 @@ async def test_an_instance_never_gets_more_than_its_capacity_and_waiters_are_ser
         for i in range(5):
             tasks.append(asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")))
             # Queue them one at a time so that their arrival order is known.
-            await eventually(lambda i=i: gw.gateway.stats("hello").in_flight + gw.gateway.stats("hello").queued == i + 1)
-        assert gw.gateway.stats("hello").queued == 4
+            await eventually(lambda i=i: gw.gateway.stats(ref("hello")).in_flight
+                             + gw.gateway.stats(ref("hello")).queued == i + 1)
+        assert gw.gateway.stats(ref("hello")).queued == 4
         for i in range(5):
             await eventually(lambda i=i: len(apps.arrivals) == i + 1)
             apps.release(str(i))
@@ -186,7 +188,7 @@ async def test_waiters_get_slots_of_an_instance_that_becomes_ready() -> None:
         blocker = asyncio.create_task(gw.json("GET", "/function/hello/hold/a"))
         await eventually(lambda: apps.held() == 1)
         waiting = asyncio.create_task(gw.json("GET", "/function/hello/quick"))
-        await eventually(lambda: gw.gateway.stats("hello").queued == 1)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
         newcomer = await backend.add_instance("hello")
         status, seen, _ = await waiting
         assert status == 200
@@ -201,7 +203,7 @@ async def test_twenty_concurrent_first_requests_cause_one_scale_up_and_all_succe
     async with backend, running_gateway(backend) as gw:
         tasks = [asyncio.create_task(gw.json("POST", "/function/hello", data=str(i))) for i in range(20)]
         # The scale call runs in a task of its own: wait for it as well as for the queue.
-        await eventually(lambda: gw.gateway.stats("hello").queued == 20 and bool(backend.scale_calls))
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 20 and bool(backend.scale_calls))
         assert [(c.name, c.replicas, c.reason) for c in backend.scale_calls] == [("hello", 1, "cold start")]
         backend.scale_gate.set()
         results = await asyncio.gather(*tasks)
@@ -215,7 +217,7 @@ async def test_a_function_with_replicas_asked_for_is_not_scaled_again_while_star
     async with backend, running_gateway(backend) as gw:
         await backend.scale("hello", 2, reason="autoscaler")
         task = asyncio.create_task(gw.json("GET", "/function/hello"))
-        await eventually(lambda: gw.gateway.stats("hello").queued == 1)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
         await backend.add_instance("hello")
         assert (await task)[0] == 200
     assert [c.reason for c in backend.scale_calls] == ["autoscaler"]
@@ -226,7 +228,7 @@ async def test_a_full_queue_answers_429_with_retry_after_and_json() -> None:
     settings = GatewaySettings(queue_limit=2, retry_after=7)
     async with backend, running_gateway(backend, settings=settings) as gw:
         waiting = [asyncio.create_task(gw.json("GET", "/function/hello")) for _ in range(2)]
-        await eventually(lambda: gw.gateway.stats("hello").queued == 2)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 2)
         status, body, headers = await gw.json("GET", "/function/hello")
         assert status == 429
         assert headers["Retry-After"] == "7"
@@ -245,7 +247,7 @@ async def test_waiting_longer_than_the_queue_timeout_answers_503_with_retry_afte
         assert headers["Retry-After"] == "1"
         assert body["function"] == "hello"
         assert "no ready instance" in body["error"]
-        assert gw.gateway.stats("hello").queued == 0
+        assert gw.gateway.stats(ref("hello")).queued == 0
 
 
 async def test_a_failing_scale_call_answers_503_at_once() -> None:
@@ -271,7 +273,7 @@ async def test_a_function_deleted_while_requests_wait_answers_them_404() -> None
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
     async with backend, running_gateway(backend) as gw:
         task = asyncio.create_task(gw.json("GET", "/function/hello"))
-        await eventually(lambda: gw.gateway.stats("hello").queued == 1)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
         backend.remove_function("hello")
         status, body, _ = await task
     assert status == 404
@@ -295,7 +297,7 @@ async def test_a_chunked_body_over_the_limit_is_413(size: int) -> None:
     limit = 1000 if size < 10000 else 1024 * 1024
 
     async def chunks():
-        for i in range(0, size, 500):
+        for _ in range(0, size, 500):
             yield b"y" * 500
 
     backend = FakeBackend(make_function("hello"))
@@ -305,7 +307,7 @@ async def test_a_chunked_body_over_the_limit_is_413(size: int) -> None:
         assert status == 413
         assert body["function"] == "hello"
         # The gateway holds nothing afterwards and serves the next request.
-        await eventually(lambda: gw.gateway.stats("hello").in_flight == 0)
+        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
         assert (await gw.json("GET", "/function/hello"))[0] == 200
 
 
@@ -342,7 +344,7 @@ async def test_closing_the_gateway_turns_waiting_requests_away_with_503() -> Non
     async with backend:
         gateway = Gateway(backend)
         await gateway.start()
-        route = gateway._route("hello")
+        route = gateway._route(ref("hello"))
         waiting = asyncio.create_task(route.acquire(timeout=30))
         await eventually(lambda: route.queued == 1)
         await gateway.close()
@@ -358,7 +360,7 @@ async def test_each_instance_takes_as_many_requests_as_its_own_capacity() -> Non
         await backend.add_instance("hello", capacity=2)
         held = [asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")) for i in range(2)]
         await eventually(lambda: apps.held() == 2)
-        assert gw.gateway.stats("hello").queued == 0
+        assert gw.gateway.stats(ref("hello")).queued == 0
         for i in range(2):
             apps.release(str(i))
         assert [(await t)[0] for t in held] == [200, 200]

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Self
 
 from aiohttp import web
+
+from kfn.core.instances import Instance
 from kfn_gateway.upstream import Pool
 
-from kfn.instances import Instance
-
-from .fakes import FakeBackend, eventually, make_function, running_gateway, serving
+from .fakes import FakeBackend, eventually, make_function, ref, running_gateway, serving
 
 Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -67,7 +67,7 @@ class RawInstance:
         await self._server.wait_closed()
 
     def instance(self, id: str = "hello-raw") -> Instance:
-        return Instance(function="hello", id=id, host="127.0.0.1", port=self.port, capacity=10)
+        return Instance(function=ref("hello"), id=id, host="127.0.0.1", port=self.port, capacity=10)
 
 
 def answer_with(data: bytes, *, keep: bool = True) -> Answer:

@@ -11,12 +11,19 @@ import prometheus_client
 import pytest
 from aiohttp import web
 
-from kfn import naming
-from kfn.autoscaling import Autoscaler, MetricsUnavailable
-from kfn.metrics import PrometheusScrapeSource, PromQLSource, parse_gateway_metrics
-from kfn.scaling import Sample
+from kfn.core import naming
+from kfn.core.functions import FunctionRef
+from kfn.core.scaling import MetricsUnavailable, Sample
+from kfn_autoscaler.autoscaler import Autoscaler
+from kfn_autoscaler.sources import PrometheusScrapeSource, PromQLSource, parse_gateway_metrics
 
 FN = naming.METRIC_LABEL_FUNCTION
+
+
+def named(observations: dict[FunctionRef, Any]) -> dict[str, Any]:
+    """Observations by function name (these functions all live in the default namespace)."""
+    assert all(ref.namespace == "default" for ref in observations)
+    return {ref.name: observation for ref, observation in observations.items()}
 
 
 def exposition(*, load: dict[str, float] | None = None,
@@ -118,7 +125,7 @@ async def test_first_scrape_has_no_rate_yet_but_knows_what_is_held(session, gate
     (gw,) = await gateways(1)
     gw.text = exposition(load={"hello": 10}, invocations={("hello", "200"): 4}, in_flight={"hello": 2},
                          queued={"hello": 3})
-    observed = await scraping([gw.url], session).collect(100.0)
+    observed = named(await scraping([gw.url], session).collect(100.0))
     assert observed["hello"].sample is None
     assert observed["hello"].in_flight == 5
 
@@ -129,7 +136,7 @@ async def test_concurrency_is_the_rate_of_load_seconds(session, gateways) -> Non
     gw.text = exposition(load={"hello": 10})
     await source.collect(100.0)
     gw.text = exposition(load={"hello": 16})
-    observed = await source.collect(102.0)
+    observed = named(await source.collect(102.0))
     assert observed["hello"].sample == Sample(time=102.0, concurrency=3.0, requests=0)
 
 
@@ -139,7 +146,7 @@ async def test_requests_are_new_invocations_of_every_code(session, gateways) -> 
     gw.text = exposition(load={"hello": 1}, invocations={("hello", "200"): 10, ("hello", "500"): 1})
     await source.collect(100.0)
     gw.text = exposition(load={"hello": 2}, invocations={("hello", "200"): 15, ("hello", "500"): 3})
-    observed = await source.collect(101.0)
+    observed = named(await source.collect(101.0))
     assert observed["hello"].sample.requests == 7
 
 
@@ -151,7 +158,7 @@ async def test_load_is_summed_over_gateway_replicas(session, gateways) -> None:
     await source.collect(10.0)
     a.text = exposition(load={"hello": 4, "other": 5}, in_flight={"hello": 1})
     b.text = exposition(load={"hello": 106}, in_flight={"hello": 2}, queued={"hello": 4})
-    observed = await source.collect(12.0)
+    observed = named(await source.collect(12.0))
     assert observed["hello"].sample.concurrency == pytest.approx(2.0 + 3.0)
     assert observed["hello"].in_flight == 7
     assert observed["other"].sample.concurrency == 0.0
@@ -163,7 +170,7 @@ async def test_a_restarted_gateway_counts_from_zero(session, gateways) -> None:
     gw.text = exposition(load={"hello": 500}, invocations={("hello", "200"): 900})
     await source.collect(100.0)
     gw.text = exposition(load={"hello": 4}, invocations={("hello", "200"): 3})
-    observed = await source.collect(102.0)
+    observed = named(await source.collect(102.0))
     assert observed["hello"].sample == Sample(time=102.0, concurrency=2.0, requests=3)
 
 
@@ -173,7 +180,7 @@ async def test_a_reset_is_seen_in_created_even_when_the_counter_grew(session, ga
     gw.text = exposition(load={"hello": 5}, created=1000.0)
     await source.collect(100.0)
     gw.text = exposition(load={"hello": 8}, created=1099.0)
-    observed = await source.collect(102.0)
+    observed = named(await source.collect(102.0))
     assert observed["hello"].sample.concurrency == pytest.approx(4.0)  # 8 since the restart, not 3
 
 
@@ -183,7 +190,7 @@ async def test_a_function_first_seen_later_counts_from_zero(session, gateways) -
     gw.text = exposition(load={"hello": 5})
     await source.collect(100.0)
     gw.text = exposition(load={"hello": 5, "new": 3}, invocations={("new", "200"): 2})
-    observed = await source.collect(101.0)
+    observed = named(await source.collect(101.0))
     assert observed["new"].sample == Sample(time=101.0, concurrency=3.0, requests=2)
 
 
@@ -196,7 +203,7 @@ async def test_an_unreachable_replica_is_skipped_and_logged(session, gateways, c
     await b.stop()
     a.text = exposition(load={"hello": 2})
     with caplog.at_level(logging.WARNING, logger="kfn.metrics"):
-        observed = await source.collect(101.0)
+        observed = named(await source.collect(101.0))
     assert observed["hello"].sample.concurrency == pytest.approx(2.0)
     assert b.url in caplog.text
 
@@ -213,7 +220,7 @@ async def test_a_replica_back_after_a_miss_reports_its_average_since_its_last_sc
     b.status = 200
     a.text = exposition(load={"hello": 2})
     b.text = exposition(load={"hello": 8})  # 8 request-seconds over the 2 s since its last scrape
-    observed = await source.collect(102.0)
+    observed = named(await source.collect(102.0))
     assert observed["hello"].sample.concurrency == pytest.approx(1.0 + 4.0)
 
 
@@ -225,7 +232,7 @@ async def test_a_replica_that_answers_garbage_is_skipped(session, gateways, capl
     await source.collect(100.0)
     a.text = exposition(load={"hello": 1})
     with caplog.at_level(logging.WARNING, logger="kfn.metrics"):
-        observed = await source.collect(101.0)
+        observed = named(await source.collect(101.0))
     assert observed["hello"].sample.concurrency == pytest.approx(1.0)
     assert b.url in caplog.text
 
@@ -235,7 +242,7 @@ async def test_a_replica_that_hangs_is_given_up_on(session, gateways) -> None:
     source = scraping([a.url, b.url], session, timeout=0.2)
     b.hang = True
     a.text = exposition(load={"hello": 0}, in_flight={"hello": 1})
-    observed = await source.collect(100.0)
+    observed = named(await source.collect(100.0))
     assert observed["hello"].in_flight == 1
 
 
@@ -264,7 +271,7 @@ async def test_a_replica_no_longer_listed_is_forgotten(session, gateways) -> Non
     urls.append(b.url)
     b.text = exposition(load={"hello": 50})
     a.text = exposition(load={"hello": 2})
-    observed = await source.collect(102.0)
+    observed = named(await source.collect(102.0))
     assert observed["hello"].sample.concurrency == pytest.approx(1.0)  # b has no baseline again
 
 
@@ -274,7 +281,7 @@ async def test_a_function_gone_from_a_replica_is_measured_at_zero(session, gatew
     gw.text = exposition(load={"hello": 5})
     await source.collect(100.0)
     gw.text = exposition()
-    observed = await source.collect(101.0)
+    observed = named(await source.collect(101.0))
     assert observed["hello"].sample == Sample(time=101.0, concurrency=0.0, requests=0)
 
 
@@ -290,7 +297,7 @@ def test_parses_what_prometheus_client_exports() -> None:
     parsed = parse_gateway_metrics(prometheus_client.generate_latest(registry).decode())
     assert sum(parsed.load.values()) == 2.5
     assert sum(parsed.invocations.values()) == 3
-    assert parsed.held == {"hello": 4}
+    assert parsed.held == {FunctionRef.parse("hello"): 4}
     assert len(parsed.created) == 2
 
 
@@ -365,7 +372,7 @@ async def test_promql_builds_observations_from_three_queries(session, prometheus
     prometheus.answers[source.load_query] = {"hello": "2.5", "idle": "0"}
     prometheus.answers[source.requests_query] = {"hello": "12.4", "idle": "0"}
     prometheus.answers[source.held_query] = {"hello": "3"}
-    observed = await source.collect(50.0)
+    observed = named(await source.collect(50.0))
     assert observed["hello"].sample == Sample(time=50.0, concurrency=2.5, requests=13)
     assert observed["hello"].in_flight == 3
     assert observed["idle"].sample == Sample(time=50.0, concurrency=0.0, requests=0)
@@ -376,16 +383,16 @@ async def test_promql_queries_name_the_gateway_metrics_and_the_window(session, p
     source = PromQLSource(prometheus.url, session=session, window="1m")
     await source.collect(50.0)
     assert sorted(prometheus.queries) == sorted([
-        f"sum by (function) (rate({naming.METRIC_LOAD_SECONDS}[1m]))",
-        f"sum by (function) (increase({naming.METRIC_INVOCATIONS}[1m]))",
-        f'sum by (function) ({{__name__=~"{naming.METRIC_IN_FLIGHT}|{naming.METRIC_QUEUE_DEPTH}"}})',
+        f"sum by (function, namespace) (rate({naming.METRIC_LOAD_SECONDS}[1m]))",
+        f"sum by (function, namespace) (increase({naming.METRIC_INVOCATIONS}[1m]))",
+        f'sum by (function, namespace) ({{__name__=~"{naming.METRIC_IN_FLIGHT}|{naming.METRIC_QUEUE_DEPTH}"}})',
     ])
 
 
 async def test_promql_skips_values_that_are_not_numbers(session, prometheus) -> None:
     source = PromQLSource(prometheus.url, session=session)
     prometheus.answers[source.load_query] = {"hello": "NaN"}
-    observed = await source.collect(50.0)
+    observed = named(await source.collect(50.0))
     assert observed == {}
 
 

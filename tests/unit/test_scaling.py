@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from kfn.functions import parse_function
-from kfn.scaling import Decision, Sample, ScalerState, ScaleSettings, decide, window_average
+from kfn.core.functions import parse_function
+from kfn.core.scaling import Decision, Sample, ScalerState, ScaleSettings, decide, window_average
 
 SETTINGS = ScaleSettings(min_replicas=0, max_replicas=20, target_concurrency=10.0,
                          idle_timeout=60.0, stable_window=60.0)

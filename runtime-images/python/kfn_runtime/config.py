@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+
 from kfn_runtime import contract
 
 

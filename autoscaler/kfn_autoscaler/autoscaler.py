@@ -1,8 +1,8 @@
-"""The autoscaler's loop: collect load, decide (`kfn.scaling.decide`), tell the backend.
+"""The autoscaler's loop: collect load, decide (`kfn.core.scaling.decide`), tell the backend.
 
-The same loop runs in local mode (with the gateway's in-process metrics) and on Kubernetes (with
-`kfn.metrics.PrometheusScrapeSource` or `kfn.metrics.PromQLSource`); only the `InstanceBackend`
-and the `MetricsSource` differ.
+Collection is a `MetricsSource` (the gateway's in-process figures in local mode; on Kubernetes
+`kfn_autoscaler.sources`), the decision is the pure `decide`, and actuation is the backend's
+`scale`. The same loop runs in local mode and on Kubernetes; only the backend and source differ.
 """
 from __future__ import annotations
 
@@ -13,42 +13,26 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import prometheus_client
 
-from kfn import naming
-from kfn.instances import InstanceBackend
-from kfn.scaling import Decision, Sample, ScalerState, ScaleSettings, decide
+from kfn.core import naming
+from kfn.core.functions import FunctionRef
+from kfn.core.instances import InstanceBackend
+from kfn.core.scaling import (
+    Decision,
+    MetricsSource,
+    MetricsUnavailable,
+    Observation,
+    Sample,
+    ScalerState,
+    ScaleSettings,
+    decide,
+)
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Observation:
-    """What a metrics source saw for one function in one collection."""
-
-    sample: Sample | None   # None if nothing new could be computed this tick
-    in_flight: float        # requests held right now (queued + in flight)
-
-
-class MetricsSource(Protocol):
-    async def collect(self, now: float) -> dict[str, Observation]:
-        """Load per function name since the previous call; samples are stamped with `now`.
-
-        A function missing from the result had no load at all (no requests, nothing held): the
-        autoscaler records a zero sample for it. A function whose load could not be computed
-        this time (no baseline yet) gets `Observation(sample=None, ...)`. When nothing at all
-        could be collected, raise: the autoscaler then holds every function where it is.
-        """
-        ...
-
-
-DecisionHook = Callable[[str, Decision], "Awaitable[None] | None"]
-
-
-class MetricsUnavailable(RuntimeError):
-    """A metrics source could not observe anything this time (every gateway unreachable, ...)."""
+DecisionHook = Callable[[FunctionRef, Decision], "Awaitable[None] | None"]
 
 
 @dataclass
@@ -65,7 +49,7 @@ class Autoscaler:
 
     It keeps, per function, the samples its largest window needs and the decision's state, and
     calls `backend.scale` only when a decision differs from what the backend was last asked for.
-    `on_decision(name, decision)` is called when a function's replica count, kind of decision
+    `on_decision(ref, decision)` is called when a function's replica count, kind of decision
     or panic mode changes (the Kubernetes side writes Function status from it).
     """
 
@@ -80,22 +64,22 @@ class Autoscaler:
         self._interval = interval
         self._clock = clock
         self._on_decision = on_decision
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[FunctionRef, _Track] = {}
         self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
         self._desired = prometheus_client.Gauge(
             naming.METRIC_AUTOSCALER_DESIRED, "Replicas the autoscaler last decided a function should run.",
-            [naming.METRIC_LABEL_FUNCTION], registry=self.registry)
+            [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE], registry=self.registry)
         self._decisions = prometheus_client.Counter(
             naming.METRIC_AUTOSCALER_DECISIONS,
             "Autoscaler decisions, by kind (stable, panic, idle, cold-start, no-data) and action (up, down, hold).",
-            [naming.METRIC_LABEL_FUNCTION, "kind", "action"], registry=self.registry)
+            [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE, "kind", "action"], registry=self.registry)
 
-    def samples(self, name: str) -> tuple[Sample, ...]:
+    def samples(self, ref: FunctionRef) -> tuple[Sample, ...]:
         """The samples kept for a function (oldest first): what its next decision will see."""
-        track = self._tracks.get(name)
+        track = self._tracks.get(ref)
         return tuple(track.history) if track is not None else ()
 
-    async def tick(self) -> dict[str, Decision]:
+    async def tick(self) -> dict[FunctionRef, Decision]:
         """One round: collect, decide for every function, scale those whose count changes.
 
         Returns at once after one collection and the scale calls. If collection fails the error
@@ -104,20 +88,20 @@ class Autoscaler:
         """
         now = self._clock()
         observations = await self._source.collect(now)
-        functions = {fn.name: fn for fn in self._backend.functions()}
+        functions = {fn.ref: fn for fn in self._backend.functions()}
         for gone in set(self._tracks) - set(functions):
             del self._tracks[gone]
             self._forget_metrics(gone)
 
-        decisions: dict[str, Decision] = {}
-        for name, fn in functions.items():
+        decisions: dict[FunctionRef, Decision] = {}
+        for ref, fn in functions.items():
             try:
-                decisions[name] = await self._handle(name, ScaleSettings.from_spec(fn.spec),
-                                                     observations.get(name), now)
+                decisions[ref] = await self._handle(ref, ScaleSettings.from_spec(fn.spec),
+                                                    observations.get(ref), now)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("autoscaling %s failed", name)
+                logger.exception("autoscaling %s failed", ref)
         return decisions
 
     async def run(self) -> None:
@@ -135,11 +119,11 @@ class Autoscaler:
             elapsed = self._clock() - started
             await asyncio.sleep(max(0.0, self._interval - elapsed))
 
-    async def _handle(self, name: str, settings: ScaleSettings, observation: Observation | None,
+    async def _handle(self, ref: FunctionRef, settings: ScaleSettings, observation: Observation | None,
                       now: float) -> Decision:
-        track = self._tracks.get(name)
+        track = self._tracks.get(ref)
         if track is None:
-            track = self._tracks[name] = _Track(history=deque(), state=ScalerState())
+            track = self._tracks[ref] = _Track(history=deque(), state=ScalerState())
         if observation is None:
             observation = Observation(sample=Sample(time=now, concurrency=0.0, requests=0), in_flight=0.0)
         sample = observation.sample
@@ -150,36 +134,36 @@ class Autoscaler:
         while len(track.history) >= 2 and track.history[1].time <= horizon:
             track.history.popleft()
 
-        current = self._backend.desired(name)
+        current = self._backend.desired(ref)
         decision = decide(samples=tuple(track.history), now=now, current=current,
-                          ready=len(self._backend.ready(name)), in_flight=observation.in_flight,
+                          ready=len(self._backend.ready(ref)), in_flight=observation.in_flight,
                           settings=settings, state=track.state)
         track.state = decision.state
 
         action = "up" if decision.replicas > current else "down" if decision.replicas < current else "hold"
-        self._desired.labels(name).set(decision.replicas)
-        self._decisions.labels(name, decision.kind, action).inc()
+        self._desired.labels(ref.name, ref.namespace).set(decision.replicas)
+        self._decisions.labels(ref.name, ref.namespace, decision.kind, action).inc()
         if decision.replicas != current:
-            logger.info("scaling %s %d → %d: %s", name, current, decision.replicas, decision.reason)
-            await self._backend.scale(name, decision.replicas, reason=decision.reason)
+            logger.info("scaling %s %d → %d: %s", ref, current, decision.replicas, decision.reason)
+            await self._backend.scale(ref, decision.replicas, reason=decision.reason)
 
         key = (decision.replicas, decision.kind, decision.panic)
         if self._on_decision is not None and key != track.last_reported:
             try:
-                result = self._on_decision(name, decision)
+                result = self._on_decision(ref, decision)
                 if inspect.isawaitable(result):
                     await result
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("on_decision hook failed for %s", name)
+                logger.exception("on_decision hook failed for %s", ref)
             else:
                 track.last_reported = key
         return decision
 
-    def _forget_metrics(self, name: str) -> None:
+    def _forget_metrics(self, ref: FunctionRef) -> None:
         try:
-            self._desired.remove(name)
+            self._desired.remove(ref.name, ref.namespace)
         except KeyError:
             pass
         # Counters per function are dropped with the function: their label sets are not enumerable
@@ -187,6 +171,6 @@ class Autoscaler:
         for kind in ("stable", "panic", "idle", "cold-start", "no-data"):
             for action in ("up", "down", "hold"):
                 try:
-                    self._decisions.remove(name, kind, action)
+                    self._decisions.remove(ref.name, ref.namespace, kind, action)
                 except KeyError:
                     pass

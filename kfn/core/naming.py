@@ -26,8 +26,15 @@ MANAGED_BY: Final = "kfn"
 
 # Annotations.
 ANNOTATION_CODE_HASH: Final = f"{GROUP}/code-hash"          # on the pod template: rolls pods on a code change
-ANNOTATION_LAST_SCALE: Final = f"{GROUP}/last-scale"        # on the Deployment: the autoscaler's last decision
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
+
+# Functions whose manifest names no namespace live here; /function/NAME means NAME in the
+# gateway's default namespace, which is this unless configured.
+DEFAULT_NAMESPACE: Final = "default"
+
+# Where the CLI finds a gateway: --gateway, else $KFN_GATEWAY, else local mode's address.
+ENV_GATEWAY: Final = "KFN_GATEWAY"
+DEFAULT_GATEWAY_URL: Final = "http://127.0.0.1:8080"
 
 # The port every runtime listens on inside a pod, and the Service port in front of it.
 RUNTIME_PORT: Final = 8080
@@ -48,6 +55,10 @@ METRIC_IN_FLIGHT: Final = "kfn_gateway_in_flight_requests"
 METRIC_QUEUE_DEPTH: Final = "kfn_gateway_queue_depth"
 METRIC_COLD_STARTS: Final = "kfn_gateway_cold_starts_total"
 METRIC_COLD_START_WAIT: Final = "kfn_gateway_cold_start_wait_seconds"
+# The integral over time of requests the gateway holds for a function (queued + in flight), in
+# request-seconds. Its rate is the average concurrency, which is what the autoscaler scales on;
+# summing it over gateway replicas gives the function's total concurrency.
+METRIC_LOAD_SECONDS: Final = "kfn_gateway_load_seconds_total"
 METRIC_REPLICAS_DESIRED: Final = "kfn_function_replicas_desired"
 METRIC_REPLICAS_READY: Final = "kfn_function_replicas_ready"
 # ... and OpenFaaS's, so existing dashboards work.
@@ -56,8 +67,9 @@ METRIC_OPENFAAS_SECONDS: Final = "gateway_functions_seconds"
 
 # Label names on gateway metrics.
 METRIC_LABEL_FUNCTION: Final = "function"
+METRIC_LABEL_NAMESPACE: Final = "namespace"
 METRIC_LABEL_CODE: Final = "code"
-METRIC_LABEL_OPENFAAS_FUNCTION: Final = "function_name"
+METRIC_LABEL_OPENFAAS_FUNCTION: Final = "function_name"   # NAME.NAMESPACE, as faas-netes labels it
 
 # Autoscaler metrics.
 METRIC_AUTOSCALER_DESIRED: Final = "kfn_autoscaler_desired_replicas"
@@ -69,10 +81,6 @@ def function_labels(name: str) -> dict[str, str]:
     return {LABEL_FUNCTION: name, LABEL_MANAGED_BY: MANAGED_BY}
 
 
-def function_url_path(name: str) -> str:
-    return f"{FUNCTION_PATH_PREFIX}{name}"
-
-# The integral over time of requests the gateway holds for a function (queued + in flight), in
-# request-seconds. Its rate is the average concurrency, which is what the autoscaler scales on;
-# summing it over gateway replicas gives the function's total concurrency.
-METRIC_LOAD_SECONDS: Final = "kfn_gateway_load_seconds_total"
+def function_url_path(name: str, namespace: str | None = None) -> str:
+    """/function/NAME, or /function/NAME.NAMESPACE when a namespace is given."""
+    return f"{FUNCTION_PATH_PREFIX}{name}" if namespace is None else f"{FUNCTION_PATH_PREFIX}{name}.{namespace}"

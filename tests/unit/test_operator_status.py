@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import pytest
+
+from kfn.core.functions import FieldError, InvalidFunction
 from kfn_operator import status
-
-from kfn.functions import FieldError, InvalidFunction
-
-pytestmark = pytest.mark.k8s
 
 BODY = {"metadata": {"name": "hello", "generation": 4}, "status": {}}
 
@@ -50,8 +48,9 @@ def test_readiness_follows_the_deployment(dep, expected) -> None:
 def test_deployment_status_has_replicas_url_and_the_condition() -> None:
     out = status.deployment_status(BODY, deployment(3, 2), now="t")
     assert (out["replicas"], out["readyReplicas"], out["url"]) == (3, 2, "/function/hello")
-    assert out["conditions"] == [{"type": "Ready", "status": "True", "reason": "Ready", "message": "2/3 instances ready",
-                                  "lastTransitionTime": "t", "observedGeneration": 4}]
+    assert out["conditions"] == [{"type": "Ready", "status": "True", "reason": "Ready",
+                                  "message": "2/3 instances ready", "lastTransitionTime": "t",
+                                  "observedGeneration": 4}]
 
 
 def test_an_invalid_spec_names_every_field() -> None:

@@ -1,4 +1,4 @@
-"""Where the autoscaler's load figures come from on Kubernetes: the gateways' own metrics.
+"""Collection: where the autoscaler's load figures come from on Kubernetes, the gateways' metrics.
 
 Every gateway replica exports, per function, the counter `kfn_gateway_load_seconds_total` (the
 time integral of requests it holds, so its rate is the average concurrency), the counter of
@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from kfn import naming
-from kfn.autoscaling import MetricsUnavailable, Observation
-from kfn.scaling import Sample
+from kfn.core import naming
+from kfn.core.functions import FunctionRef
+from kfn.core.scaling import MetricsUnavailable, Observation, Sample
 
 logger = logging.getLogger(__name__)
 
 FUNCTION = naming.METRIC_LABEL_FUNCTION
+NAMESPACE = naming.METRIC_LABEL_NAMESPACE
 _SUFFIX_TOTAL = "_total"
 
 
@@ -36,30 +37,35 @@ def _created_name(counter: str) -> str:
 
 
 # A counter series: the function it belongs to and all its labels (e.g. several `code`s).
-SeriesKey = tuple[str, frozenset[tuple[str, str]]]
+SeriesKey = tuple[FunctionRef, frozenset[tuple[str, str]]]
+
+
+def _ref(labels: Mapping[str, str]) -> FunctionRef | None:
+    name = labels.get(FUNCTION)
+    return FunctionRef(labels.get(NAMESPACE) or naming.DEFAULT_NAMESPACE, name) if name else None
 
 
 @dataclass(frozen=True)
-class GatewayMetrics:
+class ScrapedLoad:
     """The figures the autoscaler needs from one gateway's /metrics, per function."""
 
     load: dict[SeriesKey, float] = field(default_factory=dict)          # request-seconds counter
     invocations: dict[SeriesKey, float] = field(default_factory=dict)   # request counter
     created: dict[tuple[str, SeriesKey], float] = field(default_factory=dict)  # (metric, series) → created time
-    held: dict[str, float] = field(default_factory=dict)                # in flight + queued, right now
+    held: dict[FunctionRef, float] = field(default_factory=dict)        # in flight + queued, right now
 
-    def functions(self) -> set[str]:
+    def functions(self) -> set[FunctionRef]:
         return {key[0] for key in (*self.load, *self.invocations)} | set(self.held)
 
 
-def parse_gateway_metrics(text: str) -> GatewayMetrics:
+def parse_gateway_metrics(text: str) -> ScrapedLoad:
     """Pick kfn's gateway metrics out of a Prometheus text exposition. Raises ValueError if it is malformed."""
     load_created = _created_name(naming.METRIC_LOAD_SECONDS)
     invocations_created = _created_name(naming.METRIC_INVOCATIONS)
-    result = GatewayMetrics()
+    result = ScrapedLoad()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            function = sample.labels.get(FUNCTION)
+            function = _ref(sample.labels)
             if function is None or math.isnan(sample.value):
                 continue
             key: SeriesKey = (function, frozenset(sample.labels.items()))
@@ -78,13 +84,13 @@ def parse_gateway_metrics(text: str) -> GatewayMetrics:
 
 def counter_increase(previous: Mapping[SeriesKey, float], current: Mapping[SeriesKey, float], *,
                      metric: str, previous_created: Mapping[tuple[str, SeriesKey], float],
-                     current_created: Mapping[tuple[str, SeriesKey], float]) -> dict[str, float]:
+                     current_created: Mapping[tuple[str, SeriesKey], float]) -> dict[FunctionRef, float]:
     """Per function, how much a counter grew between two scrapes of the same gateway.
 
     A series that went down, or whose `_created` time changed, was reset (the gateway restarted):
     its whole current value is the increase since then. A new series started from 0.
     """
-    out: dict[str, float] = {}
+    out: dict[FunctionRef, float] = {}
     for key, value in current.items():
         before = previous.get(key)
         created_before = previous_created.get((metric, key))
@@ -99,7 +105,7 @@ def counter_increase(previous: Mapping[SeriesKey, float], current: Mapping[Serie
 @dataclass(frozen=True)
 class _Scrape:
     time: float
-    metrics: GatewayMetrics
+    metrics: ScrapedLoad
 
 
 class PrometheusScrapeSource:
@@ -118,7 +124,7 @@ class PrometheusScrapeSource:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._previous: dict[str, _Scrape] = {}
 
-    async def collect(self, now: float) -> dict[str, Observation]:
+    async def collect(self, now: float) -> dict[FunctionRef, Observation]:
         """Scrape all replicas concurrently; returns within about `timeout` seconds.
 
         Raises MetricsUnavailable when there is no replica or none could be scraped.
@@ -131,11 +137,11 @@ class PrometheusScrapeSource:
 
         results = await asyncio.gather(*(self._scrape(url) for url in urls), return_exceptions=True)
 
-        concurrency: dict[str, float] = {}
-        requests: dict[str, float] = {}
-        held: dict[str, float] = {}
-        seen: set[str] = set()
-        measured: set[str] = set()
+        concurrency: dict[FunctionRef, float] = {}
+        requests: dict[FunctionRef, float] = {}
+        held: dict[FunctionRef, float] = {}
+        seen: set[FunctionRef] = set()
+        measured: set[FunctionRef] = set()
         reachable = 0
         for url, result in zip(urls, results, strict=True):
             if isinstance(result, BaseException):
@@ -167,7 +173,7 @@ class PrometheusScrapeSource:
         if not reachable:
             raise MetricsUnavailable(f"none of {len(urls)} gateway replicas could be scraped")
 
-        out: dict[str, Observation] = {}
+        out: dict[FunctionRef, Observation] = {}
         for function in seen | measured:
             sample = None
             if function in measured:
@@ -176,7 +182,7 @@ class PrometheusScrapeSource:
             out[function] = Observation(sample=sample, in_flight=held.get(function, 0.0))
         return out
 
-    async def _scrape(self, url: str) -> GatewayMetrics:
+    async def _scrape(self, url: str) -> ScrapedLoad:
         async with self._session.get(url, timeout=self._timeout) as response:
             if response.status != 200:
                 raise aiohttp.ClientResponseError(response.request_info, response.history,
@@ -209,12 +215,12 @@ class PromQLSource:
         self._url = base_url.rstrip("/") + "/api/v1/query"
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        by = f"sum by ({FUNCTION})"
+        by = f"sum by ({FUNCTION}, {NAMESPACE})"
         self.load_query = f"{by} (rate({naming.METRIC_LOAD_SECONDS}[{window}]))"
         self.requests_query = f"{by} (increase({naming.METRIC_INVOCATIONS}[{window}]))"
         self.held_query = f'{by} ({{__name__=~"{naming.METRIC_IN_FLIGHT}|{naming.METRIC_QUEUE_DEPTH}"}})'
 
-    async def collect(self, now: float) -> dict[str, Observation]:
+    async def collect(self, now: float) -> dict[FunctionRef, Observation]:
         """Run the three queries concurrently; returns within about `timeout` seconds.
 
         Raises MetricsUnavailable if Prometheus cannot be reached or answers with an error.
@@ -224,7 +230,7 @@ class PromQLSource:
                 self._query(self.load_query), self._query(self.requests_query), self._query(self.held_query))
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise MetricsUnavailable(f"Prometheus query failed: {_describe(e)}") from e
-        out: dict[str, Observation] = {}
+        out: dict[FunctionRef, Observation] = {}
         for function in set(load) | set(requests) | set(held):
             arrived = requests.get(function, 0.0)
             # increase() extrapolates to the window's edges: any growth means at least one request.
@@ -233,7 +239,7 @@ class PromQLSource:
             out[function] = Observation(sample=sample, in_flight=max(0.0, held.get(function, 0.0)))
         return out
 
-    async def _query(self, query: str) -> dict[str, float]:
+    async def _query(self, query: str) -> dict[FunctionRef, float]:
         async with self._session.get(self._url, params={"query": query}, timeout=self._timeout) as response:
             try:
                 body = await response.json(content_type=None)
@@ -245,9 +251,9 @@ class PromQLSource:
         data = body.get("data") or {}
         if data.get("resultType") != "vector":
             raise ValueError(f"expected an instant vector, got {data.get('resultType')!r}")
-        out: dict[str, float] = {}
+        out: dict[FunctionRef, float] = {}
         for item in data.get("result") or []:
-            function = (item.get("metric") or {}).get(FUNCTION)
+            function = _ref(item.get("metric") or {})
             try:
                 value = float(item["value"][1])
             except (KeyError, IndexError, TypeError, ValueError):

@@ -1,19 +1,21 @@
-"""The `kfn` command line: one parser, each command's work done by the module that owns it."""
+"""The `kfn` command line: one parser, typed options, and each command wired in its own module.
+
+This package is where kfn's pieces are put together (the composition root): `kfn local` builds
+local mode, `kfn gateway` the gateway on the Kubernetes backend, `kfn operator` the operator.
+Nothing else imports it.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
-DEFAULT_GATEWAY = "http://127.0.0.1:8080"
+from kfn.core import naming
+from kfn.core.errors import CommandError
 
-
-class CommandError(Exception):
-    """A failure to report as one line on stderr with a non-zero exit, without a traceback."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+# What `kfn gateway` and `kfn operator` need beyond a plain install.
+KUBERNETES_EXTRA = ("kopf", "kubernetes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
-    p = sub.add_parser("crd", help="print the Function CustomResourceDefinition (generated from the model)")
+    sub.add_parser("crd", help="print the Function CustomResourceDefinition (generated from the model)")
 
     p = sub.add_parser("local", help="serve every Function manifest in DIR on this machine")
     p.add_argument("directory", nargs="?", default="examples", metavar="DIR")
@@ -44,17 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
                         ("list", "list functions with replicas and usage"),
                         ("logs", "print a function's instance logs")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--gateway", default=None, help=f"gateway URL (default $KFN_GATEWAY or {DEFAULT_GATEWAY})")
+        p.add_argument("--gateway", default=None,
+                       help=f"gateway URL (default ${naming.ENV_GATEWAY} or {naming.DEFAULT_GATEWAY_URL})")
         p.add_argument("-o", "--output", choices=["text", "json"], default="text")
         if name == "invoke":
-            p.add_argument("name")
+            p.add_argument("name", help="NAME or NAME.NAMESPACE")
             p.add_argument("--data", "-d", default=None, help="request body: JSON text, or @FILE")
             p.add_argument("--method", "-X", default=None, help="HTTP method (default POST with data, else GET)")
             p.add_argument("--path", default="", help="path below the function, e.g. /items/1")
             p.add_argument("--header", "-H", action="append", default=[], help="extra header 'Name: value'")
             p.add_argument("--timeout", type=float, default=60.0)
         elif name == "logs":
-            p.add_argument("name")
+            p.add_argument("name", help="NAME or NAME.NAMESPACE")
             p.add_argument("--follow", "-f", action="store_true")
             p.add_argument("--tail", type=int, default=100)
 
@@ -62,13 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
+    p.add_argument("--default-namespace", default=naming.DEFAULT_NAMESPACE,
+                   help="the namespace /function/NAME means (NAME.NAMESPACE names any other)")
+    p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, keep serving (closing each connection after its answer) this long before "
+                        "stopping to accept, so load balancers and kube-proxy stop sending first")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     p = sub.add_parser("operator", help="run the operator and the autoscaler (on Kubernetes)")
     p.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
     p.add_argument("--prometheus-url", default=None, help="evaluate PromQL here instead of scraping gateways")
     p.add_argument("--standalone", action="store_true", help="no peering (a single operator replica)")
     p.add_argument("--runtime-image", action="append", default=[], metavar="RUNTIME=IMAGE",
-                   help="the image for a runtime, e.g. python3.12=registry/runtime-python:3.12 (also $KFN_RUNTIME_IMAGES)")
+                   help="the image for a runtime, e.g. python3.12=registry/runtime-python:3.12 "
+                        "(also $KFN_RUNTIME_IMAGES)")
     p.add_argument("--gateway-selector", default=None, metavar="SELECTOR",
                    help="label selector of the gateway Service's EndpointSlices, scraped for load "
                         "(default app.kubernetes.io/name=kfn-gateway)")
@@ -90,33 +100,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def require_kubernetes_extra() -> None:
+    """CommandError (exit 2) naming what to install when `kfn[kubernetes]` is not installed."""
+    missing = [name for name in KUBERNETES_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CommandError(f"needs the Kubernetes extra ({', '.join(missing)} not installed): "
+                           f"pip install 'kfn[kubernetes]'", exit_code=2)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     # Imports are local so that `kfn invoke` does not pay for kopf, nor `kfn validate` for aiohttp.
+    from kfn.cli import options
+
     if args.command == "validate":
-        from kfn import manifests
-        return manifests.validate_command(args.files, output=args.output)
+        from kfn.cli.validate import validate
+        return validate(options.validate(args))
     if args.command == "crd":
-        from kfn import crd
+        from kfn.core import crd
         sys.stdout.write(crd.render_crd_yaml())
         return 0
     if args.command == "local":
-        from kfn import local
-        return local.main(args)
-    if args.command in ("invoke", "list", "logs"):
-        from kfn import client
-        return client.main(args)
+        from kfn.cli.local import run_local
+        return run_local(options.local(args))
+    if args.command == "invoke":
+        from kfn.cli.remote import invoke
+        return invoke(options.invoke(args))
+    if args.command == "list":
+        from kfn.cli.remote import list_functions
+        return list_functions(options.remote(args))
+    if args.command == "logs":
+        from kfn.cli.remote import logs
+        return logs(options.logs(args))
     if args.command == "gateway":
-        from kfn_gateway import kubernetes
-        return kubernetes.main(args)
+        require_kubernetes_extra()
+        from kfn.cli.gateway import run_gateway
+        return run_gateway(options.gateway(args))
     if args.command == "operator":
-        from kfn_operator import main as operator_main
-        return operator_main.main(args)
+        require_kubernetes_extra()
+        from kfn.cli.operator import run_operator
+        return run_operator(options.operator(args))
     raise CommandError(f"unknown command {args.command!r}", exit_code=2)
-
-
-if __name__ == "__main__":
-    # `python -m kfn.cli` runs this file as __main__; commands raise kfn.cli.CommandError, so
-    # dispatch through the imported module or their errors would escape as tracebacks.
-    from kfn.cli import main as _main
-
-    sys.exit(_main())

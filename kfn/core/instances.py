@@ -1,24 +1,25 @@
 """The seam between the data path and whatever runs function instances.
 
 The gateway routes to `Instance`s and asks an `InstanceBackend` for more of them; the autoscaler
-tells the backend how many to run. Local mode's backend runs runtime processes on 127.0.0.1
-(`kfn.processes`); on Kubernetes the backend patches Deployments and watches EndpointSlices
-(`kfn_gateway.kubernetes`). Everything above this seam is the same code in both places.
+tells the backend how many to run. Local mode's backend runs instances as processes on 127.0.0.1
+(`kfn.processes`); on Kubernetes the backend scales Deployments and watches their pods
+(`kfn.kube.backend`). Everything above this seam is the same code in both places.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from kfn.functions import Function
+from kfn.core.functions import Function, FunctionRef
 
 
 @dataclass(frozen=True)
 class Instance:
     """One ready instance of a function: an address that serves the runtime's HTTP protocol."""
 
-    function: str
+    function: FunctionRef
     id: str          # unique among the function's instances: a pod name, or "hello-3" locally
     host: str
     port: int
@@ -26,11 +27,12 @@ class Instance:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
 
-# Called with a function's name whenever its functions or ready instances may have changed.
-Listener = Callable[[str], None]
+# Called with a function whenever its definition or its ready instances may have changed.
+Listener = Callable[[FunctionRef], None]
 
 
 class InstanceBackend(Protocol):
@@ -42,23 +44,32 @@ class InstanceBackend(Protocol):
     async def close(self) -> None:
         """Stop every watch and (where the backend owns them) every instance; waits for them."""
 
-    def function(self, name: str) -> Function | None:
+    def function(self, ref: FunctionRef) -> Function | None:
         """The current definition of a function, or None if there is no such function."""
 
     def functions(self) -> list[Function]:
         """Every known function."""
 
-    def ready(self, name: str) -> list[Instance]:
+    def ready(self, ref: FunctionRef) -> list[Instance]:
         """The instances that may receive new requests now (never draining or failed ones)."""
 
-    def desired(self, name: str) -> int:
+    def desired(self, ref: FunctionRef) -> int:
         """The replica count last asked for (by `scale`, or the initial minReplicas)."""
 
-    async def scale(self, name: str, replicas: int, *, reason: str = "") -> None:
+    def problem(self, ref: FunctionRef) -> str | None:
+        """Why the function's instances cannot start right now (a failed start, a bad image), or
+        None. The gateway answers waiting requests with it instead of letting them time out."""
+
+    async def scale(self, ref: FunctionRef, replicas: int, *, reason: str = "") -> None:
         """Ask for `replicas` instances. Idempotent and quick: it does not wait for readiness."""
 
     def report_failure(self, instance: Instance, *, error: str) -> None:
         """The gateway could not talk to `instance`: take it out of rotation until it recovers."""
 
     def add_listener(self, listener: Listener) -> None:
-        """Call `listener(name)` after any change to a function or its ready instances."""
+        """Call `listener(ref)` after any change to a function or its ready instances."""
+
+    def logs(self, ref: FunctionRef, *, tail: int,
+             follow: bool) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+        """The function's instance output: the last `tail` lines, then (with `follow`) new lines
+        until the caller leaves or the backend closes. Enter it to start reading."""

@@ -13,16 +13,19 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from kfn import units
+from kfn.core import naming, units
 
-RUNTIMES: tuple[str, ...] = ("python3.11", "python3.12", "python3.13")
-DEFAULT_RUNTIME = "python3.12"
+# The language runtimes, written once: the CRD's enum, the operator's default images and the
+# chart's runtimeImages all derive from this.
+Runtime = Literal["python3.11", "python3.12", "python3.13"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+DEFAULT_RUNTIME: Runtime = "python3.12"
 
 # Kubernetes object names that also work as DNS labels (Services need that).
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -221,12 +224,14 @@ class Resources(_Model):
 
 
 class FunctionSpec(_Model):
-    runtime: Literal["python3.11", "python3.12", "python3.13"] = Field(
+    runtime: Runtime = Field(
         default=DEFAULT_RUNTIME, description="The language runtime; selects the runtime image.")
     handler: str = Field(description="The entry point, as module.function (e.g. main.handler).")
     source: Source | None = Field(default=None, description="Code: inline files or a ConfigMap.")
-    image: str | None = Field(default=None, description="A custom image with the code at /var/task; overrides the runtime image.")
-    requirements: list[str] = Field(default_factory=list, description="pip requirement lines, installed at instance start.")
+    image: str | None = Field(
+        default=None, description="A custom image with the code at /var/task; overrides the runtime image.")
+    requirements: list[str] = Field(
+        default_factory=list, description="pip requirement lines, installed at instance start.")
     env: list[EnvVar] = Field(default_factory=list)
     timeout: Duration = Field(default=30.0, description="Per-invocation timeout (e.g. 30s); at most 15m.")
     concurrency: int = Field(default=10, ge=1, le=1000, description="Max in-flight requests per instance.")
@@ -323,7 +328,11 @@ class Function(BaseModel):
 
     @property
     def namespace(self) -> str:
-        return self.metadata.namespace or "default"
+        return self.metadata.namespace or naming.DEFAULT_NAMESPACE
+
+    @property
+    def ref(self) -> FunctionRef:
+        return FunctionRef(self.namespace, self.name)
 
     def code_hash(self) -> str:
         """A short digest of what the instances run: changes when code, handler or requirements do."""
@@ -341,6 +350,32 @@ class Function(BaseModel):
         """A digest of the whole spec: changes whenever instances must be rolled."""
         blob = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+class FunctionRef(NamedTuple):
+    """Which function: its namespace and name (names are unique within a namespace only).
+
+    Written `name.namespace` where one string must say it (OpenFaaS's form, used in URLs such as
+    /function/hello.team-a and in metric labels); both parts are DNS labels, so the first dot
+    separates them.
+    """
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name}.{self.namespace}"
+
+    @classmethod
+    def parse(cls, text: str, *, default_namespace: str = naming.DEFAULT_NAMESPACE) -> FunctionRef:
+        """`name` (in `default_namespace`) or `name.namespace`; ValueError if either is not a DNS label."""
+        name, dot, namespace = text.partition(".")
+        if not dot:
+            namespace = default_namespace
+        for part in (name, namespace):
+            if len(part) > MAX_NAME_LENGTH or not _DNS_LABEL.match(part):
+                raise ValueError(f"not a function name: {text!r} (expected NAME or NAME.NAMESPACE)")
+        return cls(namespace, name)
 
 
 @dataclass(frozen=True)
@@ -402,7 +437,7 @@ def _message(item: Any) -> str:
     ctx = item.get("ctx") or {}
     got = item.get("input")
     if kind == "kfn":
-        return item["msg"]
+        return str(item["msg"])
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":

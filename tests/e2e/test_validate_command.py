@@ -22,7 +22,7 @@ spec:
 
 
 def kfn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kfn.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "kfn", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_examples_are_valid() -> None:

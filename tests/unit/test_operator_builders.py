@@ -1,20 +1,17 @@
 """The objects a Function becomes: pure, schema-valid on every supported Kubernetes, hardened."""
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from kubernetes_validate.utils import all_versions
+
+from kfn.core import naming
+from kfn.core.functions import Function, parse_function
 from kfn_operator import builders
 from kfn_operator.builders import RuntimeImages
 from kfn_runtime import contract
-from kubernetes_validate.utils import all_versions
-
-from kfn import naming
-from kfn.functions import Function, parse_function
-
-pytestmark = pytest.mark.k8s
 
 IMAGES = RuntimeImages()
 
@@ -58,18 +55,35 @@ def supported_versions() -> list[str]:
 
 
 @pytest.mark.parametrize("version", supported_versions())
-@pytest.mark.parametrize("fn", [FULL, MINIMAL, FROM_CONFIGMAP, FROM_IMAGE], ids=["full", "minimal", "configmap", "image"])
+@pytest.mark.parametrize("fn", [FULL, MINIMAL, FROM_CONFIGMAP, FROM_IMAGE],
+                         ids=["full", "minimal", "configmap", "image"])
 def test_objects_validate_against_the_kubernetes_schema(fn: Function, version: str) -> None:
     for obj in every_object(fn):
         kubernetes_validate.validate(obj, version, strict=True)
 
 
-def test_the_deployment_update_patch_validates_as_a_deployment_without_replicas() -> None:
-    patch = builders.deployment_update(FULL, images=IMAGES)
-    assert "replicas" not in patch["spec"]
-    complete = copy.deepcopy(patch)
-    complete["spec"]["selector"] = {"matchLabels": builders.selector(FULL)}
-    kubernetes_validate.validate(complete, supported_versions()[-1], strict=True)
+def test_the_deployment_an_update_brings_about_validates_without_replicas() -> None:
+    update = builders.build_deployment(FULL, images=IMAGES, replicas=None)
+    assert "replicas" not in update["spec"]
+    kubernetes_validate.validate(update, supported_versions()[-1], strict=True)
+
+
+def test_an_operator_setting_that_changes_the_pods_changes_the_deployed_hash() -> None:
+    digest = builders.deployed_hash(FULL, images=IMAGES)
+    other = builders.RuntimeImages(images={**IMAGES.images, FULL.spec.runtime: "elsewhere/runtime:2"})
+    assert builders.deployed_hash(FULL, images=other) != digest
+    assert builders.deployed_hash(FULL, images=IMAGES, pip=builders.PipSettings(index_url="http://pypi")) != digest
+    assert builders.deployed_hash(FULL, images=IMAGES) == digest
+
+
+def test_pip_settings_reach_the_init_container_as_pips_own_variables() -> None:
+    pip = builders.PipSettings.from_environment({"KFN_PIP_INDEX_URL": "http://10.88.0.1:9000/simple",
+                                                 "KFN_PIP_TRUSTED_HOST": " 10.88.0.1  other "})
+    pod = builders.build_deployment(FULL, images=IMAGES, pip=pip)["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["initContainers"][0]["env"]}
+    assert env["PIP_INDEX_URL"] == "http://10.88.0.1:9000/simple"
+    assert env["PIP_TRUSTED_HOST"] == "10.88.0.1 other"
+    assert "PIP_FIND_LINKS" not in env and "PIP_EXTRA_INDEX_URL" not in env
 
 
 def test_pods_meet_the_restricted_pod_security_profile() -> None:
@@ -151,7 +165,6 @@ def test_a_malformed_runtime_image_map_is_an_error() -> None:
 def test_initial_replicas_are_min_replicas_and_updates_never_set_them() -> None:
     assert builders.build_deployment(FULL, images=IMAGES, replicas=2)["spec"]["replicas"] == 2
     assert "replicas" not in builders.build_deployment(FULL, images=IMAGES)["spec"]
-    assert "replicas" not in builders.deployment_update(FULL, images=IMAGES)["spec"]
 
 
 def test_requirements_are_installed_by_an_init_container_into_the_shared_deps_dir() -> None:
@@ -200,7 +213,8 @@ def test_everything_carries_the_function_labels() -> None:
         assert obj["metadata"]["namespace"] == "team-a"
     deployment = builders.build_deployment(FULL, images=IMAGES)
     assert labels.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
 
 
 def test_the_service_maps_the_service_port_to_the_runtime_port() -> None:
@@ -214,5 +228,5 @@ def test_the_service_maps_the_service_port_to_the_runtime_port() -> None:
 def test_builders_do_not_modify_their_input() -> None:
     before = FULL.model_dump()
     every_object(FULL)
-    builders.deployment_update(FULL, images=IMAGES)
+    builders.build_deployment(FULL, images=IMAGES, replicas=None)
     assert FULL.model_dump() == before

@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
-from kfn import naming
-from kfn.functions import MAX_NAME_LENGTH, RUNTIMES, FunctionSpec, ScaleSpec
+from kfn.core import naming
+from kfn.core.functions import MAX_NAME_LENGTH, RUNTIMES, FunctionSpec, ScaleSpec
 
-CRD_PATH = Path(__file__).resolve().parent.parent / "charts" / "kfn" / "crds" / f"{naming.CRD_NAME}.yaml"
+CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "kfn" / "crds" / f"{naming.CRD_NAME}.yaml"
 
 # What the schema language can say beyond types and bounds, checked by the API server at once
 # (`kubectl apply` rejects it) instead of by the operator after the fact.

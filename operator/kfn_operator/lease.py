@@ -1,41 +1,56 @@
-"""The autoscaler on Kubernetes: `kfn.autoscaling.Autoscaler` wired to the cluster.
+"""The autoscaler on Kubernetes: `kfn_autoscaler.Autoscaler` wired to the cluster, on one replica.
 
-- Actuation and the view of functions/instances: `kfn_gateway.kubernetes.KubernetesBackend`
-  (scale subresource patches, EndpointSlice-based ready counts) — the same backend the gateway uses.
-- Load: `kfn.metrics.PrometheusScrapeSource` over every ready gateway pod, found through the
-  EndpointSlices matching `--gateway-selector` (the gateway Service's labels) in the operator's
-  own namespace ($POD_NAMESPACE; without it, the watched namespaces), or
-  `kfn.metrics.PromQLSource` when `--prometheus-url` is given.
+- Actuation and the view of functions/instances: `kfn.kube.KubernetesBackend` (scale
+  subresource patches, pod-based ready counts), the same backend the gateway uses.
+- Load: `kfn_autoscaler.sources.PrometheusScrapeSource` over every ready gateway pod, found
+  through the EndpointSlices matching `--gateway-selector` (the gateway Service's labels) in the
+  operator's own namespace ($POD_NAMESPACE; without it, the watched namespaces), or
+  `kfn_autoscaler.sources.PromQLSource` when `--prometheus-url` is given.
 - Decisions: written to the Function's status (desiredReplicas, lastScaleReason, lastScaleTime)
   and exported as Prometheus metrics (`--metrics-port`).
-- One active autoscaler among operator replicas: a `coordination.k8s.io` Lease (kubernetes-asyncio's
-  leader election). kopf's peering only pauses lower-priority operators and lets equal ones run
+- One active autoscaler among operator replicas: a `coordination.k8s.io` Lease (the official
+  client's leader election). kopf's peering only pauses lower-priority operators and lets equal ones run
   side by side, so it cannot elect. `--standalone` skips the Lease (a single replica).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import aiohttp
 import prometheus_client
 from aiohttp import web
-from kfn_gateway.kubernetes import MERGE_PATCH, KubernetesBackend
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
-from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+from kubernetes.aio.leaderelection import electionconfig, leaderelection
+from kubernetes.aio.leaderelection.resourcelock.leaselock import LeaseLock
 
-from kfn import naming
-from kfn.aiotasks import stop_tasks
-from kfn.autoscaling import Autoscaler, MetricsSource
-from kfn.metrics import PrometheusScrapeSource, PromQLSource
-from kfn.scaling import Decision
+from kfn.core.aiotasks import stop_tasks
+from kfn.core.functions import FunctionRef
+from kfn.core.scaling import Decision, MetricsSource
+from kfn.kube import KubernetesBackend, describe
+from kfn.kube.resources import patch_function_status
+from kfn_autoscaler.autoscaler import Autoscaler
+from kfn_autoscaler.sources import PrometheusScrapeSource, PromQLSource
 from kfn_operator import status
 from kfn_operator.config import OperatorConfig
 
 logger = logging.getLogger(__name__)
 
+
+class _LeaseLock(LeaseLock):  # type: ignore[misc]
+    """The client's Lease lock, creating the Lease without `pretty=True`: the client's own
+    argument validation rejects that boolean (kubernetes 37), so no Lease could ever be taken."""
+
+    async def create(self, name: str, namespace: str, election_record: Any) -> bool:
+        body = client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=self.update_lease(election_record))
+        try:
+            await self.api_instance.create_namespaced_lease(namespace, body)
+        except ApiException as e:
+            logger.warning("could not create the Lease %s/%s: %s", namespace, name, describe(e))
+            return False
+        return True
 
 
 class OperatorAutoscaler:
@@ -86,7 +101,7 @@ class OperatorAutoscaler:
         """Campaign for the Lease forever; lead while holding it. Runs until cancelled."""
         duration = self._config.lease_duration
         while True:
-            lock = LeaseLock(self._config.lease_name, self._config.lease_namespace, self._config.identity, self._api)
+            lock = _LeaseLock(self._config.lease_name, self._config.lease_namespace, self._config.identity, self._api)
             election = leaderelection.LeaderElection(electionconfig.Config(
                 lock, lease_duration=duration, renew_deadline=max(2, duration * 2 // 3),
                 retry_period=max(1, duration // 6), onstarted_leading=self._lead, onstopped_leading=self._stopped))
@@ -145,15 +160,12 @@ class OperatorAutoscaler:
                         urls.append(f"http://{host}:{port}{self._config.gateway_metrics_path}")
         return urls
 
-    async def _record(self, name: str, decision: Decision) -> None:
-        fn = self.backend.function(name)
-        if fn is None:
+    async def _record(self, ref: FunctionRef, decision: Decision) -> None:
+        if self.backend.function(ref) is None:
             return
-        custom = client.CustomObjectsApi(self._api)
-        body = {"status": status.decision_status(replicas=decision.replicas, reason=decision.reason)}
         try:
-            await custom.patch_namespaced_custom_object_status(naming.GROUP, naming.VERSION, fn.namespace,
-                                                               naming.PLURAL, name, body, _content_type=MERGE_PATCH)
+            await patch_function_status(self._api, ref, status.decision_status(
+                replicas=decision.replicas, reason=decision.reason))
         except ApiException as e:
             if e.status != 404:
                 raise

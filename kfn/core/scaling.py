@@ -14,15 +14,17 @@ Scaling down is gentle (at most a factor `max_scale_down_rate` per decision), sc
 bounded by `max_scale_up_rate`. Scale to zero is not a consequence of averages but of idleness:
 only when minReplicas is 0 and no request arrived and nothing was in flight for idleTimeout.
 
-Nothing here reads a clock or does I/O; `kfn.autoscaling` collects samples and acts on decisions.
+Nothing here reads a clock or does I/O: a `MetricsSource` collects samples, `decide` turns them
+into a replica count, and `kfn_autoscaler.Autoscaler` acts on it through the instance backend.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
-from kfn.functions import FunctionSpec
+from kfn.core.functions import FunctionRef, FunctionSpec
 
 # Rounding noise (e.g. 14.000000001 / 7) must not ask for an extra instance.
 _EPSILON = 1e-9
@@ -67,6 +69,32 @@ class Sample:
     time: float          # when the sample was taken (monotonic seconds)
     concurrency: float   # average requests held by the gateway (queued + in flight) since the previous sample
     requests: int        # requests that arrived since the previous sample
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a metrics source saw for one function in one collection."""
+
+    sample: Sample | None   # None if nothing new could be computed this tick
+    in_flight: float        # requests held right now (queued + in flight)
+
+
+class MetricsSource(Protocol):
+    """Where the autoscaler's samples come from: the seam between collection and decision."""
+
+    async def collect(self, now: float) -> dict[FunctionRef, Observation]:
+        """Load per function since the previous call; samples are stamped with `now`.
+
+        A function missing from the result had no load at all (no requests, nothing held): the
+        autoscaler records a zero sample for it. A function whose load could not be computed
+        this time (no baseline yet) gets `Observation(sample=None, ...)`. When nothing at all
+        could be collected, raise: the autoscaler then holds every function where it is.
+        """
+        ...
+
+
+class MetricsUnavailable(RuntimeError):
+    """A metrics source could not observe anything this time (every gateway unreachable, ...)."""
 
 
 @dataclass(frozen=True)

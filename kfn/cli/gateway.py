@@ -1,0 +1,66 @@
+"""`kfn gateway`: the gateway on the Kubernetes backend, with a gentle shutdown.
+
+On SIGTERM the gateway first keeps serving for `--shutdown-delay` seconds while closing each
+connection after its answer and failing its health check: kube-proxy and load balancers stop
+sending it new connections meanwhile, and clients holding keep-alive connections reconnect to
+another replica. Then it stops listening and waits for the requests in flight.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from kfn.cli.options import GatewayOptions
+from kfn.core.errors import CommandError
+from kfn.kube import KubernetesBackend, connect
+from kfn_gateway import Gateway, GatewaySettings, serve
+
+logger = logging.getLogger(__name__)
+
+
+def run_gateway(options: GatewayOptions) -> int:
+    """Serves until SIGTERM/SIGINT; returns 0."""
+    logging.basicConfig(level=getattr(logging, options.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(options))
+        return 0
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(options))
+    return 0
+
+
+async def _serve(options: GatewayOptions) -> None:
+    try:
+        api = await connect()
+    except Exception as e:  # noqa: BLE001 - missing files, bad YAML, bad certificates: all one message
+        raise CommandError(f"cannot configure the Kubernetes client: {e}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with api:
+        backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True)
+        await backend.start()
+        try:
+            gateway = Gateway(backend, settings=GatewaySettings(default_namespace=options.default_namespace))
+            # serve() starts the gateway, and runner.cleanup() closes it.
+            runner = await serve(gateway, host=options.host, port=options.port)
+            logger.info("kfn gateway listening on %s:%d", options.host, options.port)
+            try:
+                await stop.wait()
+                logger.info("shutting down: serving %gs more while clients move to other replicas",
+                            options.shutdown_delay)
+                gateway.drain()
+                stop.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(options.shutdown_delay):
+                        await stop.wait()  # a second signal skips the delay
+            finally:
+                await runner.cleanup()
+        finally:
+            await backend.close()

@@ -1,0 +1,33 @@
+"""`kfn operator`: the kopf operator with the autoscaler, configured from the command line."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kfn.cli.options import OperatorOptions
+from kfn.core.errors import CommandError
+from kfn.kube import configuration_problem
+from kfn_operator.config import OperatorConfig
+from kfn_operator.main import operate
+
+
+def run_operator(options: OperatorOptions) -> int:
+    """Runs until SIGTERM/SIGINT; returns 0."""
+    try:
+        config = OperatorConfig.build(
+            namespaces=options.namespaces, standalone=options.standalone, prometheus_url=options.prometheus_url,
+            runtime_images=options.runtime_images, gateway_selector=options.gateway_selector,
+            autoscale_interval=options.autoscale_interval, metrics_port=options.metrics_port,
+            health_port=options.health_port)
+    except ValueError as e:
+        raise CommandError(str(e), exit_code=2) from None
+    if (problem := configuration_problem()) is not None:
+        raise CommandError(f"cannot configure the Kubernetes client: {problem}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The leader election logs every renewal at INFO.
+    logging.getLogger("kubernetes.aio").setLevel(logging.WARNING)
+    try:
+        asyncio.run(operate(config))
+    except KeyboardInterrupt:
+        pass
+    return 0

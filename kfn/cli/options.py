@@ -1,0 +1,169 @@
+"""Each command's options, typed and checked once, from the parsed command line.
+
+Commands take these dataclasses, never an `argparse.Namespace`: a misspelt option is a type
+error, not a silent `getattr` default. A bad value is a `CommandError` with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfn.core import naming, units
+from kfn.core.errors import CommandError
+
+
+def _usage(message: str) -> CommandError:
+    return CommandError(message, exit_code=2)
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    files: tuple[str, ...]
+    output: str = "text"
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    directory: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    max_body_bytes: int | None = None
+    queue_limit: int | None = None
+    queue_timeout: float | None = None
+    work_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """What every command talking to a running gateway shares."""
+
+    gateway: str
+    output: str = "text"
+
+
+@dataclass(frozen=True)
+class InvokeOptions:
+    remote: RemoteOptions
+    name: str
+    data: str | None = None
+    method: str | None = None
+    path: str = ""
+    headers: tuple[str, ...] = ()
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class LogsOptions:
+    remote: RemoteOptions
+    name: str
+    follow: bool = False
+    tail: int = 100
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    namespaces: tuple[str, ...] = ()
+    default_namespace: str = naming.DEFAULT_NAMESPACE
+    shutdown_delay: float = 5.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    namespaces: tuple[str, ...] = ()
+    prometheus_url: str | None = None
+    standalone: bool = False
+    runtime_images: tuple[str, ...] = ()
+    gateway_selector: str | None = None
+    autoscale_interval: float = 2.0
+    metrics_port: int | None = None
+    health_port: int | None = None
+
+
+def _port(value: int, flag: str, *, allow_zero: bool = True) -> int:
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise _usage(f"{flag} must be a TCP port (got {value})")
+    return value
+
+
+def gateway_url(flag: str | None) -> str:
+    """--gateway, else $KFN_GATEWAY, else local mode's address; checked to look like a URL."""
+    url = (flag or os.environ.get(naming.ENV_GATEWAY) or naming.DEFAULT_GATEWAY_URL).rstrip("/")
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise _usage(f"the gateway URL must look like http://HOST:PORT (got {url!r})")
+    return url
+
+
+def validate(args: argparse.Namespace) -> ValidateOptions:
+    return ValidateOptions(files=tuple(args.files), output=args.output)
+
+
+def local(args: argparse.Namespace) -> LocalOptions:
+    directory = Path(args.directory)
+    if not directory.exists():
+        raise _usage(f"{directory}: no such directory (give the directory holding your Function manifests)")
+    if not directory.is_dir():
+        raise _usage(f"{directory}: not a directory (give the directory holding your Function manifests)")
+    max_body: int | None = None
+    if args.max_body_size is not None:
+        try:
+            max_body = int(units.parse_quantity(args.max_body_size))
+        except ValueError as e:
+            raise _usage(f"--max-body-size {e}") from None
+        if max_body <= 0:
+            raise _usage(f"--max-body-size must be positive (got {args.max_body_size})")
+    if args.queue_limit is not None and args.queue_limit < 0:
+        raise _usage(f"--queue-limit must be 0 or more (got {args.queue_limit})")
+    queue_timeout: float | None = None
+    if args.queue_timeout is not None:
+        try:
+            queue_timeout = units.parse_duration(args.queue_timeout)
+        except ValueError as e:
+            raise _usage(f"--queue-timeout {e}") from None
+    return LocalOptions(directory=directory, host=args.host, port=_port(args.port, "--port"),
+                        log_level=args.log_level, max_body_bytes=max_body, queue_limit=args.queue_limit,
+                        queue_timeout=queue_timeout, work_dir=Path(args.work_dir) if args.work_dir else None)
+
+
+def remote(args: argparse.Namespace) -> RemoteOptions:
+    return RemoteOptions(gateway=gateway_url(args.gateway), output=args.output)
+
+
+def invoke(args: argparse.Namespace) -> InvokeOptions:
+    if not args.timeout > 0:
+        raise _usage(f"--timeout must be positive (got {args.timeout:g})")
+    return InvokeOptions(remote=remote(args), name=args.name, data=args.data, method=args.method, path=args.path,
+                         headers=tuple(args.header), timeout=args.timeout)
+
+
+def logs(args: argparse.Namespace) -> LogsOptions:
+    if args.tail < 0:
+        raise _usage(f"--tail must be 0 or more (got {args.tail})")
+    return LogsOptions(remote=remote(args), name=args.name, follow=args.follow, tail=args.tail)
+
+
+def gateway(args: argparse.Namespace) -> GatewayOptions:
+    if args.shutdown_delay < 0:
+        raise _usage(f"--shutdown-delay must be 0 or more (got {args.shutdown_delay:g})")
+    return GatewayOptions(host=args.host, port=_port(args.port, "--port"), namespaces=tuple(args.namespace),
+                          default_namespace=args.default_namespace, shutdown_delay=args.shutdown_delay,
+                          log_level=args.log_level)
+
+
+def operator(args: argparse.Namespace) -> OperatorOptions:
+    if not args.autoscale_interval > 0:
+        raise _usage(f"--autoscale-interval must be positive (got {args.autoscale_interval:g})")
+    for flag, port in (("--metrics-port", args.metrics_port), ("--health-port", args.health_port)):
+        if port is not None:
+            _port(port, flag, allow_zero=False)
+    return OperatorOptions(namespaces=tuple(args.namespace), prometheus_url=args.prometheus_url,
+                           standalone=args.standalone, runtime_images=tuple(args.runtime_image),
+                           gateway_selector=args.gateway_selector, autoscale_interval=args.autoscale_interval,
+                           metrics_port=args.metrics_port, health_port=args.health_port)

@@ -1,0 +1,196 @@
+"""`kfn invoke`, `kfn list` and `kfn logs`: commands that talk to a running gateway."""
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import time
+import urllib.parse
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from kfn.cli.client import GatewayClient
+from kfn.cli.options import InvokeOptions, LogsOptions, RemoteOptions
+from kfn.core import naming
+from kfn.core.errors import CommandError
+
+# -- kfn invoke --------------------------------------------------------------------------------
+
+def invoke(options: InvokeOptions) -> int:
+    """Prints the function's response body; a non-2xx answer also goes to stderr with exit 1."""
+    client = GatewayClient(options.remote.gateway, timeout=options.timeout)
+    headers = parse_headers(options.headers)
+    body: bytes | None = None
+    if options.data is not None:
+        body = read_data(options.data)
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json" if _is_json(body) else "application/octet-stream"
+    method = (options.method or ("POST" if body is not None else "GET")).upper()
+    path = options.path or ""
+    if path and not path.startswith("/"):
+        path = "/" + path
+    url_path = naming.function_url_path(urllib.parse.quote(options.name, safe=".")) + path
+    response = client.request(method, url_path, body=body, headers=headers, timeout=options.timeout)
+    content = response.read()
+    if response.status == 404 and not client.function_exists(options.name):
+        raise CommandError(f"no function named {options.name!r} (see `kfn list`)")
+    _write_body(content)
+    if not 200 <= response.status < 300:
+        print(f"kfn invoke: {options.name} answered HTTP {response.status} {response.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_headers(lines: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise CommandError(f"a header must look like 'Name: value' (got {line!r})", exit_code=2)
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def read_data(data: str) -> bytes:
+    """The request body: the text itself, or a file's bytes for @FILE (@- is stdin)."""
+    if not data.startswith("@"):
+        return data.encode()
+    path = data[1:]
+    if path == "-":
+        return sys.stdin.buffer.read()
+    if not path:
+        raise CommandError("--data @FILE needs a file name after '@'", exit_code=2)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CommandError(f"cannot read the --data file {path!r}: {e.strerror or e}", exit_code=2) from None
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _write_body(content: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(content)
+    if content and not content.endswith(b"\n") and sys.stdout.isatty():
+        out.write(b"\n")
+    out.flush()
+
+
+# -- kfn list ---------------------------------------------------------------------------------------
+
+def list_functions(options: RemoteOptions) -> int:
+    client = GatewayClient(options.gateway)
+    output = options.output
+    status, functions = client.get_json(naming.SYSTEM_FUNCTIONS_PATH)
+    if status != 200 or not isinstance(functions, list):
+        raise CommandError(f"the gateway at {client.url} answered {naming.SYSTEM_FUNCTIONS_PATH} with HTTP {status}")
+    problems = _local_errors(client)
+    function_errors = {
+        (str(e.get("namespace", naming.DEFAULT_NAMESPACE)), str(e.get("function"))): str(e.get("error", ""))
+        for e in problems.get("functions", [])}
+    for fn in functions:
+        key = (str(fn.get("namespace", naming.DEFAULT_NAMESPACE)), str(fn.get("name")))
+        if key in function_errors and not fn.get("error"):
+            fn["error"] = function_errors[key]
+    if output == "json":
+        print(json.dumps(functions, indent=2))
+        return 0
+    rows = [("NAMESPACE", "NAME", "RUNTIME", "READY/DESIRED", "INVOCATIONS", "LAST USED", "ERROR")]
+    now = time.time()
+    for fn in sorted(functions, key=lambda f: (str(f.get("namespace", "")), str(f.get("name", "")))):
+        rows.append((
+            str(fn.get("namespace", "")),
+            str(fn.get("name", "")),
+            str(fn.get("runtime", "")),
+            f"{fn.get('availableReplicas', 0)}/{fn.get('replicas', 0)}",
+            str(fn.get("invocationCount", 0)),
+            _ago(fn.get("lastUsed"), now),
+            _first_line(fn.get("error")),
+        ))
+    table: list[tuple[str, ...]] = list(rows)
+    if not any(row[6] for row in rows[1:]):
+        table = [row[:6] for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    if len(table) == 1:
+        print("(no functions)", file=sys.stderr)
+    for problem in problems.get("manifests", []):
+        print(f"error: {problem.get('error')}", file=sys.stderr)
+    return 0
+
+
+def _local_errors(client: GatewayClient) -> dict[str, list[dict[str, Any]]]:
+    """Manifest and instance problems, which only `kfn local` reports (/system/errors)."""
+    status, body = client.get_json(naming.SYSTEM_ERRORS_PATH)
+    if status != 200 or not isinstance(body, dict):
+        return {}
+    return body
+
+
+def _ago(value: object, now: float) -> str:
+    """'12s ago' from an epoch number or an ISO 8601 time; '-' for never."""
+    if value in (None, "", 0):
+        return "-"
+    if isinstance(value, (int, float)):
+        then = float(value)
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return str(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        then = parsed.timestamp()
+    seconds = max(0, int(now - then))
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _first_line(value: object) -> str:
+    if not value:
+        return ""
+    line = str(value).splitlines()[0]
+    return line if len(line) <= 80 else line[:77] + "..."
+
+
+# -- kfn logs ---------------------------------------------------------------------------------------
+
+def logs(options: LogsOptions) -> int:
+    """Prints a function's recent instance output; with follow, keeps printing until interrupted."""
+    client = GatewayClient(options.remote.gateway)
+    name, follow, tail = options.name, options.follow, options.tail
+    query = urllib.parse.urlencode({"tail": tail, **({"follow": "1"} if follow else {})})
+    path = f"{naming.SYSTEM_LOGS_PATH}/{urllib.parse.quote(name, safe='.')}?{query}"
+    # Following has no end: no read timeout then (the connection closes when kfn local stops).
+    response = client.request("GET", path, timeout=None if follow else client.timeout)
+    if response.status == 404:
+        raise CommandError(f"no function named {name!r} (see `kfn list`)")
+    if response.status != 200:
+        detail = response.read().decode(errors="replace").strip()
+        raise CommandError(f"the gateway answered HTTP {response.status}: {detail}")
+    out = sys.stdout.buffer
+    try:
+        while chunk := response.body.read1(65536) if hasattr(response.body, "read1") else response.body.read(65536):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        return 0
+    except (ConnectionError, http.client.HTTPException, OSError) as e:
+        if follow:
+            raise CommandError(f"lost the connection to the kfn gateway at {client.url}: {e}") from None
+        raise
+    return 0

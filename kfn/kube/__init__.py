@@ -1,0 +1,16 @@
+"""kfn's one way to the Kubernetes API, on the official `kubernetes` client's asyncio API.
+
+- `connection`: credentials, loaded once per process (and handed to kopf from there);
+- `informer`: list + watch of one kind of object, typed, with relists and backoff;
+- `pods`: what a function pod says about serving;
+- `backend`: `KubernetesBackend`, the instance backend of the gateway and the autoscaler;
+- `resources`: writes as JSON patches.
+"""
+from __future__ import annotations
+
+from kfn.kube.backend import KubernetesBackend
+from kfn.kube.connection import configuration_problem, connect, connection_info, load_configuration
+from kfn.kube.informer import Backoff, Informer, describe
+
+__all__ = ["Backoff", "Informer", "KubernetesBackend", "configuration_problem", "connect", "connection_info",
+           "describe", "load_configuration"]

@@ -1,0 +1,93 @@
+"""What a function pod says about serving: its address, readiness, and why it cannot start.
+
+Pure functions over the official client's `V1Pod` model: read once, as typed objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kfn.core import naming
+from kfn.core.functions import FunctionRef
+
+# Container states that will not heal by waiting a second: worth telling a waiting caller.
+_FAILING_WAITING_REASONS = frozenset({
+    "CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+})
+_MESSAGE_LIMIT = 600
+
+
+@dataclass(frozen=True)
+class PodView:
+    namespace: str
+    name: str
+    function: FunctionRef | None     # from the kfn.dev/function label
+    ip: str | None
+    port: int
+    ready: bool                      # the kubelet's Ready condition
+    terminating: bool                # being deleted, or its containers have ended for good
+    problem: str | None              # why it cannot start or serve, when that will not pass by itself
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+def view(pod: Any) -> PodView:
+    """The serving view of a `V1Pod`."""
+    meta = pod.metadata
+    status = pod.status
+    namespace = meta.namespace or naming.DEFAULT_NAMESPACE
+    function_name = (meta.labels or {}).get(naming.LABEL_FUNCTION)
+    phase = status.phase if status is not None else None
+    conditions = (status.conditions or ()) if status is not None else ()
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return PodView(
+        namespace=namespace,
+        name=meta.name or "",
+        function=FunctionRef(namespace, function_name) if function_name else None,
+        ip=(status.pod_ip or None) if status is not None else None,
+        port=_port(pod),
+        ready=ready,
+        terminating=meta.deletion_timestamp is not None or phase in ("Succeeded", "Failed"),
+        problem=_problem(pod),
+    )
+
+
+def _port(pod: Any) -> int:
+    for container in (pod.spec.containers if pod.spec is not None else ()) or ():
+        for port in container.ports or ():
+            if port.name == "http" or len(container.ports) == 1:
+                return int(port.container_port)
+    return naming.RUNTIME_PORT
+
+
+def _problem(pod: Any) -> str | None:
+    status = pod.status
+    if status is None:
+        return None
+    if status.phase == "Failed":
+        return _clip(f"pod {pod.metadata.name} failed: {status.reason or ''} {status.message or ''}".strip())
+    for condition in status.conditions or ():
+        if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
+            return _clip(f"pod {pod.metadata.name} cannot be scheduled: {condition.message or condition.reason}")
+    for kind, statuses in (("init container", status.init_container_statuses),
+                           ("container", status.container_statuses)):
+        for container in statuses or ():
+            waiting = container.state.waiting if container.state is not None else None
+            if waiting is None or waiting.reason not in _FAILING_WAITING_REASONS:
+                continue
+            detail = waiting.message or ""
+            last = container.last_state.terminated if container.last_state is not None else None
+            if last is not None:
+                # With terminationMessagePolicy FallbackToLogsOnError, the message is the end of
+                # the container's output: the traceback of a handler that failed to import.
+                detail = f"exited with code {last.exit_code}" + (f": {last.message.strip()}" if last.message else "")
+            return _clip(f"pod {pod.metadata.name}: {kind} {container.name} {waiting.reason}"
+                         + (f" ({detail})" if detail else ""))
+    return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else "…" + text[-_MESSAGE_LIMIT:]

@@ -1,0 +1,172 @@
+"""`kfn local`: the whole data path on one machine.
+
+One process serves every Function manifest in a directory: the gateway (the same code as on
+Kubernetes), the autoscaler (the same loop, fed by the gateway's own metrics), a
+`ProcessBackend` that runs instances as local runtime processes, and a `ManifestDirectory` that
+keeps them in step with the files.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from kfn.core import naming
+from kfn.core.errors import CommandError
+from kfn.core.functions import FunctionRef
+from kfn.local.directory import ManifestDirectory
+from kfn.processes import ProcessBackend
+from kfn_autoscaler import Autoscaler
+from kfn_gateway import Gateway, GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    directory: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    work_dir: Path | None = None    # None: a temporary directory, removed on exit
+
+
+# -- local routes ------------------------------------------------------------------------------
+
+class LocalRoutes:
+    """What only local mode can answer: manifest errors and instance addresses."""
+
+    def __init__(self, backend: ProcessBackend, manifests: ManifestDirectory, gateway: Gateway) -> None:
+        self._backend = backend
+        self._manifests = manifests
+        self._gateway = gateway
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get(naming.SYSTEM_ERRORS_PATH, self.errors)
+        app.router.add_get(naming.SYSTEM_INSTANCES_PATH + "/{name}", self.instances)
+
+    async def errors(self, request: web.Request) -> web.Response:
+        """Manifest problems per file and instance problems per function."""
+        functions = []
+        for fn in self._backend.functions():
+            error = self._backend.problem(fn.ref)
+            if error:
+                functions.append({"function": fn.name, "namespace": fn.namespace,
+                                  "file": str(self._manifests.file_of(fn.ref) or ""), "error": error})
+        return web.json_response({"manifests": self._manifests.errors(), "functions": functions})
+
+    async def instances(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        ref = self._gateway.ref(name)
+        status = self._backend.status(ref) if ref is not None else None
+        if ref is None or status is None:
+            return web.json_response({"error": f"no function named {name!r}", "function": name}, status=404)
+        status["file"] = str(self._manifests.file_of(ref) or "")
+        status["manifestError"] = self._manifests.file_error(ref)
+        return web.json_response(status)
+
+
+def _echo(ref: FunctionRef, lines: list[str]) -> None:
+    """Instance output on kfn local's stderr, as a developer running it in a terminal expects."""
+    # One write per batch: a line-buffered stream would make a system call per line.
+    sys.stderr.write("".join(line + "\n" for line in lines))
+
+
+# -- the process -------------------------------------------------------------------------------
+
+class LocalMode:
+    """Backend, gateway, autoscaler and manifest watcher in one process, started and stopped together."""
+
+    def __init__(self, settings: LocalSettings, *,
+                 echo: Callable[[FunctionRef, list[str]], None] | None = _echo) -> None:
+        self.settings = settings
+        self.directory = settings.directory
+        self.host = settings.host
+        self.port = settings.port
+        self.work_dir = settings.work_dir
+        self._echo = echo
+
+    async def run(self) -> int:
+        """Serves until SIGINT or SIGTERM; returns the exit code after a clean shutdown.
+
+        Every manifest is read before the gateway listens, so no request for a function that
+        exists gets a 404 while starting. Startup failures (the port in use, ...) stop whatever
+        started and raise CommandError.
+        """
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        backend = ProcessBackend(work_dir=self.work_dir, deps_cache=_deps_cache(),
+                                 log_files=self.work_dir is not None, on_output=self._echo)
+        await backend.start()
+        manifests = ManifestDirectory(self.directory, backend)
+        gateway = Gateway(backend, settings=self.settings.gateway)
+        runner: web.AppRunner | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await manifests.poll()
+            app = gateway.make_app()   # starts the gateway with the app, and closes it on cleanup
+            LocalRoutes(backend, manifests, gateway).add_to(app)
+            # As kfn_gateway.server.serve does, plus a drain as long as the slowest function may take.
+            runner = web.AppRunner(app, handler_cancellation=True, access_log=None, handle_signals=False,
+                                   shutdown_timeout=_drain_timeout(backend))
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise CommandError(f"cannot listen on {self.host}:{self.port}: the address is already in use "
+                                       "(is another kfn local running? pick one with --port)") from None
+                raise CommandError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+            autoscaler = Autoscaler(backend, gateway.metrics_source, interval=1.0, registry=gateway.registry)
+            tasks = [loop.create_task(autoscaler.run(), name="kfn-autoscaler"),
+                     loop.create_task(manifests.run(), name="kfn-manifests")]
+            names = sorted(f.name for f in backend.functions())
+            count = f"{len(names)} function{'s' if len(names) != 1 else ''}"
+            listing = f" ({', '.join(names)})" if names else f" (no Function manifests in {self.directory} yet)"
+            print(f"kfn local: serving {count} at http://{_url_host(self.host)}:{self.port}{listing}", flush=True)
+            problems = manifests.errors()
+            if problems:
+                print(f"kfn local: {len(problems)} manifest file(s) with errors (see above, or GET /system/errors)",
+                      file=sys.stderr, flush=True)
+            await stop.wait()
+            print("kfn local: shutting down (draining requests and instances)", file=sys.stderr, flush=True)
+            backend.quiesce()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if runner is not None:
+                await runner.cleanup()       # stop accepting, wait for in-flight requests, close the gateway
+            await backend.close()            # SIGTERM every instance, SIGKILL stragglers, reap all
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return 0
+
+
+def _drain_timeout(backend: ProcessBackend) -> float:
+    """Long enough for the slowest function's in-flight requests to finish on shutdown."""
+    return max((f.spec.timeout for f in backend.functions()), default=30.0) + 5.0
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _deps_cache() -> Path:
+    """Where requirements are installed, kept across runs so a restart does not re-run pip."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kfn" / "deps"
+

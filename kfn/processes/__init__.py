@@ -1,0 +1,14 @@
+"""Function instances as local processes (the instance backend of `kfn local`).
+
+- `plan`: what to start and stop, a pure function of observed and wanted instances;
+- `supervisor`: one instance process, from spawn to reap;
+- `code`: code directories and pip installs;
+- `logs`: a function's recent output, bounded;
+- `backend`: `ProcessBackend`, which puts them together behind `kfn.core.instances.InstanceBackend`.
+"""
+from __future__ import annotations
+
+from kfn.processes.backend import ProcessBackend
+from kfn.processes.logs import LogBuffer
+
+__all__ = ["LogBuffer", "ProcessBackend"]

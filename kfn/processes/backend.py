@@ -1,0 +1,428 @@
+"""Function instances as local processes: the instance backend of `kfn local`.
+
+`ProcessBackend` implements `kfn.core.instances.InstanceBackend`. Local mode feeds it functions
+(`set_function`, `remove_function`); the gateway and the autoscaler use it through the protocol.
+Each function has one reconcile task that asks `kfn.processes.plan` what to start and stop and
+does it; each instance is an `InstanceProcess` (`kfn.processes.supervisor`) owned by a task of its
+own from spawn to reap.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kfn_runtime
+from kfn.core.functions import Function, FunctionRef
+from kfn.core.instances import Instance, Listener
+from kfn.processes import plan
+from kfn.processes.code import CodeStore, Unsupported, mkdirs, unsupported
+from kfn.processes.logs import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, LogBuffer
+from kfn.processes.supervisor import (
+    CRASHED,
+    LOCAL_HOST,
+    START_FAILED,
+    UNSUPPORTED,
+    InstanceProcess,
+    Outcome,
+    Settings,
+)
+from kfn_runtime import contract
+
+logger = logging.getLogger(__name__)
+
+# The directory holding the kfn_runtime package: the one entry instances get on sys.path.
+RUNTIME_PATH = str(Path(kfn_runtime.__file__).resolve().parent.parent)
+# What local instances inherit from kfn local's environment: enough to run and find files, no
+# credentials or settings meant for something else.
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+OutputHook = Callable[[FunctionRef, list[str]], None]
+
+
+@dataclass(eq=False)
+class _Function:
+    function: Function
+    logs: LogBuffer
+    desired: int
+    version: str = ""     # the spec hash: instances of another version are rolled
+    processes: dict[str, InstanceProcess] = field(default_factory=dict)
+    counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    removed: bool = False
+    ready_cache: list[Instance] = field(default_factory=list)
+    # A configuration local mode cannot run, or a failed pip install: no start until it changes.
+    blocked: str | None = None
+    last_failure: str | None = None
+    backoff: plan.Backoff = field(default_factory=plan.Backoff)
+
+    def define(self, function: Function) -> None:
+        self.function = function
+        self.version = function.spec_hash()
+        self.blocked = unsupported(function)
+        self.last_failure = None
+        self.backoff = plan.Backoff()
+
+
+class ProcessBackend:
+    """Runs each function's instances as runtime processes on 127.0.0.1."""
+
+    def __init__(self, *, work_dir: Path | None = None, deps_cache: Path | None = None,
+                 python: str = sys.executable, start_timeout: float = 30.0, stop_grace: float = 5.0,
+                 deregistration_delay: float = 0.5, max_backoff: float = 10.0, pip_timeout: float = 600.0,
+                 log_lines: int = DEFAULT_LOG_LINES, log_bytes: int = DEFAULT_LOG_BYTES, log_files: bool = False,
+                 on_output: OutputHook | None = None) -> None:
+        self._given_work_dir = work_dir
+        self._work_dir: Path | None = None
+        self._deps_cache = deps_cache
+        self._settings = Settings(python=python, start_timeout=start_timeout, stop_grace=stop_grace,
+                                  deregistration_delay=deregistration_delay)
+        self._max_backoff = max_backoff
+        self._pip_timeout = pip_timeout
+        self._log_lines = log_lines
+        self._log_bytes = log_bytes
+        self._log_files = log_files
+        self._on_output = on_output
+        self._functions: dict[FunctionRef, _Function] = {}
+        self._listeners: list[Listener] = []
+        self._code: CodeStore | None = None
+        self._closing = False
+        self._quiescing = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def work_dir(self) -> Path:
+        if self._work_dir is None:
+            raise RuntimeError("ProcessBackend.start() has not been called")
+        return self._work_dir
+
+    async def start(self) -> None:
+        """Prepares the work directory and returns; instances start as functions are set and scaled."""
+        if self._given_work_dir is not None:
+            self._given_work_dir.mkdir(parents=True, exist_ok=True)
+            self._work_dir = self._given_work_dir.resolve()
+        else:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="kfn-local-"))
+        self._code = CodeStore(self._work_dir, self._deps_cache or self._work_dir / "deps",
+                               python=self._settings.python, pip_timeout=self._pip_timeout)
+
+    def quiesce(self) -> None:
+        """Start no instance from now on (shutdown has begun); running ones serve until `close`.
+
+        On Ctrl-C in a terminal the instances get SIGINT too and drain on their own: replacing
+        them would only start processes that `close` then stops.
+        """
+        self._quiescing = True
+
+    async def close(self) -> None:
+        """Stop every instance (SIGTERM, then SIGKILL after the grace period) and reap them all.
+
+        Runs at most the longest function timeout plus the grace period.
+        """
+        self._closing = True
+        tasks: list[asyncio.Task[None]] = []
+        for state in self._functions.values():
+            state.removed = True
+            for process in list(state.processes.values()):
+                process.stop(closing=True)
+            state.wake.set()
+            if state.task is not None:
+                tasks.append(state.task)
+        if self._code is not None:
+            await self._code.close()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for state in self._functions.values():
+            state.logs.close()
+        self._functions.clear()
+        if self._given_work_dir is None and self._work_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
+
+    # -- what local mode feeds in ----------------------------------------------------------------
+
+    def set_function(self, function: Function) -> None:
+        """Serve `function`, or roll its instances to this definition if its spec changed."""
+        ref = function.ref
+        state = self._functions.get(ref)
+        if state is not None and not state.removed:
+            if state.version == function.spec_hash():
+                state.function = function
+                return
+            previous = state.function
+            state.define(function)
+            scale = function.spec.scale
+            state.desired = min(max(state.desired, scale.minReplicas), scale.maxReplicas)
+            what = (f"code {previous.code_hash()} → {function.code_hash()}"
+                    if previous.code_hash() != function.code_hash() else "settings")
+            state.logs.append(f"[kfn] {function.name} changed ({what}): rolling instances")
+            self._changed(state)
+            return
+        if state is not None:
+            # Re-added while its old instances still drain: those drain on; new ones start fresh.
+            state.removed = False
+        else:
+            state = _Function(function=function, logs=self._new_log_buffer(ref), desired=0)
+            self._functions[ref] = state
+        state.define(function)
+        state.desired = function.spec.scale.minReplicas
+        if state.blocked:
+            state.logs.append(f"[kfn] {function.name}: {state.blocked}")
+        if state.task is None or state.task.done():
+            state.task = asyncio.get_running_loop().create_task(self._reconcile_loop(state),
+                                                                name=f"kfn-local-{ref}")
+        self._changed(state)
+
+    def remove_function(self, ref: FunctionRef) -> None:
+        """Stop serving a function: its instances leave rotation at once and drain in the background."""
+        state = self._functions.get(ref)
+        if state is None or state.removed:
+            return
+        state.removed = True
+        state.desired = 0
+        state.logs.append(f"[kfn] {ref.name} removed: draining instances")
+        self._changed(state)
+
+    # -- InstanceBackend -----------------------------------------------------------------------
+
+    def _live(self, ref: FunctionRef) -> _Function | None:
+        state = self._functions.get(ref)
+        return None if state is None or state.removed else state
+
+    def function(self, ref: FunctionRef) -> Function | None:
+        state = self._live(ref)
+        return None if state is None else state.function
+
+    def functions(self) -> list[Function]:
+        return [s.function for s in self._functions.values() if not s.removed]
+
+    def ready(self, ref: FunctionRef) -> list[Instance]:
+        state = self._functions.get(ref)
+        return [] if state is None else list(state.ready_cache)
+
+    def desired(self, ref: FunctionRef) -> int:
+        state = self._live(ref)
+        return 0 if state is None else state.desired
+
+    def problem(self, ref: FunctionRef) -> str | None:
+        """Why the function cannot serve, or why its last instance failed to start; None if fine."""
+        state = self._live(ref)
+        if state is None:
+            return None
+        if state.blocked:
+            return state.blocked
+        return None if state.ready_cache else state.last_failure
+
+    async def scale(self, ref: FunctionRef, replicas: int, *, reason: str = "") -> None:
+        state = self._live(ref)
+        if state is None or self._closing:
+            return
+        replicas = max(0, replicas)
+        if replicas == state.desired:
+            return
+        logger.debug("scaling %s from %d to %d%s", ref, state.desired, replicas, f": {reason}" if reason else "")
+        state.desired = replicas
+        state.wake.set()
+
+    def report_failure(self, instance: Instance, *, error: str) -> None:
+        state = self._functions.get(instance.function)
+        process = state.processes.get(instance.id) if state is not None else None
+        if state is None or process is None or process.state is not plan.State.READY:
+            return
+        logger.warning("the gateway could not use instance %s (%s): replacing it", instance.id, error)
+        state.logs.append(f"[kfn] the gateway could not use instance {instance.id} ({error}): replacing it")
+        self._stop(state, process)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    @contextlib.asynccontextmanager
+    async def logs(self, ref: FunctionRef, *, tail: int, follow: bool) -> AsyncIterator[AsyncIterator[str]]:
+        state = self._functions.get(ref)
+        buffer = state.logs if state is not None else LogBuffer(max_lines=0)
+        async with buffer.read(tail=tail, follow=follow) as lines:
+            yield lines
+
+    # -- what local mode shows ------------------------------------------------------------------
+
+    def status(self, ref: FunctionRef) -> dict[str, object] | None:
+        """A JSON-ready view of a function's instances (for /system/instances and the bench)."""
+        state = self._live(ref)
+        if state is None:
+            return None
+        return {
+            "name": ref.name,
+            "namespace": ref.namespace,
+            "version": state.function.code_hash(),
+            "desired": state.desired,
+            "error": self.problem(ref),
+            "instances": [{
+                "id": p.id,
+                "state": p.state.value,
+                "pid": p.pid,
+                "url": p.instance.url if p.instance is not None else None,
+                "version": p.function.code_hash(),
+                "current": p.version == state.version,
+            } for p in state.processes.values()],
+        }
+
+    # -- reconciliation --------------------------------------------------------------------------
+
+    async def _reconcile_loop(self, state: _Function) -> None:
+        """Starts and stops a function's instances until it is removed and all have exited.
+
+        Runs for the function's lifetime; wakes on every change and when a retry is due.
+        """
+        while True:
+            state.wake.clear()
+            wake_at = self._reconcile(state)
+            if state.removed and not state.processes:
+                return
+            timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await state.wake.wait()
+
+    def _reconcile(self, state: _Function) -> float | None:
+        """One step of the plan; returns when to look again (None: on the next change)."""
+        gone = state.removed or self._closing
+        wanted = plan.Wanted(replicas=0 if gone else state.desired, version=state.version,
+                             can_start=not (gone or state.blocked or self._quiescing))
+        step = plan.plan((p.observed() for p in state.processes.values()), wanted, state.backoff,
+                         now=time.monotonic())
+        for process_id in step.stop:
+            self._stop(state, state.processes[process_id])
+        for _ in range(step.start):
+            self._launch(state)
+        return step.wake_at
+
+    def _launch(self, state: _Function) -> None:
+        function = state.function
+        process = InstanceProcess(
+            f"{function.name}-{next(state.counter)}", function, state.version, settings=self._settings,
+            prepare=lambda: self._prepare(state, function),
+            on_output=lambda lines: self._output(state, lines))
+        process.on_ready = lambda p: self._ready(state, p)
+        state.processes[process.id] = process
+        asyncio.get_running_loop().create_task(self._run(state, process), name=f"kfn-instance-{process.id}")
+
+    def _stop(self, state: _Function, process: InstanceProcess) -> None:
+        """Take `process` out of rotation now; it drains and exits in the background."""
+        if process.stop(closing=self._closing):
+            self._changed(state)
+        state.wake.set()
+
+    def _ready(self, state: _Function, process: InstanceProcess) -> None:
+        assert process.instance is not None
+        if state.version == process.version:
+            state.backoff = plan.Backoff()
+            state.last_failure = None
+        elapsed = time.monotonic() - process.started
+        state.logs.append(f"[kfn] instance {process.id} ready on {process.instance.url} "
+                          f"(pid {process.pid}, {elapsed * 1000:.0f} ms)")
+        logger.info("instance %s ready on %s in %.0f ms", process.id, process.instance.url, elapsed * 1000)
+        self._changed(state)
+
+    async def _run(self, state: _Function, process: InstanceProcess) -> None:
+        """Runs one instance to its end and records why it ended; never raises."""
+        try:
+            outcome = await process.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # never let one instance take the backend down
+            logger.exception("instance %s: unexpected error", process.id)
+            outcome = Outcome(START_FAILED, f"instance {process.id}: {type(e).__name__}: {e}")
+        finally:
+            state.processes.pop(process.id, None)
+            self._changed(state)
+        self._record(state, process, outcome)
+        state.wake.set()
+
+    def _record(self, state: _Function, process: InstanceProcess, outcome: Outcome) -> None:
+        current = state.version == process.version
+        name = state.function.name
+        if outcome.kind == UNSUPPORTED:
+            if current:
+                state.blocked = outcome.message
+            state.logs.append(f"[kfn] {name}: {outcome.message}")
+            logger.error("function %s cannot run locally: %s", name, outcome.message)
+        elif outcome.kind == START_FAILED:
+            if not current:
+                return
+            state.backoff = plan.after_failure(state.backoff, now=time.monotonic(), maximum=self._max_backoff)
+            delay = plan.retry_delay(state.backoff, now=time.monotonic())
+            state.last_failure = outcome.message
+            state.logs.append(f"[kfn] {outcome.message}\n(retrying in {delay:.3g}s while instances are wanted)")
+            logger.error("%s (retrying in %.3gs)", outcome.message, delay)
+        elif outcome.kind == CRASHED or outcome.message:
+            state.logs.append(f"[kfn] {outcome.message}")
+            logger.warning("%s", outcome.message)
+
+    # -- code, dependencies, environment ----------------------------------------------------------
+
+    async def _prepare(self, state: _Function, function: Function) -> tuple[dict[str, str], Path]:
+        problem = unsupported(function)
+        if problem:
+            raise Unsupported(problem)
+        assert self._code is not None
+        code_dir = self._code.code_dir(function)
+        spec = function.spec
+        # Instances see the standard library, the runtime and the function's requirements: what
+        # its image holds on Kubernetes, so a handler that imports a package it does not list
+        # fails here too. `python -S` (see the supervisor) also makes cold starts faster.
+        env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
+        env["PYTHONPATH"] = RUNTIME_PATH
+        for var in spec.env:
+            env[var.name] = var.value or ""
+        if spec.requirements:
+            env[contract.ENV_DEPS_DIR] = str(await self._code.dependencies(function, log=state.logs.append))
+        env.update({
+            contract.ENV_HANDLER: spec.handler,
+            contract.ENV_CODE_DIR: str(code_dir),
+            contract.ENV_FUNCTION_NAME: function.name,
+            contract.ENV_FUNCTION_VERSION: function.code_hash(),
+            contract.ENV_NAMESPACE: function.namespace,
+            contract.ENV_TIMEOUT: repr(float(spec.timeout)),
+            contract.ENV_CONCURRENCY: str(spec.concurrency),
+            contract.ENV_MEMORY_MB: str(spec.resources.memory_limit_mb),
+            contract.ENV_HOST: LOCAL_HOST,
+            contract.ENV_PORT: "0",
+            contract.ENV_DRAIN_TIMEOUT: repr(float(spec.timeout) + 1.0),
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env, code_dir
+
+    # -- notifications -----------------------------------------------------------------------------
+
+    def _new_log_buffer(self, ref: FunctionRef) -> LogBuffer:
+        path = None
+        if self._log_files:
+            path = mkdirs(self.work_dir / "logs") / f"{ref}.log"
+        return LogBuffer(max_lines=self._log_lines, max_bytes=self._log_bytes, path=path)
+
+    def _output(self, state: _Function, lines: list[str]) -> None:
+        for line in lines:
+            state.logs.append(line)
+        if self._on_output is not None:
+            self._on_output(state.function.ref, lines)
+
+    def _changed(self, state: _Function) -> None:
+        state.ready_cache = [p.instance for p in state.processes.values()
+                             if p.state is plan.State.READY and p.instance is not None]
+        state.wake.set()
+        ref = state.function.ref
+        for listener in list(self._listeners):
+            try:
+                listener(ref)
+            except Exception:
+                logger.exception("instance listener failed for %s", ref)
