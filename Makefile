@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-kfn
 PORT   ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-e2e test-k8s crd bench lint-chart images clean
+.PHONY: help install run test test-fast test-e2e test-k8s lint crd bench lint-chart images clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -24,18 +24,24 @@ install: $(STAMP)  ## create .venv and install kfn with its test dependencies
 run: $(STAMP)  ## serve examples/ locally: http://127.0.0.1:$(PORT)/function/hello
 	$(BIN)/kfn local examples/ --port $(PORT)
 
-test: $(STAMP) .cache/bin/helm  ## the whole suite: unit, end-to-end, Kubernetes (kmock), chart, then images (buildah)
+test: $(STAMP) .cache/bin/helm  ## the whole suite: lint, unit, end-to-end, Kubernetes (kmock), chart, then images (buildah)
+	$(MAKE) lint
 	$(BIN)/pytest
 	$(MAKE) images
 
-test-fast: $(STAMP)  ## only the fast unit tests
-	$(BIN)/pytest -m 'not e2e and not k8s and not images'
+test-fast: $(STAMP)  ## only the fast unit tests (tests/unit), seconds
+	$(BIN)/pytest tests/unit
 
 test-e2e: $(STAMP)  ## only the end-to-end tests (real processes, real HTTP)
-	$(BIN)/pytest -m e2e
+	$(BIN)/pytest tests/e2e
 
 test-k8s: $(STAMP) .cache/bin/helm  ## only the Kubernetes tests (operator against kmock, chart)
-	$(BIN)/pytest -m k8s tests/k8s tests/chart
+	$(BIN)/pytest tests/k8s tests/chart
+
+lint: $(STAMP)  ## the layers and import cycles (import-linter), types (mypy), style (ruff)
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/ruff check .
 
 .cache/bin/helm:
 	scripts/get-helm .cache/bin
@@ -44,6 +50,7 @@ crd: $(STAMP)  ## regenerate the Function CRD from the model
 	$(BIN)/kfn crd > charts/kfn/crds/functions.kfn.dev.yaml
 
 bench: $(STAMP)  ## benchmarks: runtime and gateway latency, throughput, cold starts, memory (prints tables)
+	$(BIN)/python bench/upstream_client.py
 	$(BIN)/python bench/runtime_latency.py
 	$(BIN)/python bench/gateway.py
 

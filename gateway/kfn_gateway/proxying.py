@@ -15,7 +15,15 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from kfn.core.instances import Instance
-from kfn_gateway.upstream import ConnectFailed, ConnectionBroken, Pool, ReadTimeout, UpstreamResponse
+from kfn_gateway.upstream import (
+    ConnectFailed,
+    Connection,
+    ConnectionBroken,
+    Pool,
+    ReadTimeout,
+    StaleConnection,
+    UpstreamResponse,
+)
 from kfn_runtime import contract
 
 # Bodies up to this size are read whole (request) or answered in one write (response).
@@ -37,6 +45,8 @@ _RESPONSE_DROP = _HOP_BY_HOP - {"host"}
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in _HOP_BY_HOP | {"content-length"})
 _NO_BODY_STATUSES = frozenset({204, 304})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# RFC 9110 §9.2.2: sending these twice has the effect of sending them once.
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class BodyTooLarge(Exception):
@@ -82,9 +92,13 @@ class UpstreamFailed(Exception):
     and that response is all there is to return.
     """
 
-    def __init__(self, message: str, *, response: web.StreamResponse | None = None) -> None:
+    def __init__(self, message: str, *, response: web.StreamResponse | None = None,
+                 instance_failed: bool = True) -> None:
         super().__init__(message)
         self.response = response
+        # False when the instance itself is known to be fine (it took a new connection at once):
+        # the gateway then answers 502 without taking it out of rotation.
+        self.instance_failed = instance_failed
 
 
 class UpstreamTimeout(UpstreamFailed):
@@ -213,12 +227,18 @@ class Proxy:
             raise RuntimeError("the gateway's proxy is not started")
         head, chunked = _request_head(request, instance, path, body)
         try:
-            connection = await pool.connect(instance.host, instance.port)
-        except ConnectFailed as e:
-            raise NotSent(f"could not connect to instance {instance.id}: {e}") from e
-        try:
-            upstream = await connection.send(head, None if body is None else body.payload(), chunked=chunked,
-                                             timeout=timeout)
+            try:
+                upstream = await self._send(instance, head, body, chunked=chunked, timeout=timeout)
+            except StaleConnection as e:
+                # The reused connection closed under the request, most likely while it was idle
+                # at the instance. A request that may be sent twice goes once more, on a fresh
+                # connection; any other may have run, so it fails, but the instance is reported
+                # only if it does not take a new connection either.
+                if request.method not in _IDEMPOTENT_METHODS or (body is not None and not body.resendable):
+                    alive = await pool.reachable(instance.host, instance.port)
+                    raise UpstreamFailed(f"instance {instance.id} closed the connection before answering: {e}",
+                                         instance_failed=not alive) from e
+                upstream = await self._send(instance, head, body, chunked=chunked, timeout=timeout, fresh=True)
         except ReadTimeout as e:
             raise UpstreamTimeout(f"instance {instance.id} did not answer within {timeout:g}s") from e
         except BodyTooLarge:
@@ -238,6 +258,16 @@ class Proxy:
             return await self._respond(request, upstream, instance, timeout)
         finally:
             upstream.release()
+
+    async def _send(self, instance: Instance, head: bytes, body: RequestBody | None, *, chunked: bool,
+                    timeout: float, fresh: bool = False) -> UpstreamResponse:
+        assert self._pool is not None
+        try:
+            connection: Connection = await self._pool.connect(instance.host, instance.port, fresh=fresh)
+        except ConnectFailed as e:
+            raise NotSent(f"could not connect to instance {instance.id}: {e}") from e
+        return await connection.send(head, None if body is None else body.payload(), chunked=chunked,
+                                     timeout=timeout)
 
     async def _respond(self, request: web.Request, upstream: UpstreamResponse, instance: Instance,
                        timeout: float) -> web.StreamResponse:

@@ -270,7 +270,8 @@ class Gateway:
                     raise _Aborted(e.response, 504) from None
                 return _error(504, f"function {name!r} did not answer within {timeout:g}s", name)
             except UpstreamFailed as e:
-                self._report(route, instance, str(e))
+                if e.instance_failed:
+                    self._report(route, instance, str(e))
                 if e.response is not None:
                     logger.warning("function %s: %s; cut the client off", name, e)
                     raise _Aborted(e.response, 502) from None

@@ -7,6 +7,16 @@ on features this path never uses (measured here: about 120 µs per request for a
 about 20 µs for this one), so this module keeps only what is needed: a pool of keep-alive
 connections per instance address, requests with bytes or streamed bodies, responses whose
 bodies are streamed with back-pressure, and timeouts. Parsing is left to httptools (llhttp).
+
+Limits and reuse rules:
+- an answer's status line and headers may take at most `max_head_bytes` (64 KiB by default);
+- a connection goes back to the pool only when the exchange ended cleanly and both sides keep it
+  alive; it is closed after the pool's keep-alive timeout, or sooner when the instance announced
+  a shorter one (`Keep-Alive: timeout=N`), so the gateway never writes into a connection the
+  instance is about to close;
+- a request written on a reused connection that the instance closed before sending a byte of an
+  answer fails with `StaleConnection`: the instance most likely closed it while idle and never
+  read the request. The proxy decides whether to send it again (see `kfn_gateway.proxying`).
 """
 from __future__ import annotations
 
@@ -28,8 +38,18 @@ class ConnectionBroken(Exception):
     """The connection failed after (part of) the request was written."""
 
 
+class StaleConnection(ConnectionBroken):
+    """A reused connection closed before any byte of the answer: the request was probably never read."""
+
+
 class ReadTimeout(Exception):
     """The instance sent nothing for longer than the read timeout."""
+
+
+# Default cap on the status line and headers of an answer.
+MAX_HEAD_BYTES = 64 * 1024
+# Idle connections are closed this long before an instance's announced keep-alive timeout.
+KEEPALIVE_MARGIN = 1.0
 
 
 class UpstreamResponse:
@@ -65,9 +85,15 @@ class UpstreamResponse:
 class Connection(asyncio.Protocol):
     """One keep-alive connection to an instance, carrying one request at a time."""
 
-    def __init__(self, pool: Pool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: Pool, key: tuple[str, int], *, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
         self._pool = pool
         self._key = key
+        self._max_head_bytes = max_head_bytes
+        self.reused = False             # handed out from the pool: it carried an exchange before
+        self._received = 0              # bytes of the current answer received so far
+        self._head_bytes = 0
+        self._parse_error: str | None = None
+        self.keepalive_hint: float | None = None   # the instance's Keep-Alive timeout, if it said one
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -97,6 +123,7 @@ class Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
+        self._received += len(data)
         if self._head is None or self.body_done:
             # Bytes nobody asked for: the connection cannot be trusted any more.
             self._must_close = True
@@ -106,7 +133,7 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
-            self._fail(ConnectionBroken(f"malformed response: {e}"))
+            self._fail(ConnectionBroken(self._parse_error or f"malformed response: {e}"))
             self.close()
             return
         if self._head_only and self._head.done() and not self.body_done:
@@ -132,7 +159,11 @@ class Connection(asyncio.Protocol):
             self._reusable = False
             self._end_body()
             return
-        self._fail(ConnectionBroken(f"the instance closed the connection{f': {exc}' if exc else ''}"))
+        detail = f": {exc}" if exc else ""
+        if self.reused and self._received == 0 and self._head is not None:
+            self._fail(StaleConnection(f"the instance closed a reused connection before answering{detail}"))
+        else:
+            self._fail(ConnectionBroken(f"the instance closed the connection{detail}"))
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionBroken("the instance closed the connection"))
 
@@ -148,9 +179,19 @@ class Connection(asyncio.Protocol):
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        self._count_head(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._max_head_bytes:
+            # Raised inside the parser's callback: feed_data stops and data_received fails the
+            # exchange with this reason (httptools keeps only the callback's name).
+            self._parse_error = f"the answer's headers are larger than {self._max_head_bytes} bytes"
+            raise httptools.HttpParserCallbackError(self._parse_error)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -161,6 +202,7 @@ class Connection(asyncio.Protocol):
             return
         self._status = status
         self._reusable = self._parser.should_keep_alive()
+        self.keepalive_hint = _keepalive_timeout(self._headers)
         if not self._head_only and status not in (204, 304):
             names = {name.lower() for name, _ in self._headers}
             self._until_close = "content-length" not in names and "transfer-encoding" not in names
@@ -315,6 +357,8 @@ class Connection(asyncio.Protocol):
         self.body_done = False
         self._reusable = False
         self._must_close = False
+        self._received = 0
+        self._head_bytes = 0
 
     def _end_body(self) -> None:
         self.body_done = True
@@ -346,37 +390,56 @@ class Connection(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections per instance address, most recently used first."""
 
-    def __init__(self, *, connect_timeout: float, keepalive_timeout: float) -> None:
+    def __init__(self, *, connect_timeout: float, keepalive_timeout: float,
+                 max_head_bytes: int = MAX_HEAD_BYTES) -> None:
         self._idle: dict[tuple[str, int], deque[Connection]] = {}
         self._connect_timeout = connect_timeout
         self._keepalive_timeout = keepalive_timeout
+        self._max_head_bytes = max_head_bytes
         self._closed = False
 
-    async def connect(self, host: str, port: int) -> Connection:
-        """A connection to host:port, reused if one is idle. Raises ConnectFailed."""
+    async def connect(self, host: str, port: int, *, fresh: bool = False) -> Connection:
+        """A connection to host:port, reused if one is idle (unless `fresh`). Raises ConnectFailed."""
         key = (host, port)
         idle = self._idle.get(key)
-        while idle:
+        while idle and not fresh:
             connection = idle.pop()
             connection.stop_idle()
             if not connection.closed:
+                connection.reused = True
                 return connection
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, connection = await loop.create_connection(lambda: Connection(self, key), host, port)
+                _, connection = await loop.create_connection(
+                    lambda: Connection(self, key, max_head_bytes=self._max_head_bytes), host, port)
         except TimeoutError:
             raise ConnectFailed(f"connecting to {host}:{port} timed out after {self._connect_timeout:g}s") from None
         except OSError as e:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {e.strerror or e}") from e
         return connection
 
+    async def reachable(self, host: str, port: int) -> bool:
+        """Whether host:port takes a new connection now (kept idle for the next request)."""
+        try:
+            connection = await self.connect(host, port, fresh=True)
+        except ConnectFailed:
+            return False
+        self.put((host, port), connection)
+        return True
+
     def put(self, key: tuple[str, int], connection: Connection) -> None:
         if self._closed:
             connection.close()
             return
+        timeout = self._keepalive_timeout
+        if connection.keepalive_hint is not None:
+            timeout = min(timeout, connection.keepalive_hint - KEEPALIVE_MARGIN)
+        if timeout <= 0:
+            connection.close()  # the instance closes it too soon to be worth keeping
+            return
         self._idle.setdefault(key, deque()).append(connection)
-        connection.start_idle(self._keepalive_timeout)
+        connection.start_idle(timeout)
 
     def forget(self, key: tuple[str, int], connection: Connection) -> None:
         idle = self._idle.get(key)
@@ -404,3 +467,18 @@ class Pool:
             for connection in list(idle):
                 connection.close()
         self._idle.clear()
+
+
+def _keepalive_timeout(headers: list[tuple[str, str]]) -> float | None:
+    """The `timeout=N` of a Keep-Alive header (RFC 2068 §19.7.1), in seconds, if there is one."""
+    for name, value in headers:
+        if name.lower() != "keep-alive":
+            continue
+        for part in value.split(","):
+            key, _, number = part.strip().partition("=")
+            if key.strip().lower() == "timeout":
+                try:
+                    return max(0.0, float(number.strip()))
+                except ValueError:
+                    return None
+    return None

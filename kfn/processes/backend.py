@@ -27,15 +27,7 @@ from kfn.core.instances import Instance, Listener
 from kfn.processes import plan
 from kfn.processes.code import CodeStore, Unsupported, mkdirs, unsupported
 from kfn.processes.logs import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, LogBuffer
-from kfn.processes.supervisor import (
-    CRASHED,
-    LOCAL_HOST,
-    START_FAILED,
-    UNSUPPORTED,
-    InstanceProcess,
-    Outcome,
-    Settings,
-)
+from kfn.processes.supervisor import CRASHED, LOCAL_HOST, START_FAILED, UNSUPPORTED, InstanceProcess, Outcome, Settings
 from kfn_runtime import contract
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from kfn_operator.config import OperatorConfig
 logger = logging.getLogger(__name__)
 
 
-class _LeaseLock(LeaseLock):  # type: ignore[misc]
+class _LeaseLock(LeaseLock):
     """The client's Lease lock, creating the Lease without `pretty=True`: the client's own
     argument validation rejects that boolean (kubernetes 37), so no Lease could ever be taken."""
 

@@ -208,3 +208,59 @@ async def test_idle_connections_to_an_instance_leaving_rotation_are_closed() -> 
         assert raw.closed == 0
         gw.backend.report_failure(raw.instance(), error="draining")
         await eventually(lambda: raw.closed == 1)
+
+
+def closing_on_second_request() -> tuple[Answer, list[int]]:
+    """Answers the first request of each connection; closes on the second without answering, as
+    an instance does that closes an idle connection just as the gateway writes into it."""
+    served: list[int] = []
+
+    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        task = asyncio.current_task()
+        count = sum(1 for t in served if t == id(task))
+        served.append(id(task))
+        if count >= 1:
+            return False
+        writer.write(OK)
+        await writer.drain()
+        return True
+
+    return answer, served
+
+
+async def test_a_get_on_a_reused_connection_closed_before_answering_goes_again_on_a_new_one() -> None:
+    answer, _ = closing_on_second_request()
+    async with RawInstance(answer) as raw, gateway_for(raw) as gw:
+        assert (await gw.json("GET", "/function/hello"))[:2] == (200, "ok")
+        assert (await gw.json("GET", "/function/hello"))[:2] == (200, "ok")
+        assert gw.backend.failures == []
+    assert raw.connections == 2
+
+
+async def test_a_post_on_such_a_connection_fails_without_taking_a_live_instance_out_of_rotation() -> None:
+    answer, _ = closing_on_second_request()
+    async with RawInstance(answer) as raw, gateway_for(raw) as gw:
+        assert (await gw.json("POST", "/function/hello", data=b"once"))[:2] == (200, "ok")
+        status, body, _ = await gw.json("POST", "/function/hello", data=b"maybe twice")
+        assert status == 502 and "closed the connection before answering" in body["error"]
+        assert gw.backend.failures == []
+        assert (await gw.json("POST", "/function/hello", data=b"again"))[:2] == (200, "ok")
+    assert [head.split(b" ")[0] for head in raw.requests].count(b"POST") == 3
+
+
+async def test_an_answer_whose_headers_exceed_the_limit_is_502() -> None:
+    huge = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000) for i in range(100)) + \
+        b"Content-Length: 2\r\n\r\nok"
+    async with RawInstance(answer_with(huge)) as raw, gateway_for(raw) as gw:
+        status, body, _ = await gw.json("GET", "/function/hello")
+        assert status == 502 and "larger than" in body["error"]
+
+
+async def test_an_instances_shorter_keep_alive_timeout_is_honoured() -> None:
+    announced = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1.3\r\nContent-Length: 2\r\n\r\nok"
+    async with RawInstance(answer_with(announced)) as raw, gateway_for(raw) as gw:
+        assert (await gw.json("GET", "/function/hello"))[:2] == (200, "ok")
+        # The gateway's own keep-alive timeout is 15 s; the instance said 1.3 s, so the gateway
+        # lets the connection go a margin before that.
+        await eventually(lambda: raw.closed == 1, timeout=3.0)
+        assert gw.backend.failures == []

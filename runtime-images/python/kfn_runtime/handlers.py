@@ -5,6 +5,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 # co_flags bits (see the `inspect` module, which is too slow to import on every cold start).
 _CO_COROUTINE = 0x0080
@@ -20,7 +21,7 @@ class Handler:
 
     __slots__ = ("function", "is_async", "name")
 
-    def __init__(self, function: Callable, is_async: bool, name: str) -> None:
+    def __init__(self, function: Callable[..., Any], is_async: bool, name: str) -> None:
         self.function = function
         self.is_async = is_async
         self.name = name
@@ -67,12 +68,12 @@ def load_handler(spec: str) -> Handler:
     return Handler(function=function, is_async=is_coroutine_function(function), name=spec)
 
 
-def is_coroutine_function(function: Callable) -> bool:
+def is_coroutine_function(function: Callable[..., Any]) -> bool:
     """True for `async def` functions and objects whose __call__ is one."""
     target = getattr(function, "__func__", function)
     code = getattr(target, "__code__", None)
     if code is None:
-        call = getattr(type(function), "__call__", None)
+        call = getattr(type(function), "__call__", None)  # noqa: B004 - the method itself, for its code object
         code = getattr(getattr(call, "__func__", call), "__code__", None)
     if code is None:
         return False

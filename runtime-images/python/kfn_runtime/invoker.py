@@ -96,7 +96,7 @@ class Invoker:
             self._in_flight += 1
             return True
 
-    def invoke(self, event: dict, context: Any, *, request_id: str, deadline: float) -> Outcome:
+    def invoke(self, event: dict[str, Any], context: Any, *, request_id: str, deadline: float) -> Outcome:
         """Run the handler in a slot taken by try_acquire(); blocks until it returns or `deadline`.
 
         The deadline is on the time.monotonic() clock. The slot is released when the handler has
@@ -119,7 +119,7 @@ class Invoker:
             if future.done():
                 # Either the handler raised TimeoutError itself, or it finished just now.
                 return self._settled(future)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - whatever the handler raised is its answer
             return Outcome(ERROR, error=e)
         self._mark_overdue(invocation)
         if self._handler.is_async:
@@ -130,13 +130,13 @@ class Invoker:
         return Outcome(TIMEOUT)
 
     @staticmethod
-    def _settled(future: Future) -> Outcome:
+    def _settled(future: Future[Any]) -> Outcome:
         try:
             return Outcome(OK, value=future.result(timeout=0))
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - whatever the handler raised is its answer
             return Outcome(ERROR, error=e)
 
-    def _run_sync(self, event: dict, context: Any, invocation: _Invocation) -> Any:
+    def _run_sync(self, event: dict[str, Any], context: Any, invocation: _Invocation) -> Any:
         token = current_request_id.set(invocation.request_id)
         try:
             result = self._handler.function(event, context)
@@ -163,7 +163,7 @@ class Invoker:
                 loop_thread.cancel(inner)
             raise
 
-    async def _run_async(self, event: dict, context: Any, invocation: _Invocation) -> Any:
+    async def _run_async(self, event: dict[str, Any], context: Any, invocation: _Invocation) -> Any:
         try:
             invocation.task = self._loop_thread.current_task()  # type: ignore[union-attr]
             if invocation.overdue:
@@ -220,7 +220,7 @@ class _LoopThread:
         self._asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def submit(self, coroutine: Coroutine) -> Future:
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> Future[Any]:
         return self._asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def current_task(self) -> Any:

@@ -15,7 +15,7 @@ import time
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
-    from typing import TextIO
+    from typing import Any, TextIO
 
 # The invocation a thread or task is working for; set around every handler call.
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("kfn_request_id", default="")
@@ -28,7 +28,7 @@ class _RequestIdFilter(logging.Filter):
 
 
 class _LambdaFormatter(logging.Formatter):
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def __init__(self) -> None:
         super().__init__("[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
@@ -80,7 +80,7 @@ class EventLog:
     def event(self, msg: str, *, level: str = "info", **fields: object) -> None:
         self._write({"time": _now(), "level": level, "msg": msg, "function": self._function, **fields})
 
-    def _write(self, record: dict) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, default=str) + "\n"
         with self._lock:
             try:

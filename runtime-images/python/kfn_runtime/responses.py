@@ -13,6 +13,10 @@ import json
 
 from kfn_runtime import contract
 
+TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
+if TYPE_CHECKING:
+    from typing import Any
+
 JSON = "application/json"
 
 # The runtime frames the message itself; a handler must not smuggle framing headers in.
@@ -69,7 +73,7 @@ def _dump(value: object) -> str:
         raise InvalidResponse(contract.ERROR_MARSHAL, f"Unable to marshal response: {e}") from None
 
 
-def _structured(value: dict) -> HttpResponse:
+def _structured(value: dict[str, Any]) -> HttpResponse:
     status = _status(value.get("statusCode"))
     headers: list[tuple[str, str]] = []
     given = value.get("headers") or {}
@@ -112,10 +116,12 @@ def _structured(value: dict) -> HttpResponse:
 def _status(raw: object) -> int:
     if isinstance(raw, bool):
         raw = None
-    try:
-        status = int(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        status = 0
+    status = 0
+    if isinstance(raw, (int, float, str)):
+        try:
+            status = int(raw)
+        except (TypeError, ValueError):
+            status = 0
     if isinstance(raw, float) and not raw.is_integer():
         status = 0
     # 1xx are interim responses of the HTTP connection itself, never a final answer.

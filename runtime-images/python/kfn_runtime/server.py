@@ -18,7 +18,27 @@ from kfn_runtime.responses import HttpResponse, error_response
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
-    from kfn_runtime.runtime import Runtime
+    from typing import Protocol
+
+    from kfn_runtime.config import Config
+
+    class Runtime(Protocol):
+        """What the server asks of the runtime (`kfn_runtime.runtime.Runtime`)."""
+
+        @property
+        def config(self) -> Config: ...
+        @property
+        def closing(self) -> bool: ...
+
+        def probe(self, route: str, method: str) -> HttpResponse: ...
+        def refusal(self) -> HttpResponse | None: ...
+        def begin(self) -> HttpResponse | None: ...
+        def invoke(self, *, method: str, target: str, headers: list[tuple[str, str]], body: bytes, peer: str,
+                   request_id: str, protocol: str) -> HttpResponse: ...
+        def record(self, *, request_id: str, method: str, path: str, status: int, duration: float,
+                   error_type: str | None) -> None: ...
+        def end(self) -> None: ...
+        def log_exception(self, message: str) -> None: ...
 
 RESERVED_PATHS = frozenset({contract.PATH_HEALTH, contract.PATH_READY, contract.PATH_METRICS})
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -95,7 +115,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                         response = runtime.invoke(
                             method=self.command, target=target, headers=self.headers.items(), body=body,
                             peer=self.client_address[0], request_id=request_id, protocol=self.request_version)
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - answered and logged below
                         # A bug in the runtime, not the handler: answer, keep serving, leave a trace.
                         runtime.log_exception(f"invocation {request_id} failed inside the runtime")
                         response = error_response(500, "Runtime.Error", "the runtime failed to run the invocation")
