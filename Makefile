@@ -24,10 +24,11 @@ install: $(STAMP)  ## create .venv and install kfn with its test dependencies
 run: $(STAMP)  ## serve examples/ locally: http://127.0.0.1:$(PORT)/function/hello
 	$(BIN)/kfn local examples/ --port $(PORT)
 
-test: $(STAMP) .cache/bin/helm  ## the whole suite: lint, unit, end-to-end, Kubernetes (kmock), chart, then images (buildah)
+test: $(STAMP) .cache/bin/helm  ## the whole suite: lint, unit, end-to-end, Kubernetes (kmock), chart, images (buildah), real cluster
 	$(MAKE) lint
 	$(BIN)/pytest
 	$(MAKE) images
+	$(MAKE) test-cluster
 
 test-fast: $(STAMP)  ## only the fast unit tests (tests/unit), seconds
 	$(BIN)/pytest tests/unit
@@ -49,13 +50,26 @@ lint: $(STAMP)  ## the layers and import cycles (import-linter), types (mypy), s
 crd: $(STAMP)  ## regenerate the Function CRD from the model
 	$(BIN)/kfn crd > charts/kfn/crds/functions.kfn.dev.yaml
 
-bench: $(STAMP)  ## benchmarks: runtime and gateway latency, throughput, cold starts, memory (prints tables)
+bench: $(STAMP)  ## benchmarks, a few minutes: runtime, execution environments, kfn local vs plain aiohttp (Markdown tables)
 	$(BIN)/python bench/upstream_client.py
 	$(BIN)/python bench/runtime_latency.py
+	$(BIN)/python bench/environments.py
 	$(BIN)/python bench/gateway.py
+
+# The peers comparison: kfn local as the candidate of ../shared/peers-bench (~5 min quick, ~20 min full).
+#   make bench-peers PEERS_ARGS='--reps 1 --duration 3 --warmup 1 --seq 500'
+PEERS_BENCH ?= ../shared/peers-bench
+PEERS_ARGS  ?=
+.PHONY: bench-peers
+bench-peers: $(STAMP)  ## kfn local next to other ways to serve a Lambda handler (../shared/peers-bench; PEERS_ARGS=...)
+	@if [ ! -f "$(PEERS_BENCH)/run_peers.sh" ]; then echo "bench-peers: skipped, no $(PEERS_BENCH)/run_peers.sh"; exit 0; fi; \
+	CANDIDATE_NAME=kfn CANDIDATE_MODEL='kfn local: gateway + zygote-forked environments' \
+	CANDIDATE_CMD='$(abspath $(BIN))/python $(CURDIR)/bench/peers/candidate.py {port} {here}/handlers' \
+	bash "$(PEERS_BENCH)/run_peers.sh" $(PEERS_ARGS)
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .cache .pytest_cache *.egg-info
 
 -include mk/images.mk
 -include mk/kind.mk
+-include mk/cluster.mk

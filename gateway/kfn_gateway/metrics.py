@@ -8,13 +8,14 @@ read, so it is exact rather than sampled.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from kfn.core import naming
@@ -57,37 +58,28 @@ class FunctionStats:
 
 
 class GatewayMetrics:
-    """The metric families of one gateway, registered in its own CollectorRegistry."""
+    """The metric families of one gateway that are updated as events happen (cold starts).
+
+    The per-request families (invocations by status, durations) are plain counters on each
+    `FunctionMetrics`, exported by `StateCollector` at scrape time: prometheus_client's
+    children take a lock per update, which the hot path does not need on one event loop.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.invocations = Counter(
-            naming.METRIC_INVOCATIONS, "Requests answered by the gateway, by function and HTTP status code.",
-            [FUNCTION, NAMESPACE, CODE], registry=registry)
-        self.duration = Histogram(
-            naming.METRIC_DURATION,
-            "Seconds from a request's arrival at the gateway to its answer (queueing included).",
-            [FUNCTION, NAMESPACE], buckets=DURATION_BUCKETS, registry=registry)
         self.cold_starts = Counter(
             naming.METRIC_COLD_STARTS, "Scale-ups from zero instances that the gateway asked for.",
             [FUNCTION, NAMESPACE], registry=registry)
         self.cold_start_wait = Histogram(
             naming.METRIC_COLD_START_WAIT, "Seconds the request that caused a cold start waited for an instance.",
             [FUNCTION, NAMESPACE], buckets=COLD_START_BUCKETS, registry=registry)
-        # OpenFaaS's names, so dashboards built for its gateway keep working.
-        self.openfaas_invocations = Counter(
-            naming.METRIC_OPENFAAS_INVOCATIONS, "Function invocations (OpenFaaS-compatible).",
-            [OPENFAAS_FUNCTION, CODE], registry=registry)
-        self.openfaas_seconds = Histogram(
-            naming.METRIC_OPENFAAS_SECONDS, "Function invocation seconds (OpenFaaS-compatible).",
-            [OPENFAAS_FUNCTION], buckets=DURATION_BUCKETS, registry=registry)
 
     def for_function(self, ref: FunctionRef) -> FunctionMetrics:
         return FunctionMetrics(ref, self)
 
 
 class FunctionMetrics:
-    """One function's counters and cached metric children: the hot path only does arithmetic."""
+    """One function's counters: the hot path only does arithmetic on plain numbers."""
 
     def __init__(self, ref: FunctionRef, metrics: GatewayMetrics) -> None:
         self.ref = ref
@@ -96,12 +88,13 @@ class FunctionMetrics:
         self.arrived = 0
         self.invocations = 0
         self.last_used: float | None = None
+        self.by_status: dict[int, int] = {}
+        # Durations: counts per DURATION_BUCKETS bucket (the last is +Inf), and their sum.
+        self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.duration_sum = 0.0
         self._load = 0.0
         self._since = time.monotonic()
         self._metrics = metrics
-        self._duration = metrics.duration.labels(ref.name, ref.namespace)
-        self._openfaas_seconds = metrics.openfaas_seconds.labels(str(ref))
-        self._by_code: dict[int, tuple[Counter, Counter]] = {}
 
     def arrive(self) -> float:
         """Count a request in; returns its start (monotonic) for `finish`."""
@@ -120,17 +113,11 @@ class FunctionMetrics:
         self._since = now
         self.held -= 1
         self.invocations += 1
-        children = self._by_code.get(status)
-        if children is None:
-            code = str(status)
-            children = self._by_code[status] = (
-                self._metrics.invocations.labels(self.ref.name, self.ref.namespace, code),
-                self._metrics.openfaas_invocations.labels(str(self.ref), code))
-        children[0].inc()
-        children[1].inc()
+        self.by_status[status] = self.by_status.get(status, 0) + 1
         elapsed = now - started
-        self._duration.observe(elapsed)
-        self._openfaas_seconds.observe(elapsed)
+        # Prometheus buckets are upper bounds, inclusive: bisect_left finds the first bound >= elapsed.
+        self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, elapsed)] += 1
+        self.duration_sum += elapsed
 
     def load(self, now: float | None = None) -> float:
         """Request-seconds held so far (`now` is time.monotonic(), taken if not given)."""
@@ -144,6 +131,15 @@ class FunctionMetrics:
     def cold_start_waited(self, seconds: float) -> None:
         self._metrics.cold_start_wait.labels(self.ref.name, self.ref.namespace).observe(seconds)
 
+    def duration_buckets(self) -> list[tuple[str, float]]:
+        """Cumulative (le, count) pairs, as a Prometheus histogram exposes them."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*DURATION_BUCKETS, float("inf")), self.duration_counts, strict=True):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return out
+
 
 class StateCollector(Collector):
     """Gauges and counters read from live state at scrape time: nothing to update per request."""
@@ -152,8 +148,21 @@ class StateCollector(Collector):
         self._backend = backend
         self._routes = routes
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         labels = [FUNCTION, NAMESPACE]
+        invocations = CounterMetricFamily(
+            naming.METRIC_INVOCATIONS, "Requests answered by the gateway, by function and HTTP status code.",
+            labels=[FUNCTION, NAMESPACE, CODE])
+        duration = HistogramMetricFamily(
+            naming.METRIC_DURATION,
+            "Seconds from a request's arrival at the gateway to its answer (queueing included).", labels=labels)
+        # OpenFaaS's names, so dashboards built for its gateway keep working.
+        openfaas_invocations = CounterMetricFamily(
+            naming.METRIC_OPENFAAS_INVOCATIONS, "Function invocations (OpenFaaS-compatible).",
+            labels=[OPENFAAS_FUNCTION, CODE])
+        openfaas_seconds = HistogramMetricFamily(
+            naming.METRIC_OPENFAAS_SECONDS, "Function invocation seconds (OpenFaaS-compatible).",
+            labels=[OPENFAAS_FUNCTION])
         desired = GaugeMetricFamily(naming.METRIC_REPLICAS_DESIRED, "Replicas last asked of the backend.",
                                     labels=labels)
         ready = GaugeMetricFamily(naming.METRIC_REPLICAS_READY, "Instances ready to receive requests.",
@@ -176,6 +185,18 @@ class StateCollector(Collector):
             in_flight.add_metric(key, route.metrics.held - queue)
             queued.add_metric(key, queue)
             load.add_metric(key, route.metrics.load(now), created=route.metrics.created)
+            metrics = route.metrics
+            if metrics.invocations:
+                for status, count in sorted(metrics.by_status.items()):
+                    invocations.add_metric([*key, str(status)], count, created=metrics.created)
+                    openfaas_invocations.add_metric([str(route.ref), str(status)], count, created=metrics.created)
+                buckets = metrics.duration_buckets()
+                duration.add_metric(key, buckets, metrics.duration_sum)
+                openfaas_seconds.add_metric([str(route.ref)], buckets, metrics.duration_sum)
+        yield invocations
+        yield duration
+        yield openfaas_invocations
+        yield openfaas_seconds
         yield desired
         yield ready
         yield in_flight

@@ -1,6 +1,7 @@
 """The gateway's HTTP server: routes, lifecycle and the `serve` helper.
 
-    ANY /function/{name}[/{path}]    invoke a function (the runtime sees "/" or "/{path}")
+    ANY /function/{name}[/{path}]    invoke a function through an API Gateway HTTP API event
+    ANY (Host in spec.http.hosts)    the same, with the function at the root of that host
     GET /system/functions[/{name}]   functions with replicas and traffic (OpenFaaS-style)
     GET /system/logs/{name}          instance output: ?tail=N (default 100), &follow=1 to stream
     GET /healthz                     the gateway itself is up
@@ -8,7 +9,11 @@
 
 {name} is NAME (in the gateway's default namespace) or NAME.NAMESPACE, as in OpenFaaS.
 
-Every answer the gateway makes up itself (errors included) is JSON: {"error": ..., "function": ...}.
+An HTTP request to a function becomes an event (`kfn_gateway.apigateway`), the event goes to a
+free slot of an instance (`kfn_gateway.routing`, `kfn_gateway.invoking`), and the function's
+result becomes the response. What the gateway answers itself, when no function answered, is JSON
+{"error": ..., "function": ...}; what API Gateway would answer for a function's failure has its
+shape, {"message": ...}.
 """
 from __future__ import annotations
 
@@ -17,57 +22,55 @@ import contextlib
 import datetime
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+import orjson
+from aiohttp import HttpVersion, HttpVersion11, web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kfn.core import naming
-from kfn.core.functions import Function, FunctionRef
-from kfn.core.instances import Instance, InstanceBackend
+from kfn.core.functions import CorsSpec, Function, FunctionRef
+from kfn.core.instances import Instance, InstanceBackend, Invocation, InvocationResult
 from kfn.core.scaling import MetricsSource
+from kfn_gateway import apigateway, cors
+from kfn_gateway.invoking import InstanceClient, InstanceFailed, InstanceTimeout, NotSent
 from kfn_gateway.metrics import FunctionStats, GatewayMetrics, LoadSource, StateCollector
-from kfn_gateway.proxying import (
-    BodyTooLarge,
-    BodyUnreadable,
-    NotSent,
-    Proxy,
-    Rejected,
-    RequestBody,
-    UpstreamFailed,
-    UpstreamTimeout,
-    upstream_path,
-)
 from kfn_gateway.routing import Route, Unavailable
 
 logger = logging.getLogger(__name__)
 
-# How often a request whose instance could not be reached is tried on another one.
+# How often an invocation no instance ran is tried on another one.
 MAX_ATTEMPTS = 3
 # Status recorded for a request whose client went away before it was answered (nginx's choice).
 CLIENT_CLOSED = 499
+# Lambda's limit on a synchronous invocation's payload.
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
+# Refs by the name in a URL, so the hot path parses each name once (bounded: names come from clients).
+_REF_CACHE_SIZE = 4096
 
 
-class _Aborted(Exception):
-    """The answer was cut off after its headers went out; `status` is what metrics record."""
+class GatewayError(Exception):
+    """No function answered: the gateway's own error response."""
 
-    def __init__(self, response: web.StreamResponse, status: int) -> None:
-        super().__init__(status)
-        self.response = response
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     queue_limit: int = 100          # per function: requests waiting for a free instance slot
     queue_timeout: float = 30.0     # seconds a request may wait for a slot / a cold start before 503
     retry_after: int = 1
-    upstream_timeout_margin: float = 5.0  # added to spec.timeout, so the runtime's own 504 comes first
+    upstream_timeout_margin: float = 5.0  # added to spec.timeout: the instance's own timeout comes first
     default_namespace: str = naming.DEFAULT_NAMESPACE  # what /function/NAME means
+    trusted_hops: int = 0           # proxies in front whose X-Forwarded-For entries are believed
 
 
 class Gateway:
@@ -80,9 +83,11 @@ class Gateway:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics = GatewayMetrics(self.registry)
         self._routes: dict[FunctionRef, Route] = {}
+        self._refs: dict[str, FunctionRef | None] = {}
+        self._hosts: dict[str, FunctionRef] | None = None
         self._closing = asyncio.Event()
         self._draining = False
-        self._proxy = Proxy()
+        self._client = InstanceClient()
         self._listening = False
         self._prefix_length = len(naming.FUNCTION_PATH_PREFIX)
         self._source = LoadSource(backend, self._routes.get)
@@ -92,12 +97,10 @@ class Gateway:
 
     def make_app(self) -> web.Application:
         """An application with every route of the gateway; it starts and closes the gateway with it."""
-        # The body limit is enforced while proxying (streamed bodies included); aiohttp's own
-        # limit only guards request.read(), which the gateway does not use.
-        app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._hosts_middleware])
         prefix = naming.FUNCTION_PATH_PREFIX
-        app.router.add_route("*", prefix + "{name}", self._invoke)
-        app.router.add_route("*", prefix + "{name}/{path:.*}", self._invoke)
+        app.router.add_route("*", prefix + "{name}", self._invoke_path)
+        app.router.add_route("*", prefix + "{name}/{path:.*}", self._invoke_path)
         app.router.add_get(naming.SYSTEM_FUNCTIONS_PATH, self._list_functions)
         app.router.add_get(naming.SYSTEM_FUNCTIONS_PATH + "/{name}", self._get_function)
         app.router.add_get(naming.SYSTEM_LOGS_PATH + "/{name}", self._logs)
@@ -118,6 +121,8 @@ class Gateway:
 
         async def on_response_prepare(_: web.Request, response: web.StreamResponse) -> None:
             if self._draining:
+                # Said in the answer, so the client does not send its next request on this connection.
+                response.headers["Connection"] = "close"
                 response.force_close()
 
         app.on_startup.append(on_startup)
@@ -128,7 +133,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the connection pool to instances and follow the backend's changes; idempotent."""
-        await self._proxy.start()
+        await self._client.start()
         if not self._listening:
             self.backend.add_listener(self._on_change)
             self._listening = True
@@ -142,7 +147,7 @@ class Gateway:
         """Turn waiting requests away and close connections to instances; returns at once."""
         for route in list(self._routes.values()):
             await route.close()
-        await self._proxy.close()
+        await self._client.close()
 
     # -- what others read ------------------------------------------------------------------------
 
@@ -164,10 +169,17 @@ class Gateway:
 
     def ref(self, text: str) -> FunctionRef | None:
         """The function a URL names (NAME or NAME.NAMESPACE), or None if it cannot name one."""
+        cache = self._refs
+        if text in cache:
+            return cache[text]
         try:
-            return FunctionRef.parse(text, default_namespace=self.settings.default_namespace)
+            ref: FunctionRef | None = FunctionRef.parse(text, default_namespace=self.settings.default_namespace)
         except ValueError:
-            return None
+            ref = None
+        if len(cache) >= _REF_CACHE_SIZE:
+            cache.clear()
+        cache[text] = ref
+        return ref
 
     def _route(self, ref: FunctionRef) -> Route:
         route = self._routes.get(ref)
@@ -177,6 +189,7 @@ class Gateway:
         return route
 
     def _on_change(self, ref: FunctionRef) -> None:
+        self._hosts = None   # rebuilt on the next request
         route = self._routes.get(ref)
         if route is None:
             return
@@ -187,101 +200,186 @@ class Gateway:
         else:
             for instance in gone:
                 # Idle connections to an instance that is draining or gone would only go stale.
-                self._proxy.close_idle(instance)
+                self._client.close_idle(instance)
         if route.metrics.held == 0 and self.backend.function(ref) is None:
             del self._routes[ref]
 
-    async def _invoke(self, request: web.Request) -> web.StreamResponse:
-        """Answer one invocation; runs as long as the queueing and the instance take.
+    @web.middleware
+    async def _hosts_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A request to a host in some function's spec.http.hosts is that function's, whatever its path."""
+        if self._hosts is None:
+            self._hosts = self._host_index()
+        if self._hosts:
+            function = self._by_host(request.host or "")
+            if function is not None:
+                raw = request.raw_path
+                path, _, query = raw.partition("?")
+                return await self.invoke_http(request, function, label=function.name, path=path or "/",
+                                              query=query, prefix="")
+        return await handler(request)
 
-        Never raises for a failure of an instance or of the gateway: those answer JSON. Only
-        the client going away ends it early (cancelled, or its answer dropped).
-        """
+    def _host_index(self) -> dict[str, FunctionRef]:
+        """Host (or *.domain) → the function served at its root; rebuilt after the backend changes."""
+        index: dict[str, FunctionRef] = {}
+        for function in sorted(self.backend.functions(), key=lambda f: f.ref):
+            for host in function.spec.http.hosts:
+                index.setdefault(host, function.ref)   # two claiming one host: the first by ref wins
+        return index
+
+    def _by_host(self, host_header: str) -> Function | None:
+        """The function served at the root of a Host header's name (spec.http.hosts), if one is."""
+        assert self._hosts is not None
+        host = host_header.lower()
+        if host.startswith("["):
+            return None   # an IP literal names no function
+        host = host.rsplit(":", 1)[0] if ":" in host else host
+        ref = self._hosts.get(host)
+        if ref is None and "." in host:
+            ref = self._hosts.get("*." + host.split(".", 1)[1])
+        return self.backend.function(ref) if ref is not None else None
+
+    async def _invoke_path(self, request: web.Request) -> web.StreamResponse:
+        """/function/NAME[.NAMESPACE][/path]: the function sees the path below its mount."""
         name = request.match_info["name"]
         ref = self.ref(name)
         function = self.backend.function(ref) if ref is not None else None
         if function is None:
             return _error(404, f"no function named {name!r}", name)
+        # The rest of the raw path, cut by position: the name itself may have come percent-encoded.
+        raw = request.raw_path
+        start = len(naming.FUNCTION_PATH_PREFIX)
+        end = min((i for i in (raw.find("/", start), raw.find("?", start)) if i >= 0), default=len(raw))
+        path, _, query = raw[end:].partition("?")
+        return await self.invoke_http(request, function, label=name, path=path or "/", query=query,
+                                      prefix=naming.FUNCTION_PATH_PREFIX + name)
+
+    async def invoke_http(self, request: web.Request, function: Function, *, label: str, path: str, query: str,
+                          prefix: str) -> web.StreamResponse:
+        """Answer one HTTP request with the function's result; runs as long as the invocation.
+
+        Never raises for a failure of an instance or of the function: those answer with an error
+        response. Only the client going away ends it early (cancelled, or its answer dropped).
+        """
         route = self._route(function.ref)
         metrics = route.metrics
         started = metrics.arrive()
         status = 500
         try:
-            response = await self._serve(request, function, route)
+            response = await self._answer(request, function, route, label=label, path=path, query=query,
+                                          prefix=prefix)
             status = response.status
             return response
-        except _Aborted as e:
-            status = e.status
-            return e.response
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
             raise
         except ConnectionError:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                # The client went away; aiohttp drops this answer quietly.
-                status = CLIENT_CLOSED
-                return web.Response(status=CLIENT_CLOSED)
-            logger.exception("invoking function %s failed", name)
-            return _error(500, f"the gateway failed to invoke function {name!r}", name)
+            status = CLIENT_CLOSED
+            return web.Response(status=CLIENT_CLOSED)
         except Exception:
-            logger.exception("invoking function %s failed", name)
-            return _error(500, f"the gateway failed to invoke function {name!r}", name)
+            logger.exception("invoking function %s failed", function.ref)
+            return _error(500, f"the gateway failed to invoke function {label!r}", label)
         finally:
             metrics.finish(status, started)
 
-    async def _serve(self, request: web.Request, function: Function, route: Route) -> web.StreamResponse:
-        settings = self.settings
-        name = request.match_info["name"]  # as the caller wrote it, for the errors it gets
+    async def _answer(self, request: web.Request, function: Function, route: Route, *, label: str, path: str,
+                      query: str, prefix: str) -> web.StreamResponse:
+        http = function.spec.http
+        headers_in = request.headers
+        if http.cors is not None and cors.is_preflight(request.method, headers_in):
+            return web.Response(status=204, headers=cors.preflight(http.cors, headers_in))
         try:
-            body = await RequestBody.read(request, limit=settings.max_body_bytes)
-        except BodyTooLarge as e:
-            return _error(413, str(e), name)
-        except (asyncio.IncompleteReadError, ConnectionError, aiohttp.ClientError, HttpProcessingError) as e:
-            return _error(400, f"could not read the request body: {e}", name)
-        path = upstream_path(request.raw_path, self._prefix_length)
+            body = await _read_body(request, self.settings.max_body_bytes)
+        except GatewayError as e:
+            return _with_cors(_error(e.status, str(e), label), http.cors, headers_in)
+        source_ip, forwarded_for = apigateway.trusted_client(
+            request.remote or "", headers_in.getall("X-Forwarded-For", ()), trusted_hops=self.settings.trusted_hops)
+        host = request.host or ""
+        _, colon, port = host.rpartition(":")
+        http_request = apigateway.HttpRequest(
+            method=request.method, path=path, raw_query=query, headers=headers_in.items(),
+            body=body, source_ip=source_ip, forwarded_for=forwarded_for, scheme=request.scheme,
+            port=int(port) if colon and port.isdigit() else (443 if request.scheme == "https" else 80),
+            protocol=_protocol(request.version),
+            prefix=prefix)
+        api_request_id = apigateway.request_id()
+        event = apigateway.event(http_request, payload_format=http.payloadFormat, api_request_id=api_request_id)
+        invocation = Invocation(payload=orjson.dumps(event), request_id=apigateway.invocation_id(),
+                                trace_id=event["headers"].get("x-amzn-trace-id"))
+        try:
+            result = await self.dispatch(function, route, invocation)
+        except GatewayError as e:
+            response = _error(e.status, str(e), label, retry_after=e.retry_after)
+            response.headers["X-Kfn-Request-Id"] = invocation.request_id
+            return _with_cors(response, http.cors, headers_in)
+        if result.function_error:
+            if result.error_type == "Sandbox.Timedout":
+                out = apigateway.timed_out(api_request_id)
+            else:
+                out = apigateway.internal_error(api_request_id)
+            headers = [*out.headers, ("X-Amz-Function-Error", result.function_error)]
+            if result.error_type:
+                headers.append(("X-Kfn-Error-Type", result.error_type))
+            logger.info("function %s failed (%s): %s", function.ref, result.error_type, result.payload[:500])
+        else:
+            try:
+                out = apigateway.response(result.payload, payload_format=http.payloadFormat,
+                                          api_request_id=api_request_id)
+            except apigateway.InvalidResult as e:
+                logger.warning("function %s returned a result API Gateway would reject: %s", function.ref, e)
+                out = apigateway.internal_error(api_request_id)
+                headers = [*out.headers, ("X-Kfn-Error-Type", "Runtime.InvalidResponse")]
+            else:
+                headers = out.headers
+        headers.append(("X-Kfn-Request-Id", invocation.request_id))
+        if http.cors is not None:
+            headers = cors.apply(http.cors, headers_in, headers)
+        return web.Response(status=out.status, body=out.body or None, headers=CIMultiDict(headers))
+
+    async def dispatch(self, function: Function, route: Route, invocation: Invocation) -> InvocationResult:
+        """Run one invocation on some instance of `function`: a slot, the instance, the result.
+
+        Waits for a slot (a cold start included) at most the queue timeout, and for the instance
+        at most the function's timeout plus a margin. An invocation no instance ran goes to
+        another (at most MAX_ATTEMPTS in all). Raises GatewayError when no function answered.
+        """
+        settings = self.settings
         timeout = function.spec.timeout + settings.upstream_timeout_margin
         attempts = 0
+        last_rejection = ""
         while True:
             try:
                 instance = await route.acquire(timeout=settings.queue_timeout)
             except Unavailable as e:
-                return _error(e.status, str(e), name, retry_after=settings.retry_after if e.retry else None)
+                raise GatewayError(e.status, str(e), retry_after=settings.retry_after if e.retry else None) from None
             try:
-                return await self._proxy.forward(request, instance, path, body, timeout=timeout)
-            except Rejected as e:
-                # Nothing ran: try again. A draining or loading instance is skipped from now on,
-                # without reporting a failure (the backend stops a draining instance itself and
-                # must not kill its in-flight requests); a full one stays in rotation.
-                if e.unavailable:
-                    route.drop(instance)
-                attempts += 1
-                if attempts >= MAX_ATTEMPTS:
-                    return _error(503 if e.unavailable else 429, str(e), name, retry_after=settings.retry_after)
+                result = await self._client.invoke(instance, invocation, timeout=timeout)
             except NotSent as e:
                 self._report(route, instance, str(e))
                 attempts += 1
-                if attempts >= MAX_ATTEMPTS or (body is not None and not body.resendable):
-                    return _error(502, str(e), name)
-                # Nothing reached the instance: try another one (or wait for one).
-            except UpstreamTimeout as e:
-                if e.response is not None:
-                    logger.warning("function %s: %s; cut the client off", name, e)
-                    raise _Aborted(e.response, 504) from None
-                return _error(504, f"function {name!r} did not answer within {timeout:g}s", name)
-            except UpstreamFailed as e:
+                if attempts >= MAX_ATTEMPTS:
+                    raise GatewayError(502, str(e)) from None
+                continue
+            except InstanceTimeout as e:
+                raise GatewayError(504, f"function {str(route.ref)!r} did not answer within {timeout:g}s") from e
+            except InstanceFailed as e:
                 if e.instance_failed:
                     self._report(route, instance, str(e))
-                if e.response is not None:
-                    logger.warning("function %s: %s; cut the client off", name, e)
-                    raise _Aborted(e.response, 502) from None
-                return _error(502, str(e), name)
-            except BodyTooLarge as e:
-                return _error(413, str(e), name)
-            except BodyUnreadable as e:
-                return _error(400, str(e), name)
+                raise GatewayError(502, str(e)) from None
             finally:
                 route.release(instance)
+            if result.rejected is None:
+                return result
+            # Nothing ran: try again. A draining or loading instance is skipped from now on, without
+            # reporting a failure (its backend stops it, and it finishes what it has); a full one
+            # stays in rotation (several gateways share it).
+            last_rejection = result.rejection or result.rejected
+            if result.rejected != "concurrency":
+                route.drop(instance)
+            attempts += 1
+            if attempts >= MAX_ATTEMPTS:
+                status = 429 if result.rejected == "concurrency" else 503
+                raise GatewayError(status, f"instance {instance.id} turned the invocation away ({last_rejection})",
+                                   retry_after=settings.retry_after)
 
     def _report(self, route: Route, instance: Instance, error: str) -> None:
         route.drop(instance)
@@ -386,12 +484,46 @@ class Gateway:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _not_found(self, request: web.Request) -> web.Response:
+    async def _not_found(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         known = ("/healthz", "/metrics", naming.SYSTEM_FUNCTIONS_PATH)
         if path in known or path.startswith((naming.SYSTEM_FUNCTIONS_PATH + "/", naming.SYSTEM_LOGS_PATH + "/")):
             return web.json_response({"error": f"method {request.method} is not allowed on {path}"}, status=405)
         return web.json_response({"error": f"no route for {path}"}, status=404)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body; GatewayError 413 past `limit`, 400 if the client sends it broken."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise GatewayError(413, f"the request body is {length} bytes; the limit is {limit}")
+    if not request.body_exists:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"the request body is more than {limit} bytes")
+            chunks.append(chunk)
+    except (asyncio.IncompleteReadError, ConnectionResetError) as e:
+        raise GatewayError(400, f"could not read the request body: {e}") from None
+    except web.HTTPException as e:
+        raise GatewayError(400, f"could not read the request body: {e.reason}") from None
+    return b"".join(chunks)
+
+
+def _with_cors(response: web.Response, config: CorsSpec | None, request_headers: Mapping[str, str]) -> web.Response:
+    """The gateway's own answer with the function's CORS headers, so a browser can read the error."""
+    if config is not None:
+        for name, value in cors.apply(config, request_headers, ()):
+            response.headers.add(name, value)
+    return response
+
+
+def _protocol(version: HttpVersion) -> str:
+    return "HTTP/1.1" if version == HttpVersion11 else f"HTTP/{version.major}.{version.minor}"
 
 
 def _error(status: int, message: str, function: str, *, retry_after: int | None = None) -> web.Response:

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a request may wait for an instance before 503, e.g. 30s (default: the gateway's)")
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="keep instance code and log files here (default: a temporary directory)")
+    p.add_argument("--trusted-hops", type=int, default=0, metavar="N",
+                   help="proxies in front whose X-Forwarded-For entries are believed (default 0: the TCP peer)")
 
     for name, help_ in (("invoke", "call a function through the gateway"),
                         ("list", "list functions with replicas and usage"),
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
     p.add_argument("--default-namespace", default=naming.DEFAULT_NAMESPACE,
                    help="the namespace /function/NAME means (NAME.NAMESPACE names any other)")
+    p.add_argument("--trusted-hops", type=int, default=0, metavar="N",
+                   help="proxies in front of the gateway whose X-Forwarded-For entries are believed (as Envoy's "
+                        "xff_num_trusted_hops); 0: the client is the TCP peer")
     p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
                    help="on SIGTERM, keep serving (closing each connection after its answer) this long before "
                         "stopping to accept, so load balancers and kube-proxy stop sending first")

@@ -47,7 +47,8 @@ async def _serve(options: GatewayOptions) -> None:
         backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True)
         await backend.start()
         try:
-            gateway = Gateway(backend, settings=GatewaySettings(default_namespace=options.default_namespace))
+            settings = GatewaySettings(default_namespace=options.default_namespace, trusted_hops=options.trusted_hops)
+            gateway = Gateway(backend, settings=settings)
             # serve() starts the gateway, and runner.cleanup() closes it.
             runner = await serve(gateway, host=options.host, port=options.port)
             logger.info("kfn gateway listening on %s:%d", options.host, options.port)

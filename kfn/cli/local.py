@@ -12,7 +12,7 @@ from kfn_gateway import GatewaySettings
 
 
 def settings(options: LocalOptions) -> LocalSettings:
-    gateway = GatewaySettings()
+    gateway = GatewaySettings(trusted_hops=options.trusted_hops)
     if options.max_body_bytes is not None:
         gateway = replace(gateway, max_body_bytes=options.max_body_bytes)
     if options.queue_limit is not None:

@@ -35,6 +35,7 @@ class LocalOptions:
     queue_limit: int | None = None
     queue_timeout: float | None = None
     work_dir: Path | None = None
+    trusted_hops: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class GatewayOptions:
     default_namespace: str = naming.DEFAULT_NAMESPACE
     shutdown_delay: float = 5.0
     log_level: str = "info"
+    trusted_hops: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ def local(args: argparse.Namespace) -> LocalOptions:
             raise _usage(f"--queue-timeout {e}") from None
     return LocalOptions(directory=directory, host=args.host, port=_port(args.port, "--port"),
                         log_level=args.log_level, max_body_bytes=max_body, queue_limit=args.queue_limit,
-                        queue_timeout=queue_timeout, work_dir=Path(args.work_dir) if args.work_dir else None)
+                        queue_timeout=queue_timeout, work_dir=Path(args.work_dir) if args.work_dir else None,
+                        trusted_hops=_hops(args.trusted_hops))
 
 
 def remote(args: argparse.Namespace) -> RemoteOptions:
@@ -154,7 +157,13 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
         raise _usage(f"--shutdown-delay must be 0 or more (got {args.shutdown_delay:g})")
     return GatewayOptions(host=args.host, port=_port(args.port, "--port"), namespaces=tuple(args.namespace),
                           default_namespace=args.default_namespace, shutdown_delay=args.shutdown_delay,
-                          log_level=args.log_level)
+                          log_level=args.log_level, trusted_hops=_hops(args.trusted_hops))
+
+
+def _hops(value: int) -> int:
+    if value < 0:
+        raise _usage(f"--trusted-hops must be 0 or more (got {value})")
+    return value
 
 
 def operator(args: argparse.Namespace) -> OperatorOptions:

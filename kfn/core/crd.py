@@ -11,7 +11,15 @@ from typing import Any
 import yaml
 
 from kfn.core import naming
-from kfn.core.functions import MAX_NAME_LENGTH, RUNTIMES, FunctionSpec, ScaleSpec
+from kfn.core.functions import (
+    DEFAULT_RUNTIME,
+    MAX_NAME_LENGTH,
+    NODE_HANDLER_PATTERN,
+    PYTHON_HANDLER_PATTERN,
+    RUNTIMES,
+    FunctionSpec,
+    ScaleSpec,
+)
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "kfn" / "crds" / f"{naming.CRD_NAME}.yaml"
 
@@ -21,14 +29,38 @@ CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "kfn" / "crds" / f"{
 _MIN = ScaleSpec.model_fields["minReplicas"].default
 _MAX = ScaleSpec.model_fields["maxReplicas"].default
 _CONCURRENCY = FunctionSpec.model_fields["concurrency"].default
+_RUNTIME = f"(has(self.runtime) ? self.runtime : '{DEFAULT_RUNTIME}')"
+# A number of seconds, or a Go-style duration (kfn.core.units.parse_duration reads the same).
+_DURATION = r"^\s*([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)\s*$"
+
+
+def _duration_rule(field: str) -> dict[str, str]:
+    return {"rule": f"type(self) != string || self.matches(r'{_DURATION}')",
+            "message": f"{field} must be a number of seconds or a duration like 30s, 1m30s or 500ms"}
+
+
 _CEL_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
     (): [
         {"rule": "has(self.source) || has(self.image)",
          "message": "must set source.files, source.configMap or image"},
+        {"rule": "!(has(self.source) && has(self.image))",
+         "message": "an image carries its own code: set source or image, not both"},
+        {"rule": "has(self.image) || !has(self.imageConfig)",
+         "message": "imageConfig is only for an image", "fieldPath": ".imageConfig"},
+        {"rule": "has(self.image) || has(self.handler)",
+         "message": "handler is required (e.g. main.handler)", "fieldPath": ".handler"},
+        {"rule": f"has(self.image) || !has(self.handler) || ({_RUNTIME}.startsWith('nodejs') ? "
+                 f"self.handler.matches(r'{NODE_HANDLER_PATTERN}') : "
+                 f"self.handler.matches(r'{PYTHON_HANDLER_PATTERN}'))",
+         "message": "handler must be module.function (Python, e.g. main.handler) or file.export "
+                    "(Node.js, e.g. index.handler)", "fieldPath": ".handler"},
         {"rule": "!has(self.scale) || !has(self.scale.targetConcurrency) || "
                  f"self.scale.targetConcurrency <= double(has(self.concurrency) ? self.concurrency : {_CONCURRENCY})",
          "message": "scale.targetConcurrency must be <= concurrency", "fieldPath": ".scale.targetConcurrency"},
     ],
+    ("timeout",): [_duration_rule("spec.timeout")],
+    ("scale", "idleTimeout"): [_duration_rule("spec.scale.idleTimeout")],
+    ("scale", "stableWindow"): [_duration_rule("spec.scale.stableWindow")],
     ("scale",): [
         {"rule": f"(has(self.maxReplicas) ? self.maxReplicas : {_MAX}) >= "
                  f"(has(self.minReplicas) ? self.minReplicas : {_MIN})",
@@ -40,9 +72,9 @@ _CEL_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
 }
 # File-name rules stay with the model (and so with the operator's InvalidSpec condition): a CEL
 # rule over every key of an unbounded map exceeds the API server's cost budget.
-_PATTERNS: dict[tuple[str, ...], str] = {
-    ("handler",): r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
-}
+_PATTERNS: dict[tuple[str, ...], str] = {}
+# Defaults the API server fills in, so `kubectl get -o yaml` shows what the function runs.
+_DEFAULTS: dict[tuple[str, ...], object] = {("runtime",): DEFAULT_RUNTIME}
 
 _STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -83,7 +115,6 @@ def spec_schema() -> dict[str, Any]:
     raw = FunctionSpec.model_json_schema(mode="validation")
     defs = raw.pop("$defs", {})
     schema = _structural(raw, defs, ())
-    schema["required"] = ["handler"]
     return schema
 
 
@@ -96,6 +127,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...
         out: dict[str, Any] = {"x-kubernetes-int-or-string": True}
         if "description" in node:
             out["description"] = node["description"]
+        if path in _CEL_RULES:
+            out["x-kubernetes-validations"] = _CEL_RULES[path]
         return out
     if "anyOf" in node:
         # Optional[X] is anyOf [X, null]: an absent field is how Kubernetes says "not set".
@@ -142,6 +175,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...
             out["minLength"] = node["minLength"]
     if path in _PATTERNS:
         out["pattern"] = _PATTERNS[path]
+    if path in _DEFAULTS:
+        out["default"] = _DEFAULTS[path]
     if path in _CEL_RULES:
         out["x-kubernetes-validations"] = _CEL_RULES[path]
     return out

@@ -23,9 +23,12 @@ from kfn.core import naming, units
 
 # The language runtimes, written once: the CRD's enum, the operator's default images and the
 # chart's runtimeImages all derive from this.
-Runtime = Literal["python3.11", "python3.12", "python3.13"]
+Runtime = Literal["python3.11", "python3.12", "python3.13", "nodejs20", "nodejs22"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 DEFAULT_RUNTIME: Runtime = "python3.12"
+# Every AWS Lambda base image's ENTRYPOINT (it runs the image's runtime interface client).
+AWS_BASE_IMAGE_ENTRYPOINT = ("/lambda-entrypoint.sh",)
+PayloadFormat = Literal["2.0", "1.0"]
 
 # Kubernetes object names that also work as DNS labels (Services need that).
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -180,6 +183,75 @@ def check_file_name(path: str) -> str:
     return path
 
 
+_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Handlers as the CRD checks them too (Python's keywords are the model's alone).
+NODE_HANDLER_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z_$][A-Za-z0-9_$]*$"
+PYTHON_HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+_NODE_HANDLER = re.compile(NODE_HANDLER_PATTERN)
+
+
+class CorsSpec(_Model):
+    """CORS answered by the gateway, with API Gateway HTTP APIs' settings."""
+
+    allowOrigins: list[str] = Field(default_factory=list,
+                                    description="Origins allowed, e.g. https://app.example.com, or *.")
+    allowMethods: list[str] = Field(default_factory=list, description="Methods allowed in preflights, or *.")
+    allowHeaders: list[str] = Field(default_factory=list, description="Request headers allowed, or *.")
+    exposeHeaders: list[str] = Field(default_factory=list, description="Response headers scripts may read.")
+    maxAge: int | None = Field(default=None, ge=-1, le=86400, description="Seconds a preflight may be cached.")
+    allowCredentials: bool = False
+
+    @model_validator(mode="after")
+    def _credentials_need_origins(self) -> CorsSpec:
+        if not self.allowOrigins:
+            raise _error("spec.http.cors.allowOrigins: must name at least one origin")
+        return self
+
+
+class HttpSpec(_Model):
+    """How HTTP requests reach the function."""
+
+    payloadFormat: PayloadFormat = Field(
+        default="2.0", description="The API Gateway HTTP API event format: 2.0 (default) or 1.0.")
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="Serve the function at the root of these hosts (requests routed by their Host header).")
+    cors: CorsSpec | None = Field(default=None, description="CORS answered by the gateway (preflights too).")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hostnames(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if len(host) > 253 or not _HOSTNAME.match(host):
+                raise _error(f"each host must be a lowercase DNS name such as fn.example.com (got {host!r})")
+        if len(set(hosts)) != len(hosts):
+            raise _error("hosts must not repeat")
+        return hosts
+
+
+class ImageConfig(_Model):
+    """What a Lambda container image's ENTRYPOINT, CMD and WORKDIR are (Lambda's ImageConfig).
+
+    kfn cannot read an image's own configuration (the cluster does not expose it), so a function
+    whose image is not built on an AWS Lambda base image names its entrypoint here.
+    """
+
+    entryPoint: list[str] = Field(
+        default_factory=lambda: list(AWS_BASE_IMAGE_ENTRYPOINT),
+        description="The image's entrypoint: a runtime interface client (default: the AWS base images' "
+                    "/lambda-entrypoint.sh).")
+    command: list[str] | None = Field(
+        default=None, description="Its arguments (the image's CMD); default: [spec.handler].")
+    workingDirectory: str | None = Field(default=None, description="Default: the image's WORKDIR.")
+
+    @field_validator("entryPoint")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value or not all(value):
+            raise _error("must name a program (got an empty entry)")
+        return value
+
+
 class ScaleSpec(_Model):
     minReplicas: int = Field(default=0, ge=0, description="Instances kept even when idle; 0 allows scale to zero.")
     maxReplicas: int = Field(default=10, description="Upper bound on instances (at least 1).")
@@ -226,10 +298,17 @@ class Resources(_Model):
 class FunctionSpec(_Model):
     runtime: Runtime = Field(
         default=DEFAULT_RUNTIME, description="The language runtime; selects the runtime image.")
-    handler: str = Field(description="The entry point, as module.function (e.g. main.handler).")
-    source: Source | None = Field(default=None, description="Code: inline files or a ConfigMap.")
+    # image comes before handler: the handler's check depends on it.
     image: str | None = Field(
-        default=None, description="A custom image with the code at /var/task; overrides the runtime image.")
+        default=None, description="A Lambda container image (its entrypoint a runtime interface client), "
+                                  "instead of source and runtime.")
+    imageConfig: ImageConfig | None = Field(
+        default=None, description="The image's entrypoint, command and working directory (Lambda's ImageConfig).")
+    handler: str | None = Field(
+        default=None, validate_default=True,
+        description="The entry point: module.function (Python, e.g. main.handler) or file.export "
+                    "(Node.js, e.g. index.handler); for an image, its CMD (optional).")
+    source: Source | None = Field(default=None, description="Code: inline files or a ConfigMap.")
     requirements: list[str] = Field(
         default_factory=list, description="pip requirement lines, installed at instance start.")
     env: list[EnvVar] = Field(default_factory=list)
@@ -237,16 +316,19 @@ class FunctionSpec(_Model):
     concurrency: int = Field(default=10, ge=1, le=1000, description="Max in-flight requests per instance.")
     scale: ScaleSpec = Field(default_factory=ScaleSpec)
     resources: Resources = Field(default_factory=Resources)
+    http: HttpSpec = Field(default_factory=HttpSpec)
 
     @field_validator("handler")
     @classmethod
-    def _module_and_function(cls, handler: str) -> str:
-        module, dot, function = handler.rpartition(".")
-        if not dot or not module:
-            raise _error(f"must be module.function, e.g. main.handler (got {handler!r})")
-        for part in [*module.split("."), function]:
-            if not _IDENTIFIER.match(part) or keyword.iskeyword(part):
-                raise _error(f"must be module.function made of Python identifiers (got {handler!r})")
+    def _handler_of_the_runtime(cls, handler: str | None, info: pydantic.ValidationInfo) -> str | None:
+        if info.data.get("image") is not None:
+            # An image's CMD: anything its runtime interface client understands.
+            if handler is not None and (not handler.strip() or any(c.isspace() for c in handler)):
+                raise _error(f"must not be blank or contain spaces (got {handler!r})")
+            return handler
+        if handler is None:
+            raise _error("is required")
+        _check_handler(handler, info.data.get("runtime") or DEFAULT_RUNTIME)
         return handler
 
     @field_validator("timeout")
@@ -279,6 +361,16 @@ class FunctionSpec(_Model):
     def _code_and_scale(self) -> FunctionSpec:
         if self.source is None and self.image is None:
             raise _error("must set source.files, source.configMap or image")
+        if self.image is not None:
+            if self.source is not None:
+                raise _error("spec.source: an image carries its own code; set source or image, not both")
+            if self.requirements:
+                raise _error("spec.requirements: install them in the image")
+            config = self.imageConfig or ImageConfig()
+            if config.command is None and self.handler is None:
+                raise _error("spec.handler: an image needs the handler (its CMD) or imageConfig.command")
+        elif self.imageConfig is not None:
+            raise _error("spec.imageConfig: only for an image")
         target = self.scale.targetConcurrency
         if target is not None and target > self.concurrency:
             raise PydanticCustomError(
@@ -287,11 +379,32 @@ class FunctionSpec(_Model):
         return self
 
     @property
+    def image_command(self) -> list[str]:
+        """An image's entrypoint and its arguments, as its environments run them."""
+        config = self.imageConfig or ImageConfig()
+        command = config.command if config.command is not None else [self.handler] if self.handler else []
+        return [*config.entryPoint, *command]
+
+    @property
     def target_concurrency(self) -> float:
         """In-flight requests per instance that the autoscaler aims for."""
         if self.scale.targetConcurrency is not None:
             return self.scale.targetConcurrency
         return max(1.0, 0.7 * self.concurrency)
+
+
+def _check_handler(handler: str, runtime: str) -> None:
+    module, dot, function = handler.rpartition(".")
+    if runtime.startswith("nodejs"):
+        # Node.js: a file (without its extension, maybe in a directory) and its export.
+        if not dot or not module or not _NODE_HANDLER.match(handler) or ".." in module.split("/"):
+            raise _error(f"must be file.export, e.g. index.handler (got {handler!r})")
+        return
+    if not dot or not module:
+        raise _error(f"must be module.function, e.g. main.handler (got {handler!r})")
+    for part in [*module.split("."), function]:
+        if not _IDENTIFIER.match(part) or keyword.iskeyword(part):
+            raise _error(f"must be module.function made of Python identifiers (got {handler!r})")
 
 
 class ObjectMeta(BaseModel):

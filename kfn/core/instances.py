@@ -9,21 +9,55 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from kfn.core.functions import Function, FunctionRef
 
 
+# Made for every request: slots and no frozen-ness keep construction cheap on the hot path.
+@dataclass(slots=True)
+class Invocation:
+    """One invocation on its way to an instance: the event and what goes with it."""
+
+    payload: bytes                     # the event, as the function receives it (JSON)
+    request_id: str                    # context.aws_request_id
+    client_context: str | None = None  # base64 JSON, as Lambda's Invoke API takes it
+    trace_id: str | None = None
+    want_log: bool = False             # return the tail of the invocation's log
+
+
+@dataclass(slots=True)
+class InvocationResult:
+    """What an instance answered. `rejected` set means it did not run the function at all."""
+
+    payload: bytes = b""
+    function_error: str | None = None  # "Unhandled" when the function failed (payload: Lambda's error object)
+    error_type: str | None = None
+    log_result: str | None = None      # base64 of the invocation's last 4 KB of output
+    rejected: str | None = None        # why it turned the invocation away (concurrency, draining, loading)
+    rejection: str = ""                # and in words
+
+
+class Endpoint(Protocol):
+    """An instance reached in-process (local mode) rather than over HTTP."""
+
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
+        """Run one invocation; returns when the function answers, fails or times out. Raises
+        ConnectionError if the instance is gone."""
+
+
 @dataclass(frozen=True)
 class Instance:
-    """One ready instance of a function: an address that serves the runtime's HTTP protocol."""
+    """One ready instance of a function: an HTTP address serving the instance contract
+    (kfn_runtime.contract), or an in-process `endpoint`."""
 
     function: FunctionRef
     id: str          # unique among the function's instances: a pod name, or "hello-3" locally
     host: str
     port: int
-    capacity: int    # max in-flight requests (the function's spec.concurrency)
+    capacity: int    # max in-flight invocations (the function's spec.concurrency)
+    endpoint: Endpoint | None = field(default=None, compare=False, repr=False)
 
     @property
     def url(self) -> str:

@@ -24,19 +24,24 @@ from pathlib import Path
 import kfn_runtime
 from kfn.core.functions import Function, FunctionRef
 from kfn.core.instances import Instance, Listener
-from kfn.processes import plan
+from kfn.processes import nodejs, plan
 from kfn.processes.code import CodeStore, Unsupported, mkdirs, unsupported
 from kfn.processes.logs import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, LogBuffer
 from kfn.processes.supervisor import CRASHED, LOCAL_HOST, START_FAILED, UNSUPPORTED, InstanceProcess, Outcome, Settings
-from kfn_runtime import contract
+from kfn_runtime.config import Config
+from kfn_runtime.host import InstanceHost
+from kfn_runtime.launch import build_host
 
 logger = logging.getLogger(__name__)
 
 # The directory holding the kfn_runtime package: the one entry instances get on sys.path.
 RUNTIME_PATH = str(Path(kfn_runtime.__file__).resolve().parent.parent)
-# What local instances inherit from kfn local's environment: enough to run and find files, no
-# credentials or settings meant for something else.
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+# kfn's Runtime API client for Node.js (runtime-images/nodejs), for local Node.js instances.
+NODE_CLIENT = str(Path(RUNTIME_PATH).parent / "nodejs" / "ric.mjs")
+# PATH in local instances: the usual system directories, as in a Lambda environment.
+LOCAL_PATH = "/usr/local/bin:/usr/bin:/bin"
+# The largest event the gateway sends (a 6 MiB body in base64, plus the rest of the event).
+MAX_EVENT_BYTES = 12 * 1024 * 1024
 
 OutputHook = Callable[[FunctionRef, list[str]], None]
 
@@ -70,14 +75,18 @@ class ProcessBackend:
     """Runs each function's instances as runtime processes on 127.0.0.1."""
 
     def __init__(self, *, work_dir: Path | None = None, deps_cache: Path | None = None,
-                 python: str = sys.executable, start_timeout: float = 30.0, stop_grace: float = 5.0,
+                 python: str = sys.executable, region: str = "us-east-1", environment_idle_timeout: float = 60.0,
+                 start_timeout: float = 30.0, stop_grace: float = 5.0,
                  deregistration_delay: float = 0.5, max_backoff: float = 10.0, pip_timeout: float = 600.0,
                  log_lines: int = DEFAULT_LOG_LINES, log_bytes: int = DEFAULT_LOG_BYTES, log_files: bool = False,
                  on_output: OutputHook | None = None) -> None:
         self._given_work_dir = work_dir
         self._work_dir: Path | None = None
         self._deps_cache = deps_cache
-        self._settings = Settings(python=python, start_timeout=start_timeout, stop_grace=stop_grace,
+        self._python = python
+        self._region = region
+        self._environment_idle_timeout = environment_idle_timeout
+        self._settings = Settings(start_timeout=start_timeout, stop_grace=stop_grace,
                                   deregistration_delay=deregistration_delay)
         self._max_backoff = max_backoff
         self._pip_timeout = pip_timeout
@@ -107,7 +116,7 @@ class ProcessBackend:
         else:
             self._work_dir = Path(tempfile.mkdtemp(prefix="kfn-local-"))
         self._code = CodeStore(self._work_dir, self._deps_cache or self._work_dir / "deps",
-                               python=self._settings.python, pip_timeout=self._pip_timeout)
+                               python=self._python, pip_timeout=self._pip_timeout)
 
     def quiesce(self) -> None:
         """Start no instance from now on (shutdown has begun); running ones serve until `close`.
@@ -265,6 +274,8 @@ class ProcessBackend:
                 "url": p.instance.url if p.instance is not None else None,
                 "version": p.function.code_hash(),
                 "current": p.version == state.version,
+                "environments": [{"id": env.id, "pid": env.pid, "state": env.state}
+                                 for env in (p.host.environments if p.host is not None else [])],
             } for p in state.processes.values()],
         }
 
@@ -320,9 +331,8 @@ class ProcessBackend:
             state.backoff = plan.Backoff()
             state.last_failure = None
         elapsed = time.monotonic() - process.started
-        state.logs.append(f"[kfn] instance {process.id} ready on {process.instance.url} "
-                          f"(pid {process.pid}, {elapsed * 1000:.0f} ms)")
-        logger.info("instance %s ready on %s in %.0f ms", process.id, process.instance.url, elapsed * 1000)
+        state.logs.append(f"[kfn] instance {process.id} ready (pid {process.pid}, {elapsed * 1000:.0f} ms)")
+        logger.info("instance %s ready in %.0f ms", process.id, elapsed * 1000)
         self._changed(state)
 
     async def _run(self, state: _Function, process: InstanceProcess) -> None:
@@ -362,37 +372,41 @@ class ProcessBackend:
 
     # -- code, dependencies, environment ----------------------------------------------------------
 
-    async def _prepare(self, state: _Function, function: Function) -> tuple[dict[str, str], Path]:
+    async def _prepare(self, state: _Function, function: Function) -> tuple[
+            Config, Callable[[Callable[[str, str], None]], InstanceHost]]:
+        """The instance's configuration (code written, requirements installed) and its host builder."""
         problem = unsupported(function)
         if problem:
             raise Unsupported(problem)
         assert self._code is not None
         code_dir = self._code.code_dir(function)
         spec = function.spec
-        # Instances see the standard library, the runtime and the function's requirements: what
-        # its image holds on Kubernetes, so a handler that imports a package it does not list
-        # fails here too. `python -S` (see the supervisor) also makes cold starts faster.
-        env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
-        env["PYTHONPATH"] = RUNTIME_PATH
-        for var in spec.env:
-            env[var.name] = var.value or ""
+        node: str | None = None
+        if spec.runtime.startswith("nodejs"):
+            node = await asyncio.to_thread(nodejs.find_node, spec.runtime)
+        deps_dir = str(self.work_dir / "no-deps")
         if spec.requirements:
-            env[contract.ENV_DEPS_DIR] = str(await self._code.dependencies(function, log=state.logs.append))
-        env.update({
-            contract.ENV_HANDLER: spec.handler,
-            contract.ENV_CODE_DIR: str(code_dir),
-            contract.ENV_FUNCTION_NAME: function.name,
-            contract.ENV_FUNCTION_VERSION: function.code_hash(),
-            contract.ENV_NAMESPACE: function.namespace,
-            contract.ENV_TIMEOUT: repr(float(spec.timeout)),
-            contract.ENV_CONCURRENCY: str(spec.concurrency),
-            contract.ENV_MEMORY_MB: str(spec.resources.memory_limit_mb),
-            contract.ENV_HOST: LOCAL_HOST,
-            contract.ENV_PORT: "0",
-            contract.ENV_DRAIN_TIMEOUT: repr(float(spec.timeout) + 1.0),
-            "PYTHONUNBUFFERED": "1",
-        })
-        return env, code_dir
+            deps_dir = str(await self._code.dependencies(function, log=state.logs.append,
+                                                         npm=nodejs.npm(node) if node else None))
+        # The function's own variables and nothing of kfn local's environment: instances see
+        # what a pod would show them (the Lambda variables come from the instance host).
+        user_env = {var.name: var.value or "" for var in spec.env}
+        config = Config(
+            handler=spec.handler, runtime=spec.runtime, command=None, code_dir=str(code_dir), deps_dir=deps_dir,
+            runtime_dir=RUNTIME_PATH, function_name=function.name, function_version="$LATEST",
+            namespace=function.namespace, region=self._region, timeout=float(spec.timeout),
+            concurrency=spec.concurrency, memory_mb=spec.resources.memory_limit_mb, host=LOCAL_HOST, port=0,
+            drain_timeout=float(spec.timeout) + 1.0, idle_timeout=self._environment_idle_timeout,
+            max_body_bytes=MAX_EVENT_BYTES, user_env=user_env)
+        python, path = self._python, LOCAL_PATH
+        if node is not None:   # as on Lambda, the runtime's node is the one on PATH
+            path = os.pathsep.join([os.path.dirname(node), LOCAL_PATH])
+
+        def build(log: Callable[[str, str], None]) -> InstanceHost:
+            return build_host(config, log=log, python=python, node=node or "node", path=path,
+                              node_client=NODE_CLIENT)
+
+        return config, build
 
     # -- notifications -----------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """A function's code and dependencies on disk, as its local instances find them.
 
 Inline files are written once per code version into `WORK/code/NAMESPACE/NAME/HASH`; requirements
-are installed with pip, once per requirement set and Python version, into a cache directory
-shared by every function (the same pip command as the runtime's init container on Kubernetes).
+are installed with pip (npm for Node.js), once per requirement set and Python version (Node.js
+runtime), into a cache directory shared by every function (the same command as the runtime's init
+container on Kubernetes).
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kfn.core.functions import Function
@@ -84,20 +86,23 @@ class CodeStore:
             shutil.rmtree(partial, ignore_errors=True)  # another instance wrote it first
         return code_dir
 
-    async def dependencies(self, function: Function, *, log: Callable[[str], None]) -> Path:
-        """The requirements installed with pip, once per requirement set.
+    async def dependencies(self, function: Function, *, log: Callable[[str], None],
+                           npm: Sequence[str] | None = None) -> Path:
+        """The requirements installed with pip, once per requirement set; with the `npm` command
+        instead when given (Node.js: package specs, installed into the result's node_modules).
 
         Runs as long as pip does (bounded by the pip timeout); Unsupported with pip's output if
         the install fails, so the function reports it instead of retrying until it changes.
         Concurrent callers for the same set share one pip run.
         """
-        key = hashlib.sha256(json.dumps([sys.version_info[:2], function.spec.requirements]).encode()).hexdigest()[:12]
+        toolchain = ["npm", function.spec.runtime] if npm is not None else sys.version_info[:2]
+        key = hashlib.sha256(json.dumps([toolchain, function.spec.requirements]).encode()).hexdigest()[:12]
         target = self._deps_cache / key
         if (target / ".kfn-complete").exists():
             return target
         task = self._installs.get(target)
         if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(self._pip(function, target, log))
+            task = asyncio.get_running_loop().create_task(self._pip(function, target, log, npm))
             self._installs[target] = task
         try:
             await asyncio.shield(task)
@@ -114,14 +119,24 @@ class CodeStore:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._installs.clear()
 
-    async def _pip(self, function: Function, target: Path, log: Callable[[str], None]) -> None:
+    async def _pip(self, function: Function, target: Path, log: Callable[[str], None],
+                   npm: Sequence[str] | None = None) -> None:
         requirements = function.spec.requirements
         log(f"[kfn] installing requirements for {function.name}: {' '.join(requirements)}")
         partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=mkdirs(target.parent)))
-        proc = await asyncio.create_subprocess_exec(
-            *runtime_requirements.pip_command(requirements, str(partial), python=self._python),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
+        tool, env = "pip", None
+        command = runtime_requirements.pip_command(requirements, str(partial), python=self._python)
+        if npm is not None:
+            # Install scripts run the `node` npm runs with (the function's), first on PATH.
+            tool, command = "npm", runtime_requirements.npm_command(requirements, str(partial), npm=npm)
+            env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(npm[0]), os.environ.get("PATH", "")])}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env)
+        except OSError as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise Unsupported(f"spec.requirements: cannot run {tool}: {e}") from None
         try:
             async with asyncio.timeout(self._pip_timeout):
                 output, _ = await proc.communicate()
@@ -131,13 +146,13 @@ class CodeStore:
             await asyncio.shield(proc.wait())
             shutil.rmtree(partial, ignore_errors=True)
             if isinstance(e, TimeoutError):
-                raise Unsupported(f"spec.requirements: pip did not finish within {self._pip_timeout:g}s") from None
+                raise Unsupported(f"spec.requirements: {tool} did not finish within {self._pip_timeout:g}s") from None
             raise
         lines = output.decode(errors="replace").splitlines()
         for line in lines:
-            log(f"[pip] {line}")
+            log(f"[{tool}] {line}")
         if proc.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
             tail = "\n  ".join(lines[-PIP_ERROR_LINES:]) or "(no output)"
-            raise Unsupported(f"spec.requirements: pip install failed (exit code {proc.returncode}):\n  {tail}")
+            raise Unsupported(f"spec.requirements: {tool} install failed (exit code {proc.returncode}):\n  {tail}")
         await asyncio.to_thread(_publish, partial, target)

@@ -1,42 +1,38 @@
-"""One local instance: a runtime process, from spawn to reap.
+"""One local instance: an instance host (`kfn_runtime.host`) in this process, from start to stop.
 
-An `InstanceProcess` starts `python -m kfn_runtime` in a session (process group) of its own, so
-whatever its handler starts goes with it; waits for the runtime to report its port on a pipe
-(`KFN_READY_FD`: a cold start costs one interpreter start and one import, with no polling);
-copies its output to the function's log; and on `stop` gives it SIGTERM to drain, then SIGKILL
-to the whole group after a grace period. `run` reports what happened through the outcome it
-returns; the backend decides what to do about it.
+A local instance runs exactly what a pod runs, minus the pod: an `InstanceHost` whose execution
+environments are local processes (forked from a zygote for Python, one command each for Node.js),
+polling a Runtime API that this process serves on 127.0.0.1. The gateway reaches it in-process
+(`Instance.endpoint`), so a request costs one hop between processes each way.
+
+`run` reports how the instance's life ended in the `Outcome` it returns; the backend decides what
+to do about it.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from kfn.core.functions import Function
-from kfn.core.instances import Instance
+from kfn.core.instances import Instance, Invocation, InvocationResult
 from kfn.processes.code import Unsupported
 from kfn.processes.plan import Observed, State
-from kfn_runtime import contract
+from kfn_runtime.config import Config
+from kfn_runtime.host import InitFailed, InstanceHost, Rejected
+from kfn_runtime.host import Invocation as HostInvocation
 
 logger = logging.getLogger(__name__)
 
 LOCAL_HOST = "127.0.0.1"
 # Lines of an instance's last output quoted when it fails.
 CRASH_LOG_LINES = 20
-# Output read per wake-up; a longer line is cut into pieces of this size.
-READ_CHUNK = 65536
-
-
-class StartFailed(Exception):
-    """An instance did not become ready; the message says why (with its last output)."""
 
 
 @dataclass(frozen=True)
@@ -45,31 +41,56 @@ class Outcome:
 
     kind: str                 # one of the constants below
     message: str = ""
-    exit_code: int | None = None
 
 
-STOPPED = "stopped"           # asked to stop (or the backend closed), and it did
+STOPPED = "stopped"            # asked to stop (or the backend closed), and it did
 START_FAILED = "start-failed"  # never became ready
-UNSUPPORTED = "unsupported"   # cannot run locally until the function changes
-CRASHED = "crashed"           # exited while serving, unasked
+UNSUPPORTED = "unsupported"    # cannot run locally until the function changes
+CRASHED = "crashed"            # stopped working while serving, unasked
 
 
 @dataclass(frozen=True)
 class Settings:
-    python: str
     start_timeout: float = 30.0
     stop_grace: float = 5.0
-    # How long a ready instance keeps its socket open after leaving rotation: requests the gateway
-    # dispatched just before are still on their way (a pod's preStop pause, locally).
+    # How long a ready instance keeps taking invocations after leaving rotation: requests the
+    # gateway dispatched just before are still on their way (a pod's preStop pause, locally).
     deregistration_delay: float = 0.5
 
 
-Prepare = Callable[[], Awaitable[tuple[dict[str, str], Path]]]
+# What `run` gets from the backend: the instance's configuration, and how to build its host
+# given where its output goes.
+Prepare = Callable[[], Awaitable[tuple[Config, Callable[[Callable[[str, str], None]], InstanceHost]]]]
 OutputSink = Callable[[list[str]], None]
 
 
+class _Endpoint:
+    """The gateway's in-process way into an instance host."""
+
+    def __init__(self, host: InstanceHost) -> None:
+        self._host = host
+
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
+        client_context = None
+        if invocation.client_context:
+            try:
+                client_context = base64.b64decode(invocation.client_context, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                client_context = None
+        run = HostInvocation(invocation.payload, request_id=invocation.request_id, timeout=self._host.config.timeout,
+                             client_context=client_context, trace_id=invocation.trace_id,
+                             want_log=invocation.want_log)
+        try:
+            await self._host.invoke(run)
+        except Rejected as e:
+            return InvocationResult(rejected=e.reason, rejection=str(e))
+        return InvocationResult(
+            payload=run.result, function_error=run.function_error, error_type=run.error_type,
+            log_result=base64.b64encode(run.log_tail()).decode() if invocation.want_log else None)
+
+
 class InstanceProcess:
-    """Supervises one runtime process of one function version."""
+    """Supervises one local instance of one function version."""
 
     def __init__(self, id: str, function: Function, version: str, *, settings: Settings, prepare: Prepare,
                  on_output: OutputSink) -> None:
@@ -79,19 +100,20 @@ class InstanceProcess:
         self.state = State.STARTING
         self.started = time.monotonic()
         self.instance: Instance | None = None
+        self.host: InstanceHost | None = None
         self._settings = settings
         self._prepare = prepare
         self._on_output = on_output
-        self._proc: asyncio.subprocess.Process | None = None
         self._last_lines: collections.deque[str] = collections.deque(maxlen=CRASH_LOG_LINES)
-        self._output_task: asyncio.Task[None] | None = None
-        self._stop_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self._closing = False
         self.on_ready: Callable[[InstanceProcess], None] = lambda _: None
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """The zygote's process id, for Python instances (None otherwise)."""
+        spawner = getattr(self.host, "_spawner", None)
+        return getattr(spawner, "pid", None)
 
     def observed(self) -> Observed:
         return Observed(id=self.id, version=self.version, state=self.state, started=self.started)
@@ -101,50 +123,70 @@ class InstanceProcess:
             return "(no output)"
         return "last output:\n  " + "\n  ".join(self._last_lines)
 
-    # -- the instance's life ---------------------------------------------------------------------
+    def _output(self, env_id: str, line: str) -> None:
+        self._last_lines.append(line[:500])
+        self._on_output([f"[{self.id}] {line}"])
 
     async def run(self) -> Outcome:
-        """Prepares, spawns and watches the instance until it exits and is reaped.
+        """Prepares and starts the instance, serves until asked to stop, then stops it.
 
-        Runs as long as the instance does; cancelling it kills the process group and reaps it.
+        Runs as long as the instance does; cancelling it stops the instance's processes.
         """
+        host: InstanceHost | None = None
         try:
             try:
-                env, code_dir = await self._prepare()
-                if self.state is not State.STARTING:
-                    return Outcome(STOPPED)
-                port = await self._spawn(env, code_dir)
+                _, build = await self._prepare()
             except Unsupported as e:
                 return Outcome(UNSUPPORTED, str(e))
-            except StartFailed as e:
-                if self.state is not State.STARTING:
-                    return Outcome(STOPPED)  # stopped on purpose while starting
-                return Outcome(START_FAILED, f"instance {self.id} failed to start: {e}")
             if self.state is not State.STARTING:
-                return Outcome(STOPPED)  # stopped while starting: the stop task has it
+                return Outcome(STOPPED)
+            host = self.host = build(self._output)
+            failed = asyncio.get_running_loop().create_future()
+
+            def fail(why: str) -> None:
+                if not failed.done():
+                    failed.set_result(why)
+
+            host.on_failure = fail
+            starting = asyncio.ensure_future(host.start(timeout=self._settings.start_timeout))
+            stopped = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not starting.done():   # asked to stop while starting
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, InitFailed):
+                    await starting
+                return Outcome(STOPPED)
+            try:
+                starting.result()
+            except InitFailed as e:
+                if self.state is not State.STARTING:
+                    return Outcome(STOPPED)
+                return Outcome(START_FAILED, f"instance {self.id} failed to start: {e}; {self.describe_output()}")
+            if self.state is not State.STARTING:
+                return Outcome(STOPPED)
             self.state = State.READY
-            self.instance = Instance(function=self.function.ref, id=self.id, host=LOCAL_HOST, port=port,
-                                     capacity=self.function.spec.concurrency)
+            self.instance = Instance(function=self.function.ref, id=self.id, host=LOCAL_HOST, port=0,
+                                     capacity=self.function.spec.concurrency, endpoint=_Endpoint(host))
             self.on_ready(self)
-            assert self._proc is not None
-            code = await self._proc.wait()
-            if self.state is State.READY and not self._closing:
-                # Nobody asked it to stop: a crash. Out of rotation now; the backend replaces it.
+            stop = asyncio.ensure_future(self._stop.wait())
+            done, _ = await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if failed in done and not self._stop.is_set():
                 self.state = State.STOPPING
-                await self._output_done()
-                return Outcome(CRASHED, f"instance {self.id} exited with code {code} while serving; "
-                                        f"{self.describe_output()}", exit_code=code)
-            if code not in (0, -signal.SIGTERM, -signal.SIGKILL) and not self._closing:
-                # Asked to stop, but it died of something else first (often what the gateway saw).
-                await self._output_done()
-                return Outcome(STOPPED, f"instance {self.id} exited with code {code}; {self.describe_output()}",
-                               exit_code=code)
-            return Outcome(STOPPED, exit_code=code)
+                return Outcome(CRASHED, f"instance {self.id} stopped working while serving ({failed.result()}); "
+                                        f"{self.describe_output()}")
+            if not self._closing:
+                await asyncio.sleep(self._settings.deregistration_delay)
+            host.drain()
+            await host.wait_idle(self.function.spec.timeout + self._settings.stop_grace)
+            return Outcome(STOPPED)
         finally:
-            await self._reap()
+            if host is not None:
+                await asyncio.shield(host.close())
 
     def stop(self, *, closing: bool = False) -> bool:
-        """Take the instance out of rotation now; it drains and exits in the background.
+        """Take the instance out of rotation now; it finishes what it runs and stops in the background.
 
         Returns whether it was in rotation. `closing` (the backend shutting down) skips the
         deregistration pause: the gateway has drained already.
@@ -154,140 +196,5 @@ class InstanceProcess:
             return False
         was_ready = self.state is State.READY
         self.state = State.DRAINING if was_ready else State.STOPPING
-        if self._proc is not None and self._stop_task is None:
-            self._stop_task = asyncio.get_running_loop().create_task(self._terminate(),
-                                                                     name=f"kfn-stop-{self.id}")
+        self._stop.set()
         return was_ready
-
-    async def _terminate(self) -> None:
-        """SIGTERM (the runtime finishes in-flight requests), then SIGKILL if it takes too long.
-
-        Runs at most the deregistration delay plus the function's timeout plus the grace period.
-        """
-        proc = self._proc
-        assert proc is not None
-        if self.instance is not None and not self._closing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._settings.deregistration_delay):
-                    await proc.wait()
-        if proc.returncode is not None:
-            return
-        self._signal(signal.SIGTERM, group=False)
-        grace = self._settings.stop_grace
-        if self.instance is not None:
-            grace += self.function.spec.timeout
-        try:
-            async with asyncio.timeout(grace):
-                await proc.wait()
-        except TimeoutError:
-            logger.warning("instance %s did not exit %gs after SIGTERM: killing it", self.id, grace)
-            self._signal(signal.SIGKILL)
-            await proc.wait()
-
-    def _signal(self, sig: signal.Signals, *, group: bool = True) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if group:
-                os.killpg(proc.pid, sig)
-            elif proc.returncode is None:
-                proc.send_signal(sig)
-
-    async def _reap(self) -> None:
-        """Wait for the process to exit (killing it unless a stop is under way), then make sure
-        nothing of its process group is left: children a handler started die with it."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.returncode is None and self._stop_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._stop_task)
-        if proc.returncode is None:
-            self._signal(signal.SIGKILL)
-        await asyncio.shield(proc.wait())
-        self._signal(signal.SIGKILL)  # stragglers of the group (a handler's orphans)
-        await self._output_done()
-
-    # -- starting --------------------------------------------------------------------------------
-
-    async def _spawn(self, env: dict[str, str], code_dir: Path) -> int:
-        """Starts the runtime and waits for it to report its port; StartFailed if it does not."""
-        loop = asyncio.get_running_loop()
-        read_fd, write_fd = os.pipe()
-        env[contract.ENV_READY_FD] = str(write_fd)
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self._settings.python, "-S", "-m", "kfn_runtime", env=env, cwd=str(code_dir),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                pass_fds=(write_fd,), start_new_session=True, limit=READ_CHUNK)
-        except OSError as e:
-            os.close(read_fd)
-            raise StartFailed(f"cannot run {self._settings.python}: {e.strerror or e}") from None
-        finally:
-            os.close(write_fd)
-        self._output_task = loop.create_task(self._pump_output(), name=f"kfn-output-{self.id}")
-        if self.state is not State.STARTING:
-            os.close(read_fd)
-            raise StartFailed("stopped while starting")
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                    os.fdopen(read_fd, "rb", buffering=0))
-        try:
-            async with asyncio.timeout(self._settings.start_timeout):
-                line = await reader.readline()
-                if not line:
-                    # The pipe closed without a word: the runtime exited (or closed it). Let its
-                    # last output arrive before reporting it.
-                    code = await self._proc.wait()
-                    await self._output_done()
-                    raise StartFailed(f"the runtime exited with code {code} before it was ready; "
-                                      f"{self.describe_output()}")
-        except TimeoutError:
-            raise StartFailed(f"not ready after {self._settings.start_timeout:g}s; {self.describe_output()}") from None
-        finally:
-            transport.close()
-        words = line.decode(errors="replace").split()
-        if len(words) != 2 or words[0] != "ready" or not words[1].isdigit():
-            raise StartFailed(f"the runtime said {line!r} instead of 'ready <port>'")
-        return int(words[1])
-
-    # -- output ----------------------------------------------------------------------------------
-
-    async def _output_done(self) -> None:
-        """Waits (briefly) for an exited instance's last output to be read."""
-        if self._output_task is not None:
-            with contextlib.suppress(TimeoutError, Exception):
-                async with asyncio.timeout(1.0):
-                    await asyncio.shield(self._output_task)
-            if not self._output_task.done():
-                # A handler's orphan may still hold the pipe; the group is killed, but do not wait.
-                self._output_task.cancel()
-
-    async def _pump_output(self) -> None:
-        """Copies the instance's output into the function's log; runs until the output closes.
-
-        Reads whatever is available rather than line by line: under load a runtime logs a line
-        per request, and one wake-up per batch keeps that cheap for the gateway sharing this loop.
-        """
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        prefix = f"[{self.id}] "
-        partial = b""
-        while True:
-            chunk = await proc.stdout.read(READ_CHUNK)
-            if not chunk:
-                if partial:
-                    self._output([partial.decode(errors="replace").rstrip("\r")], prefix)
-                return
-            *complete, partial = (partial + chunk).split(b"\n")
-            if len(partial) > READ_CHUNK:
-                # A line without an end in sight: keep it as it is rather than buffer without bound.
-                complete.append(partial)
-                partial = b""
-            if complete:
-                self._output([line.decode(errors="replace").rstrip("\r") for line in complete], prefix)
-
-    def _output(self, lines: list[str], prefix: str) -> None:
-        self._last_lines.extend(line[:500] for line in lines)
-        self._on_output([prefix + line for line in lines])

@@ -21,13 +21,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfn.core import naming
-from kfn.core.functions import RUNTIMES, Function
+from kfn.core.functions import DEFAULT_RUNTIME, RUNTIMES, Function
 from kfn_runtime import contract
+from kfn_runtime.host import reserved_variables
 
 Manifest = dict[str, Any]
 
-CONTAINER_NAME = "function"
+CONTAINER_NAME = "function"          # the instance: `python -m kfn_runtime`, whose log is the function's
+ENVIRONMENTS_CONTAINER_NAME = "environments"   # a Lambda container image's environments (spec.image)
 INIT_CONTAINER_NAME = "requirements"
+# Where an image function's instance and the launcher in its image share their FIFOs.
+ENVIRONMENTS_DIR = "/kfn/environments"
+# The instance beside a Lambda container image is small: it only relays invocations.
+HOST_RESOURCES = {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}
 PORT_NAME = "http"
 # A numeric non-root user: "restricted" needs runAsNonRoot, and a numeric uid lets the kubelet
 # verify it without reading the image's /etc/passwd. 65532 is distroless' "nonroot".
@@ -35,13 +41,20 @@ RUN_AS_USER = 65532
 # After SIGTERM the runtime drains for spec.timeout + DEFAULT_DRAIN_EXTRA; the kubelet waits this
 # much longer before SIGKILL, so the runtime's own deadline always comes first.
 TERMINATION_MARGIN_SECONDS = 5
+# Functions are unpublished: their environments say "$LATEST", as Lambda's do (the code's hash is
+# on the pods' annotations).
+FUNCTION_VERSION = "$LATEST"
+# Bumped when what the builders make changes shape, so an operator upgrade rolls existing pods.
+LAYOUT_VERSION = 2
+# LAMBDA_RUNTIME_DIR of AWS's base images.
+IMAGE_RUNTIME_DIR = "/var/runtime"
 # The pip install mode of the runtime image, run as the init container.
 REQUIREMENTS_COMMAND = ("python", "-m", contract.REQUIREMENTS_MODULE)
 
 COMPONENT_FUNCTION = "function"
 COMPONENT_CODE = "code"
 
-DEFAULT_IMAGE_REPOSITORY = "ghcr.io/kfn-dev/runtime-python"
+DEFAULT_IMAGE_REGISTRY = "ghcr.io/kfn-dev"
 ENV_RUNTIME_IMAGES = "KFN_RUNTIME_IMAGES"
 # Where init containers install spec.requirements from: the chart passes its values here, and the
 # operator hands them to pip in the pod as pip's own variables (space-separated lists).
@@ -52,8 +65,12 @@ PIP_ENV = {"index_url": "PIP_INDEX_URL", "extra_index_urls": "PIP_EXTRA_INDEX_UR
 
 
 def _default_images() -> dict[str, str]:
-    # "python3.12" → "ghcr.io/kfn-dev/runtime-python:3.12"
-    return {runtime: f"{DEFAULT_IMAGE_REPOSITORY}:{runtime.removeprefix('python')}" for runtime in RUNTIMES}
+    # "python3.12" → "ghcr.io/kfn-dev/runtime-python:3.12", "nodejs20" → "ghcr.io/kfn-dev/runtime-nodejs:20"
+    out = {}
+    for runtime in RUNTIMES:
+        language = runtime.rstrip("0123456789.")
+        out[runtime] = f"{DEFAULT_IMAGE_REGISTRY}/runtime-{language}:{runtime[len(language):]}"
+    return out
 
 
 @dataclass(frozen=True)
@@ -84,12 +101,13 @@ class RuntimeImages:
     pull_policy: str = "IfNotPresent"
 
     def image_for(self, fn: Function) -> str:
-        if fn.spec.image:
-            return fn.spec.image
+        """The image of the instance's container: the runtime's (for an image function, the
+        default runtime's, which hosts the instance beside the function's own image)."""
+        runtime = DEFAULT_RUNTIME if fn.spec.image else fn.spec.runtime
         try:
-            return self.images[fn.spec.runtime]
+            return self.images[runtime]
         except KeyError:
-            raise ValueError(f"no runtime image configured for {fn.spec.runtime!r}") from None
+            raise ValueError(f"no runtime image configured for {runtime!r}") from None
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None, *,
@@ -179,14 +197,16 @@ def _container_security() -> Manifest:
     }
 
 
-def _runtime_env(fn: Function) -> list[Manifest]:
+def _runtime_env(fn: Function, *, region: str) -> list[Manifest]:
     values = {
-        contract.ENV_HANDLER: fn.spec.handler,
+        contract.ENV_RUNTIME: contract.RUNTIME_IMAGE if fn.spec.image else fn.spec.runtime,
+        contract.ENV_HANDLER: fn.spec.handler or "",
         contract.ENV_CODE_DIR: contract.DEFAULT_CODE_DIR,
         contract.ENV_DEPS_DIR: contract.DEFAULT_DEPS_DIR,
         contract.ENV_FUNCTION_NAME: fn.name,
-        contract.ENV_FUNCTION_VERSION: fn.code_hash(),
+        contract.ENV_FUNCTION_VERSION: FUNCTION_VERSION,
         contract.ENV_NAMESPACE: fn.namespace,
+        contract.ENV_REGION: region,
         contract.ENV_TIMEOUT: _number(fn.spec.timeout),
         contract.ENV_CONCURRENCY: str(fn.spec.concurrency),
         contract.ENV_MEMORY_MB: str(fn.spec.resources.memory_limit_mb),
@@ -194,21 +214,37 @@ def _runtime_env(fn: Function) -> list[Manifest]:
         contract.ENV_PORT: str(naming.RUNTIME_PORT),
         contract.ENV_DRAIN_TIMEOUT: _number(drain_seconds(fn)),
     }
+    if fn.spec.image:
+        values[contract.ENV_ENVIRONMENTS_DIR] = ENVIRONMENTS_DIR
     return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _image_env(fn: Function, *, region: str) -> list[Manifest]:
+    """A Lambda container image's environment: Lambda's reserved variables, then spec.env. The
+    image keeps its own PATH and the rest of its ENV; each environment's log stream name comes
+    from the launcher."""
+    reserved = reserved_variables(function_name=fn.name, version=FUNCTION_VERSION,
+                                  memory_mb=fn.spec.resources.memory_limit_mb, region=region, handler=fn.spec.handler,
+                                  task_root=contract.DEFAULT_CODE_DIR, runtime_dir=IMAGE_RUNTIME_DIR)
+    return [*({"name": k, "value": v} for k, v in reserved.items()),
+            *(v.model_dump(mode="json", exclude_none=True) for v in fn.spec.env)]
 
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def deployed_hash(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings()) -> str:
+def deployed_hash(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
+                  region: str = contract.DEFAULT_REGION) -> str:
     """A digest of everything the Deployment is built from: the spec and the operator's settings
     (an upgrade that changes the runtime image rolls the pods, too)."""
-    blob = json.dumps([fn.spec_hash(), images.image_for(fn), images.pull_policy, pip.env()], sort_keys=True)
+    blob = json.dumps([fn.spec_hash(), images.image_for(fn), images.pull_policy, pip.env(), region, LAYOUT_VERSION],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings()) -> Manifest:
+def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
+                       region: str = contract.DEFAULT_REGION) -> Manifest:
     image = images.image_for(fn)
     code_cm = code_configmap_name(fn)
     mounts: list[Manifest] = [
@@ -222,14 +258,20 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
     if code_cm is not None:
         mounts.append({"name": "code", "mountPath": contract.DEFAULT_CODE_DIR, "readOnly": True})
         volumes.append({"name": "code", "configMap": {"name": code_cm}})
+    if fn.spec.image:
+        mounts.append({"name": "environments", "mountPath": ENVIRONMENTS_DIR})
+        volumes.append({"name": "environments", "emptyDir": {}})
 
     container: Manifest = {
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": images.pull_policy,
         "ports": [{"name": PORT_NAME, "containerPort": naming.RUNTIME_PORT, "protocol": "TCP"}],
-        "env": [*_runtime_env(fn), *(v.model_dump(mode="json", exclude_none=True) for v in fn.spec.env)],
-        "resources": {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)},
+        "env": [*_runtime_env(fn, region=region),
+                # An image's environments get spec.env in their own container.
+                *(() if fn.spec.image else (v.model_dump(mode="json", exclude_none=True) for v in fn.spec.env))],
+        "resources": (HOST_RESOURCES if fn.spec.image else
+                      {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)}),
         # Readiness is polled every second: scale-from-zero waits on it.
         "readinessProbe": {
             "httpGet": {"path": contract.PATH_READY, "port": PORT_NAME},
@@ -243,8 +285,11 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    containers = [container]
+    if fn.spec.image:
+        containers.append(_environments_container(fn, images=images, region=region))
     pod_spec: Manifest = {
-        "containers": [container],
+        "containers": containers,
         # Merge patches replace lists wholesale; an explicit empty list removes an old init container.
         "initContainers": [],
         "volumes": volumes,
@@ -261,6 +306,9 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
         # Service links put one env var per Service in the namespace into every container.
         "enableServiceLinks": False,
     }
+    if fn.spec.image:
+        # The instance kills an environment that timed out, in the image's container, by its PID.
+        pod_spec["shareProcessNamespace"] = True
     if fn.spec.requirements:
         pod_spec["initContainers"] = [{
             "name": INIT_CONTAINER_NAME,
@@ -289,15 +337,39 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
             "labels": labels(fn, COMPONENT_FUNCTION),
             "annotations": {
                 naming.ANNOTATION_CODE_HASH: fn.code_hash(),
-                naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip),
+                naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip, region=region),
             },
         },
         "spec": pod_spec,
     }
 
 
+def _environments_container(fn: Function, *, images: RuntimeImages, region: str) -> Manifest:
+    """The Lambda container image, unchanged, its entrypoint run by `contract.LAUNCHER`."""
+    assert fn.spec.image is not None
+    container: Manifest = {
+        "name": ENVIRONMENTS_CONTAINER_NAME,
+        "image": fn.spec.image,
+        "imagePullPolicy": images.pull_policy,
+        "command": ["/bin/sh", "-c", contract.LAUNCHER, "kfn-environments", ENVIRONMENTS_DIR,
+                    str(fn.spec.concurrency), *fn.spec.image_command],
+        "env": _image_env(fn, region=region),
+        "resources": {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)},
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "environments", "mountPath": ENVIRONMENTS_DIR},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    working_directory = fn.spec.imageConfig.workingDirectory if fn.spec.imageConfig else None
+    if working_directory:
+        container["workingDir"] = working_directory
+    return container
+
+
 def build_deployment(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
-                     replicas: int | None = None) -> Manifest:
+                     region: str = contract.DEFAULT_REGION, replicas: int | None = None) -> Manifest:
     """The function's Deployment. `replicas` is set only when creating it: afterwards the
     autoscaler owns the count, so updates built with `replicas=None` leave it alone."""
     spec: Manifest = {
@@ -306,7 +378,7 @@ def build_deployment(fn: Function, *, images: RuntimeImages, pip: PipSettings = 
         # Never fewer ready pods than asked for while rolling new code.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
         "progressDeadlineSeconds": 120,
-        "template": build_pod_template(fn, images=images, pip=pip),
+        "template": build_pod_template(fn, images=images, pip=pip, region=region),
     }
     if replicas is not None:
         spec = {"replicas": replicas, **spec}
@@ -317,7 +389,7 @@ def build_deployment(fn: Function, *, images: RuntimeImages, pip: PipSettings = 
             "name": fn.name,
             "namespace": fn.namespace,
             "labels": labels(fn, COMPONENT_FUNCTION),
-            "annotations": {naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip)},
+            "annotations": {naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip, region=region)},
         },
         "spec": spec,
     }

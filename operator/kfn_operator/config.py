@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kfn_operator.builders import PipSettings, RuntimeImages, parse_image_map
+from kfn_runtime import contract
 
 DEFAULT_GATEWAY_SELECTOR = "app.kubernetes.io/name=kfn-gateway"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
@@ -17,6 +18,7 @@ ENV_POD_NAME = "POD_NAME"
 class OperatorConfig:
     images: RuntimeImages = field(default_factory=RuntimeImages)
     pip: PipSettings = field(default_factory=lambda: PipSettings())   # where init containers install from
+    region: str = contract.DEFAULT_REGION       # AWS_REGION of every function (the chart's functions.region)
     namespaces: tuple[str, ...] = ()            # empty: every namespace
     standalone: bool = False                    # no peering, no Lease: the only replica
     prometheus_url: str | None = None           # PromQL instead of scraping the gateways
@@ -51,6 +53,7 @@ class OperatorConfig:
         return cls(
             images=RuntimeImages.from_environment(env, overrides=overrides),
             pip=PipSettings.from_environment(env),
+            region=env.get(contract.ENV_REGION, "").strip() or contract.DEFAULT_REGION,
             namespaces=namespaces,
             standalone=standalone,
             prometheus_url=prometheus_url,

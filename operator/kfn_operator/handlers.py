@@ -138,7 +138,7 @@ class Controller:
             existing = None
         if existing is None:
             deployment = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip,
-                                                  replicas=fn.spec.scale.minReplicas)
+                                                  region=self.config.region, replicas=fn.spec.scale.minReplicas)
             kopf.adopt(deployment, owner=_body(owner))
             try:
                 created = await apps.create_namespaced_deployment(fn.namespace, typed(client.V1Deployment, deployment))
@@ -150,7 +150,8 @@ class Controller:
                 raise kopf.TemporaryError("the Deployment appeared while creating it", delay=1) from None
             log.info("created Deployment %s with %d replicas", fn.name, fn.spec.scale.minReplicas)
             return manifest(created)
-        wanted = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip, replicas=None)
+        wanted = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip,
+                                           region=self.config.region, replicas=None)
         kopf.adopt(wanted, owner=_body(owner))
         meta = existing.get("metadata") or {}
         template_annotations = ((existing.get("spec") or {}).get("template") or {}).get("metadata", {}).get(

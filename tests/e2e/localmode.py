@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from multidict import CIMultiDict
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -29,6 +30,14 @@ T = TypeVar("T")
 
 # No proxy: everything here is on 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None   # the 3xx itself is the answer
+
+
+_NO_REDIRECTS = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
 
 def free_port() -> int:
@@ -79,7 +88,7 @@ HELLO = """
 @dataclass
 class HttpResult:
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]   # case-insensitive, repeats kept (getall)
     body: bytes
 
     def json(self) -> Any:
@@ -87,13 +96,13 @@ class HttpResult:
 
 
 def http(method: str, url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 30.0) -> HttpResult:
+         timeout: float = 30.0, follow_redirects: bool = True) -> HttpResult:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return HttpResult(response.status, dict(response.headers), response.read())
+        with (_OPENER if follow_redirects else _NO_REDIRECTS).open(request, timeout=timeout) as response:
+            return HttpResult(response.status, CIMultiDict(response.headers.items()), response.read())
     except urllib.error.HTTPError as e:
-        return HttpResult(e.code, dict(e.headers), e.read())
+        return HttpResult(e.code, CIMultiDict(e.headers.items()), e.read())
 
 
 class LocalMode:
@@ -159,9 +168,10 @@ class LocalMode:
     # -- HTTP helpers ------------------------------------------------------------------------------
 
     def invoke(self, name: str, *, body: bytes | None = None, method: str | None = None, path: str = "",
-               headers: dict[str, str] | None = None, timeout: float = 30.0) -> HttpResult:
+               headers: dict[str, str] | None = None, timeout: float = 30.0,
+               follow_redirects: bool = True) -> HttpResult:
         return http(method or ("POST" if body is not None else "GET"), f"{self.url}/function/{name}{path}",
-                    body=body, headers=headers, timeout=timeout)
+                    body=body, headers=headers, timeout=timeout, follow_redirects=follow_redirects)
 
     def functions(self) -> dict[str, dict[str, Any]]:
         return {f["name"]: f for f in http("GET", self.url + "/system/functions", timeout=5).json()}

@@ -76,29 +76,39 @@ def test_an_oversized_body_is_413(local: LocalMode) -> None:
     assert "error" in result.json()
 
 
-def test_a_handler_exception_is_500_with_the_error(local: LocalMode) -> None:
+def test_a_handler_exception_is_api_gateways_500_with_the_details_in_the_logs(local: LocalMode) -> None:
     result = local.invoke("boom")
     assert result.status == 500
-    assert "the handler failed on purpose" in result.body.decode()
+    assert result.json() == {"message": "Internal Server Error"}
+    assert result.headers["X-Amz-Function-Error"] == "Unhandled"
+    assert result.headers["X-Kfn-Error-Type"] == "ValueError"
+    logs = http("GET", f"{local.url}/system/logs/boom?tail=200").body.decode()
+    assert "the handler failed on purpose" in logs
 
 
-def test_a_handler_timeout_is_504(local: LocalMode) -> None:
+def test_a_handler_timeout_is_api_gateways_504(local: LocalMode) -> None:
     result = local.invoke("sleepy", timeout=20)
     assert result.status == 504
+    assert result.json() == {"message": "Endpoint request timed out"}
+    assert result.headers["X-Kfn-Error-Type"] == "Sandbox.Timedout"
 
 
-def test_an_instance_crash_mid_request_is_502_and_the_function_recovers(local: LocalMode) -> None:
+def environment_pids(local: LocalMode, name: str) -> set[int]:
+    return {env["pid"] for instance in local.instances(name)["instances"] for env in instance["environments"]}
+
+
+def test_an_environment_crash_mid_invocation_is_a_runtime_exit_error_and_a_fresh_environment_serves_next(
+        local: LocalMode) -> None:
     assert local.invoke("crashy").status == 200
-    before = {i["pid"] for i in local.instances("crashy")["instances"]}
+    before = environment_pids(local, "crashy")
     result = local.invoke("crashy", body=b"crash", headers={"Content-Type": "text/plain"})
-    assert result.status == 502
-    assert "error" in result.json()
+    assert result.status == 500
+    assert result.headers["X-Kfn-Error-Type"] == "Runtime.ExitError"
     again = local.invoke("crashy")
     assert again.status == 200 and again.json() == "alive"
-    after = {i["pid"] for i in local.instances("crashy")["instances"] if i["state"] == "ready"}
-    assert after and not after & before
+    assert environment_pids(local, "crashy") - before
     logs = http("GET", f"{local.url}/system/logs/crashy?tail=200").body.decode()
-    assert "exited with code 1" in logs
+    assert "Runtime exited with error: exit status 1" in logs
 
 
 def test_a_full_queue_is_429_with_retry_after_and_the_gateway_stays_healthy(local: LocalMode) -> None:

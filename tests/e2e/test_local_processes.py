@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from kfn.core.functions import Function, FunctionRef, parse_function
+from kfn.core.instances import Instance, Invocation
 from kfn.processes import ProcessBackend
 from tests.e2e.localmode import function_manifest, pid_alive
 
@@ -53,21 +55,27 @@ async def until(predicate: Callable[[], Any], *, timeout: float = 20.0, what: st
     return value
 
 
-async def get(url: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        return response.status, await response.json(content_type=None)
+async def invoke(instance: Instance, event: dict[str, Any] | None = None) -> Any:
+    """The function's result on `instance`, through its in-process endpoint (as the gateway calls it)."""
+    assert instance.endpoint is not None
+    result = await instance.endpoint.invoke(Invocation(payload=json.dumps(event or {}).encode(),
+                                                       request_id=str(uuid.uuid4())))
+    assert result.rejected is None and result.function_error is None, result
+    return json.loads(result.payload)
 
 
-async def test_scaling_up_starts_ready_instances_on_local_ports(backend: ProcessBackend) -> None:
+async def test_scaling_up_starts_ready_in_process_instances(backend: ProcessBackend) -> None:
     backend.set_function(make_function("hello"))
     assert backend.ready(R("hello")) == [] and backend.desired(R("hello")) == 0
     await backend.scale(R("hello"), 2)
     instances = await until(lambda: len(backend.ready(R("hello"))) == 2 and backend.ready(R("hello")), what="2 ready")
-    assert {i.host for i in instances} == {"127.0.0.1"}
-    assert len({i.port for i in instances}) == 2
+    assert len({i.id for i in instances}) == 2
+    assert all(i.endpoint is not None for i in instances)
     assert {i.capacity for i in instances} == {10}
-    status, body = await get(instances[0].url + "/")
-    assert status == 200 and body["version"] == make_function("hello").code_hash()
+    pids = {p["pid"] for p in backend.status(R("hello"))["instances"]}  # type: ignore[index]
+    assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
+    body = await invoke(instances[0])
+    assert body["version"] == "$LATEST"
 
 
 async def test_listeners_hear_about_ready_instances(backend: ProcessBackend) -> None:
@@ -97,16 +105,16 @@ async def test_scaling_down_takes_instances_out_of_rotation_before_stopping_them
 async def test_a_changed_function_rolls_without_a_moment_with_no_ready_instance(backend: ProcessBackend) -> None:
     backend.set_function(make_function("roll", scale={"minReplicas": 2}))
     await until(lambda: len(backend.ready(R("roll"))) == 2, what="2 ready")
-    old_ports = {i.port for i in backend.ready(R("roll"))}
+    old_ids = {i.id for i in backend.ready(R("roll"))}
     gaps: list[float] = []
     backend.add_listener(lambda name: gaps.append(time.monotonic()) if not backend.ready(name) else None)
     changed = make_function("roll", code=HELLO + "\n# v2\n", scale={"minReplicas": 2})
     backend.set_function(changed)
     await until(lambda: len(backend.ready(R("roll"))) == 2
-                and not {i.port for i in backend.ready(R("roll"))} & old_ports, what="the new version")
+                and not {i.id for i in backend.ready(R("roll"))} & old_ids, what="the new version")
     assert gaps == []
-    status, body = await get(backend.ready(R("roll"))[0].url + "/")
-    assert body["version"] == changed.code_hash()
+    ready = [p for p in backend.status(R("roll"))["instances"] if p["state"] == "ready"]  # type: ignore[index]
+    assert {p["version"] for p in ready} == {changed.code_hash()}
 
 
 async def test_a_crashed_instance_is_replaced_and_its_output_kept(backend: ProcessBackend) -> None:
@@ -117,10 +125,10 @@ async def test_a_crashed_instance_is_replaced_and_its_output_kept(backend: Proce
     os.kill(pid, signal.SIGKILL)
     replacement = (await until(lambda: [i for i in backend.ready(R("crashy")) if i.id != first.id],
                                what="a replacement"))[0]
-    assert replacement.port != first.port
+    assert await invoke(replacement) == {"version": "$LATEST", "body": None}
     async with backend.logs(R("crashy"), tail=100, follow=False) as lines:
         logs = "\n".join([line async for line in lines])
-    assert f"instance {first.id} exited with code -9 while serving" in logs
+    assert f"instance {first.id} stopped working while serving (its zygote exited with code -9)" in logs
     assert "about to be killed" in logs
 
 
@@ -162,25 +170,28 @@ async def test_a_start_failure_that_heals_heals_the_function_without_a_change(
     assert backend.problem(R("healing")) is None
 
 
-async def test_the_function_environment_reaches_the_handler(backend: ProcessBackend) -> None:
-    code = """
+async def test_the_handler_sees_lambdas_environment_and_nothing_of_kfn_locals(backend: ProcessBackend) -> None:
+    names = ("GREETING", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+             "AWS_REGION", "_HANDLER", "LAMBDA_TASK_ROOT", "KFN_LEAK_CHECK")
+    code = f"""
 import os
 def handler(event, context):
-    return {k: os.environ.get(k) for k in ("GREETING", "KFN_FUNCTION_NAME", "KFN_CONCURRENCY", "KFN_TIMEOUT",
-                                           "KFN_MEMORY_MB", "KFN_GATEWAY")}
+    return {{k: os.environ.get(k) for k in {names!r}}}
 """
-    os.environ["KFN_GATEWAY"] = "http://leaked"
+    os.environ["KFN_LEAK_CHECK"] = "leaked"
     try:
         backend.set_function(make_function("env", code=code, env=[{"name": "GREETING", "value": "hi"}],
                                            concurrency=3, timeout="7s",
                                            resources={"limits": {"memory": "128Mi"}}))
         await backend.scale(R("env"), 1)
+        instance = (await until(lambda: backend.ready(R("env")), what="an instance"))[0]
     finally:
-        del os.environ["KFN_GATEWAY"]
-    instance = (await until(lambda: backend.ready(R("env")), what="an instance"))[0]
-    _, body = await get(instance.url + "/")
-    assert body == {"GREETING": "hi", "KFN_FUNCTION_NAME": "env", "KFN_CONCURRENCY": "3", "KFN_TIMEOUT": "7.0",
-                    "KFN_MEMORY_MB": "128", "KFN_GATEWAY": None}
+        del os.environ["KFN_LEAK_CHECK"]
+    body = await invoke(instance)
+    assert body.pop("LAMBDA_TASK_ROOT")
+    assert body == {"GREETING": "hi", "AWS_LAMBDA_FUNCTION_NAME": "env", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+                    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_REGION": "us-east-1", "_HANDLER": "main.handler",
+                    "KFN_LEAK_CHECK": None}
 
 
 async def test_log_followers_get_new_lines_until_the_backend_closes(tmp_path: Path) -> None:

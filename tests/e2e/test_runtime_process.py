@@ -1,407 +1,66 @@
-"""The runtime as a real process (`python -m kfn_runtime`) spoken to over HTTP on 127.0.0.1."""
+"""A function instance as a pod runs it: `python -m kfn_runtime`, configured by KFN_* variables,
+spoken to over HTTP on 127.0.0.1 (the invoke endpoint, probes, metrics) and stopped by signals."""
 from __future__ import annotations
 
-import ctypes
-import http.client
+import base64
 import json
-import os
-import platform
-import select
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kfn_runtime import contract
+from tests.e2e.localmode import free_port
+from tests.e2e.runtimes import RuntimeProcess, pid_alive, wait_for, write_code
 
 pytestmark = [pytest.mark.timeout(60)]
 
-RUNTIME_DIR = Path(__file__).resolve().parents[2] / "runtime-images" / "python"
-STARTUP_TIMEOUT = 15.0
+INVOKE = contract.PATH_INVOKE
 
-# One module with a handler per behaviour; tests pick one with KFN_HANDLER. Coordination with the
-# test goes through files, never through sleeps: "block" waits until the test creates `release`.
+# One handler; what it does is told by the event's "action". Coordination with the test goes
+# through files in the code directory: "block" waits until the test creates `release`.
 APP = '''
-import asyncio, json, logging, os, time
+import json, logging, os, time
 from pathlib import Path
 
 HERE = Path(__file__).parent
 log = logging.getLogger("app")
 
-def wait_for(name, seconds=30.0):
+
+def wait_for(name, seconds):
     deadline = time.monotonic() + seconds
     while not (HERE / name).exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.005)
 
-def echo(event, context):
-    log.info("echoing %s", event["rawPath"])
-    print("print from the handler")
-    return {"statusCode": 200, "headers": {"content-type": "application/json"},
-            "body": json.dumps({"event": event, "requestId": context.aws_request_id,
-                                "functionName": context.function_name,
-                                "remainingMs": context.get_remaining_time_in_millis()})}
 
-async def async_echo(event, context):
-    await asyncio.sleep(0.001)
-    return {"async": True, "path": event["rawPath"], "remainingMs": context.get_remaining_time_in_millis()}
-
-def routes(event, context):
-    path = event["rawPath"]
-    if path == "/fail":
-        raise ValueError("bad input: " + event.get("rawQueryString", ""))
-    if path == "/slow":
-        time.sleep(float(event["queryStringParameters"]["s"]))
+def handler(event, context):
+    action = event.get("action") if isinstance(event, dict) else None
+    if action == "fail":
+        raise ValueError("bad input: " + str(event.get("why")))
+    if action == "print":
+        print("printed", event["tag"])
+        log.warning("logged %s", event["tag"])
+        return "ok"
+    if action == "sleep":
+        time.sleep(event["seconds"])
         return "slept"
-    if path == "/block":
-        (HERE / ("started-" + event["queryStringParameters"]["n"])).write_text("")
-        wait_for("release")
-        return {"statusCode": 200, "body": "released"}
-    if path == "/cookies":
-        return {"statusCode": 302, "headers": {"Location": "/next"}, "cookies": ["a=1; Path=/", "b=2"]}
-    if path == "/binary":
-        return {"statusCode": 200, "headers": {"content-type": "application/octet-stream"},
-                "isBase64Encoded": True, "body": event["body"] if event["isBase64Encoded"] else ""}
-    if path == "/unserialisable":
-        return {"when": object()}
-    return {"path": path}
-
-async def async_slow(event, context):
-    try:
-        await asyncio.sleep(30)
-    except asyncio.CancelledError:
-        (HERE / "cancelled").write_text("")
-        raise
+    if action == "block":
+        (HERE / ("started-" + str(event["n"]))).write_text("")
+        wait_for("release", event.get("hold", 10))
+        return "released"
+    if action == "context":
+        cc = context.client_context
+        return {"custom": cc.custom if cc else None, "requestId": context.aws_request_id,
+                "function": context.function_name, "trace": os.environ.get("_X_AMZN_TRACE_ID"),
+                "kfn": sorted(k for k in os.environ if k.startswith("KFN_")),
+                "memory": os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")}
+    return {"event": event, "requestId": context.aws_request_id}
 '''
-
-# The hello-world blueprint the AWS Lambda console creates for Python, unchanged.
-AWS_BLUEPRINT = '''import json
-
-def lambda_handler(event, context):
-    # TODO implement
-    return {
-        'statusCode': 200,
-        'body': json.dumps('Hello from Lambda!')
-    }
-'''
-
-
-class RuntimeProcess:
-    """One `python -m kfn_runtime` process; always stopped (by PID) in the fixture's finally."""
-
-    def __init__(self, workdir: Path, env: dict[str, str], *, ready_fd: bool) -> None:
-        self.workdir = workdir
-        self.stdout_path = workdir / "stdout.log"
-        self.stderr_path = workdir / "stderr.log"
-        self.port: int | None = int(env[contract.ENV_PORT]) if env.get(contract.ENV_PORT, "0") != "0" else None
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
-        full_env.update({"PYTHONPATH": str(RUNTIME_DIR), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"})
-        full_env.update(env)
-        self._ready_read: int | None = None
-        pass_fds: tuple[int, ...] = ()
-        if ready_fd:
-            self._ready_read, write_end = os.pipe()
-            full_env[contract.ENV_READY_FD] = str(write_end)
-            pass_fds = (write_end,)
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "kfn_runtime"], env=full_env, cwd=workdir,
-                                            stdout=out, stderr=err, pass_fds=pass_fds)
-        if ready_fd:
-            os.close(write_end)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_ready_fd(self, timeout: float = STARTUP_TIMEOUT) -> int | None:
-        """The port from "ready <port>", or None when the pipe closed without it (the process failed)."""
-        assert self._ready_read is not None
-        data = b""
-        deadline = time.monotonic() + timeout
-        try:
-            while b"\n" not in data and time.monotonic() < deadline:
-                readable, _, _ = select.select([self._ready_read], [], [], max(0.0, deadline - time.monotonic()))
-                if not readable:
-                    break
-                chunk = os.read(self._ready_read, 64)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            os.close(self._ready_read)
-            self._ready_read = None
-        if not data.startswith(b"ready "):
-            return None
-        self.port = int(data.split()[1])
-        return self.port
-
-    def request(self, method: str, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None,
-                connection: http.client.HTTPConnection | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            data = response.read()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-        finally:
-            if connection is None:
-                conn.close()
-
-    def get_json(self, path: str) -> tuple[int, object]:
-        status, _, body = self.request("GET", path)
-        return status, json.loads(body)
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.process.pid, signum)
-
-    def wait_exit(self, timeout: float = 20.0) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        if self._ready_read is not None:
-            os.close(self._ready_read)
-            self._ready_read = None
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text()
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def log_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout().splitlines() if line.startswith("{")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition: Callable[[], bool], *, seconds: float = 10.0, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., RuntimeProcess]]:
-    """Start a runtime on 127.0.0.1 serving `source` as main.py (or `files`) from a fresh code dir."""
-    started: list[RuntimeProcess] = []
-
-    def start_(handler: str = "main.routes", *, source: str = APP, files: dict[str, str] | None = None,
-               ready_fd: bool = True, wait: bool = True, **env: object) -> RuntimeProcess:
-        code = tmp_path / f"code{len(started)}"
-        code.mkdir()
-        for name, text in (files or {"main.py": source}).items():
-            (code / name).write_text(text)
-        settings = {contract.ENV_HANDLER: handler, contract.ENV_CODE_DIR: str(code), contract.ENV_HOST: "127.0.0.1",
-                    contract.ENV_PORT: "0", contract.ENV_FUNCTION_NAME: "demo", contract.ENV_TIMEOUT: "10",
-                    contract.ENV_DEPS_DIR: str(tmp_path / "deps")}
-        settings.update({f"KFN_{k.upper()}": str(v) for k, v in env.items()})
-        runtime = RuntimeProcess(code, settings, ready_fd=ready_fd)
-        started.append(runtime)
-        if ready_fd and wait:
-            port = runtime.wait_ready_fd()
-            assert port, f"the runtime did not become ready:\n{runtime.stderr()}"
-        return runtime
-
-    try:
-        yield start_
-    finally:
-        for runtime in started:
-            runtime.stop()
-
-
-def in_thread(function: Callable[[], object]) -> tuple[threading.Thread, list]:
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(function()), daemon=True)
-    thread.start()
-    return thread, result
-
-
-# --- invocations -----------------------------------------------------------------------------
-
-def test_sync_handler_gets_the_event_and_context(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start("main.echo")
-    status, headers, body = rt.request("POST", "/orders/7?tag=a&tag=b", body=b'{"qty": 2}',
-                                       headers={"Content-Type": "application/json", "Cookie": "s=1; t=2",
-                                                "X-Forwarded-For": "203.0.113.5"})
-    assert status == 200
-    data = json.loads(body)
-    event = data["event"]
-    assert event["rawPath"] == "/orders/7"
-    assert event["queryStringParameters"] == {"tag": "a,b"}
-    assert event["cookies"] == ["s=1", "t=2"]
-    assert event["body"] == '{"qty": 2}'
-    assert event["requestContext"]["http"]["method"] == "POST"
-    assert event["requestContext"]["http"]["sourceIp"] == "203.0.113.5"
-    assert data["functionName"] == "demo"
-    assert 0 < data["remainingMs"] <= 10_000
-    assert headers[contract.HEADER_REQUEST_ID.lower()] == data["requestId"]
-
-
-def test_async_handler_runs_on_the_event_loop(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start("main.async_echo")
-    status, headers, body = rt.request("GET", "/hello")
-    data = json.loads(body)
-    assert (status, headers["content-type"]) == (200, "application/json")
-    assert (data["async"], data["path"]) == (True, "/hello")
-    assert data["remainingMs"] > 0
-
-
-def test_aws_hello_world_blueprint_runs_unchanged(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start("lambda_function.lambda_handler", files={"lambda_function.py": AWS_BLUEPRINT})
-    status, headers, body = rt.request("GET", "/")
-    assert status == 200
-    assert headers["content-type"] == "application/json"
-    assert json.loads(body) == "Hello from Lambda!"
-
-
-def test_returned_value_without_status_code_is_json(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    status, headers, body = rt.request("GET", "/anything")
-    assert (status, headers["content-type"], json.loads(body)) == (200, "application/json", {"path": "/anything"})
-
-
-def test_cookies_and_headers_of_the_response(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    conn = http.client.HTTPConnection("127.0.0.1", rt.port, timeout=10)
-    try:
-        conn.request("GET", "/cookies")
-        response = conn.getresponse()
-        response.read()
-        assert response.status == 302
-        assert response.getheader("Location") == "/next"
-        assert response.msg.get_all("Set-Cookie") == ["a=1; Path=/", "b=2"]
-    finally:
-        conn.close()
-
-
-def test_binary_bodies_round_trip_through_base64(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    payload = bytes(range(256)) * 4
-    status, headers, body = rt.request("POST", "/binary", body=payload,
-                                       headers={"Content-Type": "application/octet-stream"})
-    assert (status, body) == (200, payload)
-
-
-def test_chunked_request_body_is_read(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start("main.echo")
-    conn = http.client.HTTPConnection("127.0.0.1", rt.port, timeout=10)
-    try:
-        conn.request("POST", "/c", body=iter([b"hello ", b"chunked ", b"world"]),
-                     headers={"Content-Type": "text/plain"}, encode_chunked=True)
-        response = conn.getresponse()
-        data = json.loads(response.read())
-    finally:
-        conn.close()
-    assert response.status == 200
-    assert data["event"]["body"] == "hello chunked world"
-
-
-def test_keep_alive_connection_serves_many_requests(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    conn = http.client.HTTPConnection("127.0.0.1", rt.port, timeout=10)
-    try:
-        for i in range(20):
-            status, headers, body = rt.request("GET", f"/n{i}", connection=conn)
-            assert status == 200
-            assert "connection" not in headers
-    finally:
-        conn.close()
-
-
-def test_handler_exception_is_a_500_and_the_next_request_succeeds(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    status, _, body = rt.request("GET", "/fail?id=42")
-    assert status == 500
-    assert json.loads(body) == {"errorType": "ValueError", "errorMessage": "bad input: id=42"}
-    assert rt.request("GET", "/ok")[0] == 200
-    assert "Traceback" in rt.stderr()
-    assert 'raise ValueError("bad input: "' in rt.stderr()
-
-
-def test_unserialisable_return_value_is_a_500(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    status, _, body = rt.request("GET", "/unserialisable")
-    assert status == 500
-    assert json.loads(body)["errorType"] == contract.ERROR_MARSHAL
-
-
-def test_timeout_is_a_504_and_the_instance_keeps_serving(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start(timeout="0.3", stuck_grace="60")
-    status, _, body = rt.request("GET", "/slow?s=1.5")
-    assert status == 504
-    assert json.loads(body) == {"errorType": contract.ERROR_TIMEOUT,
-                                "errorMessage": "Task timed out after 0.30 seconds"}
-    assert rt.request("GET", "/after")[0] == 200
-    assert "Task timed out" in rt.stderr()
-
-
-def test_async_handler_is_cancelled_on_timeout(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start("main.async_slow", timeout="0.2")
-    assert rt.request("GET", "/")[0] == 504
-    assert wait_until(lambda: (rt.workdir / "cancelled").exists())
-
-
-def test_requests_over_the_concurrency_limit_get_429(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start(concurrency="1")
-    thread, result = in_thread(lambda: rt.request("GET", "/block?n=1"))
-    assert wait_until(lambda: (rt.workdir / "started-1").exists())
-    status, headers, body = rt.request("GET", "/block?n=2")
-    assert status == 429
-    assert json.loads(body)["errorType"] == contract.ERROR_TOO_MANY_REQUESTS
-    assert headers[contract.HEADER_REJECTED.lower()] == contract.REJECTED_CONCURRENCY
-    assert not (rt.workdir / "started-2").exists()
-    (rt.workdir / "release").write_text("")
-    thread.join(20)
-    assert result[0][0] == 200
-
-
-def test_stuck_handler_makes_the_instance_drain_and_exit_non_zero(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start(timeout="0.2", stuck_grace="0.3")
-    assert rt.request("GET", "/block?n=1")[0] == 504
-    assert rt.wait_exit() == contract.EXIT_STUCK
-    assert any(line["msg"].startswith("handler stuck") for line in rt.log_lines())
-
-
-# --- startup ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("source", "handler", "expected"), [
-    ("def handler(event, context)\n    return 1\n", "main.handler", "SyntaxError"),
-    ("import kfn_no_such_library\n", "main.handler", "No module named 'kfn_no_such_library'"),
-    ("raise RuntimeError('boom at import')\n", "main.handler", "RuntimeError: boom at import"),
-    ("def other(event, context): pass\n", "main.handler", "has no attribute 'handler'"),
-    ("handler = 'not a function'\n", "main.handler", "is not callable"),
-    ("", "absent.handler", "cannot import module 'absent'"),
-], ids=["syntax-error", "missing-dependency", "raises", "missing-attribute", "not-callable", "missing-module"])
-def test_broken_handler_fails_startup(start: Callable[..., RuntimeProcess], source: str, handler: str,
-                                      expected: str) -> None:
-    rt = start(handler, source=source, wait=False)
-    assert rt.wait_ready_fd() is None
-    assert rt.wait_exit() == contract.EXIT_LOAD_FAILED
-    assert expected in rt.stderr()
-    assert "Traceback (most recent call last)" in rt.stderr()
-
-
-def test_invalid_configuration_exits_with_a_clear_message(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start(timeout="soon", wait=False)
-    assert rt.wait_ready_fd() is None
-    assert rt.wait_exit() == contract.EXIT_BAD_CONFIG
-    assert "KFN_TIMEOUT must be a number (got 'soon')" in rt.stderr()
 
 
 def gated_module(gate: Path) -> str:
@@ -415,226 +74,480 @@ def gated_module(gate: Path) -> str:
             f"    return 'loaded'\n")
 
 
-def test_ready_only_after_the_handler_is_loaded(start: Callable[..., RuntimeProcess], tmp_path: Path) -> None:
-    gate = tmp_path / "go"
-    rt = start("main.handler", source=gated_module(gate), ready_fd=False, port=free_port())
-    assert wait_until(lambda: _answers(rt, contract.PATH_HEALTH) == 200)
-    assert rt.get_json(contract.PATH_READY) == (503, {"status": "loading"})
-    status, headers, _ = rt.request("GET", "/early")
-    assert (status, headers[contract.HEADER_REJECTED.lower()]) == (503, contract.REJECTED_LOADING)
-    gate.write_text("")
-    assert wait_until(lambda: _answers(rt, contract.PATH_READY) == 200)
-    assert rt.request("GET", "/now")[:3:2] == (200, b'"loaded"')
+def launch(workdir: Path, *, source: str = APP, handler: str = "main.handler", wait: bool = True,
+           **settings: Any) -> RuntimeProcess:
+    """A runtime serving `source` as main.py from a fresh code directory; settings are KFN_<NAME>."""
+    code = write_code(workdir / "code", {"main.py": source})
+    env = {contract.ENV_HANDLER: handler, contract.ENV_CODE_DIR: str(code), contract.ENV_HOST: "127.0.0.1",
+           contract.ENV_PORT: "0", contract.ENV_FUNCTION_NAME: "demo", contract.ENV_TIMEOUT: "10",
+           contract.ENV_DEPS_DIR: str(workdir / "deps")}
+    env.update({f"KFN_{k.upper()}": str(v) for k, v in settings.items()})
+    runtime = RuntimeProcess(workdir, env)
+    if wait:
+        runtime.wait_ready()
+    return runtime
 
 
-def test_sigterm_while_loading_exits_at_once(start: Callable[..., RuntimeProcess], tmp_path: Path) -> None:
-    rt = start("main.handler", source=gated_module(tmp_path / "never"), ready_fd=False, port=free_port())
-    assert wait_until(lambda: _answers(rt, contract.PATH_HEALTH) == 200)
-    rt.signal(signal.SIGTERM)
-    assert rt.wait_exit(timeout=10) == contract.EXIT_OK
-
-
-def test_malformed_requests_get_an_error_and_the_runtime_keeps_serving(
-        start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    for raw in (b"NONSENSE\r\n\r\n", b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n",
-                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
-        with socket.create_connection(("127.0.0.1", rt.port), timeout=10) as s:
-            s.sendall(raw)
-            reply = s.recv(4096)
-        assert reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n", 1)[0]
-    assert rt.request("GET", "/still-ok")[0] == 200
-
-
-def test_http_1_0_request_is_answered_and_closed(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    with socket.create_connection(("127.0.0.1", rt.port), timeout=10) as s:
-        s.sendall(b"GET /old HTTP/1.0\r\n\r\n")
-        reply = b""
-        for _ in range(100):  # bounded: the runtime closes the connection after the response
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    assert json.loads(body) == {"path": "/old"}
-
-
-def _answers(rt: RuntimeProcess, path: str) -> int | None:
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    """One runtime shared by the tests that leave it as they found it."""
+    runtime = launch(tmp_path_factory.mktemp("shared"), concurrency=2, timeout=1, max_body_bytes=65536, wait=False)
     try:
-        return rt.request("GET", path)[0]
+        runtime.wait_ready()
+        yield runtime
+    finally:
+        runtime.stop()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., RuntimeProcess]]:
+    """Start a runtime of the test's own (see `launch`); always stopped afterwards."""
+    started: list[RuntimeProcess] = []
+
+    def start_(*, wait: bool = True, **kwargs: Any) -> RuntimeProcess:
+        workdir = tmp_path / f"rt{len(started)}"
+        workdir.mkdir()
+        runtime = launch(workdir, wait=False, **kwargs)
+        started.append(runtime)
+        if wait:
+            runtime.wait_ready()
+        return runtime
+
+    try:
+        yield start_
+    finally:
+        for runtime in started:
+            runtime.stop()
+
+
+def invoke(runtime: RuntimeProcess, event: Any, *, headers: dict[str, str] | None = None,
+           **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    return runtime.request("POST", INVOKE, body=json.dumps(event).encode(),
+                           headers={"Content-Type": "application/json", **(headers or {})}, **kwargs)
+
+
+def in_thread(function: Callable[[], object]) -> tuple[threading.Thread, list[Any]]:
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(function())
+        except OSError as e:   # the runtime may end the connection (a drain timeout)
+            result.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def status_of(runtime: RuntimeProcess, path: str) -> int | None:
+    try:
+        return runtime.request("GET", path, timeout=2)[0]
     except OSError:
         return None
 
 
-def test_port_zero_reports_the_chosen_port_on_the_ready_fd(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    assert rt.port and rt.port > 0
-    assert rt.get_json(contract.PATH_READY) == (200, {"status": "ready"})
-    assert rt.get_json(contract.PATH_HEALTH) == (200, {"status": "ok"})
-    assert any(line["msg"] == "ready" and line["port"] == rt.port for line in rt.log_lines())
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes on a new connection; everything the server answers until it closes (bounded)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        reply = b""
+        for _ in range(100):
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+    return reply
 
 
-# --- shutdown --------------------------------------------------------------------------------
+# --- the invoke endpoint -----------------------------------------------------------------------
 
-def test_sigterm_drains_the_in_flight_request_and_exits_zero(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start()
-    thread, result = in_thread(lambda: rt.request("GET", "/block?n=1"))
-    assert wait_until(lambda: (rt.workdir / "started-1").exists())
+def test_invoke_returns_the_functions_result(rt: RuntimeProcess) -> None:
+    status, headers, body = invoke(rt, {"order": 7, "items": ["a", "b"]})
+    assert (status, headers["content-type"]) == (200, "application/json")
+    result = json.loads(body)
+    assert result["event"] == {"order": 7, "items": ["a", "b"]}
+    assert headers[contract.HEADER_REQUEST_ID.lower()] == result["requestId"]
+    assert headers[contract.HEADER_EXECUTED_VERSION.lower()] == "$LATEST"
+    assert contract.HEADER_FUNCTION_ERROR.lower() not in headers
+
+
+def test_request_id_from_the_caller_is_the_invocations(rt: RuntimeProcess) -> None:
+    status, headers, body = invoke(rt, {}, headers={contract.HEADER_REQUEST_ID: "gw-123"})
+    assert (status, json.loads(body)["requestId"], headers[contract.HEADER_REQUEST_ID.lower()]) == (
+        200, "gw-123", "gw-123")
+
+
+def test_unusable_request_id_from_the_caller_is_replaced(rt: RuntimeProcess) -> None:
+    _, headers, body = invoke(rt, {}, headers={contract.HEADER_REQUEST_ID: "has spaces; and=more"})
+    request_id = json.loads(body)["requestId"]
+    assert request_id == headers[contract.HEADER_REQUEST_ID.lower()]
+    assert " " not in request_id and len(request_id) == 36
+
+
+def test_function_error_is_a_200_flagged_in_headers(rt: RuntimeProcess) -> None:
+    status, headers, body = invoke(rt, {"action": "fail", "why": 42})
+    assert status == 200
+    assert headers[contract.HEADER_FUNCTION_ERROR.lower()] == "Unhandled"
+    assert headers[contract.HEADER_ERROR_TYPE.lower()] == "ValueError"
+    error = json.loads(body)
+    assert (error["errorType"], error["errorMessage"]) == ("ValueError", "bad input: 42")
+    assert error["requestId"] == headers[contract.HEADER_REQUEST_ID.lower()]
+
+
+def test_timeout_is_a_function_error_of_type_sandbox_timedout(rt: RuntimeProcess) -> None:
+    status, headers, body = invoke(rt, {"action": "sleep", "seconds": 30})
+    assert (status, headers[contract.HEADER_ERROR_TYPE.lower()]) == (200, "Sandbox.Timedout")
+    assert json.loads(body)["errorMessage"].endswith("Task timed out after 1.00 seconds")
+    assert invoke(rt, {"after": "timeout"})[0] == 200
+
+
+def test_log_tail_is_returned_base64_when_asked(rt: RuntimeProcess) -> None:
+    _, headers, _ = invoke(rt, {"action": "print", "tag": "tail-1"}, headers={contract.HEADER_LOG_TYPE: "Tail"})
+    tail = base64.b64decode(headers[contract.HEADER_LOG_RESULT.lower()]).decode()
+    assert "printed tail-1" in tail
+    assert "[WARNING]" in tail and "logged tail-1" in tail
+
+
+def test_no_log_tail_unless_asked(rt: RuntimeProcess) -> None:
+    _, headers, _ = invoke(rt, {"action": "print", "tag": "no-tail"})
+    assert contract.HEADER_LOG_RESULT.lower() not in headers
+
+
+def test_environment_output_reaches_the_pods_stdout(rt: RuntimeProcess) -> None:
+    invoke(rt, {"action": "print", "tag": "to-stdout"})
+    wait_for(lambda: "printed to-stdout" in rt.stdout(), what="the handler's print on stdout")
+
+
+def test_client_context_reaches_the_handler(rt: RuntimeProcess) -> None:
+    encoded = base64.b64encode(json.dumps({"custom": {"tenant": "acme"}}).encode()).decode()
+    status, _, body = invoke(rt, {"action": "context"}, headers={contract.HEADER_CLIENT_CONTEXT: encoded})
+    assert (status, json.loads(body)["custom"]) == (200, {"tenant": "acme"})
+
+
+def test_client_context_is_carried_whatever_whitespace_its_json_holds(rt: RuntimeProcess) -> None:
+    # JSON allows CR LF between tokens; it must not end the Runtime API header the context rides in.
+    encoded = base64.b64encode(b'{"custom": {"tenant": "acme"},\r\n\r\n"env": {}}').decode()
+    status, _, body = invoke(rt, {"action": "context"}, headers={contract.HEADER_CLIENT_CONTEXT: encoded})
+    assert (status, json.loads(body)["custom"]) == (200, {"tenant": "acme"})
+
+
+@pytest.mark.parametrize("text", ["not base64!", base64.b64encode(b"not json").decode(),
+                                  base64.b64encode(b"[1, 2]").decode()],
+                         ids=["not-base64", "not-json", "not-an-object"])
+def test_client_context_that_is_not_base64_json_object_is_a_400(rt: RuntimeProcess, text: str) -> None:
+    status, _, body = invoke(rt, {"action": "context"}, headers={contract.HEADER_CLIENT_CONTEXT: text})
+    assert status == 400
+    assert json.loads(body)["errorType"] == "InvalidRequestContentException"
+
+
+def test_trace_id_reaches_the_handlers_environment(rt: RuntimeProcess) -> None:
+    _, _, body = invoke(rt, {"action": "context"}, headers={contract.HEADER_TRACE_ID: "Root=1-65a1-b2c3;Sampled=1"})
+    assert json.loads(body)["trace"] == "Root=1-65a1-b2c3;Sampled=1"
+
+
+def test_handler_sees_lambdas_names_from_the_platforms_settings(rt: RuntimeProcess) -> None:
+    result = json.loads(invoke(rt, {"action": "context"})[2])
+    assert (result["function"], result["memory"]) == ("demo", str(contract.DEFAULT_MEMORY_MB))
+
+
+def test_handler_sees_none_of_the_platforms_variables(rt: RuntimeProcess) -> None:
+    assert json.loads(invoke(rt, {"action": "context"})[2])["kfn"] == []
+
+
+def test_chunked_event_is_read(rt: RuntimeProcess) -> None:
+    connection = rt.connection()
+    try:
+        connection.request("POST", INVOKE, body=iter([b'{"chunked"', b": true}"]), encode_chunked=True)
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read())["event"]) == (200, {"chunked": True})
+    finally:
+        connection.close()
+
+
+def test_event_over_the_body_limit_is_a_413(rt: RuntimeProcess) -> None:
+    status = raw_exchange(rt.port or 0, b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nContent-Length: 65537\r\n\r\n")
+    assert b" 413 " in status.split(b"\r\n", 1)[0]
+
+
+def test_one_keep_alive_connection_serves_many_invocations(rt: RuntimeProcess) -> None:
+    connection = rt.connection()
+    try:
+        for i in range(20):
+            status, headers, body = invoke(rt, {"i": i}, connection=connection)
+            assert (status, json.loads(body)["event"]) == (200, {"i": i})
+            assert "connection" not in headers
+    finally:
+        connection.close()
+
+
+# --- HTTP edges -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "path", "status", "allow"), [
+    ("GET", INVOKE, 405, "POST"),
+    ("PUT", INVOKE, 405, "POST"),
+    ("POST", contract.PATH_HEALTH, 405, "GET, HEAD"),
+    ("DELETE", contract.PATH_METRICS, 405, "GET, HEAD"),
+    ("GET", "/", 404, None),
+    ("POST", "/2015-03-31/functions/other/invocations", 404, None),
+], ids=["get-invoke", "put-invoke", "post-health", "delete-metrics", "root", "other-function"])
+def test_wrong_method_is_a_405_and_unknown_path_a_404(rt: RuntimeProcess, method: str, path: str, status: int,
+                                                      allow: str | None) -> None:
+    got, headers, body = rt.request(method, path, body=b"{}" if method in ("POST", "PUT") else None)
+    assert got == status
+    assert headers.get("allow") == allow
+    assert "errorType" in json.loads(body)
+
+
+@pytest.mark.parametrize("raw", [
+    b"NONSENSE\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /_/health HTTP/1.1\r\nX-Amzn-Trace-Id: a\nInjected: b\r\n\r\n",
+], ids=["request-line", "content-length", "chunk-size", "bare-lf"])
+def test_malformed_http_is_a_400_and_the_server_keeps_serving(rt: RuntimeProcess, raw: bytes) -> None:
+    reply = raw_exchange(rt.port or 0, raw)
+    head = reply.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"\r\nConnection: close" in head
+    assert invoke(rt, {"still": "serving"})[0] == 200
+
+
+def test_client_expecting_100_continue_is_told_to_go_on(rt: RuntimeProcess) -> None:
+    # curl asks so for bodies over 1 MB, and would wait a second for it before sending the body.
+    body = b'{"expect": "continue"}'
+    with socket.create_connection(("127.0.0.1", rt.port or 0), timeout=5) as s:
+        s.sendall(b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nContent-Length: %d\r\n"
+                  b"Expect: 100-continue\r\n\r\n" % len(body))
+        assert s.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        reply = b""
+        for _ in range(100):
+            reply += s.recv(65536)
+            if b'"continue"' in reply:
+                break
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(reply.partition(b"\r\n\r\n")[2])["event"] == {"expect": "continue"}
+
+
+def test_http_1_0_request_is_answered_and_closed(rt: RuntimeProcess) -> None:
+    reply = raw_exchange(rt.port or 0, b"POST " + INVOKE.encode() + b" HTTP/1.0\r\nContent-Length: 9\r\n\r\n"
+                                                                    b'{"v": 10}')
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(body)["event"] == {"v": 10}
+
+
+def test_probe_answered_to_head_has_no_body(rt: RuntimeProcess) -> None:
+    # A HEAD answer with a body would be read as the start of the next answer on that connection.
+    # (http.client hides it: it drops what it buffered past a HEAD answer, so raw bytes here.)
+    reply = raw_exchange(rt.port or 0, b"HEAD /_/health HTTP/1.1\r\n\r\nGET /_/health HTTP/1.1\r\n"
+                                       b"Connection: close\r\n\r\n")
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nContent-Length: 16" in head   # what a GET would get, as HTTP says
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert rest.endswith(b'\r\n\r\n{"status": "ok"}')
+
+
+# --- probes and the ready line ----------------------------------------------------------------
+
+def test_ready_line_reports_the_port_chosen_for_port_zero(rt: RuntimeProcess) -> None:
+    [ready] = [line for line in rt.log_lines() if line.get("msg") == "ready"]
+    assert rt.port is not None and rt.port > 0
+    assert ready["port"] == rt.port
+    assert (ready["function"], ready["runtime"]) == ("demo", "python3." + ready["runtime"].split(".")[1])
+    assert ready["startupMs"] >= 0
+
+
+def test_health_and_ready_probes_answer_200_when_ready(rt: RuntimeProcess) -> None:
+    assert rt.request("GET", contract.PATH_HEALTH)[::2] == (200, b'{"status": "ok"}')
+    status, _, body = rt.request("GET", contract.PATH_READY)
+    assert (status, json.loads(body)) == (200, {"status": "ready"})
+
+
+def test_ready_answers_503_while_loading_and_200_once_loaded(start: Callable[..., RuntimeProcess],
+                                                             tmp_path: Path) -> None:
+    gate, port = tmp_path / "go", free_port()
+    rt = start(source=gated_module(gate), port=port, wait=False)
+    rt.port = port
+    wait_for(lambda: status_of(rt, contract.PATH_HEALTH) == 200, what="the runtime listening")
+    status, _, body = rt.request("GET", contract.PATH_READY)
+    assert (status, json.loads(body)) == (503, {"status": "loading"})
+    status, headers, _ = invoke(rt, {})
+    assert (status, headers[contract.HEADER_REJECTED.lower()]) == (503, contract.REJECTED_LOADING)
+    gate.write_text("")
+    wait_for(lambda: status_of(rt, contract.PATH_READY) == 200, what="ready")
+    assert invoke(rt, {})[::2] == (200, b'"loaded"')
+
+
+def test_metrics_count_invocations_by_outcome(start: Callable[..., RuntimeProcess]) -> None:
+    rt = start(timeout=0.5)
+    invoke(rt, {"action": "sleep", "seconds": 30})   # kills its environment; the next one gets a new one
+    invoke(rt, {})
+    invoke(rt, {})
+    invoke(rt, {"action": "fail"})
+    status, headers, body = rt.request("GET", contract.PATH_METRICS)
+    text = body.decode()
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    assert f'{contract.METRIC_INVOCATIONS}{{outcome="ok"}} 2.0' in text
+    assert f'{contract.METRIC_INVOCATIONS}{{outcome="error"}} 1.0' in text
+    assert f'{contract.METRIC_INVOCATIONS}{{outcome="timeout"}} 1.0' in text
+    assert f"{contract.METRIC_DURATION}_count 4.0" in text
+    assert f"{contract.METRIC_IN_FLIGHT} 0.0" in text
+    assert f"{contract.METRIC_CONCURRENCY_LIMIT} {float(contract.DEFAULT_CONCURRENCY)}" in text
+    assert f"{contract.METRIC_ENVIRONMENTS} 1.0" in text
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+def test_an_invocation_waits_for_a_busy_environment_within_the_queue_limit(
+        start: Callable[..., RuntimeProcess]) -> None:
+    rt = start(concurrency=1)   # the queue limit defaults to the concurrency: one may wait
+    code = rt.workdir / "code"
+    first, first_result = in_thread(lambda: invoke(rt, {"action": "block", "n": 1}))
+    wait_for(lambda: (code / "started-1").exists(), what="the first invocation running")
+    second, second_result = in_thread(lambda: invoke(rt, {"action": "block", "n": 2}))
+    time.sleep(0.2)
+    assert not (code / "started-2").exists()
+    (code / "release").write_text("")
+    first.join(20)
+    second.join(20)
+    assert [r[0][0] for r in (first_result, second_result)] == [200, 200]
+    assert (code / "started-2").exists()
+
+
+def test_invocation_beyond_the_concurrency_and_queue_is_a_429_without_running(
+        start: Callable[..., RuntimeProcess]) -> None:
+    rt = start(concurrency=1, queue_limit=0)
+    code = rt.workdir / "code"
+    thread, result = in_thread(lambda: invoke(rt, {"action": "block", "n": 1}))
+    wait_for(lambda: (code / "started-1").exists(), what="the first invocation running")
+    status, headers, body = invoke(rt, {"action": "block", "n": 2})
+    assert status == 429
+    assert headers[contract.HEADER_REJECTED.lower()] == contract.REJECTED_CONCURRENCY
+    assert json.loads(body)["errorType"] == "TooManyRequestsException"
+    assert "connection" not in headers   # a rejection for capacity keeps the connection
+    assert not (code / "started-2").exists()
+    (code / "release").write_text("")
+    thread.join(20)
+    assert result[0][::2] == (200, b'"released"')
+
+
+# --- shutdown ---------------------------------------------------------------------------------
+
+def test_sigterm_drains_the_in_flight_invocation_and_exits_zero(start: Callable[..., RuntimeProcess]) -> None:
+    rt = start(concurrency=1)
+    code = rt.workdir / "code"
+    thread, result = in_thread(lambda: invoke(rt, {"action": "block", "n": 1}))
+    wait_for(lambda: (code / "started-1").exists(), what="the invocation running")
     rt.signal(signal.SIGTERM)
-    assert wait_until(lambda: _answers(rt, contract.PATH_READY) == 503)
-    status, headers, body = rt.request("GET", "/new")
-    assert status == 503
+    wait_for(lambda: status_of(rt, contract.PATH_READY) == 503, what="not ready while draining")
+    status, headers, body = invoke(rt, {"action": "block", "n": 2})
+    assert (status, headers[contract.HEADER_REJECTED.lower()]) == (503, contract.REJECTED_DRAINING)
     assert headers["connection"] == "close"
-    assert headers[contract.HEADER_REJECTED.lower()] == contract.REJECTED_DRAINING
-    assert json.loads(body)["errorType"] == contract.ERROR_UNAVAILABLE
-    (rt.workdir / "release").write_text("")
+    assert json.loads(body)["errorType"] == "ServiceUnavailableException"
+    (code / "release").write_text("")
     thread.join(20)
     status, headers, body = result[0]
-    assert (status, body) == (200, b"released")
-    assert headers["connection"] == "close"
+    assert (status, body) == (200, b'"released"')
+    assert headers.get("connection") == "close"   # the server closes it: it says so
     assert rt.wait_exit() == contract.EXIT_OK
+    assert [line["exitCode"] for line in rt.log_lines() if line.get("msg") == "stopped"] == [0]
 
 
-def _tgkill(pid: int, tid: int, signum: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(234, pid, tid, signum) != 0:  # SYS_tgkill on x86_64
-        raise OSError(ctypes.get_errno(), "tgkill failed")
-
-
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="uses the x86_64 tgkill syscall number")
-def test_sigterm_caught_by_another_thread_still_stops_the_runtime(start: Callable[..., RuntimeProcess]) -> None:
-    # The kernel may hand a process-directed signal to any thread; aim it at a non-main thread
-    # (the HTTP server's) to check the main thread still wakes up and drains.
-    rt = start()
-    threads = [int(t) for t in os.listdir(f"/proc/{rt.pid}/task") if int(t) != rt.pid]
-    assert threads, "the runtime serves HTTP from a thread of its own"
-    _tgkill(rt.pid, threads[0], signal.SIGTERM)
-    assert rt.wait_exit(timeout=10) == contract.EXIT_OK
+def test_drain_timeout_stops_everything_and_exits_four(start: Callable[..., RuntimeProcess]) -> None:
+    rt = start(concurrency=1, drain_timeout=0.3)
+    code = rt.workdir / "code"
+    in_thread(lambda: invoke(rt, {"action": "block", "n": 1, "hold": 30}))
+    wait_for(lambda: (code / "started-1").exists(), what="the invocation running")
+    rt.signal(signal.SIGTERM)   # also notes every process the runtime started
+    started = time.monotonic()
+    assert rt.wait_exit() == contract.EXIT_DRAIN_TIMEOUT
+    assert time.monotonic() - started < 5
+    assert not rt.processes.kill_all()   # the stuck environment and the zygote are gone too
 
 
 def test_sigint_stops_an_idle_runtime_with_exit_zero(start: Callable[..., RuntimeProcess]) -> None:
     rt = start()
     rt.signal(signal.SIGINT)
     assert rt.wait_exit() == contract.EXIT_OK
+    assert not rt.processes.kill_all()
 
 
-def test_drain_timeout_bounds_the_wait_for_in_flight_work(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start(drain_timeout="0.2")
-    in_thread(lambda: _quietly(lambda: rt.request("GET", "/block?n=1")))
-    assert wait_until(lambda: (rt.workdir / "started-1").exists())
+def test_sigterm_while_loading_exits_at_once(start: Callable[..., RuntimeProcess], tmp_path: Path) -> None:
+    port = free_port()
+    rt = start(source=gated_module(tmp_path / "never"), port=port, wait=False)
+    rt.port = port
+    wait_for(lambda: status_of(rt, contract.PATH_HEALTH) == 200, what="the runtime listening")
     rt.signal(signal.SIGTERM)
-    assert rt.wait_exit() == contract.EXIT_DRAIN_TIMEOUT
+    assert rt.wait_exit(timeout=10) == contract.EXIT_OK
+    assert not rt.processes.kill_all()
 
 
-def _quietly(function: Callable[[], object]) -> object:
-    try:
-        return function()
-    except OSError as e:
-        return e
+# --- failing to start -------------------------------------------------------------------------
+
+def test_init_failure_exits_one_with_the_error_on_stderr(start: Callable[..., RuntimeProcess]) -> None:
+    rt = start(source="raise RuntimeError('boom at import')\n", wait=False)
+    assert rt.wait_exit() == contract.EXIT_LOAD_FAILED
+    stderr = rt.stderr()
+    assert "kfn-runtime: cannot initialise main.handler" in stderr
+    error = json.loads(stderr.strip().splitlines()[-1])
+    assert "boom at import" in error["errorMessage"]
+    assert "Traceback (most recent call last)" in rt.stdout()   # the zygote's, through the host's log
+    assert not any(line.get("msg") == "ready" for line in rt.log_lines())
 
 
-# --- observability ---------------------------------------------------------------------------
-
-def test_one_json_log_line_per_invocation(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start("main.echo")
-    _, headers, _ = rt.request("PUT", "/items/1?x=1")
-    request_id = headers[contract.HEADER_REQUEST_ID.lower()]
-    assert wait_until(lambda: any(line.get("requestId") == request_id for line in rt.log_lines()))
-    line = next(line for line in rt.log_lines() if line.get("requestId") == request_id)
-    assert {k: line[k] for k in ("level", "function", "method", "path", "status")} == {
-        "level": "info", "function": "demo", "method": "PUT", "path": "/items/1", "status": 200}
-    assert line["durationMs"] >= 0
-    assert "time" in line
+def test_missing_code_directory_exits_one_naming_the_directory(start: Callable[..., RuntimeProcess],
+                                                               tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-code"
+    rt = start(code_dir=str(missing), wait=False)
+    assert rt.wait_exit() == contract.EXIT_LOAD_FAILED
+    assert str(missing) in rt.stderr()
 
 
-def test_failed_invocations_are_logged_as_errors(start: Callable[..., RuntimeProcess]) -> None:
+def test_missing_handler_module_exits_one(start: Callable[..., RuntimeProcess]) -> None:
+    rt = start(handler="absent.handler", wait=False)
+    assert rt.wait_exit() == contract.EXIT_LOAD_FAILED
+    assert "Runtime.ImportModuleError" in rt.stderr()
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"timeout": "soon"}, "KFN_TIMEOUT must be a number (got 'soon')"),
+    ({"concurrency": "0"}, "KFN_CONCURRENCY must be >= 1 (got '0')"),
+    ({"handler": "nodot"}, "KFN_HANDLER must be module.function"),
+    ({"command": "not json"}, "KFN_COMMAND must be a JSON list"),
+], ids=["timeout", "concurrency", "handler", "command"])
+def test_bad_config_exits_two_naming_the_variable(start: Callable[..., RuntimeProcess], settings: dict[str, str],
+                                                   message: str) -> None:
+    settings = dict(settings)
+    rt = start(handler=settings.pop("handler", "main.handler"), wait=False, **settings)
+    assert rt.wait_exit() == contract.EXIT_BAD_CONFIG
+    assert f"kfn-runtime: {message}" in rt.stderr()
+    assert rt.stdout() == ""
+
+
+def test_busy_port_exits_one(start: Callable[..., RuntimeProcess]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        rt = start(port=taken.getsockname()[1], wait=False)
+        assert rt.wait_exit() == contract.EXIT_LOAD_FAILED
+    assert "cannot listen on 127.0.0.1" in rt.stderr()
+
+
+def test_zygote_and_idle_environments_end_with_a_killed_runtime(start: Callable[..., RuntimeProcess]) -> None:
+    # SIGKILL leaves the runtime no time to stop anything: its zygote and idle environments must
+    # notice their host is gone (their sockets close) and end on their own.
     rt = start()
-    _, headers, _ = rt.request("GET", "/fail")
-    request_id = headers[contract.HEADER_REQUEST_ID.lower()]
-    assert wait_until(lambda: any(line.get("requestId") == request_id for line in rt.log_lines()))
-    line = next(line for line in rt.log_lines() if line.get("requestId") == request_id)
-    assert (line["level"], line["status"], line["errorType"]) == ("error", 500, "ValueError")
-
-
-def test_handler_logging_and_print_reach_stdout_with_the_request_id(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start("main.echo")
-    _, headers, _ = rt.request("GET", "/logged")
-    request_id = headers[contract.HEADER_REQUEST_ID.lower()]
-    assert wait_until(lambda: "print from the handler" in rt.stdout())
-    assert any(line.startswith("[INFO]") and request_id in line and "echoing /logged" in line
-               for line in rt.stdout().splitlines())
-
-
-def test_request_id_from_the_gateway_is_kept(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start("main.echo")
-    _, headers, body = rt.request("GET", "/", headers={contract.HEADER_REQUEST_ID: "gw-123"})
-    assert headers[contract.HEADER_REQUEST_ID.lower()] == "gw-123"
-    assert json.loads(body)["requestId"] == "gw-123"
-
-
-def test_metrics_count_invocations_errors_and_timeouts(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start(timeout="0.2", stuck_grace="60")
-    rt.request("GET", "/ok")
-    rt.request("GET", "/ok")
-    rt.request("GET", "/fail")
-    rt.request("GET", "/slow?s=0.6")
-    status, headers, body = rt.request("GET", contract.PATH_METRICS)
-    text = body.decode()
-    assert status == 200
-    assert headers["content-type"].startswith("text/plain")
-    assert f'{contract.METRIC_INVOCATIONS}{{code="200"}} 2.0' in text
-    assert f'{contract.METRIC_INVOCATIONS}{{code="500"}} 1.0' in text
-    assert f'{contract.METRIC_INVOCATIONS}{{code="504"}} 1.0' in text
-    assert f"{contract.METRIC_ERRORS} 1.0" in text
-    assert f"{contract.METRIC_TIMEOUTS} 1.0" in text
-    assert f"{contract.METRIC_DURATION}_count 4.0" in text
-    assert f"{contract.METRIC_IN_FLIGHT} " in text
-
-
-def test_oversized_body_is_a_413(start: Callable[..., RuntimeProcess]) -> None:
-    rt = start(max_body_bytes="10")
-    status, _, body = rt.request("POST", "/x", body=b"x" * 11)
-    assert status == 413
-    assert json.loads(body)["errorType"] == contract.ERROR_TOO_LARGE
-
-
-# --- requirements ----------------------------------------------------------------------------
-
-def build_wheel(directory: Path, name: str, module_source: str) -> Path:
-    """A minimal pure-Python wheel, so pip installs it without any index."""
-    wheel = directory / f"{name}-1.0-py3-none-any.whl"
-    dist_info = f"{name}-1.0.dist-info"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(f"{name}.py", module_source)
-        z.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-        z.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nGenerator: kfn-test\nRoot-Is-Purelib: true\n"
-                                         "Tag: py3-none-any\n")
-        z.writestr(f"{dist_info}/RECORD", f"{name}.py,,\n{dist_info}/METADATA,,\n{dist_info}/WHEEL,,\n"
-                                          f"{dist_info}/RECORD,,\n")
-    return wheel
-
-
-def install_requirements(requirements: str, deps: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
-    env.update({"PYTHONPATH": str(RUNTIME_DIR), contract.ENV_REQUIREMENTS: requirements,
-                contract.ENV_DEPS_DIR: str(deps), "PIP_NO_INDEX": "1"})
-    return subprocess.run([sys.executable, "-m", contract.REQUIREMENTS_MODULE], env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
-def test_requirements_are_installed_into_the_deps_dir_and_importable(
-        start: Callable[..., RuntimeProcess], tmp_path: Path) -> None:
-    wheel = build_wheel(tmp_path, "kfn_demo_dep", "GREETING = 'from a dependency'\n")
-    result = install_requirements(f"# deps\n{wheel}\n", tmp_path / "deps")
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "deps" / "kfn_demo_dep.py").exists()
-    rt = start("main.handler", source="import kfn_demo_dep\ndef handler(e, c):\n    return kfn_demo_dep.GREETING\n")
-    assert rt.request("GET", "/")[2] == b'"from a dependency"'
-
-
-def test_failing_requirements_install_exits_non_zero(tmp_path: Path) -> None:
-    result = install_requirements(str(tmp_path / "missing-1.0-py3-none-any.whl"), tmp_path / "deps")
-    assert result.returncode != 0
-    assert "pip could not install the requirements" in result.stderr
+    invoke(rt, {})
+    rt.track()
+    others = [pid for pid in rt.processes.pids() if pid != rt.pid]
+    assert len(others) >= 2   # the zygote and an environment
+    rt.process.kill()
+    rt.wait_exit()
+    wait_for(lambda: not any(pid_alive(pid) for pid in others), what="the zygote and environment gone")

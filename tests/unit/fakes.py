@@ -1,45 +1,62 @@
-"""Test doubles shared by unit tests: an in-memory InstanceBackend whose instances are tiny
-aiohttp servers on 127.0.0.1 (port 0), and helpers to run a gateway in-process.
+"""Test doubles shared by the gateway's unit tests: fake functions run by fake instances, an
+in-memory InstanceBackend, a gateway served in-process, and a raw TCP instance.
 
-    backend = FakeBackend(make_function("hello"))
-    async with backend, running_gateway(backend) as gateway:
+    backend = FakeBackend(make_function("hello"))            # instances run `echo`
+    async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
-        async with gateway.session.get(gateway.url("/function/hello")) as response: ...
+        status, event, headers = await gw.json("GET", "/function/hello/x?y=1")
 
-`app_factory(instance_id)` builds each instance's application (default: `echo_app`, which
-answers with a JSON description of the request it got).
+A fake function is `fn(event, headers) -> result` (sync or async): `event` is the event the
+gateway sent (a dict), `headers` the invocation's headers (X-Kfn-Request-Id, X-Amzn-Trace-Id,
+...). Its result is JSON-serialised as the function's result. To act like the runtime in other
+ways it raises `FunctionError` (a function error; `timed_out()` for Lambda's timeout),
+`Rejected` (the instance turns the invocation away without running it) or `Die` (the
+connection breaks mid-invocation). A backend takes `functions(instance_id) -> fn`, so a function
+may know which instance runs it (`echo` does).
+
+A `FakeInstance` serves the instance contract's invoke endpoint over HTTP on 127.0.0.1 (port 0),
+or, with `in_process=True`, is reached in-process through `Instance.endpoint` (kfn local's way).
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import inspect
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import aiohttp
 import yarl
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from kfn.core.functions import Function, FunctionRef, parse_function
-from kfn.core.instances import Instance, Listener
+from kfn.core.instances import Instance, Invocation, InvocationResult, Listener
+from kfn_gateway.server import Gateway, serve
+from kfn_runtime import contract
 
-AppFactory = Callable[[str], web.Application]
+Headers = Mapping[str, str]
+Fn = Callable[[dict[str, Any], Headers], Any]   # returns the result, or an awaitable of it
+FnFactory = Callable[[str], Fn]                  # instance id → the function that instance runs
 
-MAX_BODY = 64 * 1024 * 1024
+TRANSPORTS = ["http", "in-process"]  # for @pytest.mark.parametrize("transport", TRANSPORTS)
 
 
 def make_function(name: str = "hello", *, concurrency: int = 10, timeout: float = 30.0,
                   min_replicas: int = 0, max_replicas: int = 10, image: str | None = None,
-                  namespace: str = "default") -> Function:
+                  namespace: str = "default", http: dict[str, Any] | None = None) -> Function:
     spec: dict[str, Any] = {
         "handler": "main.handler",
         "timeout": timeout,
         "concurrency": concurrency,
         "scale": {"minReplicas": min_replicas, "maxReplicas": max_replicas},
     }
+    if http is not None:
+        spec["http"] = http
     if image is not None:
         spec["image"] = image
     else:
@@ -48,70 +65,258 @@ def make_function(name: str = "hello", *, concurrency: int = 10, timeout: float 
                            "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 
 
-async def echo(request: web.Request, instance_id: str) -> web.Response:
-    """JSON describing the request: method, path (with query), headers, body size."""
-    body = await request.read()
-    return web.json_response({
-        "instance": instance_id,
-        "method": request.method,
-        "path": request.raw_path,
-        "headers": [[k, v] for k, v in request.headers.items()],
-        "body_length": len(body),
-        "body": body[:1024].decode("utf-8", "replace"),
-    })
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def app_of(handler: Handler) -> web.Application:
-    """An instance's app: `handler` answers every method and path."""
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
-
-
-def serving(handler: Handler) -> AppFactory:
-    """An app factory whose every instance answers with `handler`."""
-    return lambda _instance_id: app_of(handler)
-
-
-def echo_app(instance_id: str) -> web.Application:
-    """Answers every request with `echo`."""
-    async def handle(request: web.Request) -> web.Response:
-        return await echo(request, instance_id)
-
-    return app_of(handle)
-
-
 def ref(name: str | FunctionRef) -> FunctionRef:
     """A function's ref from its name (in the default namespace), or the ref itself."""
     return name if isinstance(name, FunctionRef) else FunctionRef.parse(name)
 
 
-class FakeInstance:
-    """One fake runtime: an aiohttp app served on 127.0.0.1, port picked by the OS."""
+# -- fake functions ---------------------------------------------------------------------------------
 
-    def __init__(self, function: FunctionRef, id: str, app: web.Application, *, capacity: int) -> None:
+class FunctionError(Exception):
+    """Raised by a fake function: the invocation ends with a function error (Lambda's error object)."""
+
+    def __init__(self, error_type: str = "ValueError", message: str = "boom") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+    def payload(self) -> bytes:
+        return json.dumps({"errorType": self.error_type, "errorMessage": self.message,
+                           "stackTrace": []}).encode()
+
+
+def timed_out() -> FunctionError:
+    """What the runtime reports for a function that ran past its timeout."""
+    return FunctionError("Sandbox.Timedout", "Task timed out after 1.00 seconds")
+
+
+class Rejected(Exception):
+    """Raised by a fake function: the instance did not run the invocation (`reason`: concurrency,
+    draining or loading), as a full, draining or loading runtime answers."""
+
+    def __init__(self, reason: str = contract.REJECTED_CONCURRENCY) -> None:
+        super().__init__(f"the instance is {reason}")
+        self.reason = reason
+
+
+class Die(Exception):
+    """Raised by a fake function: the connection breaks without an answer (the function may have
+    run). With `crash`, the instance also stops taking connections (its process died). Over HTTP
+    only: an in-process instance whose environment dies answers Runtime.ExitError instead."""
+
+    def __init__(self, *, crash: bool = False) -> None:
+        super().__init__("the instance died")
+        self.crash = crash
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """Returned by a fake function: the invoke endpoint answers exactly this (over HTTP only)."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def echo(instance_id: str) -> Fn:
+    """A function answering with a 2.0 response whose body is the JSON of the event it got; the
+    instance's id in X-Instance and the invocation's id in X-Invocation-Id."""
+
+    def handler(event: dict[str, Any], headers: Headers) -> dict[str, Any]:
+        return {"statusCode": 200, "body": json.dumps(event),
+                "headers": {"Content-Type": "application/json", "X-Instance": instance_id,
+                            "X-Invocation-Id": headers.get(contract.HEADER_REQUEST_ID, "")}}
+
+    return handler
+
+
+def serving(fn: Fn) -> FnFactory:
+    """A factory whose every instance runs `fn`."""
+    return lambda _instance_id: fn
+
+
+def returning(result: Any) -> FnFactory:
+    """A factory whose every instance's function returns `result`."""
+    return serving(lambda _event, _headers: result)
+
+
+def raising(error: BaseException) -> FnFactory:
+    """A factory whose every instance's function raises `error` (FunctionError, Rejected, Die)."""
+
+    def fn(_event: dict[str, Any], _headers: Headers) -> Any:
+        raise error
+
+    return serving(fn)
+
+
+def event_path(event: dict[str, Any]) -> str:
+    """The path an event is for (2.0's rawPath, 1.0's path)."""
+    return str(event.get("rawPath", event.get("path", "")))
+
+
+class ControlledFunctions:
+    """A factory of functions tests can hold: an invocation whose path is /hold/{key} waits until
+    `release(key)`; any other answers at once with {"instance", "path"}. Every arrival is recorded
+    in order, as are invocations cancelled (the gateway gave up on them), and the most
+    invocations any one instance ran at once.
+    """
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[str, str]] = []      # (instance id, path)
+        self.active: dict[str, int] = {}
+        self.max_active: dict[str, int] = {}
+        self.finished: list[tuple[str, str]] = []
+        self.cancelled: list[tuple[str, str]] = []
+        self._gates: dict[str, asyncio.Event] = {}
+
+    def gate(self, key: str) -> asyncio.Event:
+        return self._gates.setdefault(key, asyncio.Event())
+
+    def release(self, *keys: str) -> None:
+        for key in keys:
+            self.gate(key).set()
+
+    def held(self, instance_id: str | None = None) -> int:
+        if instance_id is None:
+            return sum(self.active.values())
+        return self.active.get(instance_id, 0)
+
+    def __call__(self, instance_id: str) -> Fn:
+        async def handler(event: dict[str, Any], headers: Headers) -> dict[str, Any]:
+            path = event_path(event)
+            entry = (instance_id, path)
+            self.arrivals.append(entry)
+            self.active[instance_id] = self.active.get(instance_id, 0) + 1
+            self.max_active[instance_id] = max(self.max_active.get(instance_id, 0), self.active[instance_id])
+            try:
+                if path.startswith("/hold/"):
+                    await self.gate(path[len("/hold/"):]).wait()
+                self.finished.append(entry)
+                return {"instance": instance_id, "path": path}
+            except asyncio.CancelledError:
+                self.cancelled.append(entry)
+                raise
+            finally:
+                self.active[instance_id] -= 1
+
+        return handler
+
+
+async def _call(fn: Fn, event: dict[str, Any], headers: Headers) -> Any:
+    result = fn(event, headers)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+# -- fake instances ---------------------------------------------------------------------------------
+
+class FakeInstance:
+    """One fake instance of a function running `fn`: the invoke endpoint of the instance contract
+    served on 127.0.0.1 (port picked by the OS), or an in-process endpoint (`in_process`)."""
+
+    def __init__(self, function: FunctionRef, id: str, fn: Fn, *, capacity: int, in_process: bool = False) -> None:
         self.function = function
         self.id = id
+        self.fn = fn
         self.capacity = capacity
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self.in_process = in_process
         self.instance: Instance | None = None
+        self.invocations = 0             # invocations that reached the instance
+        self.gone = False                # stopped: connections refused / ConnectionError in-process
+        self._handler: web.Server | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> Instance:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
+        if self.in_process:
+            self.instance = Instance(function=self.function, id=self.id, host="127.0.0.1", port=0,
+                                     capacity=self.capacity, endpoint=self)
+            return self.instance
+        self._handler = web.Server(self._serve, handler_cancellation=True, access_log=None)
+        self._server = await asyncio.get_running_loop().create_server(self._handler, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
         self.instance = Instance(function=self.function, id=self.id, host="127.0.0.1", port=port,
                                  capacity=self.capacity)
         return self.instance
 
-    async def stop(self) -> None:
-        """Stop serving; connections in progress are cut (like a process that died)."""
-        await self._runner.cleanup()
+    def crash(self) -> None:
+        """Stop taking connections and cut every open one, as a process that died."""
+        self.gone = True
+        if self._server is not None:
+            self._server.close()
+        if self._handler is not None:
+            for connection in self._handler.connections:
+                if connection.transport is not None:
+                    connection.transport.abort()
 
+    async def stop(self) -> None:
+        self.crash()
+        if self._handler is not None:
+            await self._handler.shutdown(0.1)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # The Endpoint protocol, for an in-process instance.
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
+        if self.gone:
+            raise ConnectionError(f"instance {self.id} is gone")
+        self.invocations += 1
+        headers: CIMultiDict[str] = CIMultiDict({contract.HEADER_REQUEST_ID: invocation.request_id})
+        if invocation.trace_id:
+            headers[contract.HEADER_TRACE_ID] = invocation.trace_id
+        if invocation.client_context:
+            headers[contract.HEADER_CLIENT_CONTEXT] = invocation.client_context
+        if invocation.want_log:
+            headers[contract.HEADER_LOG_TYPE] = "Tail"
+        try:
+            result = await _call(self.fn, json.loads(invocation.payload), CIMultiDictProxy(headers))
+        except FunctionError as e:
+            return InvocationResult(payload=e.payload(), function_error="Unhandled", error_type=e.error_type)
+        except Rejected as e:
+            return InvocationResult(rejected=e.reason, rejection=str(e))
+        except Die:
+            error = FunctionError("Runtime.ExitError", "Runtime exited")
+            return InvocationResult(payload=error.payload(), function_error="Unhandled", error_type=error.error_type)
+        log = base64.b64encode(b"log line\n").decode() if invocation.want_log else None
+        return InvocationResult(payload=json.dumps(result).encode(), log_result=log)
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method != "POST" or request.path != contract.PATH_INVOKE:
+            return web.json_response({"errorType": "NotFound", "errorMessage": request.path}, status=404)
+        body = await request.content.read()
+        self.invocations += 1
+        out = {"Content-Type": "application/json", contract.HEADER_REQUEST_ID:
+               request.headers.get(contract.HEADER_REQUEST_ID, "")}
+        try:
+            result = await _call(self.fn, json.loads(body), request.headers)
+        except FunctionError as e:
+            out[contract.HEADER_FUNCTION_ERROR] = "Unhandled"
+            out[contract.HEADER_ERROR_TYPE] = e.error_type
+            return web.Response(body=e.payload(), headers=out)
+        except Rejected as e:
+            full = e.reason == contract.REJECTED_CONCURRENCY
+            out[contract.HEADER_REJECTED] = e.reason
+            if not full:
+                out["Connection"] = "close"  # as the runtime does when it is going away
+            kind = "TooManyRequestsException" if full else "ServiceUnavailableException"
+            return web.Response(status=429 if full else 503, headers=out,
+                                body=json.dumps({"errorType": kind, "errorMessage": str(e)}).encode())
+        except Die as e:
+            assert request.transport is not None
+            request.transport.abort()
+            if e.crash:
+                self.crash()
+            await asyncio.sleep(60)  # cancelled at once: the connection is gone
+            raise
+        if isinstance(result, RawAnswer):
+            return web.Response(status=result.status, body=result.body, headers=result.headers)
+        if request.headers.get(contract.HEADER_LOG_TYPE) == "Tail":
+            out[contract.HEADER_LOG_RESULT] = base64.b64encode(b"log line\n").decode()
+        return web.Response(body=json.dumps(result).encode(), headers=out)
+
+
+# -- the backend ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ScaleCall:
@@ -123,19 +328,22 @@ class ScaleCall:
 class FakeBackend:
     """An InstanceBackend for tests. `scale` starts or stops fake instances in the background
     (unless `start_on_scale` is False: then it only records the call and the desired count).
-    Its test controls take a function's name or ref.
+    Its test controls take a function's name or ref. Instances run `functions(instance_id)`,
+    over HTTP or in-process (`in_process`).
     """
 
-    def __init__(self, *functions: Function, app_factory: AppFactory = echo_app,
-                 start_on_scale: bool = True) -> None:
+    def __init__(self, *functions: Function, fn: FnFactory = echo, start_on_scale: bool = True,
+                 in_process: bool = False) -> None:
         self._functions: dict[FunctionRef, Function] = {f.ref: f for f in functions}
         self._desired: dict[FunctionRef, int] = {f.ref: f.spec.scale.minReplicas for f in functions}
-        self._servers: dict[FunctionRef, list[FakeInstance]] = {}
+        self._instances: dict[FunctionRef, list[FakeInstance]] = {}
+        self._fakes: dict[str, FakeInstance] = {}   # every fake ever started, by instance id
         self._ready: dict[FunctionRef, list[Instance]] = {}
         self._listeners: list[Listener] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self.app_factory = app_factory
+        self.fn = fn
+        self.in_process = in_process
         self.start_on_scale = start_on_scale
         self.scale_calls: list[ScaleCall] = []
         self.failures: list[tuple[Instance, str]] = []
@@ -144,6 +352,12 @@ class FakeBackend:
         # When set, `scale` waits for this event before starting instances (cold starts in progress).
         self.scale_gate: asyncio.Event | None = None
         self.scale_error: Exception | None = None
+
+    @classmethod
+    def of(cls, transport: str, *functions: Function, **kwargs: Any) -> FakeBackend:
+        """A backend whose instances use `transport` (one of TRANSPORTS)."""
+        assert transport in TRANSPORTS
+        return cls(*functions, in_process=transport == "in-process", **kwargs)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -163,10 +377,10 @@ class FakeBackend:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for servers in self._servers.values():
-            for server in servers:
-                await server.stop()
-        self._servers.clear()
+        for instances in self._instances.values():
+            for instance in instances:
+                await instance.stop()
+        self._instances.clear()
         self._ready.clear()
 
     def function(self, name: FunctionRef) -> Function | None:
@@ -226,27 +440,33 @@ class FakeBackend:
         self._functions.pop(ref(name), None)
         self._notify(ref(name))
 
-    async def add_instance(self, name: str | FunctionRef, *, app: web.Application | None = None,
-                           capacity: int | None = None) -> Instance:
+    async def add_instance(self, name: str | FunctionRef, *, fn: Fn | None = None, capacity: int | None = None,
+                           in_process: bool | None = None) -> Instance:
         """Start a fake instance of a function and mark it ready."""
         key = ref(name)
         function = self._functions[key]
         instance_id = f"{key.name}-{next(self._ids)}"
-        server = FakeInstance(key, instance_id, app if app is not None else self.app_factory(instance_id),
-                              capacity=capacity if capacity is not None else function.spec.concurrency)
-        instance = await server.start()
-        self._servers.setdefault(key, []).append(server)
+        fake = FakeInstance(key, instance_id, fn if fn is not None else self.fn(instance_id),
+                            capacity=capacity if capacity is not None else function.spec.concurrency,
+                            in_process=self.in_process if in_process is None else in_process)
+        instance = await fake.start()
+        self._instances.setdefault(key, []).append(fake)
+        self._fakes[instance_id] = fake
         self._ready.setdefault(key, []).append(instance)
         self._notify(key)
         return instance
 
+    def fake(self, instance: Instance) -> FakeInstance:
+        """The fake behind an instance (stopped ones too)."""
+        return self._fakes[instance.id]
+
     async def stop_instance(self, instance: Instance, *, unready: bool = True) -> None:
-        """Stop an instance's server; with `unready=False` it stays listed as ready (a crash not yet noticed)."""
-        servers = self._servers.get(instance.function, [])
-        for server in list(servers):
-            if server.instance == instance:
-                servers.remove(server)
-                await server.stop()
+        """Stop an instance; with `unready=False` it stays listed as ready (a crash not yet noticed)."""
+        fakes = self._instances.get(instance.function, [])
+        for fake in list(fakes):
+            if fake.id == instance.id:
+                fakes.remove(fake)
+                await fake.stop()
         if unready and instance in self._ready.get(instance.function, []):
             self._ready[instance.function].remove(instance)
             self._notify(instance.function)
@@ -263,18 +483,20 @@ class FakeBackend:
     async def _converge(self, key: FunctionRef) -> None:
         if self.scale_gate is not None:
             await self.scale_gate.wait()
-        while len(self._servers.get(key, [])) < self._desired.get(key, 0):
+        while len(self._instances.get(key, [])) < self._desired.get(key, 0):
             await self.add_instance(key)
-        while len(self._servers.get(key, [])) > self._desired.get(key, 0):
-            server = self._servers[key][-1]
-            assert server.instance is not None
-            await self.stop_instance(server.instance)
+        while len(self._instances.get(key, [])) > self._desired.get(key, 0):
+            fake = self._instances[key][-1]
+            assert fake.instance is not None
+            await self.stop_instance(fake.instance)
 
+
+# -- the gateway ------------------------------------------------------------------------------------
 
 class RunningGateway:
     """A gateway served on 127.0.0.1 with a client session to call it."""
 
-    def __init__(self, gateway: Any, runner: web.AppRunner, session: aiohttp.ClientSession) -> None:
+    def __init__(self, gateway: Gateway, runner: web.AppRunner, session: aiohttp.ClientSession) -> None:
         self.gateway = gateway
         self.runner = runner
         self.session = session
@@ -286,7 +508,8 @@ class RunningGateway:
         # encoded=True: the path goes out byte for byte, as a test wrote it.
         return yarl.URL(self.base + path, encoded=True)
 
-    async def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+    async def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, CIMultiDictProxy[str]]:
+        """(status, the body as JSON, or as text if it is not JSON, headers)."""
         async with self.session.request(method, self.url(path), **kwargs) as response:
             text = await response.text()
             try:
@@ -298,8 +521,6 @@ class RunningGateway:
 
 @contextlib.asynccontextmanager
 async def running_gateway(backend: FakeBackend, **gateway_kwargs: Any) -> AsyncIterator[RunningGateway]:
-    from kfn_gateway.server import Gateway, serve
-
     gateway = Gateway(backend, **gateway_kwargs)
     runner = await serve(gateway, host="127.0.0.1", port=0)
     try:
@@ -319,47 +540,79 @@ async def eventually(condition: Callable[[], bool], *, timeout: float = 5.0, int
         await asyncio.sleep(interval)
 
 
-class ControlledApps:
-    """An `app_factory` whose instances tests can hold: a request to /hold/{key} waits until
-    `release(key)`; any other path answers at once with {"instance", "path"}. Every arrival is
-    recorded in order, and the most requests any one instance ever served at once is kept.
-    """
+# -- a raw instance ---------------------------------------------------------------------------------
 
-    def __init__(self) -> None:
-        self.arrivals: list[tuple[str, str]] = []      # (instance id, path with query)
-        self.active: dict[str, int] = {}
-        self.max_active: dict[str, int] = {}
-        self.finished: list[tuple[str, str]] = []
-        self.cancelled: list[tuple[str, str]] = []
-        self._gates: dict[str, asyncio.Event] = {}
+Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
-    def gate(self, key: str) -> asyncio.Event:
-        return self._gates.setdefault(key, asyncio.Event())
 
-    def release(self, key: str) -> None:
-        self.gate(key).set()
+class RawInstance:
+    """A TCP server on 127.0.0.1 that reads each request head (and a Content-Length body) and lets
+    `answer(head, reader, writer)` write whatever bytes it likes; `answer` returns whether to
+    keep the connection open. Counts connections, requests and closed connections."""
 
-    def held(self, instance_id: str | None = None) -> int:
-        if instance_id is None:
-            return sum(self.active.values())
-        return self.active.get(instance_id, 0)
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.bodies: list[bytes] = []
+        self.closed = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self.port = 0
 
-    def __call__(self, instance_id: str) -> web.Application:
-        async def handle(request: web.Request) -> web.Response:
-            await request.read()
-            entry = (instance_id, request.raw_path)
-            self.arrivals.append(entry)
-            self.active[instance_id] = self.active.get(instance_id, 0) + 1
-            self.max_active[instance_id] = max(self.max_active.get(instance_id, 0), self.active[instance_id])
-            try:
-                if request.path.startswith("/hold/"):
-                    await self.gate(request.path[len("/hold/"):]).wait()
-                self.finished.append(entry)
-                return web.json_response({"instance": instance_id, "path": request.raw_path})
-            except asyncio.CancelledError:
-                self.cancelled.append(entry)
-                raise
-            finally:
-                self.active[instance_id] -= 1
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = writer
+        try:
+            for _ in range(1000):
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                self.requests.append(head)
+                body = b""
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        body = await reader.readexactly(int(line.split(b":")[1]))
+                self.bodies.append(body)
+                if not await self.answer(head, reader, writer):
+                    return
+        finally:
+            writer.close()
+            self.closed += 1
+            self._handlers.pop(task, None)
 
-        return app_of(handle)
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        # Connections still open end here, so no handler is left to be cancelled at loop close.
+        for writer in list(self._handlers.values()):
+            writer.close()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def instance(self, id: str = "hello-raw", function: str = "hello") -> Instance:
+        return Instance(function=ref(function), id=id, host="127.0.0.1", port=self.port, capacity=10)
+
+
+def answer_with(data: bytes, *, keep: bool = True) -> Answer:
+    """An `Answer` writing `data` to every request."""
+
+    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(data)
+        await writer.drain()
+        return keep
+
+    return answer
+
+
+def http_answer(body: bytes, *, status: str = "200 OK", headers: str = "") -> bytes:
+    """A whole HTTP/1.1 answer with a Content-Length."""
+    return (f"HTTP/1.1 {status}\r\n{headers}Content-Length: {len(body)}\r\n\r\n").encode() + body

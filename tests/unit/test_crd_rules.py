@@ -96,3 +96,47 @@ def test_long_names_are_rejected() -> None:
     document = function()
     document["metadata"]["name"] = "a" * 64
     assert failing_rules(document) == ["<root>: size(self.metadata.name) <= 63"]
+
+
+def test_a_handler_without_a_module_is_rejected() -> None:
+    [failure] = failing_rules(function(handler="no_module"))
+    assert "self.handler.matches" in failure
+
+
+def test_a_missing_handler_is_rejected_unless_an_image_is_set() -> None:
+    document = function()
+    del document["spec"]["handler"]
+    assert len(failing_rules(document)) == 1
+    del document["spec"]["source"]
+    document["spec"]["image"] = "registry.example.com/orders:1"
+    assert failing_rules(document) == []
+
+
+def test_a_node_handler_with_a_directory_is_accepted() -> None:
+    assert failing_rules(function(runtime="nodejs20", handler="src/index.handler")) == []
+
+
+def test_a_node_style_handler_is_rejected_for_python() -> None:
+    assert len(failing_rules(function(handler="src/index.handler"))) == 1
+
+
+def test_source_and_image_together_are_rejected() -> None:
+    [failure] = failing_rules(function(image="registry.example.com/orders:1"))
+    assert "has(self.source) && has(self.image)" in failure
+
+
+def test_image_config_without_an_image_is_rejected() -> None:
+    [failure] = failing_rules(function(imageConfig={"entryPoint": ["x"]}))
+    assert "imageConfig" in failure
+
+
+@pytest.mark.parametrize("timeout", ["30s", "1m30s", "500ms", "45", 45, "2.5s", " 10s "])
+def test_durations_pass_their_rule(timeout: Any) -> None:
+    assert failing_rules(function(timeout=timeout, scale={"idleTimeout": timeout, "stableWindow": timeout})) == []
+
+
+@pytest.mark.parametrize("field", ["timeout", "idleTimeout", "stableWindow"])
+def test_a_malformed_duration_is_rejected(field: str) -> None:
+    spec = {"timeout": "abc"} if field == "timeout" else {"scale": {field: "10 parsecs"}}
+    [failure] = failing_rules(function(**spec))
+    assert "matches" in failure

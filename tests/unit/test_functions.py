@@ -80,7 +80,8 @@ def test_dotted_module_handler_is_accepted() -> None:
 
 def test_unknown_runtime_is_reported() -> None:
     assert errors_of(manifest(runtime="node18")) == [
-        "spec.runtime: must be one of 'python3.11', 'python3.12' or 'python3.13' (got 'node18')"]
+        "spec.runtime: must be one of 'python3.11', 'python3.12', 'python3.13', 'nodejs20' or 'nodejs22' "
+        "(got 'node18')"]
 
 
 def test_negative_min_replicas_is_reported() -> None:
@@ -212,3 +213,56 @@ def test_parsing_does_not_modify_the_input() -> None:
     before = copy.deepcopy(document)
     parse_function(document)
     assert document == before
+
+
+def image_function(**spec: object) -> dict[str, object]:
+    document = manifest(**spec)
+    spec_ = document["spec"]
+    assert isinstance(spec_, dict)
+    del spec_["source"]
+    if "handler" not in spec:
+        del spec_["handler"]
+    spec_.setdefault("image", "registry.example.com/orders:1")
+    return document
+
+
+def test_an_image_function_runs_the_aws_base_images_entrypoint_with_the_handler() -> None:
+    function = parse_function(image_function(handler="app.handler"))
+    assert function.spec.image_command == ["/lambda-entrypoint.sh", "app.handler"]
+
+
+def test_an_image_function_runs_its_own_entrypoint_and_command() -> None:
+    function = parse_function(image_function(imageConfig={
+        "entryPoint": ["python", "-m", "awslambdaric"], "command": ["app.handler"]}))
+    assert function.spec.image_command == ["python", "-m", "awslambdaric", "app.handler"]
+
+
+def test_an_image_functions_handler_may_be_anything_its_client_understands() -> None:
+    assert parse_function(image_function(handler="bootstrap")).spec.handler == "bootstrap"
+
+
+def test_an_image_function_without_a_handler_or_command_is_reported() -> None:
+    assert errors_of(image_function()) == [
+        "spec.handler: an image needs the handler (its CMD) or imageConfig.command"]
+
+
+def test_source_and_image_together_are_reported() -> None:
+    document = image_function(handler="app.handler")
+    document["spec"]["source"] = {"files": {"a.py": ""}}  # type: ignore[index]
+    assert errors_of(document) == ["spec.source: an image carries its own code; set source or image, not both"]
+
+
+def test_requirements_with_an_image_are_reported() -> None:
+    assert errors_of(image_function(handler="app.handler", requirements=["requests"])) == [
+        "spec.requirements: install them in the image"]
+
+
+def test_image_config_without_an_image_is_reported() -> None:
+    assert errors_of(manifest(imageConfig={"entryPoint": ["x"]})) == ["spec.imageConfig: only for an image"]
+
+
+def test_a_node_handler_names_a_file_and_its_export() -> None:
+    assert parse_function(manifest(runtime="nodejs20", handler="src/index.handler")).spec.handler == \
+        "src/index.handler"
+    assert errors_of(manifest(runtime="nodejs20", handler="../up.handler")) == [
+        "spec.handler: must be file.export, e.g. index.handler (got '../up.handler')"]

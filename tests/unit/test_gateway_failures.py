@@ -1,108 +1,151 @@
-"""What the gateway does when instances fail, stall, or clients go away: answer JSON, take the
-failed instance out of rotation, retry only what never reached an instance, leak no slot."""
+"""What the gateway does when instances fail, stall, turn invocations away, or clients go away:
+answer JSON, take a failed instance out of rotation, send again only what no instance ran, leak
+no slot."""
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
+from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from kfn.core.instances import Instance
-from kfn_gateway.server import GatewaySettings
+from kfn_gateway.server import MAX_ATTEMPTS, Gateway, GatewaySettings
+from kfn_runtime import contract
 
 from .fakes import (
-    ControlledApps,
+    TRANSPORTS,
+    ControlledFunctions,
+    Die,
     FakeBackend,
-    app_of,
+    Fn,
+    Headers,
+    RawAnswer,
+    RawInstance,
+    Rejected,
+    answer_with,
     echo,
-    echo_app,
+    event_path,
     eventually,
     make_function,
+    raising,
     ref,
+    returning,
     running_gateway,
-    serving,
 )
 
 
 def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-class DyingApps:
-    """/die reads the request, then drops the connection without answering (a crash mid-request)."""
+def dead_instance(id: str = "hello-dead") -> Instance:
+    """An instance listed as ready at an address nobody listens on."""
+    return Instance(function=ref("hello"), id=id, host="127.0.0.1", port=unused_port(), capacity=10)
 
-    def __init__(self) -> None:
-        self.deaths: list[str] = []   # instance ids, one per /die request received
 
-    def __call__(self, instance_id: str) -> web.Application:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            await request.read()
-            if request.path == "/die":
+class Dying:
+    """Functions that die on /die (recording which instance), crashing the instance with it
+    when `crash`; other paths echo."""
+
+    def __init__(self, *, crash: bool) -> None:
+        self.crash = crash
+        self.deaths: list[str] = []
+
+    def __call__(self, instance_id: str) -> Fn:
+        def handler(event: dict[str, Any], headers: Headers) -> Any:
+            if event_path(event) == "/die":
                 self.deaths.append(instance_id)
-                assert request.transport is not None
-                request.transport.abort()
-                await asyncio.sleep(3600)
-            return web.json_response({"instance": instance_id})
+                raise Die(crash=self.crash)
+            return echo(instance_id)(event, headers)
 
-        return app_of(handle)
+        return handler
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
-async def test_an_instance_dying_mid_request_is_502_and_reported_and_never_retried(method: str) -> None:
-    apps = DyingApps()
-    backend = FakeBackend(make_function("hello"), app_factory=apps)
+async def test_an_instance_dying_mid_invocation_is_502_and_reported_and_never_retried() -> None:
+    functions = Dying(crash=True)
+    backend = FakeBackend(make_function("hello"), fn=functions)
     async with backend, running_gateway(backend) as gw:
         doomed = await backend.add_instance("hello")
         healthy = await backend.add_instance("hello")
-        status, body, _ = await gw.json(method, "/function/hello/die", data=b"once")
+        status, body, _ = await gw.json("POST", "/function/hello/die", data=b"once")
         assert status == 502
         assert body["function"] == "hello"
         assert doomed.id in body["error"]
         assert [instance for instance, _ in backend.failures] == [doomed]
         # Not sent again, neither to the same instance nor to another.
-        assert apps.deaths == [doomed.id]
-        status, seen, _ = await gw.json("GET", "/function/hello/ok")
+        assert functions.deaths == [doomed.id]
+        status, _, headers = await gw.json("GET", "/function/hello/ok")
         assert status == 200
-        assert seen == {"instance": healthy.id}
+        assert headers["X-Instance"] == healthy.id
         assert gw.gateway.stats(ref("hello")).in_flight == 0
 
 
-async def test_an_instance_refusing_connections_is_skipped_and_the_request_retried() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello"), app_factory=apps)
+async def test_a_connection_broken_mid_invocation_is_502_but_a_reachable_instance_stays_in_rotation() -> None:
+    functions = Dying(crash=False)
+    backend = FakeBackend(make_function("hello"), fn=functions)
     async with backend, running_gateway(backend) as gw:
-        dead = Instance(function=ref("hello"), id="hello-dead", host="127.0.0.1", port=unused_port(), capacity=10)
-        backend.mark_ready(dead)  # first in the list: chosen first
+        only = await backend.add_instance("hello")
+        status, body, _ = await gw.json("POST", "/function/hello/die", data=b"once")
+        assert status == 502 and body["function"] == "hello"
+        assert functions.deaths == [only.id]
+        assert backend.failures == []
+        status, _, headers = await gw.json("GET", "/function/hello/ok")
+    assert status == 200 and headers["X-Instance"] == only.id
+
+
+async def test_an_answer_cut_short_is_502_and_never_retried() -> None:
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"partial"
+    async with RawInstance(answer_with(cut, keep=False)) as raw:
+        backend = FakeBackend(make_function("hello"))
+        async with backend, running_gateway(backend) as gw:
+            backend.mark_ready(raw.instance())
+            status, body, _ = await gw.json("POST", "/function/hello", data=b"x")
+            assert status == 502 and body["function"] == "hello"
+            assert len(raw.requests) == 1
+
+
+async def test_an_instance_refusing_connections_is_skipped_and_the_request_retried() -> None:
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello"), fn=functions)
+    async with backend, running_gateway(backend) as gw:
+        backend.mark_ready(dead_instance())  # first in the list: chosen first
         alive = await backend.add_instance("hello")
         status, seen, _ = await gw.json("POST", "/function/hello/x", data=b"body")
         assert status == 200
         assert seen["instance"] == alive.id
         assert [instance.id for instance, _ in backend.failures] == ["hello-dead"]
-        assert apps.arrivals == [(alive.id, "/x")]
+        assert functions.arrivals == [(alive.id, "/x")]
 
 
-async def test_a_streamed_body_is_retried_when_the_first_instance_refused_the_connection() -> None:
-    body = b"z" * (2 * 1024 * 1024)
-    backend = FakeBackend(make_function("hello"))
+async def test_an_in_process_instance_that_is_gone_is_reported_and_the_request_retried() -> None:
+    backend = FakeBackend(make_function("hello"), in_process=True)
     async with backend, running_gateway(backend) as gw:
-        backend.mark_ready(Instance(function=ref("hello"), id="hello-dead", host="127.0.0.1",
-                                    port=unused_port(), capacity=10))
-        await backend.add_instance("hello")
-        status, seen, _ = await gw.json("PUT", "/function/hello", data=io.BytesIO(body))
-    assert status == 200
-    assert seen["body_length"] == len(body)
+        gone = await backend.add_instance("hello")
+        backend.fake(gone).gone = True
+        alive = await backend.add_instance("hello")
+        status, _, headers = await gw.json("GET", "/function/hello")
+    assert status == 200 and headers["X-Instance"] == alive.id
+    assert [instance for instance, _ in backend.failures] == [gone]
+
+
+async def test_a_request_no_instance_could_be_reached_for_is_502_after_max_attempts() -> None:
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    async with backend, running_gateway(backend) as gw:
+        for i in range(MAX_ATTEMPTS):
+            backend.mark_ready(dead_instance(f"hello-dead-{i}"))
+        status, body, _ = await gw.json("GET", "/function/hello")
+    assert status == 502 and body["function"] == "hello"
+    assert len(backend.failures) == MAX_ATTEMPTS
 
 
 async def test_a_request_waits_for_a_new_instance_when_every_instance_refused_it() -> None:
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
     async with backend, running_gateway(backend) as gw:
-        backend.mark_ready(Instance(function=ref("hello"), id="hello-dead", host="127.0.0.1",
-                                    port=unused_port(), capacity=10))
+        backend.mark_ready(dead_instance())
         task = asyncio.create_task(gw.json("GET", "/function/hello"))
         await eventually(lambda: len(backend.failures) == 1 and gw.gateway.stats(ref("hello")).queued == 1)
         await backend.add_instance("hello")
@@ -111,61 +154,68 @@ async def test_a_request_waits_for_a_new_instance_when_every_instance_refused_it
 
 
 async def test_an_instance_slower_than_the_function_timeout_is_504_json() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello", timeout=0.2), app_factory=apps)
-    settings = GatewaySettings(upstream_timeout_margin=0.1)
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello", timeout=0.1), fn=functions)
+    settings = GatewaySettings(upstream_timeout_margin=0.05)
     async with backend, running_gateway(backend, settings=settings) as gw:
         instance = await backend.add_instance("hello")
         status, body, _ = await gw.json("GET", "/function/hello/hold/forever")
         assert status == 504
         assert body["function"] == "hello"
-        # A slow instance is not a failed one.
+        # A slow instance is not a failed one; the gateway gave up on the invocation.
         assert backend.failures == []
         assert gw.gateway.stats(ref("hello")).in_flight == 0
+        await eventually(lambda: functions.cancelled == [(instance.id, "/hold/forever")])
         status, seen, _ = await gw.json("GET", "/function/hello/quick")
         assert status == 200 and seen["instance"] == instance.id
 
 
-async def test_the_runtimes_own_504_passes_through() -> None:
-    async def handler(request: web.Request) -> web.Response:
-        return web.json_response({"errorType": "TimeoutError"}, status=504)
-
-    app = serving(handler)
-
-    backend = FakeBackend(make_function("hello"), app_factory=app)
-    async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        status, body, _ = await gw.json("GET", "/function/hello")
-    assert status == 504
-    assert body == {"errorType": "TimeoutError"}
-
-
-async def test_a_client_disconnecting_mid_request_releases_its_slot() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello", concurrency=1), app_factory=apps)
+async def test_a_client_disconnecting_mid_request_releases_its_slot(transport: str = "http") -> None:
+    functions = ControlledFunctions()
+    backend = FakeBackend.of(transport, make_function("hello", concurrency=1), fn=functions)
     async with backend, running_gateway(backend) as gw:
         instance = await backend.add_instance("hello")
         _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(b"GET /function/hello/hold/never HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
-        await eventually(lambda: apps.held(instance.id) == 1)
+        await eventually(lambda: functions.held(instance.id) == 1)
         assert gw.gateway.stats(ref("hello")).in_flight == 1
         writer.close()
         await writer.wait_closed()
         await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
-        # The instance's request was cancelled too, and the single slot serves the next request.
-        await eventually(lambda: apps.held(instance.id) == 0)
+        # The invocation was cancelled too, and the single slot serves the next request.
+        await eventually(lambda: functions.cancelled == [(instance.id, "/hold/never")])
         status, _, _ = await gw.json("GET", "/function/hello/quick")
         assert status == 200
 
 
+async def test_a_client_disconnecting_mid_request_cancels_an_in_process_invocation() -> None:
+    await test_a_client_disconnecting_mid_request_releases_its_slot("in-process")
+
+
+async def test_a_request_whose_client_left_is_counted_as_499() -> None:
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello"), fn=functions)
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /function/hello/hold/never HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await eventually(lambda: functions.held() == 1)
+        writer.close()
+        await writer.wait_closed()
+        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
+    labels = {"function": "hello", "namespace": "default", "code": "499"}
+    assert gw.gateway.registry.get_sample_value("kfn_gateway_invocations_total", labels) == 1
+
+
 async def test_a_client_disconnecting_while_queued_leaves_the_queue() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello", concurrency=1), app_factory=apps)
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello", concurrency=1), fn=functions)
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
         blocker = asyncio.create_task(gw.json("GET", "/function/hello/hold/a"))
-        await eventually(lambda: apps.held() == 1)
+        await eventually(lambda: functions.held() == 1)
         _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(b"GET /function/hello/queued HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
@@ -173,43 +223,22 @@ async def test_a_client_disconnecting_while_queued_leaves_the_queue() -> None:
         writer.close()
         await writer.wait_closed()
         await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 0)
-        apps.release("a")
+        functions.release("a")
         assert (await blocker)[0] == 200
         status, _, _ = await gw.json("GET", "/function/hello/next")
         assert status == 200
         assert gw.gateway.stats(ref("hello")).in_flight == 0
-    # The disconnected request never reached the instance.
-    assert "/queued" not in [path for _, path in apps.arrivals]
-
-
-async def test_an_instance_dying_mid_response_cuts_the_client_off() -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": str(10 * 1024 * 1024)})
-        await response.prepare(request)
-        await response.write(b"a" * (1024 * 1024))
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
-    app = serving(handler)
-
-    backend = FakeBackend(make_function("hello"), app_factory=app)
-    async with backend, running_gateway(backend) as gw:
-        instance = await backend.add_instance("hello")
-        with pytest.raises(aiohttp.ClientPayloadError):
-            async with gw.session.get(gw.url("/function/hello")) as response:
-                assert response.status == 200
-                await response.read()
-        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
-        assert [i for i, _ in backend.failures] == [instance]
+    # The disconnected request never reached an instance.
+    assert "/queued" not in [path for _, path in functions.arrivals]
 
 
 async def test_a_client_disconnecting_mid_upload_is_not_an_instance_failure() -> None:
-    backend = FakeBackend(make_function("hello"))
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello"), fn=functions)
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
         _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        writer.write(b"POST /function/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
+        writer.write(b"POST /function/hello/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
         writer.write(b"u" * (1024 * 1024))
         await writer.drain()
         await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 1)
@@ -218,41 +247,10 @@ async def test_a_client_disconnecting_mid_upload_is_not_an_instance_failure() ->
         await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
         assert backend.failures == []
         assert (await gw.json("GET", "/function/hello"))[0] == 200
-
-
-async def test_a_client_disconnecting_mid_download_releases_the_slot_and_blames_nobody() -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        await response.prepare(request)
-        try:
-            for _ in range(1000):
-                await response.write(b"d" * 65536)
-        except ConnectionError:
-            pass  # the gateway hung up, as it should once its client did
-        return response
-
-    app = serving(handler)
-
-    backend = FakeBackend(make_function("hello", concurrency=1), app_factory=app)
-    async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        writer.write(b"GET /function/hello HTTP/1.1\r\nHost: x\r\n\r\n")
-        await writer.drain()
-        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-        await reader.readexactly(65536)
-        writer.close()
-        await writer.wait_closed()
-        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
-        assert backend.failures == []
-    registry = gw.gateway.registry
-    labels = {"function": "hello", "namespace": "default", "code": "499"}
-    assert registry.get_sample_value("kfn_gateway_invocations_total", labels) == 1
+    assert [path for _, path in functions.arrivals] == ["/"]
 
 
 async def test_without_handler_cancellation_an_abandoned_upload_still_frees_everything() -> None:
-    from kfn_gateway.server import Gateway
-
     backend = FakeBackend(make_function("hello"))
     async with backend:
         await backend.add_instance("hello")
@@ -277,92 +275,118 @@ async def test_without_handler_cancellation_an_abandoned_upload_still_frees_ever
             await runner.cleanup()
 
 
-class DrainingFirst:
-    """The first instance answers like a draining runtime (503 + X-Kfn-Rejected); later ones echo."""
+class RejectingFirst:
+    """The first instance turns every invocation away for `reason`; later ones echo."""
 
-    def __init__(self) -> None:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
         self.rejected = 0
 
-    def __call__(self, instance_id: str) -> web.Application:
-        if instance_id.endswith("-1"):
-            async def reject(request: web.Request) -> web.Response:
-                await request.read()
-                self.rejected += 1
-                return web.json_response({"errorType": "ServiceUnavailable"}, status=503,
-                                         headers={"X-Kfn-Rejected": "draining", "Connection": "close"})
-            return app_of(reject)
-        return echo_app(instance_id)
+    def __call__(self, instance_id: str) -> Fn:
+        if not instance_id.endswith("-1"):
+            return echo(instance_id)
+
+        def reject(event: dict[str, Any], headers: Headers) -> Any:
+            self.rejected += 1
+            raise Rejected(self.reason)
+
+        return reject
 
 
-async def test_a_request_a_draining_instance_turned_away_goes_to_another_instance() -> None:
-    apps = DrainingFirst()
-    backend = FakeBackend(make_function("hello"), app_factory=apps)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("reason", [contract.REJECTED_DRAINING, contract.REJECTED_LOADING])
+async def test_a_request_a_draining_or_loading_instance_turned_away_goes_to_another_instance(
+        reason: str, transport: str) -> None:
+    functions = RejectingFirst(reason)
+    backend = FakeBackend.of(transport, make_function("hello"), fn=functions)
     async with backend, running_gateway(backend) as gw:
-        draining = await backend.add_instance("hello")
+        turning_away = await backend.add_instance("hello")
         healthy = await backend.add_instance("hello")
-        status, seen, _ = await gw.json("POST", "/function/hello", data=b"payload")
+        status, event, headers = await gw.json("POST", "/function/hello", data="payload")
         assert status == 200
-        assert seen["instance"] == healthy.id
-        assert apps.rejected == 1
-        assert backend.failures == [], f"{draining.id} is draining, not failed"
-
-
-async def test_a_handlers_own_503_passes_through_without_a_retry() -> None:
-    async def busy(request: web.Request) -> web.Response:
-        return web.json_response({"busy": True}, status=503)
-
-    factory = serving(busy)
-
-    backend = FakeBackend(make_function("hello"), app_factory=factory)
-    async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        await backend.add_instance("hello")
-        status, body, _ = await gw.json("GET", "/function/hello")
-    assert (status, body) == (503, {"busy": True})
+        assert headers["X-Instance"] == healthy.id
+        assert event["body"] == "payload"
+        assert functions.rejected == 1
+        assert backend.failures == [], f"{turning_away.id} is {reason}, not failed"
+        # Out of rotation from now on: the next requests go straight to the healthy instance.
+        for _ in range(3):
+            assert (await gw.json("GET", "/function/hello"))[2]["X-Instance"] == healthy.id
+        assert functions.rejected == 1
 
 
 class FullOnce:
-    """Every instance first answers like a runtime over its concurrency limit, then echoes
-    (another gateway replica was using its slots)."""
+    """Every instance first turns an invocation away as full (another gateway replica was using
+    its slots), then echoes."""
 
     def __init__(self) -> None:
         self.rejected: list[str] = []
 
-    def __call__(self, instance_id: str) -> web.Application:
-        async def first_full(request: web.Request) -> web.StreamResponse:
+    def __call__(self, instance_id: str) -> Fn:
+        def first_full(event: dict[str, Any], headers: Headers) -> Any:
             if instance_id not in self.rejected:
                 self.rejected.append(instance_id)
-                await request.read()
-                return web.json_response({"errorType": "TooManyRequestsException"}, status=429,
-                                         headers={"X-Kfn-Rejected": "concurrency"})
-            return await echo(request, instance_id)
+                raise Rejected(contract.REJECTED_CONCURRENCY)
+            return echo(instance_id)(event, headers)
 
-        return app_of(first_full)
+        return first_full
 
 
-async def test_a_request_a_full_instance_turned_away_is_retried_and_the_instance_kept() -> None:
-    apps = FullOnce()
-    backend = FakeBackend(make_function("hello"), app_factory=apps)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_request_a_full_instance_turned_away_is_retried_and_the_instance_kept(transport: str) -> None:
+    functions = FullOnce()
+    backend = FakeBackend.of(transport, make_function("hello"), fn=functions)
     async with backend, running_gateway(backend) as gw:
         only = await backend.add_instance("hello")
-        status, seen, _ = await gw.json("GET", "/function/hello")
+        status, _, headers = await gw.json("GET", "/function/hello")
         assert status == 200
-        assert seen["instance"] == only.id
-        assert apps.rejected == [only.id]
+        assert headers["X-Instance"] == only.id
+        assert functions.rejected == [only.id]
         assert backend.failures == []
 
 
 async def test_an_instance_that_stays_full_gets_a_429_with_retry_after() -> None:
-    async def full(request: web.Request) -> web.Response:
-        return web.json_response({"errorType": "TooManyRequestsException"}, status=429,
-                                 headers={"X-Kfn-Rejected": "concurrency"})
-
-    factory = serving(full)
-
-    backend = FakeBackend(make_function("hello"), app_factory=factory)
+    backend = FakeBackend(make_function("hello"), fn=raising(Rejected(contract.REJECTED_CONCURRENCY)))
     async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
+        instance = await backend.add_instance("hello")
         status, body, headers = await gw.json("GET", "/function/hello")
     assert status == 429
     assert "Retry-After" in headers
     assert body["function"] == "hello"
+    assert backend.fake(instance).invocations == MAX_ATTEMPTS
+    assert backend.failures == []
+
+
+async def test_instances_that_stay_draining_get_a_503_with_retry_after() -> None:
+    backend = FakeBackend(make_function("hello"), fn=raising(Rejected(contract.REJECTED_DRAINING)))
+    async with backend, running_gateway(backend) as gw:
+        for _ in range(MAX_ATTEMPTS):
+            await backend.add_instance("hello")
+        status, body, headers = await gw.json("GET", "/function/hello")
+    assert status == 503
+    assert "Retry-After" in headers
+    assert body["function"] == "hello" and "draining" in body["error"]
+    assert backend.failures == []
+
+
+async def test_a_functions_own_503_passes_through_without_a_retry() -> None:
+    backend = FakeBackend(make_function("hello"), fn=returning({"statusCode": 503, "body": '{"busy": true}'}))
+    async with backend, running_gateway(backend) as gw:
+        first = await backend.add_instance("hello")
+        second = await backend.add_instance("hello")
+        status, body, _ = await gw.json("GET", "/function/hello")
+    assert (status, body) == (503, {"busy": True})
+    assert backend.fake(first).invocations + backend.fake(second).invocations == 1
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_an_instance_answering_another_status_is_502_and_not_retried(status: int) -> None:
+    backend = FakeBackend(make_function("hello"), fn=returning(RawAnswer(status, b'{"errorMessage": "odd"}')))
+    async with backend, running_gateway(backend) as gw:
+        first = await backend.add_instance("hello")
+        second = await backend.add_instance("hello")
+        answer, body, _ = await gw.json("POST", "/function/hello", data=b"x")
+    assert answer == 502 and body["function"] == "hello"
+    assert f"HTTP {status}" in body["error"]
+    assert backend.fake(first).invocations + backend.fake(second).invocations == 1
+    assert backend.failures == []  # it answered: it is reachable
+

@@ -14,18 +14,31 @@ from kfn.core import naming
 from kfn.core.scaling import Sample
 from kfn_autoscaler.sources import parse_gateway_metrics
 
-from .fakes import ControlledApps, FakeBackend, eventually, make_function, ref, running_gateway
+from .fakes import (
+    ControlledFunctions,
+    FakeBackend,
+    FunctionError,
+    RunningGateway,
+    eventually,
+    make_function,
+    raising,
+    ref,
+    running_gateway,
+    timed_out,
+)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    out = {}
+def samples(text: str) -> Samples:
+    out: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return out
 
 
-def value(metrics: dict, name: str, **labels: str) -> float:
+def value(metrics: Samples, name: str, **labels: str) -> float:
     """One sample's value; a function named without a namespace is in the default one."""
     if naming.METRIC_LABEL_FUNCTION in labels:
         labels.setdefault(naming.METRIC_LABEL_NAMESPACE, "default")
@@ -35,7 +48,7 @@ def value(metrics: dict, name: str, **labels: str) -> float:
     return metrics[(name, frozenset(labels.items()))]
 
 
-async def scrape(gw) -> str:
+async def scrape(gw: RunningGateway) -> str:
     async with gw.session.get(gw.url("/metrics")) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -43,8 +56,8 @@ async def scrape(gw) -> str:
 
 
 async def test_metrics_count_invocations_by_function_and_code_after_traffic() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello", concurrency=1), make_function("idle"), app_factory=apps)
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello", concurrency=1), make_function("idle"), fn=functions)
     backend.scale_gate = asyncio.Event()
     async with backend, running_gateway(backend) as gw:
         first = asyncio.create_task(gw.json("GET", "/function/hello"))
@@ -59,7 +72,7 @@ async def test_metrics_count_invocations_by_function_and_code_after_traffic() ->
         await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
 
         metrics = samples(await scrape(gw))
-        apps.release("x")
+        functions.release("x")
         await asyncio.gather(held, queued)
 
     F, C, OF = naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_CODE, naming.METRIC_LABEL_OPENFAAS_FUNCTION
@@ -90,6 +103,32 @@ async def test_metrics_record_error_codes_per_function() -> None:
     assert value(metrics, naming.METRIC_OPENFAAS_INVOCATIONS, function_name="hello", code="413") == 1
 
 
+@pytest.mark.parametrize(("error", "code"), [(FunctionError(), "500"), (timed_out(), "504")],
+                         ids=["function-error", "timeout"])
+async def test_metrics_count_a_functions_failures_by_the_status_the_client_got(error: Exception, code: str) -> None:
+    backend = FakeBackend(make_function("hello"), fn=raising(error))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        await gw.json("GET", "/function/hello")
+        metrics = samples(await scrape(gw))
+    assert value(metrics, naming.METRIC_INVOCATIONS, function="hello", code=code) == 1
+
+
+async def test_the_duration_histogram_counts_every_request_in_cumulative_buckets() -> None:
+    backend = FakeBackend(make_function("hello"))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        for _ in range(3):
+            await gw.json("GET", "/function/hello")
+        metrics = samples(await scrape(gw))
+    buckets = sorted((float(dict(labels)["le"]), count) for (name, labels), count in metrics.items()
+                     if name == naming.METRIC_DURATION + "_bucket")
+    counts = [count for _, count in buckets]
+    assert counts == sorted(counts)  # cumulative
+    assert buckets[-1] == (float("inf"), 3)
+    assert value(metrics, naming.METRIC_DURATION + "_count", function="hello") == 3
+
+
 async def test_metrics_live_in_the_gateways_own_registry() -> None:
     backend = FakeBackend(make_function("hello"))
     async with backend, running_gateway(backend) as gw:
@@ -101,15 +140,15 @@ async def test_metrics_live_in_the_gateways_own_registry() -> None:
 
 
 async def test_the_autoscalers_scrape_parser_reads_the_gateways_metrics() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello"), app_factory=apps)
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello"), fn=functions)
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
         held = [asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")) for i in range(2)]
-        await eventually(lambda: apps.held() == 2)
+        await eventually(lambda: functions.held() == 2)
         parsed = parse_gateway_metrics(await scrape(gw))
-        apps.release("0")
-        apps.release("1")
+        functions.release("0")
+        functions.release("1")
         await asyncio.gather(*held)
     assert parsed.held == {ref("hello"): 2}
     assert sum(v for (fn, _), v in parsed.load.items() if fn == ref("hello")) > 0
@@ -149,19 +188,19 @@ async def test_system_functions_lists_every_function_with_replicas_and_traffic()
 
 
 async def test_metrics_source_reports_the_average_load_and_arrivals_between_collections() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello"), make_function("quiet"), app_factory=apps)
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello"), make_function("quiet"), fn=functions)
     async with backend, running_gateway(backend) as gw:
         source = gw.gateway.metrics_source
         await backend.add_instance("hello")
         await source.collect(1.0)
         held = [asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")) for i in range(3)]
-        await eventually(lambda: apps.held() == 3)
+        await eventually(lambda: functions.held() == 3)
         arrived = await source.collect(2.0)
         await asyncio.sleep(0.05)  # let load accumulate; the value does not depend on how long
         steady = await source.collect(3.0)
         for i in range(3):
-            apps.release(str(i))
+            functions.release(str(i))
         await asyncio.gather(*held)
         await asyncio.sleep(0.01)
         drained = await source.collect(4.0)
@@ -172,10 +211,13 @@ async def test_metrics_source_reports_the_average_load_and_arrivals_between_coll
     assert hello.sample is not None and hello.sample.requests == 3 and hello.sample.time == 2.0
     assert 0 < hello.sample.concurrency <= 3
     # Three requests held the whole interval: average concurrency exactly 3.
-    assert steady[ref("hello")].sample == Sample(time=3.0, concurrency=pytest.approx(3.0), requests=0)
+    held_throughout = steady[ref("hello")].sample
+    assert held_throughout is not None and (held_throughout.time, held_throughout.requests) == (3.0, 0)
+    assert held_throughout.concurrency == pytest.approx(3.0)
     assert steady[ref("hello")].in_flight == 3
+    drained_sample = drained[ref("hello")].sample
     assert drained[ref("hello")].in_flight == 0
-    assert 0 < drained[ref("hello")].sample.concurrency < 3
+    assert drained_sample is not None and 0 < drained_sample.concurrency < 3
     assert idle[ref("hello")].sample == Sample(time=5.0, concurrency=0.0, requests=0)
     # A function without traffic is observed too, at zero.
     assert steady[ref("quiet")].sample == Sample(time=3.0, concurrency=0.0, requests=0)
@@ -186,7 +228,7 @@ async def test_metrics_source_counts_queued_requests_as_load() -> None:
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
     async with backend, running_gateway(backend) as gw:
         source = gw.gateway.metrics_source
-        await backend.scale("hello", 1)
+        await backend.scale(ref("hello"), 1)
         tasks = [asyncio.create_task(gw.json("GET", "/function/hello")) for _ in range(2)]
         await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 2)
         await source.collect(1.0)
@@ -194,5 +236,6 @@ async def test_metrics_source_counts_queued_requests_as_load() -> None:
         observed = await source.collect(2.0)
         await backend.add_instance("hello")
         await asyncio.gather(*tasks)
+    sample = observed[ref("hello")].sample
     assert observed[ref("hello")].in_flight == 2
-    assert observed[ref("hello")].sample.concurrency == pytest.approx(2.0)
+    assert sample is not None and sample.concurrency == pytest.approx(2.0)

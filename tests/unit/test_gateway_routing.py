@@ -1,199 +1,118 @@
-"""The gateway routes /function/{name} to instances: pass-through, instance choice, queueing,
-scale from zero, and the JSON answers it makes up itself (404, 413, 429, 503)."""
+"""The gateway routes /function/{name} to instances: instance choice, capacity, queueing, scale
+from zero, and the JSON answers it makes up itself (404, 413, 429, 503)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
+import functools
+from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
 
 from kfn_gateway.routing import Unavailable
-from kfn_gateway.server import GatewaySettings
+from kfn_gateway.server import Gateway, GatewaySettings
 
-from .fakes import ControlledApps, FakeBackend, eventually, make_function, ref, running_gateway, serving
-
-
-def header_values(headers: list[list[str]], name: str) -> list[str]:
-    return [v for k, v in headers if k.lower() == name.lower()]
+from .fakes import TRANSPORTS, ControlledFunctions, FakeBackend, eventually, make_function, ref, running_gateway
 
 
-async def test_method_path_query_headers_and_body_reach_the_instance() -> None:
-    backend = FakeBackend(make_function("hello"))
+async def test_a_request_reaches_an_instance_of_the_function_it_names() -> None:
+    backend = FakeBackend(make_function("hello"), make_function("other"))
     async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        status, seen, _ = await gw.json(
-            "PATCH", "/function/hello/a/b%20c?x=1&y=%2F", data=b"payload",
-            headers={"X-Custom": "yes", "Content-Type": "text/plain", "Connection": "keep-alive, X-Hop",
-                     "X-Hop": "drop me", "X-Forwarded-For": "10.1.2.3"})
+        instance = await backend.add_instance("hello")
+        await backend.add_instance("other")
+        status, event, headers = await gw.json("GET", "/function/hello/x")
     assert status == 200
-    assert seen["method"] == "PATCH"
-    assert seen["path"] == "/a/b%20c?x=1&y=%2F"
-    assert seen["body"] == "payload"
-    headers = seen["headers"]
-    assert header_values(headers, "X-Custom") == ["yes"]
-    assert header_values(headers, "Content-Type") == ["text/plain"]
-    assert header_values(headers, "X-Hop") == []
-    assert header_values(headers, "X-Forwarded-For") == ["10.1.2.3, 127.0.0.1"]
-    assert header_values(headers, "X-Forwarded-Proto") == ["http"]
-    assert header_values(headers, "X-Forwarded-Host") == [f"127.0.0.1:{gw.port}"]
+    assert headers["X-Instance"] == instance.id
+    assert event["rawPath"] == "/x"
 
 
-async def test_the_clients_host_header_reaches_the_instance() -> None:
-    backend = FakeBackend(make_function("hello"))
+async def test_name_dot_namespace_names_a_function_in_another_namespace() -> None:
+    backend = FakeBackend(make_function("hello"), make_function("hello", namespace="team"))
     async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        status, seen, _ = await gw.json("GET", "/function/hello", headers={"Host": "api.example.com"})
+        mine = await backend.add_instance(ref("hello"))
+        theirs = await backend.add_instance(ref("hello.team"))
+        _, _, default_headers = await gw.json("GET", "/function/hello")
+        status, _, team_headers = await gw.json("GET", "/function/hello.team")
     assert status == 200
-    assert header_values(seen["headers"], "Host") == ["api.example.com"]
+    assert default_headers["X-Instance"] == mine.id
+    assert team_headers["X-Instance"] == theirs.id
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("/function/hello", "/"),
-    ("/function/hello/", "/"),
-    ("/function/hello?q=1", "/?q=1"),
-    ("/function/hello/deep/path/", "/deep/path/"),
-])
-async def test_the_runtime_sees_the_path_below_the_function(path: str, expected: str) -> None:
-    backend = FakeBackend(make_function("hello"))
-    async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        status, seen, _ = await gw.json("GET", path)
-    assert status == 200
-    assert seen["path"] == expected
-
-
-async def test_status_headers_and_several_set_cookies_come_back() -> None:
-    async def handler(request: web.Request) -> web.Response:
-        response = web.Response(status=201, reason="Made", text="created", headers={"X-Result": "42"})
-        response.headers.add("Set-Cookie", "a=1; Path=/")
-        response.headers.add("Set-Cookie", "b=2; Path=/")
-        return response
-
-    app = serving(handler)
-
-    backend = FakeBackend(make_function("hello"), app_factory=app)
-    async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        async with gw.session.post(gw.url("/function/hello")) as response:
-            assert response.status == 201
-            assert response.reason == "Made"
-            assert response.headers["X-Result"] == "42"
-            assert response.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
-            assert await response.text() == "created"
-
-
-def streaming_echo(_: str) -> web.Application:
-    """Streams the request body back in chunks, with its digest in a header."""
-
-    async def echo(request: web.Request) -> web.StreamResponse:
-        data = await request.read()
-        response = web.StreamResponse(headers={"X-Digest": hashlib.sha256(data).hexdigest()})
-        await response.prepare(request)
-        for i in range(0, len(data), 100_000):
-            await response.write(data[i:i + 100_000])
-        await response.write_eof()
-        return response
-
-    application = web.Application(client_max_size=64 * 1024 * 1024)
-    application.router.add_route("*", "/{tail:.*}", echo)
-    return application
-
-
-async def test_five_megabyte_bodies_stream_both_ways() -> None:
-    body = bytes(range(256)) * (5 * 1024 * 1024 // 256)
-    backend = FakeBackend(make_function("hello"), app_factory=streaming_echo)
-    async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        async with gw.session.post(gw.url("/function/hello"), data=io.BytesIO(body)) as response:
-            assert response.status == 200
-            assert response.headers["X-Digest"] == hashlib.sha256(body).hexdigest()
-            assert await response.read() == body
-
-
-async def test_a_chunked_five_megabyte_body_streams_to_the_instance() -> None:
-    body = b"x" * (5 * 1024 * 1024)
-
-    async def chunks():  # no Content-Length: the client sends it chunked
-        for i in range(0, len(body), 256 * 1024):
-            yield body[i:i + 256 * 1024]
-
-    backend = FakeBackend(make_function("hello"), app_factory=streaming_echo)
-    async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        async with gw.session.post(gw.url("/function/hello"), data=chunks()) as response:
-            assert response.status == 200
-            assert response.headers["X-Digest"] == hashlib.sha256(body).hexdigest()
-            assert len(await response.read()) == len(body)
-
-
-async def test_head_keeps_the_instances_content_length() -> None:
-    backend = FakeBackend(make_function("hello"))
-    async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello")
-        async with gw.session.head(gw.url("/function/hello")) as response:
-            assert response.status == 200
-            assert int(response.headers["Content-Length"]) > 0
-            assert await response.read() == b""
-
-
-async def test_the_least_busy_instance_gets_the_next_request() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello", concurrency=5), app_factory=apps)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_least_busy_instance_gets_the_next_request(transport: str) -> None:
+    functions = ControlledFunctions()
+    backend = FakeBackend.of(transport, make_function("hello", concurrency=5), fn=functions)
     async with backend, running_gateway(backend) as gw:
         first = await backend.add_instance("hello")
         second = await backend.add_instance("hello")
         held = [asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")) for i in range(3)]
-        await eventually(lambda: apps.held() == 3)
+        await eventually(lambda: functions.held() == 3)
         # Three requests over two idle instances: 2 on one, 1 on the other.
-        busier, idler = (first, second) if apps.held(first.id) == 2 else (second, first)
-        assert apps.held(idler.id) == 1
+        busier, idler = (first, second) if functions.held(first.id) == 2 else (second, first)
+        assert functions.held(idler.id) == 1
         task = asyncio.create_task(gw.json("GET", "/function/hello/hold/3"))
-        await eventually(lambda: apps.held() == 4)
-        assert apps.held(idler.id) == 2
-        assert apps.held(busier.id) == 2
-        for i in range(4):
-            apps.release(str(i))
+        await eventually(lambda: functions.held() == 4)
+        assert functions.held(idler.id) == 2
+        assert functions.held(busier.id) == 2
+        functions.release("0", "1", "2", "3")
         results = await asyncio.gather(*held, task)
     assert [r[0] for r in results] == [200] * 4
 
 
-async def test_an_instance_never_gets_more_than_its_capacity_and_waiters_are_served_in_order() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello", concurrency=1), app_factory=apps)
+async def test_an_instance_never_gets_more_than_its_capacity_and_waiters_are_served_in_order(
+        transport: str = "http") -> None:
+    functions = ControlledFunctions()
+    backend = FakeBackend.of(transport, make_function("hello", concurrency=1), fn=functions)
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
+        def held() -> int:
+            stats = gw.gateway.stats(ref("hello"))
+            return stats.in_flight + stats.queued
+
         tasks = []
         for i in range(5):
             tasks.append(asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")))
             # Queue them one at a time so that their arrival order is known.
-            await eventually(lambda i=i: gw.gateway.stats(ref("hello")).in_flight
-                             + gw.gateway.stats(ref("hello")).queued == i + 1)
+            await eventually(lambda: held() == len(tasks))
         assert gw.gateway.stats(ref("hello")).queued == 4
         for i in range(5):
-            await eventually(lambda i=i: len(apps.arrivals) == i + 1)
-            apps.release(str(i))
+            await eventually(functools.partial(lambda count: len(functions.arrivals) == count, i + 1))
+            functions.release(str(i))
         results = await asyncio.gather(*tasks)
     assert [r[0] for r in results] == [200] * 5
-    assert [path for _, path in apps.arrivals] == [f"/hold/{i}" for i in range(5)]
-    assert max(apps.max_active.values()) == 1
+    assert [path for _, path in functions.arrivals] == [f"/hold/{i}" for i in range(5)]
+    assert max(functions.max_active.values()) == 1
+
+
+async def test_capacity_and_queue_order_hold_for_in_process_instances() -> None:
+    await test_an_instance_never_gets_more_than_its_capacity_and_waiters_are_served_in_order("in-process")
+
+
+async def test_each_instance_takes_as_many_requests_as_its_own_capacity() -> None:
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello", concurrency=1), fn=functions)
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello", capacity=2)
+        held = [asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")) for i in range(2)]
+        await eventually(lambda: functions.held() == 2)
+        assert gw.gateway.stats(ref("hello")).queued == 0
+        functions.release("0", "1")
+        assert [(await t)[0] for t in held] == [200, 200]
 
 
 async def test_waiters_get_slots_of_an_instance_that_becomes_ready() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello", concurrency=1), app_factory=apps)
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello", concurrency=1), fn=functions)
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
         blocker = asyncio.create_task(gw.json("GET", "/function/hello/hold/a"))
-        await eventually(lambda: apps.held() == 1)
+        await eventually(lambda: functions.held() == 1)
         waiting = asyncio.create_task(gw.json("GET", "/function/hello/quick"))
         await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
         newcomer = await backend.add_instance("hello")
         status, seen, _ = await waiting
         assert status == 200
         assert seen["instance"] == newcomer.id
-        apps.release("a")
+        functions.release("a")
         assert (await blocker)[0] == 200
 
 
@@ -208,14 +127,14 @@ async def test_twenty_concurrent_first_requests_cause_one_scale_up_and_all_succe
         backend.scale_gate.set()
         results = await asyncio.gather(*tasks)
         assert [status for status, _, _ in results] == [200] * 20
-        assert sorted(seen["body"] for _, seen, _ in results) == sorted(str(i) for i in range(20))
+        assert sorted(event["body"] for _, event, _ in results) == sorted(str(i) for i in range(20))
         assert len(backend.scale_calls) == 1
 
 
 async def test_a_function_with_replicas_asked_for_is_not_scaled_again_while_starting() -> None:
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
     async with backend, running_gateway(backend) as gw:
-        await backend.scale("hello", 2, reason="autoscaler")
+        await backend.scale(ref("hello"), 2, reason="autoscaler")
         task = asyncio.create_task(gw.json("GET", "/function/hello"))
         await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
         await backend.add_instance("hello")
@@ -238,9 +157,18 @@ async def test_a_full_queue_answers_429_with_retry_after_and_json() -> None:
         assert [(await t)[0] for t in waiting] == [200, 200]
 
 
+async def test_a_request_turned_away_by_a_full_queue_still_starts_the_function() -> None:
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    async with backend, running_gateway(backend, settings=GatewaySettings(queue_limit=0)) as gw:
+        status, _, headers = await gw.json("GET", "/function/hello")
+        assert status == 429 and "Retry-After" in headers
+        await eventually(lambda: len(backend.scale_calls) == 1)
+        assert backend.scale_calls[0].reason == "cold start"
+
+
 async def test_waiting_longer_than_the_queue_timeout_answers_503_with_retry_after() -> None:
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
-    settings = GatewaySettings(queue_timeout=0.2)
+    settings = GatewaySettings(queue_timeout=0.1)
     async with backend, running_gateway(backend, settings=settings) as gw:
         status, body, headers = await gw.json("GET", "/function/hello")
         assert status == 503
@@ -281,22 +209,22 @@ async def test_a_function_deleted_while_requests_wait_answers_them_404() -> None
 
 
 async def test_a_body_over_the_limit_by_content_length_is_413_without_reaching_an_instance() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello"), app_factory=apps)
+    functions = ControlledFunctions()
+    backend = FakeBackend(make_function("hello"), fn=functions)
     async with backend, running_gateway(backend, settings=GatewaySettings(max_body_bytes=1000)) as gw:
         await backend.add_instance("hello")
         status, body, _ = await gw.json("POST", "/function/hello", data=b"x" * 1001)
         assert status == 413
         assert body["function"] == "hello"
         assert (await gw.json("POST", "/function/hello", data=b"x" * 1000))[0] == 200
-    assert len(apps.arrivals) == 1
+    assert len(functions.arrivals) == 1
 
 
 @pytest.mark.parametrize("size", [5000, 3 * 1024 * 1024], ids=["buffered", "streamed"])
 async def test_a_chunked_body_over_the_limit_is_413(size: int) -> None:
     limit = 1000 if size < 10000 else 1024 * 1024
 
-    async def chunks():
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(0, size, 500):
             yield b"y" * 500
 
@@ -328,18 +256,45 @@ async def test_healthz_answers_200_json() -> None:
     assert body == {"status": "ok"}
 
 
-async def test_a_request_turned_away_by_a_full_queue_still_starts_the_function() -> None:
-    backend = FakeBackend(make_function("hello"), start_on_scale=False)
-    async with backend, running_gateway(backend, settings=GatewaySettings(queue_limit=0)) as gw:
-        status, _, headers = await gw.json("GET", "/function/hello")
-        assert status == 429 and "Retry-After" in headers
-        await eventually(lambda: len(backend.scale_calls) == 1)
-        assert backend.scale_calls[0].reason == "cold start"
+async def test_a_draining_gateway_fails_healthz() -> None:
+    backend = FakeBackend()
+    async with backend, running_gateway(backend) as gw:
+        gw.gateway.drain()
+        status, body, _ = await gw.json("GET", "/healthz")
+    assert (status, body) == (503, {"status": "draining"})
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    """Everything the gateway writes back to `request` on a new connection, up to its close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def test_a_draining_gateway_closes_each_connection_after_its_answer() -> None:
+    backend = FakeBackend(make_function("hello"))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        gw.gateway.drain()
+        # read() returns at the close; a kept-alive connection would time out instead.
+        answer = await raw_exchange(gw.port, b"GET /function/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_draining_gateway_announces_connection_close() -> None:
+    backend = FakeBackend(make_function("hello"))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        gw.gateway.drain()
+        answer = await raw_exchange(gw.port, b"GET /function/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"\r\nconnection: close" in head
 
 
 async def test_closing_the_gateway_turns_waiting_requests_away_with_503() -> None:
-    from kfn_gateway.server import Gateway
-
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
     async with backend:
         gateway = Gateway(backend)
@@ -353,14 +308,13 @@ async def test_closing_the_gateway_turns_waiting_requests_away_with_503() -> Non
     assert raised.value.status == 503
 
 
-async def test_each_instance_takes_as_many_requests_as_its_own_capacity() -> None:
-    apps = ControlledApps()
-    backend = FakeBackend(make_function("hello", concurrency=1), app_factory=apps)
+async def test_system_logs_answers_the_last_lines_of_a_function() -> None:
+    backend = FakeBackend(make_function("hello"))
+    backend.log_lines[ref("hello")] = ["one", "two", "three"]
     async with backend, running_gateway(backend) as gw:
-        await backend.add_instance("hello", capacity=2)
-        held = [asyncio.create_task(gw.json("GET", f"/function/hello/hold/{i}")) for i in range(2)]
-        await eventually(lambda: apps.held() == 2)
-        assert gw.gateway.stats(ref("hello")).queued == 0
-        for i in range(2):
-            apps.release(str(i))
-        assert [(await t)[0] for t in held] == [200, 200]
+        status, text, _ = await gw.json("GET", "/system/logs/hello?tail=2")
+        bad_status, bad, _ = await gw.json("GET", "/system/logs/hello?tail=-1")
+        missing_status, _, _ = await gw.json("GET", "/system/logs/nope")
+    assert (status, text) == (200, "two\nthree\n")
+    assert bad_status == 400 and "tail" in bad["error"]
+    assert missing_status == 404

@@ -2,31 +2,50 @@
 behaviours, replayed on uvloop's event loop, whose transports differ from asyncio's."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 import uvloop
 
 from . import test_gateway_failures as failures
+from . import test_gateway_http as http
+from . import test_gateway_invoking as invoking
 from . import test_gateway_metrics as metrics
 from . import test_gateway_routing as routing
+from . import test_gateway_upstream as upstream
 
-SCENARIOS: list[Callable[[], Awaitable[None]]] = [
-    routing.test_method_path_query_headers_and_body_reach_the_instance,
-    routing.test_status_headers_and_several_set_cookies_come_back,
-    routing.test_five_megabyte_bodies_stream_both_ways,
-    routing.test_a_chunked_five_megabyte_body_streams_to_the_instance,
-    routing.test_head_keeps_the_instances_content_length,
-    routing.test_an_instance_never_gets_more_than_its_capacity_and_waiters_are_served_in_order,
-    routing.test_twenty_concurrent_first_requests_cause_one_scale_up_and_all_succeed,
-    failures.test_an_instance_refusing_connections_is_skipped_and_the_request_retried,
-    failures.test_an_instance_slower_than_the_function_timeout_is_504_json,
-    failures.test_a_client_disconnecting_mid_request_releases_its_slot,
-    failures.test_an_instance_dying_mid_response_cuts_the_client_off,
-    metrics.test_metrics_source_reports_the_average_load_and_arrivals_between_collections,
-]
+Scenario = Callable[[], Coroutine[Any, Any, None]]
+
+SCENARIOS: dict[str, Scenario] = {
+    "event": functools.partial(http.test_a_request_reaches_the_function_as_a_2_0_event, "http"),
+    "event-in-process": functools.partial(http.test_a_request_reaches_the_function_as_a_2_0_event, "in-process"),
+    "structured-response": http.test_a_structured_response_comes_back_with_its_status_headers_cookies_and_body,
+    "function-error": functools.partial(http.test_a_function_error_is_500_internal_server_error, "http"),
+    "five-megabytes": http.test_five_megabyte_bodies_travel_both_ways,
+    "chunked-upload": http.test_a_chunked_five_megabyte_upload_reaches_the_function_whole,
+    "head": http.test_head_keeps_the_functions_content_length,
+    "cors-preflight": http.test_a_cors_preflight_is_answered_204_without_invoking_the_function,
+    "capacity-and-order": routing.test_an_instance_never_gets_more_than_its_capacity_and_waiters_are_served_in_order,
+    "one-scale-up": routing.test_twenty_concurrent_first_requests_cause_one_scale_up_and_all_succeed,
+    "refused-connection": failures.test_an_instance_refusing_connections_is_skipped_and_the_request_retried,
+    "dying-instance": failures.test_an_instance_dying_mid_invocation_is_502_and_reported_and_never_retried,
+    "slow-instance": failures.test_an_instance_slower_than_the_function_timeout_is_504_json,
+    "client-disconnect": failures.test_a_client_disconnecting_mid_request_releases_its_slot,
+    "client-disconnect-in-process": failures.test_a_client_disconnecting_mid_request_cancels_an_in_process_invocation,
+    "rejected": functools.partial(
+        failures.test_a_request_a_draining_or_loading_instance_turned_away_goes_to_another_instance,
+        "draining", "http"),
+    "stale-connection": invoking.test_a_stale_reused_connection_is_sent_again_once_on_a_new_one,
+    "keep-alive": upstream.test_sequential_requests_reuse_one_keep_alive_connection,
+    "large-answer": upstream.test_a_large_answer_is_read_whole_with_back_pressure,
+    "until-close": upstream.test_an_answer_ended_by_closing_the_connection_is_read_whole,
+    "early-answer": upstream.test_an_early_answer_to_an_upload_comes_back_and_the_connection_is_not_reused,
+    "load-source": metrics.test_metrics_source_reports_the_average_load_and_arrivals_between_collections,
+}
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__.removeprefix("test_") for s in SCENARIOS])
-def test_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+@pytest.mark.parametrize("scenario", list(SCENARIOS.values()), ids=list(SCENARIOS))
+def test_on_uvloop(scenario: Scenario) -> None:
     uvloop.run(scenario())

@@ -143,10 +143,58 @@ def test_source_configmap_is_mounted_instead_of_a_generated_one() -> None:
     assert {"name": "code", "configMap": {"name": "my-code"}} in volumes
 
 
-def test_a_custom_image_overrides_the_runtime_image_and_brings_its_own_code() -> None:
+def containers_of(fn: Function) -> dict[str, dict[str, Any]]:
+    pod = builders.build_deployment(fn, images=IMAGES)["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["containers"]}
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_a_lambda_image_runs_unchanged_beside_an_instance_of_the_default_runtime() -> None:
+    containers = containers_of(FROM_IMAGE)
+    assert containers[builders.CONTAINER_NAME]["image"] == IMAGES.images["python3.12"]
+    assert env_of(containers[builders.CONTAINER_NAME])[contract.ENV_RUNTIME] == contract.RUNTIME_IMAGE
+    environments = containers[builders.ENVIRONMENTS_CONTAINER_NAME]
+    assert environments["image"] == "registry.example/team/fn:1.0"
     pod = builders.build_deployment(FROM_IMAGE, images=IMAGES)["spec"]["template"]["spec"]
-    assert pod["containers"][0]["image"] == "registry.example/team/fn:1.0"
+    assert pod["shareProcessNamespace"] is True
     assert all(v["name"] != "code" for v in pod["volumes"])
+
+
+def test_a_lambda_images_entrypoint_and_command_run_under_the_launcher() -> None:
+    fn = make(source=None, image="registry.example/team/fn:1.0", concurrency=3,
+              imageConfig={"entryPoint": ["python", "-m", "awslambdaric"], "workingDirectory": "/app"})
+    environments = containers_of(fn)[builders.ENVIRONMENTS_CONTAINER_NAME]
+    assert environments["command"] == ["/bin/sh", "-c", contract.LAUNCHER, "kfn-environments",
+                                       builders.ENVIRONMENTS_DIR, "3", "python", "-m", "awslambdaric", "main.handler"]
+    assert environments["workingDir"] == "/app"
+
+
+def test_a_lambda_image_gets_lambdas_variables_and_spec_env_but_keeps_its_own_path() -> None:
+    fn = make(source=None, image="registry.example/team/fn:1.0", env=[{"name": "GREETING", "value": "hi"}])
+    env = env_of(containers_of(fn)[builders.ENVIRONMENTS_CONTAINER_NAME])
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == "hello"
+    assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "$LATEST"
+    assert env["_HANDLER"] == "main.handler"
+    assert env["LAMBDA_TASK_ROOT"] == "/var/task"
+    assert env["GREETING"] == "hi"
+    assert "PATH" not in env and "AWS_LAMBDA_LOG_STREAM_NAME" not in env
+    assert "GREETING" not in env_of(containers_of(fn)[builders.CONTAINER_NAME])
+
+
+def test_the_region_reaches_the_instance() -> None:
+    pod = builders.build_deployment(MINIMAL, images=IMAGES, region="eu-west-1")["spec"]["template"]["spec"]
+    assert env_of(pod["containers"][0])[contract.ENV_REGION] == "eu-west-1"
+    assert builders.deployed_hash(MINIMAL, images=IMAGES, region="eu-west-1") != builders.deployed_hash(
+        MINIMAL, images=IMAGES)
+
+
+def test_node_functions_run_the_node_runtime_image() -> None:
+    fn = make(runtime="nodejs20", handler="index.handler", source={"files": {"index.mjs": "export const handler = 1"}})
+    assert containers_of(fn)[builders.CONTAINER_NAME]["image"] == "ghcr.io/kfn-dev/runtime-nodejs:20"
+    assert env_of(containers_of(fn)[builders.CONTAINER_NAME])[contract.ENV_RUNTIME] == "nodejs20"
 
 
 def test_runtime_images_come_from_the_configuration() -> None:

@@ -1,6 +1,19 @@
-"""`python -m kfn_runtime`: serve one function, configured by the KFN_* environment (see `contract`)."""
+"""`python -m kfn_runtime`: one function instance in a pod, configured by the KFN_* environment.
+
+Lifecycle:
+  1. listen: the invoke endpoint and probes answer from now on; /_/ready says 503 "loading".
+  2. init: the function is initialised and its first execution environment started. If that
+     fails, the error (Lambda's error object) is printed and the process exits EXIT_LOAD_FAILED.
+  3. ready: /_/ready answers 200; invocations run in environments (more start as needed).
+  4. drain, on SIGTERM or SIGINT: /_/ready and new invocations answer 503 (the gateway sends them
+     elsewhere), in-flight invocations finish (at most KFN_DRAIN_TIMEOUT), then everything stops
+     and the process exits 0 (EXIT_DRAIN_TIMEOUT if invocations were still running).
+"""
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import sys
 import time
 
@@ -8,25 +21,70 @@ from kfn_runtime import contract
 from kfn_runtime.config import Config, ConfigError
 
 
-def main() -> int:
+def _log(event: str, **fields: object) -> None:
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "msg": event, **fields}
+    sys.stdout.write(json.dumps(record, default=str) + "\n")
+    sys.stdout.flush()
+
+
+async def run(config: Config) -> int:
+    from kfn_runtime.front import FrontServer
+    from kfn_runtime.host import InitFailed
+    from kfn_runtime.launch import build_host
+
     started = time.monotonic()
-    for stream in (sys.stdout, sys.stderr):
-        # Handler print() output must reach the log at once even without PYTHONUNBUFFERED.
-        try:
-            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-        except (AttributeError, ValueError):
-            pass
+
+    def environment_output(env_id: str, line: str) -> None:
+        sys.stdout.write(line + "\n")
+
+    host = build_host(config, log=environment_output)
+    front = FrontServer(host)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        port = await front.listen(config.host, config.port)
+    except OSError as e:
+        sys.stderr.write(f"kfn-runtime: cannot listen on {config.host}:{config.port}: {e}\n")
+        return contract.EXIT_LOAD_FAILED
+    init = loop.create_task(host.start())
+    done, _ = await asyncio.wait({init, loop.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if init not in done:
+        init.cancel()
+        await host.close()
+        front.close()
+        return contract.EXIT_OK
+    try:
+        init.result()
+    except InitFailed as e:
+        sys.stderr.write(f"kfn-runtime: cannot initialise {config.handler or config.command}: {e}\n")
+        sys.stderr.write(e.payload.decode(errors="replace") + "\n")
+        sys.stderr.flush()
+        await host.close()
+        front.close()
+        return contract.EXIT_LOAD_FAILED
+    _log("ready", port=port, function=config.function_name, runtime=config.runtime,
+         startupMs=round((time.monotonic() - started) * 1000, 1))
+    await stop.wait()
+    host.drain()
+    _log("draining", inFlight=host.in_flight, drainTimeoutS=config.drain_timeout)
+    idle = await host.wait_idle(config.drain_timeout)
+    await host.close()
+    front.close()
+    code = contract.EXIT_OK if idle else contract.EXIT_DRAIN_TIMEOUT
+    _log("stopped", exitCode=code)
+    return code
+
+
+def main() -> int:
     try:
         config = Config.from_env()
     except ConfigError as e:
         sys.stderr.write(f"kfn-runtime: {e}\n")
         return contract.EXIT_BAD_CONFIG
-    from kfn_runtime.runtime import Runtime  # after the config check, so a bad environment fails fast
-
-    return Runtime(config, started=started).run()
+    return asyncio.run(run(config))
 
 
 if __name__ == "__main__":
-    from kfn_runtime.runtime import exit_process
-
-    exit_process(main())
+    sys.exit(main())

@@ -22,34 +22,26 @@ class MetricsUnavailable(RuntimeError):
 
 
 class Metrics:
-    def __init__(self, *, concurrency: int, in_flight: Callable[[], int],
+    def __init__(self, *, concurrency: int, in_flight: Callable[[], int], environments: Callable[[], int],
                  buckets: tuple[float, ...] = contract.DURATION_BUCKETS) -> None:
         self._lock = threading.Lock()
         self._concurrency = concurrency
         self._in_flight = in_flight
+        self._environments = environments
         self._buckets = tuple(sorted(buckets))
         self._bucket_counts = [0] * (len(self._buckets) + 1)  # the last one is +Inf
         self._duration_sum = 0.0
-        self._by_code: dict[int, int] = {}
-        self._timeouts = 0
-        self._errors = 0
+        self._by_outcome: dict[str, int] = {}
         self._registry: object | None = None
 
-    def observe(self, status: int, seconds: float) -> None:
-        """One finished invocation request (any status, including rejections)."""
+    def observe(self, outcome: str, seconds: float) -> None:
+        """One invocation request answered: "ok", "error" (the function failed), "timeout", or the
+        status of a rejection ("429", "503")."""
         index = bisect.bisect_left(self._buckets, seconds)
         with self._lock:
-            self._by_code[status] = self._by_code.get(status, 0) + 1
+            self._by_outcome[outcome] = self._by_outcome.get(outcome, 0) + 1
             self._bucket_counts[index] += 1
             self._duration_sum += seconds
-
-    def timed_out(self) -> None:
-        with self._lock:
-            self._timeouts += 1
-
-    def failed(self) -> None:
-        with self._lock:
-            self._errors += 1
 
     def snapshot(self) -> dict[str, Any]:
         """The current numbers, for tests and for the collector."""
@@ -59,13 +51,12 @@ class Metrics:
                 running += count
                 cumulative.append(running)
             return {
-                "by_code": dict(self._by_code),
+                "by_outcome": dict(self._by_outcome),
                 "buckets": list(zip([*self._buckets, float("inf")], cumulative, strict=True)),
                 "count": running,
                 "sum": self._duration_sum,
-                "timeouts": self._timeouts,
-                "errors": self._errors,
                 "in_flight": self._in_flight(),
+                "environments": self._environments(),
                 "concurrency": self._concurrency,
             }
 
@@ -91,23 +82,22 @@ class _Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         snap = self._metrics.snapshot()
-        invocations = CounterMetricFamily(contract.METRIC_INVOCATIONS, "Invocation requests by HTTP status code.",
-                                          labels=["code"])
-        for code, count in sorted(snap["by_code"].items()):
-            invocations.add_metric([str(code)], count)
+        invocations = CounterMetricFamily(
+            contract.METRIC_INVOCATIONS, "Invocations by outcome: ok, error, timeout, or a rejection's status.",
+            labels=["outcome"])
+        for outcome, count in sorted(snap["by_outcome"].items()):
+            invocations.add_metric([outcome], count)
         yield invocations
         yield HistogramMetricFamily(
             contract.METRIC_DURATION, "Time from request received to response ready, in seconds.",
             buckets=[("+Inf" if le == float("inf") else _le(le), count) for le, count in snap["buckets"]],
             sum_value=snap["sum"])
-        yield GaugeMetricFamily(contract.METRIC_IN_FLIGHT, "Invocations currently holding a concurrency slot.",
+        yield GaugeMetricFamily(contract.METRIC_IN_FLIGHT, "Invocations running or waiting for an environment.",
                                 value=snap["in_flight"])
-        yield GaugeMetricFamily(contract.METRIC_CONCURRENCY_LIMIT, "Most invocations run at once (KFN_CONCURRENCY).",
+        yield GaugeMetricFamily(contract.METRIC_CONCURRENCY_LIMIT, "Execution environments at most (KFN_CONCURRENCY).",
                                 value=snap["concurrency"])
-        yield CounterMetricFamily(contract.METRIC_TIMEOUTS, "Invocations answered 504 after the timeout.",
-                                  value=snap["timeouts"])
-        yield CounterMetricFamily(contract.METRIC_ERRORS, "Invocations whose handler raised an exception.",
-                                  value=snap["errors"])
+        yield GaugeMetricFamily(contract.METRIC_ENVIRONMENTS, "Execution environments alive.",
+                                value=snap["environments"])
 
 
 def _le(bound: float) -> str:

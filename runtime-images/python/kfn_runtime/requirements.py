@@ -1,9 +1,12 @@
-"""`python -m kfn_runtime.requirements`: pip-install a function's requirements, for an init container.
+"""`python -m kfn_runtime.requirements`: install a function's requirements, for an init container.
 
 Reads the requirement lines from KFN_REQUIREMENTS (one per line; blank lines and # comments are
 skipped) and installs them with `pip install --no-cache-dir --target KFN_DEPS_DIR`, where the
-runtime later finds them (second on sys.path). Exits 0 when done or when there is nothing to
-install, 1 with pip's output and a one-line reason on stderr when pip fails, 2 on bad input.
+runtime later finds them (second on sys.path). For a Node.js runtime (KFN_RUNTIME=nodejs*, set by
+the Node.js image) they are npm package specs, installed with `npm install --prefix KFN_DEPS_DIR`
+into KFN_DEPS_DIR/node_modules (the environments' NODE_PATH). Exits 0 when done or when there is
+nothing to install, 1 with the installer's output and a one-line reason on stderr when it fails,
+2 on bad input.
 """
 from __future__ import annotations
 
@@ -37,6 +40,13 @@ def pip_command(requirements: Sequence[str], target: str, *, python: str = sys.e
             "--target", target, "--", *requirements]
 
 
+def npm_command(requirements: Sequence[str], target: str, *, npm: Sequence[str] = ("npm",)) -> list[str]:
+    """npm installing package specs (e.g. 'lodash@4.17.21') into TARGET/node_modules, with no
+    package.json or lock file written beside them."""
+    return [*npm, "install", "--prefix", target, "--no-save", "--no-package-lock", "--omit=dev", "--no-audit",
+            "--no-fund", "--no-update-notifier", "--no-progress", "--", *requirements]
+
+
 def main(environ: Mapping[str, str] = os.environ) -> int:
     try:
         requirements = parse_requirements(environ.get(contract.ENV_REQUIREMENTS, ""))
@@ -44,6 +54,8 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
         sys.stderr.write(f"kfn-runtime: {e}\n")
         return 2
     target = environ.get(contract.ENV_DEPS_DIR) or contract.DEFAULT_DEPS_DIR
+    node = environ.get(contract.ENV_RUNTIME, "").startswith("nodejs")
+    tool = "npm" if node else "pip"
     if not requirements:
         print(f"kfn-runtime: no requirements to install ({contract.ENV_REQUIREMENTS} is empty)", flush=True)
         return 0
@@ -54,12 +66,19 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
     except OSError as e:
         sys.stderr.write(f"kfn-runtime: cannot create {contract.ENV_DEPS_DIR} {target!r}: {e}\n")
         return 1
-    # Only /tmp is writable under a read-only root filesystem; pip builds there.
+    # Only /tmp is writable under a read-only root filesystem; pip builds there (npm keeps its cache there).
     env = {**environ, "PIP_NO_CACHE_DIR": "1", "TMPDIR": environ.get("TMPDIR", "/tmp")}
-    result = subprocess.run(pip_command(requirements, target), env=env)
+    if node:
+        env.setdefault("npm_config_cache", os.path.join(env["TMPDIR"], ".npm"))
+    command = npm_command(requirements, target) if node else pip_command(requirements, target)
+    try:
+        result = subprocess.run(command, env=env)
+    except OSError as e:
+        sys.stderr.write(f"kfn-runtime: cannot run {tool}: {e}\n")
+        return 1
     if result.returncode != 0:
-        sys.stderr.write(f"kfn-runtime: pip could not install the requirements (exit code {result.returncode}); "
-                         f"see pip's output above\n")
+        sys.stderr.write(f"kfn-runtime: {tool} could not install the requirements (exit code {result.returncode}); "
+                         f"see {tool}'s output above\n")
         return 1
     print("kfn-runtime: requirements installed", flush=True)
     return 0

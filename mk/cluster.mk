@@ -1,0 +1,14 @@
+# The real-cluster tier: kfn's images, chart, operator and gateway on a real single-node Kubernetes
+# (../shared/realk8s, or KFN_REALK8S). Skipped with one line where there is none.
+#   make test-cluster    start the cluster (if down), load the images `make images` built, pytest tests/cluster
+#   make bench-cluster   cold starts on that cluster: a bare runtime pod vs a function through kfn's gateway
+# PYTEST_ARGS passes arguments to pytest, e.g. make test-cluster PYTEST_ARGS='-k scale -x'.
+PYTEST_ARGS ?=
+
+.PHONY: test-cluster bench-cluster
+
+test-cluster: $(STAMP) .cache/bin/helm  ## the real-cluster tier (needs make images first; stops the cluster if it started it)
+	scripts/test-cluster $(PYTEST_ARGS)
+
+bench-cluster: $(STAMP) .cache/bin/helm  ## cold starts on the real cluster: bare pod vs through kfn (prints tables)
+	scripts/test-cluster --bench

@@ -1,0 +1,51 @@
+"""An instance host for a configuration: the right spawner, the Lambda environment, the limits.
+
+Used by a pod's entry point (`python -m kfn_runtime`) and by kfn local, so both run a function's
+environments the same way.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from kfn_runtime import contract
+from kfn_runtime.config import NODE_CLIENT, Config
+from kfn_runtime.environments import CommandSpawner, ExternalSpawner, ZygoteSpawner
+from kfn_runtime.host import HostConfig, InstanceHost, lambda_environment
+
+TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def build_host(config: Config, *, log: Callable[[str, str], None] | None = None, python: str = sys.executable,
+               node: str = "node", path: str | None = None, node_client: str | None = None) -> InstanceHost:
+    """An InstanceHost for `config` (not started yet)."""
+    host_config = HostConfig(function_name=config.function_name, namespace=config.namespace,
+                             version=config.function_version, timeout=config.timeout, concurrency=config.concurrency,
+                             memory_mb=config.memory_mb, region=config.region, idle_timeout=config.idle_timeout,
+                             max_payload=config.max_body_bytes, queue_limit=config.queue_limit)
+    user_env = dict(config.user_env)
+    if path is not None:
+        user_env["PATH"] = path
+    # Lambda's names: AWS_Lambda_python3.12, AWS_Lambda_nodejs20.x (SDKs and tools read it).
+    execution_env = f"AWS_Lambda_{config.runtime}" + (".x" if config.runtime.startswith("nodejs") else "")
+    env = lambda_environment(host_config, handler=config.handler, task_root=config.code_dir,
+                             runtime_dir=config.runtime_dir, execution_env=execution_env, user_env=user_env)
+    if config.runtime == contract.RUNTIME_IMAGE:
+        # The image's container has its own environment (set by the operator); the launcher there
+        # starts each environment when this host asks.
+        spawner: object = ExternalSpawner(config.environments_dir, slots=config.concurrency,
+                                          function_version=config.function_version)
+    elif config.command is not None:
+        spawner = CommandSpawner(config.command, env=env, cwd=config.code_dir)
+    elif config.runtime.startswith("nodejs"):
+        # Requirements for Node.js are node_modules beside the code or in the deps directory.
+        env["NODE_PATH"] = os.path.join(config.deps_dir, "node_modules")
+        client = node_client or os.path.join(config.runtime_dir, NODE_CLIENT)
+        spawner = CommandSpawner([node, client], env=env, cwd=config.code_dir)
+    else:
+        env[contract.ENV_DEPS_DIR] = config.deps_dir
+        env["PYTHONPATH"] = config.runtime_dir
+        spawner = ZygoteSpawner(python=python, env=env, cwd=config.code_dir)
+    return InstanceHost(host_config, spawner, log=log)  # type: ignore[arg-type]
