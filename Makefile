@@ -9,7 +9,7 @@ PORT   ?= 8080
 .PHONY: help install run test test-fast test-e2e test-k8s lint crd bench lint-chart images clean
 
 help:  ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,7 @@ bench: $(STAMP)  ## benchmarks, a few minutes: runtime, execution environments, 
 	$(BIN)/python bench/environments.py
 	$(BIN)/python bench/gateway.py
 
-# The peers comparison: kfn local as the candidate of ../shared/peers-bench (~5 min quick, ~20 min full).
+# The peers comparison: kfn local as the candidate of ../shared/peers-bench (quick: ~2-3 min; full: ~15-20 min).
 #   make bench-peers PEERS_ARGS='--reps 1 --duration 3 --warmup 1 --seq 500'
 PEERS_BENCH ?= ../shared/peers-bench
 PEERS_ARGS  ?=

@@ -60,6 +60,7 @@ from bench.runtime_latency import (
     ratio,
     running_pod,
     sequential,
+    switches,
     table,
     write_code,
 )
@@ -177,6 +178,7 @@ class Bench:
             await host.invoke(Invocation(self.event, timeout=30.0))
         envs = [env.pid for env in host.environments if env.pid is not None]
         env_cpu = sum(cpu_seconds(pid) for pid in envs)
+        env_switches = [switches(pid) for pid in envs]
         own_cpu = time.process_time()
         samples = []
         for _ in range(requests):
@@ -186,8 +188,11 @@ class Bench:
             samples.append(time.perf_counter() - started)
             if invocation.function_error:
                 raise SystemExit(f"bench: the invocation failed: {invocation.result[:300]!r}")
+        after = [switches(pid) for pid in envs]
         return {"latency": samples, "host_cpu": (time.process_time() - own_cpu) / requests,
-                "env_cpu": (sum(cpu_seconds(pid) for pid in envs) - env_cpu) / requests}
+                "env_cpu": (sum(cpu_seconds(pid) for pid in envs) - env_cpu) / requests,
+                "env_switches": tuple(sum(a[i] - b[i] for a, b in zip(after, env_switches, strict=True)) / requests
+                                      for i in (0, 1))}
 
 
 def spawn_exit(command: Sequence[str], cwd: Path, env: dict[str, str], runs: int) -> list[float]:
@@ -296,10 +301,15 @@ def main(argv: list[str] | None = None) -> int:
                                                headers=[("Content-Type", "application/json")])
                         pid = pod.process.pid
                         kids = descendants(pid)
+                        sequential(pod.port, request, requests=200, warmup=0)
                         before_pod, before_envs = cpu_seconds(pid), sum(cpu_seconds(k) for k in kids)
-                        pod_latency = sequential(pod.port, request, requests=args.requests)
+                        before_switches = [switches(k) for k in kids]
+                        pod_latency = sequential(pod.port, request, requests=args.requests, warmup=0)
                         pod_cpu = (cpu_seconds(pid) - before_pod) / args.requests
                         pod_env_cpu = (sum(cpu_seconds(k) for k in kids) - before_envs) / args.requests
+                        pod_switches = tuple(sum(switches(k)[i] - b[i] for k, b in zip(kids, before_switches,
+                                                                                        strict=True)) / args.requests
+                                             for i in (0, 1))
             cold_memory = cold_process_memory(bench_code, env)
     finally:
         reaper.kill_all()
@@ -358,12 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     latency = host_invoke["latency"]
     print(f"One invocation at a time ({args.requests} sequential, same event), what each hop costs; "
           f"CPU from /proc/PID/stat and this process's process_time.\n")
-    table(["path", "p50", "p99", "CPU/invocation, host side", "CPU/invocation, environment"], [
+    table(["path", "p50", "p99", "CPU/invocation, host side", "CPU/invocation, environment",
+           "environment's context switches/invocation (voluntary + involuntary)"], [
         ["`InstanceHost.invoke` in this process (no HTTP)", fmt_us(pct(latency, 50)), fmt_us(pct(latency, 99)),
-         fmt_us(host_invoke["host_cpu"]) + " (incl. this bench loop)", fmt_us(host_invoke["env_cpu"])],
+         fmt_us(host_invoke["host_cpu"]) + " (incl. this bench loop)", fmt_us(host_invoke["env_cpu"]),
+         "{:.2f} + {:.2f}".format(*host_invoke["env_switches"])],
         ["pod invoke endpoint (`python -S -m kfn_runtime`, asyncio), raw HTTP client",
          fmt_us(pct(pod_latency, 50)), fmt_us(pct(pod_latency, 99)), fmt_us(pod_cpu) + " (pod process)",
-         fmt_us(pod_env_cpu)],
+         fmt_us(pod_env_cpu), "{:.2f} + {:.2f}".format(*pod_switches)],
     ])
     print(f"The HTTP front of a pod adds ≈ {fmt_us(pct(pod_latency, 50) - pct(latency, 50))} at p50 "
           f"(its event loop is asyncio, this one {loop_name}).\n")

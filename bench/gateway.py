@@ -16,8 +16,9 @@ kfn figure comes with its ratio to the reference's. Measured:
   - throughput: `wrk -t1 -c16` on hello, and `wrk -t1 -c64` on sleep (each after a 2 s warm-up);
   - memory: RSS and PSS (/proc/PID/smaps_rollup) summed over the whole process tree, peak of
     samples every 0.5 s during the c64 run;
-  - CPU per request during the c16 run, from /proc/PID/stat: the kfn local process (gateway,
-    autoscaler, instance hosts), the environment processes (and zygotes), wrk itself;
+  - CPU per request during the c16 run, from /proc/PID/stat (user + system): the kfn local process
+    (gateway, autoscaler, instance hosts), the environment processes (and zygotes), wrk itself; and
+    context switches per request (/proc/PID/task/*/status);
   - where that CPU goes (unless --no-profile or py-spy is missing): py-spy samples of each
     process during another c16 run, grouped by the component of the innermost Python frame.
 
@@ -55,7 +56,7 @@ from bench.runtime_latency import (
     Reaper,
     WrkResult,
     bench_env,
-    cpu_seconds,
+    cpu_times,
     descendants,
     fmt_mib,
     fmt_ms,
@@ -70,6 +71,7 @@ from bench.runtime_latency import (
     ratio,
     sequential,
     stop_process,
+    switches,
     table,
     write_code,
     wrk,
@@ -243,24 +245,10 @@ def cold_starts(kfn: Server, count: int, reaper: Reaper) -> list[float]:
     return samples
 
 
-def switches(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of a process so far, all its threads."""
-    voluntary = involuntary = 0
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        voluntary += int(line.split()[1])
-                    elif line.startswith("nonvoluntary_ctxt_switches:"):
-                        involuntary += int(line.split()[1])
-    return voluntary, involuntary
-
-
 @dataclass
 class Load:
     result: WrkResult
-    cpu: dict[str, float]                    # seconds over the run: "main", "children"
+    cpu: dict[str, float]                    # seconds over the run: "main", "children", and their "... sys" part
     switches: dict[str, tuple[int, int]]     # context switches over the run: "main", "children"
     peak_rss: float = float("nan")           # KiB, whole tree
     peak_pss: float = float("nan")
@@ -308,21 +296,23 @@ def load(target: Server, path: str, *, connections: int, duration: float, memory
     """A 2 s warm-up, then the measured wrk run, with the CPU time of the target's processes."""
     url = f"http://127.0.0.1:{target.port}{path}"
     wrk(url, connections=connections, duration=2)
-    main_before, main_switches = cpu_seconds(target.pid), switches(target.pid)
-    children_before = {pid: (cpu_seconds(pid), switches(pid)) for pid in descendants(target.pid)}
+    main_before, main_switches = cpu_times(target.pid), switches(target.pid)
+    children_before = {pid: (cpu_times(pid), switches(pid)) for pid in descendants(target.pid)}
     sampler = TreeSampler(target.pid) if memory else None
     with sampler or contextlib.nullcontext():
         result = wrk(url, connections=connections, duration=duration)
     # A process born during the run started at 0 (a fork's CPU counters start at zero); one that
     # died during it is lost (environments are only stopped after 60 s idle).
-    children = {pid: (cpu_seconds(pid), switches(pid)) for pid in descendants(target.pid)}
-    main_after = switches(target.pid)
-    children_cpu, voluntary, involuntary = 0.0, 0, 0
-    for pid, (cpu, (v, i)) in children.items():
-        cpu_before, (v_before, i_before) = children_before.get(pid, (0.0, (0, 0)))
-        children_cpu, voluntary, involuntary = children_cpu + cpu - cpu_before, voluntary + v - v_before, \
-            involuntary + i - i_before
-    out = Load(result, {"main": cpu_seconds(target.pid) - main_before, "children": children_cpu},
+    children = {pid: (cpu_times(pid), switches(pid)) for pid in descendants(target.pid)}
+    main_after, main_cpu = switches(target.pid), cpu_times(target.pid)
+    children_user = children_sys = 0.0
+    voluntary = involuntary = 0
+    for pid, ((user, system), (v, i)) in children.items():
+        (user_before, sys_before), (v_before, i_before) = children_before.get(pid, ((0.0, 0.0), (0, 0)))
+        children_user, children_sys = children_user + user - user_before, children_sys + system - sys_before
+        voluntary, involuntary = voluntary + v - v_before, involuntary + i - i_before
+    out = Load(result, {"main": sum(main_cpu) - sum(main_before), "main sys": main_cpu[1] - main_before[1],
+                        "children": children_user + children_sys, "children sys": children_sys},
                {"main": (main_after[0] - main_switches[0], main_after[1] - main_switches[1]),
                 "children": (voluntary, involuntary)})
     if sampler is not None:
@@ -566,9 +556,9 @@ def report(args: argparse.Namespace, out: Results) -> None:
         print(f"CPU per request during the c16 hello run (/proc/PID/stat utime+stime ÷ requests; {kn:,} and "
               f"{rn:,} requests; the machine has {os.cpu_count()} CPUs shared by server and wrk).\n")
         table(["process", "kfn local", "plain aiohttp"], [
-            ["server main process (kfn: gateway + autoscaler + instance hosts)", fmt_us(k16.cpu["main"] / kn),
-             fmt_us(r16.cpu["main"] / rn)],
-            ["environment processes (+ zygotes)", fmt_us(k16.cpu["children"] / kn), "—"],
+            ["server main process (kfn: gateway + autoscaler + instance hosts)", cpu_text(k16, "main"),
+             cpu_text(r16, "main")],
+            ["environment processes (+ zygotes)", cpu_text(k16, "children"), "—"],
             ["server total", fmt_us(k_total), fmt_us(r_total) + f" (kfn {ratio(k_total, r_total)})"],
             ["wrk (the client)", fmt_us(k16.result.cpu / kn), fmt_us(r16.result.cpu / rn)],
             ["context switches per request, main process (voluntary + involuntary)",
@@ -578,6 +568,12 @@ def report(args: argparse.Namespace, out: Results) -> None:
         ])
         if out.profiles:
             report_profiles(out, k16, r16)
+
+
+def cpu_text(run: Load, key: str) -> str:
+    """CPU per request of `key`, with its system (kernel) part."""
+    requests = run.result.requests
+    return f"{fmt_us(run.cpu[key] / requests)} (sys {fmt_us(run.cpu[key + ' sys'] / requests)})"
 
 
 def per_request_switches(counts: tuple[int, int], requests: int) -> str:
@@ -597,7 +593,10 @@ def report_profiles(out: Results, k16: Load, r16: Load) -> None:
 
     print("Where the CPU goes: py-spy samples (250 Hz, non-blocking, active samples only) during another c16 run, "
           "by the innermost Python frame's component; µs/request = share × the CPU per request above. "
-          "Time in C code (uvloop, the HTTP parsers, syscalls) counts for the Python frame that called it.\n")
+          "Time in C code (uvloop, the HTTP parsers, syscalls) counts for the Python frame that called it; so does "
+          "time a process was runnable but not running: on 2 busy CPUs a socket write that wakes the peer process "
+          "is often preempted by it right there, so the write sites (`_RuntimeAPI.send`, aiohttp's "
+          "`_writelines`, the environments' `post_and_next`) carry the cost of each process hop.\n")
     print("kfn local main process (gateway + instance hosts):\n")
     table(["component", "share", "≈ µs/request"], rows_for(kfn["main"][0], per_request["kfn main"]))
     print("kfn environment processes (all environments of every instance):\n")

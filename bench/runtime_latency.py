@@ -171,10 +171,29 @@ def start_time(pid: int) -> str | None:
     return None if fields is None or fields[0] == "Z" else fields[19]
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far ((0, 0) if it is gone)."""
+    fields = _stat_fields(pid)
+    return (0.0, 0.0) if fields is None else (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process so far (0 if it is gone)."""
-    fields = _stat_fields(pid)
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(cpu_times(pid))
+
+
+def switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of a process so far, all its threads."""
+    voluntary = involuntary = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+    return voluntary, involuntary
 
 
 def descendants(root: int) -> list[int]:

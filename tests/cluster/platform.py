@@ -44,11 +44,9 @@ LABEL_FUNCTION = "kfn.dev/function"
 LABEL_COMPONENT = "kfn.dev/component"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 
-# How a test names a function to the gateway and to `kfn invoke/logs`. Today the gateway knows
-# functions by name across every namespace it watches (names must be unique), so the tier gives
-# each function a unique name. When /function/NAME.NAMESPACE lands and /function/NAME means the
-# gateway's default namespace only, set this to True (test_namespaces.py stops xfailing then).
-QUALIFIED_NAMES = False
+# How a test names a function to the gateway and to `kfn invoke/logs`: NAME.NAMESPACE, since
+# /function/NAME means the gateway's default namespace only.
+QUALIFIED_NAMES = True
 
 T = TypeVar("T")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.cluster import platform
 from tests.cluster.platform import Release
 
@@ -72,10 +70,6 @@ def test_deleted_function_pod_fails_no_request(release: Release, fn_ns: str, dep
     assert load.report.failed == 0, load.report.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="needs a lame-duck shutdown in the gateway: on SIGTERM it closes its "
-                                       "keep-alive connections at once (RemoteDisconnected on each connection "
-                                       "pinned to it); it should keep serving for a few seconds with "
-                                       "'Connection: close' until its endpoint is gone")
 def test_deleted_gateway_replica_fails_no_get(release: Release, fn_ns: str, deployed: list[str]) -> None:
     name = "gwkill"
     deployed.append(name)

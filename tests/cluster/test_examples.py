@@ -40,8 +40,6 @@ def printer_table(namespace: str) -> list[dict[str, str]]:
     return rows
 
 
-@pytest.mark.xfail(strict=True, reason="needs spec.runtime's default (python3.12) in the generated CRD "
-                                       "(kfn/crd.py): the RUNTIME column is empty when a manifest relies on it")
 def test_every_printer_column_is_filled(examples_ns: str) -> None:
     for name in NAMES:
         platform.wait_ready(name, examples_ns, timeout=60)

@@ -39,7 +39,7 @@ def test_awslambdaric_in_an_unchanged_image_answers_through_the_gateway(release:
     assert body["path"] == "/orders"
     assert body["region"] == "us-east-1"
     assert 0 < body["remainingMs"] <= 5000
-    assert answer.headers["X-Kfn-Request-Id"] == body["requestId"]
+    assert answer.headers["x-kfn-request-id"] == body["requestId"]
 
 
 def test_an_images_environments_keep_state_and_run_in_parallel(release: Release, fn_ns: str) -> None:
@@ -54,7 +54,7 @@ def test_a_handler_error_in_an_image_is_api_gateways_500(release: Release, fn_ns
     answer = platform.http_get(release.url("lambda-image", fn_ns, "fail=1"))
     assert answer.status == 500
     assert answer.json() == {"message": "Internal Server Error"}
-    assert answer.headers["X-Kfn-Error-Type"] == "RuntimeError"
+    assert answer.headers["x-kfn-error-type"] == "RuntimeError"
 
 
 def test_an_image_environment_that_times_out_is_replaced(release: Release, fn_ns: str) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.cluster import platform
 from tests.cluster.platform import Release
 
@@ -31,8 +29,6 @@ def test_chart_gives_the_operator_the_package_index(release: Release, index_url:
     assert "KFN_PIP_EXTRA_INDEX_URL" not in env and "KFN_PIP_FIND_LINKS" not in env  # empty lists: not set
 
 
-@pytest.mark.xfail(strict=True, reason="needs the operator to copy KFN_PIP_* into the init container as "
-                                       "PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_TRUSTED_HOST")
 def test_requirements_install_from_the_configured_index(release: Release, fn_ns: str, deployed: list[str]) -> None:
     name = "uses-six"
     deployed.append(name)

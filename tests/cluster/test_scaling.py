@@ -4,8 +4,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import pytest
-
 from tests.cluster import platform
 from tests.cluster.platform import Release
 
@@ -46,10 +44,6 @@ def test_scales_from_zero_and_back_to_zero_repeatedly(release: Release, fn_ns: s
     platform.record("last request → no pods left (idleTimeout 3s)", " / ".join(f"{s:.1f}" for s in to_zero), "s")
 
 
-@pytest.mark.xfail(strict=True, reason="needs the gateway to keep a request an instance turned away for "
-                                       "concurrency (429, X-Kfn-Rejected: concurrency) queued until a slot frees: "
-                                       "2 gateway replicas each fill every instance up to its concurrency, and "
-                                       "after 3 attempts the gateway answers the client 429")
 def test_burst_scales_up_to_max_replicas_without_errors(release: Release, fn_ns: str, deployed: list[str]) -> None:
     name = "burst"
     deployed.append(name)

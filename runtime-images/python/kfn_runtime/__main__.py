@@ -20,14 +20,30 @@ import time
 from kfn_runtime import contract
 from kfn_runtime.config import Config, ConfigError
 
+TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
+if TYPE_CHECKING:
+    from kfn_runtime.output import BatchedLines
+
 
 def _log(event: str, **fields: object) -> None:
+    """One JSON line about the instance itself, written at once."""
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "msg": event, **fields}
     sys.stdout.write(json.dumps(record, default=str) + "\n")
     sys.stdout.flush()
 
 
 async def run(config: Config) -> int:
+    from kfn_runtime.output import BatchedLines
+
+    # Environments' output and the per-invocation REPORT lines, in batches (see kfn_runtime.output).
+    output = BatchedLines(sys.stdout)
+    try:
+        return await _serve(config, output)
+    finally:
+        output.flush()
+
+
+async def _serve(config: Config, output: BatchedLines) -> int:
     from kfn_runtime.front import FrontServer
     from kfn_runtime.host import InitFailed
     from kfn_runtime.launch import build_host
@@ -35,7 +51,11 @@ async def run(config: Config) -> int:
     started = time.monotonic()
 
     def environment_output(env_id: str, line: str) -> None:
-        sys.stdout.write(line + "\n")
+        output.write([line])
+
+    def log(event: str, **fields: object) -> None:
+        output.flush()   # after what came before it
+        _log(event, **fields)
 
     host = build_host(config, log=environment_output)
     front = FrontServer(host)
@@ -58,22 +78,23 @@ async def run(config: Config) -> int:
     try:
         init.result()
     except InitFailed as e:
+        output.flush()
         sys.stderr.write(f"kfn-runtime: cannot initialise {config.handler or config.command}: {e}\n")
         sys.stderr.write(e.payload.decode(errors="replace") + "\n")
         sys.stderr.flush()
         await host.close()
         front.close()
         return contract.EXIT_LOAD_FAILED
-    _log("ready", port=port, function=config.function_name, runtime=config.runtime,
-         startupMs=round((time.monotonic() - started) * 1000, 1))
+    log("ready", port=port, function=config.function_name, runtime=config.runtime,
+        startupMs=round((time.monotonic() - started) * 1000, 1))
     await stop.wait()
     host.drain()
-    _log("draining", inFlight=host.in_flight, drainTimeoutS=config.drain_timeout)
+    log("draining", inFlight=host.in_flight, drainTimeoutS=config.drain_timeout)
     idle = await host.wait_idle(config.drain_timeout)
     await host.close()
     front.close()
     code = contract.EXIT_OK if idle else contract.EXIT_DRAIN_TIMEOUT
-    _log("stopped", exitCode=code)
+    log("stopped", exitCode=code)
     return code
 
 

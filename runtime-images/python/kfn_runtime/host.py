@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import os
 import signal
 import time
@@ -347,9 +348,13 @@ class InstanceHost:
         env = invocation.env
         if env is not None and env.invocation is invocation:
             env.invocation = None
-            env.last_used = time.monotonic()
+            env.last_used = now = time.monotonic()
             if env.state == BUSY:
                 env.state = RETURNING   # until it polls again
+            # Lambda's platform line for every invocation, in its format (the log's one per-invocation record).
+            duration = (now - invocation.started) * 1000
+            self._log(env.id, f"REPORT RequestId: {invocation.id}\tDuration: {duration:.2f} ms\t"
+                              f"Billed Duration: {math.ceil(duration)} ms\tMemory Size: {self.config.memory_mb} MB")
         self._idle_changed.set()
 
     # -- environments ------------------------------------------------------------------------------
