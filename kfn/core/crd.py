@@ -13,10 +13,14 @@ import yaml
 from kfn.core import naming
 from kfn.core.functions import (
     DEFAULT_RUNTIME,
+    DESTINATION_URL_PATTERN,
+    FUNCTION_REF_PATTERN,
     MAX_NAME_LENGTH,
+    NATS_SUBJECT_PATTERN,
     NODE_HANDLER_PATTERN,
     PYTHON_HANDLER_PATTERN,
     RUNTIMES,
+    TRIGGER_KINDS,
     FunctionSpec,
     ScaleSpec,
 )
@@ -38,6 +42,11 @@ def _duration_rule(field: str) -> dict[str, str]:
     return {"rule": f"type(self) != string || self.matches(r'{_DURATION}')",
             "message": f"{field} must be a number of seconds or a duration like 30s, 1m30s or 500ms"}
 
+
+_DESTINATION_RULE = {"rule": "has(self.function) != has(self.url)",
+                     "message": "must set exactly one of function or url"}
+# The schedule's grammar is the model's (kfn.core.schedules); the schema only sees its shape.
+_SCHEDULE_SHAPE = (r"^\s*(rate\(.*\)|cron\(.*\)|@[a-z]+|\S+\s+\S+\s+\S+\s+\S+\s+\S+)\s*$")
 
 _CEL_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
     (): [
@@ -69,10 +78,23 @@ _CEL_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
     ("source",): [
         {"rule": "has(self.files) != has(self.configMap)", "message": "must set exactly one of files or configMap"},
     ],
+    ("async", "onSuccess"): [_DESTINATION_RULE],
+    ("async", "onFailure"): [_DESTINATION_RULE],
+    ("triggers", "[]"): [
+        {"rule": " + ".join(f"(has(self.{kind}) ? 1 : 0)" for kind in TRIGGER_KINDS) + " == 1",
+         "message": f"each trigger must set exactly one of {', '.join(TRIGGER_KINDS)}"},
+    ],
 }
 # File-name rules stay with the model (and so with the operator's InvalidSpec condition): a CEL
 # rule over every key of an unbounded map exceeds the API server's cost budget.
-_PATTERNS: dict[tuple[str, ...], str] = {}
+_PATTERNS: dict[tuple[str, ...], str] = {
+    ("async", "onSuccess", "function"): FUNCTION_REF_PATTERN,
+    ("async", "onFailure", "function"): FUNCTION_REF_PATTERN,
+    ("async", "onSuccess", "url"): DESTINATION_URL_PATTERN,
+    ("async", "onFailure", "url"): DESTINATION_URL_PATTERN,
+    ("triggers", "[]", "schedule"): _SCHEDULE_SHAPE,
+    ("triggers", "[]", "nats", "subject"): NATS_SUBJECT_PATTERN,
+}
 # Defaults the API server fills in, so `kubectl get -o yaml` shows what the function runs.
 _DEFAULTS: dict[tuple[str, ...], object] = {("runtime",): DEFAULT_RUNTIME}
 
@@ -161,6 +183,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...
                 out["minProperties"] = node["minProperties"]
     elif kind == "array":
         out["items"] = _structural(node["items"], defs, (*path, "[]"))
+        if "maxItems" in node:
+            out["maxItems"] = node["maxItems"]
     elif kind in ("integer", "number"):
         if "minimum" in node:
             out["minimum"] = node["minimum"]

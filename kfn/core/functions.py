@@ -19,7 +19,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from kfn.core import naming, units
+from kfn.core import naming, schedules, units
 
 # The language runtimes, written once: the CRD's enum, the operator's default images and the
 # chart's runtimeImages all derive from this.
@@ -295,6 +295,121 @@ class Resources(_Model):
         return max(1, units.quantity_to_mebibytes(memory))
 
 
+# Lambda's asynchronous invocation settings (PutFunctionEventInvokeConfig) and their bounds.
+MAX_RETRY_ATTEMPTS = 2
+MIN_EVENT_AGE_SECONDS = 60
+MAX_EVENT_AGE_SECONDS = 21600
+# A function reference (NAME or NAME.NAMESPACE) and a destination URL, as the CRD checks them too.
+FUNCTION_REF_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
+DESTINATION_URL_PATTERN = r"^https?://[^\s/?#]+([/?#]\S*)?$"
+# A NATS subject: dot-separated tokens without spaces; `*` a whole token, `>` only the last one.
+NATS_SUBJECT_PATTERN = r"^([^\s.*>]+|\*)(\.([^\s.*>]+|\*))*(\.>)?$|^>$"
+_FUNCTION_REF = re.compile(FUNCTION_REF_PATTERN)
+_DESTINATION_URL = re.compile(DESTINATION_URL_PATTERN)
+_NATS_SUBJECT = re.compile(NATS_SUBJECT_PATTERN)
+
+
+class Destination(_Model):
+    """Where the record of an asynchronous invocation's outcome goes (Lambda's destinations):
+    another function, invoked asynchronously with the record as its event, or an HTTP URL that
+    receives the record as a JSON POST."""
+
+    function: str | None = Field(
+        default=None, description="A function: NAME (in this function's namespace) or NAME.NAMESPACE.")
+    url: str | None = Field(default=None, description="An http:// or https:// URL, POSTed the record as JSON.")
+
+    @field_validator("function")
+    @classmethod
+    def _function_ref(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 2 * MAX_NAME_LENGTH + 1 or not _FUNCTION_REF.match(value)):
+            raise _error(f"must be a function name, NAME or NAME.NAMESPACE (got {value!r})")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not _DESTINATION_URL.match(value):
+            raise _error(f"must be an http:// or https:// URL (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Destination:
+        if (self.function is None) == (self.url is None):
+            raise _error("must set exactly one of function or url")
+        return self
+
+
+class AsyncSpec(_Model):
+    """How asynchronous invocations (Event, /async-function/) are retried and reported, with
+    Lambda's settings and bounds. Every event that ends in failure is also kept in the
+    dead-letter store (`kfn async list`, `kfn async replay`)."""
+
+    maxRetryAttempts: int = Field(
+        default=MAX_RETRY_ATTEMPTS, ge=0, le=MAX_RETRY_ATTEMPTS,
+        description="Retries after a function error (0-2); Lambda waits 1 minute, then 2.")
+    maximumEventAgeSeconds: int = Field(
+        default=MAX_EVENT_AGE_SECONDS, ge=MIN_EVENT_AGE_SECONDS, le=MAX_EVENT_AGE_SECONDS,
+        description="An event not processed within this many seconds of its arrival is given up (60-21600).")
+    onSuccess: Destination | None = Field(default=None, description="Told of each successful invocation.")
+    onFailure: Destination | None = Field(
+        default=None, description="Told of each event given up (retries exhausted, or too old).")
+
+
+class NatsTrigger(_Model):
+    """Messages on a NATS subject, each one an asynchronous invocation with the message as its event."""
+
+    subject: str = Field(description="The subject (wildcards * and > allowed), e.g. orders.created.")
+    stream: str | None = Field(
+        default=None,
+        description="A JetStream stream holding the subject: messages are then consumed durably and acknowledged "
+                    "only once stored. Without it, a core NATS subscription (a message is stored before it is "
+                    "answered, but what is published while no trigger listens is not seen).")
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        if not _NATS_SUBJECT.match(value):
+            raise _error(f"must be a NATS subject such as orders.created (got {value!r})")
+        return value
+
+
+# The trigger kinds, written once: a new kind is a field of Trigger named here (and a source that
+# turns its events into asynchronous invocations).
+TRIGGER_KINDS: tuple[str, ...] = ("schedule", "nats")
+MAX_TRIGGERS = 16
+
+
+class Trigger(_Model):
+    """An event source other than HTTP: exactly one kind per entry."""
+
+    schedule: str | None = Field(
+        default=None,
+        description="rate(5 minutes), cron(0 12 * * ? *) (EventBridge) or a five-field cron line, in UTC; "
+                    "each tick invokes the function asynchronously with EventBridge's Scheduled Event.")
+    nats: NatsTrigger | None = Field(default=None, description="A NATS subject whose messages invoke the function.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                schedules.parse(value)
+            except schedules.InvalidSchedule as e:
+                raise _error(str(e)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Trigger:
+        kinds = [name for name in TRIGGER_KINDS if getattr(self, name) is not None]
+        if len(kinds) != 1:
+            raise _error(f"must set exactly one of {', '.join(TRIGGER_KINDS)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in TRIGGER_KINDS if getattr(self, name) is not None)
+
+
 class FunctionSpec(_Model):
     runtime: Runtime = Field(
         default=DEFAULT_RUNTIME, description="The language runtime; selects the runtime image.")
@@ -317,6 +432,12 @@ class FunctionSpec(_Model):
     scale: ScaleSpec = Field(default_factory=ScaleSpec)
     resources: Resources = Field(default_factory=Resources)
     http: HttpSpec = Field(default_factory=HttpSpec)
+    async_: AsyncSpec = Field(
+        default_factory=AsyncSpec, alias="async",
+        description="Asynchronous invocations: retries, maximum event age, destinations.")
+    triggers: list[Trigger] = Field(
+        default_factory=list, max_length=MAX_TRIGGERS,
+        description="Event sources besides HTTP: schedules and NATS subjects.")
 
     @field_validator("handler")
     @classmethod
@@ -460,8 +581,11 @@ class Function(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def spec_hash(self) -> str:
-        """A digest of the whole spec: changes whenever instances must be rolled."""
-        blob = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
+        """A digest of the spec: changes whenever instances must be rolled. How its async events
+        are retried (spec.async) and what triggers it (spec.triggers) are the gateway's business
+        alone: changing them rolls nothing."""
+        blob = json.dumps(self.spec.model_dump(mode="json", exclude={"async_": True, "triggers": True}),
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

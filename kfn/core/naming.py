@@ -71,6 +71,13 @@ METRIC_LABEL_NAMESPACE: Final = "namespace"
 METRIC_LABEL_CODE: Final = "code"
 METRIC_LABEL_OPENFAAS_FUNCTION: Final = "function_name"   # NAME.NAMESPACE, as faas-netes labels it
 
+# Asynchronous invocations (kfn.events): the queue per function, and what the delivery engine did.
+METRIC_ASYNC_QUEUE_DEPTH: Final = "kfn_async_queue_depth"
+METRIC_ASYNC_OLDEST_AGE: Final = "kfn_async_oldest_event_age_seconds"
+METRIC_ASYNC_IN_FLIGHT: Final = "kfn_async_in_flight"
+METRIC_ASYNC_EVENTS: Final = "kfn_async_events_total"
+METRIC_LABEL_OUTCOME: Final = "outcome"
+
 # Autoscaler metrics.
 METRIC_AUTOSCALER_DESIRED: Final = "kfn_autoscaler_desired_replicas"
 METRIC_AUTOSCALER_DECISIONS: Final = "kfn_autoscaler_decisions_total"

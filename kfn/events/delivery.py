@@ -1,0 +1,376 @@
+"""The delivery engine: stored asynchronous invocations → functions, with Lambda's policy.
+
+One engine runs per process that delivers (local mode; each gateway replica on Kubernetes). It
+keeps one consumer loop per function it is told of (`configs`), which claims due events from
+the store, never more at once than the function's async concurrency (`AsyncConfig.concurrency`,
+divided among `DeliverySettings.replicas` engines), and delivers each one through the injected
+`invoke(function, payload, invocation_id)` — the gateway's dispatch, or a fake in tests — so the
+engine knows nothing of HTTP or instances.
+
+For each event (`kfn.core.asyncpolicy` has the policy):
+
+1. an event whose outcome is already known only has destinations left to tell (step 4);
+2. one older than `maximumEventAgeSeconds` is given up (EventAgeExceeded);
+3. otherwise the function is invoked, at most its timeout plus `timeout_margin`; the lease is
+   renewed every `heartbeat` meanwhile. Success → step 4. A function error (error result,
+   `InvocationFailed`, timeout) with attempts left → rescheduled after Lambda's delay; without
+   → given up (RetriesExhausted). `NotInvoked` (throttled, no instance) → rescheduled with
+   backoff, no attempt counted;
+4. the outcome is told: the destination (a function: an async invocation stored for it; a URL: a
+   POST of Lambda's invocation record) and the caller's X-Callback-Url. What cannot be told yet
+   is rescheduled with backoff for up to `destination_retry_for`; then a success is complete,
+   and an event given up (or whose destinations stayed unreachable) becomes a dead letter.
+
+Every step stores its result before the lease is given up, so a consumer killed at any point
+leaves the event to be delivered again: at least once, nothing lost.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+from kfn.core import asyncpolicy
+from kfn.core.aiotasks import stop_tasks
+from kfn.core.asyncpolicy import AsyncConfig, InvocationFailed, NotInvoked, RetryDelays, Target
+from kfn.core.functions import FunctionRef
+from kfn.core.instances import InvocationResult
+from kfn.events.store import DeadLetter, Delivery, Dispatch, Event, EventStore, Outcome, QueueStats, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+Invoke = Callable[[FunctionRef, bytes, str], Awaitable[InvocationResult]]
+# POST body with headers to a URL; returns the HTTP status (raises OSError/aiohttp errors when unreachable).
+Post = Callable[[str, bytes, Mapping[str, str]], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    delays: RetryDelays = RetryDelays()
+    heartbeat: float = 10.0            # lease renewal during an invocation (keep it under a third of the lease)
+    poll: float = 1.0                  # how long one claim waits for events
+    timeout_margin: float = 5.0        # beyond the function's timeout before the engine gives up on an attempt
+    destination_timeout: float = 10.0  # one POST to a destination or callback URL
+    destination_retry_for: float = 3600.0  # how long an unreachable destination is retried
+    stats_interval: float = 5.0        # how often the queue statistics are refreshed
+    replicas: int = 1                  # engines sharing the store: each takes its share of the concurrency
+    error_backoff: float = 1.0         # wait after the store failed, growing to 30 s
+    drain_timeout: float = 10.0        # on close, how long deliveries in progress may finish
+
+
+@dataclass
+class Counters:
+    """What this engine did, since it started (exported as kfn_async_events_total)."""
+
+    invocations: int = 0     # attempts made (function invoked)
+    delivered: int = 0       # events whose function succeeded and whose outcome was told
+    retried: int = 0         # function errors followed by another attempt
+    throttled: int = 0       # events put back because the function could not run (not an attempt)
+    dead_lettered: int = 0   # events given up
+    destinations: int = 0    # destination and callback messages delivered
+    destination_errors: int = 0
+    expired: int = 0         # given up for their age (also counted in dead_lettered)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Consumer:
+    task: asyncio.Task[None]
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class DeliveryEngine:
+    """Delivers a store's events to functions; see the module docstring."""
+
+    def __init__(self, store: EventStore, invoke: Invoke, configs: Callable[[], Mapping[FunctionRef, AsyncConfig]],
+                 *, post: Post | None = None, settings: DeliverySettings = DeliverySettings(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._invoke = invoke
+        self._configs = configs
+        self._post = post
+        self.settings = settings
+        self._clock = clock
+        self.counters = Counters()
+        self._consumers: dict[FunctionRef, _Consumer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._stats: dict[FunctionRef, QueueStats] = {}
+        self._stats_at: float | None = None
+        self._closing = False
+        self._wake = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start consuming for every function `configs` names (and those it names later)."""
+        if self._tasks:
+            return
+        self._closing = False
+        self._tasks = [asyncio.create_task(self._supervise(), name="kfn-async-supervisor"),
+                       asyncio.create_task(self._refresh_stats(), name="kfn-async-stats")]
+
+    def refresh(self) -> None:
+        """The set of functions or their settings changed: reconcile consumers now."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop claiming, let deliveries in progress finish for up to `drain_timeout`, then stop
+        the rest (their leases expire and the events are delivered again, by this engine after a
+        restart or by another)."""
+        self._closing = True
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        await stop_tasks([*self._tasks, *(c.task for c in consumers)], what="the async delivery engine")
+        self._tasks = []
+        in_flight = [task for c in consumers for task in c.in_flight]
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=self.settings.drain_timeout)
+            await stop_tasks(in_flight, what="async deliveries")
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- what others read ------------------------------------------------------------------------
+
+    def queue_stats(self) -> dict[FunctionRef, QueueStats]:
+        """Queue depth, in-flight count and oldest event per function, as last refreshed."""
+        return dict(self._stats)
+
+    async def refresh_stats(self) -> dict[FunctionRef, QueueStats]:
+        self._stats = await self.store.stats(list(self._configs()))
+        self._stats_at = self._clock()
+        return dict(self._stats)
+
+    # -- consumers -------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            try:
+                configs = self._configs()
+            except Exception:
+                logger.exception("could not read the functions' async settings")
+                configs = {}
+            for ref in list(self._consumers):
+                if ref not in configs:
+                    consumer = self._consumers.pop(ref)
+                    consumer.task.cancel()
+            for ref in configs:
+                existing = self._consumers.get(ref)
+                if existing is None or existing.task.done():
+                    task = asyncio.create_task(self._consume(ref), name=f"kfn-async-{ref}")
+                    self._consumers[ref] = _Consumer(task)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll)
+
+    async def _refresh_stats(self) -> None:
+        while not self._closing:
+            try:
+                await self.refresh_stats()
+            except StoreUnavailable as e:
+                logger.warning("could not read the async queues: %s", e)
+            except Exception:
+                logger.exception("could not read the async queues")
+            await asyncio.sleep(self.settings.stats_interval)
+
+    def _limit(self, config: AsyncConfig) -> int:
+        return max(1, math.ceil(config.concurrency / max(1, self.settings.replicas)))
+
+    async def _consume(self, ref: FunctionRef) -> None:
+        consumer = self._consumers[ref]
+        backoff = self.settings.error_backoff
+        while not self._closing:
+            config = self._configs().get(ref)
+            if config is None:
+                return
+            in_flight = consumer.in_flight
+            free = self._limit(config) - len(in_flight)
+            if free <= 0:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED, timeout=self.settings.poll)
+                continue
+            try:
+                deliveries = await self.store.claim(ref, free, wait=self.settings.poll)
+            except StoreUnavailable as e:
+                logger.warning("async events of %s: %s; trying again in %.1fs", ref, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = self.settings.error_backoff
+            for delivery in deliveries:
+                task = asyncio.create_task(self._deliver(config, delivery), name=f"kfn-async-{delivery.event.id}")
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+
+    # -- one event -------------------------------------------------------------------------------
+
+    async def _deliver(self, config: AsyncConfig, delivery: Delivery) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(delivery), name=f"kfn-async-lease-{delivery.event.id}")
+        try:
+            await self._process(config, delivery)
+        except StoreUnavailable as e:
+            # The event's new state may not be stored: its lease runs out and it comes again.
+            logger.warning("async event %s of %s: %s", delivery.event.id, config.function, e)
+        except Exception:
+            logger.exception("async event %s of %s failed in the engine", delivery.event.id, config.function)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, delivery: Delivery) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            try:
+                await self.store.extend(delivery)
+            except StoreUnavailable as e:
+                logger.warning("could not renew the lease of %s: %s", delivery.event.id, e)
+
+    async def _process(self, config: AsyncConfig, delivery: Delivery) -> None:
+        event = delivery.event
+        if event.outcome is not None:
+            await self._tell(config, delivery, event, event.outcome)
+            return
+        now = self._clock()
+        if asyncpolicy.too_old(config, accepted_at=event.accepted_at, now=now):
+            self.counters.expired += 1
+            outcome = self._outcome(config, event, asyncpolicy.EVENT_AGE_EXCEEDED, event.last_response,
+                                    event.last_error, now=now)
+            await self._tell(config, delivery, event, outcome)
+            return
+        self.counters.invocations += 1
+        try:
+            result = await asyncio.wait_for(self._invoke(config.function, event.payload, event.id),
+                                            timeout=config.timeout + self.settings.timeout_margin)
+        except NotInvoked as e:
+            self.counters.throttled += 1
+            failures = event.failures + 1
+            delay = self.settings.delays.after_system_error(failures, retry_after=e.retry_after)
+            await self.store.reschedule(delivery, event.next(failures=failures), delay=delay)
+            return
+        except InvocationFailed as e:
+            result = _failed(str(e), e.error_type)
+        except TimeoutError:
+            result = _failed(f"RequestId: {event.id} Error: Task timed out after {config.timeout:.2f} seconds",
+                             "Sandbox.Timedout")
+        attempts = event.attempts + 1
+        now = self._clock()
+        if result.function_error is None:
+            outcome = self._outcome(config, event, asyncpolicy.SUCCESS, result.payload, None, now=now,
+                                    attempts=attempts)
+            await self._tell(config, delivery, event, outcome)
+            return
+        error = result.error_type or result.function_error
+        if asyncpolicy.should_retry(config, attempts=attempts):
+            self.counters.retried += 1
+            delay = self.settings.delays.after_function_error(attempts)
+            await self.store.reschedule(
+                delivery, event.next(attempts=attempts, failures=0, last_error=error, last_response=result.payload),
+                delay=delay)
+            return
+        outcome = self._outcome(config, event, asyncpolicy.RETRIES_EXHAUSTED, result.payload, error, now=now,
+                                attempts=attempts)
+        given_up = event.next(attempts=attempts, last_error=error, last_response=result.payload)
+        await self._tell(config, delivery, given_up, outcome)
+
+    def _outcome(self, config: AsyncConfig, event: Event, condition: str, response: bytes | None,
+                 error: str | None, *, now: float, attempts: int | None = None) -> Outcome:
+        attempts = event.attempts if attempts is None else attempts
+        success = condition == asyncpolicy.SUCCESS
+        target = config.on_success if success else config.on_failure
+        pending: list[Dispatch] = []
+        if target is not None:
+            record = asyncpolicy.destination_record(
+                invocation_id=event.id, function_arn=config.function_arn, condition=condition,
+                approximate_invoke_count=attempts, request_payload=event.payload, response_payload=response,
+                function_error=None if success else "Unhandled", timestamp=now)
+            pending.append(_dispatch_to(target, orjson.dumps(record)))
+        if event.callback_url:
+            # OpenFaaS's queue worker: the result as the body, the status in X-Function-Status.
+            pending.append(Dispatch("callback", event.callback_url, response or b"", (
+                ("X-Call-Id", event.id), ("X-Function-Name", str(config.function)),
+                ("X-Function-Status", "200" if success else "500"), ("Content-Type", "application/json"))))
+        return Outcome(condition=condition, at=now, pending=tuple(pending), error=error)
+
+    async def _tell(self, config: AsyncConfig, delivery: Delivery, event: Event, outcome: Outcome) -> None:
+        remaining = []
+        for dispatch in outcome.pending:
+            if await self._send(event, outcome, dispatch):
+                self.counters.destinations += 1
+            else:
+                self.counters.destination_errors += 1
+                remaining.append(dispatch)
+        now = self._clock()
+        if remaining and now - outcome.at < self.settings.destination_retry_for:
+            failures = event.failures + 1
+            delay = self.settings.delays.after_destination_error(failures)
+            told = Outcome(outcome.condition, outcome.at, tuple(remaining), outcome.error)
+            await self.store.reschedule(delivery, event.next(failures=failures, outcome=told), delay=delay)
+            return
+        if outcome.condition == asyncpolicy.SUCCESS and not remaining:
+            await self.store.complete(delivery)
+            self.counters.delivered += 1
+            return
+        condition = outcome.condition
+        error = outcome.error
+        if remaining:
+            error = f"could not tell {', '.join(d.target for d in remaining)}"
+            if condition == asyncpolicy.SUCCESS:
+                condition = asyncpolicy.DESTINATION_FAILED
+        letter = DeadLetter(id=event.id, function=config.function, payload=event.payload,
+                            accepted_at=event.accepted_at, failed_at=now, condition=condition,
+                            attempts=event.attempts, error=error, response=event.last_response)
+        await self.store.dead_letter(delivery, letter)
+        self.counters.dead_lettered += 1
+
+    async def _send(self, event: Event, outcome: Outcome, dispatch: Dispatch) -> bool:
+        try:
+            if dispatch.kind == "function":
+                ref = FunctionRef.parse(dispatch.target)
+                await self.store.accept(ref, dispatch.body,
+                                        asyncpolicy.destination_invocation_id(event.id, outcome.condition))
+                return True
+            status = await self._post_to(dispatch.target, dispatch.body, dict(dispatch.headers))
+        except StoreUnavailable as e:
+            logger.warning("could not hand %s's outcome to %s: %s", event.id, dispatch.target, e)
+            return False
+        except (OSError, aiohttp.ClientError, TimeoutError) as e:
+            logger.warning("could not POST %s's outcome to %s: %r", event.id, dispatch.target, e)
+            return False
+        if 200 <= status < 300:
+            return True
+        logger.warning("%s answered %d to %s's outcome", dispatch.target, status, event.id)
+        # A client error will not change by trying again, except for throttling.
+        return 400 <= status < 500 and status not in (408, 429)
+
+    async def _post_to(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        if self._post is not None:
+            return await self._post(url, body, headers)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(trust_env=False)
+        timeout = aiohttp.ClientTimeout(total=self.settings.destination_timeout)
+        all_headers = {"Content-Type": "application/json", **headers}
+        async with self._session.post(url, data=body, headers=all_headers, timeout=timeout) as response:
+            await response.read()
+            return response.status
+
+
+def _dispatch_to(target: Target, body: bytes) -> Dispatch:
+    if target.function is not None:
+        return Dispatch("function", str(target.function), body)
+    return Dispatch("url", str(target.url), body, (("Content-Type", "application/json"),))
+
+
+def _failed(message: str, error_type: str) -> InvocationResult:
+    return InvocationResult(payload=asyncpolicy.error_payload(message, error_type), function_error="Unhandled",
+                            error_type=error_type)
+

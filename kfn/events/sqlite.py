@@ -1,0 +1,328 @@
+"""The event store of local mode: one SQLite database (WAL) in the work directory.
+
+Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit returns only after the WAL
+is fsync'd: an accepted event survives a SIGKILL of `kfn local` and a power loss alike. (With
+`NORMAL` a commit survives a crash of the process but the last commits may roll back on a power
+loss, which would break "202 means stored".) The fsync is paid once per group: accepts that
+arrive while a commit is running are committed together by the next one.
+
+Several processes may open one database (SQLite's locking; every write is one short
+transaction): leases live in the rows (`lease_until`, `lease_owner`), so an event claimed by a
+process that dies is claimed again once its lease runs out. A consumer in the accepting process
+is woken at once; one in another process polls (`poll`).
+
+All SQLite calls run on one thread of the store's own, so the event loop never blocks on disk.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kfn.core.functions import FunctionRef
+from kfn.events.store import (
+    NO_OPTIONS,
+    Accepted,
+    AcceptOptions,
+    DeadLetter,
+    Delivery,
+    Event,
+    QueueStats,
+    StoreUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FILE_NAME = "async-events.sqlite3"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    accepted_at REAL NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (namespace, name, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_function ON dead_letters (namespace, name, seq);
+"""
+
+
+@dataclass(frozen=True)
+class _Handle:
+    seq: int
+    owner: str
+
+
+class SqliteStore:
+    """`EventStore` on a SQLite file (see the module docstring)."""
+
+    def __init__(self, path: Path | str, *, lease: float = 30.0, poll: float = 0.5, synchronous: str = "FULL",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.lease = lease
+        self.poll = poll
+        self._synchronous = synchronous
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[bool]]] = []
+        self._flushing = False
+        self._arrivals: dict[FunctionRef, asyncio.Event] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfn-events-sqlite")
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute("PRAGMA busy_timeout=30000")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._run(self._close_db)
+        self._thread = None
+        thread.shutdown(wait=False)
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _run(self, call: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
+            raise StoreUnavailable("the event store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, call, *args)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"the event store failed: {e}") from e
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the event store is closed")
+        return self._db
+
+    # -- accepting -------------------------------------------------------------------------------
+
+    async def accept(self, function: FunctionRef, payload: bytes, invocation_id: str,
+                     options: AcceptOptions = NO_OPTIONS) -> Accepted:
+        now = self._clock()
+        event = Event(id=invocation_id, function=function, payload=payload, accepted_at=now,
+                      callback_url=options.callback_url)
+        row = (invocation_id, function.namespace, function.name, now, event.encode())
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        stored = await future
+        arrival = self._arrivals.get(function)
+        if arrival is not None:
+            arrival.set()
+        return Accepted(invocation_id, duplicate=not stored)
+
+    async def _flush(self) -> None:
+        """Group commit: every accept waiting when a commit starts goes into that commit."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._run(self._insert, [row for row, _ in batch])
+                except Exception as e:   # noqa: BLE001 - every waiting accept learns of the failure
+                    error = e if isinstance(e, StoreUnavailable) else StoreUnavailable(str(e))
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), stored in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(stored)
+        finally:
+            self._flushing = False
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> list[bool]:
+        db = self._conn()
+        out = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO events (id, namespace, name, accepted_at, data) VALUES (?, ?, ?, ?, ?)", row)
+                out.append(cursor.rowcount == 1)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return out
+
+    # -- delivering ------------------------------------------------------------------------------
+
+    async def claim(self, function: FunctionRef, limit: int, *, wait: float) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        deadline = time.monotonic() + wait
+        arrival = self._arrivals.setdefault(function, asyncio.Event())
+        while True:
+            arrival.clear()
+            owner = uuid.uuid4().hex
+            rows = await self._run(self._claim, function, limit, owner)
+            if rows:
+                return [Delivery(Event.decode(data), deliveries, _Handle(seq, owner)) for seq, deliveries, data in rows]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrival.wait(), timeout=min(remaining, self.poll))
+
+    def _claim(self, function: FunctionRef, limit: int, owner: str) -> list[tuple[int, int, bytes]]:
+        db = self._conn()
+        now = self._clock()
+        cursor = db.execute(
+            "UPDATE events SET lease_until = ?, lease_owner = ?, deliveries = deliveries + 1 WHERE seq IN ("
+            " SELECT seq FROM events WHERE namespace = ? AND name = ? AND not_before <= ? AND lease_until <= ?"
+            " ORDER BY seq LIMIT ?) RETURNING seq, deliveries, data",
+            (now + self.lease, owner, function.namespace, function.name, now, now, limit))
+        rows = cursor.fetchall()
+        rows.sort()
+        return rows
+
+    async def extend(self, delivery: Delivery) -> None:
+        handle: _Handle = delivery.handle
+        await self._run(self._execute, "UPDATE events SET lease_until = ? WHERE seq = ? AND lease_owner = ?",
+                        (self._clock() + self.lease, handle.seq, handle.owner))
+
+    async def complete(self, delivery: Delivery) -> None:
+        handle: _Handle = delivery.handle
+        # Done is done, even if the lease ran out meanwhile (a second consumer's run is the duplicate).
+        await self._run(self._execute, "DELETE FROM events WHERE seq = ?", (handle.seq,))
+
+    async def release(self, delivery: Delivery) -> None:
+        handle: _Handle = delivery.handle
+        await self._run(self._execute,
+                        "UPDATE events SET lease_until = 0, lease_owner = NULL WHERE seq = ? AND lease_owner = ?",
+                        (handle.seq, handle.owner))
+
+    async def reschedule(self, delivery: Delivery, event: Event, *, delay: float) -> None:
+        handle: _Handle = delivery.handle
+        await self._run(self._execute,
+                        "UPDATE events SET data = ?, not_before = ?, lease_until = 0, lease_owner = NULL "
+                        "WHERE seq = ? AND lease_owner = ?",
+                        (event.encode(), self._clock() + delay, handle.seq, handle.owner))
+
+    async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
+        handle: _Handle = delivery.handle
+        await self._run(self._move_to_dead_letters, handle, letter)
+
+    def _move_to_dead_letters(self, handle: _Handle, letter: DeadLetter) -> None:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            gone = db.execute("DELETE FROM events WHERE seq = ? AND lease_owner = ?", (handle.seq, handle.owner))
+            if gone.rowcount == 1:
+                db.execute("INSERT INTO dead_letters (id, namespace, name, failed_at, data) VALUES (?, ?, ?, ?, ?)",
+                           (letter.id, letter.function.namespace, letter.function.name, letter.failed_at,
+                            letter.encode()))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        return self._conn().execute(sql, args).rowcount
+
+    # -- dead letters ----------------------------------------------------------------------------
+
+    async def dead_letters(self, function: FunctionRef, *, limit: int = 100) -> list[DeadLetter]:
+        rows = await self._run(self._select_dead, function, limit, None)
+        return [DeadLetter.decode(data) for _, data in rows]
+
+    def _select_dead(self, function: FunctionRef, limit: int, ids: Sequence[str] | None) -> list[tuple[int, bytes]]:
+        db = self._conn()
+        if ids is None:
+            cursor = db.execute("SELECT seq, data FROM dead_letters WHERE namespace = ? AND name = ? ORDER BY seq "
+                                "LIMIT ?", (function.namespace, function.name, limit))
+        else:
+            marks = ",".join("?" * len(ids))
+            cursor = db.execute(f"SELECT seq, data FROM dead_letters WHERE namespace = ? AND name = ? AND id IN "
+                                f"({marks}) ORDER BY seq", (function.namespace, function.name, *ids))
+        return cursor.fetchall()
+
+    async def replay(self, function: FunctionRef, ids: Sequence[str] | None = None) -> list[str]:
+        replayed = await self._run(self._replay, function, list(ids) if ids is not None else None)
+        arrival = self._arrivals.get(function)
+        if replayed and arrival is not None:
+            arrival.set()
+        return replayed
+
+    def _replay(self, function: FunctionRef, ids: list[str] | None) -> list[str]:
+        db = self._conn()
+        now = self._clock()
+        out: list[str] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for seq, data in self._select_dead(function, 1_000_000, ids):
+                letter = DeadLetter.decode(data)
+                event = Event(id=letter.id, function=function, payload=letter.payload, accepted_at=now)
+                inserted = db.execute("INSERT OR IGNORE INTO events (id, namespace, name, accepted_at, data) "
+                                      "VALUES (?, ?, ?, ?, ?)",
+                                      (letter.id, function.namespace, function.name, now, event.encode()))
+                if inserted.rowcount == 1:
+                    db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+                    out.append(letter.id)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return out
+
+    # -- what is queued --------------------------------------------------------------------------
+
+    async def stats(self, functions: Sequence[FunctionRef]) -> dict[FunctionRef, QueueStats]:
+        rows = await self._run(self._stats)
+        out = {ref: QueueStats(0, 0, None) for ref in functions}
+        for namespace, name, depth, in_flight, oldest in rows:
+            out[FunctionRef(namespace, name)] = QueueStats(depth, in_flight or 0, oldest)
+        return out
+
+    def _stats(self) -> list[tuple[str, str, int, int, float]]:
+        now = self._clock()
+        return self._conn().execute(
+            "SELECT namespace, name, count(*), sum(lease_until > ?), min(accepted_at) FROM events "
+            "GROUP BY namespace, name", (now,)).fetchall()

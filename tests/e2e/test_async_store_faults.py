@@ -1,0 +1,191 @@
+"""Faults, counted, on both stores: a consumer SIGKILLed mid-delivery, the process that accepted
+events SIGKILLed, the storage restarted mid-run. Nothing accepted is lost; duplicates (at least
+once) are counted, not forbidden."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kfn.core.instances import InvocationResult
+from kfn.events.store import EventStore, StoreUnavailable
+from tests.e2e import asyncstores
+from tests.e2e.asyncstores import FN, REPO, Backend, FakeFunction, engine, eventually, record
+
+pytestmark = pytest.mark.timeout(120)
+backend = asyncstores.backend   # the fixture: each test runs on SQLite and on JetStream
+
+
+class Worker:
+    """tests/e2e/async_worker.py in its own process, stopped (or killed) by its PID."""
+
+    def __init__(self, backend: Backend, log: Path, **args: Any) -> None:
+        self.log = log
+        self.args = {"store": backend.worker_store(), "log": str(log), **args}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.with_suffix(".err").open("ab") as errors:
+            self.process = subprocess.Popen([sys.executable, "-m", "tests.e2e.async_worker", json.dumps(self.args)],
+                                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def lines(log: Path, kind: str) -> list[str]:
+    if not log.exists():
+        return []
+    return [line.split(" ", 1)[1] for line in log.read_text().splitlines() if line.startswith(kind + " ")]
+
+
+def wait_for(predicate: Any, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+async def eventually_empty(store: EventStore) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if (await store.stats([FN]))[FN].depth == 0:
+                return
+        except StoreUnavailable:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("events still stored after 30 s")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_consumer_killed_mid_delivery_loses_nothing(backend: Backend, tmp_path: Path) -> None:
+    store = backend.store()
+    await store.start()
+    try:
+        ids = [f"kill-{i}" for i in range(40)]
+        for invocation_id in ids:
+            await store.accept(FN, b"{}", invocation_id)
+        log = tmp_path / "deliveries.log"
+        first = Worker(backend, log, work=0.1, concurrency=4)
+        first.start()
+        try:
+            wait_for(lambda: len(lines(log, "done")) >= 8, timeout=30, what="8 deliveries before the kill")
+        finally:
+            first.kill()
+        interrupted = len(set(lines(log, "start")) - set(lines(log, "done")))
+        second = Worker(backend, log, work=0.01, concurrency=4)
+        second.start()
+        try:
+            wait_for(lambda: set(ids) <= set(lines(log, "done")), timeout=60, what="every event delivered")
+            # Delivered is not yet completed: wait until the store has none left.
+            await eventually_empty(store)
+        finally:
+            second.stop()
+        done = Counter(lines(log, "done"))
+        assert set(done) == set(ids)
+        record("consumer SIGKILLed mid-delivery", backend.name, accepted=len(ids), delivered=len(done),
+               retried=0, dead_lettered=0, lost=len(set(ids) - set(done)),
+               duplicates=sum(done.values()) - len(done), interrupted=interrupted)
+        assert interrupted >= 1   # the kill did land mid-delivery
+    finally:
+        await store.close()
+
+
+async def test_the_accepting_process_killed_loses_nothing_it_acknowledged(backend: Backend, tmp_path: Path) -> None:
+    log = tmp_path / "deliveries.log"
+    offered = [f"acc-{i}" for i in range(300)]
+    first = Worker(backend, log, work=0.05, concurrency=4, accept=offered)
+    first.start()
+    try:
+        wait_for(lambda: len(lines(log, "accepted")) >= 40, timeout=30, what="40 acknowledged accepts")
+    finally:
+        first.kill()
+    acknowledged = set(lines(log, "accepted"))
+    assert len(acknowledged) < len(offered)   # killed mid-way
+    second = Worker(backend, log, work=0.01, concurrency=8)
+    second.start()
+    try:
+        wait_for(lambda: acknowledged <= set(lines(log, "done")), timeout=60, what="every acknowledged event")
+    finally:
+        second.stop()
+    done = Counter(lines(log, "done"))
+    record("accepting process (kfn local) SIGKILLed", backend.name, accepted=len(acknowledged),
+           delivered=len(acknowledged & set(done)), retried=0, dead_lettered=0, lost=len(acknowledged - set(done)),
+           duplicates=sum(done.values()) - len(done))
+    assert acknowledged <= set(done)
+
+
+async def accept_with_retries(store: EventStore, invocation_id: str) -> None:
+    """The store's contract for a failed accept: try again with the same id (bounded)."""
+    for _ in range(40):
+        try:
+            await store.accept(FN, b"{}", invocation_id)
+            return
+        except StoreUnavailable:
+            await asyncio.sleep(0.25)
+    raise AssertionError(f"could not accept {invocation_id}")
+
+
+async def test_the_storage_restarted_mid_run_loses_nothing(backend: Backend) -> None:
+    async def slow(payload: bytes, attempt: int) -> InvocationResult:
+        await asyncio.sleep(0.05)
+        return InvocationResult(payload=b"{}")
+
+    function = FakeFunction(slow)
+    store = backend.store()
+    await store.start()
+    delivery = engine(store, function)
+    await delivery.start()
+    ids = [f"restart-{i}" for i in range(60)]
+    try:
+        for invocation_id in ids[:30]:
+            await accept_with_retries(store, invocation_id)
+        await eventually(lambda: len(function.distinct()) >= 5, what="deliveries before the restart")
+        if backend.nats is not None:
+            # nats-server SIGKILLed and started again on the same store; the engine and the
+            # accepting client keep their connection objects and reconnect.
+            backend.nats.kill()
+            await asyncio.sleep(0.5)
+            backend.nats.start()
+        else:
+            # SQLite lives in the process: a restart is a new store on the same file.
+            await delivery.close()
+            await store.close()
+            store = backend.store()
+            await store.start()
+            delivery = engine(store, function)
+            await delivery.start()
+        for invocation_id in ids[30:]:
+            await accept_with_retries(store, invocation_id)
+        await eventually(lambda: function.distinct() >= set(ids), timeout=60, what="every event delivered")
+        await eventually_empty(store)
+    finally:
+        await delivery.close()
+        await store.close()
+    calls = Counter(function.calls)
+    record("storage restarted mid-run", backend.name, accepted=len(ids), delivered=len(calls), retried=0,
+           dead_lettered=0, lost=len(set(ids) - set(calls)), duplicates=sum(calls.values()) - len(calls))
+    assert set(calls) == set(ids)
