@@ -97,12 +97,14 @@ class JetStreamStore:
         self._js: JetStreamContext | None = None
         self._subs: dict[FunctionRef, JetStreamContext.PullSubscription] = {}
         self._sub_lock = asyncio.Lock()
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._nc is not None:
             return
+        self._closing = False
         last: BaseException | None = None
         for attempt in range(self._connect_attempts):
             try:
@@ -138,6 +140,7 @@ class JetStreamStore:
             await js.update_stream(config)
 
     async def close(self) -> None:
+        self._closing = True
         nc, self._nc, self._js = self._nc, None, None
         self._subs.clear()
         if nc is not None:
@@ -148,6 +151,8 @@ class JetStreamStore:
         logger.debug("NATS: %s", error)
 
     async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
         logger.warning("NATS: disconnected from %s; reconnecting", self.url)
 
     async def _on_reconnected(self) -> None:

@@ -3,8 +3,9 @@
 Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit returns only after the WAL
 is fsync'd: an accepted event survives a SIGKILL of `kfn local` and a power loss alike. (With
 `NORMAL` a commit survives a crash of the process but the last commits may roll back on a power
-loss, which would break "202 means stored".) The fsync is paid once per group: accepts that
-arrive while a commit is running are committed together by the next one.
+loss, which would break "202 means stored".) The fsync is paid once per group: every write
+(accepts, claims, completions, retries) that arrives while a commit is running is committed
+together with the others by the next one.
 
 Several processes may open one database (SQLite's locking; every write is one short
 transaction): leases live in the rows (`lease_until`, `lease_owner`), so an event claimed by a
@@ -87,8 +88,9 @@ class SqliteStore:
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[bool]]] = []
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._flushing = False
+        self._flush_task: asyncio.Task[None] | None = None
         self._arrivals: dict[FunctionRef, asyncio.Event] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -136,6 +138,51 @@ class SqliteStore:
             raise sqlite3.ProgrammingError("the event store is closed")
         return self._db
 
+    # -- group commit ----------------------------------------------------------------------------
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `op` in a write transaction, committed (and fsync'd) together with every other
+        write waiting when that commit starts: one fsync for a whole burst of accepts, claims
+        and completions."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        if not self._flushing:
+            self._flushing = True
+            # Kept, so the task is not collected while it runs.
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush(), name="kfn-events-commit")
+        result: T = await future
+        return result
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._run(self._transaction, [op for op, _ in batch])
+                except Exception as e:   # noqa: BLE001 - every waiting write learns of the failure
+                    error = e if isinstance(e, StoreUnavailable) else StoreUnavailable(str(e))
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._flushing = False
+
+    def _transaction(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results = [op(db) for op in ops]
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return results
+
     # -- accepting -------------------------------------------------------------------------------
 
     async def accept(self, function: FunctionRef, payload: bytes, invocation_id: str,
@@ -144,51 +191,17 @@ class SqliteStore:
         event = Event(id=invocation_id, function=function, payload=payload, accepted_at=now,
                       callback_url=options.callback_url)
         row = (invocation_id, function.namespace, function.name, now, event.encode())
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
-        stored = await future
+
+        def insert(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO events (id, namespace, name, accepted_at, data) VALUES (?, ?, ?, ?, ?)", row)
+            return cursor.rowcount == 1
+
+        stored = await self._write(insert)
         arrival = self._arrivals.get(function)
         if arrival is not None:
             arrival.set()
         return Accepted(invocation_id, duplicate=not stored)
-
-    async def _flush(self) -> None:
-        """Group commit: every accept waiting when a commit starts goes into that commit."""
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await self._run(self._insert, [row for row, _ in batch])
-                except Exception as e:   # noqa: BLE001 - every waiting accept learns of the failure
-                    error = e if isinstance(e, StoreUnavailable) else StoreUnavailable(str(e))
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                for (_, future), stored in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(stored)
-        finally:
-            self._flushing = False
-
-    def _insert(self, rows: list[tuple[Any, ...]]) -> list[bool]:
-        db = self._conn()
-        out = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for row in rows:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO events (id, namespace, name, accepted_at, data) VALUES (?, ?, ?, ?, ?)", row)
-                out.append(cursor.rowcount == 1)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
-        return out
 
     # -- delivering ------------------------------------------------------------------------------
 
@@ -200,7 +213,11 @@ class SqliteStore:
         while True:
             arrival.clear()
             owner = uuid.uuid4().hex
-            rows = await self._run(self._claim, function, limit, owner)
+
+            def claim(db: sqlite3.Connection, owner: str = owner) -> list[tuple[int, int, bytes]]:
+                return self._claim(db, function, limit, owner)
+
+            rows = await self._write(claim)
             if rows:
                 return [Delivery(Event.decode(data), deliveries, _Handle(seq, owner)) for seq, deliveries, data in rows]
             remaining = deadline - time.monotonic()
@@ -209,8 +226,8 @@ class SqliteStore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrival.wait(), timeout=min(remaining, self.poll))
 
-    def _claim(self, function: FunctionRef, limit: int, owner: str) -> list[tuple[int, int, bytes]]:
-        db = self._conn()
+    def _claim(self, db: sqlite3.Connection, function: FunctionRef, limit: int,
+               owner: str) -> list[tuple[int, int, bytes]]:
         now = self._clock()
         cursor = db.execute(
             "UPDATE events SET lease_until = ?, lease_owner = ?, deliveries = deliveries + 1 WHERE seq IN ("
@@ -223,48 +240,39 @@ class SqliteStore:
 
     async def extend(self, delivery: Delivery) -> None:
         handle: _Handle = delivery.handle
-        await self._run(self._execute, "UPDATE events SET lease_until = ? WHERE seq = ? AND lease_owner = ?",
-                        (self._clock() + self.lease, handle.seq, handle.owner))
+        await self._statement("UPDATE events SET lease_until = ? WHERE seq = ? AND lease_owner = ?",
+                              (self._clock() + self.lease, handle.seq, handle.owner))
 
     async def complete(self, delivery: Delivery) -> None:
         handle: _Handle = delivery.handle
         # Done is done, even if the lease ran out meanwhile (a second consumer's run is the duplicate).
-        await self._run(self._execute, "DELETE FROM events WHERE seq = ?", (handle.seq,))
+        await self._statement("DELETE FROM events WHERE seq = ?", (handle.seq,))
 
     async def release(self, delivery: Delivery) -> None:
         handle: _Handle = delivery.handle
-        await self._run(self._execute,
-                        "UPDATE events SET lease_until = 0, lease_owner = NULL WHERE seq = ? AND lease_owner = ?",
-                        (handle.seq, handle.owner))
+        await self._statement("UPDATE events SET lease_until = 0, lease_owner = NULL WHERE seq = ? AND lease_owner = ?",
+                              (handle.seq, handle.owner))
 
     async def reschedule(self, delivery: Delivery, event: Event, *, delay: float) -> None:
         handle: _Handle = delivery.handle
-        await self._run(self._execute,
-                        "UPDATE events SET data = ?, not_before = ?, lease_until = 0, lease_owner = NULL "
-                        "WHERE seq = ? AND lease_owner = ?",
-                        (event.encode(), self._clock() + delay, handle.seq, handle.owner))
+        await self._statement("UPDATE events SET data = ?, not_before = ?, lease_until = 0, lease_owner = NULL "
+                              "WHERE seq = ? AND lease_owner = ?",
+                              (event.encode(), self._clock() + delay, handle.seq, handle.owner))
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         handle: _Handle = delivery.handle
-        await self._run(self._move_to_dead_letters, handle, letter)
 
-    def _move_to_dead_letters(self, handle: _Handle, letter: DeadLetter) -> None:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        def move(db: sqlite3.Connection) -> None:
             gone = db.execute("DELETE FROM events WHERE seq = ? AND lease_owner = ?", (handle.seq, handle.owner))
             if gone.rowcount == 1:
                 db.execute("INSERT INTO dead_letters (id, namespace, name, failed_at, data) VALUES (?, ?, ?, ?, ?)",
                            (letter.id, letter.function.namespace, letter.function.name, letter.failed_at,
                             letter.encode()))
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
 
-    def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
-        return self._conn().execute(sql, args).rowcount
+        await self._write(move)
+
+    async def _statement(self, sql: str, args: tuple[Any, ...]) -> int:
+        return await self._write(lambda db: db.execute(sql, args).rowcount)
 
     # -- dead letters ----------------------------------------------------------------------------
 
@@ -284,32 +292,25 @@ class SqliteStore:
         return cursor.fetchall()
 
     async def replay(self, function: FunctionRef, ids: Sequence[str] | None = None) -> list[str]:
-        replayed = await self._run(self._replay, function, list(ids) if ids is not None else None)
+        wanted = list(ids) if ids is not None else None
+        replayed = await self._write(lambda db: self._replay(db, function, wanted))
         arrival = self._arrivals.get(function)
         if replayed and arrival is not None:
             arrival.set()
         return replayed
 
-    def _replay(self, function: FunctionRef, ids: list[str] | None) -> list[str]:
-        db = self._conn()
+    def _replay(self, db: sqlite3.Connection, function: FunctionRef, ids: list[str] | None) -> list[str]:
         now = self._clock()
         out: list[str] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for seq, data in self._select_dead(function, 1_000_000, ids):
-                letter = DeadLetter.decode(data)
-                event = Event(id=letter.id, function=function, payload=letter.payload, accepted_at=now)
-                inserted = db.execute("INSERT OR IGNORE INTO events (id, namespace, name, accepted_at, data) "
-                                      "VALUES (?, ?, ?, ?, ?)",
-                                      (letter.id, function.namespace, function.name, now, event.encode()))
-                if inserted.rowcount == 1:
-                    db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
-                    out.append(letter.id)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
+        for seq, data in self._select_dead(function, 1_000_000, ids):
+            letter = DeadLetter.decode(data)
+            event = Event(id=letter.id, function=function, payload=letter.payload, accepted_at=now)
+            inserted = db.execute("INSERT OR IGNORE INTO events (id, namespace, name, accepted_at, data) "
+                                  "VALUES (?, ?, ?, ?, ?)",
+                                  (letter.id, function.namespace, function.name, now, event.encode()))
+            if inserted.rowcount == 1:
+                db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+                out.append(letter.id)
         return out
 
     # -- what is queued --------------------------------------------------------------------------
