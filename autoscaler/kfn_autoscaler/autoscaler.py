@@ -20,6 +20,7 @@ from kfn.core import naming
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import InstanceBackend
 from kfn.core.scaling import (
+    DECISION_KINDS,
     Decision,
     MetricsSource,
     MetricsUnavailable,
@@ -71,7 +72,7 @@ class Autoscaler:
             [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE], registry=self.registry)
         self._decisions = prometheus_client.Counter(
             naming.METRIC_AUTOSCALER_DECISIONS,
-            "Autoscaler decisions, by kind (stable, panic, idle, cold-start, no-data) and action (up, down, hold).",
+            f"Autoscaler decisions, by kind ({', '.join(DECISION_KINDS)}) and action (up, down, hold).",
             [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE, "kind", "action"], registry=self.registry)
 
     def samples(self, ref: FunctionRef) -> tuple[Sample, ...]:
@@ -137,7 +138,7 @@ class Autoscaler:
         current = self._backend.desired(ref)
         decision = decide(samples=tuple(track.history), now=now, current=current,
                           ready=len(self._backend.ready(ref)), in_flight=observation.in_flight,
-                          settings=settings, state=track.state)
+                          settings=settings, state=track.state, queued=observation.queued)
         track.state = decision.state
 
         action = "up" if decision.replicas > current else "down" if decision.replicas < current else "hold"
@@ -168,7 +169,7 @@ class Autoscaler:
             pass
         # Counters per function are dropped with the function: their label sets are not enumerable
         # through the public API, so clear by the sets this autoscaler can produce.
-        for kind in ("stable", "panic", "idle", "cold-start", "no-data"):
+        for kind in DECISION_KINDS:
             for action in ("up", "down", "hold"):
                 try:
                     self._decisions.remove(ref.name, ref.namespace, kind, action)

@@ -7,6 +7,11 @@ gateway replicas. Two sources compute it:
 
 - `PrometheusScrapeSource` scrapes every replica's /metrics itself (no Prometheus needed);
 - `PromQLSource` asks a Prometheus server that already scrapes them.
+
+Queued asynchronous work (`Observation.queued`) comes from the delivery engine's gauges
+`kfn_async_queue_depth` − `kfn_async_in_flight`: every replica reads the same shared store, so
+the figure is the **maximum** over replicas, not their sum. In local mode, `QueuedWorkSource`
+adds it to another source from the engine's own `queue_stats()`.
 """
 from __future__ import annotations
 
@@ -15,14 +20,15 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
-from kfn.core.scaling import MetricsUnavailable, Observation, Sample
+from kfn.core.scaling import MetricsSource, MetricsUnavailable, Observation, Sample
+from kfn.events.store import QueueStats
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +59,15 @@ class ScrapedLoad:
     invocations: dict[SeriesKey, float] = field(default_factory=dict)   # request counter
     created: dict[tuple[str, SeriesKey], float] = field(default_factory=dict)  # (metric, series) → created time
     held: dict[FunctionRef, float] = field(default_factory=dict)        # in flight + queued, right now
+    async_depth: dict[FunctionRef, float] = field(default_factory=dict)      # async events stored
+    async_in_flight: dict[FunctionRef, float] = field(default_factory=dict)  # async events being delivered
 
     def functions(self) -> set[FunctionRef]:
-        return {key[0] for key in (*self.load, *self.invocations)} | set(self.held)
+        return {key[0] for key in (*self.load, *self.invocations)} | set(self.held) | set(self.async_depth)
+
+    def queued(self) -> dict[FunctionRef, float]:
+        """Async events waiting for delivery per function, as this replica sees the shared store."""
+        return {ref: max(0.0, depth - self.async_in_flight.get(ref, 0.0)) for ref, depth in self.async_depth.items()}
 
 
 def parse_gateway_metrics(text: str) -> ScrapedLoad:
@@ -79,6 +91,10 @@ def parse_gateway_metrics(text: str) -> ScrapedLoad:
                 result.created[(naming.METRIC_INVOCATIONS, key)] = sample.value
             elif sample.name in (naming.METRIC_IN_FLIGHT, naming.METRIC_QUEUE_DEPTH):
                 result.held[function] = result.held.get(function, 0.0) + sample.value
+            elif sample.name == naming.METRIC_ASYNC_QUEUE_DEPTH:
+                result.async_depth[function] = result.async_depth.get(function, 0.0) + sample.value
+            elif sample.name == naming.METRIC_ASYNC_IN_FLIGHT:
+                result.async_in_flight[function] = result.async_in_flight.get(function, 0.0) + sample.value
     return result
 
 
@@ -140,6 +156,7 @@ class PrometheusScrapeSource:
         concurrency: dict[FunctionRef, float] = {}
         requests: dict[FunctionRef, float] = {}
         held: dict[FunctionRef, float] = {}
+        queued: dict[FunctionRef, float] = {}
         seen: set[FunctionRef] = set()
         measured: set[FunctionRef] = set()
         reachable = 0
@@ -156,6 +173,9 @@ class PrometheusScrapeSource:
             seen |= result.functions()
             for function, value in result.held.items():
                 held[function] = held.get(function, 0.0) + value
+            # One shared queue: every replica reports all of it, so the largest report, not the sum.
+            for function, value in result.queued().items():
+                queued[function] = max(queued.get(function, 0.0), value)
             if previous is None or now <= previous.time:
                 continue  # no baseline for this replica yet
             elapsed = now - previous.time
@@ -179,7 +199,8 @@ class PrometheusScrapeSource:
             if function in measured:
                 sample = Sample(time=now, concurrency=concurrency[function],
                                 requests=round(requests[function]))
-            out[function] = Observation(sample=sample, in_flight=held.get(function, 0.0))
+            out[function] = Observation(sample=sample, in_flight=held.get(function, 0.0),
+                                        queued=queued.get(function, 0.0))
         return out
 
     async def _scrape(self, url: str) -> ScrapedLoad:
@@ -205,7 +226,8 @@ class PromQLSource:
 
     Concurrency is the rate of the load counter over `window`, summed over gateway replicas, and
     Prometheus handles counter resets. Requests are the increase of invocations over `window`,
-    so idleness is noticed up to one `window` late.
+    so idleness is noticed up to one `window` late. Queued async work is the largest report of
+    any replica (they share one queue).
     """
 
     def __init__(self, base_url: str, *, session: aiohttp.ClientSession, window: str = "30s",
@@ -219,24 +241,29 @@ class PromQLSource:
         self.load_query = f"{by} (rate({naming.METRIC_LOAD_SECONDS}[{window}]))"
         self.requests_query = f"{by} (increase({naming.METRIC_INVOCATIONS}[{window}]))"
         self.held_query = f'{by} ({{__name__=~"{naming.METRIC_IN_FLIGHT}|{naming.METRIC_QUEUE_DEPTH}"}})'
+        # Both gauges of one replica carry the same labels, so the difference is taken per replica.
+        self.queued_query = (f"max by ({FUNCTION}, {NAMESPACE}) "
+                             f"({naming.METRIC_ASYNC_QUEUE_DEPTH} - {naming.METRIC_ASYNC_IN_FLIGHT})")
 
     async def collect(self, now: float) -> dict[FunctionRef, Observation]:
-        """Run the three queries concurrently; returns within about `timeout` seconds.
+        """Run the four queries concurrently; returns within about `timeout` seconds.
 
         Raises MetricsUnavailable if Prometheus cannot be reached or answers with an error.
         """
         try:
-            load, requests, held = await asyncio.gather(
-                self._query(self.load_query), self._query(self.requests_query), self._query(self.held_query))
+            load, requests, held, queued = await asyncio.gather(
+                self._query(self.load_query), self._query(self.requests_query), self._query(self.held_query),
+                self._query(self.queued_query))
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise MetricsUnavailable(f"Prometheus query failed: {_describe(e)}") from e
         out: dict[FunctionRef, Observation] = {}
-        for function in set(load) | set(requests) | set(held):
+        for function in set(load) | set(requests) | set(held) | set(queued):
             arrived = requests.get(function, 0.0)
             # increase() extrapolates to the window's edges: any growth means at least one request.
             count = max(0, math.ceil(arrived - 1e-9)) if arrived > 0 else 0
             sample = Sample(time=now, concurrency=max(0.0, load.get(function, 0.0)), requests=count)
-            out[function] = Observation(sample=sample, in_flight=max(0.0, held.get(function, 0.0)))
+            out[function] = Observation(sample=sample, in_flight=max(0.0, held.get(function, 0.0)),
+                                        queued=max(0.0, queued.get(function, 0.0)))
         return out
 
     async def _query(self, query: str) -> dict[FunctionRef, float]:
@@ -262,3 +289,28 @@ class PromQLSource:
                 continue
             out[function] = out.get(function, 0.0) + value
         return out
+
+
+class QueuedWorkSource:
+    """Another source's observations plus each function's queued async work, read from the
+    delivery engine in this process (`DeliveryEngine.queue_stats`: local mode, one engine).
+
+    A function with queued events and no load at all gets an observation of its own (a zero
+    sample), so a function at zero replicas with queued events is scaled up.
+    """
+
+    def __init__(self, source: MetricsSource, queue_stats: Callable[[], Mapping[FunctionRef, QueueStats]]) -> None:
+        self._source = source
+        self._queue_stats = queue_stats
+
+    async def collect(self, now: float) -> dict[FunctionRef, Observation]:
+        observations = await self._source.collect(now)
+        for function, stats in self._queue_stats().items():
+            queued = float(max(0, stats.depth - stats.in_flight))
+            if queued <= 0:
+                continue
+            observation = observations.get(function)
+            if observation is None:
+                observation = Observation(sample=Sample(time=now, concurrency=0.0, requests=0), in_flight=0.0)
+            observations[function] = replace(observation, queued=queued)
+        return observations

@@ -14,6 +14,12 @@ Scaling down is gentle (at most a factor `max_scale_down_rate` per decision), sc
 bounded by `max_scale_up_rate`. Scale to zero is not a consequence of averages but of idleness:
 only when minReplicas is 0 and no request arrived and nothing was in flight for idleTimeout.
 
+Queued asynchronous work (`queued`: events stored for the function and not being delivered yet,
+as `kfn.events` counts them) is activity too: while any is queued the function never scales to
+zero and runs at least one instance, and at least ceil(queued / target concurrency) (within
+maxReplicas), so a backlog is worked off by as many instances as synchronous load of that size
+would get. Events being delivered are requests the gateway holds: they are in the samples already.
+
 Nothing here reads a clock or does I/O: a `MetricsSource` collects samples, `decide` turns them
 into a replica count, and `kfn_autoscaler.Autoscaler` acts on it through the instance backend.
 """
@@ -77,6 +83,7 @@ class Observation:
 
     sample: Sample | None   # None if nothing new could be computed this tick
     in_flight: float        # requests held right now (queued + in flight)
+    queued: float = 0.0     # asynchronous events stored and not being delivered (queued or awaiting a retry)
 
 
 class MetricsSource(Protocol):
@@ -113,8 +120,11 @@ class Decision:
     reason: str
     state: ScalerState
     panic: bool = False
-    # A short, fixed vocabulary for metrics labels: stable, panic, idle, cold-start, no-data.
+    # A short, fixed vocabulary for metrics labels: DECISION_KINDS.
     kind: str = "stable"
+
+
+DECISION_KINDS: tuple[str, ...] = ("stable", "panic", "idle", "cold-start", "no-data", "queued")
 
 
 def window_average(samples: Sequence[Sample], *, start: float, end: float) -> float | None:
@@ -155,12 +165,13 @@ def _num(value: float) -> str:
 
 
 def decide(*, samples: Sequence[Sample], now: float, current: int, ready: int,
-           in_flight: float, settings: ScaleSettings, state: ScalerState) -> Decision:
+           in_flight: float, settings: ScaleSettings, state: ScalerState, queued: float = 0.0) -> Decision:
     """The replica count a function should have at `now`, and the state to pass to the next call.
 
     `current` is the replica count currently asked for, `ready` the instances serving now,
-    `in_flight` the requests the gateway holds right now; `samples` may hold more history than
-    the windows need (older samples are ignored).
+    `in_flight` the requests the gateway holds right now, `queued` the asynchronous events
+    waiting for delivery; `samples` may hold more history than the windows need (older samples
+    are ignored).
     """
     target = settings.target_concurrency
     # Activity: a request arrived or something was held. Long requests count, so an instance
@@ -169,12 +180,12 @@ def decide(*, samples: Sequence[Sample], now: float, current: int, ready: int,
     for sample in samples:
         if (sample.requests > 0 or sample.concurrency > 0) and sample.time <= now:
             last_active = sample.time if last_active is None else max(last_active, sample.time)
-    if in_flight > 0:
+    if in_flight > 0 or queued > 0:
         last_active = now
     if last_active is None and current > 0:
         # Nothing seen yet: the idle timer starts when the autoscaler first sees the function.
         last_active = now
-    active = in_flight > 0 or (last_active is not None and now - last_active < settings.idle_timeout)
+    active = in_flight > 0 or queued > 0 or (last_active is not None and now - last_active < settings.idle_timeout)
     idle_for = None if last_active is None else now - last_active
     state = replace(state, last_active=last_active)
 
@@ -182,6 +193,12 @@ def decide(*, samples: Sequence[Sample], now: float, current: int, ready: int,
         # Cold start: something is waiting and nothing runs, so at least one instance.
         if in_flight > 0 and replicas < 1:
             replicas, reason, kind = 1, f"cold start: {_num(in_flight)} in flight → 1", "cold-start"
+        # Queued async work: at least the instances it would take as synchronous load, and one.
+        if queued > 0:
+            floor = max(1, _instances_for(queued, target))
+            if replicas < floor:
+                replicas, kind = floor, "queued"
+                reason = f"{reason}; {_num(queued)} async events queued / target {_num(target)} → {floor}"
         bounded = min(max(replicas, settings.min_replicas), settings.max_replicas)
         if bounded != replicas:
             which = "minReplicas" if bounded > replicas else "maxReplicas"

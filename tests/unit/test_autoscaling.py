@@ -11,7 +11,9 @@ from kfn.core import naming
 from kfn.core.functions import Function, FunctionRef, parse_function
 from kfn.core.instances import Instance, Listener
 from kfn.core.scaling import Decision, MetricsUnavailable, Observation, Sample
+from kfn.events.store import QueueStats
 from kfn_autoscaler.autoscaler import Autoscaler
+from kfn_autoscaler.sources import QueuedWorkSource
 
 
 def function(name: str, **scale: Any) -> Function:
@@ -180,6 +182,14 @@ async def test_held_requests_at_zero_start_an_instance(clock: FakeClock, source:
     source.held["cold"] = 1.0
     await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
     assert backend.replicas["cold"] == 1
+
+
+async def test_queued_async_events_at_zero_start_an_instance(clock: FakeClock, source: FakeSource) -> None:
+    backend = FakeBackend(function("hello"), replicas=0)
+    stats = {FunctionRef.parse("hello"): QueueStats(depth=2, in_flight=0, oldest_accepted_at=1.0)}
+    autoscaler = Autoscaler(backend, QueuedWorkSource(source, lambda: stats), clock=clock)
+    await ticks(autoscaler, clock, 1)
+    assert backend.replicas["hello"] == 1
 
 
 async def test_a_removed_function_is_forgotten(clock: FakeClock, source: FakeSource) -> None:

@@ -13,9 +13,10 @@ from aiohttp import web
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
-from kfn.core.scaling import MetricsUnavailable, Sample
+from kfn.core.scaling import MetricsUnavailable, Observation, Sample
+from kfn.events.store import QueueStats
 from kfn_autoscaler.autoscaler import Autoscaler
-from kfn_autoscaler.sources import PrometheusScrapeSource, PromQLSource, parse_gateway_metrics
+from kfn_autoscaler.sources import PrometheusScrapeSource, PromQLSource, QueuedWorkSource, parse_gateway_metrics
 
 FN = naming.METRIC_LABEL_FUNCTION
 
@@ -29,7 +30,8 @@ def named(observations: dict[FunctionRef, Any]) -> dict[str, Any]:
 def exposition(*, load: dict[str, float] | None = None,
                invocations: dict[tuple[str, str], float] | None = None,
                in_flight: dict[str, float] | None = None, queued: dict[str, float] | None = None,
-               created: float | None = None) -> str:
+               created: float | None = None, async_depth: dict[str, float] | None = None,
+               async_in_flight: dict[str, float] | None = None) -> str:
     """A gateway's /metrics text, in the Prometheus text format."""
     lines = [f"# TYPE {naming.METRIC_LOAD_SECONDS} counter"]
     for name, value in (load or {}).items():
@@ -48,6 +50,11 @@ def exposition(*, load: dict[str, float] | None = None,
     lines.append(f"# TYPE {naming.METRIC_QUEUE_DEPTH} gauge")
     for name, value in (queued or {}).items():
         lines.append(f'{naming.METRIC_QUEUE_DEPTH}{{{FN}="{name}"}} {value}')
+    for metric, values in ((naming.METRIC_ASYNC_QUEUE_DEPTH, async_depth),
+                           (naming.METRIC_ASYNC_IN_FLIGHT, async_in_flight)):
+        lines.append(f"# TYPE {metric} gauge")
+        for name, value in (values or {}).items():
+            lines.append(f'{metric}{{{FN}="{name}",{naming.METRIC_LABEL_NAMESPACE}="default"}} {value}')
     # Unrelated metrics are ignored.
     lines.append("# TYPE process_cpu_seconds_total counter")
     lines.append("process_cpu_seconds_total 12.5")
@@ -285,6 +292,33 @@ async def test_a_function_gone_from_a_replica_is_measured_at_zero(session, gatew
     assert observed["hello"].sample == Sample(time=101.0, concurrency=0.0, requests=0)
 
 
+async def test_queued_async_work_is_depth_minus_in_flight(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    gw.text = exposition(async_depth={"hello": 7}, async_in_flight={"hello": 2})
+    observed = named(await scraping([gw.url], session).collect(100.0))
+    assert observed["hello"].queued == 5
+    assert observed["hello"].in_flight == 0
+
+
+async def test_queued_async_work_is_the_largest_report_not_the_sum(session, gateways) -> None:
+    # Every replica reads the one shared queue: two replicas reporting 5 mean 5 queued, not 10.
+    a, b = await gateways(2)
+    a.text = exposition(async_depth={"hello": 7}, async_in_flight={"hello": 2})
+    b.text = exposition(async_depth={"hello": 6}, async_in_flight={"hello": 3})
+    observed = named(await scraping([a.url, b.url], session).collect(100.0))
+    assert observed["hello"].queued == 5
+
+
+async def test_a_function_only_queued_gets_a_sample_once_measured(session, gateways) -> None:
+    (gw,) = await gateways(1)
+    source = scraping([gw.url], session)
+    gw.text = exposition(async_depth={"idle": 3})
+    await source.collect(100.0)
+    observed = named(await source.collect(101.0))
+    assert observed["idle"].sample == Sample(time=101.0, concurrency=0.0, requests=0)
+    assert observed["idle"].queued == 3
+
+
 def test_parses_what_prometheus_client_exports() -> None:
     registry = prometheus_client.CollectorRegistry()
     load = prometheus_client.Counter(naming.METRIC_LOAD_SECONDS, "load", [FN], registry=registry)
@@ -367,16 +401,18 @@ async def prometheus() -> AsyncIterator[FakePrometheus]:
         await server.stop()
 
 
-async def test_promql_builds_observations_from_three_queries(session, prometheus) -> None:
+async def test_promql_builds_observations_from_four_queries(session, prometheus) -> None:
     source = PromQLSource(prometheus.url, session=session)
     prometheus.answers[source.load_query] = {"hello": "2.5", "idle": "0"}
     prometheus.answers[source.requests_query] = {"hello": "12.4", "idle": "0"}
     prometheus.answers[source.held_query] = {"hello": "3"}
+    prometheus.answers[source.queued_query] = {"hello": "4", "backlog": "9"}
     observed = named(await source.collect(50.0))
     assert observed["hello"].sample == Sample(time=50.0, concurrency=2.5, requests=13)
-    assert observed["hello"].in_flight == 3
+    assert (observed["hello"].in_flight, observed["hello"].queued) == (3, 4)
     assert observed["idle"].sample == Sample(time=50.0, concurrency=0.0, requests=0)
-    assert observed["idle"].in_flight == 0
+    assert (observed["idle"].in_flight, observed["idle"].queued) == (0, 0)
+    assert observed["backlog"].queued == 9
 
 
 async def test_promql_queries_name_the_gateway_metrics_and_the_window(session, prometheus) -> None:
@@ -386,6 +422,7 @@ async def test_promql_queries_name_the_gateway_metrics_and_the_window(session, p
         f"sum by (function, namespace) (rate({naming.METRIC_LOAD_SECONDS}[1m]))",
         f"sum by (function, namespace) (increase({naming.METRIC_INVOCATIONS}[1m]))",
         f'sum by (function, namespace) ({{__name__=~"{naming.METRIC_IN_FLIGHT}|{naming.METRIC_QUEUE_DEPTH}"}})',
+        f"max by (function, namespace) ({naming.METRIC_ASYNC_QUEUE_DEPTH} - {naming.METRIC_ASYNC_IN_FLIGHT})",
     ])
 
 
@@ -418,3 +455,30 @@ async def test_promql_unreachable_server_is_metrics_unavailable(session, prometh
 def test_promql_window_must_be_a_prometheus_duration() -> None:
     with pytest.raises(ValueError, match="window"):
         PromQLSource("http://127.0.0.1:9", session=None, window="30 seconds; drop")  # type: ignore[arg-type]
+
+
+# --- QueuedWorkSource (local mode: the delivery engine in the same process)
+
+
+class _Fixed:
+    def __init__(self, observations: dict[FunctionRef, Observation]) -> None:
+        self.observations = observations
+
+    async def collect(self, now: float) -> dict[FunctionRef, Observation]:
+        return dict(self.observations)
+
+
+async def test_queued_work_is_added_to_the_observations_of_another_source() -> None:
+    hello = FunctionRef.parse("hello")
+    inner = _Fixed({hello: Observation(sample=Sample(5.0, 2.0, 1), in_flight=1.0)})
+    source = QueuedWorkSource(inner, lambda: {hello: QueueStats(depth=6, in_flight=2, oldest_accepted_at=1.0)})
+    observed = await source.collect(5.0)
+    assert observed[hello] == Observation(sample=Sample(5.0, 2.0, 1), in_flight=1.0, queued=4.0)
+
+
+async def test_a_function_with_only_queued_work_gets_an_observation() -> None:
+    backlog = FunctionRef.parse("backlog")
+    source = QueuedWorkSource(_Fixed({}), lambda: {backlog: QueueStats(3, 0, 1.0),
+                                                   FunctionRef.parse("empty"): QueueStats(0, 0, None)})
+    observed = await source.collect(7.0)
+    assert observed == {backlog: Observation(sample=Sample(7.0, 0.0, 0), in_flight=0.0, queued=3.0)}

@@ -31,6 +31,7 @@ class Case:
     kind: str
     ready: int | None = None       # defaults to current
     in_flight: float = 0.0
+    queued: float = 0.0
     settings: ScaleSettings = SETTINGS
     state: ScalerState = field(default_factory=ScalerState)
 
@@ -101,6 +102,23 @@ CASES = [
          [], now=1000, current=2, expected=2, kind="no-data", state=ScalerState(last_active=1.0)),
     Case("empty sample list still clamps to the bounds",
          [], now=100, current=8, expected=5, kind="no-data", settings=replace(SETTINGS, max_replicas=5)),
+    # Queued asynchronous work.
+    Case("queued async work at zero asks for one instance",
+         steady(0.0, requests=0), now=60, current=0, expected=1, kind="stable", queued=3.0),
+    Case("queued async work with no samples yet is a cold start",
+         [], now=1, current=0, expected=1, kind="cold-start", queued=1.0),
+    Case("queued async work prevents scale to zero after the idle timeout",
+         steady(0.0, requests=0, end=300), now=300, current=1, expected=1, kind="stable", queued=1.0,
+         state=ScalerState(last_active=0.0)),
+    Case("a backlog scales toward queued / target concurrency",
+         steady(0.0, requests=0), now=60, current=1, expected=4, kind="queued", queued=35.0),
+    Case("a backlog is bounded by max replicas",
+         steady(0.0, requests=0), now=60, current=1, expected=5, kind="queued", queued=1000.0,
+         settings=replace(SETTINGS, max_replicas=5)),
+    Case("synchronous load above what the queue needs decides",
+         steady(45.0), now=60, current=5, expected=5, kind="stable", queued=5.0),
+    Case("the queue's floor holds against a scale-down",
+         steady(0.0, requests=0, end=50), now=50, current=6, expected=5, kind="queued", queued=45.0),
 ]
 
 
@@ -108,8 +126,20 @@ CASES = [
 def test_decision(case: Case) -> None:
     decision = decide(samples=case.samples, now=case.now, current=case.current,
                       ready=case.current if case.ready is None else case.ready,
-                      in_flight=case.in_flight, settings=case.settings, state=case.state)
+                      in_flight=case.in_flight, settings=case.settings, state=case.state, queued=case.queued)
     assert (decision.replicas, decision.kind) == (case.expected, case.kind), decision.reason
+
+
+def test_reason_names_the_queued_work() -> None:
+    decision = decide(samples=steady(0.0, requests=0), now=60, current=0, ready=0, in_flight=0.0,
+                      settings=SETTINGS, state=ScalerState(), queued=25.0)
+    assert decision.reason.endswith("; 25 async events queued / target 10 → 3")
+
+
+def test_queued_work_counts_as_activity_in_state() -> None:
+    decision = decide(samples=steady(0.0, requests=0), now=60, current=1, ready=1, in_flight=0.0,
+                      settings=SETTINGS, state=ScalerState(last_active=0.0), queued=1.0)
+    assert decision.state.last_active == 60
 
 
 def test_reason_names_the_average_the_target_and_the_result() -> None:
@@ -265,6 +295,25 @@ def test_after_panic_the_count_comes_down_gently() -> None:
 def test_steady_load_converges_and_stays() -> None:
     run = simulate(lambda t: 35.0, until=120)
     assert {d.replicas for t, d in run if t > 60} == {4}
+
+
+def test_a_backlog_worked_off_scales_to_zero_an_idle_timeout_after_it_emptied() -> None:
+    # 40 events queued at t=1, the queue drains by 10 a second; no synchronous traffic at all.
+    samples: list[Sample] = []
+    state, current = ScalerState(), 0
+    run: dict[float, Decision] = {}
+    for t in range(1, 121):
+        samples.append(Sample(float(t), 0.0, 0))
+        queued = max(0.0, 40.0 - 10.0 * (t - 1))
+        decision = decide(samples=samples, now=float(t), current=current, ready=current, in_flight=0.0,
+                          settings=SETTINGS, state=state, queued=queued)
+        run[float(t)] = decision
+        state, current = decision.state, decision.replicas
+    assert run[1].replicas == 4
+    assert run[4].replicas >= 1                 # the last 10 events still queued
+    assert run[4 + 59].replicas == 1            # last queued at t=4: not idle for 60 s yet
+    assert run[4 + 60].replicas == 0
+    assert run[4 + 60].kind == "idle"
 
 
 def test_traffic_stopping_scales_to_zero_after_the_idle_timeout() -> None:
