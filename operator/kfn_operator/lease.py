@@ -8,28 +8,27 @@
   `kfn_autoscaler.sources.PromQLSource` when `--prometheus-url` is given.
 - Decisions: written to the Function's status (desiredReplicas, lastScaleReason, lastScaleTime)
   and exported as Prometheus metrics (`--metrics-port`).
-- One active autoscaler among operator replicas: a `coordination.k8s.io` Lease (the official
-  client's leader election). kopf's peering only pauses lower-priority operators and lets equal ones run
-  side by side, so it cannot elect. `--standalone` skips the Lease (a single replica).
+- One active autoscaler among operator replicas: a `coordination.k8s.io` Lease
+  (`kfn.kube.lease.LeaseElection`, the official client's leader election). kopf's peering only
+  pauses lower-priority operators and lets equal ones run side by side, so it cannot elect.
+  `--standalone` skips the Lease (a single replica).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import aiohttp
 import prometheus_client
 from aiohttp import web
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
-from kubernetes.aio.leaderelection import electionconfig, leaderelection
-from kubernetes.aio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from kfn.core.aiotasks import stop_tasks
 from kfn.core.functions import FunctionRef
 from kfn.core.scaling import Decision, MetricsSource
-from kfn.kube import KubernetesBackend, describe
+from kfn.kube import KubernetesBackend
+from kfn.kube.lease import LeaseElection
 from kfn.kube.resources import patch_function_status
 from kfn_autoscaler.autoscaler import Autoscaler
 from kfn_autoscaler.sources import PrometheusScrapeSource, PromQLSource
@@ -37,20 +36,6 @@ from kfn_operator import status
 from kfn_operator.config import OperatorConfig
 
 logger = logging.getLogger(__name__)
-
-
-class _LeaseLock(LeaseLock):
-    """The client's Lease lock, creating the Lease without `pretty=True`: the client's own
-    argument validation rejects that boolean (kubernetes 37), so no Lease could ever be taken."""
-
-    async def create(self, name: str, namespace: str, election_record: Any) -> bool:
-        body = client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=self.update_lease(election_record))
-        try:
-            await self.api_instance.create_namespaced_lease(namespace, body)
-        except ApiException as e:
-            logger.warning("could not create the Lease %s/%s: %s", namespace, name, describe(e))
-            return False
-        return True
 
 
 class OperatorAutoscaler:
@@ -62,8 +47,6 @@ class OperatorAutoscaler:
         self.registry = prometheus_client.CollectorRegistry()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        # The leader election runs `_lead` in a task of its own, which cancelling `_task` misses.
-        self._leader_task: asyncio.Task[object] | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.leading = asyncio.Event()
         self._closing = False
@@ -82,14 +65,19 @@ class OperatorAutoscaler:
                                       registry=self.registry, on_decision=self._record)
         if self._config.metrics_port is not None:
             self._metrics_runner = await _serve_metrics(self.registry, self._config.metrics_port)
-        run = self._lead if self._config.standalone else self._elect
-        self._task = asyncio.create_task(run(), name="kfn-autoscaler")
+        if self._config.standalone:
+            self._task = asyncio.create_task(self._lead(), name="kfn-autoscaler")
+        else:
+            election = LeaseElection(self._api, name=self._config.lease_name, namespace=self._config.lease_namespace,
+                                     identity=self._config.identity, duration=self._config.lease_duration,
+                                     what="autoscaler")
+            self._task = asyncio.create_task(election.run(self._lead), name="kfn-autoscaler")
 
     async def close(self) -> None:
         """Stop the loop and wait for it (bounded); releases the HTTP session and the metrics endpoint."""
         self._closing = True
-        await stop_tasks([t for t in (self._task, self._leader_task) if t is not None], what="autoscaler")
-        self._task = self._leader_task = None
+        await stop_tasks([self._task] if self._task is not None else [], what="autoscaler")
+        self._task = None
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
             self._metrics_runner = None
@@ -97,31 +85,11 @@ class OperatorAutoscaler:
             await self._session.close()
             self._session = None
 
-    async def _elect(self) -> None:
-        """Campaign for the Lease forever; lead while holding it. Runs until cancelled."""
-        duration = self._config.lease_duration
-        while True:
-            lock = _LeaseLock(self._config.lease_name, self._config.lease_namespace, self._config.identity, self._api)
-            election = leaderelection.LeaderElection(electionconfig.Config(
-                lock, lease_duration=duration, renew_deadline=max(2, duration * 2 // 3),
-                retry_period=max(1, duration // 6), onstarted_leading=self._lead, onstopped_leading=self._stopped))
-            try:
-                await election.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - an unreachable API server: campaign again
-                logger.warning("autoscaler leader election failed: %s", e)
-            await asyncio.sleep(max(1, duration // 6))
-
-    async def _stopped(self) -> None:
-        logger.warning("autoscaler lost the Lease %s/%s", self._config.lease_namespace, self._config.lease_name)
-
     async def _lead(self) -> None:
         """Watch the cluster and run the autoscaler until cancelled (the Lease lost or shutdown)."""
         assert self._autoscaler is not None
         if self._closing:
             return  # the election started this task after close() began: nothing to lead
-        self._leader_task = asyncio.current_task()
         logger.info("autoscaler active (%s)", self._config.identity)
         self.leading.set()
         try:
