@@ -12,6 +12,9 @@ from kfn_runtime import contract
 DEFAULT_GATEWAY_SELECTOR = "app.kubernetes.io/name=kfn-gateway"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
 ENV_POD_NAME = "POD_NAME"
+# The NATS server (JetStream) of asynchronous invocations, as the chart gives it to the gateway and
+# the operator (the operator's leader stores schedule ticks there).
+ENV_NATS_URL = "KFN_NATS_URL"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class OperatorConfig:
     lease_name: str = "kfn-autoscaler"
     lease_namespace: str = "default"
     lease_duration: int = 15                    # seconds (the Lease API counts whole seconds)
+    scheduler: bool = True                      # fire schedule triggers (needs nats_url)
+    scheduler_lease_name: str = "kfn-scheduler"
+    nats_url: str | None = None                 # $KFN_NATS_URL: where async events (and tick records) are stored
     identity: str = field(default_factory=socket.gethostname)
     metrics_port: int | None = None             # serve the autoscaler's metrics on 0.0.0.0:PORT
     health_port: int | None = None              # kopf's liveness endpoint on 0.0.0.0:PORT/healthz
@@ -63,6 +69,7 @@ class OperatorConfig:
             # The gateway is installed next to the operator (one chart release).
             gateway_namespace=env.get(ENV_POD_NAMESPACE) or None,
             identity=env.get(ENV_POD_NAME) or socket.gethostname(),
+            nats_url=env.get(ENV_NATS_URL, "").strip() or None,
             metrics_port=metrics_port,
             health_port=health_port,
         )

@@ -9,7 +9,8 @@ at import time, so tests and `kfn operator` build their own registries.
   never touching the Deployment's replicas after creation (the autoscaler owns them).
 - Deployment changes → the Function's status (replicas, readyReplicas, Ready condition); a
   Deployment deleted while its Function lives is recreated.
-- Operator start/stop → the autoscaler loop (`kfn_operator.lease`) and the API client.
+- Operator start/stop → the autoscaler loop (`kfn_operator.lease`), the scheduler of schedule
+  triggers (`kfn_operator.scheduler`) and the API client.
 
 kopf watches Functions and Deployments with its own client (logged in with the credentials of
 `kfn.kube.connection`); everything else goes through the official client's asyncio API.
@@ -34,6 +35,7 @@ from kfn.kube.resources import manifest, patch_function_status, pointer, set_ops
 from kfn_operator import builders, status
 from kfn_operator.config import OperatorConfig
 from kfn_operator.lease import OperatorAutoscaler
+from kfn_operator.scheduler import OperatorScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class Controller:
         self._api = api
         self._own_api = api is None
         self._autoscaling: OperatorAutoscaler | None = None
+        self._scheduling: OperatorScheduler | None = None
 
     @property
     def api(self) -> client.ApiClient:
@@ -65,15 +68,21 @@ class Controller:
         return self._api
 
     async def start(self) -> None:
-        """Connect (unless given an API client) and start the autoscaler in the background."""
+        """Connect (unless given an API client) and start the autoscaler and the scheduler in the background."""
         if self._api is None:
             self._api = await connect()
         if self.config.autoscaler:
             self._autoscaling = OperatorAutoscaler(self.api, self.config)
             await self._autoscaling.start()
+        if self.config.scheduler:
+            self._scheduling = OperatorScheduler(self.api, self.config)
+            await self._scheduling.start()
 
     async def close(self) -> None:
-        """Stop the autoscaler (waits for it) and close the API client if it is ours."""
+        """Stop the autoscaler and the scheduler (waits for them) and close the API client if it is ours."""
+        if self._scheduling is not None:
+            await self._scheduling.close()
+            self._scheduling = None
         if self._autoscaling is not None:
             await self._autoscaling.close()
             self._autoscaling = None

@@ -1,0 +1,102 @@
+"""Schedule triggers on Kubernetes: fired by the operator replica holding the Lease `kfn-scheduler`.
+
+While leading (`kfn.kube.lease.LeaseElection`, the mechanism the autoscaler elects with; one Lease
+per duty, so the scheduler and the autoscaler may lead on different replicas), the scheduler
+watches Functions (`kfn.kube.KubernetesBackend`, as the autoscaler does) and runs
+`kfn.triggers.schedule.ScheduleSource`: each tick's Scheduled Event is stored in the async event
+store on NATS JetStream ($KFN_NATS_URL, `kfn.events.jetstream.JetStreamStore`) under the tick's
+id, and the tick recorded in the JetStream key-value bucket `KFN_SCHEDULES`
+(`kfn.triggers.ticks.KvTicks`); the gateways' delivery engines deliver the events.
+
+A replica taking over reads the records: a tick the previous leader fired is not fired again, one
+it missed is fired late (within the catch-up hour). During a hand-over both may fire the same
+tick: the same id, which JetStream stores once within its 2-minute duplicate window.
+
+Without $KFN_NATS_URL there is nowhere to store events: schedules are not fired (logged once).
+`--standalone` (one replica) fires without a Lease.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kubernetes.aio import client
+
+from kfn.core.aiotasks import stop_tasks
+from kfn.events.jetstream import JetStreamStore
+from kfn.kube import KubernetesBackend
+from kfn.kube.lease import LeaseElection
+from kfn.triggers.base import Triggers
+from kfn.triggers.schedule import ScheduleSource
+from kfn.triggers.ticks import KvTicks
+from kfn_operator.config import OperatorConfig
+
+logger = logging.getLogger(__name__)
+
+
+class OperatorScheduler:
+    """Fires schedule triggers while this replica holds the scheduler's Lease (always, standalone)."""
+
+    def __init__(self, api: client.ApiClient, config: OperatorConfig, *, retry: float = 5.0) -> None:
+        self._api = api
+        self._config = config
+        self._retry = retry
+        self._task: asyncio.Task[None] | None = None
+        self.leading = asyncio.Event()
+        self.source: ScheduleSource | None = None     # while leading
+
+    async def start(self) -> None:
+        """Start campaigning (returns at once); a no-op without a NATS server."""
+        if not self._config.nats_url:
+            logger.warning("schedule triggers are not fired: no NATS server to store their events in "
+                           "(KFN_NATS_URL; the chart's async.nats)")
+            return
+        if self._config.standalone:
+            self._task = asyncio.create_task(self._lead(), name="kfn-scheduler")
+            return
+        election = LeaseElection(self._api, name=self._config.scheduler_lease_name,
+                                 namespace=self._config.lease_namespace, identity=self._config.identity,
+                                 duration=self._config.lease_duration, what="scheduler")
+        self._task = asyncio.create_task(election.run(self._lead), name="kfn-scheduler")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await stop_tasks([self._task], what="scheduler")
+            self._task = None
+
+    async def _lead(self) -> None:
+        """Fire schedules until cancelled; whatever fails (NATS down, the API) is retried."""
+        while True:
+            try:
+                await self._fire()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an unreachable NATS or API server: try again
+                logger.warning("the scheduler stopped (%s); starting again in %.0fs", e, self._retry)
+            await asyncio.sleep(self._retry)
+
+    async def _fire(self) -> None:
+        assert self._config.nats_url is not None
+        backend = KubernetesBackend(self._api, namespaces=self._config.namespaces)
+        store = JetStreamStore(self._config.nats_url, connect_attempts=3)
+        ticks = KvTicks(self._config.nats_url, connect_attempts=3)
+        source = ScheduleSource(ticks, region=self._config.region)
+        triggers = Triggers([source])
+        try:
+            await store.start()
+            await ticks.start()
+            await backend.start()
+            await triggers.start(store.accept)
+            triggers.follow(backend)
+            self.source = source
+            self.leading.set()
+            logger.info("scheduler active (%s): firing the schedule triggers of %d function(s)",
+                        self._config.identity, sum(1 for f in backend.functions() if f.spec.triggers))
+            await asyncio.Event().wait()
+        finally:
+            self.leading.clear()
+            self.source = None
+            await triggers.close()
+            await backend.close()
+            await ticks.close()
+            await store.close()
