@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-kfn
 PORT   ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-e2e test-k8s lint crd bench lint-chart images clean
+.PHONY: help install run test test-fast test-e2e test-robustness test-k8s lint crd bench lint-chart images clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -40,6 +40,9 @@ test-fast: $(STAMP)  ## only the fast unit tests (tests/unit), seconds
 test-e2e: $(STAMP)  ## only the end-to-end tests (real processes, real HTTP)
 	$(BIN)/pytest tests/e2e
 
+test-robustness: $(STAMP)  ## faults, overload and hostile input: property tests and issue 12's reproducers
+	$(BIN)/pytest tests/robustness
+
 test-k8s: $(STAMP) .cache/bin/helm  ## only the Kubernetes tests (operator against kmock, chart)
 	$(BIN)/pytest tests/k8s tests/chart
 
@@ -59,6 +62,7 @@ bench: $(STAMP)  ## benchmarks, a few minutes: runtime, execution environments, 
 	$(BIN)/python bench/runtime_latency.py
 	$(BIN)/python bench/environments.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/async_events.py
 
 # The peers comparison: kfn local as the candidate of ../shared/peers-bench (quick: ~2-3 min; full: ~15-20 min).

@@ -4,6 +4,9 @@
     tests/e2e/       real processes (kfn local, runtimes) speaking HTTP on 127.0.0.1
     tests/k8s/       the operator and the Kubernetes backend against an emulated API (kmock)
     tests/chart/     the Helm chart rendered and checked offline
+    tests/robustness/ faults, overload and hostile input: hypothesis properties, and issue 12's
+                     reproducers against a real kfn local (KFN_ROBUSTNESS_TARGET runs them
+                     against another checkout, to show how it behaved)
     tests/cluster/   a real Kubernetes cluster (scripts/test-cluster sets KFN_TEST_CLUSTER=1)
 
 Each folder's tests get the marker of its tier (`-m unit`, `-m e2e`, ...). The cluster tier is

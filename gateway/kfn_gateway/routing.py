@@ -20,6 +20,10 @@ from kfn_gateway.metrics import FunctionMetrics
 
 logger = logging.getLogger(__name__)
 
+# A scale from zero the backend could not record is asked again after these delays (doubling).
+SCALE_RETRY_INITIAL = 0.5
+SCALE_RETRY_MAX = 4.0
+
 
 class Unavailable(Exception):
     """No slot could be had; `status` is the HTTP status to answer with."""
@@ -50,6 +54,13 @@ class ScaleFailed(Unavailable):
     status = 503
 
 
+class StartFailed(Unavailable):
+    """The function has no instance and the backend says why none starts (an import error, a bad
+    image): waiting would only delay that answer. The backend keeps retrying meanwhile."""
+
+    status = 503
+
+
 class Route:
     """One function's instances, their busy slots, and the requests waiting for a slot."""
 
@@ -76,7 +87,9 @@ class Route:
 
         Returns at once if a slot is free and nobody is waiting; otherwise waits in the queue
         at most `timeout` seconds (starting an instance if the function runs none). Raises
-        QueueFull, QueueTimeout, ScaleFailed or FunctionGone instead of waiting forever.
+        QueueFull, QueueTimeout, ScaleFailed, StartFailed or FunctionGone instead of waiting
+        forever; StartFailed at once when the function has no instance and the backend knows
+        why it cannot start one.
         """
         if not self._waiters:
             instance = self._take()
@@ -87,6 +100,11 @@ class Route:
             instance = self._take()
             if instance is not None:
                 return instance
+        if not self._instances:
+            problem = self._backend.problem(self.ref)
+            if problem:
+                self._maybe_cold_start(None)   # demand: the backend keeps trying to start one
+                raise StartFailed(self._start_failure(problem))
         if len(self._waiters) >= self._queue_limit:
             if not self._instances:
                 self._maybe_cold_start(None)  # turned away, but the function must still start
@@ -137,8 +155,16 @@ class Route:
             self._instances = list(self._backend.ready(self.ref))
             if self._waiters:
                 self._dispatch()
+            if self._waiters and not self._instances:
+                problem = self._backend.problem(self.ref)
+                if problem:
+                    # A start failed while requests waited for it: tell them now, not at their timeout.
+                    self._fail_waiters(StartFailed(self._start_failure(problem)))
         ready = {instance.id for instance in self._instances}
         return [instance for instance in before if instance.id not in ready]
+
+    def _start_failure(self, problem: str) -> str:
+        return f"function '{self.ref}' cannot start an instance: {problem}"
 
     def drop(self, instance: Instance) -> None:
         """Stop choosing `instance` at once (it failed), before the backend confirms it."""
@@ -206,12 +232,25 @@ class Route:
         self._scaling = asyncio.get_running_loop().create_task(self._scale_from_zero())
 
     async def _scale_from_zero(self) -> None:
-        """Ask the backend for one instance; runs as long as its `scale` call.
+        """Ask the backend for one instance; runs as long as its `scale` calls.
 
-        A failing call turns the waiting requests away with 503 instead of letting them time out.
+        A backend that could not record the request (its API unreachable: the Kubernetes API
+        server restarting, say) is asked again, with backoff, for as long as requests wait for
+        the instance. A failing call turns the waiting requests away with 503 instead of letting
+        them time out.
         """
+        delay = SCALE_RETRY_INITIAL
         try:
-            await self._backend.scale(self.ref, 1, reason="cold start")
+            while True:
+                await self._backend.scale(self.ref, 1, reason="cold start")
+                if self._backend.desired(self.ref) > 0 or not self._waiters or self._instances:
+                    return
+                logger.warning("function %s: the scale from zero did not take; asking again in %.1fs while %d "
+                               "request(s) wait", self.ref, delay, len(self._waiters))
+                await asyncio.sleep(delay)
+                delay = min(SCALE_RETRY_MAX, delay * 2)
+                if self._backend.function(self.ref) is None:
+                    return
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - any backend failure turns the waiters away

@@ -9,6 +9,10 @@
 
 {name} is NAME (in the gateway's default namespace) or NAME.NAMESPACE, as in OpenFaaS.
 
+With `system_auth`, every /system/* path needs an admin key; a function whose spec.http.auth is
+`key` needs a key of its namespace (`kfn_gateway.auth`, SECURITY.md). Clients get bounded time
+for each request's head, body and the idle time between requests (`kfn_gateway.connections`).
+
 An HTTP request to a function becomes an event (`kfn_gateway.apigateway`), the event goes to a
 free slot of an instance (`kfn_gateway.routing`, `kfn_gateway.invoking`), and the function's
 result becomes the response. What the gateway answers itself, when no function answered, is JSON
@@ -35,8 +39,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from kfn.core import naming
 from kfn.core.functions import CorsSpec, Function, FunctionRef
 from kfn.core.instances import Instance, InstanceBackend, Invocation, InvocationResult
+from kfn.core.keys import ApiKey, KeySource, StaticKeys
 from kfn.core.scaling import MetricsSource
 from kfn_gateway import apigateway, cors
+from kfn_gateway.auth import AuthError, Scope, authenticate, credential_headers
+from kfn_gateway.connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    ConnectionLimits,
+    GuardedAppRunner,
+    close_after,
+)
 from kfn_gateway.invoking import InstanceClient, InstanceFailed, InstanceTimeout, NotSent
 from kfn_gateway.metrics import FunctionStats, GatewayMetrics, LoadSource, StateCollector
 from kfn_gateway.routing import Route, Unavailable
@@ -51,6 +65,9 @@ CLIENT_CLOSED = 499
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
 # Refs by the name in a URL, so the hot path parses each name once (bounded: names come from clients).
 _REF_CACHE_SIZE = 4096
+# Pause before sending an invocation a full instance turned away to the next try (times the attempt).
+REJECTED_BACKOFF = 0.02
+SYSTEM_PREFIX = "/system/"
 
 
 class GatewayError(Exception):
@@ -71,15 +88,24 @@ class GatewaySettings:
     upstream_timeout_margin: float = 5.0  # added to spec.timeout: the instance's own timeout comes first
     default_namespace: str = naming.DEFAULT_NAMESPACE  # what /function/NAME means
     trusted_hops: int = 0           # proxies in front whose X-Forwarded-For entries are believed
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT   # a request head must arrive within this
+    body_timeout: float = DEFAULT_BODY_TIMEOUT       # a request body must arrive within this (408)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT       # an idle client connection is closed after this
+    system_auth: bool = False       # /system/* needs an admin key (kfn gateway: on by default)
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
+                                idle_timeout=self.idle_timeout)
 
 
 class Gateway:
     """Routes invocations to a backend's instances; see the module docstring for the URLs."""
 
     def __init__(self, backend: InstanceBackend, *, settings: GatewaySettings = GatewaySettings(),
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, keys: KeySource | None = None) -> None:
         self.backend = backend
         self.settings = settings
+        self.keys: KeySource = keys if keys is not None else StaticKeys()
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics = GatewayMetrics(self.registry)
         self._routes: dict[FunctionRef, Route] = {}
@@ -97,17 +123,19 @@ class Gateway:
 
     def make_app(self) -> web.Application:
         """An application with every route of the gateway; it starts and closes the gateway with it."""
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._hosts_middleware])
+        app = web.Application(client_max_size=self.settings.max_body_bytes,
+                              middlewares=[self._hosts_middleware, self._system_middleware])
         prefix = naming.FUNCTION_PATH_PREFIX
-        app.router.add_route("*", prefix + "{name}", self._invoke_path)
-        app.router.add_route("*", prefix + "{name}/{path:.*}", self._invoke_path)
+        expect = self.expect_continue
+        app.router.add_route("*", prefix + "{name}", self._invoke_path, expect_handler=expect)
+        app.router.add_route("*", prefix + "{name}/{path:.*}", self._invoke_path, expect_handler=expect)
         app.router.add_get(naming.SYSTEM_FUNCTIONS_PATH, self._list_functions)
         app.router.add_get(naming.SYSTEM_FUNCTIONS_PATH + "/{name}", self._get_function)
         app.router.add_get(naming.SYSTEM_LOGS_PATH + "/{name}", self._logs)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._scrape)
         # Checked after every other resource, whatever the order they were added in.
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        app.router.add_route("*", "/{tail:.*}", self._not_found, expect_handler=expect)
 
         async def on_startup(_: web.Application) -> None:
             await self.start()
@@ -204,6 +232,44 @@ class Gateway:
         if route.metrics.held == 0 and self.backend.function(ref) is None:
             del self._routes[ref]
 
+    # -- what every request goes through -------------------------------------------------------
+
+    async def expect_continue(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: a body the gateway would refuse is refused before it is sent
+        (413 instead of 100 Continue); otherwise the client is told to go on."""
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            return _error(417, f"cannot meet the expectation {expect[:100]!r}", "", close=True, now=True)
+        length = request.content_length
+        if length is not None and length > self.settings.max_body_bytes:
+            return _error(413, f"the request body is {length} bytes; the limit is {self.settings.max_body_bytes}",
+                          "", close=True, now=True)
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0   # the answer proper has not started
+        return None
+
+    def authorize(self, request: web.BaseRequest, scope: Scope, *, body: bytes | None = None) -> ApiKey | web.Response:
+        """The key `request` presents for `scope`, or the 401/403 answer to give instead.
+
+        The Invoke API (and any route needing a key) calls this; `body` lets it check an AWS
+        Signature V4, which signs the body.
+        """
+        try:
+            return authenticate(request, scope, self.keys.keys(), body=body)
+        except AuthError as e:
+            logger.debug("refused %s %s from %s: %s", request.method, request.path, request.remote, e.reason)
+            return e.response()
+
+    @web.middleware
+    async def _system_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """/system/* needs an admin key when the gateway is configured so."""
+        if self.settings.system_auth and (request.path.startswith(SYSTEM_PREFIX) or request.path == "/system"):
+            outcome = self.authorize(request, Scope.system())
+            if isinstance(outcome, web.Response):
+                return outcome
+        return await handler(request)
+
     @web.middleware
     async def _hosts_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """A request to a host in some function's spec.http.hosts is that function's, whatever its path."""
@@ -212,7 +278,7 @@ class Gateway:
         if self._hosts:
             function = self._by_host(request.host or "")
             if function is not None:
-                raw = request.raw_path
+                raw = _origin_form(request.raw_path)
                 path, _, query = raw.partition("?")
                 return await self.invoke_http(request, function, label=function.name, path=path or "/",
                                               query=query, prefix="")
@@ -246,7 +312,7 @@ class Gateway:
         if function is None:
             return _error(404, f"no function named {name!r}", name)
         # The rest of the raw path, cut by position: the name itself may have come percent-encoded.
-        raw = request.raw_path
+        raw = _origin_form(request.raw_path)
         start = len(naming.FUNCTION_PATH_PREFIX)
         end = min((i for i in (raw.find("/", start), raw.find("?", start)) if i >= 0), default=len(raw))
         path, _, query = raw[end:].partition("?")
@@ -259,14 +325,31 @@ class Gateway:
 
         Never raises for a failure of an instance or of the function: those answer with an error
         response. Only the client going away ends it early (cancelled, or its answer dropped).
+        A request counts as held (the load the autoscaler sees) from when its body has arrived.
         """
         route = self._route(function.ref)
+        http = function.spec.http
+        headers_in = request.headers
+        if http.cors is not None and cors.is_preflight(request.method, headers_in):
+            # Browsers send preflights without credentials; API Gateway answers them unauthenticated.
+            return self._count(route, web.Response(status=204, headers=cors.preflight(http.cors, headers_in)))
+        strip: frozenset[str] = frozenset()
+        if http.auth.type == "key":
+            outcome = self.authorize(request, Scope.of_namespace(function.namespace))
+            if isinstance(outcome, web.Response):
+                return self._count(route, _with_cors(outcome, http.cors, headers_in))
+            strip = frozenset(credential_headers(headers_in))   # a key is never the function's to see
+        try:
+            body = await _read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
+        except GatewayError as e:
+            refused = _error(e.status, str(e), label, close=True, now=e.status in (400, 408))
+            return self._count(route, _with_cors(refused, http.cors, headers_in))
         metrics = route.metrics
         started = metrics.arrive()
         status = 500
         try:
-            response = await self._answer(request, function, route, label=label, path=path, query=query,
-                                          prefix=prefix)
+            response = await self._answer(request, function, route, body, label=label, path=path, query=query,
+                                          prefix=prefix, strip=strip)
             status = response.status
             return response
         except asyncio.CancelledError:
@@ -281,22 +364,25 @@ class Gateway:
         finally:
             metrics.finish(status, started)
 
-    async def _answer(self, request: web.Request, function: Function, route: Route, *, label: str, path: str,
-                      query: str, prefix: str) -> web.StreamResponse:
+    @staticmethod
+    def _count(route: Route, response: web.Response) -> web.Response:
+        """Count an answer the gateway gave without holding the request for an instance."""
+        route.metrics.finish(response.status, route.metrics.arrive())
+        return response
+
+    async def _answer(self, request: web.Request, function: Function, route: Route, body: bytes, *, label: str,
+                      path: str, query: str, prefix: str, strip: frozenset[str]) -> web.StreamResponse:
         http = function.spec.http
         headers_in = request.headers
-        if http.cors is not None and cors.is_preflight(request.method, headers_in):
-            return web.Response(status=204, headers=cors.preflight(http.cors, headers_in))
-        try:
-            body = await _read_body(request, self.settings.max_body_bytes)
-        except GatewayError as e:
-            return _with_cors(_error(e.status, str(e), label), http.cors, headers_in)
         source_ip, forwarded_for = apigateway.trusted_client(
             request.remote or "", headers_in.getall("X-Forwarded-For", ()), trusted_hops=self.settings.trusted_hops)
         host = request.host or ""
         _, colon, port = host.rpartition(":")
+        headers = headers_in.items()
+        if strip:
+            headers = [(name, value) for name, value in headers if name.lower() not in strip]  # type: ignore[assignment]
         http_request = apigateway.HttpRequest(
-            method=request.method, path=path, raw_query=query, headers=headers_in.items(),
+            method=request.method, path=path, raw_query=query, headers=headers,
             body=body, source_ip=source_ip, forwarded_for=forwarded_for, scheme=request.scheme,
             port=int(port) if colon and port.isdigit() else (443 if request.scheme == "https" else 80),
             protocol=_protocol(request.version),
@@ -316,9 +402,9 @@ class Gateway:
                 out = apigateway.timed_out(api_request_id)
             else:
                 out = apigateway.internal_error(api_request_id)
-            headers = [*out.headers, ("X-Amz-Function-Error", result.function_error)]
+            headers_out = [*out.headers, ("X-Amz-Function-Error", result.function_error)]
             if result.error_type:
-                headers.append(("X-Kfn-Error-Type", result.error_type))
+                headers_out.append(("X-Kfn-Error-Type", result.error_type))
             logger.info("function %s failed (%s): %s", function.ref, result.error_type, result.payload[:500])
         else:
             try:
@@ -327,13 +413,13 @@ class Gateway:
             except apigateway.InvalidResult as e:
                 logger.warning("function %s returned a result API Gateway would reject: %s", function.ref, e)
                 out = apigateway.internal_error(api_request_id)
-                headers = [*out.headers, ("X-Kfn-Error-Type", "Runtime.InvalidResponse")]
+                headers_out = [*out.headers, ("X-Kfn-Error-Type", "Runtime.InvalidResponse")]
             else:
-                headers = out.headers
-        headers.append(("X-Kfn-Request-Id", invocation.request_id))
+                headers_out = out.headers
+        headers_out.append(("X-Kfn-Request-Id", invocation.request_id))
         if http.cors is not None:
-            headers = cors.apply(http.cors, headers_in, headers)
-        return web.Response(status=out.status, body=out.body or None, headers=CIMultiDict(headers))
+            headers_out = cors.apply(http.cors, headers_in, headers_out)
+        return web.Response(status=out.status, body=out.body or None, headers=CIMultiDict(headers_out))
 
     async def dispatch(self, function: Function, route: Route, invocation: Invocation) -> InvocationResult:
         """Run one invocation on some instance of `function`: a slot, the instance, the result.
@@ -352,7 +438,7 @@ class Gateway:
             except Unavailable as e:
                 raise GatewayError(e.status, str(e), retry_after=settings.retry_after if e.retry else None) from None
             try:
-                result = await self._client.invoke(instance, invocation, timeout=timeout)
+                result = await self._call(route, instance, invocation, timeout)
             except NotSent as e:
                 self._report(route, instance, str(e))
                 attempts += 1
@@ -365,13 +451,11 @@ class Gateway:
                 if e.instance_failed:
                     self._report(route, instance, str(e))
                 raise GatewayError(502, str(e)) from None
-            finally:
-                route.release(instance)
             if result.rejected is None:
                 return result
             # Nothing ran: try again. A draining or loading instance is skipped from now on, without
             # reporting a failure (its backend stops it, and it finishes what it has); a full one
-            # stays in rotation (several gateways share it).
+            # stays in rotation (several gateways share it) and is given a moment to free a slot.
             last_rejection = result.rejection or result.rejected
             if result.rejected != "concurrency":
                 route.drop(instance)
@@ -380,6 +464,30 @@ class Gateway:
                 status = 429 if result.rejected == "concurrency" else 503
                 raise GatewayError(status, f"instance {instance.id} turned the invocation away ({last_rejection})",
                                    retry_after=settings.retry_after)
+            if result.rejected == "concurrency":
+                await asyncio.sleep(REJECTED_BACKOFF * attempts)
+
+    async def _call(self, route: Route, instance: Instance, invocation: Invocation, timeout: float) -> InvocationResult:
+        """`invocation` on `instance`, holding its slot until the instance is done with it.
+
+        If the caller goes away first (the client disconnected), the instance still runs the
+        invocation to its end (as Lambda does), so the slot is given back only then: another
+        request must not be sent to an instance that is still busy with this one.
+        """
+        call = asyncio.ensure_future(self._client.invoke(instance, invocation, timeout=timeout))
+        try:
+            result = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            if call.done():
+                route.release(instance)
+            else:
+                call.add_done_callback(lambda done: _release_when_done(done, route, instance))
+            raise
+        except BaseException:
+            route.release(instance)
+            raise
+        route.release(instance)
+        return result
 
     def _report(self, route: Route, instance: Instance, error: str) -> None:
         route.drop(instance)
@@ -492,8 +600,28 @@ class Gateway:
         return web.json_response({"error": f"no route for {path}"}, status=404)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body; GatewayError 413 past `limit`, 400 if the client sends it broken."""
+def _release_when_done(call: asyncio.Future[InvocationResult], route: Route, instance: Instance) -> None:
+    if not call.cancelled():
+        call.exception()   # retrieved: nobody waits for it any more
+    route.release(instance)
+
+
+def _origin_form(target: str) -> str:
+    """The path and query of a request target: an absolute-form target (`GET http://host/p`, which
+    proxies send and servers must accept) loses its scheme and authority."""
+    if target.startswith("/"):
+        return target
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.isalpha():
+        slash = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        rest = rest[slash:]
+        return rest if rest.startswith("/") else "/" + rest
+    return "/"   # the asterisk form (OPTIONS *) or nonsense
+
+
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole request body; GatewayError 413 past `limit`, 408 if it takes longer than
+    `timeout` to arrive, 400 if the client sends it broken."""
     length = request.content_length
     if length is not None and length > limit:
         raise GatewayError(413, f"the request body is {length} bytes; the limit is {limit}")
@@ -502,11 +630,14 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise GatewayError(413, f"the request body is more than {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise GatewayError(413, f"the request body is more than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise GatewayError(408, f"the request body did not arrive within {timeout:g}s") from None
     except (asyncio.IncompleteReadError, ConnectionResetError) as e:
         raise GatewayError(400, f"could not read the request body: {e}") from None
     except web.HTTPException as e:
@@ -526,19 +657,35 @@ def _protocol(version: HttpVersion) -> str:
     return "HTTP/1.1" if version == HttpVersion11 else f"HTTP/{version.major}.{version.minor}"
 
 
-def _error(status: int, message: str, function: str, *, retry_after: int | None = None) -> web.Response:
+def _error(status: int, message: str, function: str, *, retry_after: int | None = None,
+           close: bool = False, now: bool = False) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.Response(status=status, headers=headers, content_type="application/json",
-                        text=json.dumps({"error": message, "function": function}))
+    body: dict[str, str] = {"error": message}
+    if function:
+        body["function"] = function
+    response = web.Response(status=status, headers=headers, content_type="application/json", text=json.dumps(body))
+    if close:
+        response.force_close()   # the client must not send its next request on this connection
+    if now:
+        close_after(response)   # and the rest of this one is not worth reading
+    return response
+
+
+def make_runner(gateway: Gateway, app: web.Application | None = None, **kwargs: Any) -> web.AppRunner:
+    """A runner serving `app` (default: the gateway's own) with the gateway's connection limits;
+    a client that disconnects cancels its request."""
+    return GuardedAppRunner(app if app is not None else gateway.make_app(),
+                            limits=gateway.settings.connection_limits(), handler_cancellation=True,
+                            access_log=None, **kwargs)
 
 
 async def serve(gateway: Gateway, *, host: str, port: int) -> web.AppRunner:
     """Serve `gateway` on host:port (0 picks a free port; see `runner.addresses`).
 
     Returns once listening; the caller must `await runner.cleanup()`, which also closes the
-    gateway. A client that disconnects cancels its request, which frees its slot at once.
+    gateway.
     """
-    runner = web.AppRunner(gateway.make_app(), handler_cancellation=True, access_log=None)
+    runner = make_runner(gateway)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from kfn.core import naming
 from kfn.core.errors import CommandError
+from kfn.core.keys import ADMIN_SECRET_NAME
 
 # What `kfn gateway` and `kfn operator` need beyond a plain install.
 KUBERNETES_EXTRA = ("kopf", "kubernetes")
@@ -33,16 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--max-body-size", default=None, metavar="BYTES",
-                   help="largest request body the gateway accepts, e.g. 1Mi (default: the gateway's)")
-    p.add_argument("--queue-limit", type=int, default=None, metavar="N",
-                   help="requests a function may queue for a free instance before 429 (default: the gateway's)")
-    p.add_argument("--queue-timeout", default=None, metavar="DURATION",
-                   help="how long a request may wait for an instance before 503, e.g. 30s (default: the gateway's)")
+    _limit_options(p)
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="keep instance code and log files here (default: a temporary directory)")
     p.add_argument("--trusted-hops", type=int, default=0, metavar="N",
                    help="proxies in front whose X-Forwarded-For entries are believed (default 0: the TCP peer)")
+    p.add_argument("--keys", default=None, metavar="FILE",
+                   help="API keys (YAML: admin: {ID: KEY}, namespaces: {NS: {ID: KEY}}), re-read when it changes; "
+                        "with it, /system/* needs an admin key (see SECURITY.md)")
+    p.add_argument("--cgroups", choices=["auto", "off"], default="auto",
+                   help="run each instance in a cgroup where the OS allows (all its processes die with it; its "
+                        "memory limited to spec.resources.limits.memory); off: process groups and RLIMIT_DATA")
+    _connection_options(p)
 
     for name, help_ in (("invoke", "call a function through the gateway"),
                         ("list", "list functions with replicas and usage"),
@@ -50,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--gateway", default=None,
                        help=f"gateway URL (default ${naming.ENV_GATEWAY} or {naming.DEFAULT_GATEWAY_URL})")
+        p.add_argument("--api-key", default=None, metavar="KEY",
+                       help=f"the API key to send (default ${naming.ENV_API_KEY}); needed for a gateway that "
+                            "protects /system/* or the function")
         p.add_argument("-o", "--output", choices=["text", "json"], default="text")
         if name == "invoke":
             p.add_argument("name", help="NAME or NAME.NAMESPACE")
@@ -72,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted-hops", type=int, default=0, metavar="N",
                    help="proxies in front of the gateway whose X-Forwarded-For entries are believed (as Envoy's "
                         "xff_num_trusted_hops); 0: the client is the TCP peer")
+    p.add_argument("--no-system-auth", action="store_true",
+                   help="serve /system/* (functions, logs) without an admin key (default: an admin key is needed)")
+    p.add_argument("--admin-namespace", default=None, metavar="NS",
+                   help=f"where the admin key Secret ({ADMIN_SECRET_NAME}) is (default $POD_NAMESPACE, "
+                        "else kfn-system)")
+    p.add_argument("--keys", default=None, metavar="FILE",
+                   help="take API keys from this file (re-read when it changes) instead of Secrets")
+    _connection_options(p)
+    _limit_options(p)
     p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
                    help="on SIGTERM, keep serving (closing each connection after its answer) this long before "
                         "stopping to accept, so load balancers and kube-proxy stop sending first")
@@ -92,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="serve the autoscaler's metrics on this port")
     p.add_argument("--health-port", type=int, default=None, help="serve a liveness probe on this port (/healthz)")
     return parser
+
+
+def _limit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-body-size", default=None, metavar="BYTES",
+                   help="largest request body the gateway accepts, e.g. 1Mi (default 6Mi, Lambda's); else 413")
+    p.add_argument("--queue-limit", type=int, default=None, metavar="N",
+                   help="requests a function may queue for a free instance before 429 (default 100)")
+    p.add_argument("--queue-timeout", default=None, metavar="DURATION",
+                   help="how long a request may wait for an instance before 503, e.g. 30s (default 30s)")
+
+
+def _connection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--header-timeout", default=None, metavar="DURATION",
+                   help="a request head must arrive within this, e.g. 15s (default 15s); else 408")
+    p.add_argument("--body-timeout", default=None, metavar="DURATION",
+                   help="a request body must arrive within this (default 60s); else 408")
+    p.add_argument("--idle-timeout", default=None, metavar="DURATION",
+                   help="close a client connection idle this long (default 75s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,16 +31,20 @@ class Response:
 class GatewayClient:
     """Requests to one gateway, with the errors a user can act on turned into CommandError."""
 
-    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 60.0, api_key: str | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self.api_key = api_key
         # No proxies: the gateway is usually on 127.0.0.1, and an HTTP_PROXY meant for the internet
         # would swallow the request.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def request(self, method: str, path: str, *, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float | None = None) -> Response:
-        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        headers = dict(headers or {})
+        if self.api_key and not any(name.lower() in ("authorization", "x-api-key") for name in headers):
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             response = self._opener.open(request, timeout=timeout if timeout is not None else self.timeout)
         except urllib.error.HTTPError as e:
@@ -57,8 +61,21 @@ class GatewayClient:
             raise CommandError(f"lost the connection to the kfn gateway at {self.url}: {e}") from None
         return Response(response.status, response.reason, response.headers, response)
 
+    def refused(self, status: int) -> CommandError | None:
+        """The error to stop with when the gateway refused the credentials (401/403), else None."""
+        if status == 401:
+            hint = ("the API key was not accepted" if self.api_key else
+                    f"it needs an API key: pass --api-key or set ${naming.ENV_API_KEY}")
+            return CommandError(f"the gateway at {self.url} answered 401 Unauthorized: {hint}")
+        if status == 403:
+            return CommandError(f"the gateway at {self.url} answered 403 Forbidden: the API key may not do this "
+                                "(/system/* needs an admin key; a function, a key of its namespace)")
+        return None
+
     def get_json(self, path: str) -> tuple[int, Any]:
         response = self.request("GET", path, headers={"Accept": "application/json"})
+        if (error := self.refused(response.status)) is not None:
+            raise error
         raw = response.read()
         try:
             return response.status, json.loads(raw) if raw else None

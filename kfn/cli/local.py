@@ -6,21 +6,29 @@ import logging
 import sys
 from dataclasses import replace
 
-from kfn.cli.options import LocalOptions
+from kfn.cli.options import ConnectionOptions, LimitOptions, LocalOptions
 from kfn.local import LocalMode, LocalSettings
 from kfn_gateway import GatewaySettings
 
 
+def with_options(gateway: GatewaySettings, *options: ConnectionOptions | LimitOptions) -> GatewaySettings:
+    """`gateway` with every option that was given (None: keep the gateway's default)."""
+    for given in options:
+        for name in given.__dataclass_fields__:
+            value = getattr(given, name)
+            if value is not None:
+                gateway = replace(gateway, **{name: value})
+    return gateway
+
+
 def settings(options: LocalOptions) -> LocalSettings:
-    gateway = GatewaySettings(trusted_hops=options.trusted_hops)
-    if options.max_body_bytes is not None:
-        gateway = replace(gateway, max_body_bytes=options.max_body_bytes)
-    if options.queue_limit is not None:
-        gateway = replace(gateway, queue_limit=options.queue_limit)
-    if options.queue_timeout is not None:
-        gateway = replace(gateway, queue_timeout=options.queue_timeout)
+    # With a keys file, /system/* is for admin keys only; without one, local mode is a developer's
+    # own on 127.0.0.1 (and a function with spec.http.auth key answers 401 to everyone).
+    gateway = GatewaySettings(trusted_hops=options.trusted_hops, system_auth=options.keys is not None)
+    gateway = with_options(gateway, options.connections, LimitOptions(
+        max_body_bytes=options.max_body_bytes, queue_limit=options.queue_limit, queue_timeout=options.queue_timeout))
     return LocalSettings(directory=options.directory, host=options.host, port=options.port, gateway=gateway,
-                         work_dir=options.work_dir)
+                         work_dir=options.work_dir, keys=options.keys, cgroups=options.cgroups)
 
 
 def run_local(options: LocalOptions) -> int:

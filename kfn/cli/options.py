@@ -26,6 +26,24 @@ class ValidateOptions:
 
 
 @dataclass(frozen=True)
+class ConnectionOptions:
+    """Client connection limits (None: the gateway's defaults)."""
+
+    header_timeout: float | None = None
+    body_timeout: float | None = None
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class LimitOptions:
+    """What the gateway accepts and holds (None: the gateway's defaults)."""
+
+    max_body_bytes: int | None = None
+    queue_limit: int | None = None
+    queue_timeout: float | None = None
+
+
+@dataclass(frozen=True)
 class LocalOptions:
     directory: Path
     host: str = "127.0.0.1"
@@ -36,6 +54,9 @@ class LocalOptions:
     queue_timeout: float | None = None
     work_dir: Path | None = None
     trusted_hops: int = 0
+    keys: Path | None = None
+    connections: ConnectionOptions = ConnectionOptions()
+    cgroups: bool = True
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,7 @@ class RemoteOptions:
 
     gateway: str
     output: str = "text"
+    api_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,11 @@ class GatewayOptions:
     shutdown_delay: float = 5.0
     log_level: str = "info"
     trusted_hops: int = 0
+    system_auth: bool = True
+    admin_namespace: str = "kfn-system"
+    keys: Path | None = None
+    connections: ConnectionOptions = ConnectionOptions()
+    limits: LimitOptions = LimitOptions()
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,16 @@ def local(args: argparse.Namespace) -> LocalOptions:
         raise _usage(f"{directory}: no such directory (give the directory holding your Function manifests)")
     if not directory.is_dir():
         raise _usage(f"{directory}: not a directory (give the directory holding your Function manifests)")
+    given = limits(args)
+    return LocalOptions(directory=directory, host=args.host, port=_port(args.port, "--port"),
+                        log_level=args.log_level, max_body_bytes=given.max_body_bytes,
+                        queue_limit=given.queue_limit, queue_timeout=given.queue_timeout,
+                        work_dir=Path(args.work_dir) if args.work_dir else None,
+                        trusted_hops=_hops(args.trusted_hops), keys=_keys_file(args.keys),
+                        connections=connections(args), cgroups=args.cgroups != "off")
+
+
+def limits(args: argparse.Namespace) -> LimitOptions:
     max_body: int | None = None
     if args.max_body_size is not None:
         try:
@@ -129,14 +166,49 @@ def local(args: argparse.Namespace) -> LocalOptions:
             queue_timeout = units.parse_duration(args.queue_timeout)
         except ValueError as e:
             raise _usage(f"--queue-timeout {e}") from None
-    return LocalOptions(directory=directory, host=args.host, port=_port(args.port, "--port"),
-                        log_level=args.log_level, max_body_bytes=max_body, queue_limit=args.queue_limit,
-                        queue_timeout=queue_timeout, work_dir=Path(args.work_dir) if args.work_dir else None,
-                        trusted_hops=_hops(args.trusted_hops))
+    return LimitOptions(max_body_bytes=max_body, queue_limit=args.queue_limit, queue_timeout=queue_timeout)
+
+
+def connections(args: argparse.Namespace) -> ConnectionOptions:
+    return ConnectionOptions(header_timeout=_timeout(args.header_timeout, "--header-timeout"),
+                             body_timeout=_timeout(args.body_timeout, "--body-timeout"),
+                             idle_timeout=_timeout(args.idle_timeout, "--idle-timeout"))
+
+
+def _timeout(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = units.parse_duration(value)
+    except ValueError as e:
+        raise _usage(f"{flag} {e}") from None
+    if not seconds > 0:
+        raise _usage(f"{flag} must be positive (got {value})")
+    return seconds
+
+
+def _keys_file(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise _usage(f"--keys {value}: no such file (see SECURITY.md for its format)")
+    return path
+
+
+def api_key(flag: str | None) -> str | None:
+    """--api-key, else $KFN_API_KEY; None when neither says one."""
+    key = flag if flag is not None else os.environ.get(naming.ENV_API_KEY)
+    if key is None or not key.strip():
+        return None
+    key = key.strip()
+    if any(c.isspace() or not c.isprintable() for c in key):
+        raise _usage("the API key must not contain spaces or control characters")
+    return key
 
 
 def remote(args: argparse.Namespace) -> RemoteOptions:
-    return RemoteOptions(gateway=gateway_url(args.gateway), output=args.output)
+    return RemoteOptions(gateway=gateway_url(args.gateway), output=args.output, api_key=api_key(args.api_key))
 
 
 def invoke(args: argparse.Namespace) -> InvokeOptions:
@@ -155,9 +227,12 @@ def logs(args: argparse.Namespace) -> LogsOptions:
 def gateway(args: argparse.Namespace) -> GatewayOptions:
     if args.shutdown_delay < 0:
         raise _usage(f"--shutdown-delay must be 0 or more (got {args.shutdown_delay:g})")
+    admin_namespace = args.admin_namespace or os.environ.get("POD_NAMESPACE") or "kfn-system"
     return GatewayOptions(host=args.host, port=_port(args.port, "--port"), namespaces=tuple(args.namespace),
                           default_namespace=args.default_namespace, shutdown_delay=args.shutdown_delay,
-                          log_level=args.log_level, trusted_hops=_hops(args.trusted_hops))
+                          log_level=args.log_level, trusted_hops=_hops(args.trusted_hops),
+                          system_auth=not args.no_system_auth, admin_namespace=admin_namespace,
+                          keys=_keys_file(args.keys), connections=connections(args), limits=limits(args))
 
 
 def _hops(value: int) -> int:

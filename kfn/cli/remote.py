@@ -19,7 +19,7 @@ from kfn.core.errors import CommandError
 
 def invoke(options: InvokeOptions) -> int:
     """Prints the function's response body; a non-2xx answer also goes to stderr with exit 1."""
-    client = GatewayClient(options.remote.gateway, timeout=options.timeout)
+    client = GatewayClient(options.remote.gateway, timeout=options.timeout, api_key=options.remote.api_key)
     headers = parse_headers(options.headers)
     body: bytes | None = None
     if options.data is not None:
@@ -33,6 +33,9 @@ def invoke(options: InvokeOptions) -> int:
     url_path = naming.function_url_path(urllib.parse.quote(options.name, safe=".")) + path
     response = client.request(method, url_path, body=body, headers=headers, timeout=options.timeout)
     content = response.read()
+    if response.status in (401, 403):
+        _write_body(content)
+        raise client.refused(response.status) or CommandError(f"HTTP {response.status}")
     if response.status == 404 and not client.function_exists(options.name):
         raise CommandError(f"no function named {options.name!r} (see `kfn list`)")
     _write_body(content)
@@ -87,7 +90,7 @@ def _write_body(content: bytes) -> None:
 # -- kfn list ---------------------------------------------------------------------------------------
 
 def list_functions(options: RemoteOptions) -> int:
-    client = GatewayClient(options.gateway)
+    client = GatewayClient(options.gateway, api_key=options.api_key)
     output = options.output
     status, functions = client.get_json(naming.SYSTEM_FUNCTIONS_PATH)
     if status != 200 or not isinstance(functions, list):
@@ -171,12 +174,14 @@ def _first_line(value: object) -> str:
 
 def logs(options: LogsOptions) -> int:
     """Prints a function's recent instance output; with follow, keeps printing until interrupted."""
-    client = GatewayClient(options.remote.gateway)
+    client = GatewayClient(options.remote.gateway, api_key=options.remote.api_key)
     name, follow, tail = options.name, options.follow, options.tail
     query = urllib.parse.urlencode({"tail": tail, **({"follow": "1"} if follow else {})})
     path = f"{naming.SYSTEM_LOGS_PATH}/{urllib.parse.quote(name, safe='.')}?{query}"
     # Following has no end: no read timeout then (the connection closes when kfn local stops).
     response = client.request("GET", path, timeout=None if follow else client.timeout)
+    if (error := client.refused(response.status)) is not None:
+        raise error
     if response.status == 404:
         raise CommandError(f"no function named {name!r} (see `kfn list`)")
     if response.status != 200:

@@ -29,6 +29,7 @@ DEFAULT_RUNTIME: Runtime = "python3.12"
 # Every AWS Lambda base image's ENTRYPOINT (it runs the image's runtime interface client).
 AWS_BASE_IMAGE_ENTRYPOINT = ("/lambda-entrypoint.sh",)
 PayloadFormat = Literal["2.0", "1.0"]
+AuthType = Literal["none", "key"]
 
 # Kubernetes object names that also work as DNS labels (Services need that).
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -208,6 +209,15 @@ class CorsSpec(_Model):
         return self
 
 
+class HttpAuth(_Model):
+    """Who may call the function over HTTP (checked by the gateway; see SECURITY.md)."""
+
+    type: AuthType = Field(
+        default="none",
+        description="none: anyone may call it (public). key: only callers presenting an API key of the "
+                    "function's namespace, or an admin key (Authorization: Bearer KEY, or X-Api-Key: KEY).")
+
+
 class HttpSpec(_Model):
     """How HTTP requests reach the function."""
 
@@ -217,6 +227,7 @@ class HttpSpec(_Model):
         default_factory=list,
         description="Serve the function at the root of these hosts (requests routed by their Host header).")
     cors: CorsSpec | None = Field(default=None, description="CORS answered by the gateway (preflights too).")
+    auth: HttpAuth = Field(default_factory=HttpAuth, description="Public, or only for callers with an API key.")
 
     @field_validator("hosts")
     @classmethod
@@ -581,11 +592,11 @@ class Function(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def spec_hash(self) -> str:
-        """A digest of the spec: changes whenever instances must be rolled. How its async events
-        are retried (spec.async) and what triggers it (spec.triggers) are the gateway's business
-        alone: changing them rolls nothing."""
-        blob = json.dumps(self.spec.model_dump(mode="json", exclude={"async_": True, "triggers": True}),
-                          sort_keys=True)
+        """A digest of the spec: changes whenever instances must be rolled. Who may call the
+        function (spec.http.auth), how its async events are retried (spec.async) and what
+        triggers it (spec.triggers) are the gateway's business alone: changing them rolls nothing."""
+        blob = json.dumps(self.spec.model_dump(mode="json", exclude={"http": {"auth"}, "async_": True,
+                                                                     "triggers": True}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -35,6 +35,8 @@ DEFAULT_NAMESPACE: Final = "default"
 # Where the CLI finds a gateway: --gateway, else $KFN_GATEWAY, else local mode's address.
 ENV_GATEWAY: Final = "KFN_GATEWAY"
 DEFAULT_GATEWAY_URL: Final = "http://127.0.0.1:8080"
+# The API key the CLI sends: --api-key, else $KFN_API_KEY.
+ENV_API_KEY: Final = "KFN_API_KEY"
 
 # The port every runtime listens on inside a pod, and the Service port in front of it.
 RUNTIME_PORT: Final = 8080

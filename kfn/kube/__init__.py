@@ -4,6 +4,7 @@
 - `informer`: list + watch of one kind of object, typed, with relists and backoff;
 - `pods`: what a function pod says about serving;
 - `backend`: `KubernetesBackend`, the instance backend of the gateway and the autoscaler;
+- `keys`: `SecretKeys`, the gateway's API keys from Secrets;
 - `resources`: writes as JSON patches.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from kfn.kube.backend import KubernetesBackend
 from kfn.kube.connection import configuration_problem, connect, connection_info, load_configuration
 from kfn.kube.informer import Backoff, Informer, describe
+from kfn.kube.keys import SecretKeys
 
-__all__ = ["Backoff", "Informer", "KubernetesBackend", "configuration_problem", "connect", "connection_info",
-           "describe", "load_configuration"]
+__all__ = ["Backoff", "Informer", "KubernetesBackend", "SecretKeys", "configuration_problem", "connect",
+           "connection_info", "describe", "load_configuration"]

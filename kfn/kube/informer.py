@@ -74,20 +74,24 @@ class Informer:
 
     def __init__(self, what: str, list_method: Callable[..., Any], *list_args: Any,
                  on_replace: Callable[[list[Any]], None], on_event: Callable[[str, Any], None],
-                 label_selector: str | None = None, backoff: Backoff = Backoff(),
-                 watch_timeout: int = WATCH_TIMEOUT_SECONDS) -> None:
+                 label_selector: str | None = None, field_selector: str | None = None,
+                 backoff: Backoff = Backoff(), watch_timeout: int = WATCH_TIMEOUT_SECONDS) -> None:
         self.what = what
         self._list_method = list_method
         self._list_args = list_args
         self._on_replace = on_replace
         self._on_event = on_event
         self._selector = label_selector
+        self._field_selector = field_selector
         self._backoff = backoff
         self._watch_timeout = watch_timeout
         self.synced = asyncio.Event()
 
     def _kwargs(self) -> dict[str, Any]:
-        return {"label_selector": self._selector} if self._selector else {}
+        kwargs = {"label_selector": self._selector} if self._selector else {}
+        if self._field_selector:
+            kwargs["field_selector"] = self._field_selector
+        return kwargs
 
     async def run(self) -> None:
         """Runs until cancelled. API and network errors are logged and retried with backoff;

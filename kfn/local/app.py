@@ -22,10 +22,14 @@ from aiohttp import web
 from kfn.core import naming
 from kfn.core.errors import CommandError
 from kfn.core.functions import FunctionRef
+from kfn.core.keys import InvalidKeys
+from kfn.keyfile import KeyFile
 from kfn.local.directory import ManifestDirectory
 from kfn.processes import ProcessBackend
 from kfn_autoscaler import Autoscaler
 from kfn_gateway import Gateway, GatewaySettings
+from kfn_gateway.server import make_runner
+from kfn_runtime.output import BatchedLines
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ class LocalSettings:
     port: int = 8080
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     work_dir: Path | None = None    # None: a temporary directory, removed on exit
+    keys: Path | None = None        # an API keys file (kfn.keyfile), followed while serving
+    cgroups: bool = True            # instances in cgroups where the OS allows (else process groups, rlimits)
 
 
 # -- local routes ------------------------------------------------------------------------------
@@ -74,10 +80,13 @@ class LocalRoutes:
         return web.json_response(status)
 
 
+_STDERR = BatchedLines(sys.stderr)
+
+
 def _echo(ref: FunctionRef, lines: list[str]) -> None:
-    """Instance output on kfn local's stderr, as a developer running it in a terminal expects."""
-    # One write per batch: a line-buffered stream would make a system call per line.
-    sys.stderr.write("".join(line + "\n" for line in lines))
+    """Instance output on kfn local's stderr, as a developer running it in a terminal expects:
+    in batches, a system call per batch rather than per line (every invocation adds a REPORT line)."""
+    _STDERR.write(lines)
 
 
 # -- the process -------------------------------------------------------------------------------
@@ -101,16 +110,25 @@ class LocalMode:
         exists gets a 404 while starting. Startup failures (the port in use, ...) stop whatever
         started and raise CommandError.
         """
+        keys: KeyFile | None = None
+        if self.settings.keys is not None:
+            keys = KeyFile(self.settings.keys)
+            try:
+                ring = keys.load()
+            except InvalidKeys as e:
+                raise CommandError(f"--keys: {e}", exit_code=2) from None
+            logger.info("API keys from %s: %s", self.settings.keys, ring.summary())
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
 
         backend = ProcessBackend(work_dir=self.work_dir, deps_cache=_deps_cache(),
-                                 log_files=self.work_dir is not None, on_output=self._echo)
+                                 log_files=self.work_dir is not None, on_output=self._echo,
+                                 confine=self.settings.cgroups)
         await backend.start()
         manifests = ManifestDirectory(self.directory, backend)
-        gateway = Gateway(backend, settings=self.settings.gateway)
+        gateway = Gateway(backend, settings=self.settings.gateway, keys=keys)
         runner: web.AppRunner | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -118,8 +136,7 @@ class LocalMode:
             app = gateway.make_app()   # starts the gateway with the app, and closes it on cleanup
             LocalRoutes(backend, manifests, gateway).add_to(app)
             # As kfn_gateway.server.serve does, plus a drain as long as the slowest function may take.
-            runner = web.AppRunner(app, handler_cancellation=True, access_log=None, handle_signals=False,
-                                   shutdown_timeout=_drain_timeout(backend))
+            runner = make_runner(gateway, app, handle_signals=False, shutdown_timeout=_drain_timeout(backend))
             await runner.setup()
             try:
                 await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
@@ -131,10 +148,15 @@ class LocalMode:
             autoscaler = Autoscaler(backend, gateway.metrics_source, interval=1.0, registry=gateway.registry)
             tasks = [loop.create_task(autoscaler.run(), name="kfn-autoscaler"),
                      loop.create_task(manifests.run(), name="kfn-manifests")]
+            if keys is not None:
+                tasks.append(loop.create_task(keys.run(), name="kfn-keys"))
             names = sorted(f.name for f in backend.functions())
             count = f"{len(names)} function{'s' if len(names) != 1 else ''}"
             listing = f" ({', '.join(names)})" if names else f" (no Function manifests in {self.directory} yet)"
             print(f"kfn local: serving {count} at http://{_url_host(self.host)}:{self.port}{listing}", flush=True)
+            if keys is None and self.host not in ("127.0.0.1", "::1", "localhost"):
+                print(f"kfn local: warning: listening on {self.host} without --keys: anyone who reaches it can "
+                      "list the functions and read their logs (see SECURITY.md)", file=sys.stderr, flush=True)
             problems = manifests.errors()
             if problems:
                 print(f"kfn local: {len(problems)} manifest file(s) with errors (see above, or GET /system/errors)",
@@ -149,6 +171,7 @@ class LocalMode:
             if runner is not None:
                 await runner.cleanup()       # stop accepting, wait for in-flight requests, close the gateway
             await backend.close()            # SIGTERM every instance, SIGKILL stragglers, reap all
+            _STDERR.flush()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         return 0

@@ -26,6 +26,7 @@ from kfn.core.functions import Function, FunctionRef
 from kfn.core.instances import Instance, Listener
 from kfn.processes import nodejs, plan
 from kfn.processes.code import CodeStore, Unsupported, mkdirs, unsupported
+from kfn.processes.confine import Confinement
 from kfn.processes.logs import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, LogBuffer
 from kfn.processes.supervisor import CRASHED, LOCAL_HOST, START_FAILED, UNSUPPORTED, InstanceProcess, Outcome, Settings
 from kfn_runtime.config import Config
@@ -79,7 +80,7 @@ class ProcessBackend:
                  start_timeout: float = 30.0, stop_grace: float = 5.0,
                  deregistration_delay: float = 0.5, max_backoff: float = 10.0, pip_timeout: float = 600.0,
                  log_lines: int = DEFAULT_LOG_LINES, log_bytes: int = DEFAULT_LOG_BYTES, log_files: bool = False,
-                 on_output: OutputHook | None = None) -> None:
+                 on_output: OutputHook | None = None, confine: bool = True) -> None:
         self._given_work_dir = work_dir
         self._work_dir: Path | None = None
         self._deps_cache = deps_cache
@@ -99,6 +100,8 @@ class ProcessBackend:
         self._code: CodeStore | None = None
         self._closing = False
         self._quiescing = False
+        self._confine = confine
+        self._confinement = Confinement()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -117,6 +120,9 @@ class ProcessBackend:
             self._work_dir = Path(tempfile.mkdtemp(prefix="kfn-local-"))
         self._code = CodeStore(self._work_dir, self._deps_cache or self._work_dir / "deps",
                                python=self._python, pip_timeout=self._pip_timeout)
+        if self._confine:
+            self._confinement = await asyncio.to_thread(Confinement.create, f"kfn-local-{os.getpid()}")
+            logger.info("local instances: %s", self._confinement.describe())
 
     def quiesce(self) -> None:
         """Start no instance from now on (shutdown has begun); running ones serve until `close`.
@@ -147,6 +153,7 @@ class ProcessBackend:
         for state in self._functions.values():
             state.logs.close()
         self._functions.clear()
+        await asyncio.to_thread(self._confinement.remove)
         if self._given_work_dir is None and self._work_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
 
@@ -216,13 +223,18 @@ class ProcessBackend:
         return 0 if state is None else state.desired
 
     def problem(self, ref: FunctionRef) -> str | None:
-        """Why the function cannot serve, or why its last instance failed to start; None if fine."""
+        """Why the function cannot serve, or why its last instance failed to start; None if fine,
+        or while an instance of the current version is starting (its outcome is the news)."""
         state = self._live(ref)
         if state is None:
             return None
         if state.blocked:
             return state.blocked
-        return None if state.ready_cache else state.last_failure
+        if state.ready_cache or state.last_failure is None:
+            return None
+        starting = any(p.state is plan.State.STARTING and p.version == state.version
+                       for p in state.processes.values())
+        return None if starting else state.last_failure
 
     async def scale(self, ref: FunctionRef, replicas: int, *, reason: str = "") -> None:
         state = self._live(ref)
@@ -274,6 +286,8 @@ class ProcessBackend:
                 "url": p.instance.url if p.instance is not None else None,
                 "version": p.function.code_hash(),
                 "current": p.version == state.version,
+                "memoryLimit": p.confinement.mechanism if p.confinement is not None else None,
+                "cgroup": str(p.confinement.v2) if p.confinement is not None and p.confinement.v2 else None,
                 "environments": [{"id": env.id, "pid": env.pid, "state": env.state}
                                  for env in (p.host.environments if p.host is not None else [])],
             } for p in state.processes.values()],
@@ -311,10 +325,13 @@ class ProcessBackend:
 
     def _launch(self, state: _Function) -> None:
         function = state.function
+        process_id = f"{function.name}-{next(state.counter)}"
+        group = self._confinement.instance(
+            f"{function.namespace}.{process_id}", function.spec.resources.memory_limit_mb * 1024 * 1024)
         process = InstanceProcess(
-            f"{function.name}-{next(state.counter)}", function, state.version, settings=self._settings,
-            prepare=lambda: self._prepare(state, function),
-            on_output=lambda lines: self._output(state, lines))
+            process_id, function, state.version, settings=self._settings,
+            prepare=lambda: self._prepare(state, function, group.preexec()),
+            on_output=lambda lines: self._output(state, lines), confinement=group)
         process.on_ready = lambda p: self._ready(state, p)
         state.processes[process.id] = process
         asyncio.get_running_loop().create_task(self._run(state, process), name=f"kfn-instance-{process.id}")
@@ -340,15 +357,16 @@ class ProcessBackend:
         try:
             outcome = await process.run()
         except asyncio.CancelledError:
+            state.processes.pop(process.id, None)
+            self._changed(state)
             raise
         except Exception as e:  # never let one instance take the backend down
             logger.exception("instance %s: unexpected error", process.id)
             outcome = Outcome(START_FAILED, f"instance {process.id}: {type(e).__name__}: {e}")
-        finally:
-            state.processes.pop(process.id, None)
-            self._changed(state)
+        state.processes.pop(process.id, None)
         self._record(state, process, outcome)
-        state.wake.set()
+        # After the record: listeners (the gateway) read why it ended through `problem`.
+        self._changed(state)
 
     def _record(self, state: _Function, process: InstanceProcess, outcome: Outcome) -> None:
         current = state.version == process.version
@@ -372,7 +390,7 @@ class ProcessBackend:
 
     # -- code, dependencies, environment ----------------------------------------------------------
 
-    async def _prepare(self, state: _Function, function: Function) -> tuple[
+    async def _prepare(self, state: _Function, function: Function, preexec: Callable[[], None]) -> tuple[
             Config, Callable[[Callable[[str, str], None]], InstanceHost]]:
         """The instance's configuration (code written, requirements installed) and its host builder."""
         problem = unsupported(function)
@@ -404,7 +422,7 @@ class ProcessBackend:
 
         def build(log: Callable[[str, str], None]) -> InstanceHost:
             return build_host(config, log=log, python=python, node=node or "node", path=path,
-                              node_client=NODE_CLIENT)
+                              node_client=NODE_CLIENT, preexec=preexec)
 
         return config, build
 

@@ -6,7 +6,9 @@ polling a Runtime API that this process serves on 127.0.0.1. The gateway reaches
 (`Instance.endpoint`), so a request costs one hop between processes each way.
 
 `run` reports how the instance's life ended in the `Outcome` it returns; the backend decides what
-to do about it.
+to do about it. Its processes run confined (`kfn.processes.confine`): when the instance stops,
+whatever is left of them is killed, and an invocation whose process went over the function's
+memory limit is reported as Lambda reports it, `Runtime.OutOfMemory`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,9 +26,10 @@ from dataclasses import dataclass
 from kfn.core.functions import Function
 from kfn.core.instances import Instance, Invocation, InvocationResult
 from kfn.processes.code import Unsupported
+from kfn.processes.confine import InstanceGroup
 from kfn.processes.plan import Observed, State
 from kfn_runtime.config import Config
-from kfn_runtime.host import InitFailed, InstanceHost, Rejected
+from kfn_runtime.host import InitFailed, InstanceHost, Rejected, kill_group
 from kfn_runtime.host import Invocation as HostInvocation
 
 logger = logging.getLogger(__name__)
@@ -64,11 +68,18 @@ Prepare = Callable[[], Awaitable[tuple[Config, Callable[[Callable[[str, str], No
 OutputSink = Callable[[list[str]], None]
 
 
+OUT_OF_MEMORY = "Runtime.OutOfMemory"
+
+
 class _Endpoint:
     """The gateway's in-process way into an instance host."""
 
-    def __init__(self, host: InstanceHost) -> None:
+    def __init__(self, host: InstanceHost, group: InstanceGroup | None = None,
+                 log: Callable[[str], None] = lambda line: None) -> None:
         self._host = host
+        self._group = group
+        self._log = log
+        self._oom_kills = group.oom_kills() if group is not None else 0
 
     async def invoke(self, invocation: Invocation) -> InvocationResult:
         client_context = None
@@ -84,16 +95,45 @@ class _Endpoint:
             await self._host.invoke(run)
         except Rejected as e:
             return InvocationResult(rejected=e.reason, rejection=str(e))
+        if run.function_error and run.error_type in ("Runtime.ExitError", "MemoryError"):
+            self._check_memory(run)
         return InvocationResult(
             payload=run.result, function_error=run.function_error, error_type=run.error_type,
             log_result=base64.b64encode(run.log_tail()).decode() if invocation.want_log else None)
+
+
+    def _check_memory(self, run: HostInvocation) -> None:
+        """An environment that died (the kernel's OOM kill in a cgroup) or failed to allocate (under
+        RLIMIT_DATA) because of the memory limit: say so, as Lambda does, and reset it."""
+        group = self._group
+        if group is None:
+            return
+        if run.error_type == "Runtime.ExitError":
+            kills = group.oom_kills()
+            if kills <= self._oom_kills:
+                return
+            self._oom_kills = kills
+            how = "killed by the kernel"
+        elif group.rlimit:
+            how = "out of memory (an allocation failed)"
+            env = run.env
+            if env is not None and env.pid is not None:
+                kill_group(env.pid)   # Lambda resets an environment that ran out of memory
+        else:
+            return
+        limit = group.memory_bytes // (1024 * 1024)
+        message = (f"RequestId: {run.id} Error: Runtime exited: {how}: the function exceeded its memory limit of "
+                   f"{limit} MiB (spec.resources.limits.memory)")
+        self._log(f"[kfn] {message}")
+        run.error_type = OUT_OF_MEMORY
+        run.result = json.dumps({"errorType": OUT_OF_MEMORY, "errorMessage": message}).encode()
 
 
 class InstanceProcess:
     """Supervises one local instance of one function version."""
 
     def __init__(self, id: str, function: Function, version: str, *, settings: Settings, prepare: Prepare,
-                 on_output: OutputSink) -> None:
+                 on_output: OutputSink, confinement: InstanceGroup | None = None) -> None:
         self.id = id
         self.function = function
         self.version = version
@@ -104,6 +144,7 @@ class InstanceProcess:
         self._settings = settings
         self._prepare = prepare
         self._on_output = on_output
+        self.confinement = confinement
         self._last_lines: collections.deque[str] = collections.deque(maxlen=CRASH_LOG_LINES)
         self._stop = asyncio.Event()
         self._closing = False
@@ -166,8 +207,9 @@ class InstanceProcess:
             if self.state is not State.STARTING:
                 return Outcome(STOPPED)
             self.state = State.READY
+            endpoint = _Endpoint(host, self.confinement, lambda line: self._on_output([f"[{self.id}] {line}"]))
             self.instance = Instance(function=self.function.ref, id=self.id, host=LOCAL_HOST, port=0,
-                                     capacity=self.function.spec.concurrency, endpoint=_Endpoint(host))
+                                     capacity=self.function.spec.concurrency, endpoint=endpoint)
             self.on_ready(self)
             stop = asyncio.ensure_future(self._stop.wait())
             done, _ = await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
@@ -184,6 +226,15 @@ class InstanceProcess:
         finally:
             if host is not None:
                 await asyncio.shield(host.close())
+            if self.confinement is not None:
+                await asyncio.shield(self._clean_up(self.confinement))
+
+    async def _clean_up(self, group: InstanceGroup) -> None:
+        """Kill what the instance's processes left behind (daemons that left their process group)."""
+        left = await asyncio.to_thread(group.kill)
+        if left:
+            self._on_output([f"[kfn] instance {self.id}: killed {left} process(es) its environments left running"])
+        await asyncio.to_thread(group.remove)
 
     def stop(self, *, closing: bool = False) -> bool:
         """Take the instance out of rotation now; it finishes what it runs and stops in the background.

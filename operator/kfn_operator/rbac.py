@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from kfn.core import naming
+from kfn.core.keys import ADMIN_SECRET_NAME, SECRET_NAME
 
 Rule = dict[str, Any]
 
@@ -53,7 +54,14 @@ def gateway_rules() -> list[Rule]:
         # Pods are the instances (their IPs, readiness, why they fail); `kfn logs` reads their output.
         {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        # API keys of each namespace: this one Secret only (listed and watched by metadata.name).
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET_NAME], "verbs": READ},
     ]
+
+
+def gateway_release_rules() -> list[Rule]:
+    """The gateway in its own namespace: the admin keys of /system/* (that one Secret only)."""
+    return [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [ADMIN_SECRET_NAME], "verbs": READ}]
 
 
 # Only a cluster-wide operator needs these: with --namespace, kopf's cluster scanning is off and
@@ -72,16 +80,23 @@ def _role(kind: str, name: str, rules: list[Rule], *, namespace: str | None = No
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata, "rules": rules}
 
 
-def rbac_objects(*, namespaced: bool, namespace: str = "kfn-system", prefix: str = "kfn") -> list[dict[str, Any]]:
-    """ClusterRoles (cluster-wide install) or Roles in `namespace` (namespaced install: bind one
-    per namespace the operator and gateway watch)."""
+def rbac_objects(*, namespaced: bool, namespace: str = "kfn-system", prefix: str = "kfn",
+                 release_namespace: str | None = None) -> list[dict[str, Any]]:
+    """ClusterRoles plus the gateway's Role in its own namespace `namespace` (cluster-wide
+    install), or Roles in `namespace` (namespaced install: bind one per namespace the operator
+    and gateway watch; the gateway's in `release_namespace` also reads the admin keys)."""
     out: list[dict[str, Any]] = []
     for component, rules in (("operator", operator_rules()), ("gateway", gateway_rules())):
         name = f"{prefix}-{component}"
         if namespaced:
-            out.append(_role("Role", name, [r for r in rules if not _is_cluster_scoped(r)], namespace=namespace))
+            rules = [r for r in rules if not _is_cluster_scoped(r)]
+            if component == "gateway" and namespace == release_namespace:
+                rules = rules + gateway_release_rules()
+            out.append(_role("Role", name, rules, namespace=namespace))
         else:
             out.append(_role("ClusterRole", name, rules))
+    if not namespaced:
+        out.append(_role("Role", f"{prefix}-gateway", gateway_release_rules(), namespace=namespace))
     return out
 
 

@@ -155,6 +155,7 @@ def test_default_install_renders_these_kinds(default_objects: list[Manifest]) ->
     assert kinds == sorted([
         "CustomResourceDefinition", "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
         "ClusterRole", "ClusterRoleBinding", "Deployment", "Deployment", "Service", "PodDisruptionBudget",
+        "Role", "RoleBinding", "Secret",   # the gateway's admin keys, and reading them
     ])
 
 
@@ -373,7 +374,10 @@ def test_ingress_routes_the_host_to_the_gateway_service(custom_objects: list[Man
 
 def test_optional_objects_are_off_by_default(default_objects: list[Manifest]) -> None:
     kinds = {o["kind"] for o in default_objects}
-    assert not kinds & {"Ingress", "ServiceMonitor", "PodMonitor", "Role", "RoleBinding"}
+    assert not kinds & {"Ingress", "ServiceMonitor", "PodMonitor"}
+    # The one Role of a cluster-wide install: the gateway's, for its admin keys.
+    assert [o["metadata"]["name"] for o in default_objects if o["kind"] in ("Role", "RoleBinding")] == [
+        f"{RELEASE}-gateway", f"{RELEASE}-gateway"]
 
 
 # --- Prometheus Operator objects (checked by shape: not a Kubernetes API) -----------------------------
@@ -451,9 +455,10 @@ def test_namespaced_install_has_exactly_the_operator_module_rules_in_each_namesp
     for namespace in CUSTOM_NAMESPACES:
         expected |= _rbac_by_key(rbac.rbac_objects(namespaced=True, namespace=namespace, prefix=RELEASE))
     # The operator's also in the release namespace: its Lease and the gateway replicas it scrapes are there.
-    expected |= {key: rules for key, rules in _rbac_by_key(
-        rbac.rbac_objects(namespaced=True, namespace=NAMESPACE, prefix=RELEASE)).items()
-        if key[0] == "Role" and key[2] == f"{RELEASE}-operator"}
+    # Both components also act in the release namespace: the operator's Lease and the gateway
+    # replicas it scrapes are there, and the gateway's admin keys.
+    expected |= _rbac_by_key(rbac.rbac_objects(namespaced=True, namespace=NAMESPACE, prefix=RELEASE,
+                                               release_namespace=NAMESPACE))
     assert _rbac_by_key(custom_objects) == expected
 
 
@@ -473,6 +478,68 @@ def test_every_role_is_bound_to_its_components_service_account_only(objects: lis
         assert spec["serviceAccountName"] in accounts
 
 
+# --- the gateway's admin keys -----------------------------------------------------------------------
+
+def _args(objects: list[Manifest]) -> list[str]:
+    return container(objects, f"{RELEASE}-gateway")["args"]
+
+
+def test_the_chart_creates_an_admin_key_and_the_gateway_requires_it_for_the_system_paths(
+        default_objects: list[Manifest]) -> None:
+    import base64
+
+    secret = find(default_objects, "Secret", "kfn-admin-keys")
+    key = base64.b64decode(secret["data"]["admin"]).decode()
+    assert len(key) >= 16 and key.isalnum()
+    args = _args(default_objects)
+    assert "--no-system-auth" not in args
+    assert f"--admin-namespace={NAMESPACE}" in args
+
+
+def test_a_given_admin_key_is_the_one_in_the_secret(helm: Path, tmp_path: Path) -> None:
+    import base64
+
+    values = tmp_path / "values.yaml"
+    values.write_text("gateway: {auth: {adminKey: my-own-admin-key-0123456789}}\n")
+    secret = find(render(helm, values), "Secret", "kfn-admin-keys")
+    assert base64.b64decode(secret["data"]["admin"]).decode() == "my-own-admin-key-0123456789"
+
+
+@pytest.mark.parametrize(("values", "secret", "flag"), [
+    ("gateway: {auth: {system: false}}", False, True),
+    ("gateway: {auth: {existingSecret: true}}", False, False),
+])
+def test_the_admin_key_secret_can_be_left_out(helm: Path, tmp_path: Path, values: str, secret: bool,
+                                              flag: bool) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(values + "\n")
+    objects = render(helm, path)
+    assert bool(of_kind(objects, "Secret")) == secret
+    assert ("--no-system-auth" in _args(objects)) == flag
+
+
+def test_a_short_admin_key_is_refused(helm: Path, tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text("gateway: {auth: {adminKey: short}}\n")
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--values", str(path))
+    assert result.returncode != 0
+    assert "adminKey" in result.stderr
+
+
+def test_the_gateway_gets_the_timeouts_of_the_values(default_objects: list[Manifest]) -> None:
+    args = _args(default_objects)
+    assert {"--header-timeout=15s", "--body-timeout=60s", "--idle-timeout=75s"} <= set(args)
+
+
+def test_the_gateway_may_read_only_the_key_secrets_by_name(objects: list[Manifest]) -> None:
+    for role in (o for o in objects if o["kind"] in ("Role", "ClusterRole")):
+        for rule in role["rules"]:
+            if "secrets" in rule["resources"]:
+                assert role["metadata"]["name"] == f"{RELEASE}-gateway"
+                assert set(rule["resourceNames"]) <= {"kfn-api-keys", "kfn-admin-keys"}
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}
+
+
 # --- what `helm install` prints ---------------------------------------------------------------------
 
 def test_install_notes_tell_how_to_reach_the_gateway_on_kind_and_apply_hello(helm: Path) -> None:
@@ -483,3 +550,4 @@ def test_install_notes_tell_how_to_reach_the_gateway_on_kind_and_apply_hello(hel
     assert "export KFN_GATEWAY=http://localhost:8080" in notes
     assert "kubectl apply -f examples/hello.yaml" in notes
     assert '"$KFN_GATEWAY/function/hello' in notes
+    assert "export KFN_API_KEY=$(kubectl -n kfn-system get secret kfn-admin-keys" in notes

@@ -144,6 +144,8 @@ def release(index_url: str) -> platform.Release:
     host = index_url.split("/")[2]
     release = platform.Release(f"kfn-{platform.RUN_ID}", namespace, {
         "functions": {"pip": {"indexUrl": index_url, "trustedHosts": [host.split(":")[0]]}},
+        # Requests held for a cold start may wait out an API server restart (test_apiserver_restart.py).
+        "gateway": {"queue": {"timeout": "120s"}},
     })
     seconds = release.install()
     platform.record("helm install --wait (CRD, operator, 2 gateways)", seconds, "s")

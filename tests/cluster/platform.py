@@ -514,6 +514,64 @@ def deployment_replicas(name: str, namespace: str) -> int | None:
     return None if deployment is None else int(deployment["spec"].get("replicas") or 0)
 
 
+# -- the API server ----------------------------------------------------------------------------------
+
+REALK8S = Path(os.environ.get("REALK8S", "/var/lib/realk8s"))
+REALK8S_RUN = Path(os.environ.get("REALK8S_RUN", "/run/realk8s"))
+
+
+class ApiServer:
+    """realk8s' kube-apiserver, stopped and started again the way realk8s' `up` starts it
+    (../shared/realk8s/up: `setsid nohup sh -c 'echo $$ > PIDFILE; exec CMD...'`, appending to
+    its log), so realk8s' own `down` still finds and stops it afterwards."""
+
+    def __init__(self) -> None:
+        self.pidfile = REALK8S_RUN / "pids" / "kube-apiserver.pid"
+        self.log = REALK8S / "logs" / "kube-apiserver.log"
+
+    def pid(self) -> int:
+        return int(self.pidfile.read_text().strip())
+
+    def command(self) -> list[str]:
+        """The running API server's command line, argument for argument."""
+        return Path(f"/proc/{self.pid()}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+
+    def stop(self, *, timeout: float = 60) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; returns once the process is gone."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists():
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.1)
+
+    def start(self, command: list[str]) -> None:
+        """Start `command` as `up` does; detached (not a child of the test), with its pid file."""
+        launcher = ('p=$1; l=$2; shift 2; setsid nohup sh -c \'echo $$ > "$0"; exec "$@"\' "$p" "$@" '
+                    '>>"$l" 2>&1 </dev/null &')
+        run(["sh", "-c", launcher, "sh", str(self.pidfile), str(self.log), *command], timeout=30)
+
+    def wait_ready(self, *, timeout: float = 120) -> None:
+        wait_until("the API server's /readyz", lambda: kubectl("get", "--raw", "/readyz", check=False,
+                                                                timeout=10).stdout.strip() == "ok",
+                   timeout=timeout, interval=0.5)
+
+
+def queued(gateway_urls: list[str], name: str, namespace: str) -> float:
+    """Requests the gateway replicas hold in their queues for a function (their /metrics)."""
+    total = 0.0
+    for base in gateway_urls:
+        with contextlib.suppress(OSError):
+            for line in http_get(base + "/metrics", timeout=5).text.splitlines():
+                if line.startswith("kfn_gateway_queue_depth{") and f'function="{name}"' in line \
+                        and f'namespace="{namespace}"' in line:
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 # -- the chart ---------------------------------------------------------------------------------------
 
 RELEASES: list[Release] = []           # every release of the session, uninstalled at its end
@@ -530,6 +588,7 @@ class Release:
         self.installed = False
         self.install_seconds: float | None = None
         self._gateway: str | None = None
+        self._admin_key: str | None = None
 
     # The chart's names: the release name contains "kfn", so the full name is the release name.
     @property
@@ -579,6 +638,21 @@ class Release:
             self._gateway = f"http://127.0.0.1:{service['spec']['ports'][0]['nodePort']}"
         return self._gateway
 
+    @property
+    def admin_key(self) -> str:
+        """The admin key of /system/* (the chart generated it into the Secret kfn-admin-keys)."""
+        if self._admin_key is None:
+            import base64
+
+            secret = get("secret", "kfn-admin-keys", namespace=self.namespace)
+            assert secret is not None, f"no admin key Secret in {self.namespace}"
+            self._admin_key = base64.b64decode(secret["data"]["admin"]).decode()
+        return self._admin_key
+
+    def system_headers(self) -> dict[str, str]:
+        """What a request to /system/* needs: the admin key."""
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
     def gateway_pod_urls(self) -> list[str]:
         """Each ready gateway replica directly on its pod IP (the host reaches pod IPs)."""
         port = (self.values.get("gateway") or {}).get("port", 8080)
@@ -600,11 +674,13 @@ class Release:
         path = "/system/functions/" + cli_name(name, namespace)
         for base in self.gateway_pod_urls():
             wait_until(f"gateway {base} to know {namespace}/{name}",
-                       lambda base=base: http_get(base + path, timeout=5).status == 200, timeout=timeout, interval=0.1)
+                       lambda base=base: http_get(base + path, timeout=5, headers=self.system_headers()).status == 200,
+                       timeout=timeout, interval=0.1)
 
     def kfn(self, *args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
         """The kfn command line against this release's gateway."""
-        return run([KFN, *args], timeout=timeout, check=check, env={"KFN_GATEWAY": self.gateway})
+        return run([KFN, *args], timeout=timeout, check=check,
+                   env={"KFN_GATEWAY": self.gateway, "KFN_API_KEY": self.admin_key})
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -26,4 +26,15 @@ def test_operator_and_gateways_are_ready_without_restarts(release: Release) -> N
 def test_the_gateway_answers_on_its_node_port(release: Release) -> None:
     answer = platform.http_get(release.gateway + "/healthz", timeout=5)
     assert answer.status == 200, answer.text
-    assert platform.http_get(release.gateway + "/system/functions", timeout=5).status == 200
+    assert platform.http_get(release.gateway + "/system/functions", timeout=5,
+                             headers=release.system_headers()).status == 200
+
+
+def test_the_system_paths_need_the_admin_key_the_chart_generated(release: Release) -> None:
+    refused = platform.http_get(release.gateway + "/system/functions", timeout=5)
+    assert refused.status == 401, refused.text
+    assert refused.json() == {"message": "Unauthorized"}
+    wrong = platform.http_get(release.gateway + "/system/functions", timeout=5,
+                              headers={"Authorization": "Bearer not-the-admin-key-0123456789"})
+    assert wrong.status == 401
+    assert len(release.admin_key) >= 16

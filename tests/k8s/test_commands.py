@@ -59,27 +59,55 @@ async def test_kfn_operator_reconciles_and_stops_cleanly_on_sigterm(cluster, tmp
         assert await asyncio.wait_for(process.wait(), 20) == 0, (tmp_path / "operator.log").read_text()
 
 
-async def test_kfn_gateway_serves_the_functions_of_the_cluster(cluster, tmp_path) -> None:
+async def test_kfn_gateway_serves_the_functions_of_the_cluster_to_the_admin_key_of_its_secret(
+        cluster, tmp_path) -> None:
+    import base64
+
+    admin_key = "admin-key-from-the-secret-0123"
     async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json=HELLO) as r:
         assert r.status == 201
+    async with cluster.post("/api/v1/namespaces/kfn-system/secrets", json={
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kfn-admin-keys", "namespace": "kfn-system"},
+            "data": {"admin": base64.b64encode(admin_key.encode()).decode()}}) as r:
+        assert r.status == 201
     port = free_port()
-    async with kfn(cluster, tmp_path, "gateway", "--host", "127.0.0.1", "--port", str(port)) as process, \
-            aiohttp.ClientSession() as session:
-        async def listed() -> list[str] | None:
+    async with kfn(cluster, tmp_path, "gateway", "--host", "127.0.0.1", "--port", str(port),
+                   "--admin-namespace", "kfn-system") as process, aiohttp.ClientSession() as session:
+        async def listed(headers: dict[str, str]) -> tuple[int, list[str] | None] | None:
             try:
-                async with session.get(f"http://127.0.0.1:{port}{naming.SYSTEM_FUNCTIONS_PATH}") as r:
-                    return [f.get("name") for f in await r.json()] if r.status == 200 else None
+                async with session.get(f"http://127.0.0.1:{port}{naming.SYSTEM_FUNCTIONS_PATH}",
+                                       headers=headers) as r:
+                    return r.status, ([f.get("name") for f in await r.json()] if r.status == 200 else None)
             except aiohttp.ClientConnectionError:
                 return None
 
+        answer = None
         for _ in range(150):
-            names = await listed()
-            if names is not None or process.returncode is not None:
+            answer = await listed({"Authorization": f"Bearer {admin_key}"})
+            if (answer is not None and answer[0] == 200) or process.returncode is not None:
                 break
             await asyncio.sleep(0.1)
-        assert names == ["hello"], (tmp_path / "gateway.log").read_text()
+        assert answer == (200, ["hello"]), (tmp_path / "gateway.log").read_text()
+        assert await listed({}) == (401, None)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0, (tmp_path / "gateway.log").read_text()
+
+
+async def test_kfn_gateway_with_no_system_auth_serves_the_system_paths_to_anyone(cluster, tmp_path) -> None:
+    port = free_port()
+    async with kfn(cluster, tmp_path, "gateway", "--host", "127.0.0.1", "--port", str(port),
+                   "--no-system-auth") as process, aiohttp.ClientSession() as session:
+        status = None
+        for _ in range(150):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{naming.SYSTEM_FUNCTIONS_PATH}") as r:
+                    status = r.status
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+        assert status == 200, (tmp_path / "gateway.log").read_text()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
 
 
 async def test_kfn_operator_rejects_a_malformed_runtime_image_flag(cluster, tmp_path) -> None:

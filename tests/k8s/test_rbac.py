@@ -7,7 +7,7 @@ import yaml
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
-from kfn.kube import KubernetesBackend, connect
+from kfn.kube import KubernetesBackend, SecretKeys, connect
 from kfn_operator import rbac
 from kfn_operator.config import OperatorConfig
 from tests.k8s import kube
@@ -75,7 +75,9 @@ async def test_the_operator_needs_nothing_beyond_its_rules(cluster) -> None:
 async def test_the_gateway_needs_nothing_beyond_its_rules(cluster) -> None:
     api = await connect()
     backend = KubernetesBackend(api)
+    keys = SecretKeys(api, admin_namespace="kfn-system", sync_timeout=5)
     try:
+        await keys.start()
         async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json={
             "apiVersion": naming.API_VERSION, "kind": naming.KIND,
             "metadata": {"name": "hello", "namespace": "default"},
@@ -93,11 +95,18 @@ async def test_the_gateway_needs_nothing_beyond_its_rules(cluster) -> None:
         await kube.wait_for(lambda: backend.function(FunctionRef("default", "hello")), what="the function")
         await backend.scale(FunctionRef("default", "hello"), 1)
     finally:
+        await keys.close()
         await backend.close()
         await api.close()
     made = calls(cluster)
     assert ("apps", "deployments/scale", "patch") in made
-    assert sorted(c for c in made if not allowed(rbac.gateway_rules(), c)) == []
+    assert ("", "secrets", "list") in made
+    assert sorted(c for c in made if not allowed(rbac.gateway_rules() + rbac.gateway_release_rules(), c)) == []
+    # Secrets only by name: RBAC's resourceNames allow a list or watch with that metadata.name only.
+    selectors = {r.params.get("fieldSelector") for r in cluster.served
+                 if r.resource is not None and r.resource.plural == "secrets"
+                 and not r.headers.get("User-Agent", "").startswith("kmock/")}
+    assert selectors == {"metadata.name=kfn-api-keys", "metadata.name=kfn-admin-keys"}
 
 
 def test_the_gateway_cannot_write_anything_but_the_scale_subresource() -> None:
@@ -106,19 +115,26 @@ def test_the_gateway_cannot_write_anything_but_the_scale_subresource() -> None:
     assert [r["resources"] for r in rbac.gateway_rules() if "patch" in r["verbs"]] == [["deployments/scale"]]
 
 
-def test_no_rule_grants_wildcards_or_secrets() -> None:
-    for rule in rbac.operator_rules() + rbac.gateway_rules():
+def test_no_rule_grants_wildcards_or_secrets_beyond_the_key_secrets_by_name() -> None:
+    for rule in rbac.operator_rules() + rbac.gateway_rules() + rbac.gateway_release_rules():
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
-        assert "secrets" not in rule["resources"]
+        if "secrets" in rule["resources"]:
+            assert rule["resources"] == ["secrets"]
+            assert rule["resourceNames"] in (["kfn-api-keys"], ["kfn-admin-keys"])
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}
+    assert not any("secrets" in rule["resources"] for rule in rbac.operator_rules())
 
 
 def test_the_rendered_yaml_holds_cluster_roles_or_namespaced_roles() -> None:
     cluster_wide = list(yaml.safe_load_all(rbac.render_rbac_yaml(namespaced=False)))
     assert [(o["kind"], o["metadata"]["name"]) for o in cluster_wide] == [
-        ("ClusterRole", "kfn-operator"), ("ClusterRole", "kfn-gateway")]
+        ("ClusterRole", "kfn-operator"), ("ClusterRole", "kfn-gateway"), ("Role", "kfn-gateway")]
+    assert cluster_wide[2]["rules"] == rbac.gateway_release_rules()
     assert cluster_wide[0]["rules"] == rbac.operator_rules()
 
     namespaced = list(yaml.safe_load_all(rbac.render_rbac_yaml(namespaced=True, namespace="team-a")))
+    assert all("secrets" not in r["resources"] or r["resourceNames"] == ["kfn-api-keys"]
+               for o in namespaced for r in o["rules"])
     assert [(o["kind"], o["metadata"]["name"], o["metadata"]["namespace"]) for o in namespaced] == [
         ("Role", "kfn-operator", "team-a"), ("Role", "kfn-gateway", "team-a")]
     resources = {res for o in namespaced for r in o["rules"] for res in r["resources"]}

@@ -170,27 +170,34 @@ async def test_an_instance_slower_than_the_function_timeout_is_504_json() -> Non
         assert status == 200 and seen["instance"] == instance.id
 
 
-async def test_a_client_disconnecting_mid_request_releases_its_slot(transport: str = "http") -> None:
+async def test_a_client_disconnecting_mid_request_keeps_its_slot_until_the_instance_finishes(
+        transport: str = "http") -> None:
     functions = ControlledFunctions()
     backend = FakeBackend.of(transport, make_function("hello", concurrency=1), fn=functions)
     async with backend, running_gateway(backend) as gw:
         instance = await backend.add_instance("hello")
         _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        writer.write(b"GET /function/hello/hold/never HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /function/hello/hold/slow HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         await eventually(lambda: functions.held(instance.id) == 1)
         assert gw.gateway.stats(ref("hello")).in_flight == 1
         writer.close()
         await writer.wait_closed()
+        # The request is no longer the gateway's (not counted as load) ...
         await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
-        # The invocation was cancelled too, and the single slot serves the next request.
-        await eventually(lambda: functions.cancelled == [(instance.id, "/hold/never")])
-        status, _, _ = await gw.json("GET", "/function/hello/quick")
+        # ... but the instance still runs it (as Lambda does): its only slot stays taken, so the
+        # next request waits for it instead of being sent to a busy instance.
+        nxt = asyncio.ensure_future(gw.json("GET", "/function/hello/quick"))
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 1)
+        assert functions.cancelled == []
+        functions.release("slow")
+        status, _, _ = await nxt
         assert status == 200
+        assert functions.finished == [(instance.id, "/hold/slow"), (instance.id, "/quick")]
 
 
-async def test_a_client_disconnecting_mid_request_cancels_an_in_process_invocation() -> None:
-    await test_a_client_disconnecting_mid_request_releases_its_slot("in-process")
+async def test_a_client_leaving_keeps_an_in_process_slot_until_the_instance_finishes() -> None:
+    await test_a_client_disconnecting_mid_request_keeps_its_slot_until_the_instance_finishes("in-process")
 
 
 async def test_a_request_whose_client_left_is_counted_as_499() -> None:
@@ -241,10 +248,11 @@ async def test_a_client_disconnecting_mid_upload_is_not_an_instance_failure() ->
         writer.write(b"POST /function/hello/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
         writer.write(b"u" * (1024 * 1024))
         await writer.drain()
-        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 1)
+        await eventually(lambda: ref("hello") in gw.gateway._routes)   # the gateway reads the body
+        # An upload is not load: no instance is busy with it (the autoscaler must not scale on it).
+        assert gw.gateway.stats(ref("hello")).in_flight == 0
         writer.close()
         await writer.wait_closed()
-        await eventually(lambda: gw.gateway.stats(ref("hello")).in_flight == 0)
         assert backend.failures == []
         assert (await gw.json("GET", "/function/hello"))[0] == 200
     assert [path for _, path in functions.arrivals] == ["/"]
@@ -266,10 +274,12 @@ async def test_without_handler_cancellation_an_abandoned_upload_still_frees_ever
             _reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"POST /function/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
             await writer.drain()
-            await eventually(lambda: gateway.stats(ref("hello")).in_flight == 1)
+            await eventually(lambda: ref("hello") in gateway._routes)   # the gateway reads the body
             writer.close()
             await writer.wait_closed()
-            await eventually(lambda: gateway.stats(ref("hello")).in_flight == 0)
+            # The handler noticed: the abandoned request was answered (counted) and nothing is held.
+            await eventually(lambda: gateway.stats(ref("hello")).invocations == 1)
+            assert gateway.stats(ref("hello")).in_flight == 0
             assert backend.failures == []
         finally:
             await runner.cleanup()

@@ -11,7 +11,16 @@ import pytest
 from kfn_gateway.routing import Unavailable
 from kfn_gateway.server import Gateway, GatewaySettings
 
-from .fakes import TRANSPORTS, ControlledFunctions, FakeBackend, eventually, make_function, ref, running_gateway
+from .fakes import (
+    TRANSPORTS,
+    ControlledFunctions,
+    FakeBackend,
+    ScaleCall,
+    eventually,
+    make_function,
+    ref,
+    running_gateway,
+)
 
 
 async def test_a_request_reaches_an_instance_of_the_function_it_names() -> None:
@@ -186,6 +195,55 @@ async def test_a_failing_scale_call_answers_503_at_once() -> None:
     assert status == 503
     assert "quota exceeded" in body["error"]
     assert "Retry-After" in headers
+
+
+async def test_waiting_requests_get_503_with_the_reason_as_soon_as_the_backend_knows_why_no_instance_starts() -> None:
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    async with backend, running_gateway(backend, settings=GatewaySettings(queue_timeout=60)) as gw:
+        waiting = [asyncio.ensure_future(gw.json("GET", "/function/hello")) for _ in range(3)]
+        await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 3)
+        backend.problems[ref("hello")] = "ImportError: no module named 'missing'"
+        backend._notify(ref("hello"))   # the backend's listener call after a failed start
+        answers = await asyncio.gather(*waiting)
+    for status, body, headers in answers:
+        assert status == 503
+        assert "no module named 'missing'" in body["error"]
+        assert headers["Retry-After"] == "1"
+
+
+async def test_a_request_to_a_function_that_cannot_start_fails_at_once_and_still_asks_for_an_instance() -> None:
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    backend.problems[ref("hello")] = "pod hello-1: container function CrashLoopBackOff"
+    async with backend, running_gateway(backend, settings=GatewaySettings(queue_timeout=60)) as gw:
+        status, body, headers = await gw.json("GET", "/function/hello")
+        assert status == 503 and "CrashLoopBackOff" in body["error"] and "Retry-After" in headers
+        # The demand is not lost: the backend keeps being asked for an instance (and retries).
+        await eventually(lambda: len(backend.scale_calls) == 1)
+        backend.problems.clear()
+        await backend.add_instance("hello")
+        assert (await gw.json("GET", "/function/hello"))[0] == 200
+
+
+class UnreachableApi(FakeBackend):
+    """A backend whose first `unreachable` scale calls are lost (its API is down), as
+    KubernetesBackend's are: logged, not raised."""
+
+    unreachable = 2
+
+    async def scale(self, name, replicas: int, *, reason: str = "") -> None:  # type: ignore[no-untyped-def]
+        if self.unreachable > 0:
+            self.unreachable -= 1
+            self.scale_calls.append(ScaleCall(ref(name).name, replicas, reason))
+            return
+        await super().scale(name, replicas, reason=reason)
+
+
+async def test_a_scale_from_zero_the_backend_lost_is_asked_again_while_requests_wait() -> None:
+    backend = UnreachableApi(make_function("hello"))
+    async with backend, running_gateway(backend, settings=GatewaySettings(queue_timeout=60)) as gw:
+        status, _, _ = await gw.json("GET", "/function/hello")
+    assert status == 200
+    assert [call.replicas for call in backend.scale_calls] == [1, 1, 1]
 
 
 async def test_an_unknown_function_is_404_json() -> None:

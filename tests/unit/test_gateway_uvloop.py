@@ -32,8 +32,8 @@ SCENARIOS: dict[str, Scenario] = {
     "refused-connection": failures.test_an_instance_refusing_connections_is_skipped_and_the_request_retried,
     "dying-instance": failures.test_an_instance_dying_mid_invocation_is_502_and_reported_and_never_retried,
     "slow-instance": failures.test_an_instance_slower_than_the_function_timeout_is_504_json,
-    "client-disconnect": failures.test_a_client_disconnecting_mid_request_releases_its_slot,
-    "client-disconnect-in-process": failures.test_a_client_disconnecting_mid_request_cancels_an_in_process_invocation,
+    "client-disconnect": failures.test_a_client_disconnecting_mid_request_keeps_its_slot_until_the_instance_finishes,
+    "client-disconnect-in-process": failures.test_a_client_leaving_keeps_an_in_process_slot_until_the_instance_finishes,
     "rejected": functools.partial(
         failures.test_a_request_a_draining_or_loading_instance_turned_away_goes_to_another_instance,
         "draining", "http"),

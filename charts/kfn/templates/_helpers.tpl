@@ -54,10 +54,9 @@ live and where it finds the gateway replicas to scrape.
 */}}
 {{- define "kfn.roleNamespaces" -}}
 {{- $root := index . 0 -}}
-{{- $namespaces := list -}}
-{{- if eq (index . 1) "operator" -}}
-{{- $namespaces = append $namespaces $root.Release.Namespace -}}
-{{- end -}}
+{{- /* Both components also act in the release namespace: the operator's Lease and the gateway
+replicas it scrapes are there, and the gateway's admin keys Secret. */ -}}
+{{- $namespaces := list $root.Release.Namespace -}}
 {{- range $root.Values.watchNamespaces -}}
 {{- $namespaces = append $namespaces . -}}
 {{- end -}}

@@ -13,7 +13,9 @@ cold start; an init error reaches the host through the Runtime API, as on Lambda
 (spec.image), whose entrypoint runs unchanged under `contract.LAUNCHER`. The two talk through
 FIFOs in a shared directory; the pod shares one process namespace, so the host kills by PID.
 
-Environments run in process groups of their own, so what a handler starts dies with it.
+Environments run in process groups of their own, so what a handler starts dies with it. A
+platform may also give the spawners a `preexec` hook, run in each process it starts before exec
+(kfn local puts an instance's processes into its cgroup that way).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from kfn_runtime.host import Environment, InitFailed, InstanceHost, kill_group, 
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 ENV_CONTROL_FD = "KFN_CONTROL_FD"
 STOP_GRACE = 3.0
@@ -55,11 +57,12 @@ class ZygoteSpawner:
     """Forks environments from one process that has initialised the function."""
 
     def __init__(self, *, python: str = sys.executable, env: dict[str, str], cwd: str,
-                 python_flags: Sequence[str] = ("-S",)) -> None:
+                 python_flags: Sequence[str] = ("-S",), preexec: Callable[[], None] | None = None) -> None:
         self._python = python
         self._env = env
         self._cwd = cwd
         self._flags = tuple(python_flags)
+        self._preexec = preexec
         self._process: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self._buffer = b""
@@ -86,7 +89,7 @@ class ZygoteSpawner:
             self._process = await asyncio.create_subprocess_exec(
                 self._python, *self._flags, "-m", "kfn_runtime.zygote", env=env, cwd=self._cwd,
                 stdin=asyncio.subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
-                pass_fds=(theirs.fileno(),), start_new_session=True)
+                pass_fds=(theirs.fileno(),), start_new_session=True, preexec_fn=self._preexec)
         except OSError as e:
             os.close(read_fd)
             if not os.path.isdir(self._cwd):  # noqa: ASYNC240 - a failure path, once
@@ -217,10 +220,12 @@ def _init_error(word: str) -> tuple[str, bytes | None]:
 class CommandSpawner:
     """Starts `command` once per environment, with the Runtime API's address in its environment."""
 
-    def __init__(self, command: Sequence[str], *, env: dict[str, str], cwd: str) -> None:
+    def __init__(self, command: Sequence[str], *, env: dict[str, str], cwd: str,
+                 preexec: Callable[[], None] | None = None) -> None:
         self._command = list(command)
         self._env = env
         self._cwd = cwd
+        self._preexec = preexec
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._watches: set[asyncio.Task[None]] = set()
 
@@ -234,7 +239,7 @@ class CommandSpawner:
                 *self._command, env=dict(self._env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{env.port}",
                                          AWS_LAMBDA_LOG_STREAM_NAME=log_stream_name(host.config.version)),
                 cwd=self._cwd, stdin=asyncio.subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=self._preexec)
         except OSError:
             os.close(read_fd)
             raise

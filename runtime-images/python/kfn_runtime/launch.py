@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 
 
 def build_host(config: Config, *, log: Callable[[str, str], None] | None = None, python: str = sys.executable,
-               node: str = "node", path: str | None = None, node_client: str | None = None) -> InstanceHost:
-    """An InstanceHost for `config` (not started yet)."""
+               node: str = "node", path: str | None = None, node_client: str | None = None,
+               preexec: Callable[[], None] | None = None) -> InstanceHost:
+    """An InstanceHost for `config` (not started yet); `preexec` runs in every process it starts
+    (before exec), where the platform confines them."""
     host_config = HostConfig(function_name=config.function_name, namespace=config.namespace,
                              version=config.function_version, timeout=config.timeout, concurrency=config.concurrency,
                              memory_mb=config.memory_mb, region=config.region, idle_timeout=config.idle_timeout,
@@ -38,14 +40,14 @@ def build_host(config: Config, *, log: Callable[[str, str], None] | None = None,
         spawner: object = ExternalSpawner(config.environments_dir, slots=config.concurrency,
                                           function_version=config.function_version)
     elif config.command is not None:
-        spawner = CommandSpawner(config.command, env=env, cwd=config.code_dir)
+        spawner = CommandSpawner(config.command, env=env, cwd=config.code_dir, preexec=preexec)
     elif config.runtime.startswith("nodejs"):
         # Requirements for Node.js are node_modules beside the code or in the deps directory.
         env["NODE_PATH"] = os.path.join(config.deps_dir, "node_modules")
         client = node_client or os.path.join(config.runtime_dir, NODE_CLIENT)
-        spawner = CommandSpawner([node, client], env=env, cwd=config.code_dir)
+        spawner = CommandSpawner([node, client], env=env, cwd=config.code_dir, preexec=preexec)
     else:
         env[contract.ENV_DEPS_DIR] = config.deps_dir
         env["PYTHONPATH"] = config.runtime_dir
-        spawner = ZygoteSpawner(python=python, env=env, cwd=config.code_dir)
+        spawner = ZygoteSpawner(python=python, env=env, cwd=config.code_dir, preexec=preexec)
     return InstanceHost(host_config, spawner, log=log)  # type: ignore[arg-type]
