@@ -89,10 +89,16 @@ async def test_a_consumer_killed_mid_delivery_loses_nothing(backend: Backend, tm
         for invocation_id in ids:
             await store.accept(FN, b"{}", invocation_id)
         log = tmp_path / "deliveries.log"
-        first = Worker(backend, log, work=0.1, concurrency=4)
+        first = Worker(backend, log, work=0.3, concurrency=4)
         first.start()
+
+        def mid_delivery() -> bool:
+            done = lines(log, "done")
+            return len(done) >= 8 and bool(set(lines(log, "start")) - set(done))
+
         try:
-            wait_for(lambda: len(lines(log, "done")) >= 8, timeout=30, what="8 deliveries before the kill")
+            # Killed while a delivery has started and not finished (each takes 0.3 s), not between claims.
+            wait_for(mid_delivery, timeout=30, what="8 deliveries and one in progress before the kill")
         finally:
             first.kill()
         interrupted = len(set(lines(log, "start")) - set(lines(log, "done")))
