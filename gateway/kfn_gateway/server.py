@@ -37,10 +37,12 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kfn.core import naming
+from kfn.core.asyncpolicy import MAX_ASYNC_PAYLOAD_BYTES
 from kfn.core.functions import CorsSpec, Function, FunctionRef
 from kfn.core.instances import Instance, InstanceBackend, Invocation, InvocationResult
 from kfn.core.keys import ApiKey, KeySource, StaticKeys
 from kfn.core.scaling import MetricsSource
+from kfn.events.store import AcceptOptions, EventStore, StoreUnavailable
 from kfn_gateway import apigateway, cors
 from kfn_gateway.auth import AuthError, Scope, authenticate, credential_headers
 from kfn_gateway.connections import (
@@ -92,6 +94,7 @@ class GatewaySettings:
     body_timeout: float = DEFAULT_BODY_TIMEOUT       # a request body must arrive within this (408)
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT       # an idle client connection is closed after this
     system_auth: bool = False       # /system/* needs an admin key (kfn gateway: on by default)
+    max_async_payload_bytes: int = MAX_ASYNC_PAYLOAD_BYTES  # an asynchronous invocation's event (Lambda: 1 MB)
 
     def connection_limits(self) -> ConnectionLimits:
         return ConnectionLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
@@ -102,9 +105,12 @@ class Gateway:
     """Routes invocations to a backend's instances; see the module docstring for the URLs."""
 
     def __init__(self, backend: InstanceBackend, *, settings: GatewaySettings = GatewaySettings(),
-                 registry: CollectorRegistry | None = None, keys: KeySource | None = None) -> None:
+                 registry: CollectorRegistry | None = None, keys: KeySource | None = None,
+                 events: EventStore | None = None) -> None:
         self.backend = backend
         self.settings = settings
+        # Where asynchronous invocations are stored (kfn.events); None: this gateway takes none (503).
+        self.events = events
         self.keys: KeySource = keys if keys is not None else StaticKeys()
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics = GatewayMetrics(self.registry)
@@ -231,6 +237,35 @@ class Gateway:
                 self._client.close_idle(instance)
         if route.metrics.held == 0 and self.backend.function(ref) is None:
             del self._routes[ref]
+
+    # -- asynchronous invocations ----------------------------------------------------------------
+
+    async def accept_event(self, function: Function, payload: bytes, *, invocation_id: str,
+                           callback_url: str | None = None) -> str:
+        """Store an asynchronous invocation of `function` durably; returns its invocation id.
+
+        Returns only once the event store holds the event (the caller may then answer 202), as
+        long as the store takes (JetStream: its publish timeout and retries). An id already
+        stored is accepted again without storing anything new, with the same answer, so a caller
+        retrying after a failure or a timeout gets one event. Counts nothing: the caller answers.
+
+        Raises GatewayError: 503 when this gateway has no event store or the store did not
+        confirm (the event may or may not be stored: retry with the same id), 413 when the
+        payload is over `settings.max_async_payload_bytes`.
+        """
+        store = self.events
+        if store is None:
+            raise GatewayError(503, "this gateway takes no asynchronous invocations: it has no event store "
+                                    "(kfn gateway: --nats-url or $KFN_NATS_URL)")
+        limit = self.settings.max_async_payload_bytes
+        if len(payload) > limit:
+            raise GatewayError(413, f"the event is {len(payload)} bytes; an asynchronous invocation's limit is {limit}")
+        options = AcceptOptions(callback_url=callback_url)
+        try:
+            accepted = await store.accept(function.ref, payload, invocation_id, options)
+        except StoreUnavailable as e:
+            raise GatewayError(503, f"could not store the event: {e}", retry_after=self.settings.retry_after) from None
+        return accepted.invocation_id
 
     # -- what every request goes through -------------------------------------------------------
 
