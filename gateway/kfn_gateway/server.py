@@ -2,8 +2,12 @@
 
     ANY /function/{name}[/{path}]    invoke a function through an API Gateway HTTP API event
     ANY (Host in spec.http.hosts)    the same, with the function at the root of that host
+    ANY /async-function/{name}[/{path}]  the same event stored as an asynchronous invocation: 202
+                                     {"requestId": ...} once stored; X-Callback-Url gets the result
     GET /system/functions[/{name}]   functions with replicas and traffic (OpenFaaS-style)
     GET /system/logs/{name}          instance output: ?tail=N (default 100), &follow=1 to stream
+    GET /system/async/{name}         the async queue and dead letters (?limit=N, default 100)
+    POST /system/async/{name}/replay dead letters stored again (all, or {"ids": [...]})
     GET /healthz                     the gateway itself is up
     GET /metrics                     Prometheus metrics of this gateway
 
@@ -26,6 +30,9 @@ import contextlib
 import datetime
 import json
 import logging
+import re
+import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +44,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kfn.core import naming
-from kfn.core.asyncpolicy import MAX_ASYNC_PAYLOAD_BYTES
+from kfn.core.asyncpolicy import MAX_ASYNC_PAYLOAD_BYTES, iso_millis, json_value
 from kfn.core.functions import CorsSpec, Function, FunctionRef
 from kfn.core.instances import Instance, InstanceBackend, Invocation, InvocationResult
 from kfn.core.keys import ApiKey, KeySource, StaticKeys
@@ -70,15 +77,23 @@ _REF_CACHE_SIZE = 4096
 # Pause before sending an invocation a full instance turned away to the next try (times the attempt).
 REJECTED_BACKOFF = 0.02
 SYSTEM_PREFIX = "/system/"
+# An id a client gives its asynchronous invocation (X-Call-Id), so that a retry stores it once.
+_CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+MAX_CALLBACK_URL = 2048
+MAX_DEAD_LETTERS = 1000       # listed in one answer at most
+MAX_REPLAY_BODY = 1024 * 1024
 
 
 class GatewayError(Exception):
-    """No function answered: the gateway's own error response."""
+    """No function answered: the gateway's own error response. `nothing_ran` says the function
+    certainly did not run (no slot, no instance reached, turned away): worth trying again later."""
 
-    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None,
+                 nothing_ran: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.nothing_ran = nothing_ran
 
 
 @dataclass(frozen=True)
@@ -135,9 +150,14 @@ class Gateway:
         expect = self.expect_continue
         app.router.add_route("*", prefix + "{name}", self._invoke_path, expect_handler=expect)
         app.router.add_route("*", prefix + "{name}/{path:.*}", self._invoke_path, expect_handler=expect)
+        async_prefix = naming.ASYNC_FUNCTION_PATH_PREFIX
+        app.router.add_route("*", async_prefix + "{name}", self._invoke_async_path, expect_handler=expect)
+        app.router.add_route("*", async_prefix + "{name}/{path:.*}", self._invoke_async_path, expect_handler=expect)
         app.router.add_get(naming.SYSTEM_FUNCTIONS_PATH, self._list_functions)
         app.router.add_get(naming.SYSTEM_FUNCTIONS_PATH + "/{name}", self._get_function)
         app.router.add_get(naming.SYSTEM_LOGS_PATH + "/{name}", self._logs)
+        app.router.add_get(naming.SYSTEM_ASYNC_PATH + "/{name}", self._async_queue)
+        app.router.add_post(f"{naming.SYSTEM_ASYNC_PATH}/{{name}}/{naming.SYSTEM_ASYNC_REPLAY}", self._async_replay)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._scrape)
         # Checked after every other resource, whatever the order they were added in.
@@ -276,13 +296,18 @@ class Gateway:
         if expect.lower() != "100-continue":
             return _error(417, f"cannot meet the expectation {expect[:100]!r}", "", close=True, now=True)
         length = request.content_length
-        if length is not None and length > self.settings.max_body_bytes:
-            return _error(413, f"the request body is {length} bytes; the limit is {self.settings.max_body_bytes}",
-                          "", close=True, now=True)
+        limit = self._body_limit(request)
+        if length is not None and length > limit:
+            return _error(413, f"the request body is {length} bytes; the limit is {limit}", "", close=True, now=True)
         if request.version == HttpVersion11:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0   # the answer proper has not started
         return None
+
+    def _body_limit(self, request: web.BaseRequest) -> int:
+        if request.path.startswith(naming.ASYNC_FUNCTION_PATH_PREFIX):
+            return self.settings.max_async_payload_bytes
+        return self.settings.max_body_bytes
 
     def authorize(self, request: web.BaseRequest, scope: Scope, *, body: bytes | None = None) -> ApiKey | web.Response:
         """The key `request` presents for `scope`, or the 401/403 answer to give instead.
@@ -346,13 +371,59 @@ class Gateway:
         function = self.backend.function(ref) if ref is not None else None
         if function is None:
             return _error(404, f"no function named {name!r}", name)
-        # The rest of the raw path, cut by position: the name itself may have come percent-encoded.
-        raw = _origin_form(request.raw_path)
-        start = len(naming.FUNCTION_PATH_PREFIX)
-        end = min((i for i in (raw.find("/", start), raw.find("?", start)) if i >= 0), default=len(raw))
-        path, _, query = raw[end:].partition("?")
-        return await self.invoke_http(request, function, label=name, path=path or "/", query=query,
+        path, query = _below_mount(request, naming.FUNCTION_PATH_PREFIX)
+        return await self.invoke_http(request, function, label=name, path=path, query=query,
                                       prefix=naming.FUNCTION_PATH_PREFIX + name)
+
+    async def _invoke_async_path(self, request: web.Request) -> web.StreamResponse:
+        """/async-function/NAME[.NAMESPACE][/path]: the event /function/ would send, stored as an
+        asynchronous invocation; 202 {"requestId": ID} (also in X-Call-Id) once it is durable.
+
+        The caller may name the invocation (X-Call-Id: a retry with the same id stores one event)
+        and ask for the result (X-Callback-Url: POSTed the function's answer when it is known, as
+        OpenFaaS's queue worker does). Runs as long as the store takes to confirm.
+        """
+        name = request.match_info["name"]
+        ref = self.ref(name)
+        function = self.backend.function(ref) if ref is not None else None
+        if function is None:
+            return _error(404, f"no function named {name!r}", name)
+        route = self._route(function.ref)
+        strip = self._credentials(request, function)
+        if isinstance(strip, web.Response):
+            return self._count(route, strip)
+        headers_in = request.headers
+        callback_url = headers_in.get("X-Callback-Url")
+        if callback_url is not None and not _is_http_url(callback_url):
+            return self._count(route, _error(400, "X-Callback-Url must be an http:// or https:// URL", name))
+        invocation_id = headers_in.get("X-Call-Id") or apigateway.invocation_id()
+        if not _CALL_ID.fullmatch(invocation_id):
+            return self._count(route, _error(
+                400, "X-Call-Id must be 1-128 letters, digits and . _ : - (starting with a letter or digit)", name))
+        try:
+            body = await _read_body(request, self.settings.max_async_payload_bytes, self.settings.body_timeout)
+        except GatewayError as e:
+            return self._count(route, _error(e.status, str(e), name, close=True, now=e.status in (400, 408)))
+        path, query = _below_mount(request, naming.ASYNC_FUNCTION_PATH_PREFIX)
+        event, _ = self._http_event(request, function, body, path=path, query=query,
+                                    prefix=naming.ASYNC_FUNCTION_PATH_PREFIX + name, strip=strip)
+        try:
+            stored = await self.accept_event(function, orjson.dumps(event), invocation_id=invocation_id,
+                                             callback_url=callback_url)
+        except GatewayError as e:
+            return self._count(route, _error(e.status, str(e), name, retry_after=e.retry_after))
+        return self._count(route, web.json_response({"requestId": stored}, status=202,
+                                                    headers={"X-Call-Id": stored, "X-Kfn-Request-Id": stored}))
+
+    def _credentials(self, request: web.Request, function: Function) -> frozenset[str] | web.Response:
+        """For a key-protected function (spec.http.auth key): the 401/403 answer, or the headers
+        that carried the key (kept from the function). Nothing for a public function."""
+        if function.spec.http.auth.type != "key":
+            return frozenset()
+        outcome = self.authorize(request, Scope.of_namespace(function.namespace))
+        if isinstance(outcome, web.Response):
+            return outcome
+        return frozenset(credential_headers(request.headers))
 
     async def invoke_http(self, request: web.Request, function: Function, *, label: str, path: str, query: str,
                           prefix: str) -> web.StreamResponse:
@@ -368,12 +439,9 @@ class Gateway:
         if http.cors is not None and cors.is_preflight(request.method, headers_in):
             # Browsers send preflights without credentials; API Gateway answers them unauthenticated.
             return self._count(route, web.Response(status=204, headers=cors.preflight(http.cors, headers_in)))
-        strip: frozenset[str] = frozenset()
-        if http.auth.type == "key":
-            outcome = self.authorize(request, Scope.of_namespace(function.namespace))
-            if isinstance(outcome, web.Response):
-                return self._count(route, _with_cors(outcome, http.cors, headers_in))
-            strip = frozenset(credential_headers(headers_in))   # a key is never the function's to see
+        strip = self._credentials(request, function)   # a key is never the function's to see
+        if isinstance(strip, web.Response):
+            return self._count(route, _with_cors(strip, http.cors, headers_in))
         try:
             body = await _read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
         except GatewayError as e:
@@ -405,9 +473,11 @@ class Gateway:
         route.metrics.finish(response.status, route.metrics.arrive())
         return response
 
-    async def _answer(self, request: web.Request, function: Function, route: Route, body: bytes, *, label: str,
-                      path: str, query: str, prefix: str, strip: frozenset[str]) -> web.StreamResponse:
-        http = function.spec.http
+    def _http_event(self, request: web.Request, function: Function, body: bytes, *, path: str, query: str,
+                    prefix: str, strip: frozenset[str]) -> tuple[dict[str, Any], str]:
+        """The API Gateway event of an HTTP request to `function` (the path below its mount, the
+        headers in `strip` left out), and the API request id it carries; for /function/ and
+        /async-function/ alike."""
         headers_in = request.headers
         source_ip, forwarded_for = apigateway.trusted_client(
             request.remote or "", headers_in.getall("X-Forwarded-For", ()), trusted_hops=self.settings.trusted_hops)
@@ -423,7 +493,16 @@ class Gateway:
             protocol=_protocol(request.version),
             prefix=prefix)
         api_request_id = apigateway.request_id()
-        event = apigateway.event(http_request, payload_format=http.payloadFormat, api_request_id=api_request_id)
+        event = apigateway.event(http_request, payload_format=function.spec.http.payloadFormat,
+                                 api_request_id=api_request_id)
+        return event, api_request_id
+
+    async def _answer(self, request: web.Request, function: Function, route: Route, body: bytes, *, label: str,
+                      path: str, query: str, prefix: str, strip: frozenset[str]) -> web.StreamResponse:
+        http = function.spec.http
+        headers_in = request.headers
+        event, api_request_id = self._http_event(request, function, body, path=path, query=query, prefix=prefix,
+                                                 strip=strip)
         invocation = Invocation(payload=orjson.dumps(event), request_id=apigateway.invocation_id(),
                                 trace_id=event["headers"].get("x-amzn-trace-id"))
         try:
@@ -456,6 +535,31 @@ class Gateway:
             headers_out = cors.apply(http.cors, headers_in, headers_out)
         return web.Response(status=out.status, body=out.body or None, headers=CIMultiDict(headers_out))
 
+    async def invoke_event(self, function: Function, invocation: Invocation) -> InvocationResult:
+        """Run an invocation no HTTP request carries (a stored asynchronous event) as an HTTP one
+        runs: through `dispatch` (a slot, scale from zero, the queue), counted in the function's
+        metrics, so its load is what the autoscaler sees. Runs as long as `dispatch`; raises its
+        GatewayError when no function answered."""
+        route = self._route(function.ref)
+        metrics = route.metrics
+        started = metrics.arrive()
+        status = 500
+        try:
+            result = await self.dispatch(function, route, invocation)
+            if result.function_error is None:
+                status = 200
+            else:
+                status = 504 if result.error_type == "Sandbox.Timedout" else 500
+            return result
+        except GatewayError as e:
+            status = e.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            metrics.finish(status, started)
+
     async def dispatch(self, function: Function, route: Route, invocation: Invocation) -> InvocationResult:
         """Run one invocation on some instance of `function`: a slot, the instance, the result.
 
@@ -471,14 +575,15 @@ class Gateway:
             try:
                 instance = await route.acquire(timeout=settings.queue_timeout)
             except Unavailable as e:
-                raise GatewayError(e.status, str(e), retry_after=settings.retry_after if e.retry else None) from None
+                raise GatewayError(e.status, str(e), retry_after=settings.retry_after if e.retry else None,
+                                   nothing_ran=True) from None
             try:
                 result = await self._call(route, instance, invocation, timeout)
             except NotSent as e:
                 self._report(route, instance, str(e))
                 attempts += 1
                 if attempts >= MAX_ATTEMPTS:
-                    raise GatewayError(502, str(e)) from None
+                    raise GatewayError(502, str(e), nothing_ran=True) from None
                 continue
             except InstanceTimeout as e:
                 raise GatewayError(504, f"function {str(route.ref)!r} did not answer within {timeout:g}s") from e
@@ -498,7 +603,7 @@ class Gateway:
             if attempts >= MAX_ATTEMPTS:
                 status = 429 if result.rejected == "concurrency" else 503
                 raise GatewayError(status, f"instance {instance.id} turned the invocation away ({last_rejection})",
-                                   retry_after=settings.retry_after)
+                                   retry_after=settings.retry_after, nothing_ran=True)
             if result.rejected == "concurrency":
                 await asyncio.sleep(REJECTED_BACKOFF * attempts)
 
@@ -618,6 +723,81 @@ class Gateway:
                 await response.write_eof()
             return response
 
+    async def _async_queue(self, request: web.Request) -> web.Response:
+        """A function's async queue (events stored, in flight, the oldest's age) and its dead
+        letters, oldest first; as long as the store takes to answer."""
+        function = self._function_or_404(request)
+        if isinstance(function, web.Response):
+            return function
+        raw_limit = request.query.get("limit", "100")
+        try:
+            limit = int(raw_limit)
+            if not 1 <= limit <= MAX_DEAD_LETTERS:
+                raise ValueError
+        except ValueError:
+            return _error(400, f"limit must be an integer from 1 to {MAX_DEAD_LETTERS} (got {raw_limit[:50]!r})",
+                          function.name)
+        store = self._store_or_503(function)
+        if isinstance(store, web.Response):
+            return store
+        ref = function.ref
+        try:
+            stats = (await store.stats([ref])).get(ref)
+            letters = await store.dead_letters(ref, limit=limit)
+        except StoreUnavailable as e:
+            return _error(503, f"could not read the event store: {e}", function.name,
+                          retry_after=self.settings.retry_after)
+        now = time.time()
+        queue = {"depth": 0, "inFlight": 0, "oldestAgeSeconds": 0.0}
+        if stats is not None:
+            queue = {"depth": stats.depth, "inFlight": stats.in_flight,
+                     "oldestAgeSeconds": round(stats.oldest_age(now), 3)}
+        return web.json_response({
+            "name": ref.name, "namespace": ref.namespace, "queue": queue,
+            "deadLetters": [{
+                "id": letter.id, "condition": letter.condition, "attempts": letter.attempts, "error": letter.error,
+                "acceptedAt": iso_millis(letter.accepted_at), "failedAt": iso_millis(letter.failed_at),
+                "payload": json_value(letter.payload),
+                "response": None if letter.response is None else json_value(letter.response),
+            } for letter in letters],
+        })
+
+    async def _async_replay(self, request: web.Request) -> web.Response:
+        """Store a function's dead letters again (all, or those of {"ids": [...]}) as fresh events;
+        answers the ids replayed. An id that is not a dead letter of the function is skipped."""
+        function = self._function_or_404(request)
+        if isinstance(function, web.Response):
+            return function
+        try:
+            raw = await _read_body(request, MAX_REPLAY_BODY, self.settings.body_timeout)
+        except GatewayError as e:
+            return _error(e.status, str(e), function.name)
+        ids: list[str] | None = None
+        if raw.strip():
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return _error(400, 'the body must be JSON: {"ids": ["ID", ...]} (or empty for every dead letter)',
+                              function.name)
+            wanted = body.get("ids") if isinstance(body, dict) else None
+            if not isinstance(wanted, list) or not all(isinstance(i, str) for i in wanted):
+                return _error(400, '"ids" must be a list of invocation ids', function.name)
+            ids = wanted
+        store = self._store_or_503(function)
+        if isinstance(store, web.Response):
+            return store
+        try:
+            replayed = await store.replay(function.ref, ids)
+        except StoreUnavailable as e:
+            return _error(503, f"could not replay: {e}", function.name, retry_after=self.settings.retry_after)
+        return web.json_response({"replayed": replayed})
+
+    def _store_or_503(self, function: Function) -> EventStore | web.Response:
+        if self.events is None:
+            return _error(503, "this gateway has no event store for asynchronous invocations "
+                               "(kfn gateway: --nats-url or $KFN_NATS_URL)", function.name)
+        return self.events
+
     async def _healthz(self, request: web.Request) -> web.Response:
         if self._draining:
             return web.json_response({"status": "draining"}, status=503)
@@ -630,7 +810,8 @@ class Gateway:
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         known = ("/healthz", "/metrics", naming.SYSTEM_FUNCTIONS_PATH)
-        if path in known or path.startswith((naming.SYSTEM_FUNCTIONS_PATH + "/", naming.SYSTEM_LOGS_PATH + "/")):
+        if path in known or path.startswith((naming.SYSTEM_FUNCTIONS_PATH + "/", naming.SYSTEM_LOGS_PATH + "/",
+                                             naming.SYSTEM_ASYNC_PATH + "/")):
             return web.json_response({"error": f"method {request.method} is not allowed on {path}"}, status=405)
         return web.json_response({"error": f"no route for {path}"}, status=404)
 
@@ -639,6 +820,26 @@ def _release_when_done(call: asyncio.Future[InvocationResult], route: Route, ins
     if not call.cancelled():
         call.exception()   # retrieved: nobody waits for it any more
     route.release(instance)
+
+
+def _below_mount(request: web.Request, prefix: str) -> tuple[str, str]:
+    """The path below PREFIX{name} (at least "/") and the query of a request's raw target, cut by
+    position: the name itself may have come percent-encoded."""
+    raw = _origin_form(request.raw_path)
+    start = len(prefix)
+    end = min((i for i in (raw.find("/", start), raw.find("?", start)) if i >= 0), default=len(raw))
+    path, _, query = raw[end:].partition("?")
+    return path or "/", query
+
+
+def _is_http_url(text: str) -> bool:
+    if len(text) > MAX_CALLBACK_URL or any(c.isspace() for c in text):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _origin_form(target: str) -> str:

@@ -44,11 +44,17 @@ SERVICE_PORT: Final = 80
 
 # Gateway URL layout (OpenFaaS-compatible).
 FUNCTION_PATH_PREFIX: Final = "/function/"
+# An asynchronous invocation of the same HTTP request: stored, answered 202, delivered later.
+ASYNC_FUNCTION_PATH_PREFIX: Final = "/async-function/"
 SYSTEM_FUNCTIONS_PATH: Final = "/system/functions"
+# A function's async queue and dead letters (GET), and their replay (POST .../replay).
+SYSTEM_ASYNC_PATH: Final = "/system/async"
+SYSTEM_ASYNC_REPLAY: Final = "replay"
 # Local mode only: instance logs, manifest and instance problems, instance addresses.
 SYSTEM_LOGS_PATH: Final = "/system/logs"
 SYSTEM_ERRORS_PATH: Final = "/system/errors"
 SYSTEM_INSTANCES_PATH: Final = "/system/instances"
+LAMBDA_INVOKE_PATH: Final = "/2015-03-31/functions/{name}/invocations"   # the AWS Lambda Invoke API
 
 # Gateway metrics: kfn's own names ...
 METRIC_INVOCATIONS: Final = "kfn_gateway_invocations_total"

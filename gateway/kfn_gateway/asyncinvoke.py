@@ -1,0 +1,128 @@
+"""Asynchronous invocations delivered through the gateway: the delivery engine's `invoke`.
+
+The gateway stores asynchronous invocations (`Gateway.accept_event`: /async-function/, the Invoke
+API's InvocationType=Event, triggers through the store's `accept`); a `kfn.events.delivery`
+`DeliveryEngine` hands them to functions later. Here is what joins the two:
+
+- `gateway_invoker(gateway)`: the engine's `invoke(function, payload, invocation_id)`, running
+  each event through `Gateway.invoke_event` → `Gateway.dispatch`, so a stored event takes a slot,
+  scales a function from zero, waits in the same queue and counts in the same metrics as an HTTP
+  request. The gateway's failures become the engine's terms: nothing ran (throttled, no
+  instance, the queue timed out, the function is gone) → `NotInvoked`, not an attempt; the
+  instance failed or timed out after it may have run → `InvocationFailed`, an attempt; a
+  function error is the `InvocationResult` itself.
+- `async_configs(backend)`: every function's `AsyncConfig` (spec.async, timeout, concurrency).
+- `AsyncDelivery`: the engine of one gateway process, its configurations kept in step with the
+  backend, and its queue metrics (`kfn.events.metrics.AsyncCollector`) on the gateway's registry,
+  which the autoscaler reads (`kfn_async_queue_depth`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+from kfn.core.asyncpolicy import AsyncConfig, InvocationFailed, NotInvoked
+from kfn.core.functions import FunctionRef
+from kfn.core.instances import InstanceBackend, Invocation, InvocationResult
+from kfn.events.delivery import DeliveryEngine, DeliverySettings, Invoke, Post
+from kfn.events.metrics import AsyncCollector
+from kfn.events.store import EventStore
+from kfn_gateway.server import Gateway, GatewayError
+
+logger = logging.getLogger(__name__)
+
+# What Lambda reports for an invocation the platform saw end without an answer.
+TIMED_OUT = "Sandbox.Timedout"
+EXITED = "Runtime.ExitError"
+
+
+def gateway_invoker(gateway: Gateway) -> Invoke:
+    """The delivery engine's `invoke`, through `gateway` (see the module docstring)."""
+
+    async def invoke(ref: FunctionRef, payload: bytes, invocation_id: str) -> InvocationResult:
+        function = gateway.backend.function(ref)
+        if function is None:
+            raise NotInvoked(f"function {str(ref)!r} does not exist (any more)")
+        try:
+            return await gateway.invoke_event(function, Invocation(payload=payload, request_id=invocation_id))
+        except GatewayError as e:
+            if e.nothing_ran:
+                raise NotInvoked(str(e), retry_after=e.retry_after) from None
+            if e.status == 504:
+                raise InvocationFailed(str(e), error_type=TIMED_OUT) from None
+            raise InvocationFailed(str(e), error_type=EXITED) from None
+
+    return invoke
+
+
+def async_configs(backend: InstanceBackend, *, region: str = "us-east-1") -> dict[FunctionRef, AsyncConfig]:
+    """`AsyncConfig` of every function `backend` knows."""
+    out: dict[FunctionRef, AsyncConfig] = {}
+    for function in backend.functions():
+        try:
+            out[function.ref] = AsyncConfig.of(function, region=region)
+        except ValueError as e:   # a destination naming no valid function: its events wait, the rest go on
+            logger.warning("function %s: its async settings cannot be used: %s", function.ref, e)
+    return out
+
+
+def delivery_margin(gateway: Gateway) -> float:
+    """How long past a function's timeout the engine waits for an invocation through `gateway`:
+    longer than the gateway's own bounds (the queue wait, then the instance's timeout and margin),
+    so that the gateway, which knows whether anything ran, always answers first."""
+    settings = gateway.settings
+    return settings.queue_timeout + settings.upstream_timeout_margin + 1.0
+
+
+class AsyncDelivery:
+    """The delivery engine of one gateway process (local mode; each gateway replica on Kubernetes).
+
+    `start()` starts the engine and registers its metrics; `close()` stops claiming, lets the
+    deliveries in progress finish for up to `settings.drain_timeout` and unregisters the metrics.
+    The store is the caller's to start before and close after.
+    """
+
+    def __init__(self, gateway: Gateway, store: EventStore, *, settings: DeliverySettings | None = None,
+                 post: Post | None = None, region: str = "us-east-1") -> None:
+        self.gateway = gateway
+        self.store = store
+        self._region = region
+        self._configs: dict[FunctionRef, AsyncConfig] | None = None
+        settings = settings or DeliverySettings()
+        # The engine's own limit is a backstop only (see `delivery_margin`).
+        margin = max(settings.timeout_margin, delivery_margin(gateway))
+        self.engine = DeliveryEngine(store, gateway_invoker(gateway), self.configs, post=post,
+                                     settings=dataclasses.replace(settings, timeout_margin=margin))
+        self._collector = AsyncCollector(self.engine)
+        self._registered = False
+        self._listening = False
+
+    def configs(self) -> Mapping[FunctionRef, AsyncConfig]:
+        """Every function's async settings, computed again only after the backend changed."""
+        if self._configs is None:
+            self._configs = async_configs(self.gateway.backend, region=self._region)
+        return self._configs
+
+    def _on_change(self, ref: FunctionRef) -> None:
+        # Every instance change is reported too; the next read recomputes, which is cheap.
+        self._configs = None
+        self.engine.refresh()
+
+    async def start(self) -> None:
+        """Start delivering (returns at once; the engine works in the background)."""
+        if not self._listening:
+            self.gateway.backend.add_listener(self._on_change)
+            self._listening = True
+        if not self._registered:
+            self.gateway.registry.register(self._collector)
+            self._registered = True
+        await self.engine.start()
+
+    async def close(self) -> None:
+        """Stop delivering: at most `drain_timeout` for the deliveries in progress; events not
+        finished are left leased in the store and delivered again later."""
+        await self.engine.close()
+        if self._registered:
+            self.gateway.registry.unregister(self._collector)
+            self._registered = False
