@@ -18,6 +18,8 @@ NODEJS22_VERSION ?= 22.23.5
 NPM_VERSION      ?= 10.9.9
 NODE_ARCH        := $(shell uname -m | sed 's/x86_64/x64/;s/aarch64/arm64/')
 RUNTIME_IMAGES   += $(NODEJS_REPO):20 $(NODEJS_REPO):22
+# The NATS server the chart runs for asynchronous invocations (async.nats.image; runtime-images/nats).
+NATS_IMAGE       ?= $(IMAGE_REGISTRY)/nats:2.10
 
 .PHONY: images images-docker node20 node22
 
@@ -35,6 +37,7 @@ images-docker:  ## build every image with Docker on the official python:3.X-slim
 	        --build-arg NPM_VERSION=$(NPM_VERSION) -f runtime-images/nodejs/Dockerfile \
 	        -t $(NODEJS_REPO):$${m%%:*} runtime-images || exit 1; \
 	done
+	$(DOCKER) build --build-arg BASE_IMAGE=debian:bookworm-slim -t $(NATS_IMAGE) runtime-images/nats
 
 node22:  ## Node.js 22 from the npm registry into .cache/node/22, where `kfn local` finds it (also node20)
 node20 node22: node%:

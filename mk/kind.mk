@@ -28,7 +28,7 @@ kind-create:  ## kind: a cluster with the gateway's node port on localhost:8080
 kind-images: images-docker  ## kind: build the images with Docker
 
 kind-load:  ## kind: copy the images onto the cluster's nodes
-	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PLATFORM_IMAGE) $(RUNTIME_IMAGES)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PLATFORM_IMAGE) $(RUNTIME_IMAGES) $(NATS_IMAGE)
 
 kind-install: $(if $(filter .cache/bin/helm,$(HELM)),.cache/bin/helm)  ## kind: install the chart (CRD, operator, gateway)
 	$(HELM) upgrade --install kfn charts/kfn --kube-context $(KIND_CONTEXT) \

@@ -127,6 +127,9 @@ def test_chart_passes_strict_lint(helm: Path, values: Path | None) -> None:
     ("image: {pullPolicy: Sometimes}", "/image/pullPolicy"),
     ("gatway: {replicas: 3}", "gatway"),
     ("runtimeImages: {ruby3.3: ruby:3.3}", "/runtimeImages"),
+    ("async: {nats: {url: kfn-nats:4222}}", "/async/nats/url"),
+    ("async: {nats: {persistence: {enabled: maybe}}}", "/async/nats/persistence/enabled"),
+    ("async: {nats: {maxFileStore: lots}}", "/async/nats/maxFileStore"),
 ])
 def test_bad_values_are_rejected_naming_the_field(helm: Path, tmp_path: Path, values: str, field: str) -> None:
     bad = tmp_path / "bad.yaml"
@@ -156,6 +159,8 @@ def test_default_install_renders_these_kinds(default_objects: list[Manifest]) ->
         "CustomResourceDefinition", "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
         "ClusterRole", "ClusterRoleBinding", "Deployment", "Deployment", "Service", "PodDisruptionBudget",
         "Role", "RoleBinding", "Secret",   # the gateway's admin keys, and reading them
+        # The NATS server of asynchronous invocations (async.nats.install).
+        "StatefulSet", "Service", "Service", "ConfigMap", "ServiceAccount",
     ])
 
 
@@ -185,7 +190,7 @@ def test_crd_is_installed_from_the_chart(default_objects: list[Manifest]) -> Non
 
 def test_every_pod_follows_the_restricted_profile(objects: list[Manifest]) -> None:
     specs = list(pod_specs(objects))
-    assert len(specs) == 2
+    assert len(specs) == 3   # operator, gateway, NATS
     for name, spec in specs:
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True, name
@@ -207,7 +212,7 @@ def test_every_container_has_resources_and_probes(objects: list[Manifest]) -> No
     for name, spec in pod_specs(objects):
         for c in spec["containers"]:
             assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], name
-            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+            assert c["livenessProbe"]["httpGet"]["path"].partition("?")[0] == "/healthz", name
             assert c["imagePullPolicy"] == "IfNotPresent", name
 
 
@@ -334,6 +339,8 @@ def test_kind_loads_every_image_the_chart_runs(default_objects: list[Manifest]) 
     loaded = {word for word in command.split() if ":" in word}
     env = {e["name"]: e.get("value") for e in container(default_objects, "kfn-operator")["env"]}
     needed = {container(default_objects, "kfn-operator")["image"], *json.loads(env["KFN_RUNTIME_IMAGES"]).values()}
+    (nats,) = find(default_objects, "StatefulSet", "kfn-nats")["spec"]["template"]["spec"]["containers"]
+    needed.add(nats["image"])
     assert loaded == needed
 
 
@@ -551,3 +558,162 @@ def test_install_notes_tell_how_to_reach_the_gateway_on_kind_and_apply_hello(hel
     assert "kubectl apply -f examples/hello.yaml" in notes
     assert '"$KFN_GATEWAY/function/hello' in notes
     assert "export KFN_API_KEY=$(kubectl -n kfn-system get secret kfn-admin-keys" in notes
+
+
+# --- the NATS server of asynchronous invocations (async.nats) ----------------------------------------
+
+NATS = f"{RELEASE}-nats"
+NATS_URL = f"nats://{NATS}.{NAMESPACE}.svc:4222"
+
+
+def render_values(helm: Path, tmp_path: Path, values: str) -> list[Manifest]:
+    path = tmp_path / "values.yaml"
+    path.write_text(values + "\n")
+    return render(helm, path)
+
+
+def nats_url_of(objects: list[Manifest], component: str) -> str | None:
+    env = {e["name"]: e.get("value") for e in container(objects, f"{RELEASE}-{component}").get("env") or ()}
+    return env.get("KFN_NATS_URL")
+
+
+def nats_container(objects: list[Manifest]) -> Manifest:
+    (c,) = find(objects, "StatefulSet", NATS)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def nats_conf(objects: list[Manifest]) -> dict[str, str]:
+    """nats.conf's `key: value` lines (top level and the jetstream block), comments left out."""
+    text = find(objects, "ConfigMap", NATS)["data"]["nats.conf"]
+    pairs = (line.split("#")[0].strip().partition(":") for line in text.splitlines())
+    return {key.strip(): value.strip() for key, sep, value in pairs if sep}
+
+
+def test_nats_runs_as_one_server_in_a_statefulset_with_a_claim_for_its_store(default_objects: list[Manifest]) -> None:
+    sts = find(default_objects, "StatefulSet", NATS)["spec"]
+    assert sts["replicas"] == 1
+    (claim,) = sts["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert "storageClassName" not in claim["spec"]   # the cluster's default class
+    mounts = {m["name"]: m["mountPath"] for m in nats_container(default_objects)["volumeMounts"]}
+    assert mounts == {"data": "/data", "config": "/etc/nats"}
+    assert "data" not in {v["name"] for v in sts["template"]["spec"]["volumes"]}
+
+
+def test_nats_stores_in_the_volume_and_fsyncs_before_acknowledging(default_objects: list[Manifest]) -> None:
+    conf = nats_conf(default_objects)
+    assert conf["store_dir"] == "/data"
+    assert conf["sync_interval"] == "always"   # a 202'd event survives a crash of the node
+    assert conf["max_payload"] == "8MB"
+    c = nats_container(default_objects)
+    assert c["args"] == ["--config", "/etc/nats/nats.conf"]
+    (config,) = [v for v in find(default_objects, "StatefulSet", NATS)["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == "config"]
+    assert config["configMap"]["name"] == NATS
+
+
+def test_nats_ports_and_probes_are_those_of_its_configuration(default_objects: list[Manifest]) -> None:
+    conf = nats_conf(default_objects)
+    c = nats_container(default_objects)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert conf["listen"] == f"0.0.0.0:{ports['client']}" and conf["http"] == f"0.0.0.0:{ports['monitor']}"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz?js-enabled-only=true", "port": "monitor"}, probe
+
+
+def test_nats_pod_runs_as_the_images_user_without_an_api_token(default_objects: list[Manifest]) -> None:
+    spec = find(default_objects, "StatefulSet", NATS)["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 65532 and spec["securityContext"]["fsGroup"] == 65532
+    assert spec["automountServiceAccountToken"] is False
+    account = find(default_objects, "ServiceAccount", spec["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+    assert nats_container(default_objects)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_nats_services_select_the_statefulsets_pod(default_objects: list[Manifest]) -> None:
+    sts = find(default_objects, "StatefulSet", NATS)["spec"]
+    labels = sts["template"]["metadata"]["labels"]
+    assert matches(sts["selector"], labels)
+    headless = find(default_objects, "Service", sts["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    client = find(default_objects, "Service", NATS)
+    container_ports = {p["name"] for p in nats_container(default_objects)["ports"]}
+    for service in (headless, client):
+        assert matches({"matchLabels": service["spec"]["selector"]}, labels)
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
+    assert [(p["port"], p["targetPort"]) for p in client["spec"]["ports"]] == [(4222, "client")]
+    # No other workload of the chart answers on the NATS Services.
+    others = [d["spec"]["template"]["metadata"]["labels"] for d in of_kind(default_objects, "Deployment")]
+    assert not any(matches({"matchLabels": client["spec"]["selector"]}, other) for other in others)
+
+
+@pytest.mark.parametrize("component", ["gateway", "operator"])
+def test_gateway_and_operator_reach_the_charts_nats_server(default_objects: list[Manifest], component: str) -> None:
+    assert nats_url_of(default_objects, component) == NATS_URL
+    # The URL's host is the client Service in the release namespace, its port the client port.
+    host, _, port = NATS_URL.removeprefix("nats://").partition(":")
+    name, namespace, _ = host.split(".")
+    service = find(default_objects, "Service", name, namespace=namespace)
+    assert int(port) in [p["port"] for p in service["spec"]["ports"]]
+
+
+def test_nats_image_defaults_to_the_one_scripts_images_builds(default_objects: list[Manifest]) -> None:
+    script = (ROOT / "scripts" / "images").read_text()
+    registry = script.split("registry=${IMAGE_REGISTRY:-", 1)[1].split("}", 1)[0]
+    tag = script.split("nats_image=$registry/nats:${NATS_IMAGE_TAG:-", 1)[1].split("}", 1)[0]
+    assert nats_container(default_objects)["image"] == f"{registry}/nats:{tag}"
+    assert nats_container(default_objects)["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_a_nats_url_of_the_values_is_used_and_no_server_is_run(helm: Path, tmp_path: Path) -> None:
+    url = "nats://nats.messaging.svc:4222"
+    objects = render_values(helm, tmp_path, f"async: {{nats: {{url: '{url}'}}}}")
+    assert nats_url_of(objects, "gateway") == url and nats_url_of(objects, "operator") == url
+    assert not of_kind(objects, "StatefulSet")
+    assert not [o for o in objects if o["metadata"]["name"].startswith(NATS)]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_without_any_nats_server_neither_component_gets_a_url(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "async: {nats: {install: false}}")
+    assert nats_url_of(objects, "gateway") is None and nats_url_of(objects, "operator") is None
+    assert not of_kind(objects, "StatefulSet") and not of_kind(objects, "ConfigMap")
+
+
+def test_nats_without_persistence_keeps_its_store_in_an_empty_dir(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "async: {nats: {persistence: {enabled: false, size: 1Gi}}}")
+    sts = find(objects, "StatefulSet", NATS)["spec"]
+    assert "volumeClaimTemplates" not in sts
+    (data,) = [v for v in sts["template"]["spec"]["volumes"] if v["name"] == "data"]
+    assert data == {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(find(objects, "StatefulSet", NATS), version, strict=True)
+
+
+@pytest.mark.parametrize(("storage_class", "expected"), [("fast-ssd", "fast-ssd"), ("-", "")])
+def test_nats_claim_takes_the_storage_class_of_the_values(helm: Path, tmp_path: Path, storage_class: str,
+                                                          expected: str) -> None:
+    objects = render_values(helm, tmp_path, f"async: {{nats: {{persistence: {{storageClass: '{storage_class}'}}}}}}")
+    (claim,) = find(objects, "StatefulSet", NATS)["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == expected
+
+
+def test_nats_settings_of_the_values_reach_the_server(custom_objects: list[Manifest]) -> None:
+    assert nats_conf(custom_objects)["max_file_store"] == "9G"
+    sts = find(custom_objects, "StatefulSet", NATS)["spec"]
+    assert sts["template"]["spec"]["nodeSelector"] == {"disk": "ssd"}
+    assert sts["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert nats_container(custom_objects)["image"] == "registry.example.com/kfn/nats:2.10"
+
+
+def test_a_change_of_the_nats_configuration_rolls_its_pod(helm: Path, tmp_path: Path,
+                                                         default_objects: list[Manifest]) -> None:
+    changed = render_values(helm, tmp_path, "async: {nats: {maxPayload: 4MB}}")
+
+    def checksum(objects: list[Manifest]) -> str:
+        return str(find(objects, "StatefulSet", NATS)["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum(changed) != checksum(default_objects)

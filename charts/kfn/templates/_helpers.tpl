@@ -92,3 +92,28 @@ seccompProfile:
 {{- $rules := $root.Files.Get "files/rbac-rules.yaml" | fromYaml -}}
 {{- index $rules (index . 1) (index . 2) | toYaml -}}
 {{- end -}}
+
+{{/*
+The NATS server of asynchronous invocations, as KFN_NATS_URL gives it to the gateway and the
+operator: async.nats.url when set, else the client Service of the StatefulSet this chart runs
+(async.nats.install), else nothing (no async invocations, no schedules).
+*/}}
+{{- define "kfn.nats.runs" -}}
+{{- if and .Values.async.nats.install (not .Values.async.nats.url) }}true{{ end -}}
+{{- end -}}
+
+{{- define "kfn.nats.url" -}}
+{{- if .Values.async.nats.url -}}
+{{- .Values.async.nats.url -}}
+{{- else if include "kfn.nats.runs" . -}}
+{{- printf "nats://%s.%s.svc:4222" (include "kfn.componentName" (list . "nats")) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The KFN_NATS_URL entry of a container's env, when there is a NATS server. */}}
+{{- define "kfn.nats.env" -}}
+{{- with include "kfn.nats.url" . }}
+- name: KFN_NATS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
