@@ -50,7 +50,7 @@ from kfn.core.instances import Instance, InstanceBackend, Invocation, Invocation
 from kfn.core.keys import ApiKey, KeySource, StaticKeys
 from kfn.core.scaling import MetricsSource
 from kfn.events.store import AcceptOptions, EventStore, StoreUnavailable
-from kfn_gateway import apigateway, cors
+from kfn_gateway import apigateway, cors, lambda_api
 from kfn_gateway.auth import AuthError, Scope, authenticate, credential_headers
 from kfn_gateway.connections import (
     DEFAULT_BODY_TIMEOUT,
@@ -160,6 +160,7 @@ class Gateway:
         app.router.add_post(f"{naming.SYSTEM_ASYNC_PATH}/{{name}}/{naming.SYSTEM_ASYNC_REPLAY}", self._async_replay)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._scrape)
+        lambda_api.add_routes(app, self)   # POST /2015-03-31/functions/{name}/invocations
         # Checked after every other resource, whatever the order they were added in.
         app.router.add_route("*", "/{tail:.*}", self._not_found, expect_handler=expect)
 
