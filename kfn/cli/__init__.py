@@ -45,18 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cgroups", choices=["auto", "off"], default="auto",
                    help="run each instance in a cgroup where the OS allows (all its processes die with it; its "
                         "memory limited to spec.resources.limits.memory); off: process groups and RLIMIT_DATA")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="keep asynchronous events, dead letters and schedule ticks here, across restarts "
+                        "(default: DIR/.kfn)")
+    p.add_argument("--nats-url", default=None, metavar="URL",
+                   help="the NATS server of spec.triggers[].nats, e.g. nats://127.0.0.1:4222 (default $KFN_NATS_URL; "
+                        "none: NATS triggers do not run)")
+    p.add_argument("--async-retry-delays", default=None, metavar="DURATIONS",
+                   help="waits before the 2nd and 3rd attempts of an async event that failed, e.g. 1s,2s "
+                        "(default 1m,2m, Lambda's)")
+    p.add_argument("--async-lease", default=None, metavar="DURATION",
+                   help="an async event in flight when kfn local died is delivered again after this (default 30s)")
     _connection_options(p)
 
     for name, help_ in (("invoke", "call a function through the gateway"),
                         ("list", "list functions with replicas and usage"),
                         ("logs", "print a function's instance logs")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--gateway", default=None,
-                       help=f"gateway URL (default ${naming.ENV_GATEWAY} or {naming.DEFAULT_GATEWAY_URL})")
-        p.add_argument("--api-key", default=None, metavar="KEY",
-                       help=f"the API key to send (default ${naming.ENV_API_KEY}); needed for a gateway that "
-                            "protects /system/* or the function")
-        p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+        _remote_options(p)
         if name == "invoke":
             p.add_argument("name", help="NAME or NAME.NAMESPACE")
             p.add_argument("--data", "-d", default=None, help="request body: JSON text, or @FILE")
@@ -68,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("name", help="NAME or NAME.NAMESPACE")
             p.add_argument("--follow", "-f", action="store_true")
             p.add_argument("--tail", type=int, default=100)
+
+    p = sub.add_parser("async", help="asynchronous invocations: a function's queue and dead letters")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("list", help="the queue and the dead letters of a function")
+    _remote_options(q)
+    q.add_argument("--json", dest="output", action="store_const", const="json", help="the same as -o json")
+    q.add_argument("--limit", type=int, default=100, help="dead letters to list at most (default 100)")
+    q.add_argument("name", help="NAME or NAME.NAMESPACE")
+    q = actions.add_parser("replay", help="deliver dead letters again (all of the function's, or those named)")
+    _remote_options(q)
+    q.add_argument("--json", dest="output", action="store_const", const="json", help="the same as -o json")
+    q.add_argument("name", help="NAME or NAME.NAMESPACE")
+    q.add_argument("ids", nargs="*", metavar="ID", help="invocation ids (default: every dead letter)")
 
     p = sub.add_parser("gateway", help="run the gateway (on Kubernetes)")
     p.add_argument("--host", default="0.0.0.0")
@@ -85,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "else kfn-system)")
     p.add_argument("--keys", default=None, metavar="FILE",
                    help="take API keys from this file (re-read when it changes) instead of Secrets")
+    p.add_argument("--nats-url", default=None, metavar="URL",
+                   help="store asynchronous invocations in NATS JetStream there and run NATS triggers "
+                        "(default $KFN_NATS_URL; none: async requests are answered 503)")
+    p.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="gateway replicas sharing the async queue: each delivers 1/N of a function's async "
+                        "concurrency (default $KFN_GATEWAY_REPLICAS, else 1)")
     _connection_options(p)
     _limit_options(p)
     p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
@@ -107,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="serve the autoscaler's metrics on this port")
     p.add_argument("--health-port", type=int, default=None, help="serve a liveness probe on this port (/healthz)")
     return parser
+
+
+def _remote_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gateway", default=None,
+                   help=f"gateway URL (default ${naming.ENV_GATEWAY} or {naming.DEFAULT_GATEWAY_URL})")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"the API key to send (default ${naming.ENV_API_KEY}); needed for a gateway that "
+                        "protects /system/* or the function")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
 
 def _limit_options(p: argparse.ArgumentParser) -> None:
@@ -169,6 +203,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "logs":
         from kfn.cli.remote import logs
         return logs(options.logs(args))
+    if args.command == "async":
+        from kfn.cli import remote
+        if args.action == "list":
+            return remote.async_list(options.async_list(args))
+        return remote.async_replay(options.async_replay(args))
     if args.command == "gateway":
         require_kubernetes_extra()
         from kfn.cli.gateway import run_gateway

@@ -8,6 +8,13 @@ another replica. Then it stops listening and waits for the requests in flight.
 API keys come from Secrets (`kfn.kube.SecretKeys`: `kfn-api-keys` in each served namespace,
 `kfn-admin-keys` in `--admin-namespace`) or, with `--keys FILE`, from a file; /system/* needs an
 admin key unless `--no-system-auth`.
+
+Asynchronous invocations (`--nats-url` / $KFN_NATS_URL): events are stored in NATS JetStream
+(`kfn.events.jetstream.JetStreamStore`) and every replica runs a delivery engine on the shared
+queue (each taking 1/`--replicas` of a function's async concurrency) and the NATS triggers
+(JetStream consumers and queue groups shared by the replicas); schedules are fired by the
+operator. A NATS server that cannot be reached at start is retried in the background meanwhile
+(async requests are 503 until it answers). Without a NATS URL, async requests are 503.
 """
 from __future__ import annotations
 
@@ -18,11 +25,21 @@ import signal
 
 from kfn.cli.local import with_options
 from kfn.cli.options import GatewayOptions
+from kfn.core.aiotasks import stop_tasks
 from kfn.core.errors import CommandError
 from kfn.core.keys import InvalidKeys, KeySource
+from kfn.events.delivery import DeliverySettings
+from kfn.events.jetstream import JetStreamStore
+from kfn.events.store import StoreUnavailable
 from kfn.keyfile import KeyFile
 from kfn.kube import KubernetesBackend, SecretKeys, connect
+from kfn.triggers.registry import TriggerSettings
+from kfn.triggers.service import TriggerService
 from kfn_gateway import Gateway, GatewaySettings, serve
+from kfn_gateway.asyncinvoke import AsyncDelivery
+
+# Between attempts to reach a NATS server that did not answer at start.
+NATS_RETRY = 5.0
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +92,17 @@ async def _serve(options: GatewayOptions) -> None:
             settings = GatewaySettings(default_namespace=options.default_namespace, trusted_hops=options.trusted_hops,
                                        system_auth=options.system_auth)
             settings = with_options(settings, options.connections, options.limits)
-            gateway = Gateway(backend, settings=settings, keys=keys)
+            store = JetStreamStore(options.nats_url) if options.nats_url else None
+            gateway = Gateway(backend, settings=settings, keys=keys, events=store)
+            asynchronous = _Asynchronous(gateway, store, options) if store is not None else None
+            if asynchronous is None:
+                logger.warning("no NATS server (--nats-url, $KFN_NATS_URL): asynchronous invocations are answered "
+                               "503 and NATS triggers do not run")
             # serve() starts the gateway, and runner.cleanup() closes it.
             runner = await serve(gateway, host=options.host, port=options.port)
             logger.info("kfn gateway listening on %s:%d", options.host, options.port)
+            if asynchronous is not None:
+                asynchronous.start()
             try:
                 await stop.wait()
                 logger.info("shutting down: serving %gs more while clients move to other replicas",
@@ -89,7 +113,13 @@ async def _serve(options: GatewayOptions) -> None:
                     async with asyncio.timeout(options.shutdown_delay):
                         await stop.wait()  # a second signal skips the delay
             finally:
+                if asynchronous is not None:
+                    for site in list(runner.sites):
+                        await site.stop()         # no more requests (those in flight go on)
+                    await asynchronous.close()    # triggers, then deliveries in progress (bounded)
                 await runner.cleanup()
+                if store is not None:
+                    await store.close()
         finally:
             if poll is not None:
                 poll.cancel()
@@ -98,3 +128,41 @@ async def _serve(options: GatewayOptions) -> None:
             if secrets is not None:
                 await secrets.close()
             await backend.close()
+
+
+class _Asynchronous:
+    """The store's connection, the delivery engine and the NATS triggers of one gateway replica,
+    started in the background (a NATS server down at start is retried) and closed in order."""
+
+    def __init__(self, gateway: Gateway, store: JetStreamStore, options: GatewayOptions) -> None:
+        self._store = store
+        self.delivery = AsyncDelivery(gateway, store, settings=DeliverySettings(replicas=options.replicas))
+        self.triggers = TriggerService(gateway.backend, store.accept, TriggerSettings(nats_url=options.nats_url),
+                                       everywhere=("nats",))
+        self._task: asyncio.Task[None] | None = None
+        self._started: list[AsyncDelivery | TriggerService] = []
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kfn-gateway-async")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._store.start()
+                break
+            except StoreUnavailable as e:
+                logger.warning("asynchronous invocations wait for NATS: %s; trying again in %gs", e, NATS_RETRY)
+            await asyncio.sleep(NATS_RETRY)
+        logger.info("asynchronous invocations stored in JetStream at %s", self._store.url)
+        for part in (self.delivery, self.triggers):
+            await part.start()
+            self._started.append(part)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await stop_tasks([self._task], what="the async start")
+        for part in reversed(self._started):   # triggers first: no new events while deliveries finish
+            try:
+                await part.close()
+            except Exception:
+                logger.exception("closing %s failed", type(part).__name__)

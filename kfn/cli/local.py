@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 from kfn.cli.options import ConnectionOptions, LimitOptions, LocalOptions
+from kfn.events.delivery import DeliverySettings
 from kfn.local import LocalMode, LocalSettings
 from kfn_gateway import GatewaySettings
 
@@ -27,8 +28,15 @@ def settings(options: LocalOptions) -> LocalSettings:
     gateway = GatewaySettings(trusted_hops=options.trusted_hops, system_auth=options.keys is not None)
     gateway = with_options(gateway, options.connections, LimitOptions(
         max_body_bytes=options.max_body_bytes, queue_limit=options.queue_limit, queue_timeout=options.queue_timeout))
-    return LocalSettings(directory=options.directory, host=options.host, port=options.port, gateway=gateway,
-                         work_dir=options.work_dir, keys=options.keys, cgroups=options.cgroups)
+    delivery = DeliverySettings()
+    if options.async_retry_delays is not None:
+        delivery = replace(delivery, delays=replace(delivery.delays, function_errors=options.async_retry_delays))
+    local = LocalSettings(directory=options.directory, host=options.host, port=options.port, gateway=gateway,
+                          work_dir=options.work_dir, keys=options.keys, cgroups=options.cgroups,
+                          state_dir=options.state_dir, nats_url=options.nats_url, delivery=delivery)
+    if options.async_lease is not None:
+        local = replace(local, async_lease=options.async_lease)
+    return local
 
 
 def run_local(options: LocalOptions) -> int:

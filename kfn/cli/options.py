@@ -14,6 +14,12 @@ from pathlib import Path
 from kfn.core import naming, units
 from kfn.core.errors import CommandError
 
+# The NATS server of async events (kfn gateway) and of NATS triggers: --nats-url, else this.
+ENV_NATS_URL = "KFN_NATS_URL"
+# How many gateway replicas share the async queue (each delivers its share of a function's async
+# concurrency): --replicas, else this (the chart sets it to the Deployment's replica count).
+ENV_GATEWAY_REPLICAS = "KFN_GATEWAY_REPLICAS"
+
 
 def _usage(message: str) -> CommandError:
     return CommandError(message, exit_code=2)
@@ -57,6 +63,10 @@ class LocalOptions:
     keys: Path | None = None
     connections: ConnectionOptions = ConnectionOptions()
     cgroups: bool = True
+    state_dir: Path | None = None
+    nats_url: str | None = None
+    async_retry_delays: tuple[float, ...] | None = None   # None: Lambda's (1 and 2 minutes)
+    async_lease: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,20 @@ class LogsOptions:
 
 
 @dataclass(frozen=True)
+class AsyncListOptions:
+    remote: RemoteOptions
+    name: str
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class AsyncReplayOptions:
+    remote: RemoteOptions
+    name: str
+    ids: tuple[str, ...] = ()     # none: every dead letter of the function
+
+
+@dataclass(frozen=True)
 class GatewayOptions:
     host: str = "0.0.0.0"
     port: int = 8080
@@ -101,6 +125,8 @@ class GatewayOptions:
     keys: Path | None = None
     connections: ConnectionOptions = ConnectionOptions()
     limits: LimitOptions = LimitOptions()
+    nats_url: str | None = None   # async events in JetStream there (none: async requests are 503)
+    replicas: int = 1             # gateway replicas sharing the async queue
 
 
 @dataclass(frozen=True)
@@ -146,7 +172,41 @@ def local(args: argparse.Namespace) -> LocalOptions:
                         queue_limit=given.queue_limit, queue_timeout=given.queue_timeout,
                         work_dir=Path(args.work_dir) if args.work_dir else None,
                         trusted_hops=_hops(args.trusted_hops), keys=_keys_file(args.keys),
-                        connections=connections(args), cgroups=args.cgroups != "off")
+                        connections=connections(args), cgroups=args.cgroups != "off",
+                        state_dir=Path(args.state_dir) if args.state_dir else None, nats_url=nats_url(args.nats_url),
+                        async_retry_delays=_retry_delays(args.async_retry_delays),
+                        async_lease=_timeout(args.async_lease, "--async-lease"))
+
+
+def nats_url(flag: str | None) -> str | None:
+    """--nats-url, else $KFN_NATS_URL; None when neither says one. Checked to look like a NATS URL."""
+    url = flag if flag is not None else os.environ.get(ENV_NATS_URL)
+    if url is None or not url.strip():
+        return None
+    url = url.strip()
+    for one in url.split(","):   # nats-py takes a comma-separated list of servers
+        parsed = urllib.parse.urlsplit(one.strip())
+        if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname:
+            raise _usage(f"the NATS URL must look like nats://HOST:4222 (got {one.strip()!r})")
+    return url
+
+
+def _retry_delays(value: str | None) -> tuple[float, ...] | None:
+    """--async-retry-delays 1m,2m: the waits before the 2nd and 3rd attempts of an async event."""
+    if value is None:
+        return None
+    delays = []
+    for part in value.split(","):
+        try:
+            seconds = units.parse_duration(part)
+        except ValueError as e:
+            raise _usage(f"--async-retry-delays {e}") from None
+        if seconds < 0:
+            raise _usage(f"--async-retry-delays must not be negative (got {part.strip()})")
+        delays.append(seconds)
+    if not 1 <= len(delays) <= 2:
+        raise _usage(f"--async-retry-delays takes one or two durations, e.g. 1m,2m (got {value!r})")
+    return tuple(delays)
 
 
 def limits(args: argparse.Namespace) -> LimitOptions:
@@ -218,6 +278,16 @@ def invoke(args: argparse.Namespace) -> InvokeOptions:
                          headers=tuple(args.header), timeout=args.timeout)
 
 
+def async_list(args: argparse.Namespace) -> AsyncListOptions:
+    if not 1 <= args.limit <= 1000:
+        raise _usage(f"--limit must be from 1 to 1000 (got {args.limit})")
+    return AsyncListOptions(remote=remote(args), name=args.name, limit=args.limit)
+
+
+def async_replay(args: argparse.Namespace) -> AsyncReplayOptions:
+    return AsyncReplayOptions(remote=remote(args), name=args.name, ids=tuple(args.ids))
+
+
 def logs(args: argparse.Namespace) -> LogsOptions:
     if args.tail < 0:
         raise _usage(f"--tail must be 0 or more (got {args.tail})")
@@ -232,7 +302,25 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
                           default_namespace=args.default_namespace, shutdown_delay=args.shutdown_delay,
                           log_level=args.log_level, trusted_hops=_hops(args.trusted_hops),
                           system_auth=not args.no_system_auth, admin_namespace=admin_namespace,
-                          keys=_keys_file(args.keys), connections=connections(args), limits=limits(args))
+                          keys=_keys_file(args.keys), connections=connections(args), limits=limits(args),
+                          nats_url=nats_url(args.nats_url), replicas=_replicas(args.replicas))
+
+
+def _replicas(flag: int | None) -> int:
+    """--replicas, else $KFN_GATEWAY_REPLICAS, else 1."""
+    if flag is not None:
+        value, source = flag, "--replicas"
+    else:
+        raw = os.environ.get(ENV_GATEWAY_REPLICAS, "").strip()
+        if not raw:
+            return 1
+        try:
+            value, source = int(raw), f"${ENV_GATEWAY_REPLICAS}"
+        except ValueError:
+            raise _usage(f"${ENV_GATEWAY_REPLICAS} must be a whole number (got {raw!r})") from None
+    if value < 1:
+        raise _usage(f"{source} must be 1 or more (got {value})")
+    return value
 
 
 def _hops(value: int) -> int:

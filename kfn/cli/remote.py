@@ -1,4 +1,4 @@
-"""`kfn invoke`, `kfn list` and `kfn logs`: commands that talk to a running gateway."""
+"""`kfn invoke`, `kfn list`, `kfn logs` and `kfn async`: commands that talk to a running gateway."""
 from __future__ import annotations
 
 import http.client
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kfn.cli.client import GatewayClient
-from kfn.cli.options import InvokeOptions, LogsOptions, RemoteOptions
+from kfn.cli.options import AsyncListOptions, AsyncReplayOptions, InvokeOptions, LogsOptions, RemoteOptions
 from kfn.core import naming
 from kfn.core.errors import CommandError
 
@@ -199,3 +199,91 @@ def logs(options: LogsOptions) -> int:
             raise CommandError(f"lost the connection to the kfn gateway at {client.url}: {e}") from None
         raise
     return 0
+
+
+# -- kfn async ---------------------------------------------------------------------------------------
+
+def _async_path(name: str, *rest: str) -> str:
+    return "/".join([naming.SYSTEM_ASYNC_PATH, urllib.parse.quote(name, safe="."), *rest])
+
+
+def _async_answer(client: GatewayClient, name: str, response_status: int, body: Any) -> Any:
+    """The JSON body of a /system/async answer, or the CommandError a user can act on."""
+    if response_status == 200:
+        return body
+    detail = body.get("error") if isinstance(body, dict) else None
+    if response_status == 404 and detail and "no function" in detail:
+        raise CommandError(f"no function named {name!r} (see `kfn list`)")
+    if response_status == 404:
+        raise CommandError(f"the gateway at {client.url} has no {naming.SYSTEM_ASYNC_PATH} (is it an older kfn?)")
+    raise CommandError(f"the gateway answered HTTP {response_status}: {detail or body}")
+
+
+def async_list(options: AsyncListOptions) -> int:
+    """Prints a function's async queue and its dead letters (a table, or JSON)."""
+    client = GatewayClient(options.remote.gateway, api_key=options.remote.api_key)
+    status, body = client.get_json(_async_path(options.name) + f"?limit={options.limit}")
+    view = _async_answer(client, options.name, status, body)
+    if options.remote.output == "json":
+        print(json.dumps(view, indent=2))
+        return 0
+    queue = view.get("queue") or {}
+    depth, in_flight = int(queue.get("depth", 0)), int(queue.get("inFlight", 0))
+    oldest = float(queue.get("oldestAgeSeconds") or 0)
+    line = f"{view.get('name')}.{view.get('namespace')}: {depth} event{'s' if depth != 1 else ''} queued"
+    if depth:
+        line += f" ({in_flight} in flight, the oldest {_seconds(oldest)} old)"
+    print(line)
+    letters = view.get("deadLetters") or []
+    if not letters:
+        print("no dead letters")
+        return 0
+    now = time.time()
+    rows = [("ID", "CONDITION", "ATTEMPTS", "FAILED", "ERROR")]
+    for letter in letters:
+        rows.append((str(letter.get("id", "")), str(letter.get("condition", "")), str(letter.get("attempts", 0)),
+                     _ago(letter.get("failedAt"), now), _first_line(letter.get("error"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''} (kfn async replay {options.name} [ID...]):")
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def async_replay(options: AsyncReplayOptions) -> int:
+    """Stores dead letters again (all of the function's, or those named); exit 1 if a named one was not replayed."""
+    client = GatewayClient(options.remote.gateway, api_key=options.remote.api_key)
+    payload = json.dumps({"ids": list(options.ids)}).encode() if options.ids else None
+    response = client.request("POST", _async_path(options.name, naming.SYSTEM_ASYNC_REPLAY), body=payload,
+                              headers={"Content-Type": "application/json", "Accept": "application/json"})
+    if (error := client.refused(response.status)) is not None:
+        raise error
+    raw = response.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        raise CommandError(f"the gateway at {client.url} answered with something that is not JSON "
+                           f"(HTTP {response.status}): is it a kfn gateway?") from None
+    replayed = [str(i) for i in (_async_answer(client, options.name, response.status, body) or {}).get("replayed", [])]
+    missing = [i for i in options.ids if i not in replayed]
+    if options.remote.output == "json":
+        print(json.dumps({"replayed": replayed, "notFound": missing}, indent=2))
+    elif replayed:
+        print(f"replayed {len(replayed)} event{'s' if len(replayed) != 1 else ''} of {options.name}: "
+              f"{', '.join(replayed)}")
+    elif not options.ids:
+        print(f"{options.name} has no dead letters to replay")
+    if missing:
+        print(f"kfn async replay: not a dead letter of {options.name}: {', '.join(missing)} "
+              f"(see `kfn async list {options.name}`)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _seconds(value: float) -> str:
+    seconds = int(value)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"

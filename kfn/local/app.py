@@ -1,9 +1,16 @@
 """`kfn local`: the whole data path on one machine.
 
 One process serves every Function manifest in a directory: the gateway (the same code as on
-Kubernetes), the autoscaler (the same loop, fed by the gateway's own metrics), a
-`ProcessBackend` that runs instances as local runtime processes, and a `ManifestDirectory` that
-keeps them in step with the files.
+Kubernetes), the autoscaler (the same loop, fed by the gateway's own metrics and the queued
+async work), a `ProcessBackend` that runs instances as local runtime processes, and a
+`ManifestDirectory` that keeps them in step with the files.
+
+Asynchronous invocations (/async-function/, the Invoke API's Event type, schedules, NATS
+triggers) are stored in a SQLite database in the state directory (`<DIR>/.kfn/` unless
+`--state-dir`), which outlives the process: whatever was accepted before a crash or a SIGKILL is
+delivered after the next start. The delivery engine (`kfn_gateway.asyncinvoke.AsyncDelivery`)
+hands them to functions through the gateway; schedules fire in the one `kfn local` holding the
+state directory's scheduler lock.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -23,11 +30,19 @@ from kfn.core import naming
 from kfn.core.errors import CommandError
 from kfn.core.functions import FunctionRef
 from kfn.core.keys import InvalidKeys
+from kfn.events.delivery import DeliverySettings
+from kfn.events.sqlite import FILE_NAME, SqliteStore
+from kfn.events.store import StoreUnavailable
 from kfn.keyfile import KeyFile
 from kfn.local.directory import ManifestDirectory
 from kfn.processes import ProcessBackend
+from kfn.triggers.leader import FileLock
+from kfn.triggers.registry import local_settings
+from kfn.triggers.service import TriggerService
 from kfn_autoscaler import Autoscaler
+from kfn_autoscaler.sources import QueuedWorkSource
 from kfn_gateway import Gateway, GatewaySettings
+from kfn_gateway.asyncinvoke import AsyncDelivery
 from kfn_gateway.server import make_runner
 from kfn_runtime.output import BatchedLines
 
@@ -43,6 +58,18 @@ class LocalSettings:
     work_dir: Path | None = None    # None: a temporary directory, removed on exit
     keys: Path | None = None        # an API keys file (kfn.keyfile), followed while serving
     cgroups: bool = True            # instances in cgroups where the OS allows (else process groups, rlimits)
+    state_dir: Path | None = None   # async events and schedule ticks; None: DIRECTORY/.kfn (kept across runs)
+    nats_url: str | None = None     # the NATS server of spec.triggers[].nats (none: those triggers do not run)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)   # retry delays of async events
+    async_lease: float = 30.0       # an async event in flight when kfn local died is delivered again after this
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.directory / STATE_DIR_NAME
+
+
+STATE_DIR_NAME = ".kfn"
+SCHEDULER_LOCK = "scheduler.lock"
 
 
 # -- local routes ------------------------------------------------------------------------------
@@ -50,23 +77,26 @@ class LocalSettings:
 class LocalRoutes:
     """What only local mode can answer: manifest errors and instance addresses."""
 
-    def __init__(self, backend: ProcessBackend, manifests: ManifestDirectory, gateway: Gateway) -> None:
+    def __init__(self, backend: ProcessBackend, manifests: ManifestDirectory, gateway: Gateway,
+                 triggers: TriggerService | None = None) -> None:
         self._backend = backend
         self._manifests = manifests
         self._gateway = gateway
+        self._triggers = triggers
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get(naming.SYSTEM_ERRORS_PATH, self.errors)
         app.router.add_get(naming.SYSTEM_INSTANCES_PATH + "/{name}", self.instances)
 
     async def errors(self, request: web.Request) -> web.Response:
-        """Manifest problems per file and instance problems per function."""
+        """Manifest problems per file, and instance and trigger problems per function."""
         functions = []
+        triggers = self._triggers.problems() if self._triggers is not None else {}
         for fn in self._backend.functions():
-            error = self._backend.problem(fn.ref)
-            if error:
+            problems = [p for p in (self._backend.problem(fn.ref), *triggers.get(fn.ref, ())) if p]
+            if problems:
                 functions.append({"function": fn.name, "namespace": fn.namespace,
-                                  "file": str(self._manifests.file_of(fn.ref) or ""), "error": error})
+                                  "file": str(self._manifests.file_of(fn.ref) or ""), "error": "; ".join(problems)})
         return web.json_response({"manifests": self._manifests.errors(), "functions": functions})
 
     async def instances(self, request: web.Request) -> web.Response:
@@ -126,15 +156,30 @@ class LocalMode:
         backend = ProcessBackend(work_dir=self.work_dir, deps_cache=_deps_cache(),
                                  log_files=self.work_dir is not None, on_output=self._echo,
                                  confine=self.settings.cgroups)
+        state = self.settings.state
+        store = SqliteStore(state / FILE_NAME, lease=self.settings.async_lease)
+        try:
+            await store.start()
+        except (StoreUnavailable, OSError) as e:
+            raise CommandError(f"cannot open the async event store in {state}: {e} (choose another place with "
+                               "--state-dir)") from None
         await backend.start()
         manifests = ManifestDirectory(self.directory, backend)
-        gateway = Gateway(backend, settings=self.settings.gateway, keys=keys)
+        gateway = Gateway(backend, settings=self.settings.gateway, keys=keys, events=store)
+        delivery: AsyncDelivery | None = None
+        triggers = TriggerService(backend, store.accept,
+                                  local_settings(state / FILE_NAME, nats_url=self.settings.nats_url),
+                                  everywhere=("nats",), leader_only=("schedule",),
+                                  election=FileLock(state / SCHEDULER_LOCK))
         runner: web.AppRunner | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
             await manifests.poll()
+            # Deliveries in progress at shutdown may take as long as the slowest function.
+            delivery = AsyncDelivery(gateway, store, settings=replace(self.settings.delivery,
+                                                                       drain_timeout=_drain_timeout(backend)))
             app = gateway.make_app()   # starts the gateway with the app, and closes it on cleanup
-            LocalRoutes(backend, manifests, gateway).add_to(app)
+            LocalRoutes(backend, manifests, gateway, triggers).add_to(app)
             # As kfn_gateway.server.serve does, plus a drain as long as the slowest function may take.
             runner = make_runner(gateway, app, handle_signals=False, shutdown_timeout=_drain_timeout(backend))
             await runner.setup()
@@ -145,7 +190,11 @@ class LocalMode:
                     raise CommandError(f"cannot listen on {self.host}:{self.port}: the address is already in use "
                                        "(is another kfn local running? pick one with --port)") from None
                 raise CommandError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
-            autoscaler = Autoscaler(backend, gateway.metrics_source, interval=1.0, registry=gateway.registry)
+            await delivery.start()
+            await triggers.start()
+            # Queued async events count as work, so a function at zero with events waiting scales up.
+            load = QueuedWorkSource(gateway.metrics_source, delivery.engine.queue_stats)
+            autoscaler = Autoscaler(backend, load, interval=1.0, registry=gateway.registry)
             tasks = [loop.create_task(autoscaler.run(), name="kfn-autoscaler"),
                      loop.create_task(manifests.run(), name="kfn-manifests")]
             if keys is not None:
@@ -154,6 +203,7 @@ class LocalMode:
             count = f"{len(names)} function{'s' if len(names) != 1 else ''}"
             listing = f" ({', '.join(names)})" if names else f" (no Function manifests in {self.directory} yet)"
             print(f"kfn local: serving {count} at http://{_url_host(self.host)}:{self.port}{listing}", flush=True)
+            print(f"kfn local: async events and schedules in {state}", flush=True)
             if keys is None and self.host not in ("127.0.0.1", "::1", "localhost"):
                 print(f"kfn local: warning: listening on {self.host} without --keys: anyone who reaches it can "
                       "list the functions and read their logs (see SECURITY.md)", file=sys.stderr, flush=True)
@@ -168,8 +218,15 @@ class LocalMode:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await triggers.close()           # no more events from schedules and NATS
             if runner is not None:
-                await runner.cleanup()       # stop accepting, wait for in-flight requests, close the gateway
+                for site in list(runner.sites):
+                    await site.stop()        # no more requests (those in flight go on)
+            if delivery is not None:
+                await delivery.close()       # deliveries in progress finish (bounded); the rest stay stored
+            if runner is not None:
+                await runner.cleanup()       # wait for in-flight requests, close the gateway
+            await store.close()              # everything accepted is in the database already
             await backend.close()            # SIGTERM every instance, SIGKILL stragglers, reap all
             _STDERR.flush()
             for sig in (signal.SIGINT, signal.SIGTERM):
