@@ -659,6 +659,13 @@ def test_gateway_and_operator_reach_the_charts_nats_server(default_objects: list
     assert int(port) in [p["port"] for p in service["spec"]["ports"]]
 
 
+def test_gateways_share_each_async_queue_by_their_replica_count(default_objects: list[Manifest],
+                                                               custom_objects: list[Manifest]) -> None:
+    for objects in (default_objects, custom_objects):
+        replicas = find(objects, "Deployment", f"{RELEASE}-gateway")["spec"]["replicas"]
+        assert build_parser().parse_args(_args(objects)).replicas == replicas
+
+
 def test_nats_image_defaults_to_the_one_scripts_images_builds(default_objects: list[Manifest]) -> None:
     script = (ROOT / "scripts" / "images").read_text()
     registry = script.split("registry=${IMAGE_REGISTRY:-", 1)[1].split("}", 1)[0]
