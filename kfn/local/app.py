@@ -176,8 +176,10 @@ class LocalMode:
         try:
             await manifests.poll()
             # Deliveries in progress at shutdown may take as long as the slowest function.
-            delivery = AsyncDelivery(gateway, store, settings=replace(self.settings.delivery,
-                                                                       drain_timeout=_drain_timeout(backend)))
+            # Leases are renewed well before they run out, however short --async-lease makes them.
+            delivery = AsyncDelivery(gateway, store, settings=replace(
+                self.settings.delivery, drain_timeout=_drain_timeout(backend),
+                heartbeat=min(self.settings.delivery.heartbeat, self.settings.async_lease / 3)))
             app = gateway.make_app()   # starts the gateway with the app, and closes it on cleanup
             LocalRoutes(backend, manifests, gateway, triggers).add_to(app)
             # As kfn_gateway.server.serve does, plus a drain as long as the slowest function may take.
