@@ -59,6 +59,11 @@ def recording(log: Path, *, before: str = "", after: str = "", result: str = '{"
     """
 
 
+def async_spec(**settings: Any) -> dict[str, Any]:
+    """spec.async, as keyword arguments of write_manifest."""
+    return {"async": settings}
+
+
 def _indent(code: str) -> str:
     return textwrap.indent(textwrap.dedent(code).strip("\n"), " " * 12) if code.strip() else ""
 
@@ -236,7 +241,7 @@ def test_a_function_that_always_fails_is_tried_1_plus_max_retry_attempts_times_t
     write_manifest(directory, "flaky", recording(log, after=f"""
         if not os.path.exists({json.dumps(str(fixed))}):
             raise RuntimeError("not fixed yet")
-    """), **{"async": {"maxRetryAttempts": 2}})
+    """), **async_spec(maxRetryAttempts=2))
     keys = ["a", "b", "c"]
     with serving(directory, "--state-dir", str(tmp_path / "state")) as local:
         ids = {key: post_async(local, "flaky", key) for key in keys}
@@ -280,7 +285,7 @@ def test_a_function_slower_than_its_timeout_is_retried_then_dead_lettered(tmp_pa
     directory.mkdir()
     log = tmp_path / "attempts.log"
     write_manifest(directory, "sleepy", recording(log, before="time.sleep(5)"), timeout="1s",
-                   **{"async": {"maxRetryAttempts": 1}})
+                   **async_spec(maxRetryAttempts=1))
     with serving(directory) as local:
         request_id = post_async(local, "sleepy", "nap")
         wait_until(lambda: async_view(local, "sleepy")["deadLetters"], timeout=60, what="a dead letter")
@@ -299,7 +304,7 @@ def test_on_success_a_destination_function_gets_lambdas_invocation_record(tmp_pa
     directory.mkdir()
     records = tmp_path / "records.log"
     write_manifest(directory, "ok", recording(tmp_path / "ok.log", result='{"ok": key}'),
-                   **{"async": {"onSuccess": {"function": "sink"}}})
+                   **async_spec(onSuccess={"function": "sink"}))
     write_manifest(directory, "sink", f"""
         import json
         def handler(event, context):
@@ -322,7 +327,7 @@ def test_on_failure_a_destination_url_that_is_down_gets_the_record_once_it_comes
     directory = tmp_path / "functions"
     directory.mkdir()
     write_manifest(directory, "bad", recording(tmp_path / "bad.log", after='raise ValueError("bad")'),
-                   **{"async": {"maxRetryAttempts": 0, "onFailure": {"url": receiver.url}}})
+                   **async_spec(maxRetryAttempts=0, onFailure={"url": receiver.url}))
     with serving(directory) as local:
         request_id = post_async(local, "bad", "doomed")
         wait_until(lambda: counters(local).get("destination_errors", 0) >= 1, timeout=30,
@@ -352,7 +357,7 @@ def test_an_event_older_than_its_maximum_age_when_delivery_resumes_is_dead_lette
     directory = tmp_path / "functions"
     directory.mkdir()
     log = tmp_path / "ran.log"
-    write_manifest(directory, "aging", recording(log), **{"async": {"maximumEventAgeSeconds": 60}})
+    write_manifest(directory, "aging", recording(log), **async_spec(maximumEventAgeSeconds=60))
     ref = FunctionRef("default", "aging")
 
     async def accept(invocation_id: str, body: str, accepted_at: float) -> None:
