@@ -172,15 +172,22 @@ def test_a_handler_answering_429_with_x_kfn_rejected_runs_once_and_its_answer_re
 
 
 def test_a_handler_answering_503_draining_keeps_its_instance_in_rotation(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
     write_manifest(tmp_path, "sly", """
+        import os
         def handler(event, context):
+            with open(os.environ["RUNS"], "a") as f:
+                f.write("ran\\n")
             return {"statusCode": 503, "headers": {"X-Kfn-Rejected": "draining"}, "body": "busy"}
-    """, scale={"minReplicas": 1})
+    """, scale={"minReplicas": 1}, env=[{"name": "RUNS", "value": str(runs)}])
     with serving(tmp_path) as local:
         wait_until(lambda: local.ready("sly") == 1, timeout=30, what="sly's instance")
         before = _instances(local, "sly")
         for _ in range(3):
-            assert local.invoke("sly").status == 503
+            # The handler's own answer each time: the one instance was never taken out of rotation.
+            result = local.invoke("sly")
+            assert (result.status, result.body) == (503, b"busy")
+        assert _lines(runs) == 3
         assert _instances(local, "sly") == before
 
 
