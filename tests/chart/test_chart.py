@@ -280,6 +280,16 @@ def test_operator_finds_the_gateway_replicas_by_its_default_selector(objects: li
     assert container(objects, "kfn-gateway")["ports"][0]["name"] == config.OperatorConfig().gateway_port_name
 
 
+def test_operator_rollout_strategy_is_explicit_for_one_replica_and_for_more(
+        default_objects: list[Manifest], helm: Path, tmp_path: Path) -> None:
+    # helm upgrade removes only fields the chart rendered before: a RollingUpdate Deployment's
+    # defaulted rollingUpdate would otherwise stay and make the Recreate of one replica invalid.
+    one = find(default_objects, "Deployment", f"{RELEASE}-operator")["spec"]["strategy"]
+    assert one == {"type": "Recreate"}
+    more = find(render_values(helm, tmp_path, "operator: {replicas: 2}"), "Deployment", f"{RELEASE}-operator")
+    assert more["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
 def test_operator_knows_its_namespace_and_name_for_the_lease(objects: list[Manifest]) -> None:
     env = {e["name"]: e for e in container(objects, "kfn-operator")["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
