@@ -64,6 +64,7 @@ bench: $(STAMP)  ## benchmarks, a few minutes: runtime, execution environments, 
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/async_events.py
+	$(BIN)/python bench/async_local.py
 
 # The peers comparison: kfn local as the candidate of ../shared/peers-bench (quick: ~2-3 min; full: ~15-20 min).
 #   make bench-peers PEERS_ARGS='--reps 1 --duration 3 --warmup 1 --seq 500'

@@ -6,7 +6,7 @@ single client does) and 64 at once (as a busy gateway does; SQLite groups them i
 JetStream pipelines the publishes). Deliveries go through the whole engine (claim, lease,
 invoke, complete) to a function that returns at once, so they show the store's and the
 engine's cost per event, not a function's. This is the store's ceiling, without the gateway's
-HTTP in front (phase 2 adds the end-to-end figures to `make bench`).
+HTTP in front (bench/async_local.py measures the whole path through `kfn local`).
 
     python bench/async_events.py [--events 2000]
 """
