@@ -397,3 +397,15 @@ def test_a_function_at_zero_with_queued_events_is_scaled_up(tmp_path: Path) -> N
             wait_until(lambda: set(keys) <= set(lines(log, "done")), timeout=60, what="every job done")
         wait_until(lambda: local.ready("backlog") == 0, timeout=30, what="back to zero once the queue is empty")
     assert watcher.peak > 1
+
+
+def test_kfn_async_names_an_unknown_function_or_an_unreachable_gateway_with_a_non_zero_exit(tmp_path: Path) -> None:
+    directory = tmp_path / "functions"
+    directory.mkdir()
+    with serving(directory) as local:
+        unknown = kfn("async", "list", "nope", gateway=local.url)
+        replay = kfn("async", "replay", "nope", gateway=local.url)
+    assert unknown.returncode == 1 and "no function named 'nope'" in unknown.stderr
+    assert replay.returncode == 1 and "no function named 'nope'" in replay.stderr
+    gone = kfn("async", "list", "nope", gateway=f"http://127.0.0.1:{free_port()}")
+    assert gone.returncode == 1 and "cannot reach the kfn gateway" in gone.stderr
