@@ -10,7 +10,8 @@ API's InvocationType=Event, triggers through the store's `accept`); a `kfn.event
   request. The gateway's failures become the engine's terms: nothing ran (throttled, no
   instance, the queue timed out, the function is gone) → `NotInvoked`, not an attempt; the
   instance failed or timed out after it may have run → `InvocationFailed`, an attempt; a
-  function error is the `InvocationResult` itself.
+  function error is the `InvocationResult` itself. An event does not join a function's queue
+  once it is half full: it is put back (`NotInvoked`), leaving the rest of the queue to callers.
 - `async_configs(backend)`: every function's `AsyncConfig` (spec.async, timeout, concurrency).
 - `AsyncDelivery`: the engine of one gateway process, its configurations kept in step with the
   backend, and its queue metrics (`kfn.events.metrics.AsyncCollector`) on the gateway's registry,
@@ -44,6 +45,12 @@ def gateway_invoker(gateway: Gateway) -> Invoke:
         function = gateway.backend.function(ref)
         if function is None:
             raise NotInvoked(f"function {str(ref)!r} does not exist (any more)")
+        queued, limit = gateway.stats(ref).queued, gateway.settings.queue_limit
+        if queued and queued >= limit // 2:
+            # Stored events can wait; callers cannot. Half the function's queue stays theirs, so a
+            # backlog of events never turns HTTP requests away with 429s.
+            raise NotInvoked(f"function {str(ref)!r} has {queued} requests waiting for an instance",
+                             retry_after=gateway.settings.retry_after)
         try:
             return await gateway.invoke_event(function, Invocation(payload=payload, request_id=invocation_id))
         except GatewayError as e:

@@ -360,6 +360,32 @@ async def test_instances_that_could_not_be_reached_are_not_invoked() -> None:
             await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
 
 
+async def test_an_event_does_not_join_a_queue_that_is_half_full_of_waiting_requests() -> None:
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    settings = GatewaySettings(queue_limit=4, queue_timeout=30)
+    async with backend, running_gateway(backend, settings=settings) as gw:
+        waiting = [asyncio.create_task(gw.json("GET", "/function/hello")) for _ in range(2)]
+        await eventually(lambda: gw.gateway.stats(HELLO).queued == 2)
+        with pytest.raises(NotInvoked):
+            await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
+        assert gw.gateway.stats(HELLO).queued == 2
+        await backend.add_instance("hello")
+        assert [(await task)[0] for task in waiting] == [200, 200]
+
+
+async def test_an_event_joins_a_queue_that_is_less_than_half_full() -> None:
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    settings = GatewaySettings(queue_limit=4, queue_timeout=30)
+    async with backend, running_gateway(backend, settings=settings) as gw:
+        request = asyncio.create_task(gw.json("GET", "/function/hello"))
+        await eventually(lambda: gw.gateway.stats(HELLO).queued == 1)
+        delivery = asyncio.ensure_future(gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1"))
+        await eventually(lambda: gw.gateway.stats(HELLO).queued == 2)
+        await backend.add_instance("hello")
+        assert (await request)[0] == 200
+        assert (await delivery).function_error is None
+
+
 async def test_a_function_that_is_gone_is_not_invoked() -> None:
     backend = FakeBackend(make_function("hello"))
     async with backend, running_gateway(backend) as gw:
