@@ -94,7 +94,7 @@ async def _serve(options: GatewayOptions) -> None:
             settings = with_options(settings, options.connections, options.limits)
             store = JetStreamStore(options.nats_url) if options.nats_url else None
             gateway = Gateway(backend, settings=settings, keys=keys, events=store)
-            asynchronous = _Asynchronous(gateway, store, options) if store is not None else None
+            asynchronous = AsyncService(gateway, store, options) if store is not None else None
             if asynchronous is None:
                 logger.warning("no NATS server (--nats-url, $KFN_NATS_URL): asynchronous invocations are answered "
                                "503 and NATS triggers do not run")
@@ -130,7 +130,7 @@ async def _serve(options: GatewayOptions) -> None:
             await backend.close()
 
 
-class _Asynchronous:
+class AsyncService:
     """The store's connection, the delivery engine and the NATS triggers of one gateway replica,
     started in the background (a NATS server down at start is retried) and closed in order."""
 

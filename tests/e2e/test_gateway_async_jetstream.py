@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from kfn.cli.gateway import AsyncService
+from kfn.cli.options import GatewayOptions
 from kfn.core.functions import FunctionRef
 from kfn.events.delivery import DeliverySettings
 from kfn.events.jetstream import JetStreamStore
@@ -137,3 +139,34 @@ async def test_a_gateway_replica_answers_async_requests_503_while_nats_is_down_a
            lost=len({"before", "after"} - ran), refused_while_down=answers.count(503) + 1,
            refused_but_stored=int("while-down" in ran))
     assert {"before", "after"} <= ran
+
+
+async def test_kfn_gateway_started_while_nats_is_down_takes_async_requests_once_it_is_up(tmp_path: Path) -> None:
+    nats_server_binary()
+    server = NatsServer(tmp_path)   # not started yet
+    worker = Worker()
+    backend = FakeBackend(make_function("worker"), fn=worker.for_replica("a"), in_process=True)
+    options = GatewayOptions(nats_url=server.url, replicas=1)
+    store = JetStreamStore(server.url)
+    try:
+        async with backend, running_gateway(backend, events=store) as gw:
+            service = AsyncService(gw.gateway, store, options)
+            service.start()
+            try:
+                status, body, _ = await gw.json("POST", "/async-function/worker", data=b"early", headers=TEXT)
+                assert status == 503 and "could not store" in body["error"]
+                server.start()
+
+                async def accepted() -> int:
+                    return (await gw.json("POST", "/async-function/worker", data=b"late", headers=TEXT))[0]
+
+                deadline = asyncio.get_running_loop().time() + 30
+                while await accepted() != 202:
+                    assert asyncio.get_running_loop().time() < deadline, "still refused 30 s after NATS came up"
+                    await asyncio.sleep(0.2)
+                await eventually(lambda: "late" in [body for _, body in worker.runs], timeout=30)
+            finally:
+                await service.close()
+                await store.close()
+    finally:
+        server.stop()
