@@ -409,3 +409,41 @@ def test_kfn_async_names_an_unknown_function_or_an_unreachable_gateway_with_a_no
     assert replay.returncode == 1 and "no function named 'nope'" in replay.stderr
     gone = kfn("async", "list", "nope", gateway=f"http://127.0.0.1:{free_port()}")
     assert gone.returncode == 1 and "cannot reach the kfn gateway" in gone.stderr
+
+
+def test_kfn_local_fires_a_schedule_tick_missed_while_it_was_down_once_at_its_start(tmp_path: Path) -> None:
+    import asyncio
+    import datetime as dt
+
+    from kfn.events.sqlite import FILE_NAME
+    from kfn.triggers.ticks import SqliteTicks, TickRecord
+
+    directory = tmp_path / "functions"
+    directory.mkdir()
+    events = tmp_path / "events.log"
+    write_manifest(directory, "tick", f"""
+        import json
+        def handler(event, context):
+            with open({json.dumps(str(events))}, "a") as f:
+                f.write(json.dumps(event) + "\\n")
+    """, triggers=[{"schedule": "rate(1 minute)"}])
+
+    async def fired_through(when: dt.datetime) -> None:
+        # As if an earlier kfn local had fired every tick up to `when`, then stopped.
+        ticks = SqliteTicks(directory / ".kfn" / FILE_NAME)
+        await ticks.start()
+        try:
+            await ticks.put("default.tick.0", TickRecord("rate(1 minute)", when))
+        finally:
+            await ticks.close()
+
+    started = dt.datetime.now(dt.UTC)
+    asyncio.run(fired_through(started - dt.timedelta(minutes=3)))
+    with serving(directory):
+        wait_until(lambda: events.exists() and events.read_text().strip(), timeout=30, what="the missed tick")
+    fired = [json.loads(line) for line in events.read_text().splitlines()]
+    assert {(e["source"], e["detail-type"]) for e in fired} == {("aws.events", "Scheduled Event")}
+    # Three ticks were missed: the latest one is fired, once (any other is a regular tick since).
+    missed = [e for e in fired if dt.datetime.fromisoformat(e["time"].replace("Z", "+00:00")) <= started]
+    assert len(missed) == 1
+    assert started - dt.datetime.fromisoformat(missed[0]["time"].replace("Z", "+00:00")) <= dt.timedelta(minutes=1)
