@@ -447,3 +447,48 @@ def test_kfn_local_fires_a_schedule_tick_missed_while_it_was_down_once_at_its_st
     missed = [e for e in fired if dt.datetime.fromisoformat(e["time"].replace("Z", "+00:00")) <= started]
     assert len(missed) == 1
     assert started - dt.datetime.fromisoformat(missed[0]["time"].replace("Z", "+00:00")) <= dt.timedelta(minutes=1)
+
+
+def test_kfn_local_with_a_nats_url_turns_each_message_on_a_subject_into_an_invocation(tmp_path: Path) -> None:
+    import asyncio
+
+    import nats
+
+    from tests.e2e.asyncstores import NatsServer, nats_server_binary
+
+    nats_server_binary()
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        directory = tmp_path / "functions"
+        directory.mkdir()
+        events = tmp_path / "events.log"
+        write_manifest(directory, "orders", f"""
+            import json
+            def handler(event, context):
+                with open({json.dumps(str(events))}, "a") as f:
+                    f.write(json.dumps(event) + "\\n")
+        """, triggers=[{"nats": {"subject": "orders.created"}}])
+        with serving(directory, "--nats-url", server.url):
+
+            async def publish() -> dict[str, Any]:
+                client = await nats.connect(server.url)
+                try:
+                    # A request is answered once the event is stored; the trigger may still be subscribing.
+                    for _ in range(100):
+                        try:
+                            reply = await client.request("orders.created", b'{"order": 7}', timeout=1.0)
+                        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                            await asyncio.sleep(0.1)
+                            continue
+                        return dict(json.loads(reply.data))
+                    raise AssertionError("no trigger answered on orders.created")
+                finally:
+                    await client.close()
+
+            answer = asyncio.run(publish())
+            wait_until(lambda: events.exists() and events.read_text().strip(), timeout=30, what="the invocation")
+        assert "invocationId" in answer
+        assert [json.loads(line) for line in events.read_text().splitlines()] == [{"order": 7}]
+    finally:
+        server.stop()
