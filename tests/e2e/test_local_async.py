@@ -492,3 +492,15 @@ def test_kfn_local_with_a_nats_url_turns_each_message_on_a_subject_into_an_invoc
         assert [json.loads(line) for line in events.read_text().splitlines()] == [{"order": 7}]
     finally:
         server.stop()
+
+
+def test_without_a_nats_url_a_functions_nats_trigger_is_reported_as_not_running(tmp_path: Path) -> None:
+    directory = tmp_path / "functions"
+    directory.mkdir()
+    write_manifest(directory, "orders", "def handler(event, context):\n    return None\n",
+                   triggers=[{"nats": {"subject": "orders.created"}}])
+    with serving(directory) as local:
+        problems = wait_until(lambda: local.errors()["functions"], timeout=10, what="the trigger's problem")
+        listed = kfn("list", gateway=local.url)
+    assert [(p["function"], "nats triggers do not run" in p["error"]) for p in problems] == [("orders", True)]
+    assert "nats triggers do not run" in listed.stdout
