@@ -29,7 +29,8 @@ from kfn.core.instances import InstanceBackend, Invocation, InvocationResult
 from kfn.events.delivery import DeliveryEngine, DeliverySettings, Invoke, Post
 from kfn.events.metrics import AsyncCollector
 from kfn.events.store import EventStore
-from kfn_gateway.server import Gateway, GatewayError
+from kfn_gateway.errors import GatewayError
+from kfn_gateway.server import Gateway
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ boto3 and the CLI send), or a bearer/X-Api-Key key; refusals are AWS's 403s. Wit
 signatures are not looked at.
 
 `add_routes` is called by `Gateway.make_app`. Because server.py imports this module, this module
-does not import server.py: it names the gateway by what it uses of it (`InvokeGateway`), and knows
-the gateway's refusals (`GatewayError`) by their shape (`Refusal`).
+does not import server.py: it names the gateway by what it uses of it (`InvokeGateway`).
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol
 
 import orjson
 from aiohttp import web
@@ -55,7 +54,9 @@ from kfn.core.instances import InstanceBackend, Invocation, InvocationResult
 from kfn.core.keys import ApiKey, KeySource
 from kfn_gateway.auth import SIGV4, Scope, credential_headers
 from kfn_gateway.connections import close_after
+from kfn_gateway.errors import GatewayError
 from kfn_gateway.routing import Route
+from kfn_gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +96,6 @@ _FUNCTION_NAME = re.compile(
 _REGION_IN_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/,\s]+)/")
 
 
-class SettingsView(Protocol):
-    """What the Invoke API reads of `kfn_gateway.server.GatewaySettings`."""
-
-    @property
-    def max_body_bytes(self) -> int: ...
-    @property
-    def max_async_payload_bytes(self) -> int: ...
-    @property
-    def body_timeout(self) -> float: ...
-    @property
-    def retry_after(self) -> int: ...
-    @property
-    def default_namespace(self) -> str: ...
-
-
 class InvokeGateway(Protocol):
     """What the Invoke API uses of `kfn_gateway.server.Gateway`: its dispatch, event store,
     authorization and routes, so an invocation here shares queueing, scale-from-zero, retries
@@ -118,7 +104,7 @@ class InvokeGateway(Protocol):
     @property
     def backend(self) -> InstanceBackend: ...
     @property
-    def settings(self) -> SettingsView: ...
+    def settings(self) -> GatewaySettings: ...
     @property
     def keys(self) -> KeySource: ...
 
@@ -126,19 +112,10 @@ class InvokeGateway(Protocol):
     def authorize(self, request: web.BaseRequest, scope: Scope, *,
                   body: bytes | None = None) -> ApiKey | web.Response: ...
     async def expect_continue(self, request: web.Request) -> web.StreamResponse | None: ...
-    # The function's route (its instances, queue and metrics), made on first use.
-    def _route(self, ref: FunctionRef) -> Route: ...
+    def route(self, ref: FunctionRef) -> Route: ...
     async def dispatch(self, function: Function, route: Route, invocation: Invocation) -> InvocationResult: ...
     async def accept_event(self, function: Function, payload: bytes, *, invocation_id: str,
                            callback_url: str | None = None) -> str: ...
-
-
-@runtime_checkable
-class Refusal(Protocol):
-    """The shape of `kfn_gateway.server.GatewayError`: no function answered, and why."""
-
-    status: int
-    retry_after: int | None
 
 
 class LambdaError(Exception):
@@ -370,11 +347,7 @@ class LambdaApi:
         """InvocationType=Event: 202 once the event store holds the event."""
         try:
             accepted = await self.gateway.accept_event(function, event, invocation_id=request_id)
-        except Exception as e:
-            if not isinstance(e, Refusal):
-                logger.exception("accepting an event for function %s failed", function.ref)
-                return service_error(f"the gateway failed to store the event for function {function.ref}").response(
-                    request_id)
+        except GatewayError as e:
             if e.status == 413:
                 error = too_large(len(event), self.gateway.settings.max_async_payload_bytes, EVENT)
             elif e.status == 503:
@@ -384,12 +357,16 @@ class LambdaApi:
                 error = _lambda_error(e.status, str(e), retry_after=e.retry_after)
             logger.info("event for function %s not accepted: %s", function.ref, e)
             return error.response(request_id)
+        except Exception:
+            logger.exception("accepting an event for function %s failed", function.ref)
+            return service_error(f"the gateway failed to store the event for function {function.ref}").response(
+                request_id)
         return web.Response(status=202, headers={HEADER_REQUEST_ID: accepted})
 
     async def _run(self, function: Function, invocation: Invocation) -> web.Response:
         """InvocationType=RequestResponse through the gateway's dispatch, counted in the
         function's metrics as /function/ requests are (held from now until answered)."""
-        route = self.gateway._route(function.ref)
+        route = self.gateway.route(function.ref)
         metrics = route.metrics
         started = metrics.arrive()
         status = 500
@@ -397,13 +374,16 @@ class LambdaApi:
         try:
             try:
                 result = await self.gateway.dispatch(function, route, invocation)
-            except Exception as e:
-                if not isinstance(e, Refusal):
-                    raise
+            except GatewayError as e:
                 if e.status == 504:
                     # The instance did not answer within the function's timeout and the margin:
                     # for the caller, the function timed out.
                     result = _timed_out(request_id, function.spec.timeout)
+                elif e.status == 502 and not e.nothing_ran:
+                    # The instance failed after it was given the invocation (it died, or broke the
+                    # connection): the function may have run, so this is its failure, as Lambda
+                    # answers a runtime that exited — not a 5xx an SDK would retry on its own.
+                    result = _exited(request_id, str(e))
                 else:
                     response = _lambda_error(e.status, str(e), retry_after=e.retry_after).response(request_id)
                     status = response.status
@@ -442,6 +422,12 @@ def _timed_out(request_id: str, timeout: float) -> InvocationResult:
                             function_error="Unhandled", error_type="Sandbox.Timedout")
 
 
+def _exited(request_id: str, reason: str) -> InvocationResult:
+    message = f"RequestId: {request_id} Error: Runtime exited without providing a reason ({reason})"
+    return InvocationResult(payload=json.dumps({"errorType": "Runtime.ExitError", "errorMessage": message}).encode(),
+                            function_error="Unhandled", error_type="Runtime.ExitError")
+
+
 def _lambda_error(status: int, message: str, *, retry_after: int | None) -> LambdaError:
     """The gateway's refusal (`GatewayError`'s status and message) as Lambda would answer it."""
     if status == 429:
@@ -460,7 +446,7 @@ def _lambda_error(status: int, message: str, *, retry_after: int | None) -> Lamb
         return LambdaError(408, "RequestTimeoutException", message)
     if 400 <= status < 500:
         return LambdaError(400, "InvalidRequestContentException", message)
-    # 502 (an instance could not be reached, or failed mid-invocation) and anything else.
+    # 502 (no instance could be reached: nothing ran) and anything else.
     return service_error(message, retry_after=retry_after)
 
 

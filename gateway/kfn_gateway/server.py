@@ -34,7 +34,6 @@ import re
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -44,7 +43,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kfn.core import naming
-from kfn.core.asyncpolicy import MAX_ASYNC_PAYLOAD_BYTES, iso_millis, json_value
+from kfn.core.asyncpolicy import iso_millis, json_value
 from kfn.core.functions import CorsSpec, Function, FunctionRef
 from kfn.core.instances import Instance, InstanceBackend, Invocation, InvocationResult
 from kfn.core.keys import ApiKey, KeySource, StaticKeys
@@ -52,17 +51,12 @@ from kfn.core.scaling import MetricsSource
 from kfn.events.store import AcceptOptions, EventStore, StoreUnavailable
 from kfn_gateway import apigateway, cors, lambda_api
 from kfn_gateway.auth import AuthError, Scope, authenticate, credential_headers
-from kfn_gateway.connections import (
-    DEFAULT_BODY_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    ConnectionLimits,
-    GuardedAppRunner,
-    close_after,
-)
+from kfn_gateway.connections import GuardedAppRunner, close_after
+from kfn_gateway.errors import GatewayError
 from kfn_gateway.invoking import InstanceClient, InstanceFailed, InstanceTimeout, NotSent
 from kfn_gateway.metrics import FunctionStats, GatewayMetrics, LoadSource, StateCollector
 from kfn_gateway.routing import Route, Unavailable
+from kfn_gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +64,6 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 # Status recorded for a request whose client went away before it was answered (nginx's choice).
 CLIENT_CLOSED = 499
-# Lambda's limit on a synchronous invocation's payload.
-DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
 # Refs by the name in a URL, so the hot path parses each name once (bounded: names come from clients).
 _REF_CACHE_SIZE = 4096
 # Pause before sending an invocation a full instance turned away to the next try (times the attempt).
@@ -82,38 +74,6 @@ _CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 MAX_CALLBACK_URL = 2048
 MAX_DEAD_LETTERS = 1000       # listed in one answer at most
 MAX_REPLAY_BODY = 1024 * 1024
-
-
-class GatewayError(Exception):
-    """No function answered: the gateway's own error response. `nothing_ran` says the function
-    certainly did not run (no slot, no instance reached, turned away): worth trying again later."""
-
-    def __init__(self, status: int, message: str, *, retry_after: int | None = None,
-                 nothing_ran: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-        self.nothing_ran = nothing_ran
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    queue_limit: int = 100          # per function: requests waiting for a free instance slot
-    queue_timeout: float = 30.0     # seconds a request may wait for a slot / a cold start before 503
-    retry_after: int = 1
-    upstream_timeout_margin: float = 5.0  # added to spec.timeout: the instance's own timeout comes first
-    default_namespace: str = naming.DEFAULT_NAMESPACE  # what /function/NAME means
-    trusted_hops: int = 0           # proxies in front whose X-Forwarded-For entries are believed
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT   # a request head must arrive within this
-    body_timeout: float = DEFAULT_BODY_TIMEOUT       # a request body must arrive within this (408)
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT       # an idle client connection is closed after this
-    system_auth: bool = False       # /system/* needs an admin key (kfn gateway: on by default)
-    max_async_payload_bytes: int = MAX_ASYNC_PAYLOAD_BYTES  # an asynchronous invocation's event (Lambda: 1 MB)
-
-    def connection_limits(self) -> ConnectionLimits:
-        return ConnectionLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
-                                idle_timeout=self.idle_timeout)
 
 
 class Gateway:
@@ -236,7 +196,8 @@ class Gateway:
         cache[text] = ref
         return ref
 
-    def _route(self, ref: FunctionRef) -> Route:
+    def route(self, ref: FunctionRef) -> Route:
+        """The function's route (its instances, queue and metrics), made on first use."""
         route = self._routes.get(ref)
         if route is None:
             route = self._routes[ref] = Route(ref, self.backend, self._metrics.for_function(ref),
@@ -389,7 +350,7 @@ class Gateway:
         function = self.backend.function(ref) if ref is not None else None
         if function is None:
             return _error(404, f"no function named {name!r}", name)
-        route = self._route(function.ref)
+        route = self.route(function.ref)
         strip = self._credentials(request, function)
         if isinstance(strip, web.Response):
             return self._count(route, strip)
@@ -434,7 +395,7 @@ class Gateway:
         response. Only the client going away ends it early (cancelled, or its answer dropped).
         A request counts as held (the load the autoscaler sees) from when its body has arrived.
         """
-        route = self._route(function.ref)
+        route = self.route(function.ref)
         http = function.spec.http
         headers_in = request.headers
         if http.cors is not None and cors.is_preflight(request.method, headers_in):
@@ -541,7 +502,7 @@ class Gateway:
         runs: through `dispatch` (a slot, scale from zero, the queue), counted in the function's
         metrics, so its load is what the autoscaler sees. Runs as long as `dispatch`; raises its
         GatewayError when no function answered."""
-        route = self._route(function.ref)
+        route = self.route(function.ref)
         metrics = route.metrics
         started = metrics.arrive()
         status = 500

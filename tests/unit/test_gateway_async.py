@@ -16,7 +16,9 @@ from kfn.events.delivery import DeliverySettings
 from kfn.events.sqlite import SqliteStore
 from kfn.events.store import NO_OPTIONS, Accepted, AcceptOptions, DeadLetter, QueueStats, StoreUnavailable
 from kfn_gateway.asyncinvoke import AsyncDelivery, async_configs, gateway_invoker
-from kfn_gateway.server import MAX_ATTEMPTS, Gateway, GatewayError, GatewaySettings
+from kfn_gateway.errors import GatewayError
+from kfn_gateway.server import MAX_ATTEMPTS, Gateway
+from kfn_gateway.settings import GatewaySettings
 from kfn_runtime import contract
 
 from .fakes import (

@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 
 from kfn.core.keys import ApiKey, KeyRing, parse_key_file
 from kfn_gateway.auth import AuthError, Scope, authenticate
-from kfn_gateway.server import GatewaySettings
+from kfn_gateway.settings import GatewaySettings
 
 from .fakes import FakeBackend, make_function, running_gateway
 

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from kfn_gateway.server import GatewaySettings, _origin_form
+from kfn_gateway.server import _origin_form
+from kfn_gateway.settings import GatewaySettings
 
 from .fakes import FakeBackend, make_function, running_gateway
 

@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from kfn.core.instances import Instance
-from kfn_gateway.server import MAX_ATTEMPTS, Gateway, GatewaySettings
+from kfn_gateway.server import MAX_ATTEMPTS, Gateway
+from kfn_gateway.settings import GatewaySettings
 from kfn_runtime import contract
 
 from .fakes import (

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kfn_gateway.server import GatewaySettings
+from kfn_gateway.settings import GatewaySettings
 
 from .fakes import (
     TRANSPORTS,

@@ -95,7 +95,7 @@ async def test_metrics_count_invocations_by_function_and_code_after_traffic() ->
 
 async def test_metrics_record_error_codes_per_function() -> None:
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
-    from kfn_gateway.server import GatewaySettings
+    from kfn_gateway.settings import GatewaySettings
     async with backend, running_gateway(backend, settings=GatewaySettings(max_body_bytes=10)) as gw:
         await gw.json("POST", "/function/hello", data=b"x" * 11)
         metrics = samples(await scrape(gw))

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from kfn_gateway.routing import Unavailable
-from kfn_gateway.server import Gateway, GatewaySettings
+from kfn_gateway.server import Gateway
+from kfn_gateway.settings import GatewaySettings
 
 from .fakes import (
     TRANSPORTS,
@@ -357,7 +358,7 @@ async def test_closing_the_gateway_turns_waiting_requests_away_with_503() -> Non
     async with backend:
         gateway = Gateway(backend)
         await gateway.start()
-        route = gateway._route(ref("hello"))
+        route = gateway.route(ref("hello"))
         waiting = asyncio.create_task(route.acquire(timeout=30))
         await eventually(lambda: route.queued == 1)
         await gateway.close()

@@ -23,7 +23,7 @@ from kfn.core.functions import FunctionRef
 from kfn.core.keys import StaticKeys, parse_key_file
 from kfn.events.store import NO_OPTIONS, Accepted, AcceptOptions, StoreUnavailable
 from kfn_gateway.lambda_api import FunctionName, LambdaError, parse_function_name
-from kfn_gateway.server import GatewaySettings
+from kfn_gateway.settings import GatewaySettings
 from kfn_runtime import contract
 
 from .fakes import (
@@ -516,12 +516,16 @@ async def test_no_instance_within_the_queue_timeout_is_resource_not_ready() -> N
     assert_lambda_error(answer, 502, "ResourceNotReadyException")
 
 
-async def test_an_instance_dying_mid_invocation_is_a_service_exception() -> None:
+async def test_an_instance_dying_mid_invocation_is_the_functions_runtime_exit_error() -> None:
+    # 200 with X-Amz-Function-Error, as Lambda answers a runtime that exited: the function may have
+    # run, so no 5xx that an SDK would retry on its own.
     backend = FakeBackend(make_function("hello"), fn=raising(Die()))
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
         answer = await invoke(gw)
-    assert_lambda_error(answer, 500, "ServiceException")
+    assert answer.status == 200
+    assert answer.headers["X-Amz-Function-Error"] == "Unhandled"
+    assert json.loads(answer.body)["errorType"] == "Runtime.ExitError"
 
 
 @pytest.mark.parametrize(("header", "value"), [("X-Amz-Invocation-Type", "Sometimes"),

@@ -1,0 +1,31 @@
+"""The gateway's limits and choices, each with a safe default (`GatewaySettings`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfn.core import naming
+from kfn.core.asyncpolicy import MAX_ASYNC_PAYLOAD_BYTES
+from kfn_gateway.connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, ConnectionLimits
+
+# Lambda's limit on a synchronous invocation's payload.
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    queue_limit: int = 100          # per function: requests waiting for a free instance slot
+    queue_timeout: float = 30.0     # seconds a request may wait for a slot / a cold start before 503
+    retry_after: int = 1
+    upstream_timeout_margin: float = 5.0  # added to spec.timeout: the instance's own timeout comes first
+    default_namespace: str = naming.DEFAULT_NAMESPACE  # what /function/NAME means
+    trusted_hops: int = 0           # proxies in front whose X-Forwarded-For entries are believed
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT   # a request head must arrive within this
+    body_timeout: float = DEFAULT_BODY_TIMEOUT       # a request body must arrive within this (408)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT       # an idle client connection is closed after this
+    system_auth: bool = False       # /system/* needs an admin key (kfn gateway: on by default)
+    max_async_payload_bytes: int = MAX_ASYNC_PAYLOAD_BYTES  # an asynchronous invocation's event (Lambda: 1 MB)
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
+                                idle_timeout=self.idle_timeout)
