@@ -179,6 +179,11 @@ class JetStreamStore:
         all_headers = {HEADER_MSG_ID: msg_id, **(headers or {})}
         last: BaseException | None = None
         for _ in range(self._publish_attempts):
+            if self._nc is None or not self._nc.is_connected:
+                # Not published at all while NATS is away: nats-py would buffer the message and send
+                # it on reconnecting, after the caller had been told it was not stored (and waited
+                # the publish timeouts for it). Refused at once, it is the caller's to retry.
+                raise StoreUnavailable(f"not connected to NATS at {self.url}: {msg_id} not stored")
             try:
                 ack = await js.publish(to, body, timeout=self._publish_timeout, headers=all_headers)
                 return bool(ack.duplicate)
