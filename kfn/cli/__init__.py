@@ -146,6 +146,8 @@ def _remote_options(p: argparse.ArgumentParser) -> None:
 def _limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-size", default=None, metavar="BYTES",
                    help="largest request body the gateway accepts, e.g. 1Mi (default 6Mi, Lambda's); else 413")
+    p.add_argument("--max-async-payload-size", default=None, metavar="BYTES",
+                   help="largest event an asynchronous invocation may carry (default 1Mi, Lambda's); else 413")
     p.add_argument("--queue-limit", type=int, default=None, metavar="N",
                    help="requests a function may queue for a free instance before 429 (default 100)")
     p.add_argument("--queue-timeout", default=None, metavar="DURATION",

@@ -26,8 +26,7 @@ def settings(options: LocalOptions) -> LocalSettings:
     # With a keys file, /system/* is for admin keys only; without one, local mode is a developer's
     # own on 127.0.0.1 (and a function with spec.http.auth key answers 401 to everyone).
     gateway = GatewaySettings(trusted_hops=options.trusted_hops, system_auth=options.keys is not None)
-    gateway = with_options(gateway, options.connections, LimitOptions(
-        max_body_bytes=options.max_body_bytes, queue_limit=options.queue_limit, queue_timeout=options.queue_timeout))
+    gateway = with_options(gateway, options.connections, options.limits)
     delivery = DeliverySettings()
     if options.async_retry_delays is not None:
         delivery = replace(delivery, delays=replace(delivery.delays, function_errors=options.async_retry_delays))

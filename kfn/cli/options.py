@@ -47,6 +47,7 @@ class LimitOptions:
     max_body_bytes: int | None = None
     queue_limit: int | None = None
     queue_timeout: float | None = None
+    max_async_payload_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,7 @@ class LocalOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
-    max_body_bytes: int | None = None
-    queue_limit: int | None = None
-    queue_timeout: float | None = None
+    limits: LimitOptions = LimitOptions()
     work_dir: Path | None = None
     trusted_hops: int = 0
     keys: Path | None = None
@@ -166,10 +165,8 @@ def local(args: argparse.Namespace) -> LocalOptions:
         raise _usage(f"{directory}: no such directory (give the directory holding your Function manifests)")
     if not directory.is_dir():
         raise _usage(f"{directory}: not a directory (give the directory holding your Function manifests)")
-    given = limits(args)
     return LocalOptions(directory=directory, host=args.host, port=_port(args.port, "--port"),
-                        log_level=args.log_level, max_body_bytes=given.max_body_bytes,
-                        queue_limit=given.queue_limit, queue_timeout=given.queue_timeout,
+                        log_level=args.log_level, limits=limits(args),
                         work_dir=Path(args.work_dir) if args.work_dir else None,
                         trusted_hops=_hops(args.trusted_hops), keys=_keys_file(args.keys),
                         connections=connections(args), cgroups=args.cgroups != "off",
@@ -210,14 +207,6 @@ def _retry_delays(value: str | None) -> tuple[float, ...] | None:
 
 
 def limits(args: argparse.Namespace) -> LimitOptions:
-    max_body: int | None = None
-    if args.max_body_size is not None:
-        try:
-            max_body = int(units.parse_quantity(args.max_body_size))
-        except ValueError as e:
-            raise _usage(f"--max-body-size {e}") from None
-        if max_body <= 0:
-            raise _usage(f"--max-body-size must be positive (got {args.max_body_size})")
     if args.queue_limit is not None and args.queue_limit < 0:
         raise _usage(f"--queue-limit must be 0 or more (got {args.queue_limit})")
     queue_timeout: float | None = None
@@ -226,7 +215,22 @@ def limits(args: argparse.Namespace) -> LimitOptions:
             queue_timeout = units.parse_duration(args.queue_timeout)
         except ValueError as e:
             raise _usage(f"--queue-timeout {e}") from None
-    return LimitOptions(max_body_bytes=max_body, queue_limit=args.queue_limit, queue_timeout=queue_timeout)
+    return LimitOptions(max_body_bytes=_size(args.max_body_size, "--max-body-size"), queue_limit=args.queue_limit,
+                        queue_timeout=queue_timeout,
+                        max_async_payload_bytes=_size(args.max_async_payload_size, "--max-async-payload-size"))
+
+
+def _size(value: str | None, flag: str) -> int | None:
+    """A positive size in bytes (1Mi, 256Ki, 1000000), None when the flag was not given."""
+    if value is None:
+        return None
+    try:
+        size = int(units.parse_quantity(value))
+    except ValueError as e:
+        raise _usage(f"{flag} {e}") from None
+    if size <= 0:
+        raise _usage(f"{flag} must be positive (got {value})")
+    return size
 
 
 def connections(args: argparse.Namespace) -> ConnectionOptions:

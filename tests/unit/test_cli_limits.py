@@ -1,0 +1,39 @@
+"""The gateway's limits from the command line, for `kfn local` and `kfn gateway` alike."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kfn.cli import build_parser, options
+from kfn.cli.local import settings
+from kfn.core.errors import CommandError
+from kfn_gateway.settings import GatewaySettings
+
+
+def local_gateway(tmp_path: Path, *flags: str) -> GatewaySettings:
+    args = build_parser().parse_args(["local", str(tmp_path), *flags])
+    return settings(options.local(args)).gateway
+
+
+def test_limits_not_given_keep_the_gateways_defaults(tmp_path: Path) -> None:
+    gateway = local_gateway(tmp_path)
+    defaults = GatewaySettings()
+    assert (gateway.max_body_bytes, gateway.max_async_payload_bytes, gateway.queue_limit, gateway.queue_timeout) == (
+        defaults.max_body_bytes, defaults.max_async_payload_bytes, defaults.queue_limit, defaults.queue_timeout)
+
+
+def test_every_limit_given_reaches_the_gateway(tmp_path: Path) -> None:
+    gateway = local_gateway(tmp_path, "--max-body-size", "2Mi", "--max-async-payload-size", "256Ki",
+                            "--queue-limit", "7", "--queue-timeout", "5s")
+    assert (gateway.max_body_bytes, gateway.max_async_payload_bytes, gateway.queue_limit, gateway.queue_timeout) == (
+        2 << 20, 256 << 10, 7, 5.0)
+
+
+@pytest.mark.parametrize("flag", ["--max-body-size", "--max-async-payload-size"])
+@pytest.mark.parametrize("value", ["0", "-1Ki", "lots"])
+def test_a_size_that_is_not_positive_is_a_usage_error_naming_the_flag(tmp_path: Path, flag: str, value: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        local_gateway(tmp_path, f"{flag}={value}")
+    assert caught.value.exit_code == 2
+    assert flag in str(caught.value)
