@@ -211,7 +211,10 @@ def main() -> int:
         print(f"bench: the cluster already has the {platform.CRD_NAME} CRD (another kfn?); this bench installs "
               "its own release and removes the CRD at the end, so it does not run next to it", file=sys.stderr)
         return 1
-    release = platform.Release(f"kfn-bench-{platform.RUN_ID}", platform.create_namespace("kfn-bench"), {})
+    # The NATS store in an emptyDir: no claim to bind on a cluster without a provisioner, and cold
+    # starts do not touch it.
+    release = platform.Release(f"kfn-bench-{platform.RUN_ID}", platform.create_namespace("kfn-bench"),
+                               {"async": {"nats": {"persistence": {"enabled": False}}}})
     try:
         started = time.monotonic()
         release.install()

@@ -8,6 +8,11 @@ One session installs the Function CRD once (with the first release: Helm install
 cluster-wide release for most tests, and removes both at the end. Each run has its own
 namespaces (`PREFIX-RUNID-XXXX`), deleted with --wait=false when the session ends.
 
+Storage. Each release runs the chart's NATS server with a PersistentVolumeClaim. Where the cluster
+has no default StorageClass (realk8s has no provisioner), the session makes one for the run with
+`local` PersistentVolumes on directories of this machine (platform.local_storage), so the claims
+bind for real, and removes them at the end.
+
 Order. Most tests share the cluster-wide release and run in file order. Tests marked
 `@pytest.mark.first` run before them (test_install.py: the release as installed, before any
 test deletes a pod), and tests marked `@pytest.mark.last(order=N)` after them, by N then file order:
@@ -18,6 +23,7 @@ test deletes a pod), and tests marked `@pytest.mark.last(order=N)` after them, b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -34,7 +40,11 @@ TEST_TIMEOUT = 300
 IMAGES = ("ghcr.io/kfn-dev/kfn:0.1.0", "ghcr.io/kfn-dev/runtime-python:3.11",
           "ghcr.io/kfn-dev/runtime-python:3.12", "ghcr.io/kfn-dev/runtime-python:3.13",
           "ghcr.io/kfn-dev/runtime-nodejs:20", "ghcr.io/kfn-dev/runtime-nodejs:22",
-          "ghcr.io/kfn-dev/example-lambda-image:0.1.0")
+          "ghcr.io/kfn-dev/example-lambda-image:0.1.0",
+          "ghcr.io/kfn-dev/nats:2.10")   # the chart's NATS server (async.nats)
+# Local PersistentVolumes made for the run where the cluster has no default StorageClass: one per
+# NATS server of a release (the cluster-wide one, watchNamespaces'), and spares.
+VOLUMES = 4
 # The wheel test_requirements.py installs in a pod, from an index this session serves.
 INDEX_PACKAGES = ("six",)
 
@@ -106,6 +116,11 @@ def cluster() -> Iterator[None]:
     collector = platform.LogCollector(_artifacts / "logs")
     collector.start()
     platform.COLLECTOR = collector
+    volumes = contextlib.ExitStack()
+    storage_class = volumes.enter_context(platform.local_storage(VOLUMES))
+    if storage_class is not None:
+        platform.record("storage for the NATS claims", f"{VOLUMES} local PersistentVolumes, default class "
+                        f"{storage_class} (the cluster has no provisioner)")
     try:
         yield
     finally:
@@ -119,6 +134,7 @@ def cluster() -> Iterator[None]:
         # Deleting the CRD deletes every Function left, and their children with them.
         platform.kubectl("delete", "crd", platform.CRD_NAME, "--ignore-not-found", "--timeout=90s",
                          check=False, timeout=120)
+        volumes.close()   # after the namespaces: a volume goes once its claim has
 
 
 @pytest.fixture(scope="session")

@@ -514,6 +514,113 @@ def deployment_replicas(name: str, namespace: str) -> int | None:
     return None if deployment is None else int(deployment["spec"].get("replicas") or 0)
 
 
+def function_log(name: str, namespace: str) -> str:
+    """What every pod of a function printed so far (its instance container, runtime and handler)."""
+    return "".join(kubectl("logs", pod["metadata"]["name"], "-c", "function", namespace=namespace, check=False,
+                           timeout=30).stdout for pod in function_pods(name, namespace))
+
+
+def kill_container(pod: dict[str, Any], container: str) -> int:
+    """SIGKILL every process of one container of `pod`, as the OOM killer or a crash would end it;
+    the kubelet then restarts the container. This machine is the node (the tier runs there): the
+    processes are those whose cgroup names the container's id. Returns how many were killed."""
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
+    container_id = status["containerID"].rpartition("://")[2]
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if container_id in (proc / "cgroup").read_text():
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+    if not killed:
+        raise CommandFailed(f"no process of container {container} of {pod['metadata']['name']} on this machine")
+    return killed
+
+
+@contextlib.contextmanager
+def port_forward(target: str, port: int, *, namespace: str) -> Iterator[int]:
+    """`kubectl port-forward TARGET :PORT` (e.g. service/NAME); yields the local port on 127.0.0.1.
+    The kubectl is stopped by its PID on exit."""
+    process = subprocess.Popen([KUBECTL, "port-forward", "-n", namespace, "--address=127.0.0.1", target, f":{port}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]  # "Forwarding from 127.0.0.1:PORT -> 4222"
+        found = re.search(r"127\.0\.0\.1:(\d+) ->", line)
+        if not found:
+            raise CommandFailed(f"kubectl port-forward {target} did not start: {line.strip()}")
+        # Keep reading its output, so that kubectl never blocks on a full pipe.
+        threading.Thread(target=lambda: collections.deque(process.stdout, maxlen=0),  # type: ignore[arg-type]
+                         name="port-forward-output", daemon=True).start()
+        yield int(found.group(1))
+    finally:
+        stop_process(process)
+
+
+# -- storage -------------------------------------------------------------------------------------------
+
+STORAGE_CLASS = f"kfn-test-{RUN_ID}"
+VOLUME_UID = 65532   # the chart's pods run as this uid (the NATS server writes its store)
+
+
+def default_storage_class() -> str | None:
+    for sc in items("storageclasses"):
+        if (sc["metadata"].get("annotations") or {}).get("storageclass.kubernetes.io/is-default-class") == "true":
+            return str(sc["metadata"]["name"])
+    return None
+
+
+@contextlib.contextmanager
+def local_storage(count: int, *, size: str = "2Gi") -> Iterator[str | None]:
+    """Volumes for the run's PersistentVolumeClaims (the chart's NATS store), where the cluster has
+    no default StorageClass (realk8s has no provisioner): a default StorageClass of the run
+    (kubernetes.io/no-provisioner, WaitForFirstConsumer) and `count` `local` PersistentVolumes on
+    directories of this machine, the node (the tier runs on it), pinned to it by node affinity.
+    Each claim binds one for good (reclaim policy Retain). Yields the class's name, or None when
+    the cluster has a default class of its own (then nothing is made). At exit the volumes are
+    deleted once their claims are gone (bounded), then the class and the directories.
+    """
+    if default_storage_class() is not None:
+        yield None
+        return
+    (node,) = [n["metadata"]["name"] for n in items("nodes")]
+    root = Path(tempfile.mkdtemp(prefix=f"kfn-volumes-{RUN_ID}-"))
+    labels = {RUN_LABEL: RUN_ID}
+    manifests: list[dict[str, Any]] = [{
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": STORAGE_CLASS, "labels": labels,
+                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Retain",
+    }]
+    for i in range(count):
+        path = root / f"pv-{i}"
+        path.mkdir(mode=0o750)
+        os.chown(path, VOLUME_UID, VOLUME_UID)
+        manifests.append({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"{STORAGE_CLASS}-{i}", "labels": labels},
+            "spec": {
+                "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": STORAGE_CLASS,
+                "local": {"path": str(path)},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
+            },
+        })
+    try:
+        kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+        yield STORAGE_CLASS
+    finally:
+        # A volume goes once no claim holds it (and a claim once no pod uses it): then nothing
+        # writes in its directory any more.
+        kubectl("delete", "pv", "-l", f"{RUN_LABEL}={RUN_ID}", "--ignore-not-found", "--timeout=120s",
+                check=False, timeout=150)
+        kubectl("delete", "storageclass", STORAGE_CLASS, "--ignore-not-found", check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- the API server ----------------------------------------------------------------------------------
 
 REALK8S = Path(os.environ.get("REALK8S", "/var/lib/realk8s"))
@@ -599,6 +706,11 @@ class Release:
     def gateway_deployment(self) -> str:
         return f"{self.name}-gateway"
 
+    @property
+    def nats(self) -> str:
+        """The NATS StatefulSet (async.nats.install) and its client Service."""
+        return f"{self.name}-nats"
+
     def selector(self, component: str) -> str:
         return f"{LABEL_INSTANCE}={self.name},app.kubernetes.io/component={component}"
 
@@ -616,6 +728,17 @@ class Release:
                  "--wait", "--timeout", f"{int(timeout)}s"], timeout=timeout + 30)
         self.install_seconds = time.monotonic() - started
         return self.install_seconds
+
+    def upgrade(self, values: dict[str, Any], *, timeout: float = 180) -> float:
+        """helm upgrade --wait with `values` merged into the release's; returns the seconds it took."""
+        _merge(self.values, values)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="kfn-values-") as f:
+            yaml.safe_dump(self.values, f)
+            f.flush()
+            started = time.monotonic()
+            run([HELM, "upgrade", self.name, str(CHART), "--namespace", self.namespace, "--values", f.name,
+                 "--wait", "--timeout", f"{int(timeout)}s"], timeout=timeout + 30)
+        return time.monotonic() - started
 
     def uninstall(self, *, timeout: float = 120) -> float | None:
         """helm uninstall --wait (idempotent); returns the seconds it took, None if not installed."""
