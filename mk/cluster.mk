@@ -1,7 +1,8 @@
 # The real-cluster tier: kfn's images, chart, operator and gateway on a real single-node Kubernetes
 # (../shared/realk8s, or KFN_REALK8S). Skipped with one line where there is none.
 #   make test-cluster    start the cluster (if down), load the images `make images` built, pytest tests/cluster
-#   make bench-cluster   cold starts on that cluster: a bare runtime pod vs a function through kfn's gateway
+#   make bench-cluster   cold starts on that cluster: a bare runtime pod vs a function through kfn's gateway;
+#                        async throughput there: events accepted/s through the NodePort, deliveries/s
 # PYTEST_ARGS passes arguments to pytest, e.g. make test-cluster PYTEST_ARGS='-k scale -x'.
 PYTEST_ARGS ?=
 
@@ -10,5 +11,5 @@ PYTEST_ARGS ?=
 test-cluster: $(STAMP) .cache/bin/helm  ## the real-cluster tier (needs make images first; stops the cluster if it started it)
 	scripts/test-cluster $(PYTEST_ARGS)
 
-bench-cluster: $(STAMP) .cache/bin/helm  ## cold starts on the real cluster: bare pod vs through kfn (prints tables)
+bench-cluster: $(STAMP) .cache/bin/helm  ## cold starts and async throughput on the real cluster (prints tables)
 	scripts/test-cluster --bench
