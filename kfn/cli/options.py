@@ -11,7 +11,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfn.core import naming, units
+from kfn.core import naming, natsurl, units
 from kfn.core.errors import CommandError
 
 # The NATS server of async events (kfn gateway) and of NATS triggers: --nats-url, else this.
@@ -181,10 +181,10 @@ def nats_url(flag: str | None) -> str | None:
     if url is None or not url.strip():
         return None
     url = url.strip()
-    for one in url.split(","):   # nats-py takes a comma-separated list of servers
-        parsed = urllib.parse.urlsplit(one.strip())
-        if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname:
-            raise _usage(f"the NATS URL must look like nats://HOST:4222 (got {one.strip()!r})")
+    try:
+        natsurl.servers(url)
+    except ValueError as e:
+        raise _usage(str(e)) from None
     return url
 
 

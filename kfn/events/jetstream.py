@@ -42,6 +42,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from nats.js.client import JetStreamContext
 
 from kfn.core.functions import FunctionRef
+from kfn.core.natsurl import servers
 from kfn.events.store import (
     NO_OPTIONS,
     Accepted,
@@ -109,7 +110,7 @@ class JetStreamStore:
         for attempt in range(self._connect_attempts):
             try:
                 self._nc = await nats.connect(
-                    self.url, name="kfn-events", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                    servers(self.url), name="kfn-events", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                     connect_timeout=2, error_cb=self._on_error, disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected)
                 break

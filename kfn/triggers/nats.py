@@ -53,6 +53,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from kfn.core.aiotasks import stop_tasks
 from kfn.core.functions import Function, FunctionRef, NatsTrigger
+from kfn.core.natsurl import servers
 from kfn.triggers.base import EventSink, triggers_of
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ class NatsSubjectSource:
         delay = 0.5
         while True:
             try:
-                return await nats.connect(self.url, name=self._name, max_reconnect_attempts=-1,
+                return await nats.connect(servers(self.url), name=self._name, max_reconnect_attempts=-1,
                                           reconnect_time_wait=0.5, connect_timeout=2, error_cb=self._on_error)
             except (*_ERRORS, nats.errors.NoServersError) as e:
                 logger.warning("NATS triggers: cannot connect to %s (%s); trying again in %.1fs", self.url, e, delay)

@@ -41,6 +41,8 @@ from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from kfn.core.natsurl import servers
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -183,7 +185,7 @@ class KvTicks:
         last: BaseException | None = None
         for attempt in range(self._connect_attempts):
             try:
-                self._nc = await nats.connect(self.url, name="kfn-schedules", max_reconnect_attempts=-1,
+                self._nc = await nats.connect(servers(self.url), name="kfn-schedules", max_reconnect_attempts=-1,
                                               reconnect_time_wait=0.5, connect_timeout=2,
                                               error_cb=self._on_error)
                 break

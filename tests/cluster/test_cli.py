@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -69,8 +70,8 @@ def test_kfn_logs_prints_the_invocation_lines(release: Release, fn_ns: str, cli_
 
 def test_kfn_logs_follow_streams_new_invocations(release: Release, fn_ns: str, cli_function: str) -> None:
     follow = subprocess.Popen([platform.KFN, "logs", cli_function, "-f", "--tail", "0"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**__import__("os").environ,
-                                                                     "KFN_GATEWAY": release.gateway})
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "KFN_GATEWAY": release.gateway, "KFN_API_KEY": release.admin_key})
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(follow.stdout.readline, "")), daemon=True)
     reader.start()
