@@ -151,7 +151,10 @@ def recorder(release: Release, fn_ns: str) -> Iterator[str]:
 def test_nats_statefulset_is_ready_without_restarts_on_a_bound_volume(release: Release) -> None:
     sts = platform.get("statefulset", release.nats, namespace=release.namespace)
     assert sts is not None, "the chart ran no NATS StatefulSet"
-    assert sts["status"].get("readyReplicas") == 1, sts["status"]
+    # The first test of the tier may run moments after the install: Ready is waited for, restarts are not allowed.
+    platform.wait_until("the NATS StatefulSet ready", lambda: (platform.get(
+        "statefulset", release.nats, namespace=release.namespace) or {}).get("status", {}).get("readyReplicas") == 1,
+        timeout=120, interval=1)
     pod = nats_pod(release)
     assert pod is not None and pod_ready(pod)
     assert [s["restartCount"] for s in pod["status"]["containerStatuses"]] == [0]
