@@ -45,6 +45,7 @@ from tests.cluster import platform  # noqa: E402 - the tier's helpers: kubectl, 
 TARGET_P50, TARGET_P99 = 1.2, 1.5
 POLL_SECONDS = 0.005
 BARE = "bare-hello"
+INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -106,11 +107,11 @@ class PodIPWatch:
         self._thread.join(5)
 
 
-def first_200(url: str, deadline: float) -> float:
+def first_200(url: str, deadline: float, *, method: str = "GET", body: bytes | None = None) -> float:
     """Poll `url` every POLL_SECONDS until it answers 200; the monotonic time it did."""
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError, http.client.HTTPException):
-            if platform.request("GET", url, timeout=2).status == 200:
+            if platform.request(method, url, body=body, timeout=2).status == 200:
                 return time.monotonic()
         time.sleep(POLL_SECONDS)
     raise TimeoutError(f"{url} did not answer 200 in time")
@@ -122,7 +123,9 @@ def bare_cold_start(proxy: platform.ApiProxy, namespace: str, watch: PodIPWatch)
     started = time.monotonic()
     proxy.call("PATCH", scale, {"spec": {"replicas": 1}}, content_type="application/merge-patch+json")
     ip = watch.wait(60)
-    seconds = first_200(f"http://{ip}:8080/?name=bench", started + 60) - started
+    # The runtime's own invoke endpoint (the Runtime Interface Emulator's path): the first invocation it runs.
+    seconds = first_200(f"http://{ip}:8080{INVOKE_PATH}", started + 60, method="POST",
+                        body=b'{"queryStringParameters": {"name": "bench"}}') - started
     proxy.call("PATCH", scale, {"spec": {"replicas": 0}}, content_type="application/merge-patch+json")
     platform.wait_until(f"no {BARE} pod", lambda: not platform.pods(namespace, f"app={BARE}"), timeout=60)
     return seconds
@@ -158,7 +161,8 @@ def kfn_cold_start(release: platform.Release, namespace: str, watch: PodIPWatch)
     platform.wait_until("no hello pod", lambda: not platform.function_pods("hello", namespace), timeout=60)
     for base in release.gateway_pod_urls():
         platform.wait_until(f"{base} to see hello at zero", lambda base=base: platform.http_get(
-            base + "/system/functions/" + platform.cli_name("hello", namespace), timeout=5).json()["replicas"] == 0,
+            base + "/system/functions/" + platform.cli_name("hello", namespace), timeout=5,
+            headers=release.system_headers()).json()["replicas"] == 0,
             timeout=30, interval=0.1)
     return seconds, (direct[0] - started if direct else None)
 
