@@ -62,6 +62,12 @@ def conflicted(error: client.ApiException) -> bool:
     return error.status == 422 and "test" in str(error.body or error.reason or "").lower()
 
 
+def namespace_terminating(error: client.ApiException) -> bool:
+    """Whether a create was refused because its namespace is being deleted (403 with the cause
+    NamespaceTerminating): nothing is missing, there is nothing left to build there."""
+    return error.status == 403 and "NamespaceTerminating" in str(error.body or "")
+
+
 async def patch_function_status(api: client.ApiClient, ref: FunctionRef, fields: Mapping[str, Any], *,
                                 resource_version: str | None = None) -> None:
     """Merge `fields` into a Function's status (a merge patch of the status subresource).

@@ -31,7 +31,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from kfn.core import naming
 from kfn.core.functions import FieldError, Function, FunctionRef, InvalidFunction, parse_function
 from kfn.kube import connect
-from kfn.kube.resources import manifest, patch_function_status, pointer, set_ops, typed
+from kfn.kube.resources import manifest, namespace_terminating, patch_function_status, pointer, set_ops, typed
 from kfn_operator import builders, status
 from kfn_operator.config import OperatorConfig
 from kfn_operator.lease import OperatorAutoscaler
@@ -110,13 +110,22 @@ class Controller:
             raise kopf.PermanentError(str(e)) from None
 
         configmap = builders.build_code_configmap(fn)
-        if configmap is not None:
-            kopf.adopt(configmap, owner=_body(body))
-            await self._ensure_configmap(configmap, log)
-        deployment = await self._ensure_deployment(fn, body, log)
-        service = builders.build_service(fn)
-        kopf.adopt(service, owner=_body(body))
-        await self._ensure_service(fn, service, log)
+        try:
+            if configmap is not None:
+                kopf.adopt(configmap, owner=_body(body))
+                await self._ensure_configmap(configmap, log)
+            deployment = await self._ensure_deployment(fn, body, log)
+            service = builders.build_service(fn)
+            kopf.adopt(service, owner=_body(body))
+            await self._ensure_service(fn, service, log)
+        except ApiException as e:
+            if not namespace_terminating(e):
+                raise
+            # The namespace is being deleted with the Function in it (an operator that starts, or
+            # resumes, just then): its children would go with it, so none is built and nothing is
+            # retried; the Function's own deletion follows.
+            log.info("namespace %s is being deleted: %s is not built", fn.namespace, fn.name)
+            return
         if configmap is not None:
             await self._collect_old_code(fn, body, keep=configmap["metadata"]["name"], log=log)
 
