@@ -40,7 +40,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -84,8 +84,6 @@ MAX_FUNCTION_NAME_LENGTH: Final = 256
 MAX_BARE_NAME_LENGTH: Final = 64
 # Used in ARNs of messages when the request does not say (an unsigned request).
 DEFAULT_REGION: Final = "us-east-1"
-# Status recorded for a request whose client went away before it was answered (as server.py does).
-CLIENT_CLOSED: Final = 499
 # Invocation ids made from an SDK's invocation id: the same call (its retries) gets the same id.
 _INVOCATION_IDS: Final = uuid.UUID("6f1d8e3a-2c4b-4e57-9a0d-5b7c3f9e1a24")
 
@@ -113,6 +111,8 @@ class InvokeGateway(Protocol):
                   body: bytes | None = None) -> ApiKey | web.Response: ...
     async def expect_continue(self, request: web.Request) -> web.StreamResponse | None: ...
     def route(self, ref: FunctionRef) -> Route: ...
+    async def held(self, route: Route, answer: Awaitable[web.StreamResponse], *,
+                   failed: Callable[[], web.StreamResponse]) -> web.StreamResponse: ...
     async def dispatch(self, function: Function, route: Route, invocation: Invocation) -> InvocationResult: ...
     async def accept_event(self, function: Function, payload: bytes, *, invocation_id: str,
                            callback_url: str | None = None) -> str: ...
@@ -363,47 +363,32 @@ class LambdaApi:
                 request_id)
         return web.Response(status=202, headers={HEADER_REQUEST_ID: accepted})
 
-    async def _run(self, function: Function, invocation: Invocation) -> web.Response:
-        """InvocationType=RequestResponse through the gateway's dispatch, counted in the
-        function's metrics as /function/ requests are (held from now until answered)."""
+    async def _run(self, function: Function, invocation: Invocation) -> web.StreamResponse:
+        """InvocationType=RequestResponse through the gateway's dispatch, held and counted in the
+        function's metrics as /function/ requests are."""
         route = self.gateway.route(function.ref)
-        metrics = route.metrics
-        started = metrics.arrive()
-        status = 500
+        return await self.gateway.held(route, self._answer(function, route, invocation), failed=lambda: service_error(
+            f"the gateway failed to invoke function {function.ref}").response(invocation.request_id))
+
+    async def _answer(self, function: Function, route: Route, invocation: Invocation) -> web.Response:
         request_id = invocation.request_id
         try:
-            try:
-                result = await self.gateway.dispatch(function, route, invocation)
-            except GatewayError as e:
-                if e.status == 504:
-                    # The instance did not answer within the function's timeout and the margin:
-                    # for the caller, the function timed out.
-                    result = _timed_out(request_id, function.spec.timeout)
-                elif e.status == 502 and not e.nothing_ran:
-                    # The instance failed after it was given the invocation (it died, or broke the
-                    # connection): the function may have run, so this is its failure, as Lambda
-                    # answers a runtime that exited — not a 5xx an SDK would retry on its own.
-                    result = _exited(request_id, str(e))
-                else:
-                    response = _lambda_error(e.status, str(e), retry_after=e.retry_after).response(request_id)
-                    status = response.status
-                    return response
-            response = _result(result, request_id, want_log=invocation.want_log)
-            if result.function_error:
-                logger.info("function %s failed (%s): %s", function.ref, result.error_type, result.payload[:500])
-            status = response.status
-            return response
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            raise
-        except ConnectionError:
-            status = CLIENT_CLOSED
-            return web.Response(status=CLIENT_CLOSED)
-        except Exception:
-            logger.exception("invoking function %s failed", function.ref)
-            return service_error(f"the gateway failed to invoke function {function.ref}").response(request_id)
-        finally:
-            metrics.finish(status, started)
+            result = await self.gateway.dispatch(function, route, invocation)
+        except GatewayError as e:
+            if e.status == 504:
+                # The instance did not answer within the function's timeout and the margin:
+                # for the caller, the function timed out.
+                result = _timed_out(request_id, function.spec.timeout)
+            elif e.status == 502 and not e.nothing_ran:
+                # The instance failed after it was given the invocation (it died, or broke the
+                # connection): the function may have run, so this is its failure, as Lambda
+                # answers a runtime that exited — not a 5xx an SDK would retry on its own.
+                result = _exited(request_id, str(e))
+            else:
+                return _lambda_error(e.status, str(e), retry_after=e.retry_after).response(request_id)
+        if result.function_error:
+            logger.info("function %s failed (%s): %s", function.ref, result.error_type, result.payload[:500])
+        return _result(result, request_id, want_log=invocation.want_log)
 
 
 def _result(result: InvocationResult, request_id: str, *, want_log: bool) -> web.Response:

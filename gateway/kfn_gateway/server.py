@@ -33,7 +33,7 @@ import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -409,12 +409,23 @@ class Gateway:
         except GatewayError as e:
             refused = _error(e.status, str(e), label, close=True, now=e.status in (400, 408))
             return self._count(route, _with_cors(refused, http.cors, headers_in))
+        return await self.held(
+            route, self._answer(request, function, route, body, label=label, path=path, query=query, prefix=prefix,
+                                strip=strip),
+            failed=lambda: _error(500, f"the gateway failed to invoke function {label!r}", label))
+
+    async def held(self, route: Route, answer: Awaitable[web.StreamResponse], *,
+                   failed: Callable[[], web.StreamResponse]) -> web.StreamResponse:
+        """`answer`, awaited as a request held for `route`'s function: counted in its metrics (the
+        load the autoscaler sees) from now until answered. Runs as long as `answer`. A client that
+        went away counts as 499 (cancelled: re-raised); any other failure of the gateway itself is
+        logged and answered `failed()`, so one broken request never takes down another.
+        """
         metrics = route.metrics
         started = metrics.arrive()
         status = 500
         try:
-            response = await self._answer(request, function, route, body, label=label, path=path, query=query,
-                                          prefix=prefix, strip=strip)
+            response = await answer
             status = response.status
             return response
         except asyncio.CancelledError:
@@ -424,8 +435,8 @@ class Gateway:
             status = CLIENT_CLOSED
             return web.Response(status=CLIENT_CLOSED)
         except Exception:
-            logger.exception("invoking function %s failed", function.ref)
-            return _error(500, f"the gateway failed to invoke function {label!r}", label)
+            logger.exception("invoking function %s failed", route.ref)
+            return failed()
         finally:
             metrics.finish(status, started)
 
