@@ -4,11 +4,6 @@ once) are counted, not forbidden."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,39 +14,20 @@ import pytest
 from kfn.core.instances import InvocationResult
 from kfn.events.store import EventStore, StoreUnavailable
 from tests.e2e import asyncstores
-from tests.e2e.asyncstores import FN, REPO, Backend, FakeFunction, engine, eventually, record
+from tests.e2e.asyncstores import FN, Backend, FakeFunction, engine, eventually, record
+from tests.e2e.workers import WorkerProcess
 
 pytestmark = pytest.mark.timeout(120)
 backend = asyncstores.backend   # the fixture: each test runs on SQLite and on JetStream
 
 
-class Worker:
+class Worker(WorkerProcess):
     """tests/e2e/async_worker.py in its own process, stopped (or killed) by its PID."""
 
+    module = "tests.e2e.async_worker"
+
     def __init__(self, backend: Backend, log: Path, **args: Any) -> None:
-        self.log = log
-        self.args = {"store": backend.worker_store(), "log": str(log), **args}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.with_suffix(".err").open("ab") as errors:
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.e2e.async_worker", json.dumps(self.args)],
-                                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        super().__init__(log, {"store": backend.worker_store(), "log": str(log), **args})
 
 
 def lines(log: Path, kind: str) -> list[str]:

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,7 +21,8 @@ from kfn.events.jetstream import JetStreamStore
 from kfn.events.sqlite import SqliteStore
 from kfn.events.store import Event, EventStore
 from kfn.triggers.nats import HEADER_SERVICE_ERROR_CODE, NatsBinding, NatsSubjectSource, stream_event_id
-from tests.e2e.asyncstores import REPO, NatsServer, nats_server_binary, record
+from tests.e2e.asyncstores import NatsServer, nats_server_binary, record
+from tests.e2e.workers import WorkerProcess
 from tests.unit.test_triggers import fn
 
 pytestmark = pytest.mark.timeout(120)
@@ -256,34 +253,13 @@ async def test_a_removed_stream_trigger_deletes_its_consumer(server, store, clie
 # --- SIGKILL between storing and acknowledging
 
 
-class TriggerProcess:
+class TriggerProcess(WorkerProcess):
     """tests/e2e/trigger_worker.py in its own process, stopped (or killed) by its PID."""
 
+    module = "tests.e2e.trigger_worker"
+
     def __init__(self, log: Path, **args: Any) -> None:
-        self.log = log
-        self.args = {"log": str(log), **args}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> TriggerProcess:
-        with self.log.with_suffix(".err").open("ab") as errors:
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.e2e.trigger_worker", json.dumps(self.args)],
-                                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors)
-        return self
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        super().__init__(log, {"log": str(log), **args})
 
 
 def lines(log: Path, kind: str) -> list[str]:

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +25,8 @@ import pytest
 from kfn.events.jetstream import JetStreamStore
 from kfn.triggers.schedule import ScheduleSource
 from kfn.triggers.ticks import KvTicks
-from tests.e2e.asyncstores import REPO, NatsServer, nats_server_binary
+from tests.e2e.asyncstores import NatsServer, nats_server_binary
+from tests.e2e.workers import WorkerProcess
 
 pytestmark = pytest.mark.timeout(120)
 MINUTE = dt.timedelta(minutes=1)
@@ -99,40 +95,15 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
         server.stop()
 
 
-class Scheduler:
+class Scheduler(WorkerProcess):
     """tests/e2e/schedule_worker.py in its own process, stopped (or killed) by its PID."""
 
+    module = "tests.e2e.schedule_worker"
+
     def __init__(self, setup: Setup, log: Path, clock: dict[str, float], schedule: str = "rate(1 minute)") -> None:
-        self.log = log
-        self.args = {"store": setup.store(), "ticks": setup.ticks(), "lock": str(setup.directory / "scheduler.lock"),
-                     "log": str(log), "schedule": schedule, "clock": clock}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Scheduler:
-        with self.log.with_suffix(".err").open("ab") as errors:
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.e2e.schedule_worker", json.dumps(self.args)],
-                                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        super().__init__(log, {"store": setup.store(), "ticks": setup.ticks(),
+                               "lock": str(setup.directory / "scheduler.lock"), "log": str(log), "schedule": schedule,
+                               "clock": clock})
 
 
 def records(log: Path, kind: str) -> list[list[str]]:
