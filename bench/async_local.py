@@ -22,13 +22,11 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -36,33 +34,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.startup import free_port  # noqa: E402 - the bench directory is not a package on sys.path
+from bench.startup import free_port, kfn_local  # noqa: E402 - the bench directory is not a package on sys.path
 
 PYTHON = sys.executable
 NOOP = "def handler(event, context):\n    return None\n"
 PAYLOAD = b'{"order": 12345, "items": ["a", "b", "c"]}'
-
-
-@contextlib.contextmanager
-def kfn_local(directory: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
-    env["XDG_CACHE_HOME"] = str(directory.parent / "cache")
-    with log.open("wb") as out:
-        process = subprocess.Popen([PYTHON, "-m", "kfn", "local", str(directory), "--port", str(port),
-                                    "--log-level", "warning"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 async def delivered(session: aiohttp.ClientSession, base: str) -> int:
@@ -135,7 +111,7 @@ def main() -> None:
                                  "concurrency": 16, "scale": {"minReplicas": 1, "maxReplicas": 4}}}
             (directory / "noop.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
             port = free_port()
-            with kfn_local(directory, port, Path(tmp) / "kfn-local.log") as process:
+            with kfn_local(directory, port, Path(tmp) / "kfn-local.log", stop_timeout=60) as process:
                 rows.append((clients, asyncio.run(run(f"http://127.0.0.1:{port}", process, args.events, clients))))
     print(f"\nAsync invocations through kfn local (SQLite, synchronous=FULL), {args.events} events of "
           f"{len(PAYLOAD)} bytes to a no-op function, {os.cpu_count()} CPUs\n")

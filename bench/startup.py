@@ -71,7 +71,10 @@ def get(port: int, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 @contextlib.contextmanager
-def kfn_local(directory: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def kfn_local(directory: Path, port: int, log: Path, *,
+              stop_timeout: float = 30) -> Iterator[subprocess.Popen[bytes]]:
+    """`kfn local DIRECTORY` on `port` (its output into `log`), stopped with SIGTERM (SIGKILL
+    after `stop_timeout`) and its whole process group killed on the way out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
     env["XDG_CACHE_HOME"] = str(directory.parent / "cache")
     with log.open("wb") as out:
@@ -84,7 +87,7 @@ def kfn_local(directory: Path, port: int, log: Path) -> Iterator[subprocess.Pope
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=stop_timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
