@@ -71,6 +71,11 @@ def _problem(pod: Any) -> str | None:
         return _clip(f"pod {pod.metadata.name} failed: {status.reason or ''} {status.message or ''}".strip())
     for condition in status.conditions or ():
         if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
+            if _only_taints(condition.message or ""):
+                # Nodes tainted by their own conditions (not-ready, unreachable, disk or memory
+                # pressure: after an API server outage, say) are untainted by the cluster, and
+                # the scheduler tries again: waiting callers wait, they are not failed fast.
+                continue
             return _clip(f"pod {pod.metadata.name} cannot be scheduled: {condition.message or condition.reason}")
     for kind, statuses in (("init container", status.init_container_statuses),
                            ("container", status.container_statuses)):
@@ -87,6 +92,14 @@ def _problem(pod: Any) -> str | None:
             return _clip(f"pod {pod.metadata.name}: {kind} {container.name} {waiting.reason}"
                          + (f" ({detail})" if detail else ""))
     return None
+
+
+def _only_taints(message: str) -> bool:
+    """Whether the scheduler's reason names taints and nothing else a node lacks (resources,
+    affinity, ports, volumes): "0/1 nodes are available: 1 node(s) had untolerated taint(s)."."""
+    reasons = message.split(":", 1)[1] if ":" in message else ""
+    found = [r.strip() for r in reasons.split(". ")[0].split(",") if r.strip()]
+    return bool(found) and all("taint" in r for r in found)
 
 
 def _clip(text: str) -> str:

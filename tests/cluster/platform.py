@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import datetime
 import http.client
 import json
 import os
@@ -694,6 +695,7 @@ class Release:
         _merge(self.values, values)
         self.installed = False
         self.install_seconds: float | None = None
+        self.uninstall_started: str | None = None   # UTC, as the pods stamp their logs
         self._gateway: str | None = None
         self._admin_key: str | None = None
 
@@ -746,6 +748,8 @@ class Release:
             return None
         if COLLECTOR is not None:
             COLLECTOR.snapshot(self.namespace)
+        # From here Helm deletes the RBAC while the pods still terminate: what they log then is no RBAC gap.
+        self.uninstall_started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
         started = time.monotonic()
         run([HELM, "uninstall", self.name, "--namespace", self.namespace, "--wait", "--timeout", f"{int(timeout)}s"],
             timeout=timeout + 30)
@@ -834,14 +838,17 @@ def log_records(text: str) -> list[str]:
     return records
 
 
-def forbidden_records(text: str, *, rbac_only: bool = False) -> list[str]:
+def forbidden_records(text: str, *, rbac_only: bool = False, before: str | None = None) -> list[str]:
     """First lines of the records that report a 403 / Forbidden (a timestamp's milliseconds are not
-    one). rbac_only: leave out the 403s for a namespace being deleted (NamespaceTerminating)."""
+    one). rbac_only: leave out the 403s for a namespace being deleted (NamespaceTerminating).
+    before: only records stamped earlier ("YYYY-MM-DD HH:MM:SS", UTC as the pods log)."""
     out = []
     for record in log_records(text):
         if not _FORBIDDEN.search(_RECORD_START.sub("", record)):
             continue
         if rbac_only and _NAMESPACE_TERMINATING.search(record):
+            continue
+        if before is not None and record[:19].replace("T", " ") >= before:
             continue
         out.append(record.splitlines()[0][:300])
     return out
@@ -920,10 +927,13 @@ class LogCollector:
 
     def forbidden(self, prefix: str = "", *, rbac_only: bool = False) -> dict[str, list[str]]:
         """{log file: records with a 403} over everything collected so far (a namespace prefix
-        selects a release's pods); see forbidden_records."""
+        selects a release's pods), leaving out what a release's pods logged once its uninstall
+        began; see forbidden_records."""
+        uninstalled = {r.namespace: r.uninstall_started for r in RELEASES if r.uninstall_started}
         out = {}
         for path in self.files(prefix):
-            records = forbidden_records(path.read_text(errors="replace"), rbac_only=rbac_only)
+            before = next((at for ns, at in uninstalled.items() if path.name.startswith(ns + "_")), None)
+            records = forbidden_records(path.read_text(errors="replace"), rbac_only=rbac_only, before=before)
             if records:
                 out[path.name] = records
         return out
