@@ -206,7 +206,8 @@ def wait_until(what: str, probe: Callable[[], T], *, timeout: float = 60, interv
 
 # -- namespaces --------------------------------------------------------------------------------------
 
-RUN_ID = os.environ.get("KFN_TEST_RUN_ID") or secrets.token_hex(3)
+# A letter first: an id of digits only (1 in 17) would be a number, not a string, as a label value in YAML.
+RUN_ID = os.environ.get("KFN_TEST_RUN_ID") or "r" + secrets.token_hex(3)
 RUN_LABEL = "kfn.dev/test-run"
 _created_namespaces: list[str] = []
 
