@@ -30,6 +30,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from kfn_gateway.errors import GatewayError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_HEADER_TIMEOUT = 15.0
@@ -165,3 +167,29 @@ class GuardedAppRunner(web.AppRunner):
         assert isinstance(server, GuardedServer)
         server.header_timeout = self._header_timeout
         return server
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole request body; GatewayError 413 past `limit`, 408 if it takes longer than
+    `timeout` to arrive, 400 if the client sends it broken."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise GatewayError(413, f"the request body is {length} bytes; the limit is {limit}")
+    if not request.body_exists:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise GatewayError(413, f"the request body is more than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise GatewayError(408, f"the request body did not arrive within {timeout:g}s") from None
+    except (asyncio.IncompleteReadError, ConnectionResetError) as e:
+        raise GatewayError(400, f"could not read the request body: {e}") from None
+    except web.HTTPException as e:
+        raise GatewayError(400, f"could not read the request body: {e.reason}") from None
+    return b"".join(chunks)

@@ -33,7 +33,6 @@ does not import server.py: it names the gateway by what it uses of it (`InvokeGa
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -53,7 +52,7 @@ from kfn.core.functions import Function, FunctionRef
 from kfn.core.instances import InstanceBackend, Invocation, InvocationResult
 from kfn.core.keys import ApiKey, KeySource
 from kfn_gateway.auth import SIGV4, Scope, credential_headers
-from kfn_gateway.connections import close_after
+from kfn_gateway.connections import close_after, read_body
 from kfn_gateway.errors import GatewayError
 from kfn_gateway.routing import Route
 from kfn_gateway.settings import GatewaySettings
@@ -459,29 +458,15 @@ def _refusal(status: int, headers: Mapping[str, str], *, keys_known: bool, arn: 
 
 
 async def _read_payload(request: web.Request, limit: int, timeout: float, invocation_type: str) -> bytes:
-    """The whole request body, as the gateway reads /function/ bodies: LambdaError 413 past
-    `limit`, 408 if it takes longer than `timeout` to arrive, 400 if the client sends it broken."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise too_large(length, limit, invocation_type)
-    if not request.body_exists:
-        return b""
-    chunks: list[bytes] = []
-    size = 0
+    """The whole request body, read as the gateway reads /function/ bodies (`read_body`), its
+    refusals in Lambda's shape: 413 past `limit`, 408 if it takes longer than `timeout`, 400 broken."""
     try:
-        async with asyncio.timeout(timeout):
-            while chunk := await request.content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(None, limit, invocation_type)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise LambdaError(408, "RequestTimeoutException",
-                          f"the request body did not arrive within {timeout:g}s") from None
-    except (asyncio.IncompleteReadError, ConnectionResetError) as e:
-        raise LambdaError(400, "InvalidRequestContentException", f"could not read the request body: {e}") from None
-    except web.HTTPException as e:
-        raise LambdaError(400, "InvalidRequestContentException",
-                          f"could not read the request body: {e.reason}") from None
-    return b"".join(chunks)
-
+        return await read_body(request, limit, timeout)
+    except GatewayError as e:
+        if e.status == 413:
+            length = request.content_length
+            raise too_large(length if length is not None and length > limit else None, limit,
+                            invocation_type) from None
+        if e.status == 408:
+            raise LambdaError(408, "RequestTimeoutException", str(e)) from None
+        raise LambdaError(400, "InvalidRequestContentException", str(e)) from None

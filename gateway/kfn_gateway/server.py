@@ -51,7 +51,7 @@ from kfn.core.scaling import MetricsSource
 from kfn.events.store import AcceptOptions, EventStore, StoreUnavailable
 from kfn_gateway import apigateway, cors, lambda_api
 from kfn_gateway.auth import AuthError, Scope, authenticate, credential_headers
-from kfn_gateway.connections import GuardedAppRunner, close_after
+from kfn_gateway.connections import GuardedAppRunner, close_after, read_body
 from kfn_gateway.errors import GatewayError
 from kfn_gateway.invoking import InstanceClient, InstanceFailed, InstanceTimeout, NotSent
 from kfn_gateway.metrics import FunctionStats, GatewayMetrics, LoadSource, StateCollector
@@ -363,7 +363,7 @@ class Gateway:
             return self._count(route, _error(
                 400, "X-Call-Id must be 1-128 letters, digits and . _ : - (starting with a letter or digit)", name))
         try:
-            body = await _read_body(request, self.settings.max_async_payload_bytes, self.settings.body_timeout)
+            body = await read_body(request, self.settings.max_async_payload_bytes, self.settings.body_timeout)
         except GatewayError as e:
             return self._count(route, _error(e.status, str(e), name, close=True, now=e.status in (400, 408)))
         path, query = _below_mount(request, naming.ASYNC_FUNCTION_PATH_PREFIX)
@@ -405,7 +405,7 @@ class Gateway:
         if isinstance(strip, web.Response):
             return self._count(route, _with_cors(strip, http.cors, headers_in))
         try:
-            body = await _read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
+            body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
         except GatewayError as e:
             refused = _error(e.status, str(e), label, close=True, now=e.status in (400, 408))
             return self._count(route, _with_cors(refused, http.cors, headers_in))
@@ -742,7 +742,7 @@ class Gateway:
         if isinstance(function, web.Response):
             return function
         try:
-            raw = await _read_body(request, MAX_REPLAY_BODY, self.settings.body_timeout)
+            raw = await read_body(request, MAX_REPLAY_BODY, self.settings.body_timeout)
         except GatewayError as e:
             return _error(e.status, str(e), function.name)
         ids: list[str] | None = None
@@ -826,32 +826,6 @@ def _origin_form(target: str) -> str:
         rest = rest[slash:]
         return rest if rest.startswith("/") else "/" + rest
     return "/"   # the asterisk form (OPTIONS *) or nonsense
-
-
-async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """The whole request body; GatewayError 413 past `limit`, 408 if it takes longer than
-    `timeout` to arrive, 400 if the client sends it broken."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise GatewayError(413, f"the request body is {length} bytes; the limit is {limit}")
-    if not request.body_exists:
-        return b""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout):
-            while chunk := await request.content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise GatewayError(413, f"the request body is more than {limit} bytes")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise GatewayError(408, f"the request body did not arrive within {timeout:g}s") from None
-    except (asyncio.IncompleteReadError, ConnectionResetError) as e:
-        raise GatewayError(400, f"could not read the request body: {e}") from None
-    except web.HTTPException as e:
-        raise GatewayError(400, f"could not read the request body: {e.reason}") from None
-    return b"".join(chunks)
 
 
 def _with_cors(response: web.Response, config: CorsSpec | None, request_headers: Mapping[str, str]) -> web.Response:
