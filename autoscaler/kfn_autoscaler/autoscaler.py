@@ -3,6 +3,11 @@
 Collection is a `MetricsSource` (the gateway's in-process figures in local mode; on Kubernetes
 `kfn_autoscaler.sources`), the decision is the pure `decide`, and actuation is the backend's
 `scale`. The same loop runs in local mode and on Kubernetes; only the backend and source differ.
+
+A function the source cannot see (`Unobserved`, or missing from what it collected) and every
+function while the source is unavailable (`MetricsUnavailable`) are held where they are: no
+metrics is no evidence of idleness. The source's state is exported (`kfn_autoscaler_metrics_available`,
+`kfn_autoscaler_unobserved_functions`), logged when it changes, and readable as `source_problem`.
 """
 from __future__ import annotations
 
@@ -11,13 +16,14 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import prometheus_client
 
 from kfn.core import naming
-from kfn.core.functions import FunctionRef
+from kfn.core.functions import FunctionRef, FunctionSpec
 from kfn.core.instances import InstanceBackend
 from kfn.core.scaling import (
     DECISION_KINDS,
@@ -28,6 +34,7 @@ from kfn.core.scaling import (
     Sample,
     ScalerState,
     ScaleSettings,
+    Unobserved,
     decide,
 )
 
@@ -43,6 +50,28 @@ class _Track:
     history: deque[Sample]
     state: ScalerState
     last_reported: tuple[int, str, bool] | None = None
+    unobserved: str | None = None   # why the source could not see it at the last tick
+    spec: FunctionSpec | None = None         # the spec `settings` were read from
+    settings: ScaleSettings | None = None
+    decision: Decision | None = None         # the last decision made
+    desired_exported: int | None = None      # the value last set on the desired-replicas gauge
+    # At rest: the last decision is a fixed point of `decide` for a quiet observation (see _rests).
+    resting: bool = False
+    quiet: tuple[float, float] | None = None  # first and last time of the zero samples skipped at rest
+    counters: dict[tuple[str, str], Any] | None = None   # decision counters by (kind, action)
+
+    def recorded(self) -> tuple[Sample, ...]:
+        """The history as `decide` would see it, the zero samples skipped at rest included."""
+        if self.quiet is None:
+            return tuple(self.history)
+        first, last = self.quiet
+        skipped = [Sample(first, 0.0, 0)] + ([Sample(last, 0.0, 0)] if last > first else [])
+        return (*self.history, *skipped)
+
+    def last_sample_time(self) -> float | None:
+        if self.quiet is not None:
+            return self.quiet[1]
+        return self.history[-1].time if self.history else None
 
 
 class Autoscaler:
@@ -74,36 +103,76 @@ class Autoscaler:
             naming.METRIC_AUTOSCALER_DECISIONS,
             f"Autoscaler decisions, by kind ({', '.join(DECISION_KINDS)}) and action (up, down, hold).",
             [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE, "kind", "action"], registry=self.registry)
+        self._available = prometheus_client.Gauge(
+            naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE,
+            "1 when the last collection of load metrics succeeded, 0 when the source was unavailable "
+            "(every function is then held where it is).", registry=self.registry)
+        self._unobserved = prometheus_client.Gauge(
+            naming.METRIC_AUTOSCALER_UNOBSERVED,
+            "Functions the metrics source had no evidence about at the last tick (held where they are).",
+            registry=self.registry)
+        self._available.set(1)
+        self.source_problem: str | None = None
 
     def samples(self, ref: FunctionRef) -> tuple[Sample, ...]:
         """The samples kept for a function (oldest first): what its next decision will see."""
         track = self._tracks.get(ref)
-        return tuple(track.history) if track is not None else ()
+        return track.recorded() if track is not None else ()
 
     async def tick(self) -> dict[FunctionRef, Decision]:
         """One round: collect, decide for every function, scale those whose count changes.
 
-        Returns at once after one collection and the scale calls. If collection fails the error
-        propagates and nothing is scaled; a failing scale or hook for one function is logged and
-        the other functions are still handled.
+        Returns at once after one collection and the scale calls. If the source is unavailable
+        (MetricsUnavailable) every function is held where it is and `source_problem` says why;
+        any other collection error propagates and nothing is scaled. A failing scale or hook for
+        one function is logged and the other functions are still handled.
         """
         now = self._clock()
-        observations = await self._source.collect(now)
+        observations: Mapping[FunctionRef, Observation | Unobserved] = {}
+        problem: str | None = None
+        try:
+            observations = await self._source.collect(now)
+        except MetricsUnavailable as e:
+            problem = f"metrics unavailable: {e}"
+        missing = Unobserved(problem or "no metrics for it from a gateway that is up")
         functions = {fn.ref: fn for fn in self._backend.functions()}
+        # Without any function there is nothing to hold (and the gateways export no per-function series).
+        self._set_problem(problem if functions else None)
         for gone in set(self._tracks) - set(functions):
             del self._tracks[gone]
             self._forget_metrics(gone)
 
         decisions: dict[FunctionRef, Decision] = {}
         for ref, fn in functions.items():
+            observation = observations.get(ref, missing)
+            track = self._tracks.get(ref)
+            if (track is not None and track.resting and track.spec is fn.spec and track.decision is not None
+                    and _quiet(observation, track) and self._backend.desired(ref) == 0):
+                # At rest, and nothing happened: `decide` would answer what it did last time (its
+                # fixed point), so the decision is not made again; only its zero sample is kept.
+                assert isinstance(observation, Observation) and observation.sample is not None
+                time_ = observation.sample.time
+                track.quiet = (track.quiet[0] if track.quiet is not None else time_, time_)
+                self._count(ref, track, track.decision.kind, "hold")
+                decisions[ref] = track.decision
+                continue
             try:
-                decisions[ref] = await self._handle(ref, ScaleSettings.from_spec(fn.spec),
-                                                    observations.get(ref), now)
+                decisions[ref] = await self._handle(ref, fn.spec, observation, now)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("autoscaling %s failed", ref)
+        self._unobserved.set(sum(1 for ref in functions if ref in self._tracks and self._tracks[ref].unobserved))
         return decisions
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem != self.source_problem:
+            if problem is None:
+                logger.info("autoscaler metrics available again")
+            else:
+                logger.warning("autoscaler %s: holding every function's replicas until it is back", problem)
+        self.source_problem = problem
+        self._available.set(0 if problem else 1)
 
     async def run(self) -> None:
         """Tick every `interval` seconds until cancelled; a failing tick is logged and the loop goes on."""
@@ -113,20 +182,37 @@ class Autoscaler:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
-                # Unavailable metrics are an expected state (a gateway restarting), not a bug: no traceback.
-                logger.warning("autoscaler tick failed, holding replicas: %s", e,
-                               exc_info=not isinstance(e, MetricsUnavailable))
+            except Exception:
+                # Unavailable metrics are handled in tick (held and reported); anything else is a bug.
+                logger.exception("autoscaler tick failed, holding replicas")
             elapsed = self._clock() - started
             await asyncio.sleep(max(0.0, self._interval - elapsed))
 
-    async def _handle(self, ref: FunctionRef, settings: ScaleSettings, observation: Observation | None,
+    async def _handle(self, ref: FunctionRef, spec: FunctionSpec, observation: Observation | Unobserved,
                       now: float) -> Decision:
         track = self._tracks.get(ref)
         if track is None:
             track = self._tracks[ref] = _Track(history=deque(), state=ScalerState())
-        if observation is None:
-            observation = Observation(sample=Sample(time=now, concurrency=0.0, requests=0), in_flight=0.0)
+        if track.settings is None or track.spec is not spec:
+            track.settings, track.spec = ScaleSettings.from_spec(spec), spec
+        settings = track.settings
+        if track.quiet is not None:
+            # Waking from rest: the zero samples skipped meanwhile weigh in the windows as they would
+            # have (two stand for them all: the first marks where the run began, the last its end).
+            track.history.extend(track.recorded()[len(track.history):])
+            track.quiet = None
+        track.resting = False
+        unobserved: Unobserved | None = None
+        if isinstance(observation, Unobserved):
+            unobserved, observation = observation, Observation(sample=None, in_flight=0.0)
+        reason = unobserved.reason if unobserved is not None else None
+        if reason != track.unobserved and self.source_problem is None:
+            # Per function only while the source as a whole works (its outage is logged once).
+            if reason is not None:
+                logger.warning("holding %s at %d replicas: %s", ref, self._backend.desired(ref), reason)
+            elif track.unobserved is not None:
+                logger.info("metrics for %s available again", ref)
+        track.unobserved = reason
         sample = observation.sample
         if sample is not None and (not track.history or sample.time > track.history[-1].time):
             track.history.append(sample)
@@ -136,14 +222,19 @@ class Autoscaler:
             track.history.popleft()
 
         current = self._backend.desired(ref)
+        before = track.state
         decision = decide(samples=tuple(track.history), now=now, current=current,
                           ready=len(self._backend.ready(ref)), in_flight=observation.in_flight,
-                          settings=settings, state=track.state, queued=observation.queued)
+                          settings=settings, state=before, queued=observation.queued,
+                          unobserved=unobserved)
         track.state = decision.state
+        track.decision = decision
 
         action = "up" if decision.replicas > current else "down" if decision.replicas < current else "hold"
-        self._desired.labels(ref.name, ref.namespace).set(decision.replicas)
-        self._decisions.labels(ref.name, ref.namespace, decision.kind, action).inc()
+        if decision.replicas != track.desired_exported:
+            self._desired.labels(ref.name, ref.namespace).set(decision.replicas)
+            track.desired_exported = decision.replicas
+        self._count(ref, track, decision.kind, action)
         if decision.replicas != current:
             logger.info("scaling %s %d → %d: %s", ref, current, decision.replicas, decision.reason)
             await self._backend.scale(ref, decision.replicas, reason=decision.reason)
@@ -160,7 +251,19 @@ class Autoscaler:
                 logger.exception("on_decision hook failed for %s", ref)
             else:
                 track.last_reported = key
+        track.resting = (_rests(decision, before=before, current=current, observation=observation,
+                                unobserved=unobserved)
+                         and (self._on_decision is None or track.last_reported == key))
         return decision
+
+    def _count(self, ref: FunctionRef, track: _Track, kind: str, action: str) -> None:
+        # Children are kept: looking a label set up is most of the cost of counting.
+        if track.counters is None:
+            track.counters = {}
+        child = track.counters.get((kind, action))
+        if child is None:
+            child = track.counters[(kind, action)] = self._decisions.labels(ref.name, ref.namespace, kind, action)
+        child.inc()
 
     def _forget_metrics(self, ref: FunctionRef) -> None:
         try:
@@ -175,3 +278,33 @@ class Autoscaler:
                     self._decisions.remove(ref.name, ref.namespace, kind, action)
                 except KeyError:
                     pass
+
+
+def _quiet(observation: Observation | Unobserved, track: _Track) -> bool:
+    """A new zero sample, nothing held or queued: no evidence of anything happening."""
+    if not isinstance(observation, Observation) or not _quiet_values(observation):
+        return False
+    last = track.last_sample_time()
+    return last is None or (observation.sample is not None and observation.sample.time > last)
+
+
+def _rests(decision: Decision, *, before: ScalerState, current: int, observation: Observation,
+           unobserved: Unobserved | None) -> bool:
+    """Whether `decision` is a fixed point of `decide` for any later quiet observation (`_quiet`)
+    of a function still asked for 0 replicas with unchanged settings: the same replicas (0), state,
+    kind and reason, so the loop may skip deciding it again.
+
+    That holds for a function at zero, not panicking, whose state the decision left unchanged, after
+    a quiet observation: decided idle (idleness only grows with time, and the idle rule comes before
+    any average), or never active and decided stable at 0 (a window of zero samples stays one).
+    Proved against `decide` by tests/unit/test_autoscaling.py.
+    """
+    return (unobserved is None and _quiet_values(observation) and current == 0 and decision.replicas == 0
+            and decision.state == before and before.panicking_since is None and not decision.panic
+            and (decision.kind == "idle" or (decision.kind == "stable" and before.last_active is None)))
+
+
+def _quiet_values(observation: Observation) -> bool:
+    sample = observation.sample
+    return (sample is not None and not sample.concurrency and not sample.requests
+            and not observation.in_flight and not observation.queued)

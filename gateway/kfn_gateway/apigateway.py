@@ -7,6 +7,11 @@ rule is tested without a server. Sources for the rules: AWS's API Gateway develo
 ("Working with AWS Lambda proxy integrations for HTTP APIs") and AWS's own emulator
 (aws/aws-lambda-dotnet, LambdaTestTool-v2) where the guide is silent:
 
+- the request takes one of the function's routes (`spec.http.routes`, matched by
+  `kfn.core.routes`): the event's routeKey (2.0), resource and requestContext.resourcePath
+  (1.0: the route's path, "/users/{id}", or "$default"), requestContext.resourceId (1.0: the
+  route key) and pathParameters (decoded; 2.0 leaves it out and 1.0 has null when the route has
+  no variables) say which; a request no route takes is 404 {"message": "Not Found"};
 - rawPath (and 1.0's path) is percent-decoded, as HTTP APIs deliver it; rawQueryString stays
   as sent; query parameters are decoded, repeated ones joined with commas (1.0 also keeps them
   all in multiValueQueryStringParameters);
@@ -14,7 +19,8 @@ rule is tested without a server. Sources for the rules: AWS's API Gateway develo
   `cookies`; a body is text when its type is textual and it is UTF-8, else base64;
 - a result that is an object with `statusCode` is a response (statusCode, headers,
   multiValueHeaders, cookies, body, isBase64Encoded); under 2.0 any other JSON value is the body
-  of a 200 application/json response; 1.0 needs a statusCode (a numeric string will do);
+  of a 200 application/json response, a string as its text (`return "hello"` answers `hello`),
+  anything else as JSON; 1.0 needs a statusCode (a numeric string will do);
 - a function error, or a result API Gateway cannot use, is 500 {"message": "Internal Server
   Error"}; a function that times out is 504 {"message": "Endpoint request timed out"}.
 """
@@ -30,6 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote
+
+from kfn.core.routes import DEFAULT_MATCH, Match, RouteTable
 
 ACCOUNT_ID = "000000000000"
 API_ID = "kfn"
@@ -182,13 +190,22 @@ def _query(raw_query: str) -> tuple[dict[str, str], dict[str, list[str]]]:
     return single, multi
 
 
+class NoRoute(LookupError):
+    """No route of the function takes the request and it has no $default route: API Gateway
+    answers 404 Not Found (`not_found`) and the function is not invoked."""
+
+
 def event(request: HttpRequest, *, payload_format: str = FORMAT_2, api_request_id: str,
-          now: float | None = None) -> dict[str, Any]:
-    """The event of one request, in the function's payload format."""
+          now: float | None = None, routes: RouteTable | None = None) -> dict[str, Any]:
+    """The event of one request, in the function's payload format, for the route of `routes`
+    it takes (none given: the $default route). Raises NoRoute when it takes none."""
     now = time.time() if now is None else now
+    route = DEFAULT_MATCH if routes is None else routes.match(request.method, request.path, decode=unquote)
+    if route is None:
+        raise NoRoute(f"no route matches {request.method} {request.path}")
     if payload_format == FORMAT_1:
-        return _event_v1(request, api_request_id=api_request_id, now=now)
-    return _event_v2(request, api_request_id=api_request_id, now=now)
+        return _event_v1(request, route, api_request_id=api_request_id, now=now)
+    return _event_v2(request, route, api_request_id=api_request_id, now=now)
 
 
 def _domain(headers: dict[str, str]) -> str:
@@ -196,14 +213,14 @@ def _domain(headers: dict[str, str]) -> str:
     return host.rsplit(":", 1)[0] if not host.endswith("]") and host.count(":") == 1 else host
 
 
-def _event_v2(request: HttpRequest, *, api_request_id: str, now: float) -> dict[str, Any]:
+def _event_v2(request: HttpRequest, route: Match, *, api_request_id: str, now: float) -> dict[str, Any]:
     headers, cookies, _ = _headers(request, api_request_id=api_request_id, now=now)
     headers.pop("cookie", None)
     path = unquote(request.path) or "/"
     domain = _domain(headers)
     out: dict[str, Any] = {
         "version": FORMAT_2,
-        "routeKey": "$default",
+        "routeKey": route.route_key,
         "rawPath": path,
         "rawQueryString": request.raw_query,
     }
@@ -212,6 +229,8 @@ def _event_v2(request: HttpRequest, *, api_request_id: str, now: float) -> dict[
     out["headers"] = headers
     if request.raw_query:
         out["queryStringParameters"] = _query(request.raw_query)[0]
+    if route.parameters:
+        out["pathParameters"] = route.parameters
     out["requestContext"] = {
         "accountId": ACCOUNT_ID,
         "apiId": API_ID,
@@ -225,7 +244,7 @@ def _event_v2(request: HttpRequest, *, api_request_id: str, now: float) -> dict[
             "userAgent": headers.get("user-agent", ""),
         },
         "requestId": api_request_id,
-        "routeKey": "$default",
+        "routeKey": route.route_key,
         "stage": STAGE,
         "time": _request_time(now),
         "timeEpoch": int(now * 1000),
@@ -239,7 +258,7 @@ def _event_v2(request: HttpRequest, *, api_request_id: str, now: float) -> dict[
     return out
 
 
-def _event_v1(request: HttpRequest, *, api_request_id: str, now: float) -> dict[str, Any]:
+def _event_v1(request: HttpRequest, route: Match, *, api_request_id: str, now: float) -> dict[str, Any]:
     headers, _, lists = _headers(request, api_request_id=api_request_id, now=now)
     last = {key: values[-1] for key, values in lists.items()}
     path = unquote(request.path) or "/"
@@ -251,7 +270,7 @@ def _event_v1(request: HttpRequest, *, api_request_id: str, now: float) -> dict[
         body, is_base64 = encode_body(request.body, headers.get("content-type", ""))
     return {
         "version": FORMAT_1,
-        "resource": path,
+        "resource": route.resource,
         "path": path,
         "httpMethod": request.method,
         "headers": last,
@@ -276,11 +295,11 @@ def _event_v1(request: HttpRequest, *, api_request_id: str, now: float) -> dict[
             "requestId": api_request_id,
             "requestTime": _request_time(now),
             "requestTimeEpoch": int(now * 1000),
-            "resourceId": None,
-            "resourcePath": path,
+            "resourceId": route.route_key,
+            "resourcePath": route.resource,
             "stage": STAGE,
         },
-        "pathParameters": None,
+        "pathParameters": route.parameters,
         "stageVariables": None,
         "body": body,
         "isBase64Encoded": is_base64,
@@ -303,6 +322,11 @@ def internal_error(api_request_id: str) -> HttpResponse:
     return _message(500, "Internal Server Error", api_request_id)
 
 
+def not_found(api_request_id: str) -> HttpResponse:
+    """What API Gateway answers for a request that no route takes (NoRoute)."""
+    return _message(404, "Not Found", api_request_id)
+
+
 def timed_out(api_request_id: str) -> HttpResponse:
     return _message(504, "Endpoint request timed out", api_request_id)
 
@@ -317,8 +341,10 @@ def response(result: bytes, *, payload_format: str = FORMAT_2, api_request_id: s
         if not isinstance(value, dict):
             raise InvalidResult("a payload-1.0 result must be an object with a statusCode")
         out = _structured(value, payload_format)
+    elif isinstance(value, str):
+        # 2.0 without statusCode: the value is the body of a JSON 200; a string is the body itself.
+        out = HttpResponse(200, [("Content-Type", "application/json")], _utf8(value))
     else:
-        # 2.0 without statusCode: the value is the body of a JSON 200.
         out = HttpResponse(200, [("Content-Type", "application/json")], result)
     out.headers.append(("apigw-requestid", api_request_id))
     return out
@@ -359,7 +385,7 @@ def _structured(value: dict[str, Any], payload_format: str) -> HttpResponse:
     if body is None:
         data = b""
     elif isinstance(body, str):
-        data = body.encode("utf-8")
+        data = _utf8(body)
     else:
         # API Gateway wants a string; a function that returns a structure clearly means JSON.
         data = json.dumps(body).encode()
@@ -369,6 +395,14 @@ def _structured(value: dict[str, Any], payload_format: str) -> HttpResponse:
         except (binascii.Error, ValueError):
             raise InvalidResult("isBase64Encoded is true but body is not valid base64") from None
     return HttpResponse(status, headers, data)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 body can carry.
+        raise InvalidResult("the body is not valid Unicode (it has a lone surrogate)") from None
 
 
 def _status(raw: object) -> int:

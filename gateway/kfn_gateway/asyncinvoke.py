@@ -69,10 +69,27 @@ def async_configs(backend: InstanceBackend, *, region: str = "us-east-1") -> dic
     out: dict[FunctionRef, AsyncConfig] = {}
     for function in backend.functions():
         try:
-            out[function.ref] = AsyncConfig.of(function, region=region)
+            config = out[function.ref] = AsyncConfig.of(function, region=region)
+            check_destinations(config, backend)
         except ValueError as e:   # a destination naming no valid function: its events wait, the rest go on
+            out.pop(function.ref, None)
             logger.warning("function %s: its async settings cannot be used: %s", function.ref, e)
     return out
+
+
+def check_destinations(config: AsyncConfig, backend: InstanceBackend) -> None:
+    """ValueError if a destination is a key-protected function (spec.http.auth key) of another
+    namespace: a key-protected function runs only for a key of its namespace, and a destination
+    record (whose response payload the sending function chooses) is no way around that. Functions
+    of its own namespace may send it theirs, as that namespace's key holders may call it."""
+    for target in (config.on_success, config.on_failure):
+        ref = target.function if target is not None else None
+        if ref is None or ref.namespace == config.function.namespace:
+            continue
+        destination = backend.function(ref)
+        if destination is not None and destination.spec.http.auth.type == "key":
+            raise ValueError(f"the destination {ref} is a key-protected function of another namespace: only "
+                             f"functions of {ref.namespace} may send it their outcomes")
 
 
 def delivery_margin(gateway: Gateway) -> float:

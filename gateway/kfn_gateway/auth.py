@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from kfn.core.keys import ApiKey, KeyRing
 
@@ -86,6 +87,22 @@ def credential_headers(headers: Mapping[str, str]) -> set[str]:
     if "Authorization" in headers:
         out.add("authorization")
     return out
+
+
+def key_headers(headers: MultiMapping[str], keys: KeyRing) -> frozenset[str]:
+    """The (lowercase) names of the headers in `headers` that carry one of `keys` (`Authorization:
+    Bearer KEY` or `X-Api-Key: KEY`, any of their values). They are kept from public functions
+    too: a client that sends its key with every request (`kfn invoke` with $KFN_API_KEY, an SDK
+    set up once) must not hand it to the owner of whatever function it calls. Other values of
+    these headers (a function's own tokens) are not kfn's and pass."""
+    out = set()
+    for value in headers.getall("Authorization", ()):
+        scheme, _, credential = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and keys.match(credential.strip()) is not None:
+            out.add("authorization")
+    if any(keys.match(value.strip()) is not None for value in headers.getall(API_KEY_HEADER, ())):
+        out.add(API_KEY_HEADER.lower())
+    return frozenset(out)
 
 
 def authenticate(request: web.BaseRequest, scope: Scope, keys: KeyRing, *, body: bytes | None = None,

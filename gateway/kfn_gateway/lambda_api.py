@@ -8,7 +8,7 @@ mapping happens on this path. The headers Lambda reads:
 
     X-Amz-Invocation-Type   RequestResponse (default): 200, the function's result as the body;
                             Event: stored by `Gateway.accept_event`, 202; DryRun: 204
-    X-Amz-Log-Type: Tail    X-Amz-Log-Result: base64 of the invocation's last 4 KB of output
+    X-Amz-Log-Type: Tail    X-Amz-Log-Result: base64 of the last 4 KB of the invocation's log
     X-Amz-Client-Context    base64 JSON, the handler's context.client_context
 
 A function's failure is no HTTP error, as on Lambda: 200 with `X-Amz-Function-Error: Unhandled`
@@ -26,7 +26,8 @@ function, so `$LATEST` is the only qualifier.
 When the gateway has keys (SECURITY.md), a request needs one for the function's namespace: an
 AWS Signature V4 made with the key's id as the access key id and the key as the secret (what
 boto3 and the CLI send), or a bearer/X-Api-Key key; refusals are AWS's 403s. Without keys,
-signatures are not looked at.
+signatures are not looked at, and a key-protected function (spec.http.auth key) is refused to
+everyone, as on every other path (`needs_key`).
 
 `add_routes` is called by `Gateway.make_app`. Because server.py imports this module, this module
 does not import server.py: it names the gateway by what it uses of it (`InvokeGateway`).
@@ -309,18 +310,20 @@ class LambdaApi:
             # A name Lambda takes (capitals, underscores) that no kfn function can have.
             raise not_found(target.arn(region=region))
         keys = gateway.keys.keys()
-        if len(keys) and not credential_headers(headers):
-            # Refused before its body is read: an unsigned caller may not make the gateway read 6 MB.
+        if needs_key(len(keys), gateway.backend.function(ref)) and not (len(keys) and credential_headers(headers)):
+            # Refused before its body is read: an unsigned caller may not make the gateway read 6 MB,
+            # and without keys no credential can open a key-protected function.
             raise _refusal(401, headers, keys_known=False)
         limit = self._limit(invocation_type)
         payload = await _read_payload(request, limit, gateway.settings.body_timeout, invocation_type)
-        if len(keys):
+        # Looked up again: the function may have changed (become key-protected) while its body came.
+        function = gateway.backend.function(ref)
+        if needs_key(len(keys), function):
             outcome = gateway.authorize(request, Scope.of_namespace(ref.namespace), body=payload)
             if isinstance(outcome, web.Response):
                 key_id = _key_id(headers)
                 raise _refusal(outcome.status, headers, keys_known=bool(key_id and keys.secrets_of(key_id)),
                                arn=target.arn(region=region), key_id=key_id)
-        function = gateway.backend.function(ref)
         if function is None or target.qualifier not in (None, EXECUTED_VERSION):
             raise not_found(target.arn(region=region))
         request_id = invocation_id(headers.get(HEADER_SDK_INVOCATION_ID), ref)
@@ -432,6 +435,14 @@ def _lambda_error(status: int, message: str, *, retry_after: int | None) -> Lamb
         return LambdaError(400, "InvalidRequestContentException", message)
     # 502 (no instance could be reached: nothing ran) and anything else.
     return service_error(message, retry_after=retry_after)
+
+
+def needs_key(keys: int, function: Function | None) -> bool:
+    """Whether an Invoke call of `function` must present a key, given how many keys the gateway
+    has: always when it has some (as on AWS, every call is signed), and for a key-protected
+    function (spec.http.auth key) even when it has none — then nobody may call it, through this
+    path as through /function/."""
+    return keys > 0 or (function is not None and function.spec.http.auth.type == "key")
 
 
 def _key_id(headers: Mapping[str, str]) -> str | None:

@@ -209,21 +209,25 @@ class LoadSource:
 
     Each `collect` differences the load integral and arrival count against the previous call (the
     first call against the moment this source was made, when every function's load was zero).
+    Functions with nothing new since the previous call share one zero observation: an idle
+    collection allocates (next to) nothing per function, which keeps idle cheap with thousands.
     """
 
     def __init__(self, backend: InstanceBackend, route: Callable[[FunctionRef], RouteView | None]) -> None:
         self._backend = backend
         self._route = route
         self._started = time.monotonic()
-        # function → (monotonic time, load, arrived) at the previous collection
-        self._previous: dict[FunctionRef, tuple[float, float, int]] = {}
+        # function → (load, arrived) at the previous collection, made at `_previous_time`
+        self._previous: dict[FunctionRef, tuple[float, int]] = {}
+        self._previous_time = self._started
 
     async def collect(self, now: float) -> dict[FunctionRef, Observation]:
         """Returns at once; never raises for lack of traffic (no traffic is a zero sample)."""
         mono = time.monotonic()
         out: dict[FunctionRef, Observation] = {}
         previous = self._previous
-        current: dict[FunctionRef, tuple[float, float, int]] = {}
+        current: dict[FunctionRef, tuple[float, int]] = {}
+        unchanged: Observation | None = None
         for function in self._backend.functions():
             name = function.ref
             route = self._route(name)
@@ -231,13 +235,26 @@ class LoadSource:
                 load, arrived, held = 0.0, 0, 0
             else:
                 load, arrived, held = route.metrics.load(mono), route.metrics.arrived, route.metrics.held
-            before_time, before_load, before_arrived = previous.get(name, (self._started, 0.0, 0))
+            before = previous.get(name)
+            # Seen at the previous collection: the difference is since then; else since this source began.
+            before_time = self._previous_time if before is not None else self._started
+            before_load, before_arrived = before if before is not None else (0.0, 0)
             elapsed = mono - before_time
+            if before is not None and held == 0 and load == before_load and arrived == before_arrived:
+                current[name] = before
+                if elapsed > 0:
+                    if unchanged is None:
+                        unchanged = Observation(sample=Sample(time=now, concurrency=0.0, requests=0), in_flight=0.0)
+                    out[name] = unchanged
+                else:
+                    out[name] = Observation(sample=None, in_flight=0.0)
+                continue
             sample = None
             if elapsed > 0:
                 sample = Sample(time=now, concurrency=max(0.0, (load - before_load) / elapsed),
                                 requests=max(0, arrived - before_arrived))
-            current[name] = (mono, load, arrived)
+            current[name] = (load, arrived)
             out[name] = Observation(sample=sample, in_flight=float(held))
         self._previous = current
+        self._previous_time = mono
         return out

@@ -15,7 +15,7 @@ import time
 from collections import deque
 
 from kfn.core.functions import FunctionRef
-from kfn.core.instances import Instance, InstanceBackend
+from kfn.core.instances import Instance, InstanceBackend, StartProblem, StartReason
 from kfn_gateway.metrics import FunctionMetrics
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,22 @@ class ScaleFailed(Unavailable):
 
 class StartFailed(Unavailable):
     """The function has no instance and the backend says why none starts (an import error, a bad
-    image): waiting would only delay that answer. The backend keeps retrying meanwhile."""
+    image): waiting would only delay that answer. The backend keeps retrying meanwhile.
+
+    The message says the problem's public reason only; `problem` has the rest (its detail is the
+    function owner's, never a caller's; its `init_error` is answered as the function's error).
+    """
 
     status = 503
+
+    def __init__(self, message: str, problem: StartProblem | None = None) -> None:
+        # (message first: copies of it are made as exceptions are, from their args and __dict__)
+        super().__init__(message)
+        self.problem = problem or StartProblem(StartReason.PLATFORM)
+
+    @classmethod
+    def of(cls, ref: FunctionRef, problem: StartProblem) -> StartFailed:
+        return cls(f"function '{ref}' cannot start an instance: {problem.reason}", problem)
 
 
 class Route:
@@ -104,7 +117,7 @@ class Route:
             problem = self._backend.problem(self.ref)
             if problem:
                 self._maybe_cold_start(None)   # demand: the backend keeps trying to start one
-                raise StartFailed(self._start_failure(problem))
+                raise StartFailed.of(self.ref, problem)
         if len(self._waiters) >= self._queue_limit:
             if not self._instances:
                 self._maybe_cold_start(None)  # turned away, but the function must still start
@@ -159,12 +172,9 @@ class Route:
                 problem = self._backend.problem(self.ref)
                 if problem:
                     # A start failed while requests waited for it: tell them now, not at their timeout.
-                    self._fail_waiters(StartFailed(self._start_failure(problem)))
+                    self._fail_waiters(StartFailed.of(self.ref, problem))
         ready = {instance.id for instance in self._instances}
         return [instance for instance in before if instance.id not in ready]
-
-    def _start_failure(self, problem: str) -> str:
-        return f"function '{self.ref}' cannot start an instance: {problem}"
 
     def drop(self, instance: Instance) -> None:
         """Stop choosing `instance` at once (it failed), before the backend confirms it."""

@@ -50,12 +50,12 @@ from kfn.core.keys import ApiKey, KeySource, StaticKeys
 from kfn.core.scaling import MetricsSource
 from kfn.events.store import AcceptOptions, EventStore, StoreUnavailable
 from kfn_gateway import apigateway, cors, lambda_api
-from kfn_gateway.auth import AuthError, Scope, authenticate, credential_headers
+from kfn_gateway.auth import AuthError, Scope, authenticate, credential_headers, key_headers
 from kfn_gateway.connections import GuardedAppRunner, close_after, read_body
 from kfn_gateway.errors import GatewayError
 from kfn_gateway.invoking import InstanceClient, InstanceFailed, InstanceTimeout, NotSent
 from kfn_gateway.metrics import FunctionStats, GatewayMetrics, LoadSource, StateCollector
-from kfn_gateway.routing import Route, Unavailable
+from kfn_gateway.routing import Route, StartFailed, Unavailable
 from kfn_gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,12 @@ class Gateway:
 
     def __init__(self, backend: InstanceBackend, *, settings: GatewaySettings = GatewaySettings(),
                  registry: CollectorRegistry | None = None, keys: KeySource | None = None,
-                 events: EventStore | None = None) -> None:
+                 events: EventStore | None = None,
+                 details: Callable[[FunctionRef], Mapping[str, Any]] | None = None) -> None:
         self.backend = backend
         self.settings = settings
+        # More fields for /system/functions from the platform (kfn local: the Python that really runs).
+        self._details = details
         # Where asynchronous invocations are stored (kfn.events); None: this gateway takes none (503).
         self.events = events
         self.keys: KeySource = keys if keys is not None else StaticKeys()
@@ -223,13 +226,14 @@ class Gateway:
     # -- asynchronous invocations ----------------------------------------------------------------
 
     async def accept_event(self, function: Function, payload: bytes, *, invocation_id: str,
-                           callback_url: str | None = None) -> str:
+                           callback_url: str | None = None, caller_chosen: bool = False) -> str:
         """Store an asynchronous invocation of `function` durably; returns its invocation id.
 
         Returns only once the event store holds the event (the caller may then answer 202), as
         long as the store takes (JetStream: its publish timeout and retries). An id already
         stored is accepted again without storing anything new, with the same answer, so a caller
         retrying after a failure or a timeout gets one event. Counts nothing: the caller answers.
+        `caller_chosen`: the caller named the id (X-Call-Id), de-duplicated apart from kfn's own.
 
         Raises GatewayError: 503 when this gateway has no event store or the store did not
         confirm (the event may or may not be stored: retry with the same id), 413 when the
@@ -242,7 +246,7 @@ class Gateway:
         limit = self.settings.max_async_payload_bytes
         if len(payload) > limit:
             raise GatewayError(413, f"the event is {len(payload)} bytes; an asynchronous invocation's limit is {limit}")
-        options = AcceptOptions(callback_url=callback_url)
+        options = AcceptOptions(callback_url=callback_url, caller_chosen=caller_chosen)
         try:
             accepted = await store.accept(function.ref, payload, invocation_id, options)
         except StoreUnavailable as e:
@@ -309,9 +313,9 @@ class Gateway:
     def _host_index(self) -> dict[str, FunctionRef]:
         """Host (or *.domain) → the function served at its root; rebuilt after the backend changes."""
         index: dict[str, FunctionRef] = {}
-        for function in sorted(self.backend.functions(), key=lambda f: f.ref):
+        for function in sorted(self.backend.functions(), key=_claim_order):
             for host in function.spec.http.hosts:
-                index.setdefault(host, function.ref)   # two claiming one host: the first by ref wins
+                index.setdefault(host, function.ref)   # two claiming one host: the first claim wins
         return index
 
     def _by_host(self, host_header: str) -> Function | None:
@@ -321,6 +325,8 @@ class Gateway:
         if host.startswith("["):
             return None   # an IP literal names no function
         host = host.rsplit(":", 1)[0] if ":" in host else host
+        if host.rpartition(".")[2].isdigit():
+            return None   # nor an IPv4 address: what is sent to the gateway's address stays its own
         ref = self._hosts.get(host)
         if ref is None and "." in host:
             ref = self._hosts.get("*." + host.split(".", 1)[1])
@@ -367,11 +373,14 @@ class Gateway:
         except GatewayError as e:
             return self._count(route, _error(e.status, str(e), name, close=True, now=e.status in (400, 408)))
         path, query = _below_mount(request, naming.ASYNC_FUNCTION_PATH_PREFIX)
-        event, _ = self._http_event(request, function, body, path=path, query=query,
-                                    prefix=naming.ASYNC_FUNCTION_PATH_PREFIX + name, strip=strip)
+        try:
+            event, _ = self._http_event(request, function, body, path=path, query=query,
+                                        prefix=naming.ASYNC_FUNCTION_PATH_PREFIX + name, strip=strip)
+        except apigateway.NoRoute:
+            return self._count(route, _not_found())
         try:
             stored = await self.accept_event(function, orjson.dumps(event), invocation_id=invocation_id,
-                                             callback_url=callback_url)
+                                             callback_url=callback_url, caller_chosen="X-Call-Id" in headers_in)
         except GatewayError as e:
             return self._count(route, _error(e.status, str(e), name, retry_after=e.retry_after))
         return self._count(route, web.json_response({"requestId": stored}, status=202,
@@ -379,9 +388,12 @@ class Gateway:
 
     def _credentials(self, request: web.Request, function: Function) -> frozenset[str] | web.Response:
         """For a key-protected function (spec.http.auth key): the 401/403 answer, or the headers
-        that carried the key (kept from the function). Nothing for a public function."""
+        that carried the key (kept from the function). For a public function, the headers that
+        carry a kfn key anyway (`key_headers`): no function sees a caller's key."""
         if function.spec.http.auth.type != "key":
-            return frozenset()
+            if not credential_headers(request.headers):
+                return frozenset()   # the common case costs no key lookup
+            return key_headers(request.headers, self.keys.keys())
         outcome = self.authorize(request, Scope.of_namespace(function.namespace))
         if isinstance(outcome, web.Response):
             return outcome
@@ -467,21 +479,24 @@ class Gateway:
             prefix=prefix)
         api_request_id = apigateway.request_id()
         event = apigateway.event(http_request, payload_format=function.spec.http.payloadFormat,
-                                 api_request_id=api_request_id)
+                                 api_request_id=api_request_id, routes=function.spec.http.route_table)
         return event, api_request_id
 
     async def _answer(self, request: web.Request, function: Function, route: Route, body: bytes, *, label: str,
                       path: str, query: str, prefix: str, strip: frozenset[str]) -> web.StreamResponse:
         http = function.spec.http
         headers_in = request.headers
-        event, api_request_id = self._http_event(request, function, body, path=path, query=query, prefix=prefix,
-                                                 strip=strip)
+        try:
+            event, api_request_id = self._http_event(request, function, body, path=path, query=query, prefix=prefix,
+                                                     strip=strip)
+        except apigateway.NoRoute:
+            return _with_cors(_not_found(), http.cors, headers_in)
         invocation = Invocation(payload=orjson.dumps(event), request_id=apigateway.invocation_id(),
                                 trace_id=event["headers"].get("x-amzn-trace-id"))
         try:
             result = await self.dispatch(function, route, invocation)
         except GatewayError as e:
-            response = _error(e.status, str(e), label, retry_after=e.retry_after)
+            response = _error(e.status, str(e), label, retry_after=e.retry_after, request_id=invocation.request_id)
             response.headers["X-Kfn-Request-Id"] = invocation.request_id
             return _with_cors(response, http.cors, headers_in)
         if result.function_error:
@@ -547,6 +562,14 @@ class Gateway:
         while True:
             try:
                 instance = await route.acquire(timeout=settings.queue_timeout)
+            except StartFailed as e:
+                init_error = e.problem.init_error
+                if init_error is None:   # the platform's failure: its public reason, nothing ran
+                    raise GatewayError(e.status, str(e), retry_after=settings.retry_after, nothing_ran=True) from None
+                # The function's own init failed: that is its error, as Lambda answers an invocation
+                # whose environment could not initialize (its output stays in its logs).
+                return InvocationResult(payload=init_error.payload(invocation.request_id), function_error="Unhandled",
+                                        error_type=init_error.error_type)
             except Unavailable as e:
                 raise GatewayError(e.status, str(e), retry_after=settings.retry_after if e.retry else None,
                                    nothing_ran=True) from None
@@ -650,8 +673,9 @@ class Gateway:
             "lastUsed": last_used,
             "inFlight": stats.in_flight,
             "queued": stats.queued,
-            "error": self.backend.problem(ref),
+            "error": str(problem) if (problem := self.backend.problem(ref)) is not None else None,   # admin's view
             "url": f"{request.scheme}://{request.host}{path}",
+            **(self._details(ref) if self._details is not None else {}),
         }
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
@@ -789,6 +813,15 @@ class Gateway:
         return web.json_response({"error": f"no route for {path}"}, status=404)
 
 
+def _claim_order(function: Function) -> tuple[str, FunctionRef]:
+    """Which of the functions claiming one host serves it, as the Gateway API resolves conflicting
+    routes: the oldest (its Kubernetes creationTimestamp, RFC 3339 in UTC, which sorts by time),
+    then the first by namespace and name (local mode has no timestamps). A function of another
+    namespace claiming a host later takes nothing from the function that has it."""
+    created = (function.metadata.model_extra or {}).get("creationTimestamp")
+    return (str(created) if created else "", function.ref)
+
+
 def _release_when_done(call: asyncio.Future[InvocationResult], route: Route, instance: Instance) -> None:
     if not call.cancelled():
         call.exception()   # retrieved: nobody waits for it any more
@@ -810,9 +843,14 @@ def _is_http_url(text: str) -> bool:
         return False
     try:
         parts = urllib.parse.urlsplit(text)
-    except ValueError:
+        # A name the lookup would refuse (an empty label, one over 63 characters) fails now, not
+        # at delivery, where it could only be retried until it is given up.
+        host = parts.hostname
+        if host:
+            host.encode("idna")
+    except (ValueError, UnicodeError):
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    return parts.scheme in ("http", "https") and bool(host)
 
 
 def _origin_form(target: str) -> str:
@@ -836,16 +874,24 @@ def _with_cors(response: web.Response, config: CorsSpec | None, request_headers:
     return response
 
 
+def _not_found() -> web.Response:
+    """API Gateway's answer to a request that none of the function's routes takes."""
+    out = apigateway.not_found(apigateway.request_id())
+    return web.Response(status=out.status, body=out.body, headers=CIMultiDict(out.headers))
+
+
 def _protocol(version: HttpVersion) -> str:
     return "HTTP/1.1" if version == HttpVersion11 else f"HTTP/{version.major}.{version.minor}"
 
 
 def _error(status: int, message: str, function: str, *, retry_after: int | None = None,
-           close: bool = False, now: bool = False) -> web.Response:
+           close: bool = False, now: bool = False, request_id: str | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     body: dict[str, str] = {"error": message}
     if function:
         body["function"] = function
+    if request_id is not None:
+        body["requestId"] = request_id   # the answer's id, for the caller to quote
     response = web.Response(status=status, headers=headers, content_type="application/json", text=json.dumps(body))
     if close:
         response.force_close()   # the client must not send its next request on this connection

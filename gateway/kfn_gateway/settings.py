@@ -5,7 +5,14 @@ from dataclasses import dataclass
 
 from kfn.core import naming
 from kfn.core.asyncpolicy import MAX_ASYNC_PAYLOAD_BYTES
-from kfn_gateway.connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, ConnectionLimits
+from kfn_gateway.connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SEND_TIMEOUT,
+    ConnectionLimits,
+)
 
 # Lambda's limit on a synchronous invocation's payload.
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -23,9 +30,12 @@ class GatewaySettings:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT   # a request head must arrive within this
     body_timeout: float = DEFAULT_BODY_TIMEOUT       # a request body must arrive within this (408)
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT       # an idle client connection is closed after this
+    send_timeout: float = DEFAULT_SEND_TIMEOUT       # a client taking none of its answer this long is cut off
+    max_connections: int = DEFAULT_MAX_CONNECTIONS   # open client connections; more are answered 503
     system_auth: bool = False       # /system/* needs an admin key (kfn gateway: on by default)
     max_async_payload_bytes: int = MAX_ASYNC_PAYLOAD_BYTES  # an asynchronous invocation's event (Lambda: 1 MB)
 
     def connection_limits(self) -> ConnectionLimits:
         return ConnectionLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
-                                idle_timeout=self.idle_timeout)
+                                idle_timeout=self.idle_timeout, send_timeout=self.send_timeout,
+                                max_connections=self.max_connections)

@@ -21,6 +21,7 @@ KUBERNETES_EXTRA = ("kopf", "kubernetes")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kfn", description="kfn: Lambda-style functions on Kubernetes, or locally.")
+    parser.add_argument("--version", action=_VersionAction, help="print kfn's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check Function manifests and report every problem")
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cgroups", choices=["auto", "off"], default="auto",
                    help="run each instance in a cgroup where the OS allows (all its processes die with it; its "
                         "memory limited to spec.resources.limits.memory); off: process groups and RLIMIT_DATA")
+    p.add_argument("--strict-runtimes", action="store_true",
+                   help="refuse a function whose spec.runtime names a Python this machine lacks (reported like an "
+                        "invalid manifest) instead of running it on kfn's own Python with a warning")
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="keep asynchronous events, dead letters and schedule ticks here, across restarts "
                         "(default: DIR/.kfn)")
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1m,2m, Lambda's)")
     p.add_argument("--async-lease", default=None, metavar="DURATION",
                    help="an async event in flight when kfn local died is delivered again after this (default 30s)")
+    p.add_argument("--init-timeout", default=None, metavar="DURATION",
+                   help="how long a function's init (its import, up to its first poll for work) may take; longer "
+                        "is the function's error, Sandbox.Timedout (default 10s, Lambda's)")
     _connection_options(p)
 
     for name, help_ in (("invoke", "call a function through the gateway"),
@@ -110,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=None, metavar="N",
                    help="gateway replicas sharing the async queue: each delivers 1/N of a function's async "
                         "concurrency (default $KFN_GATEWAY_REPLICAS, else 1)")
+    p.add_argument("--region", default=None, metavar="REGION",
+                   help="the region the functions run in, as async destination records name it "
+                        "(default $KFN_REGION, else us-east-1)")
     _connection_options(p)
     _limit_options(p)
     p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
@@ -132,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="serve the autoscaler's metrics on this port")
     p.add_argument("--health-port", type=int, default=None, help="serve a liveness probe on this port (/healthz)")
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """`kfn --version`: the installed package's version (from its metadata, read only when asked:
+    importing importlib.metadata would slow every command), else the source's own; exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        import importlib.metadata
+        try:
+            version = importlib.metadata.version("kfn")
+        except importlib.metadata.PackageNotFoundError:
+            from kfn import __version__ as version
+        print(f"kfn {version}")
+        parser.exit()
 
 
 def _remote_options(p: argparse.ArgumentParser) -> None:
@@ -161,6 +188,11 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
                    help="a request body must arrive within this (default 60s); else 408")
     p.add_argument("--idle-timeout", default=None, metavar="DURATION",
                    help="close a client connection idle this long (default 75s)")
+    p.add_argument("--send-timeout", default=None, metavar="DURATION",
+                   help="cut off a client that takes none of its answer this long, dropping the answer "
+                        "(default 60s, nginx's send_timeout)")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="open client connections at most; more are answered 503 and closed (default 1024)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

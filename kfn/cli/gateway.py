@@ -136,7 +136,8 @@ class AsyncService:
 
     def __init__(self, gateway: Gateway, store: JetStreamStore, options: GatewayOptions) -> None:
         self._store = store
-        self.delivery = AsyncDelivery(gateway, store, settings=DeliverySettings(replicas=options.replicas))
+        self.delivery = AsyncDelivery(gateway, store, settings=DeliverySettings(replicas=options.replicas),
+                                      region=options.region)
         self.triggers = TriggerService(gateway.backend, store.accept, TriggerSettings(nats_url=options.nats_url),
                                        everywhere=("nats",))
         self._task: asyncio.Task[None] | None = None

@@ -32,9 +32,12 @@ def settings(options: LocalOptions) -> LocalSettings:
         delivery = replace(delivery, delays=replace(delivery.delays, function_errors=options.async_retry_delays))
     local = LocalSettings(directory=options.directory, host=options.host, port=options.port, gateway=gateway,
                           work_dir=options.work_dir, keys=options.keys, cgroups=options.cgroups,
+                          strict_runtimes=options.strict_runtimes,
                           state_dir=options.state_dir, nats_url=options.nats_url, delivery=delivery)
     if options.async_lease is not None:
         local = replace(local, async_lease=options.async_lease)
+    if options.init_timeout is not None:
+        local = replace(local, init_timeout=options.init_timeout)
     return local
 
 

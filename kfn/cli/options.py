@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kfn.core import naming, natsurl, units
 from kfn.core.errors import CommandError
+from kfn_runtime import contract
 
 # The NATS server of async events (kfn gateway) and of NATS triggers: --nats-url, else this.
 ENV_NATS_URL = "KFN_NATS_URL"
@@ -38,6 +39,8 @@ class ConnectionOptions:
     header_timeout: float | None = None
     body_timeout: float | None = None
     idle_timeout: float | None = None
+    send_timeout: float | None = None
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,12 @@ class LocalOptions:
     keys: Path | None = None
     connections: ConnectionOptions = ConnectionOptions()
     cgroups: bool = True
+    strict_runtimes: bool = False
     state_dir: Path | None = None
     nats_url: str | None = None
     async_retry_delays: tuple[float, ...] | None = None   # None: Lambda's (1 and 2 minutes)
     async_lease: float | None = None
+    init_timeout: float | None = None   # None: Lambda's 10 s
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class GatewayOptions:
     limits: LimitOptions = LimitOptions()
     nats_url: str | None = None   # async events in JetStream there (none: async requests are 503)
     replicas: int = 1             # gateway replicas sharing the async queue
+    region: str = contract.DEFAULT_REGION   # the functions' region (functions.region): destination records say it
 
 
 @dataclass(frozen=True)
@@ -170,9 +176,11 @@ def local(args: argparse.Namespace) -> LocalOptions:
                         work_dir=Path(args.work_dir) if args.work_dir else None,
                         trusted_hops=_hops(args.trusted_hops), keys=_keys_file(args.keys),
                         connections=connections(args), cgroups=args.cgroups != "off",
+                        strict_runtimes=args.strict_runtimes,
                         state_dir=Path(args.state_dir) if args.state_dir else None, nats_url=nats_url(args.nats_url),
                         async_retry_delays=_retry_delays(args.async_retry_delays),
-                        async_lease=_timeout(args.async_lease, "--async-lease"))
+                        async_lease=_timeout(args.async_lease, "--async-lease"),
+                        init_timeout=_timeout(args.init_timeout, "--init-timeout"))
 
 
 def nats_url(flag: str | None) -> str | None:
@@ -236,7 +244,15 @@ def _size(value: str | None, flag: str) -> int | None:
 def connections(args: argparse.Namespace) -> ConnectionOptions:
     return ConnectionOptions(header_timeout=_timeout(args.header_timeout, "--header-timeout"),
                              body_timeout=_timeout(args.body_timeout, "--body-timeout"),
-                             idle_timeout=_timeout(args.idle_timeout, "--idle-timeout"))
+                             idle_timeout=_timeout(args.idle_timeout, "--idle-timeout"),
+                             send_timeout=_timeout(args.send_timeout, "--send-timeout"),
+                             max_connections=_max_connections(args.max_connections))
+
+
+def _max_connections(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise _usage(f"--max-connections must be 1 or more (got {value})")
+    return value
 
 
 def _timeout(value: str | None, flag: str) -> float | None:
@@ -307,7 +323,14 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
                           log_level=args.log_level, trusted_hops=_hops(args.trusted_hops),
                           system_auth=not args.no_system_auth, admin_namespace=admin_namespace,
                           keys=_keys_file(args.keys), connections=connections(args), limits=limits(args),
-                          nats_url=nats_url(args.nats_url), replicas=_replicas(args.replicas))
+                          nats_url=nats_url(args.nats_url), replicas=_replicas(args.replicas),
+                          region=_region(args.region))
+
+
+def _region(flag: str | None) -> str:
+    """--region, else $KFN_REGION (what the operator gives the functions), else us-east-1."""
+    value = (flag if flag is not None else os.environ.get(contract.ENV_REGION, "")).strip()
+    return value or contract.DEFAULT_REGION
 
 
 def _replicas(flag: int | None) -> int:

@@ -112,7 +112,7 @@ def list_functions(options: RemoteOptions) -> int:
         rows.append((
             str(fn.get("namespace", "")),
             str(fn.get("name", "")),
-            str(fn.get("runtime", "")),
+            _runtime(fn),
             f"{fn.get('availableReplicas', 0)}/{fn.get('replicas', 0)}",
             str(fn.get("invocationCount", 0)),
             _ago(fn.get("lastUsed"), now),
@@ -128,7 +128,16 @@ def list_functions(options: RemoteOptions) -> int:
         print("(no functions)", file=sys.stderr)
     for problem in problems.get("manifests", []):
         print(f"error: {problem.get('error')}", file=sys.stderr)
+    for warning in problems.get("warnings", []):
+        print(f"warning: {warning.get('function')}: {warning.get('warning')}", file=sys.stderr)
     return 0
+
+
+def _runtime(fn: dict[str, Any]) -> str:
+    """The declared runtime, and what really runs when kfn local had to substitute another Python
+    ("python3.13->3.11"; one word, as every cell of the table is)."""
+    declared, used = str(fn.get("runtime", "")), fn.get("runtimeUsed")
+    return f"{declared}->{str(used).removeprefix('python')}" if used and used != declared else declared
 
 
 def _local_errors(client: GatewayClient) -> dict[str, list[dict[str, Any]]]:
@@ -173,7 +182,10 @@ def _first_line(value: object) -> str:
 # -- kfn logs ---------------------------------------------------------------------------------------
 
 def logs(options: LogsOptions) -> int:
-    """Prints a function's recent instance output; with follow, keeps printing until interrupted."""
+    """Prints a function's recent instance output; with follow, keeps printing until interrupted.
+
+    With nothing to print and no instance running (or wanted), says so on stderr: CommandError
+    (exit 1) without follow; with it, a notice, and the command waits for the next instance."""
     client = GatewayClient(options.remote.gateway, api_key=options.remote.api_key)
     name, follow, tail = options.name, options.follow, options.tail
     query = urllib.parse.urlencode({"tail": tail, **({"follow": "1"} if follow else {})})
@@ -187,18 +199,34 @@ def logs(options: LogsOptions) -> int:
     if response.status != 200:
         detail = response.read().decode(errors="replace").strip()
         raise CommandError(f"the gateway answered HTTP {response.status}: {detail}")
+    if follow and not _has_instances(client, name):
+        print(f"kfn logs: no instance of {name!r} is running (functions scale to zero when idle); "
+              "waiting for the next one: invoke it", file=sys.stderr)
     out = sys.stdout.buffer
+    printed = 0
     try:
         while chunk := response.body.read1(65536) if hasattr(response.body, "read1") else response.body.read(65536):
             out.write(chunk)
             out.flush()
+            printed += len(chunk)
     except KeyboardInterrupt:
         return 0
     except (ConnectionError, http.client.HTTPException, OSError) as e:
         if follow:
             raise CommandError(f"lost the connection to the kfn gateway at {client.url}: {e}") from None
         raise
+    if not printed and not follow and not _has_instances(client, name):
+        raise CommandError(f"no instance of {name!r} is running (functions scale to zero when idle) and there is "
+                           f"no output to show: invoke it, or follow its next instance with `kfn logs {name} -f`")
     return 0
+
+
+def _has_instances(client: GatewayClient, name: str) -> bool:
+    """Whether `name` has an instance running or wanted (True when the gateway cannot tell)."""
+    status, body = client.get_json(f"{naming.SYSTEM_FUNCTIONS_PATH}/{urllib.parse.quote(name, safe='.')}")
+    if status != 200 or not isinstance(body, dict):
+        return True
+    return bool(body.get("availableReplicas") or body.get("replicas"))
 
 
 # -- kfn async ---------------------------------------------------------------------------------------

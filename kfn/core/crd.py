@@ -24,6 +24,7 @@ from kfn.core.functions import (
     FunctionSpec,
     ScaleSpec,
 )
+from kfn.core.routes import ROUTE_KEY_PATTERN
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "kfn" / "crds" / f"{naming.CRD_NAME}.yaml"
 
@@ -94,7 +95,11 @@ _PATTERNS: dict[tuple[str, ...], str] = {
     ("async", "onFailure", "url"): DESTINATION_URL_PATTERN,
     ("triggers", "[]", "schedule"): _SCHEDULE_SHAPE,
     ("triggers", "[]", "nats", "subject"): NATS_SUBJECT_PATTERN,
+    # A route's grammar; two routes of one shape ({id} and {name}) are the model's to refuse.
+    ("http", "routes", "[]"): ROUTE_KEY_PATTERN,
 }
+# Lists whose items are unique: the API server refuses a repeated item.
+_SETS: frozenset[tuple[str, ...]] = frozenset({("http", "routes")})
 # Defaults the API server fills in, so `kubectl get -o yaml` shows what the function runs.
 _DEFAULTS: dict[tuple[str, ...], object] = {("runtime",): DEFAULT_RUNTIME}
 
@@ -183,8 +188,12 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...
                 out["minProperties"] = node["minProperties"]
     elif kind == "array":
         out["items"] = _structural(node["items"], defs, (*path, "[]"))
+        if "minItems" in node:
+            out["minItems"] = node["minItems"]
         if "maxItems" in node:
             out["maxItems"] = node["maxItems"]
+        if path in _SETS:
+            out["x-kubernetes-list-type"] = "set"
     elif kind in ("integer", "number"):
         if "minimum" in node:
             out["minimum"] = node["minimum"]

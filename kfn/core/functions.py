@@ -6,6 +6,7 @@ it, and the CRD's schema is generated from it (see `kfn.crd`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import keyword
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from kfn.core import naming, schedules, units
+from kfn.core.routes import DEFAULT as DEFAULT_ROUTE
+from kfn.core.routes import MAX_ROUTES, InvalidRoute, RouteTable, check_routes, parse_route
 
 # The language runtimes, written once: the CRD's enum, the operator's default images and the
 # chart's runtimeImages all derive from this.
@@ -184,7 +187,10 @@ def check_file_name(path: str) -> str:
     return path
 
 
-_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A host a function may claim: a DNS name of two labels or more whose last starts with a letter, so
+# never an IP address (which would take every request sent to the gateway by its address: probes,
+# scrapes, kfn local's 127.0.0.1) nor a bare name such as localhost or a Service's short name.
+_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Handlers as the CRD checks them too (Python's keywords are the model's alone).
 NODE_HANDLER_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z_$][A-Za-z0-9_$]*$"
 PYTHON_HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
@@ -218,6 +224,18 @@ class HttpAuth(_Model):
                     "function's namespace, or an admin key (Authorization: Bearer KEY, or X-Api-Key: KEY).")
 
 
+def _route_key(key: str) -> str:
+    try:
+        parse_route(key)
+    except InvalidRoute as e:
+        raise _error(str(e)) from None
+    return key
+
+
+# One route key, checked on its own (so an error names its index: spec.http.routes[1]).
+RouteKey = Annotated[str, pydantic.AfterValidator(_route_key)]
+
+
 class HttpSpec(_Model):
     """How HTTP requests reach the function."""
 
@@ -228,13 +246,32 @@ class HttpSpec(_Model):
         description="Serve the function at the root of these hosts (requests routed by their Host header).")
     cors: CorsSpec | None = Field(default=None, description="CORS answered by the gateway (preflights too).")
     auth: HttpAuth = Field(default_factory=HttpAuth, description="Public, or only for callers with an API key.")
+    routes: list[RouteKey] = Field(
+        default_factory=lambda: [DEFAULT_ROUTE], min_length=1, max_length=MAX_ROUTES,
+        description="Routes as API Gateway HTTP APIs write them: 'GET /users/{id}', 'ANY /{proxy+}', or "
+                    "$default (the catch-all, the default). They fill the event's routeKey, resource and "
+                    "pathParameters; a request that matches none is answered 404 when $default is not listed.")
+
+    @field_validator("routes")
+    @classmethod
+    def _distinct_routes(cls, keys: list[str]) -> list[str]:
+        try:
+            return check_routes(keys)
+        except InvalidRoute as e:
+            raise _error(str(e)) from None
+
+    @functools.cached_property
+    def route_table(self) -> RouteTable:
+        """The routes, ready to match requests (built once per Function)."""
+        return RouteTable(self.routes)
 
     @field_validator("hosts")
     @classmethod
     def _hostnames(cls, hosts: list[str]) -> list[str]:
         for host in hosts:
             if len(host) > 253 or not _HOSTNAME.match(host):
-                raise _error(f"each host must be a lowercase DNS name such as fn.example.com (got {host!r})")
+                raise _error(f"each host must be a lowercase DNS name of two labels or more such as fn.example.com, "
+                             f"not an IP address (got {host!r})")
         if len(set(hosts)) != len(hosts):
             raise _error("hosts must not repeat")
         return hosts
@@ -318,6 +355,9 @@ NATS_SUBJECT_PATTERN = r"^([^\s.*>]+|\*)(\.([^\s.*>]+|\*))*(\.>)?$|^>$"
 _FUNCTION_REF = re.compile(FUNCTION_REF_PATTERN)
 _DESTINATION_URL = re.compile(DESTINATION_URL_PATTERN)
 _NATS_SUBJECT = re.compile(NATS_SUBJECT_PATTERN)
+# The first token of every subject kfn itself uses on NATS (kfn.events.jetstream: kfn.async, kfn.dlq,
+# kfn.ids), which no trigger may subscribe to.
+RESERVED_SUBJECT_ROOT = "kfn"
 
 
 class Destination(_Model):
@@ -381,6 +421,13 @@ class NatsTrigger(_Model):
     def _subject(cls, value: str) -> str:
         if not _NATS_SUBJECT.match(value):
             raise _error(f"must be a NATS subject such as orders.created (got {value!r})")
+        first = value.split(".", 1)[0]
+        if first in ("*", ">", RESERVED_SUBJECT_ROOT) or first.startswith(("$", "_INBOX")):
+            # The trigger listens on the platform's connection, which carries every namespace's
+            # stored events (kfn.async.NAMESPACE.NAME, kfn.dlq..., kfn.ids...), NATS's API and
+            # system subjects and request replies: none of it is a function's to read.
+            raise _error(f"must start with a subject token of the application's own, not a wildcard, "
+                         f"{RESERVED_SUBJECT_ROOT!r} (kfn's), '$...' (NATS's) or '_INBOX' (got {value!r})")
         return value
 
 
@@ -575,9 +622,15 @@ class Function(BaseModel):
     def namespace(self) -> str:
         return self.metadata.namespace or naming.DEFAULT_NAMESPACE
 
-    @property
+    @functools.cached_property
     def ref(self) -> FunctionRef:
+        # Cached (every loop over the functions asks for it, each second): a Function is immutable.
         return FunctionRef(self.namespace, self.name)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Function:
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("ref", None)   # an update may rename it
+        return copy
 
     def code_hash(self) -> str:
         """A short digest of what the instances run: changes when code, handler or requirements do."""
@@ -593,9 +646,10 @@ class Function(BaseModel):
 
     def spec_hash(self) -> str:
         """A digest of the spec: changes whenever instances must be rolled. Who may call the
-        function (spec.http.auth), how its async events are retried (spec.async) and what
-        triggers it (spec.triggers) are the gateway's business alone: changing them rolls nothing."""
-        blob = json.dumps(self.spec.model_dump(mode="json", exclude={"http": {"auth"}, "async_": True,
+        function (spec.http.auth), which routes it answers (spec.http.routes), how its async events
+        are retried (spec.async) and what triggers it (spec.triggers) are the gateway's business
+        alone: changing them rolls nothing."""
+        blob = json.dumps(self.spec.model_dump(mode="json", exclude={"http": {"auth", "routes"}, "async_": True,
                                                                      "triggers": True}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -7,6 +7,8 @@ tells the backend how many to run. Local mode's backend runs instances as proces
 """
 from __future__ import annotations
 
+import enum
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -34,9 +36,74 @@ class InvocationResult:
     payload: bytes = b""
     function_error: str | None = None  # "Unhandled" when the function failed (payload: Lambda's error object)
     error_type: str | None = None
-    log_result: str | None = None      # base64 of the invocation's last 4 KB of output
+    log_result: str | None = None      # base64 of the last 4 KB of the invocation's log, START to REPORT
     rejected: str | None = None        # why it turned the invocation away (concurrency, draining, loading)
     rejection: str = ""                # and in words
+
+
+class StartReason(enum.StrEnum):
+    """Why a function's instances cannot start, as any caller may be told: the class of the failure
+    in a few words, never what the function printed or pip said (SECURITY.md: logs need the admin
+    key). Only INIT is the function's own doing; the others are the platform's."""
+
+    INIT = "the function failed to initialize"              # its init (import, handler, init code) failed
+    REQUIREMENTS = "its requirements could not be installed"
+    IMAGE = "its image cannot be pulled"
+    CAPACITY = "no node can run its instances"
+    CONFIGURATION = "its configuration cannot run here"      # e.g. kfn local and spec.image; a missing Secret
+    PLATFORM = "its instances cannot be started"             # anything else of the platform's
+
+
+@dataclass(frozen=True)
+class InitError:
+    """A function's own init failed, in Lambda's terms (`Runtime.ImportModuleError`, ...): callers
+    get it as the function's error, as Lambda answers an invocation whose environment's init
+    failed. `message` is the exception's message (what Lambda's errorMessage says), never the
+    function's output."""
+
+    error_type: str
+    message: str
+    stack_trace: tuple[str, ...] = ()
+
+    def payload(self, request_id: str) -> bytes:
+        """Lambda's error object for the invocation `request_id`."""
+        return json.dumps({"errorMessage": self.message, "errorType": self.error_type, "requestId": request_id,
+                           "stackTrace": list(self.stack_trace)}).encode()
+
+    @classmethod
+    def of_payload(cls, payload: bytes, *, default_type: str, default_message: str) -> InitError:
+        """From Lambda's error object (JSON bytes, as a runtime posts it to .../init/error); the
+        defaults stand for what the payload does not say (it may not even be JSON)."""
+        try:
+            data: object = json.loads(payload)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return cls(default_type, default_message)
+        error_type, message, trace = data.get("errorType"), data.get("errorMessage"), data.get("stackTrace")
+        lines = tuple(str(line) for line in trace) if isinstance(trace, list) else ()
+        return cls(error_type if isinstance(error_type, str) and error_type else default_type,
+                   message if isinstance(message, str) else default_message, lines)
+
+
+@dataclass(frozen=True)
+class StartProblem:
+    """Why a function's instances cannot start right now.
+
+    `reason` is all a caller of the function learns (with its request id); `detail` (the
+    function's last output, pip's, a pod's termination message) is only for the function's owner:
+    logs, `/system/errors`, `/system/functions`, the status. `init_error` is set when the
+    function's own init failed: callers then get it as the function's error (Lambda's 200 with
+    `X-Amz-Function-Error`, API Gateway's 500) rather than a 503.
+    """
+
+    reason: StartReason
+    detail: str = ""
+    init_error: InitError | None = None
+
+    def __str__(self) -> str:
+        """Everything, for the owner's eyes only (never a caller's answer)."""
+        return f"{self.reason}: {self.detail}" if self.detail else str(self.reason)
 
 
 class Endpoint(Protocol):
@@ -90,9 +157,10 @@ class InstanceBackend(Protocol):
     def desired(self, ref: FunctionRef) -> int:
         """The replica count last asked for (by `scale`, or the initial minReplicas)."""
 
-    def problem(self, ref: FunctionRef) -> str | None:
+    def problem(self, ref: FunctionRef) -> StartProblem | None:
         """Why the function's instances cannot start right now (a failed start, a bad image), or
-        None. The gateway answers waiting requests with it instead of letting them time out."""
+        None. The gateway answers waiting requests with it instead of letting them time out
+        (callers learn its `reason` only, or its `init_error` as the function's error)."""
 
     async def scale(self, ref: FunctionRef, replicas: int, *, reason: str = "") -> None:
         """Ask for `replicas` instances. Idempotent and quick: it does not wait for readiness."""

@@ -89,6 +89,8 @@ METRIC_LABEL_OUTCOME: Final = "outcome"
 # Autoscaler metrics.
 METRIC_AUTOSCALER_DESIRED: Final = "kfn_autoscaler_desired_replicas"
 METRIC_AUTOSCALER_DECISIONS: Final = "kfn_autoscaler_decisions_total"
+METRIC_AUTOSCALER_SOURCE_AVAILABLE: Final = "kfn_autoscaler_metrics_available"
+METRIC_AUTOSCALER_UNOBSERVED: Final = "kfn_autoscaler_unobserved_functions"
 
 
 def function_labels(name: str) -> dict[str, str]:

@@ -20,13 +20,19 @@ zero and runs at least one instance, and at least ceil(queued / target concurren
 maxReplicas), so a backlog is worked off by as many instances as synchronous load of that size
 would get. Events being delivered are requests the gateway holds: they are in the samples already.
 
+No metrics is not no traffic. A source that cannot see a function's load (Prometheus has no
+series for it from a gateway that is up, every gateway unreachable, the series carry the wrong
+labels) says so with `Unobserved`, and `decide` then holds the function where it is: it never
+scales down, let alone to zero, without evidence, and the idle timer starts over when the
+function is seen again, so zero always follows a whole idleTimeout of *observed* idleness.
+
 Nothing here reads a clock or does I/O: a `MetricsSource` collects samples, `decide` turns them
 into a replica count, and `kfn_autoscaler.Autoscaler` acts on it through the instance backend.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -86,16 +92,26 @@ class Observation:
     queued: float = 0.0     # asynchronous events stored and not being delivered (queued or awaiting a retry)
 
 
+@dataclass(frozen=True)
+class Unobserved:
+    """A source's word that it has no evidence about a function's load this time (`reason` says
+    why): neither load nor idleness. `decide` holds such a function where it is."""
+
+    reason: str
+
+
 class MetricsSource(Protocol):
     """Where the autoscaler's samples come from: the seam between collection and decision."""
 
-    async def collect(self, now: float) -> dict[FunctionRef, Observation]:
+    async def collect(self, now: float) -> Mapping[FunctionRef, Observation | Unobserved]:
         """Load per function since the previous call; samples are stamped with `now`.
 
-        A function missing from the result had no load at all (no requests, nothing held): the
-        autoscaler records a zero sample for it. A function whose load could not be computed
-        this time (no baseline yet) gets `Observation(sample=None, ...)`. When nothing at all
-        could be collected, raise: the autoscaler then holds every function where it is.
+        Idleness needs evidence: a function with no load is reported with a zero sample only when
+        the source saw it measured (a gateway that is up reports it). A function missing from the
+        result is `Unobserved`: the autoscaler holds it. A function whose load could not be
+        computed this time (no baseline yet) gets `Observation(sample=None, ...)`. When nothing at
+        all could be collected, raise MetricsUnavailable: the autoscaler then holds every function
+        where it is and reports the source unavailable.
         """
         ...
 
@@ -124,7 +140,7 @@ class Decision:
     kind: str = "stable"
 
 
-DECISION_KINDS: tuple[str, ...] = ("stable", "panic", "idle", "cold-start", "no-data", "queued")
+DECISION_KINDS: tuple[str, ...] = ("stable", "panic", "idle", "cold-start", "no-data", "queued", "unobserved")
 
 
 def window_average(samples: Sequence[Sample], *, start: float, end: float) -> float | None:
@@ -165,15 +181,25 @@ def _num(value: float) -> str:
 
 
 def decide(*, samples: Sequence[Sample], now: float, current: int, ready: int,
-           in_flight: float, settings: ScaleSettings, state: ScalerState, queued: float = 0.0) -> Decision:
+           in_flight: float, settings: ScaleSettings, state: ScalerState, queued: float = 0.0,
+           unobserved: Unobserved | None = None) -> Decision:
     """The replica count a function should have at `now`, and the state to pass to the next call.
 
     `current` is the replica count currently asked for, `ready` the instances serving now,
     `in_flight` the requests the gateway holds right now, `queued` the asynchronous events
     waiting for delivery; `samples` may hold more history than the windows need (older samples
-    are ignored).
+    are ignored). With `unobserved` (the source cannot see the function now) the function is
+    held at `current` (within min/maxReplicas), and the time counts as activity.
     """
     target = settings.target_concurrency
+    if unobserved is not None:
+        # No evidence either way: hold, and restart the idle timer (the unseen time may have had traffic).
+        held = min(max(current, settings.min_replicas), settings.max_replicas)
+        reason = f"no evidence of load or idleness ({unobserved.reason}) → hold {current}"
+        if held != current:
+            reason += f", clamped to {'minReplicas' if held > current else 'maxReplicas'} {held}"
+        return Decision(replicas=held, reason=reason, state=replace(state, last_active=now),
+                        panic=state.panicking_since is not None, kind="unobserved")
     # Activity: a request arrived or something was held. Long requests count, so an instance
     # serving a 10-minute call is never idle.
     last_active = state.last_active

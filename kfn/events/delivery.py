@@ -5,7 +5,9 @@ keeps one consumer loop per function it is told of (`configs`), which claims due
 the store, never more at once than the function's async concurrency (`AsyncConfig.concurrency`,
 divided among `DeliverySettings.replicas` engines), and delivers each one through the injected
 `invoke(function, payload, invocation_id)` — the gateway's dispatch, or a fake in tests — so the
-engine knows nothing of HTTP or instances.
+engine knows nothing of HTTP or instances. A consumer with nothing to do waits in the store's
+`claim` (`claim_wait`, long), which wakes it when an event of its function arrives or becomes due
+(a retry's delay, a lease running out): idle, the engine costs nothing per function.
 
 For each event (`kfn.core.asyncpolicy` has the policy):
 
@@ -17,7 +19,8 @@ For each event (`kfn.core.asyncpolicy` has the policy):
    → given up (RetriesExhausted). `NotInvoked` (throttled, no instance) → rescheduled with
    backoff, no attempt counted;
 4. the outcome is told: the destination (a function: an async invocation stored for it; a URL: a
-   POST of Lambda's invocation record) and the caller's X-Callback-Url. What cannot be told yet
+   POST of Lambda's invocation record, whose answer is read at most `destination_answer_bytes`:
+   only its status counts) and the caller's X-Callback-Url. What cannot be told yet
    is rescheduled with backoff for up to `destination_retry_for`; then a success is complete,
    and an event given up (or whose destinations stayed unreachable) becomes a dead letter.
 
@@ -28,11 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
+import socket
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import orjson
@@ -55,9 +63,12 @@ Post = Callable[[str, bytes, Mapping[str, str]], Awaitable[int]]
 class DeliverySettings:
     delays: RetryDelays = RetryDelays()
     heartbeat: float = 10.0            # lease renewal during an invocation (keep it under a third of the lease)
-    poll: float = 1.0                  # how long one claim waits for events
+    poll: float = 1.0                  # how often the functions' settings are read again without being told
+    claim_wait: float = 60.0           # how long one claim waits for events (the store wakes it when one comes)
     timeout_margin: float = 5.0        # beyond the function's timeout before the engine gives up on an attempt
     destination_timeout: float = 10.0  # one POST to a destination or callback URL
+    destination_answer_bytes: int = 64 * 1024  # of a destination's or callback's answer, read at most (then cut off)
+    destination_lookup_threads: int = 64  # name lookups of destination and callback hosts at once (own threads)
     destination_retry_for: float = 3600.0  # how long an unreachable destination is retried
     stats_interval: float = 5.0        # how often the queue statistics are refreshed
     replicas: int = 1                  # engines sharing the store: each takes its share of the concurrency
@@ -104,6 +115,7 @@ class DeliveryEngine:
         self._consumers: dict[FunctionRef, _Consumer] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._lookups: ThreadPoolExecutor | None = None
         self._stats: dict[FunctionRef, QueueStats] = {}
         self._stats_at: float | None = None
         self._closing = False
@@ -139,6 +151,9 @@ class DeliveryEngine:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._lookups is not None:
+            self._lookups.shutdown(wait=False, cancel_futures=True)   # a lookup still hanging ends on its own
+            self._lookups = None
 
     # -- what others read ------------------------------------------------------------------------
 
@@ -199,13 +214,22 @@ class DeliveryEngine:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED, timeout=self.settings.poll)
                 continue
             try:
-                deliveries = await self.store.claim(ref, free, wait=self.settings.poll)
+                deliveries = await self.store.claim(ref, free, wait=self.settings.claim_wait)
             except StoreUnavailable as e:
                 logger.warning("async events of %s: %s; trying again in %.1fs", ref, e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = self.settings.error_backoff
+            if not deliveries:
+                continue
+            # The claim may have waited long: deliver with the settings of now.
+            config = self._configs().get(ref)
+            if config is None:
+                for delivery in deliveries:
+                    with contextlib.suppress(StoreUnavailable):   # else its lease runs out
+                        await self.store.release(delivery)
+                return
             for delivery in deliveries:
                 task = asyncio.create_task(self._deliver(config, delivery), name=f"kfn-async-{delivery.event.id}")
                 in_flight.add(task)
@@ -323,7 +347,7 @@ class DeliveryEngine:
         condition = outcome.condition
         error = outcome.error
         if remaining:
-            error = f"could not tell {', '.join(d.target for d in remaining)}"
+            error = f"could not tell {', '.join(_shown(d.target) for d in remaining)}"
             if condition == asyncpolicy.SUCCESS:
                 condition = asyncpolicy.DESTINATION_FAILED
         letter = DeadLetter(id=event.id, function=config.function, payload=event.payload,
@@ -336,19 +360,25 @@ class DeliveryEngine:
         try:
             if dispatch.kind == "function":
                 ref = FunctionRef.parse(dispatch.target)
+                # Derived from this event (its function, id and arrival: a replay is a new one), so
+                # a retried hand-over is stored once and two functions' events never collide.
+                source = f"{event.function}/{event.id}/{event.accepted_at!r}"
                 await self.store.accept(ref, dispatch.body,
-                                        asyncpolicy.destination_invocation_id(event.id, outcome.condition))
+                                        asyncpolicy.destination_invocation_id(source, outcome.condition))
                 return True
             status = await self._post_to(dispatch.target, dispatch.body, dict(dispatch.headers))
         except StoreUnavailable as e:
-            logger.warning("could not hand %s's outcome to %s: %s", event.id, dispatch.target, e)
+            logger.warning("could not hand %s's outcome to %s: %s", event.id, _shown(dispatch.target), e)
             return False
-        except (OSError, aiohttp.ClientError, TimeoutError) as e:
-            logger.warning("could not POST %s's outcome to %s: %r", event.id, dispatch.target, e)
+        except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as e:
+            # ValueError: a URL aiohttp takes but cannot reach (a host name the name lookup refuses
+            # raises UnicodeError): as unreachable, never a crash that would run the function again.
+            logger.warning("could not POST %s's outcome to %s: %s", event.id, _shown(dispatch.target),
+                           _shown(f"{type(e).__name__}: {e}", dispatch.target))
             return False
         if 200 <= status < 300:
             return True
-        logger.warning("%s answered %d to %s's outcome", dispatch.target, status, event.id)
+        logger.warning("%s answered %d to %s's outcome", _shown(dispatch.target), status, event.id)
         # A client error will not change by trying again, except for throttling.
         return 400 <= status < 500 and status not in (408, 429)
 
@@ -356,12 +386,68 @@ class DeliveryEngine:
         if self._post is not None:
             return await self._post(url, body, headers)
         if self._session is None:
-            self._session = aiohttp.ClientSession(trust_env=False)
+            # The answer is not looked at: not worth decompressing either. No pool limit: the
+            # functions' async concurrency bounds the POSTs at once, and aiohttp's default (100 for
+            # all URLs) would let one function's URLs that never answer hold up every other's.
+            self._lookups = ThreadPoolExecutor(self.settings.destination_lookup_threads,
+                                               thread_name_prefix="kfn-destination-lookup")
+            connector = aiohttp.TCPConnector(limit=0, resolver=aiohttp.ThreadedResolver(
+                loop=_LookupLoop(self._lookups)))   # type: ignore[arg-type]  # the two methods it calls
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
         timeout = aiohttp.ClientTimeout(total=self.settings.destination_timeout)
         all_headers = {"Content-Type": "application/json", **headers}
-        async with self._session.post(url, data=body, headers=all_headers, timeout=timeout) as response:
-            await response.read()
+        # A redirect is the answer (its 3xx is not a success), not a POST to make elsewhere: Lambda's
+        # destinations do not follow them, and the URL is the caller's choice.
+        async with self._session.post(url, data=body, headers=all_headers, timeout=timeout,
+                                      allow_redirects=False) as response:
+            # The status is the answer: a body that breaks off or stalls after it changes nothing
+            # (its connection is closed, not reused).
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await _discard(response, self.settings.destination_answer_bytes)
             return response.status
+
+
+class _LookupLoop:
+    """What aiohttp's ThreadedResolver uses of its event loop, in threads of the engine's own.
+
+    The hosts are the callers' choice: a name whose DNS never answers holds a thread for as long
+    as the system's resolver tries (seconds to minutes). In the loop's default threads, a few such
+    names would stall everything else the process runs in them; here they can only wait for each
+    other, `DeliverySettings.destination_lookup_threads` at a time."""
+
+    def __init__(self, threads: ThreadPoolExecutor) -> None:
+        self._threads = threads
+
+    async def getaddrinfo(self, host: str, port: int, *, family: int = 0, type: int = 0, proto: int = 0,
+                          flags: int = 0) -> list[Any]:
+        call = functools.partial(socket.getaddrinfo, host, port, family, type, proto, flags)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    async def getnameinfo(self, address: tuple[Any, ...], flags: int = 0) -> tuple[str, str]:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, socket.getnameinfo, address, flags)
+
+
+async def _discard(response: aiohttp.ClientResponse, limit: int) -> None:
+    """Read and drop the body of an answer: a whole body of at most `limit` bytes leaves its
+    connection for the next POST; the first bytes past it close the connection (the URL is the
+    caller's choice: its answer may be endless). Raises aiohttp's errors when the body breaks off,
+    TimeoutError when the POST's time runs out."""
+    read = 0
+    while chunk := await response.content.readany():
+        read += len(chunk)
+        if read > limit:
+            response.close()
+            return
+
+
+def _shown(text: str, url: str | None = None) -> str:
+    """`text` as logs and dead letters show it: without the password of `url` (by default, `text`
+    itself is the URL), which the caller who chose it may have put in it (http://user:password@host)."""
+    try:
+        password = urllib.parse.urlsplit(text if url is None else url).password
+    except ValueError:
+        return text
+    return text.replace(f":{password}@", ":***@") if password else text
 
 
 def _dispatch_to(target: Target, body: bytes) -> Dispatch:

@@ -9,8 +9,21 @@ together with the others by the next one.
 
 Several processes may open one database (SQLite's locking; every write is one short
 transaction): leases live in the rows (`lease_until`, `lease_owner`), so an event claimed by a
-process that dies is claimed again once its lease runs out. A consumer in the accepting process
-is woken at once; one in another process polls (`poll`).
+process that dies is claimed again once its lease runs out.
+
+Waiting costs no queries: the store remembers, per function, the earliest moment a claim could
+find something (`_due`: learned from the last claim's query, the next retry or lease expiry of
+what is left), so a claim runs its query only when that moment has come or something changed.
+Changes made through this store (accept, replay, reschedule, release) wake the function's claim
+at once; changes made by another connection are noticed by one `PRAGMA data_version` every
+`poll` seconds (one query, however many functions), then one query for every function's next
+due moment. Idle, with any number of functions, the store runs that one check per `poll`.
+
+De-duplication: an invocation id is kept per function (namespace, name, id) in `call_ids` for
+`dedup_window` seconds after it was accepted (default 6 hours, the longest maximum event age):
+accepting it again meanwhile stores nothing, whether its event is still queued or long
+delivered; an event still stored keeps its id however old it is. Expired ids are purged by an
+accept, at most once a minute, so the table holds about one window's accepts.
 
 All SQLite calls run on one thread of the store's own, so the event loop never blocks on disk.
 """
@@ -19,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import time
 import uuid
@@ -30,6 +44,7 @@ from typing import Any, TypeVar
 
 from kfn.core.functions import FunctionRef
 from kfn.events.store import (
+    DEDUP_WINDOW,
     NO_OPTIONS,
     Accepted,
     AcceptOptions,
@@ -38,16 +53,18 @@ from kfn.events.store import (
     Event,
     QueueStats,
     StoreUnavailable,
+    dedup_key,
 )
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FILE_NAME = "async-events.sqlite3"
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     namespace TEXT NOT NULL,
     name TEXT NOT NULL,
     accepted_at REAL NOT NULL,
@@ -57,7 +74,16 @@ CREATE TABLE IF NOT EXISTS events (
     deliveries INTEGER NOT NULL DEFAULT 0,
     data BLOB NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events (namespace, name, id);
 CREATE INDEX IF NOT EXISTS events_due ON events (namespace, name, seq);
+CREATE TABLE IF NOT EXISTS call_ids (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (namespace, name, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS call_ids_expiry ON call_ids (expires_at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,
@@ -68,6 +94,30 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_function ON dead_letters (namespace, name, seq);
 """
+# Version 0 (kfn before issue 15) made `events.id` unique across every function; its rows move
+# to the table above, and their ids start a de-duplication window.
+_MIGRATE_FROM_0 = """
+CREATE TABLE events_v1 (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    accepted_at REAL NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    data BLOB NOT NULL
+);
+INSERT INTO events_v1 SELECT seq, id, namespace, name, accepted_at, not_before, lease_until, lease_owner,
+    deliveries, data FROM events;
+DROP TABLE events;
+ALTER TABLE events_v1 RENAME TO events;
+"""
+# How often an accept also purges the expired ids.
+PURGE_INTERVAL = 60.0
+# A claim's query, then when the function's next event is due (a retry's time, a lease's end).
+_NEXT_DUE = "SELECT min(max(not_before, lease_until)) FROM events WHERE namespace = ? AND name = ?"
 
 
 @dataclass(frozen=True)
@@ -80,10 +130,11 @@ class SqliteStore:
     """`EventStore` on a SQLite file (see the module docstring)."""
 
     def __init__(self, path: Path | str, *, lease: float = 30.0, poll: float = 0.5, synchronous: str = "FULL",
-                 clock: Callable[[], float] = time.time) -> None:
+                 dedup_window: float = DEDUP_WINDOW, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.lease = lease
-        self.poll = poll
+        self.poll = poll                  # how often changes by other connections are looked for
+        self.dedup_window = dedup_window
         self._synchronous = synchronous
         self._clock = clock
         self._db: sqlite3.Connection | None = None
@@ -92,6 +143,11 @@ class SqliteStore:
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None
         self._arrivals: dict[FunctionRef, asyncio.Event] = {}
+        # Per function, the earliest epoch second a claim may find an event; absent: unknown.
+        self._due: dict[FunctionRef, float] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._version = 0                 # PRAGMA data_version as last seen
+        self._purged_at = -math.inf
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -104,16 +160,52 @@ class SqliteStore:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute("PRAGMA busy_timeout=30000")
-        db.executescript(_SCHEMA)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._migrate(db)
+            self._version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        except BaseException:
+            db.close()
+            raise
         self._db = db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Create the tables, or bring those of an older kfn up to date (in one transaction,
+        so a second process opening the same file at the same moment waits, then finds it done)."""
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()
+                if old is not None and version == 0:
+                    for statement in _MIGRATE_FROM_0.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO call_ids (namespace, name, id, expires_at) "
+                           "SELECT namespace, name, id, accepted_at + ? FROM events", (self.dedup_window,))
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     async def close(self) -> None:
         thread = self._thread
         if thread is None:
             return
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         with contextlib.suppress(Exception):
             await self._run(self._close_db)
         self._thread = None
@@ -190,18 +282,44 @@ class SqliteStore:
         now = self._clock()
         event = Event(id=invocation_id, function=function, payload=payload, accepted_at=now,
                       callback_url=options.callback_url)
-        row = (invocation_id, function.namespace, function.name, now, event.encode())
+        # The `id` columns hold the de-duplication key: the id, marked when the caller chose it.
+        key = (function.namespace, function.name, dedup_key(invocation_id, options))
+        row = (*key, now, event.encode())
+        purge = now - self._purged_at >= PURGE_INTERVAL
+        if purge:
+            self._purged_at = now
 
         def insert(db: sqlite3.Connection) -> bool:
+            if purge:
+                db.execute("DELETE FROM call_ids WHERE expires_at <= ?", (now,))
+            # New, or expired and not purged yet: the id is (again) the function's for a window.
+            fresh = db.execute(
+                "INSERT INTO call_ids (namespace, name, id, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (namespace, name, id) DO UPDATE SET expires_at = excluded.expires_at "
+                "WHERE call_ids.expires_at <= ?", (*key, now + self.dedup_window, now))
+            if fresh.rowcount != 1:
+                return False
+            # An event stored longer than the window still holds its id.
             cursor = db.execute(
-                "INSERT OR IGNORE INTO events (id, namespace, name, accepted_at, data) VALUES (?, ?, ?, ?, ?)", row)
+                "INSERT OR IGNORE INTO events (namespace, name, id, accepted_at, data) VALUES (?, ?, ?, ?, ?)", row)
             return cursor.rowcount == 1
 
         stored = await self._write(insert)
+        if stored:
+            self._notify(function, now)
+        return Accepted(invocation_id, duplicate=not stored)
+
+    def _notify(self, function: FunctionRef, due: float) -> None:
+        """An event of `function` is due at `due` (epoch seconds): wake its claims if that is
+        sooner than they wait for."""
+        known = self._due.get(function)
+        if known is not None:
+            if due >= known:
+                return
+            self._due[function] = due
         arrival = self._arrivals.get(function)
         if arrival is not None:
             arrival.set()
-        return Accepted(invocation_id, duplicate=not stored)
 
     # -- delivering ------------------------------------------------------------------------------
 
@@ -210,24 +328,42 @@ class SqliteStore:
             return []
         deadline = time.monotonic() + wait
         arrival = self._arrivals.setdefault(function, asyncio.Event())
+        self._watch()
         while True:
             arrival.clear()
-            owner = uuid.uuid4().hex
+            due = self._due.get(function)
+            if due is None or due <= self._clock():
+                owner = uuid.uuid4().hex
 
-            def claim(db: sqlite3.Connection, owner: str = owner) -> list[tuple[int, int, bytes]]:
-                return self._claim(db, function, limit, owner)
+                def claim(db: sqlite3.Connection, owner: str = owner) -> tuple[list[tuple[int, int, bytes]], float]:
+                    return self._claim(db, function, limit, owner)
 
-            rows = await self._write(claim)
-            if rows:
-                return [Delivery(Event.decode(data), deliveries, _Handle(seq, owner)) for seq, deliveries, data in rows]
+                # Lowered by whatever is accepted or rescheduled while the query runs.
+                self._due[function] = math.inf
+                try:
+                    rows, next_due = await self._write(claim)
+                except BaseException:
+                    self._due.pop(function, None)
+                    raise
+                due = min(self._due.get(function, math.inf), next_due)
+                self._due[function] = due
+                if due != math.inf:
+                    arrival.set()     # another claim of this function waiting recomputes its timer
+                if rows:
+                    return [Delivery(Event.decode(data), deliveries, _Handle(seq, owner))
+                            for seq, deliveries, data in rows]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
+            if arrival.is_set():
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrival.wait(), timeout=min(remaining, self.poll))
+                await asyncio.wait_for(arrival.wait(), timeout=min(remaining, max(0.0, due - self._clock())))
 
     def _claim(self, db: sqlite3.Connection, function: FunctionRef, limit: int,
-               owner: str) -> list[tuple[int, int, bytes]]:
+               owner: str) -> tuple[list[tuple[int, int, bytes]], float]:
+        """Lease up to `limit` due events of `function`; also when the next of the rest is due
+        (infinity: none left; now when `limit` were leased, as more may be due: not looked up)."""
         now = self._clock()
         cursor = db.execute(
             "UPDATE events SET lease_until = ?, lease_owner = ?, deliveries = deliveries + 1 WHERE seq IN ("
@@ -236,7 +372,36 @@ class SqliteStore:
             (now + self.lease, owner, function.namespace, function.name, now, now, limit))
         rows = cursor.fetchall()
         rows.sort()
-        return rows
+        if len(rows) == limit:
+            return rows, now
+        (next_due,) = db.execute(_NEXT_DUE, (function.namespace, function.name)).fetchone()
+        return rows, math.inf if next_due is None else float(next_due)
+
+    def _watch(self) -> None:
+        """Start looking for other connections' changes (once; while the store is open)."""
+        if self._thread is not None and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_others(), name="kfn-events-watch")
+
+    async def _watch_others(self) -> None:
+        while self._thread is not None:
+            await asyncio.sleep(self.poll)
+            try:
+                seen = await self._run(self._data_version)
+                if seen != self._version:
+                    self._version = seen
+                    for ref, due in await self._run(self._all_due):
+                        self._notify(ref, due)
+            except StoreUnavailable as e:
+                logger.warning("could not look for new async events: %s", e)
+
+    def _data_version(self) -> int:
+        # Changes only when another connection commits: one cheap query, however many functions.
+        return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
+
+    def _all_due(self) -> list[tuple[FunctionRef, float]]:
+        rows = self._conn().execute(
+            "SELECT namespace, name, min(max(not_before, lease_until)) FROM events GROUP BY namespace, name").fetchall()
+        return [(FunctionRef(namespace, name), float(due)) for namespace, name, due in rows]
 
     async def extend(self, delivery: Delivery) -> None:
         handle: _Handle = delivery.handle
@@ -252,12 +417,15 @@ class SqliteStore:
         handle: _Handle = delivery.handle
         await self._statement("UPDATE events SET lease_until = 0, lease_owner = NULL WHERE seq = ? AND lease_owner = ?",
                               (handle.seq, handle.owner))
+        self._notify(delivery.event.function, 0.0)
 
     async def reschedule(self, delivery: Delivery, event: Event, *, delay: float) -> None:
         handle: _Handle = delivery.handle
+        not_before = self._clock() + delay
         await self._statement("UPDATE events SET data = ?, not_before = ?, lease_until = 0, lease_owner = NULL "
                               "WHERE seq = ? AND lease_owner = ?",
-                              (event.encode(), self._clock() + delay, handle.seq, handle.owner))
+                              (event.encode(), not_before, handle.seq, handle.owner))
+        self._notify(event.function, not_before)
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         handle: _Handle = delivery.handle
@@ -294,9 +462,8 @@ class SqliteStore:
     async def replay(self, function: FunctionRef, ids: Sequence[str] | None = None) -> list[str]:
         wanted = list(ids) if ids is not None else None
         replayed = await self._write(lambda db: self._replay(db, function, wanted))
-        arrival = self._arrivals.get(function)
-        if replayed and arrival is not None:
-            arrival.set()
+        if replayed:
+            self._notify(function, 0.0)
         return replayed
 
     def _replay(self, db: sqlite3.Connection, function: FunctionRef, ids: list[str] | None) -> list[str]:
@@ -310,6 +477,10 @@ class SqliteStore:
                                   (letter.id, function.namespace, function.name, now, event.encode()))
             if inserted.rowcount == 1:
                 db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+                # A caller retrying the original invocation now finds it stored again.
+                db.execute("INSERT INTO call_ids (namespace, name, id, expires_at) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (namespace, name, id) DO UPDATE SET expires_at = excluded.expires_at",
+                           (function.namespace, function.name, letter.id, now + self.dedup_window))
                 out.append(letter.id)
         return out
 

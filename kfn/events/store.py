@@ -5,10 +5,13 @@ functions) see; `kfn.events.sqlite.SqliteStore` (local mode) and
 `kfn.events.jetstream.JetStreamStore` (Kubernetes) implement it. The semantics:
 
 - `accept` returns only once the event is durable (SQLite: the WAL commit is fsync'd; JetStream:
-  the server's PubAck, i.e. the message is in the stream's files). Accepting an id that is
-  already queued stores nothing new (`Accepted.duplicate`): a caller whose accept failed or
-  timed out retries with the same id (JetStream remembers ids for its duplicate window,
-  2 minutes; SQLite while the event is queued).
+  the server's PubAck, i.e. the message is in the stream's files). Invocation ids are the
+  function's own: the same id for two functions is two events. An id the function accepted
+  within the last `DEDUP_WINDOW` seconds (6 hours, the longest maximum event age) stores
+  nothing new (`Accepted.duplicate`), whether its event is queued, in flight, delivered or
+  dead-lettered: a caller whose accept failed or timed out, or that is not sure, retries with
+  the same id and the function runs once. (A replay stores the dead letter's id again.) Ids a
+  caller chose (`AcceptOptions.caller_chosen`) are kept apart from those kfn derives.
 - `claim` hands out up to `limit` due events of one function, each under a **lease**: until the
   lease runs out nobody else gets it; a consumer that dies holding it loses it, and the event
   is handed out again (at least once; `Delivery.deliveries` says how often). `extend` renews a
@@ -33,7 +36,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from kfn.core.functions import FunctionRef
+from kfn.core.functions import MAX_EVENT_AGE_SECONDS, FunctionRef
+
+# How long an accepted invocation id stays the function's: a retry within it stores nothing.
+DEDUP_WINDOW = float(MAX_EVENT_AGE_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -41,15 +47,24 @@ class AcceptOptions:
     """What comes with an event besides its payload."""
 
     callback_url: str | None = None   # X-Callback-Url (OpenFaaS): POSTed the result at the end
+    # The caller chose the id (X-Call-Id): it is de-duplicated apart from the ids kfn derives
+    # (schedule ticks, trigger messages, destinations), which anyone can compute, so that a
+    # caller who sends one ahead cannot take it from the event it names.
+    caller_chosen: bool = False
 
 
 NO_OPTIONS = AcceptOptions()
 
 
+def dedup_key(invocation_id: str, options: AcceptOptions) -> str:
+    """What a store de-duplicates an accepted id by, within its function."""
+    return f"caller:{invocation_id}" if options.caller_chosen else invocation_id
+
+
 @dataclass(frozen=True)
 class Accepted:
     invocation_id: str
-    duplicate: bool = False           # the id was already stored: nothing new was
+    duplicate: bool = False           # the function took this id within the window: nothing new was stored
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,7 @@ class Event:
     accepted_at: float                # epoch seconds; the event's age counts from here
     attempts: int = 0                 # attempts that ended in a function error
     failures: int = 0                 # system or destination errors in a row (backoff)
-    generation: int = 0               # bumped by each reschedule (JetStream's dedup id)
+    generation: int = 0               # bumped by each reschedule
     callback_url: str | None = None
     last_error: str | None = None     # the last function error's type
     last_response: bytes | None = None
@@ -167,11 +182,14 @@ class EventStore(Protocol):
 
     async def accept(self, function: FunctionRef, payload: bytes, invocation_id: str,
                      options: AcceptOptions = NO_OPTIONS) -> Accepted:
-        """Store an event durably; returns only once it is. Raises StoreUnavailable."""
+        """Store an event durably; returns only once it is, or once it is known that `function`
+        took `invocation_id` within the de-duplication window (`duplicate`, nothing stored).
+        Raises StoreUnavailable."""
 
     async def claim(self, function: FunctionRef, limit: int, *, wait: float) -> list[Delivery]:
         """Up to `limit` due events of `function`, each under a lease; waits up to `wait` seconds
-        for the first one. Raises StoreUnavailable."""
+        for the first one. Waiting costs nothing per function: the store is woken by events it
+        accepts, and times the next retry or lease expiry itself. Raises StoreUnavailable."""
 
     async def extend(self, delivery: Delivery) -> None:
         """Renew the lease of a delivery still in progress."""

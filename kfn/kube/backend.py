@@ -32,7 +32,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from kfn.core import naming
 from kfn.core.aiotasks import stop_tasks
 from kfn.core.functions import Function, FunctionRef, InvalidFunction, parse_function
-from kfn.core.instances import Instance, Listener
+from kfn.core.instances import Instance, Listener, StartProblem
 from kfn.kube.informer import DELETED, Backoff, Informer, describe
 from kfn.kube.pods import PodView, view
 
@@ -341,7 +341,7 @@ class KubernetesBackend:
             return 0
         return self._replicas.get(ref, fn.spec.scale.minReplicas)
 
-    def problem(self, ref: FunctionRef) -> str | None:
+    def problem(self, ref: FunctionRef) -> StartProblem | None:
         """The first problem a pod of the function reports, while none of them serves."""
         if self.ready(ref):
             return None

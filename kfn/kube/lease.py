@@ -7,15 +7,16 @@ election (`kubernetes.aio.leaderelection`).
 stops cleanly (`run` cancelled) hands the Lease back (holder cleared), so another one takes over
 at its next retry instead of after `duration`; one that dies is replaced once the Lease expires.
 
-The operator elects its autoscaler (`kfn-autoscaler`) and its scheduler of schedule triggers
-(`kfn-scheduler`) with this class: one mechanism, one Lease per duty, so each duty can move to
-another replica on its own.
+The operator elects the replica that runs kopf (`kfn-operator`), and within it its autoscaler
+(`kfn-autoscaler`) and its scheduler of schedule triggers (`kfn-scheduler`), with this class.
 
 What a Lease does not give: two leaders never overlap only if every holder notices a failed
-renewal before the Lease expires for the others (`renew_deadline` < `duration`), and a leader
-paused longer than that (a stopped process, a partition) may act once more after it lost. What
-it leads must tolerate that (the scheduler does: a tick's invocation id is derived from the tick,
-and the event store keeps one event per id).
+renewal, and stops what it leads, before the Lease expires for the others: the holder gives up
+after failing to renew for half of `duration` (7 s of 15), which leaves the other half for `lead`
+to stop (the operator's kopf needs about 2 s). A leader paused longer than that (a stopped
+process, a partition) may act once more after it lost. What it leads must tolerate that (the
+scheduler does: a tick's invocation id is derived from the tick, and the event store keeps one
+event per id; the operator's writes are idempotent, its status writes conditional and retried).
 """
 from __future__ import annotations
 
@@ -37,7 +38,19 @@ logger = logging.getLogger(__name__)
 
 class _LeaseLock(LeaseLock):
     """The client's Lease lock, creating the Lease without `pretty=True`: the client's own
-    argument validation rejects that boolean (kubernetes 37), so no Lease could ever be taken."""
+    argument validation rejects that boolean (kubernetes 37), so no Lease could ever be taken.
+    Every holder read is passed to `observed`."""
+
+    def __init__(self, name: str, namespace: str, identity: str, api: client.ApiClient,
+                 observed: Callable[[str | None], None]) -> None:
+        super().__init__(name, namespace, identity, api)
+        self._observed = observed
+
+    async def get(self, name: str, namespace: str) -> Any:
+        found, record = await super().get(name, namespace)
+        if found and record is not None and not isinstance(record, Exception):
+            self._observed(record.holder_identity)
+        return found, record
 
     async def create(self, name: str, namespace: str, election_record: Any) -> bool:
         body = client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=self.update_lease(election_record))
@@ -54,7 +67,7 @@ class LeaseElection:
 
     `duration` is the Lease's duration in whole seconds (the Lease API's unit); the holder renews
     every `duration // 6` seconds (at least 1) and gives up leading when it could not renew for
-    two thirds of `duration`.
+    half of `duration` (at least 2 s).
     """
 
     def __init__(self, api: client.ApiClient, *, name: str, namespace: str, identity: str,
@@ -68,20 +81,26 @@ class LeaseElection:
         self.duration = duration
         self._what = what
         self.leading = asyncio.Event()
+        self.holder: str | None = None      # the holder last read from the Lease
         self._lead_task: asyncio.Task[None] | None = None
 
     @property
     def retry_period(self) -> int:
         return max(1, self.duration // 6)
 
+    @property
+    def renew_deadline(self) -> int:
+        """How long the holder tries to renew before it stops leading: half the Lease (at least 2 s)."""
+        return max(2, self.duration // 2)
+
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Campaign forever; lead while holding the Lease. Runs until cancelled, then stops
         `lead` (waiting for it) and hands the Lease back if this replica holds it."""
         try:
             while True:
-                lock = _LeaseLock(self.name, self.namespace, self.identity, self._api)
+                lock = _LeaseLock(self.name, self.namespace, self.identity, self._api, self._observe)
                 election = leaderelection.LeaderElection(electionconfig.Config(
-                    lock, lease_duration=self.duration, renew_deadline=max(2, self.duration * 2 // 3),
+                    lock, lease_duration=self.duration, renew_deadline=self.renew_deadline,
                     retry_period=self.retry_period, onstarted_leading=lambda: self._lead(lead),
                     onstopped_leading=self._stopped))
                 try:
@@ -99,6 +118,12 @@ class LeaseElection:
             await self._stop_leading()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.release(), timeout=5)
+
+    def _observe(self, holder: str | None) -> None:
+        if holder and holder != self.identity and holder != self.holder:
+            logger.info("%s: %s stands by: %s holds the Lease %s/%s", self._what, self.identity, holder,
+                        self.namespace, self.name)
+        self.holder = holder
 
     async def _lead(self, lead: Callable[[], Awaitable[None]]) -> None:
         self._lead_task = asyncio.current_task()

@@ -4,17 +4,21 @@ Pure functions over the official client's `V1Pod` model: read once, as typed obj
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
+from kfn.core.instances import InitError, StartProblem, StartReason
+from kfn_runtime import contract
 
 # Container states that will not heal by waiting a second: worth telling a waiting caller.
 _FAILING_WAITING_REASONS = frozenset({
     "CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
 })
+_IMAGE_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
 _MESSAGE_LIMIT = 600
 
 
@@ -27,7 +31,7 @@ class PodView:
     port: int
     ready: bool                      # the kubelet's Ready condition
     terminating: bool                # being deleted, or its containers have ended for good
-    problem: str | None              # why it cannot start or serve, when that will not pass by itself
+    problem: StartProblem | None     # why it cannot start or serve, when that will not pass by itself
 
     @property
     def key(self) -> tuple[str, str]:
@@ -63,12 +67,18 @@ def _port(pod: Any) -> int:
     return naming.RUNTIME_PORT
 
 
-def _problem(pod: Any) -> str | None:
+def _problem(pod: Any) -> StartProblem | None:
+    """Why the pod cannot start or serve, when that will not pass by itself: the class of it a
+    caller may learn, the pod's own words (termination messages: the function's output) for its
+    owner only, and the function's init error when its runtime reported one (see
+    `kfn_runtime.contract.TERMINATION_LOG`)."""
     status = pod.status
     if status is None:
         return None
+    name = pod.metadata.name
     if status.phase == "Failed":
-        return _clip(f"pod {pod.metadata.name} failed: {status.reason or ''} {status.message or ''}".strip())
+        return StartProblem(StartReason.PLATFORM,
+                            _clip(f"pod {name} failed: {status.reason or ''} {status.message or ''}".strip()))
     for condition in status.conditions or ():
         if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
             if _only_taints(condition.message or ""):
@@ -76,7 +86,8 @@ def _problem(pod: Any) -> str | None:
                 # pressure: after an API server outage, say) are untainted by the cluster, and
                 # the scheduler tries again: waiting callers wait, they are not failed fast.
                 continue
-            return _clip(f"pod {pod.metadata.name} cannot be scheduled: {condition.message or condition.reason}")
+            return StartProblem(StartReason.CAPACITY,
+                                _clip(f"pod {name} cannot be scheduled: {condition.message or condition.reason}"))
     for kind, statuses in (("init container", status.init_container_statuses),
                            ("container", status.container_statuses)):
         for container in statuses or ():
@@ -85,13 +96,38 @@ def _problem(pod: Any) -> str | None:
                 continue
             detail = waiting.message or ""
             last = container.last_state.terminated if container.last_state is not None else None
+            init_error = None
             if last is not None:
                 # With terminationMessagePolicy FallbackToLogsOnError, the message is the end of
-                # the container's output: the traceback of a handler that failed to import.
+                # the container's output (a traceback), unless the runtime wrote why its init failed.
                 detail = f"exited with code {last.exit_code}" + (f": {last.message.strip()}" if last.message else "")
-            return _clip(f"pod {pod.metadata.name}: {kind} {container.name} {waiting.reason}"
-                         + (f" ({detail})" if detail else ""))
+                init_error = _init_error(last.message or "")
+            text = _clip(f"pod {name}: {kind} {container.name} {waiting.reason}" + (f" ({detail})" if detail else ""))
+            if waiting.reason in _IMAGE_REASONS:
+                return StartProblem(StartReason.IMAGE, text)
+            if kind == "init container":
+                return StartProblem(StartReason.REQUIREMENTS, text)   # kfn's one init container installs them
+            if waiting.reason == "CrashLoopBackOff" and init_error is not None:
+                if init_error[1]:
+                    return StartProblem(StartReason.PLATFORM, text)
+                return StartProblem(StartReason.INIT, text, init_error[0])
+            reason = StartReason.CONFIGURATION if waiting.reason.startswith("CreateContainer") else StartReason.PLATFORM
+            return StartProblem(reason, text)
     return None
+
+
+def _init_error(message: str) -> tuple[InitError, bool] | None:
+    """The init error a function's runtime left as its termination message, and whether the
+    platform (not the function) failed; None if the message is not one (the output's end)."""
+    try:
+        found = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(found, dict) or found.get(contract.TERMINATION_MARK) is not True:
+        return None
+    error = InitError.of_payload(message.encode(), default_type=contract.ERROR_UNKNOWN,
+                                 default_message="the function failed to initialize")
+    return error, found.get("platform") is True
 
 
 def _only_taints(message: str) -> bool:

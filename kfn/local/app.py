@@ -28,7 +28,7 @@ from aiohttp import web
 
 from kfn.core import naming
 from kfn.core.errors import CommandError
-from kfn.core.functions import FunctionRef
+from kfn.core.functions import Function, FunctionRef
 from kfn.core.keys import InvalidKeys
 from kfn.events.delivery import DeliverySettings
 from kfn.events.sqlite import FILE_NAME, SqliteStore
@@ -44,6 +44,7 @@ from kfn_autoscaler.sources import QueuedWorkSource
 from kfn_gateway import Gateway, GatewaySettings
 from kfn_gateway.asyncinvoke import AsyncDelivery
 from kfn_gateway.server import make_runner
+from kfn_runtime import contract
 from kfn_runtime.output import BatchedLines
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class LocalSettings:
     nats_url: str | None = None     # the NATS server of spec.triggers[].nats (none: those triggers do not run)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)   # retry delays of async events
     async_lease: float = 30.0       # an async event in flight when kfn local died is delivered again after this
+    strict_runtimes: bool = False   # refuse a function whose Python version is not on this machine (else: warn)
+    init_timeout: float = contract.DEFAULT_INIT_TIMEOUT   # a function's init phase; past it, Sandbox.Timedout
 
     @property
     def state(self) -> Path:
@@ -89,15 +92,24 @@ class LocalRoutes:
         app.router.add_get(naming.SYSTEM_INSTANCES_PATH + "/{name}", self.instances)
 
     async def errors(self, request: web.Request) -> web.Response:
-        """Manifest problems per file, and instance and trigger problems per function."""
+        """Manifest problems per file, instance and trigger problems per function, and warnings:
+        functions that serve, but not as declared (another Python than their runtime's)."""
         functions = []
+        warnings = []
         triggers = self._triggers.problems() if self._triggers is not None else {}
         for fn in self._backend.functions():
-            problems = [p for p in (self._backend.problem(fn.ref), *triggers.get(fn.ref, ())) if p]
+            start = self._backend.problem(fn.ref)   # all of it: /system/errors is the owner's (admin) view
+            problems = [p for p in (str(start) if start is not None else None, *triggers.get(fn.ref, ())) if p]
             if problems:
                 functions.append({"function": fn.name, "namespace": fn.namespace,
                                   "file": str(self._manifests.file_of(fn.ref) or ""), "error": "; ".join(problems)})
-        return web.json_response({"manifests": self._manifests.errors(), "functions": functions})
+            python = self._backend.python(fn.ref)
+            warning = python.warning() if python is not None else None
+            if warning:
+                warnings.append({"function": fn.name, "namespace": fn.namespace,
+                                 "file": str(self._manifests.file_of(fn.ref) or ""), "warning": warning})
+        return web.json_response({"manifests": self._manifests.errors(), "functions": functions,
+                                  "warnings": warnings})
 
     async def instances(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -155,7 +167,7 @@ class LocalMode:
 
         backend = ProcessBackend(work_dir=self.work_dir, deps_cache=_deps_cache(),
                                  log_files=self.work_dir is not None, on_output=self._echo,
-                                 confine=self.settings.cgroups)
+                                 confine=self.settings.cgroups, init_timeout=self.settings.init_timeout)
         state = self.settings.state
         store = SqliteStore(state / FILE_NAME, lease=self.settings.async_lease)
         try:
@@ -164,8 +176,9 @@ class LocalMode:
             raise CommandError(f"cannot open the async event store in {state}: {e} (choose another place with "
                                "--state-dir)") from None
         await backend.start()
-        manifests = ManifestDirectory(self.directory, backend)
-        gateway = Gateway(backend, settings=self.settings.gateway, keys=keys, events=store)
+        manifests = ManifestDirectory(self.directory, backend, check=self._check(backend))
+        gateway = Gateway(backend, settings=self.settings.gateway, keys=keys, events=store,
+                          details=backend.runtime_details)
         delivery: AsyncDelivery | None = None
         triggers = TriggerService(backend, store.accept,
                                   local_settings(state / FILE_NAME, nats_url=self.settings.nats_url),
@@ -209,6 +222,12 @@ class LocalMode:
             if keys is None and self.host not in ("127.0.0.1", "::1", "localhost"):
                 print(f"kfn local: warning: listening on {self.host} without --keys: anyone who reaches it can "
                       "list the functions and read their logs (see SECURITY.md)", file=sys.stderr, flush=True)
+            substituted = sorted(f.name for f in backend.functions()
+                                 if (python := backend.python(f.ref)) is not None and python.substituted)
+            if substituted:
+                print(f"kfn local: warning: {len(substituted)} function(s) run on another Python than their "
+                      f"spec.runtime, as this machine lacks it: {', '.join(substituted)} (see above, or GET "
+                      "/system/errors; --strict-runtimes refuses them instead)", file=sys.stderr, flush=True)
             problems = manifests.errors()
             if problems:
                 print(f"kfn local: {len(problems)} manifest file(s) with errors (see above, or GET /system/errors)",
@@ -234,6 +253,18 @@ class LocalMode:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         return 0
+
+    def _check(self, backend: ProcessBackend) -> Callable[[Function], str | None]:
+        """The manifest reader's check of each function: with --strict-runtimes, why it is refused
+        (its Python is not on this machine). It chooses the interpreter in the reader's worker
+        thread either way, so looking for one (running candidates) never holds up the event loop."""
+        strict = self.settings.strict_runtimes
+
+        def check(function: Function) -> str | None:
+            python = backend.choose_python(function)
+            return python.refusal() if strict and python is not None else None
+
+        return check
 
 
 def _drain_timeout(backend: ProcessBackend) -> float:

@@ -3,14 +3,19 @@
 The directory is polled: adding, editing or deleting a file takes effect without a restart. A
 broken file is reported (and its previous functions keep serving); a function defined by two
 files is served from the file that had it first, and the other file is reported. Each file is
-read and checked on its own, so one bad file never holds up another.
+read and checked on its own, so one bad file never holds up another. A directory entry that
+cannot even be looked at (a symbolic link loop, a link to nothing) is reported like an unreadable
+file. Local mode may refuse functions it could parse (`check`: `kfn local --strict-runtimes`); their
+file is reported as invalid, as a broken one is.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 MAX_FILES = 10_000
+# A check of each function a file defines: why local mode refuses it (naming the field), or None.
+Check = Callable[[Function], str | None]
 
 
 class FunctionSink(Protocol):
@@ -44,12 +51,16 @@ class _File:
     error: str | None = None
 
 
-def _parse(path: Path) -> tuple[str, list[Function] | None, str | None]:
+def _parse(path: Path, check: Check | None = None) -> tuple[str, list[Function] | None, str | None]:
     """(digest, functions or None, error or None) of one file; never raises."""
     try:
         raw = read_bytes(path)
         digest = hashlib.sha256(raw).hexdigest()
-        return digest, load_text(decode(raw, file=str(path)), file=str(path)), None
+        functions = load_text(decode(raw, file=str(path)), file=str(path))
+        refusals = [f"{fn.name}: {problem}" for fn in functions if check is not None and (problem := check(fn))]
+        if refusals:
+            raise ManifestError.of(str(path), "; ".join(refusals))
+        return digest, functions, None
     except ManifestError as e:
         return "", None, str(e)
     except Exception as e:
@@ -60,11 +71,13 @@ def _parse(path: Path) -> tuple[str, list[Function] | None, str | None]:
 class ManifestDirectory:
     """See the module docstring. `load` reads everything once; `run` keeps polling."""
 
-    def __init__(self, directory: Path, backend: FunctionSink, *, interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, directory: Path, backend: FunctionSink, *, interval: float = POLL_INTERVAL,
+                 check: Check | None = None) -> None:
         self.directory = directory
         self._backend = backend
         self._interval = interval
-        self._files: dict[Path, _File] = {}
+        self._check = check
+        self._files: dict[str, _File] = {}          # by path, as listed
         self._owners: dict[FunctionRef, Path] = {}   # function → the file serving it
         self._conflicts: dict[Path, list[str]] = {}  # file → messages about names it cannot have
         self._listing_error: str | None = None
@@ -95,43 +108,54 @@ class ManifestDirectory:
             return
         self._listing_error = None
         changed = False
-        for path in set(self._files) - set(paths):
-            del self._files[path]
-            logger.info("%s: removed", path)
+        for name in self._files.keys() - paths.keys():
+            del self._files[name]
+            logger.info("%s: removed", name)
             changed = True
-        for path, stamp in paths.items():
-            known = self._files.get(path)
+        for name, stamp in paths.items():
+            known = self._files.get(name)
             if known is not None and known.stamp == stamp:
                 continue
-            if await self._read(path, stamp, known):
+            if await self._read(Path(name), stamp, known):
                 changed = True
         if changed:
             self._apply()
 
-    def _list(self) -> dict[Path, tuple[int, int]]:
-        out: dict[Path, tuple[int, int]] = {}
+    def _list(self) -> dict[str, tuple[int, int]]:
+        # Runs every interval over every file: plain strings, no Path objects (it is most of idle's cost).
+        out: dict[str, tuple[int, int]] = {}
         with os.scandir(self.directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
-                if entry.name.startswith(".") or Path(entry.name).suffix not in MANIFEST_SUFFIXES:
+                if entry.name.startswith(".") or os.path.splitext(entry.name)[1] not in MANIFEST_SUFFIXES:
                     continue
                 try:
                     st = entry.stat()
-                except OSError:
-                    continue  # deleted between listing and stat: the next poll sees it gone
-                out[Path(entry.path)] = (st.st_mtime_ns, st.st_size)
+                except OSError as e:
+                    if e.errno == errno.ENOENT and not os.path.lexists(entry.path):
+                        continue  # deleted between listing and stat: the next poll sees it gone
+                    # There but unreadable (a symbolic link loop, a link to nothing): reading it
+                    # says why, as for any unreadable file. Its stamp is negative, so a repair
+                    # (the link then leads to a file) is a change.
+                    try:
+                        link = os.lstat(entry.path)
+                    except OSError:
+                        continue
+                    out[entry.path] = (-link.st_mtime_ns, -(e.errno or 1))
+                else:
+                    out[entry.path] = (st.st_mtime_ns, st.st_size)
                 if len(out) >= MAX_FILES:
                     break
         return out
 
     async def _read(self, path: Path, stamp: tuple[int, int], known: _File | None) -> bool:
         """Reads one file; True if what it defines (or its error) changed."""
-        digest, functions, error = await asyncio.to_thread(_parse, path)
+        digest, functions, error = await asyncio.to_thread(_parse, path, self._check)
         if known is not None and digest and known.digest == digest and known.error is None:
             known.stamp = stamp
             return False
         entry = known or _File(path=path, stamp=stamp)
         entry.stamp, entry.digest = stamp, digest
-        self._files[path] = entry
+        self._files[str(path)] = entry
         if functions is not None:
             entry.functions, entry.error = functions, None
             return True
@@ -203,5 +227,5 @@ class ManifestDirectory:
 
     def file_error(self, ref: FunctionRef) -> str | None:
         path = self._owners.get(ref)
-        entry = self._files.get(path) if path is not None else None
+        entry = self._files.get(str(path)) if path is not None else None
         return entry.error if entry is not None else None

@@ -3,6 +3,7 @@
 - `plan`: what to start and stop, a pure function of observed and wanted instances;
 - `supervisor`: one instance process, from spawn to reap;
 - `code`: code directories and pip installs;
+- `interpreters`: the Python each function runs on (its declared version, or a substitute it reports);
 - `logs`: a function's recent output, bounded;
 - `backend`: `ProcessBackend`, which puts them together behind `kfn.core.instances.InstanceBackend`.
 """

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import kfn_runtime
 from kfn.core.functions import Function, FunctionRef
-from kfn.core.instances import Instance, Listener
+from kfn.core.instances import Instance, Listener, StartProblem, StartReason
 from kfn.processes import nodejs, plan
 from kfn.processes.code import CodeStore, Unsupported, mkdirs, unsupported
 from kfn.processes.confine import Confinement
+from kfn.processes.interpreters import Choice, Interpreters
 from kfn.processes.logs import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, LogBuffer
 from kfn.processes.supervisor import CRASHED, LOCAL_HOST, START_FAILED, UNSUPPORTED, InstanceProcess, Outcome, Settings
+from kfn_runtime import contract
 from kfn_runtime.config import Config
 from kfn_runtime.host import InstanceHost
 from kfn_runtime.launch import build_host
@@ -60,24 +62,28 @@ class _Function:
     removed: bool = False
     ready_cache: list[Instance] = field(default_factory=list)
     # A configuration local mode cannot run, or a failed pip install: no start until it changes.
-    blocked: str | None = None
-    last_failure: str | None = None
+    blocked: StartProblem | None = None
+    last_failure: StartProblem | None = None
     backoff: plan.Backoff = field(default_factory=plan.Backoff)
+    python: Choice | None = None   # the interpreter of a Python runtime (None for Node.js)
 
-    def define(self, function: Function) -> None:
+    def define(self, function: Function, python: Choice | None) -> None:
         self.function = function
         self.version = function.spec_hash()
-        self.blocked = unsupported(function)
+        reason = unsupported(function)
+        self.blocked = StartProblem(StartReason.CONFIGURATION, reason) if reason else None
         self.last_failure = None
         self.backoff = plan.Backoff()
+        self.python = python
 
 
 class ProcessBackend:
     """Runs each function's instances as runtime processes on 127.0.0.1."""
 
     def __init__(self, *, work_dir: Path | None = None, deps_cache: Path | None = None,
-                 python: str = sys.executable, region: str = "us-east-1", environment_idle_timeout: float = 60.0,
-                 start_timeout: float = 30.0, stop_grace: float = 5.0,
+                 python: str = sys.executable, interpreters: Interpreters | None = None,
+                 region: str = "us-east-1", environment_idle_timeout: float = 60.0,
+                 init_timeout: float = contract.DEFAULT_INIT_TIMEOUT, stop_grace: float = 5.0,
                  deregistration_delay: float = 0.5, max_backoff: float = 10.0, pip_timeout: float = 600.0,
                  log_lines: int = DEFAULT_LOG_LINES, log_bytes: int = DEFAULT_LOG_BYTES, log_files: bool = False,
                  on_output: OutputHook | None = None, confine: bool = True) -> None:
@@ -85,9 +91,12 @@ class ProcessBackend:
         self._work_dir: Path | None = None
         self._deps_cache = deps_cache
         self._python = python
+        # The interpreter of each Python runtime: `python` unless the machine has the declared version.
+        self._interpreters = interpreters if interpreters is not None else Interpreters(default=python)
         self._region = region
         self._environment_idle_timeout = environment_idle_timeout
-        self._settings = Settings(start_timeout=start_timeout, stop_grace=stop_grace,
+        self._init_timeout = init_timeout   # each environment's init phase (Lambda's 10 s)
+        self._settings = Settings(stop_grace=stop_grace,
                                   deregistration_delay=deregistration_delay)
         self._max_backoff = max_backoff
         self._pip_timeout = pip_timeout
@@ -168,12 +177,13 @@ class ProcessBackend:
                 state.function = function
                 return
             previous = state.function
-            state.define(function)
+            state.define(function, self.choose_python(function))
             scale = function.spec.scale
             state.desired = min(max(state.desired, scale.minReplicas), scale.maxReplicas)
             what = (f"code {previous.code_hash()} → {function.code_hash()}"
                     if previous.code_hash() != function.code_hash() else "settings")
             state.logs.append(f"[kfn] {function.name} changed ({what}): rolling instances")
+            self._warn_substitution(state)
             self._changed(state)
             return
         if state is not None:
@@ -182,14 +192,43 @@ class ProcessBackend:
         else:
             state = _Function(function=function, logs=self._new_log_buffer(ref), desired=0)
             self._functions[ref] = state
-        state.define(function)
+        state.define(function, self.choose_python(function))
         state.desired = function.spec.scale.minReplicas
+        self._warn_substitution(state)
         if state.blocked:
-            state.logs.append(f"[kfn] {function.name}: {state.blocked}")
+            state.logs.append(f"[kfn] {function.name}: {state.blocked.detail}")
         if state.task is None or state.task.done():
             state.task = asyncio.get_running_loop().create_task(self._reconcile_loop(state),
                                                                 name=f"kfn-local-{ref}")
         self._changed(state)
+
+    def choose_python(self, function: Function) -> Choice | None:
+        """The interpreter `function` runs on (None for a runtime that is not Python); see
+        `kfn.processes.interpreters`. Safe to call from any thread."""
+        if not function.spec.runtime.startswith("python"):
+            return None
+        return self._interpreters.choose(function.spec.runtime)
+
+    def python(self, ref: FunctionRef) -> Choice | None:
+        """The interpreter the function's new instances run on, or None (not Python, or unknown)."""
+        state = self._live(ref)
+        return None if state is None else state.python
+
+    def runtime_details(self, ref: FunctionRef) -> dict[str, str | None]:
+        """The runtime that really runs and, when it is not the declared one, why: fields of
+        /system/functions and /system/instances."""
+        state = self._live(ref)
+        if state is None:
+            return {}
+        python = state.python
+        return {"runtimeUsed": python.running if python is not None else state.function.spec.runtime,
+                "runtimeWarning": python.warning() if python is not None else None}
+
+    def _warn_substitution(self, state: _Function) -> None:
+        """At load (kfn local's own log); each instance repeats it first in the function's log."""
+        warning = state.python.warning() if state.python is not None else None
+        if warning is not None:
+            logger.warning("function %s: %s", state.function.ref, warning)
 
     def remove_function(self, ref: FunctionRef) -> None:
         """Stop serving a function: its instances leave rotation at once and drain in the background."""
@@ -222,7 +261,7 @@ class ProcessBackend:
         state = self._live(ref)
         return 0 if state is None else state.desired
 
-    def problem(self, ref: FunctionRef) -> str | None:
+    def problem(self, ref: FunctionRef) -> StartProblem | None:
         """Why the function cannot serve, or why its last instance failed to start; None if fine,
         or while an instance of the current version is starting (its outcome is the news)."""
         state = self._live(ref)
@@ -278,7 +317,8 @@ class ProcessBackend:
             "namespace": ref.namespace,
             "version": state.function.code_hash(),
             "desired": state.desired,
-            "error": self.problem(ref),
+            "error": str(problem) if (problem := self.problem(ref)) is not None else None,   # the owner's view
+            **self.runtime_details(ref),
             "instances": [{
                 "id": p.id,
                 "state": p.state.value,
@@ -324,13 +364,16 @@ class ProcessBackend:
         return step.wake_at
 
     def _launch(self, state: _Function) -> None:
-        function = state.function
+        function, python = state.function, state.python
         process_id = f"{function.name}-{next(state.counter)}"
+        warning = python.warning() if python is not None else None
+        if warning is not None:   # before anything the instance writes: its first line in the log
+            state.logs.append(f"[kfn] {process_id}: {warning}")
         group = self._confinement.instance(
             f"{function.namespace}.{process_id}", function.spec.resources.memory_limit_mb * 1024 * 1024)
         process = InstanceProcess(
             process_id, function, state.version, settings=self._settings,
-            prepare=lambda: self._prepare(state, function, group.preexec()),
+            prepare=lambda: self._prepare(state, function, python, group.preexec()),
             on_output=lambda lines: self._output(state, lines), confinement=group)
         process.on_ready = lambda p: self._ready(state, p)
         state.processes[process.id] = process
@@ -373,7 +416,7 @@ class ProcessBackend:
         name = state.function.name
         if outcome.kind == UNSUPPORTED:
             if current:
-                state.blocked = outcome.message
+                state.blocked = outcome.problem or StartProblem(StartReason.CONFIGURATION, outcome.message)
             state.logs.append(f"[kfn] {name}: {outcome.message}")
             logger.error("function %s cannot run locally: %s", name, outcome.message)
         elif outcome.kind == START_FAILED:
@@ -381,7 +424,7 @@ class ProcessBackend:
                 return
             state.backoff = plan.after_failure(state.backoff, now=time.monotonic(), maximum=self._max_backoff)
             delay = plan.retry_delay(state.backoff, now=time.monotonic())
-            state.last_failure = outcome.message
+            state.last_failure = outcome.problem or StartProblem(StartReason.PLATFORM, outcome.message)
             state.logs.append(f"[kfn] {outcome.message}\n(retrying in {delay:.3g}s while instances are wanted)")
             logger.error("%s (retrying in %.3gs)", outcome.message, delay)
         elif outcome.kind == CRASHED or outcome.message:
@@ -390,7 +433,8 @@ class ProcessBackend:
 
     # -- code, dependencies, environment ----------------------------------------------------------
 
-    async def _prepare(self, state: _Function, function: Function, preexec: Callable[[], None]) -> tuple[
+    async def _prepare(self, state: _Function, function: Function, choice: Choice | None,
+                       preexec: Callable[[], None]) -> tuple[
             Config, Callable[[Callable[[str, str], None]], InstanceHost]]:
         """The instance's configuration (code written, requirements installed) and its host builder."""
         problem = unsupported(function)
@@ -405,7 +449,7 @@ class ProcessBackend:
         deps_dir = str(self.work_dir / "no-deps")
         if spec.requirements:
             deps_dir = str(await self._code.dependencies(function, log=state.logs.append,
-                                                         npm=nodejs.npm(node) if node else None))
+                                                         npm=nodejs.npm(node) if node else None, python=choice))
         # The function's own variables and nothing of kfn local's environment: instances see
         # what a pod would show them (the Lambda variables come from the instance host).
         user_env = {var.name: var.value or "" for var in spec.env}
@@ -415,14 +459,17 @@ class ProcessBackend:
             namespace=function.namespace, region=self._region, timeout=float(spec.timeout),
             concurrency=spec.concurrency, memory_mb=spec.resources.memory_limit_mb, host=LOCAL_HOST, port=0,
             drain_timeout=float(spec.timeout) + 1.0, idle_timeout=self._environment_idle_timeout,
-            max_body_bytes=MAX_EVENT_BYTES, user_env=user_env)
+            max_body_bytes=MAX_EVENT_BYTES, user_env=user_env, init_timeout=self._init_timeout)
         python, path = self._python, LOCAL_PATH
+        python_version = None
+        if choice is not None:
+            python, python_version = choice.python, choice.version
         if node is not None:   # as on Lambda, the runtime's node is the one on PATH
             path = os.pathsep.join([os.path.dirname(node), LOCAL_PATH])
 
         def build(log: Callable[[str, str], None]) -> InstanceHost:
-            return build_host(config, log=log, python=python, node=node or "node", path=path,
-                              node_client=NODE_CLIENT, preexec=preexec)
+            return build_host(config, log=log, python=python, python_version=python_version, node=node or "node",
+                              path=path, node_client=NODE_CLIENT, preexec=preexec)
 
         return config, build
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kfn.core.functions import Function
+from kfn.core.instances import StartReason
+from kfn.processes.interpreters import Choice
 from kfn_runtime import requirements as runtime_requirements
 
 # Lines of pip's output quoted in the error when an install fails.
@@ -26,7 +28,12 @@ PIP_ERROR_LINES = 20
 
 
 class Unsupported(Exception):
-    """The function needs something local mode cannot give it; retrying will not help."""
+    """The function needs something local mode cannot give it; retrying will not help. `reason` is
+    the class of it a caller may be told; the message (pip's output, say) is the owner's only."""
+
+    def __init__(self, message: str, reason: StartReason = StartReason.CONFIGURATION) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def unsupported(function: Function) -> str | None:
@@ -87,22 +94,27 @@ class CodeStore:
         return code_dir
 
     async def dependencies(self, function: Function, *, log: Callable[[str], None],
-                           npm: Sequence[str] | None = None) -> Path:
-        """The requirements installed with pip, once per requirement set; with the `npm` command
+                           npm: Sequence[str] | None = None, python: Choice | None = None) -> Path:
+        """The requirements installed with pip, once per requirement set and Python version (pip of
+        the `python` the function runs on, else of the store's interpreter); with the `npm` command
         instead when given (Node.js: package specs, installed into the result's node_modules).
 
         Runs as long as pip does (bounded by the pip timeout); Unsupported with pip's output if
         the install fails, so the function reports it instead of retrying until it changes.
         Concurrent callers for the same set share one pip run.
         """
-        toolchain = ["npm", function.spec.runtime] if npm is not None else sys.version_info[:2]
+        interpreter = python.python if python is not None else self._python
+        version = list(sys.version_info[:2])   # the cache key's form: [3, 11]
+        if python is not None and python.version.replace(".", "").isdigit():
+            version = [int(part) for part in python.version.split(".")]
+        toolchain = ["npm", function.spec.runtime] if npm is not None else version
         key = hashlib.sha256(json.dumps([toolchain, function.spec.requirements]).encode()).hexdigest()[:12]
         target = self._deps_cache / key
         if (target / ".kfn-complete").exists():
             return target
         task = self._installs.get(target)
         if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(self._pip(function, target, log, npm))
+            task = asyncio.get_running_loop().create_task(self._pip(function, target, log, npm, interpreter))
             self._installs[target] = task
         try:
             await asyncio.shield(task)
@@ -120,12 +132,12 @@ class CodeStore:
         self._installs.clear()
 
     async def _pip(self, function: Function, target: Path, log: Callable[[str], None],
-                   npm: Sequence[str] | None = None) -> None:
+                   npm: Sequence[str] | None, python: str) -> None:
         requirements = function.spec.requirements
         log(f"[kfn] installing requirements for {function.name}: {' '.join(requirements)}")
         partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=mkdirs(target.parent)))
         tool, env = "pip", None
-        command = runtime_requirements.pip_command(requirements, str(partial), python=self._python)
+        command = runtime_requirements.pip_command(requirements, str(partial), python=python)
         if npm is not None:
             # Install scripts run the `node` npm runs with (the function's), first on PATH.
             tool, command = "npm", runtime_requirements.npm_command(requirements, str(partial), npm=npm)
@@ -136,7 +148,7 @@ class CodeStore:
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env)
         except OSError as e:
             shutil.rmtree(partial, ignore_errors=True)
-            raise Unsupported(f"spec.requirements: cannot run {tool}: {e}") from None
+            raise Unsupported(f"spec.requirements: cannot run {tool}: {e}", StartReason.REQUIREMENTS) from None
         try:
             async with asyncio.timeout(self._pip_timeout):
                 output, _ = await proc.communicate()
@@ -146,7 +158,8 @@ class CodeStore:
             await asyncio.shield(proc.wait())
             shutil.rmtree(partial, ignore_errors=True)
             if isinstance(e, TimeoutError):
-                raise Unsupported(f"spec.requirements: {tool} did not finish within {self._pip_timeout:g}s") from None
+                raise Unsupported(f"spec.requirements: {tool} did not finish within {self._pip_timeout:g}s",
+                                  StartReason.REQUIREMENTS) from None
             raise
         lines = output.decode(errors="replace").splitlines()
         for line in lines:
@@ -154,5 +167,6 @@ class CodeStore:
         if proc.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
             tail = "\n  ".join(lines[-PIP_ERROR_LINES:]) or "(no output)"
-            raise Unsupported(f"spec.requirements: {tool} install failed (exit code {proc.returncode}):\n  {tail}")
+            raise Unsupported(f"spec.requirements: {tool} install failed (exit code {proc.returncode}):\n  {tail}",
+                              StartReason.REQUIREMENTS)
         await asyncio.to_thread(_publish, partial, target)

@@ -17,7 +17,9 @@ never its cgroup. So:
   (Python's MemoryError), which is reported the same way.
 
 `Confinement.create` finds what works, once per `kfn local`; nothing here raises for a missing
-feature: it degrades to the next mechanism, and to process groups alone.
+feature: it degrades to the next mechanism, and to process groups alone. It also kills and removes
+what a `kfn local` that died without cleaning up (SIGKILL) left in both hierarchies: the
+`kfn-local-PID` directories whose process is gone.
 """
 from __future__ import annotations
 
@@ -194,9 +196,11 @@ class Confinement:
                 out.v2 = base
                 if "memory" in _read(base / "cgroup.controllers").split():
                     out.v2_memory = _write(base / "cgroup.subtree_control", "+memory")
-        if not out.v2_memory:
-            own_memory = _own_cgroup("memory")
-            if V1_MEMORY_ROOT.is_dir() and own_memory is not None:
+        own_memory = _own_cgroup("memory")
+        if V1_MEMORY_ROOT.is_dir() and own_memory is not None:
+            # Whether or not this run uses it: a v1 memory cgroup left by a killed run is removed.
+            _reap_orphans(V1_MEMORY_ROOT / own_memory.lstrip("/"), v2=False)
+            if not out.v2_memory:
                 base = V1_MEMORY_ROOT / own_memory.lstrip("/") / name
                 if _mkdir(base):
                     out.v1_memory = base
@@ -243,8 +247,10 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _reap_orphans(parent: Path) -> None:
-    """Kill and remove the instance cgroups of `kfn local` processes that no longer run."""
+def _reap_orphans(parent: Path, *, v2: bool = True) -> None:
+    """Kill and remove the instance cgroups of `kfn local` processes that no longer run (SIGKILLed
+    ones never removed their own), in the v2 hierarchy or the v1 memory one (`v2` False). Those of a
+    live process are left alone. Failures leave a directory for the next start; never raises."""
     try:
         leftovers = [d for d in parent.glob("kfn-local-*") if d.is_dir()]
     except OSError:
@@ -253,8 +259,12 @@ def _reap_orphans(parent: Path) -> None:
         pid = base.name.removeprefix("kfn-local-")
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
-        for instance in [d for d in base.iterdir() if d.is_dir()]:
-            group = InstanceGroup(name=instance.name, memory_bytes=0, dirs=[instance], v2=instance)
+        try:
+            instances = [d for d in base.iterdir() if d.is_dir()]
+        except OSError:
+            continue
+        for instance in instances:
+            group = InstanceGroup(name=instance.name, memory_bytes=0, dirs=[instance], v2=instance if v2 else None)
             killed = group.kill()
             if killed:
                 logger.warning("killed %d process(es) left by kfn local %s (instance %s)", killed, pid, instance.name)

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from kfn.core.instances import StartReason
 from kfn.processes.code import Unsupported
 
 # A kfn checkout keeps its own caches in .cache (`make node22` installs there).
@@ -82,6 +83,6 @@ def npm(node: str) -> list[str]:
     found = shutil.which("npm")
     if found is None:
         raise Unsupported("spec.requirements: Node.js requirements are installed with npm, and there is no npm "
-                          "on PATH")
+                          "on PATH", StartReason.REQUIREMENTS)
     cli = Path(found).resolve()
     return [node, str(cli)] if cli.name == "npm-cli.js" else [found]

@@ -24,10 +24,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kfn.core.functions import Function
-from kfn.core.instances import Instance, Invocation, InvocationResult
+from kfn.core.instances import InitError, Instance, Invocation, InvocationResult, StartProblem, StartReason
 from kfn.processes.code import Unsupported
 from kfn.processes.confine import InstanceGroup
 from kfn.processes.plan import Observed, State
+from kfn_runtime import contract
 from kfn_runtime.config import Config
 from kfn_runtime.host import InitFailed, InstanceHost, Rejected, kill_group
 from kfn_runtime.host import Invocation as HostInvocation
@@ -41,10 +42,13 @@ CRASH_LOG_LINES = 20
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an instance's life ended, from its supervisor's point of view."""
+    """How an instance's life ended, from its supervisor's point of view. `message` is for the
+    function's owner (it quotes the function's output); `problem`, for a start that failed, is
+    what callers may learn of it."""
 
     kind: str                 # one of the constants below
     message: str = ""
+    problem: StartProblem | None = None
 
 
 STOPPED = "stopped"            # asked to stop (or the backend closed), and it did
@@ -55,7 +59,6 @@ CRASHED = "crashed"            # stopped working while serving, unasked
 
 @dataclass(frozen=True)
 class Settings:
-    start_timeout: float = 30.0
     stop_grace: float = 5.0
     # How long a ready instance keeps taking invocations after leaving rotation: requests the
     # gateway dispatched just before are still on their way (a pod's preStop pause, locally).
@@ -129,6 +132,15 @@ class _Endpoint:
         run.result = json.dumps({"errorType": OUT_OF_MEMORY, "errorMessage": message}).encode()
 
 
+def start_problem(error: InitFailed, detail: str) -> StartProblem:
+    """What callers may learn of an instance whose init failed: the function's own init error as
+    Lambda reports it (its type and message, never its output), or that the platform failed."""
+    if error.platform:
+        return StartProblem(StartReason.PLATFORM, detail)
+    return StartProblem(StartReason.INIT, detail, InitError.of_payload(
+        error.payload, default_type=contract.ERROR_UNKNOWN, default_message=str(error)))
+
+
 class InstanceProcess:
     """Supervises one local instance of one function version."""
 
@@ -178,7 +190,7 @@ class InstanceProcess:
             try:
                 _, build = await self._prepare()
             except Unsupported as e:
-                return Outcome(UNSUPPORTED, str(e))
+                return Outcome(UNSUPPORTED, str(e), StartProblem(e.reason, str(e)))
             if self.state is not State.STARTING:
                 return Outcome(STOPPED)
             host = self.host = build(self._output)
@@ -189,7 +201,7 @@ class InstanceProcess:
                     failed.set_result(why)
 
             host.on_failure = fail
-            starting = asyncio.ensure_future(host.start(timeout=self._settings.start_timeout))
+            starting = asyncio.ensure_future(host.start())   # at most the function's init timeout
             stopped = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
@@ -203,7 +215,8 @@ class InstanceProcess:
             except InitFailed as e:
                 if self.state is not State.STARTING:
                     return Outcome(STOPPED)
-                return Outcome(START_FAILED, f"instance {self.id} failed to start: {e}; {self.describe_output()}")
+                message = f"instance {self.id} failed to start: {e}; {self.describe_output()}"
+                return Outcome(START_FAILED, message, start_problem(e, message))
             if self.state is not State.STARTING:
                 return Outcome(STOPPED)
             self.state = State.READY

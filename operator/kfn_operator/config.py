@@ -23,7 +23,7 @@ class OperatorConfig:
     pip: PipSettings = field(default_factory=lambda: PipSettings())   # where init containers install from
     region: str = contract.DEFAULT_REGION       # AWS_REGION of every function (the chart's functions.region)
     namespaces: tuple[str, ...] = ()            # empty: every namespace
-    standalone: bool = False                    # no peering, no Lease: the only replica
+    standalone: bool = False                    # no Lease: the only replica
     prometheus_url: str | None = None           # PromQL instead of scraping the gateways
     gateway_selector: str = DEFAULT_GATEWAY_SELECTOR
     gateway_port_name: str = "http"             # the port of the gateway's EndpointSlices to scrape
@@ -32,6 +32,7 @@ class OperatorConfig:
     autoscale_interval: float = 2.0
     autoscaler: bool = True
     lease_name: str = "kfn-autoscaler"
+    operator_lease_name: str = "kfn-operator"   # held by the one replica that runs kopf (see kfn_operator.main)
     lease_namespace: str = "default"
     lease_duration: int = 15                    # seconds (the Lease API counts whole seconds)
     scheduler: bool = True                      # fire schedule triggers (needs nats_url)

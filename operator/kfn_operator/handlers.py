@@ -31,7 +31,15 @@ from kubernetes.aio.client.exceptions import ApiException
 from kfn.core import naming
 from kfn.core.functions import FieldError, Function, FunctionRef, InvalidFunction, parse_function
 from kfn.kube import connect
-from kfn.kube.resources import manifest, namespace_terminating, patch_function_status, pointer, set_ops, typed
+from kfn.kube.resources import (
+    conflicted,
+    manifest,
+    namespace_terminating,
+    patch_function_status,
+    pointer,
+    set_ops,
+    typed,
+)
 from kfn_operator import builders, status
 from kfn_operator.config import OperatorConfig
 from kfn_operator.lease import OperatorAutoscaler
@@ -42,6 +50,8 @@ logger = logging.getLogger(__name__)
 # How many code ConfigMaps a function keeps: the current one and the one before it, so pods of
 # the previous ReplicaSet can still start while a rollout is in progress.
 KEPT_CODE_CONFIGMAPS = 2
+# How often a Function's status is read and written again when the write met a newer Function (409).
+STATUS_WRITE_ATTEMPTS = 5
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -119,6 +129,11 @@ class Controller:
             kopf.adopt(service, owner=_body(body))
             await self._ensure_service(fn, service, log)
         except ApiException as e:
+            if conflicted(e):
+                # A child changed between reading and patching it (its controller wrote its status):
+                # read it again in a second, not after kopf's default minute of backoff.
+                raise kopf.TemporaryError("a child changed while it was updated: reading it again",
+                                          delay=1) from None
             if not namespace_terminating(e):
                 raise
             # The namespace is being deleted with the Function in it (an operator that starts, or
@@ -268,27 +283,40 @@ class Controller:
     # ---- status
 
     async def sync_status(self, deployment: Mapping[str, Any]) -> None:
-        """Copy a Deployment's state into its Function's status (only when something changed)."""
-        fn_body = await self._get_function(deployment)
-        if fn_body is None:
-            return  # being deleted: the garbage collector takes the Deployment too
-        meta = fn_body["metadata"]
-        current = fn_body.get("status") or {}
-        conditions = current.get("conditions") or ()
-        if any(c.get("type") == status.READY and c.get("reason") == status.REASON_INVALID_SPEC for c in conditions):
-            return  # the running Deployment is from an earlier, valid spec; the error stays visible
-        new = status.deployment_status(fn_body, deployment)
-        ready = next(c for c in new["conditions"] if c["type"] == status.READY)
-        was_failing = any(c.get("type") == status.READY and c.get("reason") == status.REASON_DEPLOYMENT_FAILED
-                          for c in conditions)
-        if ready["reason"] == status.REASON_DEPLOYMENT_FAILED and not was_failing:
-            kopf.warn(_body(fn_body), reason=status.REASON_DEPLOYMENT_FAILED, message=ready["message"])
-        if all(current.get(k) == v for k, v in new.items() if k != "conditions") and \
-                _same_conditions(conditions, new["conditions"]):
+        """Copy a Deployment's state into its Function's status (only when something changed).
+
+        The write is conditional on the Function as read, so a concurrent InvalidSpec wins. When
+        the Function changed in between (409: kopf's own annotations, a status written elsewhere),
+        it is read again and the status computed anew, up to STATUS_WRITE_ATTEMPTS times; a
+        conflict after that, like any other API error, propagates (the next Deployment event retries).
+        """
+        for attempt in range(1, STATUS_WRITE_ATTEMPTS + 1):
+            fn_body = await self._get_function(deployment)
+            if fn_body is None:
+                return  # being deleted: the garbage collector takes the Deployment too
+            meta = fn_body["metadata"]
+            current = fn_body.get("status") or {}
+            conditions = current.get("conditions") or ()
+            if any(c.get("type") == status.READY and c.get("reason") == status.REASON_INVALID_SPEC
+                   for c in conditions):
+                return  # the running Deployment is from an earlier, valid spec; the error stays visible
+            new = status.deployment_status(fn_body, deployment)
+            if all(current.get(k) == v for k, v in new.items() if k != "conditions") and \
+                    _same_conditions(conditions, new["conditions"]):
+                return
+            try:
+                await patch_function_status(self.api, FunctionRef(meta["namespace"], meta["name"]), new,
+                                            resource_version=meta.get("resourceVersion"))
+            except ApiException as e:
+                if not conflicted(e) or attempt == STATUS_WRITE_ATTEMPTS:
+                    raise
+                continue
+            ready = next(c for c in new["conditions"] if c["type"] == status.READY)
+            was_failing = any(c.get("type") == status.READY and c.get("reason") == status.REASON_DEPLOYMENT_FAILED
+                              for c in conditions)
+            if ready["reason"] == status.REASON_DEPLOYMENT_FAILED and not was_failing:
+                kopf.warn(_body(fn_body), reason=status.REASON_DEPLOYMENT_FAILED, message=ready["message"])
             return
-        # Conditional on the version read: a concurrent InvalidSpec write wins (409).
-        await patch_function_status(self.api, FunctionRef(meta["namespace"], meta["name"]), new,
-                                    resource_version=meta.get("resourceVersion"))
 
 
 def _same_conditions(old: Any, new: list[dict[str, Any]]) -> bool:
@@ -333,10 +361,9 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.reconnect_backoff = 1.0
-    # Under peering, the autoscaler elects its own leader with a Lease (see kfn_operator.autoscaling).
-    settings.peering.standalone = config.standalone
-    settings.peering.clusterwide = not config.namespaces
-    settings.peering.mandatory = False
+    # One replica runs kopf at all: the one holding the operator's Lease (kfn_operator.main), so
+    # kopf's peering (which lets replicas of equal priority act side by side) is never used.
+    settings.peering.standalone = True
     # Watching named namespaces needs no cluster-wide list of namespaces or CRDs: the namespaced
     # RBAC variant grants none (see kfn_operator.rbac).
     settings.scanning.disabled = bool(config.namespaces)

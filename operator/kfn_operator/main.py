@@ -1,12 +1,30 @@
-"""The kopf operator with the autoscaler, on its own registry and settings (`operate`)."""
+"""The kopf operator with the autoscaler, on its own registry and settings (`operate`).
+
+Exactly one replica acts. `--standalone` (the chart's `operator.replicas: 1`): kopf runs at once.
+Otherwise the replicas elect one with the Lease `kfn-operator` (`kfn.kube.lease.LeaseElection`)
+and only its holder runs kopf: the Function handlers, the Deployment watch and, started by them,
+the autoscaler and the scheduler. The others only campaign and answer /healthz. A leader that
+cannot renew the Lease stops kopf (kopf's stop flag: its watches end at once, handlers in flight
+get kopf's 2 s) and stands by again; the next leader's kopf resumes every Function (kopf's resume
+handlers, the first listing of Deployments), so what the old one left half done is finished.
+
+kopf's own peering is not used (kopf always runs standalone): it pauses only peers of a lower
+priority and lets replicas of equal priority act side by side, so it cannot elect one.
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import kopf
+from aiohttp import web
 
-from kfn.kube import connection_info, load_configuration
+from kfn.kube import connect, connection_info, load_configuration
+from kfn.kube.lease import LeaseElection
 from kfn_operator import handlers
 from kfn_operator.config import OperatorConfig
 
@@ -27,23 +45,142 @@ def build_registry(controller: handlers.Controller) -> kopf.OperatorRegistry:
 
 async def operate(config: OperatorConfig, *, stop_flag: Any = None, ready_flag: Any = None,
                   controller: handlers.Controller | None = None) -> None:
-    """Run the operator until `stop_flag` is set (or a signal in the main thread).
+    """Run the operator until `stop_flag` (an asyncio or threading Event) is set, or SIGTERM/SIGINT
+    when running in the main thread.
 
-    Failures in handlers are kopf's to retry; this returns only when the operator stops, and
-    raises if kopf cannot start (no API, no credentials).
+    `ready_flag` is set once kopf runs (on a standby: once it leads). Failures in handlers are
+    kopf's to retry; this raises if kopf cannot start (no API, no credentials).
     """
     controller = controller or handlers.Controller(config)
+    if config.standalone:
+        await _kopf(config, controller, stop_flag=stop_flag, ready_flag=ready_flag,
+                    liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None)
+        return
+    await _operate_elected(config, controller, stop_flag=stop_flag, ready_flag=ready_flag)
+
+
+async def _kopf(config: OperatorConfig, controller: handlers.Controller, *, stop_flag: Any, ready_flag: Any,
+                liveness_endpoint: str | None = None) -> None:
     await kopf.operator(
         registry=build_registry(controller),
         settings=handlers.make_settings(config),
-        standalone=config.standalone,
-        # kopf would otherwise derive its peering identity from getpass.getuser(), which fails for
-        # a uid without a passwd entry; the pod name is unique among replicas and says which pod
-        # holds what.
+        # Never kopf's peering: one replica runs kopf at all (see the module docstring).
+        standalone=True,
+        # kopf would otherwise derive its identity from getpass.getuser(), which fails for a uid
+        # without a passwd entry; the pod name is unique among replicas.
         identity=config.identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
-        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
+        liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )
+
+
+async def _operate_elected(config: OperatorConfig, controller: handlers.Controller, *, stop_flag: Any,
+                           ready_flag: Any) -> None:
+    """Campaign for the operator's Lease and run kopf while holding it, until asked to stop."""
+    if stop_flag is not None and not isinstance(stop_flag, asyncio.Event | threading.Event):
+        raise TypeError(f"a stop flag is an asyncio.Event or a threading.Event, not {type(stop_flag).__name__}")
+    stopping = asyncio.Event()
+    failures: list[BaseException] = []
+
+    async def lead() -> None:
+        """Run kopf until it ends or this task is cancelled (the Lease lost, or stopping)."""
+        kopf_stop = asyncio.Event()
+        logger.info("operator active (%s): starting kopf", config.identity)
+        run = asyncio.create_task(_kopf(config, controller, stop_flag=kopf_stop, ready_flag=ready_flag),
+                                  name="kopf")
+        relay = asyncio.create_task(_relay(stopping, kopf_stop), name="kfn-operator-stop-relay")
+        try:
+            await asyncio.shield(run)
+        except asyncio.CancelledError:
+            if not run.done():
+                # Lost the Lease: kopf must stop before another replica may lead; wait for it even
+                # if cancelled again (kopf's own stop is bounded: watches at once, workers in 2 s).
+                kopf_stop.set()
+                if not stopping.is_set():
+                    logger.warning("operator (%s) lost the Lease: stopping kopf, then standing by", config.identity)
+                while not run.done():
+                    try:
+                        await asyncio.wait({run})
+                    except asyncio.CancelledError:
+                        continue
+            raise
+        except Exception as e:  # noqa: BLE001 - kopf could not run: the process ends with the error
+            failures.append(e)
+        finally:
+            relay.cancel()
+            _on_signals(stopping.set)   # kopf installed its own handlers while it ran
+        # kopf ended without being asked by the election: a signal it caught, a stop flag, a failure.
+        stopping.set()
+
+    _on_signals(stopping.set)
+    watcher = asyncio.create_task(_wait_flag(stop_flag, stopping), name="kfn-operator-stop-flag")
+    stopped = asyncio.create_task(stopping.wait(), name="kfn-operator-stopping")
+    health: web.AppRunner | None = None
+    api = None
+    campaign: asyncio.Task[None] | None = None
+    try:
+        # The liveness endpoint is the process's, leading or not (kopf's own exists only while kopf runs).
+        health = await _serve_health(config.health_port) if config.health_port else None
+        api = await connect()
+        election = LeaseElection(api, name=config.operator_lease_name, namespace=config.lease_namespace,
+                                 identity=config.identity, duration=config.lease_duration, what="operator")
+        campaign = asyncio.create_task(election.run(lead), name="kfn-operator-election")
+        done, _ = await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if campaign in done:
+            campaign.result()   # the election never ends on its own: raise what ended it
+    finally:
+        stopped.cancel()
+        watcher.cancel()
+        if campaign is not None:
+            # Cancelled once (not stop_tasks' repeated cancels): the election stops kopf, waits
+            # for it, then hands the Lease back.
+            campaign.cancel()
+            await asyncio.wait({campaign})
+        if health is not None:
+            await health.cleanup()
+        if api is not None:
+            await api.close()  # type: ignore[no-untyped-call]
+    if failures:
+        raise failures[0]
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _wait_flag(flag: Any, then: asyncio.Event) -> None:
+    """Set `then` once `flag` (an asyncio.Event, a threading.Event, or None: never) is set."""
+    if flag is None:
+        return
+    if isinstance(flag, asyncio.Event):
+        await flag.wait()
+    else:
+        # Waited for in short slices: a thread blocked on it for good would hold up the loop's shutdown.
+        while not await asyncio.to_thread(flag.wait, 0.5):
+            pass
+    then.set()
+
+
+def _on_signals(callback: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call `callback` (in the main thread only: elsewhere the caller's stop flag stops)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, callback)
+
+
+async def _serve_health(port: int) -> web.AppRunner:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host="0.0.0.0", port=port).start()
+    return runner

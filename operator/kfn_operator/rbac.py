@@ -18,7 +18,7 @@ READ = ["get", "list", "watch"]
 
 
 def operator_rules() -> list[Rule]:
-    """The operator (kopf handlers + the autoscaler with its Lease)."""
+    """The operator (kopf handlers, the autoscaler and the scheduler, each elected with a Lease)."""
     return [
         # Functions: watched by kopf; kopf patches its annotations (progress, last-handled).
         {"apiGroups": [naming.GROUP], "resources": [naming.PLURAL], "verbs": [*READ, "patch"]},
@@ -36,12 +36,11 @@ def operator_rules() -> list[Rule]:
         # Failures are reported as Events (kopf posts through the core API; newer clients use events.k8s.io).
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        # One active autoscaler among operator replicas.
+        # One acting replica, autoscaler and scheduler among operator replicas (kfn-operator,
+        # kfn-autoscaler, kfn-scheduler). kopf's peering is never used: no kopf.dev objects.
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]},
-        # kopf: resource discovery and peering between operator replicas.
+        # kopf: resource discovery.
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": READ},
-        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": [*READ, "patch"]},
-        {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": [*READ, "patch"]},
     ]
 
 
@@ -64,9 +63,9 @@ def gateway_release_rules() -> list[Rule]:
     return [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [ADMIN_SECRET_NAME], "verbs": READ}]
 
 
-# Only a cluster-wide operator needs these: with --namespace, kopf's cluster scanning is off and
-# its peering objects are namespaced, so a namespaced install is Roles only.
-_CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("kopf.dev", "clusterkopfpeerings")}
+# Only a cluster-wide operator needs these: with --namespace, kopf's cluster scanning is off, so
+# a namespaced install is Roles only.
+_CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions")}
 
 
 def _is_cluster_scoped(rule: Rule) -> bool:

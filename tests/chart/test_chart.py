@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kfn.cli import build_parser
+from kfn.cli import build_parser, options
 from kfn.core import crd, naming
 from kfn.core.functions import parse_function
 
@@ -319,6 +319,15 @@ def test_default_runtime_images_are_the_operators_defaults(default_objects: list
 
 # --- the gateway: replicas, Service, disruption budget, Ingress --------------------------------------
 
+def test_gateway_names_the_functions_region_as_the_operator_gives_it_to_them(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "functions: {region: eu-west-3}")
+    operator_env = {e["name"]: e.get("value") for e in container(objects, f"{RELEASE}-operator")["env"]}
+    assert operator_env["KFN_REGION"] == "eu-west-3"
+    # Async destination records carry the function's ARN with the gateway's region.
+    assert options.gateway(build_parser().parse_args(container(objects, f"{RELEASE}-gateway")["args"])).region \
+        == "eu-west-3"
+
+
 def test_gateway_service_is_cluster_ip_by_default(default_objects: list[Manifest]) -> None:
     service = find(default_objects, "Service", "kfn-gateway")
     assert service["spec"]["type"] == "ClusterIP"
@@ -418,6 +427,13 @@ def test_service_monitor_scrapes_the_gateway_service(custom_objects: list[Manife
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
     assert endpoint["path"] == "/metrics"
+
+
+def test_gateway_and_operator_monitors_keep_kfns_own_namespace_label(custom_objects: list[Manifest]) -> None:
+    # Without honorLabels Prometheus renames the series' `namespace` to exported_namespace.
+    gateway = find(custom_objects, "ServiceMonitor", "kfn-gateway")["spec"]["endpoints"]
+    operator = find(custom_objects, "PodMonitor", "kfn-operator")["spec"]["podMetricsEndpoints"]
+    assert [e.get("honorLabels") for e in [*gateway, *operator]] == [True, True]
 
 
 def test_pod_monitor_scrapes_the_function_pods_the_operator_builds(custom_objects: list[Manifest]) -> None:
@@ -546,6 +562,10 @@ def test_a_short_admin_key_is_refused(helm: Path, tmp_path: Path) -> None:
 def test_the_gateway_gets_the_timeouts_of_the_values(default_objects: list[Manifest]) -> None:
     args = _args(default_objects)
     assert {"--header-timeout=15s", "--body-timeout=60s", "--idle-timeout=75s"} <= set(args)
+
+
+def test_the_gateway_gets_the_send_timeout_and_connection_cap_of_the_values(default_objects: list[Manifest]) -> None:
+    assert {"--send-timeout=60s", "--max-connections=1024"} <= set(_args(default_objects))
 
 
 def test_the_gateway_may_read_only_the_key_secrets_by_name(objects: list[Manifest]) -> None:

@@ -17,8 +17,9 @@ Order. Most tests share the cluster-wide release and run in file order. Tests ma
 `@pytest.mark.first` run before them (test_install.py: the release as installed, before any
 test deletes a pod), and tests marked `@pytest.mark.last(order=N)` after them, by N then file order:
   1  test_uninstall.py          uninstalls the cluster-wide release and checks what is left;
-  2  test_watch_namespaces.py   a release watching one namespace (two operators watching the same
-                                namespace would fight, so only once the cluster-wide one is gone);
+  2  test_prometheus_autoscaling.py, test_watch_namespaces.py   a release watching one namespace each
+                                (two operators watching the same namespace would fight, so only once
+                                the cluster-wide one is gone);
   3  test_logs.py               no 403 in the logs of every operator and gateway of the session.
 """
 from __future__ import annotations
@@ -41,7 +42,8 @@ IMAGES = ("ghcr.io/kfn-dev/kfn:0.1.0", "ghcr.io/kfn-dev/runtime-python:3.11",
           "ghcr.io/kfn-dev/runtime-python:3.12", "ghcr.io/kfn-dev/runtime-python:3.13",
           "ghcr.io/kfn-dev/runtime-nodejs:20", "ghcr.io/kfn-dev/runtime-nodejs:22",
           "ghcr.io/kfn-dev/example-lambda-image:0.1.0",
-          "ghcr.io/kfn-dev/nats:2.10")   # the chart's NATS server (async.nats)
+          "ghcr.io/kfn-dev/nats:2.10",   # the chart's NATS server (async.nats)
+          "ghcr.io/kfn-dev/prometheus:2.42")   # test_prometheus_autoscaling.py's Prometheus
 # Local PersistentVolumes made for the run where the cluster has no default StorageClass: one per
 # NATS server of a release (the cluster-wide one, watchNamespaces'), and spares.
 VOLUMES = 4

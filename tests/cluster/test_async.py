@@ -347,7 +347,7 @@ def test_a_schedule_fires_each_tick_once_with_two_operator_replicas(release: Rel
         platform.record("helm upgrade --wait: operator.replicas 1",
                         release.upgrade({"operator": {"replicas": 1}}), "s")
         # A standalone operator elects nothing: the Leases of the two replicas are left over.
-        platform.kubectl("delete", "lease", "kfn-scheduler", "kfn-autoscaler", "--ignore-not-found",
+        platform.kubectl("delete", "lease", "kfn-operator", "kfn-scheduler", "kfn-autoscaler", "--ignore-not-found",
                          namespace=release.namespace, check=False)
 
 

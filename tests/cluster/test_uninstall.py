@@ -34,8 +34,8 @@ def test_uninstall_leaves_nothing_of_the_release_but_the_crd(release: Release, f
                      for o in platform.items(kind, selector=selector)]
             if names:
                 left[kind] = names
-        # What the operator makes at run time carries no release label: Leases (the autoscaler's,
-        # when not standalone), kopf's peering objects, and Helm's own release Secrets.
+        # What the operator makes at run time carries no release label: Leases (the operator's,
+        # autoscaler's and scheduler's, when not standalone), and Helm's own release Secrets.
         for kind in ("leases", "secrets", "configmaps"):
             names = [o["metadata"]["name"] for o in platform.items(kind, namespace=release.namespace)
                      if o["metadata"]["name"] not in everywhere]

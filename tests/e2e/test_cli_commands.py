@@ -149,6 +149,56 @@ def test_logs_of_an_unknown_function_says_so(local: LocalMode) -> None:
     assert "no function named 'nope'" in result.stderr
 
 
+@pytest.fixture(scope="module")
+def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMode]:
+    """kfn local with functions at zero instances, never invoked (but by the test that follows one)."""
+    directory = tmp_path_factory.mktemp("idle")
+    write_manifest(directory, "quiet", HELLO)
+    write_manifest(directory, "sleepy", """
+        def handler(event, context):
+            print("sleepy woke up")
+            return "awake"
+    """)
+    server = LocalMode(directory)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_logs_of_a_function_without_instances_or_output_says_no_instance_is_running(idle: LocalMode) -> None:
+    result = kfn("logs", "quiet", gateway=idle.url)
+    assert result.returncode == 1
+    assert (result.stdout, result.stderr.count("\n")) == ("", 1)
+    assert "no instance of 'quiet' is running" in result.stderr
+    assert "invoke it" in result.stderr and "kfn logs quiet -f" in result.stderr
+
+
+def test_logs_follow_of_a_function_without_instances_says_so_and_waits_for_the_next_one(idle: LocalMode,
+                                                                                      tmp_path: Path) -> None:
+    output, errors = tmp_path / "follow.txt", tmp_path / "follow-errors.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
+    with output.open("w") as out, errors.open("w") as err:
+        follower = subprocess.Popen([PYTHON, "-m", "kfn", "logs", "sleepy", "-f", "--gateway", idle.url],
+                                    stdout=out, stderr=err, env=env, cwd=REPO)
+    try:
+        wait_until(lambda: "no instance of 'sleepy' is running" in errors.read_text(), timeout=20,
+                   what="the follower's notice")
+        assert kfn("invoke", "sleepy", gateway=idle.url).returncode == 0
+        wait_until(lambda: "sleepy woke up" in output.read_text(), timeout=20, interval=0.2,
+                   what="the new instance's line")
+        assert follower.poll() is None
+    finally:
+        follower.kill()
+        follower.wait(timeout=10)
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+    result = kfn("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"kfn {version('kfn')}\n", "")
+
+
 @pytest.mark.parametrize("args", [["invoke", "hello"], ["list"], ["logs", "hello"]])
 def test_every_command_says_when_no_gateway_is_running(args: list[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"

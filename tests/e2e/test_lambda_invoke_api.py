@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,23 @@ SLEEPY = """
     def handler(event, context):
         time.sleep(10)
 """
+# Prints what the event asks for. Each LogType=Tail test has a function of its own: the first call of
+# "tailed" is a cold start, whatever ran before.
+TAILED = """
+    def handler(event, context):
+        for i in range(event.get("lines", 0)):
+            print(f"line {i:05d} " + "x" * 90)
+        print(f"printed for {event['name']}")
+        return "ok"
+"""
+# Prints a secret while it imports, then fails: its callers must never see what it printed.
+SECRET = "hunter2-the-database-password"
+BROKEN = f"""
+    print("connecting with DB_PASSWORD={SECRET}", flush=True)
+    raise RuntimeError("init failed on purpose")
+"""
+# A requirement pip cannot install (a wheel that is not there): the platform's failure.
+MISSING_WHEEL = "kfn_private_index_token_hunter2-1.0-py3-none-any.whl"
 # Writes the event it got to the file the event names: an Event invocation is seen to run.
 WRITER = """
     import json
@@ -55,6 +73,11 @@ def write_functions(directory: Path) -> None:
     write_manifest(directory, "boom", BOOM)
     write_manifest(directory, "sleepy", SLEEPY, timeout="1s")
     write_manifest(directory, "writer", WRITER)
+    write_manifest(directory, "guarded", HELLO, http={"auth": {"type": "key"}})
+    write_manifest(directory, "broken", BROKEN)
+    write_manifest(directory, "nodeps", HELLO, requirements=[str(directory / MISSING_WHEEL)])
+    write_manifest(directory, "tailed", TAILED)
+    write_manifest(directory, "long-tail", TAILED)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +107,42 @@ def test_boto3_invokes_a_function_with_the_payload_as_its_event(local: LocalMode
     assert result["request_id"] == response["ResponseMetadata"]["RequestId"]
 
 
-def test_boto3_gets_the_log_tail_with_the_handlers_print(local: LocalMode) -> None:
-    response = client(local.url).invoke(FunctionName="hello", Payload=b'{"name": "tail"}', LogType="Tail")
+def tail_of(response: dict[str, Any]) -> list[str]:
+    assert response["StatusCode"] == 200 and "FunctionError" not in response, response
+    return base64.b64decode(response["LogResult"]).decode().split("\n")
+
+
+REPORT = re.compile(r"REPORT RequestId: (?P<id>[-\w]+)\tDuration: \d+\.\d\d ms\tBilled Duration: \d+ ms\t"
+                    r"Memory Size: 256 MB\tMax Memory Used: [1-9]\d* MB(?P<init>\tInit Duration: \d+\.\d\d ms)?")
+
+
+def test_boto3_log_tail_is_lambdas_with_start_end_and_report_and_init_duration_only_when_cold(
+        local: LocalMode) -> None:
+    lam = client(local.url)
+    tails = [tail_of(lam.invoke(FunctionName="tailed", Payload=json.dumps({"name": n}), LogType="Tail"))
+             for n in ("cold", "warm")]
+    for (start, printed, end, report, last), name in zip(tails, ("cold", "warm"), strict=True):
+        request_id = start.removeprefix("START RequestId: ").removesuffix(" Version: $LATEST")
+        assert start == f"START RequestId: {request_id} Version: $LATEST"
+        assert printed == f"printed for {name}"
+        assert end == f"END RequestId: {request_id}"
+        match = REPORT.fullmatch(report)
+        assert match is not None and match["id"] == request_id, report
+        assert last == ""   # the REPORT line ends the log, with its newline
+        # Init Duration on the invocation that paid its environment's cold start only.
+        assert (match["init"] is not None) == (name == "cold"), report
+
+
+def test_boto3_log_tail_is_the_last_4_kb_of_a_long_log_ending_with_report(local: LocalMode) -> None:
+    response = client(local.url).invoke(FunctionName="long-tail", Payload=json.dumps({"name": "long", "lines": 1000}),
+                                        LogType="Tail")
     assert response["StatusCode"] == 200
-    assert "printed for tail" in base64.b64decode(response["LogResult"]).decode()
+    log = base64.b64decode(response["LogResult"])
+    assert len(log) == 4096   # of about 100 KB printed
+    *_, printed, end, report, last = log.decode().split("\n")
+    assert (printed, last) == ("printed for long", "")
+    assert end.startswith("END RequestId: ") and REPORT.fullmatch(report) is not None
+    assert b"line 00999 " in log and b"line 00900 " not in log
 
 
 def test_boto3_client_context_reaches_the_handler(local: LocalMode) -> None:
@@ -186,6 +241,53 @@ def test_the_aws_cli_reports_a_function_error_and_an_unknown_function(local: Loc
     unknown = aws(local, "lambda", "invoke", "--function-name", "nope", "out.json", cwd=tmp_path)
     assert unknown.returncode != 0
     assert "ResourceNotFoundException" in unknown.stderr
+
+
+# -- functions that cannot run --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("invocation_type", ["RequestResponse", "Event", "DryRun"])
+def test_without_gateway_keys_boto3_cannot_invoke_a_key_protected_function(local: LocalMode,
+                                                                           invocation_type: str) -> None:
+    with pytest.raises(ClientError) as raised:
+        client(local.url).invoke(FunctionName="guarded", Payload=b'{"name": "x"}', InvocationType=invocation_type)
+    assert raised.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert local.invoke("guarded").status == 401   # as on its HTTP path
+
+
+def test_an_init_error_is_the_functions_error_for_boto3_and_500_on_http_never_its_output(local: LocalMode) -> None:
+    response = client(local.url).invoke(FunctionName="broken", Payload=b"{}")
+    payload = response["Payload"].read()
+    assert (response["StatusCode"], response.get("FunctionError")) == (200, "Unhandled")
+    error = json.loads(payload)
+    assert error["errorType"] == "RuntimeError" and "init failed on purpose" in error["errorMessage"]
+    assert error["requestId"] == response["ResponseMetadata"]["RequestId"]
+    answer = local.invoke("broken")
+    assert (answer.status, answer.json()) == (500, {"message": "Internal Server Error"})
+    assert answer.headers["X-Kfn-Error-Type"] == "RuntimeError"
+    for seen in (payload, json.dumps(response["ResponseMetadata"]["HTTPHeaders"]).encode(), answer.body,
+                 json.dumps(dict(answer.headers)).encode()):
+        assert SECRET.encode() not in seen
+    # Its owner sees all of it.
+    errors = wait_until(lambda: [e for e in local.errors()["functions"] if e["function"] == "broken"], timeout=10,
+                        what="the failure in /system/errors")
+    assert SECRET in errors[0]["error"] and "init failed on purpose" in errors[0]["error"]
+
+
+def test_a_requirement_pip_cannot_install_is_a_503_saying_so_without_pips_words(local: LocalMode) -> None:
+    answer = local.invoke("nodeps", timeout=60)
+    assert answer.status == 503 and answer.headers["Retry-After"].isdigit()
+    body = answer.json()
+    assert "its requirements could not be installed" in body["error"]
+    assert body["requestId"] == answer.headers["X-Kfn-Request-Id"]
+    with pytest.raises(ClientError) as raised:
+        client(local.url).invoke(FunctionName="nodeps", Payload=b"{}")
+    assert raised.value.response["Error"]["Code"] == "ResourceNotReadyException"
+    for seen in (answer.body, json.dumps(dict(answer.headers)).encode(),
+                 json.dumps(raised.value.response, default=str).encode()):
+        assert b"hunter2" not in seen and b"pip" not in seen
+    errors = [e for e in local.errors()["functions"] if e["function"] == "nodeps"]
+    assert "pip install failed" in errors[0]["error"] and "hunter2" in errors[0]["error"]
 
 
 # -- with keys ----------------------------------------------------------------------------------------

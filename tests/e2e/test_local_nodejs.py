@@ -151,7 +151,7 @@ def test_a_syntax_error_is_reported_as_the_functions_error(local: LocalMode) -> 
 def test_npm_requirements_are_installed_and_importable(local: LocalMode) -> None:
     result = local.invoke("deps-node", timeout=120)
     assert result.status == 200, result.body
-    assert result.json() == "INSTALLED!"
+    assert result.body == b"INSTALLED!"
 
 
 def test_a_nodejs22_function_runs_on_node_22(local: LocalMode, node22: bool) -> None:

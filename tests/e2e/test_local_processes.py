@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kfn.core.functions import Function, FunctionRef, parse_function
-from kfn.core.instances import Instance, Invocation
+from kfn.core.instances import Instance, Invocation, StartReason
 from kfn.processes import ProcessBackend
 from tests.e2e.localmode import function_manifest, pid_alive
 
@@ -34,7 +34,7 @@ def make_function(name: str, code: str = HELLO, **spec: Any) -> Function:
 
 @pytest.fixture
 async def backend(tmp_path: Path) -> AsyncIterator[ProcessBackend]:
-    backend = ProcessBackend(work_dir=tmp_path / "work", deps_cache=tmp_path / "deps", start_timeout=20,
+    backend = ProcessBackend(work_dir=tmp_path / "work", deps_cache=tmp_path / "deps", init_timeout=20,
                              max_backoff=0.5)
     await backend.start()
     try:
@@ -145,7 +145,7 @@ async def test_a_handler_that_cannot_load_reports_why_and_is_retried_while_wante
     backend.set_function(make_function("broken", code="raise ImportError('no such thing')\n"))
     await backend.scale(R("broken"), 1)
     error = await until(lambda: backend.problem(R("broken")), what="the failure to be reported")
-    assert "no such thing" in error
+    assert error.init_error is not None and "no such thing" in error.init_error.message
     assert backend.ready(R("broken")) == []
     # Attempts go on, with backoff, for as long as an instance is wanted: no giving up.
     logs: list[str] = []
@@ -157,6 +157,29 @@ async def test_a_handler_that_cannot_load_reports_why_and_is_retried_while_wante
     assert backend.problem(R("broken")) is not None
 
 
+async def test_a_requirement_that_cannot_be_installed_is_the_requirements_class_with_pips_words_for_the_owner(
+        backend: ProcessBackend, tmp_path: Path) -> None:
+    missing = tmp_path / "kfn_missing-1.0-py3-none-any.whl"
+    backend.set_function(make_function("nodeps", requirements=[str(missing)]))
+    await backend.scale(R("nodeps"), 1)
+    problem = await until(lambda: backend.problem(R("nodeps")), what="the failed install")
+    assert problem.reason == StartReason.REQUIREMENTS and problem.init_error is None
+    assert "pip install failed" in problem.detail and "kfn_missing" in problem.detail
+
+
+async def test_an_init_past_the_init_timeout_is_the_functions_sandbox_timedout(tmp_path: Path) -> None:
+    backend = ProcessBackend(work_dir=tmp_path / "work", init_timeout=1.0, max_backoff=5)
+    await backend.start()
+    try:
+        backend.set_function(make_function("slow", code="import time\ntime.sleep(30)\n" + HELLO))
+        await backend.scale(R("slow"), 1)
+        problem = await until(lambda: backend.problem(R("slow")), timeout=15, what="the init timeout")
+    finally:
+        await backend.close()
+    assert problem.reason == StartReason.INIT and problem.init_error is not None
+    assert problem.init_error.error_type == "Sandbox.Timedout"
+
+
 async def test_a_start_failure_that_heals_heals_the_function_without_a_change(
         backend: ProcessBackend, tmp_path: Path) -> None:
     flag = tmp_path / "broken-flag"
@@ -164,7 +187,7 @@ async def test_a_start_failure_that_heals_heals_the_function_without_a_change(
     code = f"import os\nif os.path.exists({str(flag)!r}):\n    raise RuntimeError('not yet')\n" + HELLO
     backend.set_function(make_function("healing", code=code))
     await backend.scale(R("healing"), 1)
-    await until(lambda: "not yet" in (backend.problem(R("healing")) or ""), what="the first failures")
+    await until(lambda: "not yet" in str(backend.problem(R("healing"))), what="the first failures")
     flag.unlink()
     await until(lambda: backend.ready(R("healing")), timeout=30, what="an instance once the cause is gone")
     assert backend.problem(R("healing")) is None
@@ -220,4 +243,4 @@ async def test_a_handler_sees_only_its_requirements_not_kfns_environment(backend
     backend.set_function(make_function("unlisted", code="import yaml\n" + HELLO))
     await backend.scale(R("unlisted"), 1)
     error = await until(lambda: backend.problem(R("unlisted")), what="the import failure")
-    assert "No module named 'yaml'" in error
+    assert "No module named 'yaml'" in str(error)

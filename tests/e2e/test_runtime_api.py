@@ -90,6 +90,12 @@ while True:
         continue
     elif action == "exit":
         os._exit(5)
+    elif action == "big-chunked":
+        # An iterable body: http.client sends it chunked, its size said nowhere up front.
+        status, _, data = call("POST", f"/invocation/{request_id}/response",
+                               (b"y" * (1 << 20) for _ in range(event["mb"])))
+        print(f"big-chunked answered {status} {data.decode()}", flush=True)
+        continue
     elif action == "expect":
         # What curl does for a body over 1 MB: ask first, wait (a second) for "100 Continue".
         import socket
@@ -282,6 +288,18 @@ async def test_timeout_kills_a_custom_runtimes_environment_too(code: Path) -> No
     assert result["status"] == 200
 
 
+async def test_a_chunked_result_over_lambdas_limit_is_response_size_too_large_and_the_runtime_goes_on(
+        code: Path) -> None:
+    async with command_host(code, COMMAND) as h:
+        _, before = await answer(h, {"action": "sleep", "seconds": 0})
+        invocation = await h.invoke({"action": "big-chunked", "mb": 20})
+        _, after = await answer(h, {"action": "sleep", "seconds": 0})
+        await eventually(lambda: h.log.has("big-chunked answered 413"), what="the runtime's 413")
+    assert (invocation.function_error, invocation.error_type) == ("Unhandled", "Function.ResponseSizeTooLarge")
+    assert "(20971520 bytes)" in json.loads(invocation.result)["errorMessage"]
+    assert after["pid"] == before["pid"]
+
+
 # --- AWS's runtime interface client, awslambdaric ------------------------------------------------
 
 AWS_HANDLER = '''
@@ -303,6 +321,12 @@ def lambda_handler(event, context):
 
 def unserialisable(event, context):
     return {"when": object()}
+
+CALLS = []
+
+def big(event, context):
+    CALLS.append(1)
+    return "x" * event["size"] if "size" in event else {"calls": len(CALLS), "pid": os.getpid()}
 '''
 
 
@@ -348,6 +372,20 @@ async def test_awslambdaric_marshal_error_has_lambdas_type(aws_code: Path) -> No
                             handler="lambda_function.unserialisable") as h:
         invocation = await h.invoke({})
     assert invocation.error_type == "Runtime.MarshalError"
+
+
+async def test_awslambdaric_result_too_large_for_lambda_is_response_size_too_large(aws_code: Path) -> None:
+    # The Runtime API reads the 20 MB and answers 413 with Lambda's body; awslambdaric then raises
+    # and exits, as it does on Lambda, and the next invocation gets a new environment.
+    async with command_host(aws_code, awslambdaric("lambda_function.big"), handler="lambda_function.big") as h:
+        await answer(h, {})
+        invocation = await h.invoke({"size": 20 * 1024 * 1024})
+        _, after = await answer(h, {})
+        await eventually(lambda: h.log.has("Http response code: 413"), what="awslambdaric's 413 line")
+    assert (invocation.function_error, invocation.error_type) == ("Unhandled", "Function.ResponseSizeTooLarge")
+    assert after["calls"] == 1
+    assert h.log.has('"errorType": "RequestEntityTooLarge", "errorMessage": "Exceeded maximum allowed payload size '
+                     '(6291556 bytes)."')
 
 
 async def test_awslambdaric_init_error_reaches_the_host(aws_code: Path) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from kfn_runtime import contract
-from kfn_runtime.host import InitFailed, Rejected
-from tests.e2e.runtimes import eventually, gather_bounded, pid_alive, python_host, write_code
+from kfn_runtime.environments import ZygoteSpawner
+from kfn_runtime.host import InitFailed, InstanceHost, Rejected
+from tests.e2e.runtimes import eventually, gather_bounded, host_config, pid_alive, python_env, python_host, write_code
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -123,6 +124,9 @@ def decimal_result(event, context):
 
 
 def big(event, context):
+    STATE["count"] += 1
+    if "size" not in event:
+        return {"count": STATE["count"], "pid": os.getpid()}
     return "x" * event["size"]
 
 
@@ -141,6 +145,18 @@ def context_details(event, context):
     return {"client_context": None if cc is None else {"custom": cc.custom, "env": cc.env,
                                                        "app_title": cc.client and cc.client.app_title},
             "trace": os.environ.get("_X_AMZN_TRACE_ID")}
+
+
+def unfinished(event, context):
+    sys.stdout.write("a line the handler never ended")
+    sys.stdout.flush()
+    time.sleep(event.get("seconds", 0))
+    return "ok"
+
+
+def marked(event, context):
+    print("mark-%d" % event["n"])
+    return event["n"]
 
 
 def logs(event, context):
@@ -416,10 +432,18 @@ async def test_response_over_lambdas_limit_is_response_size_too_large(code: Path
     assert "exceeded maximum allowed payload size" in error_of(invocation.result)["errorMessage"]
 
 
-async def test_after_a_response_too_large_the_next_invocation_succeeds(code: Path) -> None:
+@pytest.mark.parametrize("megabytes", [7, 20])
+async def test_after_a_response_too_large_the_same_environment_serves_the_next_invocation(
+        code: Path, megabytes: int) -> None:
+    # 20 MB is more than the Runtime API would ever buffer: the host reads it and throws it away
+    # (it used to close the connection mid-body, and the environment died of SIGPIPE).
     async with python_host(code, "main.big") as h:
-        assert (await h.invoke({"size": 7 * 1024 * 1024})).error_type == "Function.ResponseSizeTooLarge"
-        assert await h.result({"size": 3}) == "xxx"
+        first = await h.result({})
+        invocation = await h.invoke({"size": megabytes * 1024 * 1024})
+        after = await h.result({})
+    assert (invocation.function_error, invocation.error_type) == ("Unhandled", "Function.ResponseSizeTooLarge")
+    assert f"({megabytes * 1024 * 1024 + 2} bytes)" in error_of(invocation.result)["errorMessage"]
+    assert after == {"count": first["count"] + 2, "pid": first["pid"]}   # its module state intact
 
 
 # --- init errors ------------------------------------------------------------------------------
@@ -473,6 +497,38 @@ async def test_exception_at_import_fails_init_with_its_message(tmp_path: Path) -
 async def test_exception_at_import_has_the_exceptions_type_as_on_lambda(tmp_path: Path) -> None:
     error, _ = await init_error(tmp_path, "raise RuntimeError('boom at import')\n")
     assert json.loads(error.payload)["errorType"] == "RuntimeError"
+
+
+async def test_an_init_that_outlasts_the_init_timeout_fails_as_lambdas_sandbox_timedout(tmp_path: Path) -> None:
+    code = write_code(tmp_path / "slow", {"main.py": "import time\ntime.sleep(60)\ndef handler(e, c): pass\n"})
+    async with python_host(code, start=False, init_timeout=1.0) as h:
+        with pytest.raises(InitFailed) as info:
+            async with asyncio.timeout(20):   # the host's own limit is the configured init timeout
+                await h.host.start()
+    payload = json.loads(info.value.payload)
+    assert payload == {"errorType": "Sandbox.Timedout", "errorMessage": "Init phase timed out after 1.00 seconds"}
+    assert not info.value.platform
+
+
+async def test_a_runtime_exiting_during_init_is_lambdas_runtime_exit_error(tmp_path: Path) -> None:
+    error, _ = await init_error(tmp_path, "import os\nos._exit(3)\n")
+    assert json.loads(error.payload) == {"errorType": "Runtime.ExitError",
+                                         "errorMessage": "Runtime exited with error: exit status 3"}
+    assert not error.platform
+
+
+async def test_an_interpreter_that_cannot_run_is_the_platforms_init_failure(tmp_path: Path) -> None:
+    code = write_code(tmp_path / "fine", {"main.py": "def handler(e, c): pass\n"})
+    config = host_config()
+    spawner = ZygoteSpawner(python=str(tmp_path / "no-such-python"), env=python_env(config, code, "main.handler", None),
+                            cwd=str(code))
+    host = InstanceHost(config, spawner)
+    try:
+        with pytest.raises(InitFailed) as info:
+            await host.start()
+    finally:
+        await host.close()
+    assert info.value.platform
 
 
 # --- what a handler sees ----------------------------------------------------------------------
@@ -555,3 +611,33 @@ async def test_log_tail_holds_what_the_invocation_printed(code: Path) -> None:
         invocation = await h.invoke({"tag": "tail-me"}, want_log=True)
     # Printed before the result was posted, so it is in the tail when the invocation ends.
     assert b"printed tail-me" in invocation.log_tail()
+    lines = invocation.log_tail().decode().split("\n")
+    assert lines[0] == f"START RequestId: {invocation.id} Version: $LATEST"
+    assert lines[-3] == f"END RequestId: {invocation.id}"
+    assert lines[-2].startswith(f"REPORT RequestId: {invocation.id}\tDuration: ") and lines[-1] == ""
+    assert h.log.has(lines[-2])   # the instance's log has the same REPORT line
+
+
+async def test_log_tail_holds_only_its_own_invocations_output_when_invocations_follow_each_other(
+        code: Path) -> None:
+    # One environment, invocations queued behind each other: the next starts the moment the last
+    # posts its result, and the output pipe may be read only after that. What an invocation printed
+    # before posting must be in its own tail, and never in the tail of the one after it.
+    async with python_host(code, "main.marked", concurrency=1, queue_limit=200) as h:
+        invocations = await gather_bounded(*(h.invoke({"n": n}, want_log=True) for n in range(200)))
+    wrong = {}
+    for invocation in invocations:
+        marks = re.findall(r"mark-\d+", invocation.log_tail().decode())
+        if marks != [f"mark-{json.loads(invocation.result)}"]:
+            wrong[json.loads(invocation.result)] = marks
+    assert wrong == {}
+
+
+async def test_log_tail_of_a_timed_out_invocation_ends_its_last_line_and_says_it_timed_out(code: Path) -> None:
+    async with python_host(code, "main.unfinished", timeout=0.5) as h:
+        invocation = await h.invoke({"seconds": 30}, want_log=True)
+    lines = invocation.log_tail().decode().split("\n")
+    assert lines[1:4] == ["a line the handler never ended",
+                          f"RequestId: {invocation.id} Error: Task timed out after 0.50 seconds",
+                          f"END RequestId: {invocation.id}"]
+    assert lines[4].startswith(f"REPORT RequestId: {invocation.id}\t")

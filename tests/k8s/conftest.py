@@ -12,6 +12,7 @@ from kubernetes.aio import client
 
 from kfn.kube import connect
 from kfn_operator.config import OperatorConfig
+from kfn_operator.handlers import Controller
 from kfn_operator.main import operate
 from tests.k8s import kube
 
@@ -35,14 +36,17 @@ async def api(cluster: kube.Cluster) -> AsyncIterator[client.ApiClient]:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(config: OperatorConfig) -> AsyncIterator[None]:
-    """`kfn operator` (kopf, in-process) in its own thread and event loop, stopped on exit."""
+async def running_operator(config: OperatorConfig, *, controller: Controller | None = None,
+                           wait_ready: bool = True) -> AsyncIterator[None]:
+    """`kfn operator` (kopf, in-process) in its own thread and event loop, stopped on exit.
+
+    wait_ready: wait (up to 30 s) for kopf to run first; a replica meant to stand by never gets there."""
     stop, ready = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(operate(config, stop_flag=stop, ready_flag=ready))
+            asyncio.run(operate(config, stop_flag=stop, ready_flag=ready, controller=controller))
         except BaseException as e:  # noqa: BLE001 - surfaced by the fixture, not lost in the thread
             errors.append(e)
             ready.set()
@@ -50,7 +54,8 @@ async def running_operator(config: OperatorConfig) -> AsyncIterator[None]:
     thread = threading.Thread(target=run, name="kfn-operator", daemon=True)
     thread.start()
     try:
-        await asyncio.to_thread(ready.wait, 30)
+        if wait_ready:
+            await asyncio.to_thread(ready.wait, 30)
         if errors:
             raise errors[0]
         yield

@@ -29,11 +29,13 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def kfn(cluster: kube.Cluster, tmp_path: Path, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`kfn ARGS` with KUBECONFIG pointing at the emulator; SIGTERM on exit (SIGKILL if it hangs)."""
-    with open(tmp_path / f"{args[0]}.log", "wb") as log:  # noqa: ASYNC230 - a local file
+async def kfn(cluster: kube.Cluster, tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+              log_name: str | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`kfn ARGS` with KUBECONFIG pointing at the emulator (and `env`), its output in tmp_path/LOG_NAME.log
+    (default: the command's name); SIGTERM on exit (SIGKILL if it hangs)."""
+    with open(tmp_path / f"{log_name or args[0]}.log", "wb") as log:  # noqa: ASYNC230 - a local file
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kfn", *args, env=kube.env_with_kubeconfig(cluster.kubeconfig),
+            sys.executable, "-m", "kfn", *args, env={**kube.env_with_kubeconfig(cluster.kubeconfig), **(env or {})},
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT)
     try:
         yield process
@@ -57,6 +59,47 @@ async def test_kfn_operator_reconciles_and_stops_cleanly_on_sigterm(cluster, tmp
         assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "reg.local/py:3.12"
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0, (tmp_path / "operator.log").read_text()
+
+
+async def test_of_two_kfn_operators_the_standby_answers_its_health_check_and_leads_once_the_leader_stops(
+        cluster, tmp_path) -> None:
+    ports = {"a": free_port(), "b": free_port()}
+
+    def operator(name: str) -> contextlib.AbstractAsyncContextManager[asyncio.subprocess.Process]:
+        return kfn(cluster, tmp_path, "operator", "--health-port", str(ports[name]), log_name=f"operator-{name}",
+                   env={"POD_NAME": f"operator-{name}", "POD_NAMESPACE": "kfn-system"})
+
+    def holder() -> str | None:
+        return ((cluster.object(kube.LEASES, "kfn-system", "kfn-operator") or {}).get("spec") or {}).get(
+            "holderIdentity")
+
+    async def healthy(name: str) -> bool:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{ports[name]}/healthz") as r:
+                        if r.status == 200:
+                            return True
+                await asyncio.sleep(0.1)
+        return False
+
+    async with operator("a") as a:
+        await kube.wait_for(lambda: holder() == "operator-a", timeout=30, what="operator-a to lead")
+        async with operator("b") as b:
+            async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json=HELLO) as r:
+                assert r.status == 201
+            await kube.wait_for(lambda: cluster.object(kube.DEPLOYMENTS, "default", "hello"), timeout=30,
+                                what="the Deployment")
+            # A standby runs no kopf, yet its liveness probe must pass.
+            assert await healthy("b") and await healthy("a")
+            assert holder() == "operator-a"
+            a.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(a.wait(), 20) == 0, (tmp_path / "operator-a.log").read_text()
+            # Handed back on the way out: taken at operator-b's next try, not after the 15 s Lease.
+            await kube.wait_for(lambda: holder() == "operator-b", timeout=10, what="operator-b to take over")
+            b.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(b.wait(), 20) == 0, (tmp_path / "operator-b.log").read_text()
+    assert holder() is None
 
 
 async def test_kfn_gateway_serves_the_functions_of_the_cluster_to_the_admin_key_of_its_secret(

@@ -12,7 +12,7 @@ from kubernetes.aio import client
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
-from kfn.core.instances import Instance
+from kfn.core.instances import Instance, StartReason
 from kfn.kube import Backoff, KubernetesBackend
 from tests.k8s import kube
 
@@ -181,7 +181,11 @@ async def test_a_pod_that_cannot_start_is_the_functions_problem(cluster, backend
     await add_function(cluster, function())
     await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1", ready=False, waiting="CrashLoopBackOff"))
     problem = await kube.wait_for(lambda: backend.problem(HELLO), what="the problem")
-    assert "CrashLoopBackOff" in problem and "exited with code 1" in problem and "no module named nope" in problem
+    # The pod's words are its owner's; a termination message that is no runtime's report (the
+    # output's end) says nothing of the function for sure: the platform's reason for callers.
+    assert problem.reason == StartReason.PLATFORM and problem.init_error is None
+    assert "CrashLoopBackOff" in problem.detail and "exited with code 1" in problem.detail
+    assert "no module named nope" in problem.detail
 
 
 async def test_scale_patches_the_deployments_scale_subresource(cluster, backend) -> None:

@@ -35,7 +35,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from kfn.core.functions import Function, FunctionRef, parse_function
-from kfn.core.instances import Instance, Invocation, InvocationResult, Listener
+from kfn.core.instances import Instance, Invocation, InvocationResult, Listener, StartProblem
 from kfn_gateway.server import Gateway, serve
 from kfn_runtime import contract
 
@@ -347,7 +347,7 @@ class FakeBackend:
         self.start_on_scale = start_on_scale
         self.scale_calls: list[ScaleCall] = []
         self.failures: list[tuple[Instance, str]] = []
-        self.problems: dict[FunctionRef, str] = {}
+        self.problems: dict[FunctionRef, StartProblem] = {}
         self.log_lines: dict[FunctionRef, list[str]] = {}
         # When set, `scale` waits for this event before starting instances (cold starts in progress).
         self.scale_gate: asyncio.Event | None = None
@@ -395,7 +395,7 @@ class FakeBackend:
     def desired(self, name: FunctionRef) -> int:
         return self._desired.get(ref(name), 0)
 
-    def problem(self, name: FunctionRef) -> str | None:
+    def problem(self, name: FunctionRef) -> StartProblem | None:
         return self.problems.get(ref(name))
 
     async def scale(self, name: FunctionRef, replicas: int, *, reason: str = "") -> None:

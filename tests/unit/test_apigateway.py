@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from kfn.core.routes import RouteTable
 from kfn_gateway import apigateway
 from kfn_gateway.apigateway import HttpRequest, HttpResponse, InvalidResult
 
@@ -178,7 +179,9 @@ def test_a_1_0_event_has_the_rest_style_envelope() -> None:
     assert event["version"] == "1.0"
     assert event["httpMethod"] == "PUT"
     assert event["path"] == "/orders/7"
-    assert event["resource"] == "/orders/7"
+    # The $default route, as HTTP APIs write it in a 1.0 event.
+    assert event["resource"] == "$default"
+    assert event["requestContext"]["resourcePath"] == "$default"
     assert event["pathParameters"] is None
     assert event["stageVariables"] is None
 
@@ -231,6 +234,76 @@ def test_a_1_0_binary_body_is_base64() -> None:
     assert base64.b64decode(event["body"]) == b"\x00\xff"
 
 
+# -- routes (spec.http.routes) ---------------------------------------------------------------------
+
+ROUTES = RouteTable(["GET /users/{id}", "ANY /files/{proxy+}", "POST /orders"])
+
+
+def routed(path: str, payload_format: str = "2.0", *, method: str = "GET",
+           routes: RouteTable = ROUTES) -> dict[str, Any]:
+    return apigateway.event(request(path, method=method), payload_format=payload_format,
+                            api_request_id=API_REQUEST_ID, now=NOW, routes=routes)
+
+
+def test_a_2_0_event_names_the_route_it_took_and_its_path_parameters() -> None:
+    event = routed("/users/42")
+    assert event["routeKey"] == "GET /users/{id}"
+    assert event["requestContext"]["routeKey"] == "GET /users/{id}"
+    assert event["pathParameters"] == {"id": "42"}
+    assert event["rawPath"] == "/users/42"
+
+
+def test_a_2_0_greedy_path_parameter_holds_the_rest_of_the_path_decoded() -> None:
+    event = routed("/files/a/b%20c/d", method="PUT")
+    assert event["routeKey"] == "ANY /files/{proxy+}"
+    assert event["pathParameters"] == {"proxy": "a/b c/d"}
+
+
+def test_a_2_0_event_of_a_route_without_variables_has_no_path_parameters() -> None:
+    event = routed("/orders", method="POST")
+    assert event["routeKey"] == "POST /orders"
+    assert "pathParameters" not in event
+
+
+def test_a_2_0_event_of_the_default_route_has_no_path_parameters() -> None:
+    event = routed("/anything", routes=RouteTable(["GET /users/{id}", "$default"]))
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "$default"
+    assert "pathParameters" not in event
+
+
+def test_a_1_0_event_names_the_route_as_its_resource_with_its_path_parameters() -> None:
+    event = routed("/users/a%2Fb", "1.0")
+    assert event["resource"] == "/users/{id}"
+    assert event["path"] == "/users/a/b"
+    assert event["pathParameters"] == {"id": "a/b"}
+    context = event["requestContext"]
+    assert (context["resourcePath"], context["resourceId"]) == ("/users/{id}", "GET /users/{id}")
+    assert context["path"] == "/users/a/b"
+
+
+def test_a_1_0_event_of_a_route_without_variables_has_null_path_parameters() -> None:
+    event = routed("/orders", "1.0", method="POST")
+    assert (event["resource"], event["pathParameters"]) == ("/orders", None)
+
+
+def test_a_1_0_event_of_the_default_route_says_default() -> None:
+    event = routed("/x", "1.0", routes=RouteTable(["$default"]))
+    assert (event["resource"], event["pathParameters"]) == ("$default", None)
+    assert (event["requestContext"]["resourcePath"], event["requestContext"]["resourceId"]) == ("$default",) * 2
+
+
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+def test_a_request_no_route_takes_has_no_event(payload_format: str) -> None:
+    with pytest.raises(apigateway.NoRoute):
+        routed("/users/42", payload_format, method="DELETE")
+
+
+def test_no_route_is_404_not_found() -> None:
+    out = apigateway.not_found(API_REQUEST_ID)
+    assert (out.status, json.loads(out.body)) == (404, {"message": "Not Found"})
+    assert header_values(out, "apigw-requestid") == [API_REQUEST_ID]
+
+
 # -- the client's address ---------------------------------------------------------------------------
 
 def test_with_no_trusted_hop_the_client_is_the_peer_and_its_forwarded_for_is_dropped() -> None:
@@ -270,12 +343,29 @@ def test_a_numeric_string_status_code_is_accepted() -> None:
     assert respond({"statusCode": "202"}).status == 202
 
 
-@pytest.mark.parametrize("result", [{"message": "hi"}, "hi", 42, [1, 2], True])
+@pytest.mark.parametrize("result", [{"message": "hi"}, 42, [1, 2], True, ["a"], {"body": "x"}])
 def test_any_other_2_0_json_value_is_the_body_of_a_200_json_response(result: Any) -> None:
     out = respond(result)
     assert out.status == 200
     assert json.loads(out.body) == result
     assert header_values(out, "Content-Type") == ["application/json"]
+
+
+@pytest.mark.parametrize("text", ["hello", "", "{\"a\": 1}", "caf\u00e9 \u2603", "\"quoted\""])
+def test_a_2_0_string_result_is_the_body_itself_without_json_quotes(text: str) -> None:
+    out = respond(text)
+    assert (out.status, out.body) == (200, text.encode())
+    assert header_values(out, "Content-Type") == ["application/json"]
+
+
+def test_a_2_0_string_with_a_lone_surrogate_is_an_invalid_result() -> None:
+    with pytest.raises(InvalidResult, match="surrogate"):
+        apigateway.response(b'"\\ud800"', api_request_id=API_REQUEST_ID)
+
+
+def test_a_1_0_string_result_still_needs_a_status_code() -> None:
+    with pytest.raises(InvalidResult):
+        respond("hello", "1.0")
 
 
 def test_a_2_0_null_result_is_a_200_json_null() -> None:

@@ -158,14 +158,46 @@ async def test_a_repeated_sample_is_recorded_once(clock: FakeClock) -> None:
     assert autoscaler.samples(FunctionRef.parse("hello")) == (Sample(5.0, 1.0, 1),)
 
 
-async def test_a_function_absent_from_the_metrics_had_no_load(clock: FakeClock, source: FakeSource) -> None:
+async def test_a_function_measured_idle_scales_to_zero_after_the_idle_timeout(clock: FakeClock,
+                                                                              source: FakeSource) -> None:
     backend = FakeBackend(function("quiet", idleTimeout=30))
+    source.load["quiet"] = 0.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 30)  # the idle timer starts at the first tick
     assert backend.replicas["quiet"] == 1
     await ticks(autoscaler, clock, 1)
     assert backend.replicas["quiet"] == 0
     assert autoscaler.samples(FunctionRef.parse("quiet"))[-1] == Sample(clock.now, 0.0, 0)
+
+
+async def test_a_function_absent_from_the_metrics_is_held_not_scaled_to_zero(clock: FakeClock, source: FakeSource,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend(function("busy", idleTimeout=30), replicas=4)
+    source.load["busy"] = 35.0
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 5)
+    del source.load["busy"]  # the gateway's series are gone (its scrape target is down): no evidence
+    decisions = await ticks(autoscaler, clock, 120)
+    assert backend.replicas["busy"] == 4
+    assert decisions["busy"].kind == "unobserved"
+    assert "no metrics for it from a gateway that is up" in decisions["busy"].reason
+    assert "holding busy.default at 4 replicas" in caplog.text
+    assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_UNOBSERVED) == 1
+
+
+async def test_after_an_unobserved_spell_zero_needs_a_whole_observed_idle_timeout(clock: FakeClock,
+                                                                                 source: FakeSource) -> None:
+    backend = FakeBackend(function("busy", idleTimeout=30), replicas=1)
+    source.load["busy"] = 0.0
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 10)
+    del source.load["busy"]
+    await ticks(autoscaler, clock, 60)
+    source.load["busy"] = 0.0  # seen again, idle
+    await ticks(autoscaler, clock, 29)
+    assert backend.replicas["busy"] == 1
+    await ticks(autoscaler, clock, 2)
+    assert backend.replicas["busy"] == 0
 
 
 async def test_a_function_without_a_computable_sample_is_held(clock: FakeClock, source: FakeSource) -> None:
@@ -302,10 +334,41 @@ async def test_a_failed_scale_is_retried_next_tick(clock: FakeClock, source: Fak
     assert backend.replicas["hello"] == 2
 
 
+async def test_an_unavailable_source_holds_every_function_and_is_reported(clock: FakeClock, source: FakeSource,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend(function("hello"), function("idle"), replicas=3)
+    source.load.update(hello=25.0, idle=0.0)
+    autoscaler = Autoscaler(backend, source, clock=clock)
+    await ticks(autoscaler, clock, 3)
+    assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 1
+    source.error = MetricsUnavailable("Prometheus has no gateway target that is up")
+    backend.scaled.clear()
+    decisions = await ticks(autoscaler, clock, 100)
+    assert backend.scaled == []
+    assert {d.kind for d in decisions.values()} == {"unobserved"}
+    assert autoscaler.source_problem == "metrics unavailable: Prometheus has no gateway target that is up"
+    assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 0
+    assert caplog.text.count("no gateway target that is up: holding every function") == 1  # once, not per tick
+    source.error = None
+    await ticks(autoscaler, clock, 1)
+    assert autoscaler.source_problem is None
+    assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 1
+
+
+async def test_an_unavailable_source_without_any_function_is_not_reported(clock: FakeClock,
+                                                                          source: FakeSource) -> None:
+    # A fresh install: the gateways export no per-function series yet, and there is nothing to hold.
+    source.error = MetricsUnavailable("Prometheus has no series from a gateway target that is up")
+    autoscaler = Autoscaler(FakeBackend(), source, clock=clock)
+    await ticks(autoscaler, clock, 3)
+    assert autoscaler.source_problem is None
+    assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 1
+
+
 async def test_a_failing_source_fails_the_tick_and_scales_nothing(clock: FakeClock, source: FakeSource) -> None:
     backend = FakeBackend(function("hello"), replicas=3)
-    source.error = MetricsUnavailable("no gateway")
-    with pytest.raises(MetricsUnavailable):
+    source.error = RuntimeError("a bug in the source")
+    with pytest.raises(RuntimeError):
         await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
     assert backend.scaled == []
 

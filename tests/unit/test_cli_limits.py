@@ -37,3 +37,35 @@ def test_a_size_that_is_not_positive_is_a_usage_error_naming_the_flag(tmp_path: 
         local_gateway(tmp_path, f"{flag}={value}")
     assert caught.value.exit_code == 2
     assert flag in str(caught.value)
+
+
+def test_the_send_timeout_and_connection_cap_reach_the_gateway_of_kfn_local_and_kfn_gateway(tmp_path: Path) -> None:
+    assert (GatewaySettings().send_timeout, GatewaySettings().max_connections) == (60.0, 1024)
+    gateway = local_gateway(tmp_path, "--send-timeout", "5s", "--max-connections", "10")
+    assert (gateway.send_timeout, gateway.max_connections) == (5.0, 10)
+    args = build_parser().parse_args(["gateway", "--send-timeout", "2m", "--max-connections", "20"])
+    given = options.gateway(args).connections
+    assert (given.send_timeout, given.max_connections) == (120.0, 20)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--send-timeout", "0s"), ("--send-timeout", "soon"),
+                                             ("--max-connections", "0")])
+def test_a_send_timeout_or_connection_cap_that_is_not_positive_is_a_usage_error(tmp_path: Path, flag: str,
+                                                                                value: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        local_gateway(tmp_path, f"{flag}={value}")
+    assert caught.value.exit_code == 2
+    assert flag in str(caught.value)
+
+
+def test_kfn_locals_init_timeout_is_lambdas_10s_unless_init_timeout_says_otherwise(tmp_path: Path) -> None:
+    parse = build_parser().parse_args
+    assert settings(options.local(parse(["local", str(tmp_path)]))).init_timeout == 10.0
+    assert settings(options.local(parse(["local", str(tmp_path), "--init-timeout", "30s"]))).init_timeout == 30.0
+
+
+@pytest.mark.parametrize("value", ["0s", "-1s", "soon"])
+def test_an_init_timeout_that_is_not_positive_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        options.local(build_parser().parse_args(["local", str(tmp_path), f"--init-timeout={value}"]))
+    assert caught.value.exit_code == 2 and "--init-timeout" in str(caught.value)

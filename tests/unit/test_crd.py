@@ -57,6 +57,11 @@ def test_schema_is_structural() -> None:
     _no_forbidden_structural_keys(openapi_schema())
 
 
+def test_the_api_server_refuses_a_route_listed_twice() -> None:
+    routes = openapi_schema()["properties"]["spec"]["properties"]["http"]["properties"]["routes"]
+    assert routes["x-kubernetes-list-type"] == "set"
+
+
 def test_the_api_server_fills_in_the_default_runtime() -> None:
     assert openapi_schema()["properties"]["spec"]["properties"]["runtime"]["default"] == "python3.12"
 
@@ -87,6 +92,9 @@ def test_examples_satisfy_the_crd_schema() -> None:
     {"handler": "a.b", "runtime": "ruby", "source": {"files": {"a.py": ""}}},
     {"handler": "a.b", "concurrency": 0, "source": {"files": {"a.py": ""}}},
     {"handler": "a.b", "source": {"files": {}}},
+    {"handler": "a.b", "source": {"files": {"a.py": ""}}, "http": {"routes": ["ANY /{proxy+}/x"]}},
+    {"handler": "a.b", "source": {"files": {"a.py": ""}}, "http": {"routes": ["get /x"]}},
+    {"handler": "a.b", "source": {"files": {"a.py": ""}}, "http": {"routes": []}},
 ])
 def test_what_the_schema_rejects_the_model_rejects_too(spec: dict[str, Any]) -> None:
     document = {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "x"}, "spec": spec}

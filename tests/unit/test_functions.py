@@ -266,3 +266,32 @@ def test_a_node_handler_names_a_file_and_its_export() -> None:
         "src/index.handler"
     assert errors_of(manifest(runtime="nodejs20", handler="../up.handler")) == [
         "spec.handler: must be file.export, e.g. index.handler (got '../up.handler')"]
+
+
+def test_a_function_answers_every_request_on_the_default_route_unless_it_lists_routes() -> None:
+    assert parse_function(manifest()).spec.http.routes == ["$default"]
+    routes = ["GET /users/{id}", "ANY /{proxy+}"]
+    assert parse_function(manifest(http={"routes": routes})).spec.http.routes == routes
+
+
+@pytest.mark.parametrize("routes, error", [
+    (["GET /users/{id}", "FETCH /x"],
+     "spec.http.routes[1]: the method must be one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, ANY "
+     "(got 'FETCH' in 'FETCH /x')"),
+    (["GET users"], "spec.http.routes[0]: the path must start with '/' after one space (got 'GET users')"),
+    (["ANY /{proxy+}/edit"],
+     "spec.http.routes[0]: a greedy variable such as {proxy+} must be the last segment (got 'ANY /{proxy+}/edit')"),
+    (["GET /u/{id}", "GET /u/{name}"], "spec.http.routes: 'GET /u/{name}' matches the same requests as 'GET /u/{id}'"),
+    (["POST /orders", "POST /orders"], "spec.http.routes: 'POST /orders' is listed twice"),
+    ([], "spec.http.routes: must not be empty"),
+    ("GET /x", "spec.http.routes: must be a list (got a string)"),
+])
+def test_an_invalid_route_is_reported_at_its_field(routes: Any, error: str) -> None:
+    assert errors_of(manifest(http={"routes": routes})) == [error]
+
+
+def test_changing_routes_rolls_no_instance() -> None:
+    # Routes are the gateway's alone; the hash also stays what it was before routes existed.
+    plain = parse_function(manifest())
+    routed = parse_function(manifest(http={"routes": ["GET /users/{id}"]}))
+    assert plain.spec_hash() == routed.spec_hash()

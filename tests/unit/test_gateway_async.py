@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kfn.core.asyncpolicy import InvocationFailed, NotInvoked
-from kfn.core.functions import FunctionRef, parse_function
+from kfn.core.functions import Function, FunctionRef, parse_function
 from kfn.events.delivery import DeliverySettings
 from kfn.events.sqlite import SqliteStore
 from kfn.events.store import NO_OPTIONS, Accepted, AcceptOptions, DeadLetter, QueueStats, StoreUnavailable
@@ -210,7 +210,8 @@ async def test_x_callback_url_is_stored_with_the_event() -> None:
     assert store.events[body["requestId"]].options.callback_url == "https://example.test/done?x=1"
 
 
-@pytest.mark.parametrize("url", ["ftp://example.test/x", "not a url", "/relative", "http://", "http://" + "a" * 3000])
+@pytest.mark.parametrize("url", ["ftp://example.test/x", "not a url", "/relative", "http://", "http://" + "a" * 3000,
+                                 "http://a..b/x", "https://" + "a" * 64 + ".test/x"])
 async def test_a_callback_url_that_is_not_http_is_a_400_and_nothing_is_stored(url: str) -> None:
     store = FakeStore()
     backend = FakeBackend(make_function("hello"))
@@ -557,3 +558,23 @@ async def test_an_event_accepted_at_async_function_is_delivered_through_the_gate
         await store.close()
     assert 'kfn_async_queue_depth{function="hello",namespace="default"} 0.0' in metrics
     assert 'kfn_async_events_total{outcome="delivered"} 1.0' in metrics
+
+
+def with_destination(name: str, namespace: str, destination: str) -> Function:
+    return parse_function({"apiVersion": "kfn.dev/v1alpha1", "kind": "Function",
+                           "metadata": {"name": name, "namespace": namespace},
+                           "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1\n"}},
+                                    "async": {"onSuccess": {"function": destination}}}})
+
+
+def test_a_key_protected_function_of_another_namespace_is_no_destination() -> None:
+    # A destination record carries what the sending function returned: a way to run another
+    # tenant's key-protected function without its key, unless refused (issue 15).
+    secret = make_function("secret", namespace="b", http={"auth": {"type": "key"}})
+    public = make_function("public", namespace="b")
+    own = make_function("own", namespace="a", http={"auth": {"type": "key"}})
+    sneaky, fine, same = (with_destination("sneaky", "a", "secret.b"), with_destination("fine", "a", "public.b"),
+                          with_destination("same", "a", "own"))
+    configs = async_configs(FakeBackend(secret, public, own, sneaky, fine, same))
+    assert sneaky.ref not in configs   # its events wait, as for any destination that cannot be used
+    assert fine.ref in configs and same.ref in configs

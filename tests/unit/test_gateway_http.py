@@ -185,6 +185,16 @@ async def test_a_bare_2_0_value_is_the_body_of_a_200_json_response() -> None:
     assert headers["Content-Type"] == "application/json"
 
 
+async def test_a_bare_2_0_string_is_the_body_itself_without_json_quotes() -> None:
+    backend = FakeBackend(make_function("hello"), fn=returning("hello"))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        async with gw.session.get(gw.url("/function/hello")) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "application/json"
+            assert await response.read() == b"hello"
+
+
 async def test_a_204_from_a_function_has_no_body() -> None:
     backend = FakeBackend(make_function("hello"), fn=returning({"statusCode": 204, "body": "ignored"}))
     async with backend, running_gateway(backend) as gw:
@@ -283,6 +293,71 @@ async def test_a_chunked_five_megabyte_upload_reaches_the_function_whole() -> No
             assert response.status == 200
             assert response.headers["X-Digest"] == hashlib.sha256(body).hexdigest()
             assert len(await response.read()) == len(body)
+
+
+# -- routes (spec.http.routes) ---------------------------------------------------------------------
+
+ROUTED = {"routes": ["GET /users/{id}", "ANY /files/{proxy+}"]}
+
+
+def recording(seen: list[dict[str, Any]]) -> Any:
+    def fn(event: dict[str, Any], _headers: Headers) -> Any:
+        seen.append(event)
+        return {"statusCode": 200, "body": "seen"}
+    return serving(fn)
+
+
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+async def test_a_routed_request_reaches_the_function_with_its_route_and_path_parameters(
+        payload_format: str) -> None:
+    seen: list[dict[str, Any]] = []
+    backend = FakeBackend(make_function("hello", http={**ROUTED, "payloadFormat": payload_format}),
+                          fn=recording(seen))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        async with gw.session.get(gw.url("/function/hello/users/a%20b")) as response:
+            assert response.status == 200
+        async with gw.session.put(gw.url("/function/hello/files/x/y.txt")) as response:
+            assert response.status == 200
+    user, files = seen
+    assert user["pathParameters"] == {"id": "a b"}
+    assert files["pathParameters"] == {"proxy": "x/y.txt"}
+    if payload_format == "2.0":
+        assert (user["routeKey"], files["routeKey"]) == ("GET /users/{id}", "ANY /files/{proxy+}")
+    else:
+        assert (user["resource"], files["resource"]) == ("/users/{id}", "/files/{proxy+}")
+
+
+async def test_a_request_no_route_takes_is_404_not_found_without_invoking_the_function() -> None:
+    seen: list[dict[str, Any]] = []
+    backend = FakeBackend(make_function("hello", http=ROUTED), fn=recording(seen))
+    async with backend, running_gateway(backend) as gw:
+        await backend.add_instance("hello")
+        for method, path in [("POST", "/users/1"), ("GET", "/users/1/posts"), ("GET", "/"), ("GET", "/files")]:
+            status, body, headers = await gw.json(method, "/function/hello" + path)
+            assert (status, body) == (404, {"message": "Not Found"}), (method, path)
+            assert headers["apigw-requestid"]
+    assert seen == []
+
+
+class RecordingStore:
+    """An event store that only records what it was asked to store."""
+
+    def __init__(self) -> None:
+        self.accepted: list[Any] = []
+
+    async def accept(self, *args: Any, **kwargs: Any) -> Any:
+        self.accepted.append((args, kwargs))
+        raise AssertionError("no event may be stored")
+
+
+async def test_an_async_request_no_route_takes_is_404_and_stores_nothing() -> None:
+    store = RecordingStore()
+    backend = FakeBackend(make_function("hello", http=ROUTED))
+    async with backend, running_gateway(backend, events=store) as gw:
+        status, body, _ = await gw.json("POST", "/async-function/hello/nowhere", data=b"{}")
+    assert (status, body) == (404, {"message": "Not Found"})
+    assert store.accepted == []
 
 
 # -- hosts ------------------------------------------------------------------------------------------

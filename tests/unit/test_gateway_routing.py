@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from kfn.core.instances import StartProblem, StartReason
 from kfn_gateway.routing import Unavailable
 from kfn_gateway.server import Gateway
 from kfn_gateway.settings import GatewaySettings
@@ -203,21 +204,22 @@ async def test_waiting_requests_get_503_with_the_reason_as_soon_as_the_backend_k
     async with backend, running_gateway(backend, settings=GatewaySettings(queue_timeout=60)) as gw:
         waiting = [asyncio.ensure_future(gw.json("GET", "/function/hello")) for _ in range(3)]
         await eventually(lambda: gw.gateway.stats(ref("hello")).queued == 3)
-        backend.problems[ref("hello")] = "ImportError: no module named 'missing'"
+        backend.problems[ref("hello")] = StartProblem(StartReason.REQUIREMENTS, "pip: no matching distribution")
         backend._notify(ref("hello"))   # the backend's listener call after a failed start
         answers = await asyncio.gather(*waiting)
     for status, body, headers in answers:
         assert status == 503
-        assert "no module named 'missing'" in body["error"]
+        assert "its requirements could not be installed" in body["error"]
+        assert "pip" not in body["error"]   # the detail is the owner's
         assert headers["Retry-After"] == "1"
 
 
 async def test_a_request_to_a_function_that_cannot_start_fails_at_once_and_still_asks_for_an_instance() -> None:
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
-    backend.problems[ref("hello")] = "pod hello-1: container function CrashLoopBackOff"
+    backend.problems[ref("hello")] = StartProblem(StartReason.IMAGE, "pod hello-1: container function ImagePullBackOff")
     async with backend, running_gateway(backend, settings=GatewaySettings(queue_timeout=60)) as gw:
         status, body, headers = await gw.json("GET", "/function/hello")
-        assert status == 503 and "CrashLoopBackOff" in body["error"] and "Retry-After" in headers
+        assert status == 503 and "its image cannot be pulled" in body["error"] and "Retry-After" in headers
         # The demand is not lost: the backend keeps being asked for an instance (and retries).
         await eventually(lambda: len(backend.scale_calls) == 1)
         backend.problems.clear()

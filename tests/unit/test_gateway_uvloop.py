@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from . import test_gateway_connections as connections
 from . import test_gateway_failures as failures
 from . import test_gateway_http as http
 from . import test_gateway_invoking as invoking
@@ -43,6 +44,12 @@ SCENARIOS: dict[str, Scenario] = {
     "until-close": upstream.test_an_answer_ended_by_closing_the_connection_is_read_whole,
     "early-answer": upstream.test_an_early_answer_to_an_upload_comes_back_and_the_connection_is_not_reused,
     "load-source": metrics.test_metrics_source_reports_the_average_load_and_arrivals_between_collections,
+    "send-timeout": connections.test_a_client_that_stops_reading_its_answer_is_reset_after_the_send_timeout,
+    "slow-read": connections.test_a_client_reading_a_byte_at_a_time_too_slowly_to_empty_the_buffer_is_reset,
+    "kernel-copy": (connections.
+                    test_an_answer_left_in_the_kernel_for_a_client_that_never_reads_is_dropped_after_the_send_timeout),
+    "connection-cap": connections.test_a_connection_over_the_cap_is_answered_503_and_closed_and_served_once_one_goes,
+    "connection-churn": connections.test_connections_ended_in_every_way_give_their_place_under_the_cap_back,
 }
 
 

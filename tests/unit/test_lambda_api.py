@@ -20,6 +20,7 @@ from botocore.session import get_session
 from multidict import CIMultiDictProxy
 
 from kfn.core.functions import FunctionRef
+from kfn.core.instances import StartProblem, StartReason
 from kfn.core.keys import StaticKeys, parse_key_file
 from kfn.events.store import NO_OPTIONS, Accepted, AcceptOptions, StoreUnavailable
 from kfn_gateway.lambda_api import FunctionName, LambdaError, parse_function_name
@@ -502,11 +503,11 @@ async def test_a_full_queue_is_too_many_requests() -> None:
 
 async def test_a_function_that_cannot_start_is_resource_not_ready_saying_why() -> None:
     backend = hello(start_on_scale=False)
-    backend.problems[FunctionRef("default", "hello")] = "ImportError: no module named 'numpy'"
+    backend.problems[FunctionRef("default", "hello")] = StartProblem(StartReason.REQUIREMENTS, "numpy==9.9: not found")
     async with backend, running_gateway(backend) as gw:
         answer = await invoke(gw)
     body = assert_lambda_error(answer, 502, "ResourceNotReadyException")
-    assert "numpy" in body["message"]
+    assert "its requirements could not be installed" in body["message"] and "numpy" not in body["message"]
 
 
 async def test_no_instance_within_the_queue_timeout_is_resource_not_ready() -> None:

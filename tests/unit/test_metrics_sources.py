@@ -13,7 +13,7 @@ from aiohttp import web
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
-from kfn.core.scaling import MetricsUnavailable, Observation, Sample
+from kfn.core.scaling import MetricsUnavailable, Observation, Sample, Unobserved
 from kfn.events.store import QueueStats
 from kfn_autoscaler.autoscaler import Autoscaler
 from kfn_autoscaler.sources import PrometheusScrapeSource, PromQLSource, QueuedWorkSource, parse_gateway_metrics
@@ -31,9 +31,12 @@ def exposition(*, load: dict[str, float] | None = None,
                invocations: dict[tuple[str, str], float] | None = None,
                in_flight: dict[str, float] | None = None, queued: dict[str, float] | None = None,
                created: float | None = None, async_depth: dict[str, float] | None = None,
-               async_in_flight: dict[str, float] | None = None) -> str:
-    """A gateway's /metrics text, in the Prometheus text format."""
-    lines = [f"# TYPE {naming.METRIC_LOAD_SECONDS} counter"]
+               async_in_flight: dict[str, float] | None = None, known: tuple[str, ...] = ()) -> str:
+    """A gateway's /metrics text, in the Prometheus text format (`known`: functions it routes)."""
+    lines = [f"# TYPE {naming.METRIC_REPLICAS_DESIRED} gauge"]
+    for name in known:
+        lines.append(f'{naming.METRIC_REPLICAS_DESIRED}{{{FN}="{name}",{naming.METRIC_LABEL_NAMESPACE}="default"}} 1')
+    lines.append(f"# TYPE {naming.METRIC_LOAD_SECONDS} counter")
     for name, value in (load or {}).items():
         lines.append(f'{naming.METRIC_LOAD_SECONDS}{{{FN}="{name}"}} {value}')
     if created is not None:
@@ -319,6 +322,38 @@ async def test_a_function_only_queued_gets_a_sample_once_measured(session, gatew
     assert observed["idle"].queued == 3
 
 
+async def test_a_known_function_without_traffic_is_measured_at_zero(session, gateways) -> None:
+    (a,) = await gateways(1)
+    a.text = exposition(known=("quiet",))
+    source = scraping([a.url], session)
+    await source.collect(10.0)
+    observed = named(await source.collect(11.0))
+    assert observed["quiet"].sample == Sample(11.0, 0.0, 0)
+
+
+async def test_a_function_no_reachable_gateway_reports_is_left_out(session, gateways) -> None:
+    a, b = await gateways(2)
+    a.text = exposition(known=("hello",))
+    b.text = exposition(known=("hello", "other"))
+    source = scraping([a.url, b.url], session)
+    await source.collect(10.0)
+    await b.stop()  # the only gateway that knows "other" is gone: no evidence about it
+    observed = named(await source.collect(11.0))
+    assert set(observed) == {"hello"}
+
+
+async def test_while_a_replica_cannot_be_scraped_no_function_is_seen_idle(session, gateways) -> None:
+    a, b = await gateways(2)
+    a.text = b.text = exposition(load={"busy": 0.0}, known=("busy", "quiet"))
+    source = scraping([a.url, b.url], session)
+    await source.collect(10.0)
+    a.text = exposition(load={"busy": 2.0}, known=("busy", "quiet"))
+    await b.stop()
+    observed = named(await source.collect(11.0))
+    assert observed["busy"].sample == Sample(11.0, 2.0, 0)
+    assert observed["quiet"] == Unobserved("1 of 2 gateway replicas could not be scraped")
+
+
 def test_parses_what_prometheus_client_exports() -> None:
     registry = prometheus_client.CollectorRegistry()
     load = prometheus_client.Counter(naming.METRIC_LOAD_SECONDS, "load", [FN], registry=registry)
@@ -356,10 +391,12 @@ async def test_the_autoscaler_scales_on_scraped_gateways(session, gateways) -> N
 
 
 class FakePrometheus:
-    """Answers /api/v1/query like Prometheus, from a table of query → {function: value}."""
+    """Answers /api/v1/query like Prometheus, from a table of query → {function: value}, or from
+    `vectors(query)`, which returns the items (labels, value) of any query the test plays."""
 
     def __init__(self) -> None:
         self.answers: dict[str, dict[str, str]] = {}
+        self.vectors: Callable[[str], list[tuple[dict[str, str], str]]] | None = None
         self.queries: list[str] = []
         self.error: str | None = None
         self.raw: str | None = None
@@ -386,8 +423,11 @@ class FakePrometheus:
             return web.Response(text=self.raw, status=502)
         if self.error is not None:
             return web.json_response({"status": "error", "errorType": "bad_data", "error": self.error}, status=400)
-        result = [{"metric": {FN: name}, "value": [1700000000.0, value]}
-                  for name, value in self.answers.get(query, {}).items()]
+        if self.vectors is not None:
+            items = self.vectors(query)
+        else:
+            items = [({FN: name}, value) for name, value in self.answers.get(query, {}).items()]
+        result = [{"metric": labels, "value": [1700000000.0, value]} for labels, value in items]
         return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
 
 
@@ -401,8 +441,9 @@ async def prometheus() -> AsyncIterator[FakePrometheus]:
         await server.stop()
 
 
-async def test_promql_builds_observations_from_four_queries(session, prometheus) -> None:
+async def test_promql_builds_observations_from_five_queries(session, prometheus) -> None:
     source = PromQLSource(prometheus.url, session=session)
+    prometheus.answers[source.evidence_query] = {"hello": "2", "idle": "2"}
     prometheus.answers[source.load_query] = {"hello": "2.5", "idle": "0"}
     prometheus.answers[source.requests_query] = {"hello": "12.4", "idle": "0"}
     prometheus.answers[source.held_query] = {"hello": "3"}
@@ -417,20 +458,106 @@ async def test_promql_builds_observations_from_four_queries(session, prometheus)
 
 async def test_promql_queries_name_the_gateway_metrics_and_the_window(session, prometheus) -> None:
     source = PromQLSource(prometheus.url, session=session, window="1m")
+    prometheus.answers[source.evidence_query] = {"hello": "1"}
     await source.collect(50.0)
     assert sorted(prometheus.queries) == sorted([
         f"sum by (function, namespace) (rate({naming.METRIC_LOAD_SECONDS}[1m]))",
         f"sum by (function, namespace) (increase({naming.METRIC_INVOCATIONS}[1m]))",
         f'sum by (function, namespace) ({{__name__=~"{naming.METRIC_IN_FLIGHT}|{naming.METRIC_QUEUE_DEPTH}"}})',
         f"max by (function, namespace) ({naming.METRIC_ASYNC_QUEUE_DEPTH} - {naming.METRIC_ASYNC_IN_FLIGHT})",
+        "count by (function, namespace, exported_function, exported_namespace) "
+        f"({naming.METRIC_REPLICAS_DESIRED} and on (job, instance) (up == 1))",
+        f"count by (job) ((up == 0) and on (job) {naming.METRIC_REPLICAS_DESIRED})",
     ])
 
 
 async def test_promql_skips_values_that_are_not_numbers(session, prometheus) -> None:
     source = PromQLSource(prometheus.url, session=session)
+    prometheus.answers[source.evidence_query] = {"seen": "1"}
     prometheus.answers[source.load_query] = {"hello": "NaN"}
     observed = named(await source.collect(50.0))
-    assert observed == {}
+    assert set(observed) == {"seen"}
+
+
+def scraped_by_prometheus(case: str, *, hello: float) -> Callable[[str], list[tuple[dict[str, str], str]]]:
+    """What Prometheus answers the PromQL source when two gateway targets of release namespace `kfn`
+    serve function hello (namespace default, `hello` requests held) and know function idle:
+
+    - healthy: scraped with honor_labels, targets up;
+    - up==0: the targets are down, so their series went stale: every query is empty;
+    - no up: gateway series without an `up` of their own (federated, or kept by remote write): the
+      rates and gauges Prometheus still has read 0, and `up` does not join them;
+    - other labels: scraped without honor_labels: `namespace` is the target's (kfn), kfn's own
+      namespace became exported_namespace.
+    """
+    def vectors(query: str) -> list[tuple[dict[str, str], str]]:
+        labels = {"function": "hello", "namespace": "default"}
+        if case == "other labels":
+            labels = {"function": "hello", "namespace": "kfn", "exported_namespace": "default"}
+        idle = {**labels, "function": "idle"}
+        if case == "up==0":
+            return []
+        if "up == 1" in query:
+            return [] if case == "no up" else [(labels, "2"), (idle, "2")]
+        if case == "no up":
+            return [({"function": "hello", "namespace": "default"}, "0")]
+        by_query = {naming.METRIC_LOAD_SECONDS: hello, naming.METRIC_INVOCATIONS: hello * 10,
+                    naming.METRIC_IN_FLIGHT: hello}
+        value = next((v for metric, v in by_query.items() if metric in query), None)
+        if value is None:
+            return []
+        pick = {k: v for k, v in labels.items() if k in ("function", "namespace")}
+        return [(pick, repr(float(value))), ({**pick, "function": "idle"}, "0")]
+    return vectors
+
+
+@pytest.mark.parametrize("case", ["up==0", "no up", "other labels"])
+async def test_promql_without_evidence_of_idleness_holds_a_loaded_function(session, prometheus, caplog,
+                                                                           case: str) -> None:
+    from tests.unit.test_autoscaling import FakeBackend, FakeClock, function
+
+    clock = FakeClock()
+    backend = FakeBackend(function("hello", idleTimeout=30), replicas=4)
+    autoscaler = Autoscaler(backend, PromQLSource(prometheus.url, session=session), clock=clock)
+    prometheus.vectors = scraped_by_prometheus(case, hello=35.0)
+    for _ in range(90):  # three idle timeouts
+        clock.now += 1
+        decisions = await autoscaler.tick()
+    assert backend.scaled == []
+    assert decisions[FunctionRef.parse("hello")].kind == "unobserved"
+    assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 0
+    assert "holding every function" in caplog.text
+    if case == "other labels":
+        assert "honor_labels: true" in (autoscaler.source_problem or "")
+
+
+async def test_promql_with_one_gateway_target_down_no_function_is_seen_idle(session, prometheus) -> None:
+    source = PromQLSource(prometheus.url, session=session)
+    prometheus.answers[source.evidence_query] = {"busy": "1", "quiet": "1"}
+    prometheus.answers[source.load_query] = {"busy": "3", "quiet": "0"}
+    prometheus.answers[source.down_query] = {"": "1"}  # one target of the gateways' job: up == 0
+    observed = named(await source.collect(50.0))
+    assert observed["busy"].sample == Sample(50.0, 3.0, 0)
+    assert observed["quiet"] == Unobserved("1 gateway target(s) down in Prometheus (up == 0)")
+
+
+async def test_promql_healthy_scales_a_loaded_function_up_and_an_idle_one_to_zero(session, prometheus) -> None:
+    from tests.unit.test_autoscaling import FakeBackend, FakeClock, function
+
+    clock = FakeClock()
+    backend = FakeBackend(function("hello", idleTimeout=30), function("idle", idleTimeout=30), replicas=1)
+    autoscaler = Autoscaler(backend, PromQLSource(prometheus.url, session=session), clock=clock)
+    prometheus.vectors = scraped_by_prometheus("healthy", hello=35.0)
+    for _ in range(31):
+        clock.now += 1
+        await autoscaler.tick()
+    assert (backend.replicas["hello"], backend.replicas["idle"]) == (4, 0)
+    assert autoscaler.source_problem is None
+    prometheus.vectors = scraped_by_prometheus("healthy", hello=0.0)  # the load stops
+    for _ in range(31):
+        clock.now += 1
+        await autoscaler.tick()
+    assert backend.replicas["hello"] == 0
 
 
 async def test_promql_error_answer_is_metrics_unavailable(session, prometheus) -> None:

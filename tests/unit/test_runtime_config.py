@@ -160,3 +160,21 @@ def test_invalid_number_is_named_with_its_value(name: str, value: str, message: 
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_the_init_timeout_is_lambdas_10_seconds_unless_kfn_init_timeout_says_otherwise() -> None:
+    assert Config.from_env(PYTHON).init_timeout == 10.0
+    assert Config.from_env({**PYTHON, contract.ENV_INIT_TIMEOUT: "2.5"}).init_timeout == 2.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_an_init_timeout_that_is_not_a_positive_number_is_refused_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError, match=contract.ENV_INIT_TIMEOUT):
+        Config.from_env({**PYTHON, contract.ENV_INIT_TIMEOUT: value})
+
+
+def test_the_host_gets_the_init_timeout() -> None:
+    from kfn_runtime.launch import build_host
+
+    config = Config.from_env({**PYTHON, contract.ENV_INIT_TIMEOUT: "3"})
+    assert build_host(config).config.init_timeout == 3.0

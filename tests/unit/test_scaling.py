@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from kfn.core.functions import parse_function
-from kfn.core.scaling import Decision, Sample, ScalerState, ScaleSettings, decide, window_average
+from kfn.core.scaling import Decision, Sample, ScalerState, ScaleSettings, Unobserved, decide, window_average
 
 SETTINGS = ScaleSettings(min_replicas=0, max_replicas=20, target_concurrency=10.0,
                          idle_timeout=60.0, stable_window=60.0)
@@ -321,3 +321,39 @@ def test_traffic_stopping_scales_to_zero_after_the_idle_timeout() -> None:
     assert run[89].replicas == 1
     assert run[90].replicas == 0
     assert run[90].kind == "idle"
+
+
+# --- No evidence (the source cannot see the function): hold, never zero.
+
+def test_an_unobserved_function_under_load_is_held_not_scaled_to_zero() -> None:
+    # Loaded at 35 for a minute, then the gateway's series vanish for two idle timeouts.
+    samples = steady(35.0, end=60.0)
+    state, current = ScalerState(last_active=60.0), 4
+    for t in range(61, 181):
+        decision = decide(samples=samples, now=float(t), current=current, ready=current, in_flight=0.0,
+                          settings=SETTINGS, state=state, unobserved=Unobserved("no gateway target is up"))
+        state, current = decision.state, decision.replicas
+        assert (decision.replicas, decision.kind) == (4, "unobserved"), t
+    assert "no gateway target is up" in decision.reason
+    assert "hold 4" in decision.reason
+
+
+def test_an_unobserved_function_is_held_within_its_replica_bounds() -> None:
+    decision = decide(samples=[], now=10.0, current=0, ready=0, in_flight=0.0,
+                      settings=replace(SETTINGS, min_replicas=2), state=ScalerState(), unobserved=Unobserved("x"))
+    assert decision.replicas == 2
+    assert "clamped to minReplicas 2" in decision.reason
+
+
+def test_time_without_evidence_restarts_the_idle_timer() -> None:
+    samples = steady(0.0, end=10.0)
+    state = ScalerState(last_active=1.0)
+    for t in range(11, 100):
+        state = decide(samples=samples, now=float(t), current=1, ready=1, in_flight=0.0, settings=SETTINGS,
+                       state=state, unobserved=Unobserved("x")).state
+    # Last unseen at t=99, seen idle from t=100: zero a whole idle timeout (60 s) after t=99, not before.
+    samples = [Sample(float(t), 0.0, 0) for t in range(100, 160)]
+    at_158 = decide(samples=samples[:-1], now=158.0, current=1, ready=1, in_flight=0.0, settings=SETTINGS, state=state)
+    at_159 = decide(samples=samples, now=159.0, current=1, ready=1, in_flight=0.0, settings=SETTINGS,
+                    state=at_158.state)
+    assert (at_158.replicas, at_159.replicas) == (1, 0)

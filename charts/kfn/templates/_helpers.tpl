@@ -49,8 +49,8 @@ app.kubernetes.io/part-of: kfn
 
 {{/*
 Namespaces where a component gets a Role when watchNamespaces is a list (call with (list . "operator")):
-the watched ones, and for the operator also the release's own, where its Lease and peering objects
-live and where it finds the gateway replicas to scrape.
+the watched ones, and for the operator also the release's own, where its Leases live and where it
+finds the gateway replicas to scrape.
 */}}
 {{- define "kfn.roleNamespaces" -}}
 {{- $root := index . 0 -}}

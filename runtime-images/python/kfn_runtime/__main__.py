@@ -22,7 +22,11 @@ from kfn_runtime.config import Config, ConfigError
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
+    from kfn_runtime.host import InitFailed
     from kfn_runtime.output import BatchedLines
+
+# How long the first environment of a Lambda image may take to come up (its container's pull included).
+IMAGE_START_TIMEOUT = 60.0
 
 
 def _log(event: str, **fields: object) -> None:
@@ -46,9 +50,14 @@ async def run(config: Config) -> int:
 async def _serve(config: Config, output: BatchedLines) -> int:
     from kfn_runtime.front import FrontServer
     from kfn_runtime.host import InitFailed
-    from kfn_runtime.launch import build_host
+    from kfn_runtime.launch import build_host, running_runtime
 
     started = time.monotonic()
+    running = running_runtime(config)
+    if running != config.runtime and config.runtime.startswith("python"):
+        # An image built on another Python than its tag says (see the chart README): said first.
+        _log("warning: this image runs another Python than the function declares", declared=config.runtime,
+             running=running, executable=sys.executable)
 
     def environment_output(env_id: str, line: str) -> None:
         output.write([line])
@@ -68,7 +77,10 @@ async def _serve(config: Config, output: BatchedLines) -> int:
     except OSError as e:
         sys.stderr.write(f"kfn-runtime: cannot listen on {config.host}:{config.port}: {e}\n")
         return contract.EXIT_LOAD_FAILED
-    init = loop.create_task(host.start())
+    # A Lambda image's first environment starts in the image's own container, which may still be
+    # pulling: its init is given that long too.
+    init = loop.create_task(host.start(timeout=max(config.init_timeout, IMAGE_START_TIMEOUT)
+                                       if config.runtime == contract.RUNTIME_IMAGE else None))
     done, _ = await asyncio.wait({init, loop.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if init not in done:
         init.cancel()
@@ -82,10 +94,11 @@ async def _serve(config: Config, output: BatchedLines) -> int:
         sys.stderr.write(f"kfn-runtime: cannot initialise {config.handler or config.command}: {e}\n")
         sys.stderr.write(e.payload.decode(errors="replace") + "\n")
         sys.stderr.flush()
+        write_termination_message(e)
         await host.close()
         front.close()
         return contract.EXIT_LOAD_FAILED
-    log("ready", port=port, function=config.function_name, runtime=config.runtime,
+    log("ready", port=port, function=config.function_name, runtime=running,
         startupMs=round((time.monotonic() - started) * 1000, 1))
     await stop.wait()
     host.drain()
@@ -96,6 +109,32 @@ async def _serve(config: Config, output: BatchedLines) -> int:
     code = contract.EXIT_OK if idle else contract.EXIT_DRAIN_TIMEOUT
     log("stopped", exitCode=code)
     return code
+
+
+def termination_message(error: InitFailed) -> bytes:
+    """What the pod's termination message says of an init failure (see contract.TERMINATION_LOG)."""
+    try:
+        found = json.loads(error.payload)
+    except ValueError:
+        found = None
+    found = found if isinstance(found, dict) else {}
+    error_type = str(found.get("errorType") or contract.ERROR_UNKNOWN)[:128]
+    message = {contract.TERMINATION_MARK: True, "errorType": error_type,
+               "errorMessage": str(found.get("errorMessage") or error)[:256]}
+    if error.platform:
+        message["platform"] = True
+    # At most 6 bytes a character (\uXXXX): well within the limit, and always whole JSON.
+    return json.dumps(message).encode()
+
+
+def write_termination_message(error: InitFailed, path: str = contract.TERMINATION_LOG) -> None:
+    """Leave `termination_message(error)` where the kubelet reads it; nothing outside a pod."""
+    try:
+        with open(path, "r+b") as out:   # the kubelet's file: never created here
+            out.write(termination_message(error))
+            out.truncate()
+    except OSError:
+        pass
 
 
 def main() -> int:

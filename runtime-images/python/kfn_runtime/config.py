@@ -24,9 +24,9 @@ class Config:
     """Immutable settings; build with Config.from_env() (tests may pass every field by keyword)."""
 
     __slots__ = ("code_dir", "command", "concurrency", "deps_dir", "drain_timeout", "environments_dir",
-                 "function_name", "function_version", "handler", "host", "idle_timeout", "max_body_bytes",
-                 "memory_mb", "namespace", "port", "queue_limit", "region", "runtime", "runtime_dir", "timeout",
-                 "user_env")
+                 "function_name", "function_version", "handler", "host", "idle_timeout", "init_timeout",
+                 "max_body_bytes", "memory_mb", "namespace", "port", "queue_limit", "region", "runtime", "runtime_dir",
+                 "timeout", "user_env")
 
     handler: str
     runtime: str
@@ -49,8 +49,9 @@ class Config:
     user_env: dict[str, str]
     environments_dir: str           # KFN_RUNTIME=image only: the FIFOs shared with the launcher
     queue_limit: int | None         # None: as many as the concurrency
+    init_timeout: float             # seconds an environment's init phase may take
 
-    _OPTIONAL = {"environments_dir": "", "queue_limit": None}
+    _OPTIONAL = {"environments_dir": "", "queue_limit": None, "init_timeout": contract.DEFAULT_INIT_TIMEOUT}
 
     def __init__(self, **values: object) -> None:
         # A plain class rather than a dataclass: importing dataclasses (and inspect) slows every cold start.
@@ -124,6 +125,7 @@ class Config:
             environments_dir=environ.get(contract.ENV_ENVIRONMENTS_DIR, "").strip(),
             queue_limit=(int(_number(environ, contract.ENV_QUEUE_LIMIT, 0, low=0, integer=True, inclusive=True))
                          if environ.get(contract.ENV_QUEUE_LIMIT, "").strip() else None),
+            init_timeout=_number(environ, contract.ENV_INIT_TIMEOUT, contract.DEFAULT_INIT_TIMEOUT, low=0.0),
         )
 
 

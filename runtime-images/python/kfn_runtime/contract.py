@@ -36,6 +36,7 @@ ENV_PORT: Final = "KFN_PORT"
 ENV_DRAIN_TIMEOUT: Final = "KFN_DRAIN_TIMEOUT"      # seconds to wait for in-flight work on SIGTERM
 ENV_IDLE_TIMEOUT: Final = "KFN_ENVIRONMENT_IDLE_TIMEOUT"  # an extra environment idle this long is stopped
 ENV_MAX_BODY_BYTES: Final = "KFN_MAX_BODY_BYTES"    # largest event accepted on the invoke endpoint
+ENV_INIT_TIMEOUT: Final = "KFN_INIT_TIMEOUT"        # seconds an environment's init phase may take (Lambda's: 10)
 ENV_REQUIREMENTS: Final = "KFN_REQUIREMENTS"        # pip requirement lines, newline-separated (REQUIREMENTS_MODULE)
 
 ENV_ENVIRONMENTS_DIR: Final = "KFN_ENVIRONMENTS_DIR"  # RUNTIME_IMAGE: the directory shared with the launcher
@@ -55,6 +56,7 @@ DEFAULT_CONCURRENCY: Final = 10
 DEFAULT_MEMORY_MB: Final = 256
 DEFAULT_REGION: Final = "us-east-1"
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
+DEFAULT_INIT_TIMEOUT: Final = 10.0                  # Lambda's limit on the init phase
 DEFAULT_DRAIN_EXTRA: Final = 5.0                    # the drain timeout defaults to the invocation timeout plus this
 # Lambda's synchronous payload limit is 6 MB; an HTTP body of that size grows by a third in base64.
 DEFAULT_MAX_BODY_BYTES: Final = 12 * 1024 * 1024
@@ -75,8 +77,28 @@ HEADER_TRACE_ID: Final = "X-Amzn-Trace-Id"
 HEADER_LOG_TYPE: Final = "X-Amz-Log-Type"           # "Tail" asks for HEADER_LOG_RESULT
 HEADER_FUNCTION_ERROR: Final = "X-Amz-Function-Error"   # "Unhandled" when the function failed
 HEADER_ERROR_TYPE: Final = "X-Kfn-Error-Type"       # errorType of the function's error
-HEADER_LOG_RESULT: Final = "X-Amz-Log-Result"       # base64 of the last 4 KB the environment printed
+HEADER_LOG_RESULT: Final = "X-Amz-Log-Result"       # base64 of the last 4 KB of the invocation's log (START..REPORT)
 HEADER_EXECUTED_VERSION: Final = "X-Amz-Executed-Version"
+
+# Lambda's error types (errorType, and HEADER_ERROR_TYPE) for what the platform itself reports
+# about a function: its init failed (the first three as Lambda's Python runtime names them; an
+# exception raised by init code is reported under its own class name), its runtime exited, it
+# timed out (an invocation, or the init phase: Lambda reports both as Sandbox.Timedout).
+ERROR_IMPORT_MODULE: Final = "Runtime.ImportModuleError"
+ERROR_HANDLER_NOT_FOUND: Final = "Runtime.HandlerNotFound"
+ERROR_USER_CODE_SYNTAX: Final = "Runtime.UserCodeSyntaxError"
+ERROR_INVALID_ENTRYPOINT: Final = "Runtime.InvalidEntrypoint"
+ERROR_EXIT: Final = "Runtime.ExitError"
+ERROR_UNKNOWN: Final = "Runtime.Unknown"
+ERROR_TIMED_OUT: Final = "Sandbox.Timedout"
+ERROR_RESPONSE_SIZE_TOO_LARGE: Final = "Function.ResponseSizeTooLarge"   # a result over Lambda's 6 MB
+
+# Where a pod's instance writes why its init failed before it exits EXIT_LOAD_FAILED (the
+# kubelet's default terminationMessagePath): one JSON object, TERMINATION_MARK set, with Lambda's
+# errorType and errorMessage, and "platform": true when nothing of the function ran. The gateway
+# reads it from the pod's status (kfn.kube.pods) to answer callers as Lambda answers an init error.
+TERMINATION_LOG: Final = "/dev/termination-log"
+TERMINATION_MARK: Final = "kfnInitError"
 
 # Set on answers the instance gave without running the function (429 when every environment is
 # busy, 503 while draining or loading): the caller may safely send the invocation elsewhere.

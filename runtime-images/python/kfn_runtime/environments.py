@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 
+from kfn_runtime import contract
 from kfn_runtime.host import Environment, InitFailed, InstanceHost, kill_group, log_stream_name
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
@@ -93,8 +94,8 @@ class ZygoteSpawner:
         except OSError as e:
             os.close(read_fd)
             if not os.path.isdir(self._cwd):  # noqa: ASYNC240 - a failure path, once
-                raise InitFailed(f"the code directory {self._cwd} does not exist") from None
-            raise InitFailed(f"cannot run {self._python}: {e.strerror or e}") from None
+                raise InitFailed(f"the code directory {self._cwd} does not exist", platform=True) from None
+            raise InitFailed(f"cannot run {self._python}: {e.strerror or e}", platform=True) from None
         finally:
             theirs.close()
             os.close(write_fd)
@@ -208,13 +209,18 @@ class ZygoteSpawner:
 
 
 def _init_error(word: str) -> tuple[str, bytes | None]:
+    """The zygote's last word as (message, Lambda's error object): its init error, or the runtime
+    exiting before it was ready (`Runtime.ExitError`, as Lambda reports a runtime that exits)."""
     if word.startswith("init-error "):
         payload = word[len("init-error "):].encode()
         try:
             return str(json.loads(payload).get("errorMessage") or "init failed"), payload
         except ValueError:
             return payload.decode(errors="replace"), None
-    return f"the runtime stopped before it was ready ({word})", None
+    status = word.removeprefix("exit ")
+    exited = json.dumps({"errorType": contract.ERROR_EXIT,
+                         "errorMessage": f"Runtime exited with error: exit status {status}"}).encode()
+    return f"the runtime stopped before it was ready ({word})", exited
 
 
 class CommandSpawner:
@@ -353,6 +359,7 @@ class ExternalSpawner:
             raise OSError("every environment slot of the launcher is taken") from None
         slot = self._slots.index(None)
         self._slots[slot] = env
+        env.process = self._outputs[slot]   # the host drains it when an invocation ends
         stream = log_stream_name(self._version)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[slot] = future

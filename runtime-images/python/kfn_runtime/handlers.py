@@ -13,7 +13,13 @@ _CO_ITERABLE_COROUTINE = 0x0100
 
 
 class HandlerLoadError(RuntimeError):
-    """The handler cannot be used; the message says why, the cause carries the original traceback."""
+    """The handler cannot be used; the message says why, the cause carries the original traceback.
+    `module` and `attribute` are the handler's two parts ("" when it has no such parts)."""
+
+    def __init__(self, message: str, *, module: str = "", attribute: str = "") -> None:
+        super().__init__(message)
+        self.module = module
+        self.attribute = attribute
 
 
 class Handler:
@@ -50,21 +56,23 @@ def load_handler(spec: str) -> Handler:
     module_name, dot, attr = spec.rpartition(".")
     if not dot or not module_name or not attr:
         raise HandlerLoadError(f"handler must be module.function (got {spec!r})")
+    parts = {"module": module_name, "attribute": attr}
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise HandlerLoadError(f"cannot import module {module_name!r} for handler {spec!r}: "
-                                   f"no such module on {sys.path[0]!r}") from e
-        raise HandlerLoadError(f"importing module {module_name!r} failed: {type(e).__name__}: {e}") from e
+                                   f"no such module on {sys.path[0]!r}", **parts) from e
+        raise HandlerLoadError(f"importing module {module_name!r} failed: {type(e).__name__}: {e}", **parts) from e
     except BaseException as e:  # SyntaxError, SystemExit in module code, anything
-        raise HandlerLoadError(f"importing module {module_name!r} failed: {type(e).__name__}: {e}") from e
+        raise HandlerLoadError(f"importing module {module_name!r} failed: {type(e).__name__}: {e}", **parts) from e
     try:
         function = getattr(module, attr)
     except AttributeError:
-        raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r} (handler {spec!r})") from None
+        raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r} (handler {spec!r})",
+                               **parts) from None
     if not callable(function):
-        raise HandlerLoadError(f"handler {spec!r} is not callable (it is a {type(function).__name__})")
+        raise HandlerLoadError(f"handler {spec!r} is not callable (it is a {type(function).__name__})", **parts)
     return Handler(function=function, is_async=is_coroutine_function(function), name=spec)
 
 

@@ -69,11 +69,15 @@ STARTING, IDLE, BUSY, RETURNING, DEAD = "starting", "idle", "busy", "returning",
 
 
 class InitFailed(Exception):
-    """The function could not be initialised; `payload` is the Lambda error object (JSON bytes)."""
+    """The function could not be initialised; `payload` is the Lambda error object (JSON bytes):
+    the function's own init error, or Lambda's for a runtime that exited (`Runtime.ExitError`) or
+    an init phase that timed out (`Sandbox.Timedout`). `platform` says the platform failed instead
+    (no interpreter, no code directory): nothing of the function ran."""
 
-    def __init__(self, message: str, payload: bytes | None = None) -> None:
+    def __init__(self, message: str, payload: bytes | None = None, *, platform: bool = False) -> None:
         super().__init__(message)
-        self.payload = payload or json.dumps({"errorType": "Runtime.Unknown", "errorMessage": message}).encode()
+        self.payload = payload or _error(contract.ERROR_UNKNOWN, message)
+        self.platform = platform
 
 
 class Rejected(Exception):
@@ -87,8 +91,8 @@ class Rejected(Exception):
 class Invocation:
     """One invocation as the host carries it: the event in, and the outcome out."""
 
-    __slots__ = ("client_context", "deadline", "env", "error_type", "function_error", "future", "id", "log",
-                 "payload", "result", "started", "timeout", "timer", "trace_id", "want_log")
+    __slots__ = ("client_context", "deadline", "env", "error_type", "function_error", "future", "id", "init_ms",
+                 "log", "payload", "result", "started", "timeout", "timer", "trace_id", "want_log")
 
     def __init__(self, payload: bytes, *, request_id: str | None = None, timeout: float,
                  client_context: str | None = None, trace_id: str | None = None, want_log: bool = False) -> None:
@@ -105,16 +109,19 @@ class Invocation:
         self.result = b""
         self.function_error: str | None = None   # "Unhandled" when the function failed
         self.error_type: str | None = None
+        # Its log as Lambda returns it for LogType=Tail: START, what its environment printed, END, REPORT.
         self.log: bytearray | None = bytearray() if want_log else None
         self.timer: asyncio.TimerHandle | None = None   # the timeout, while an environment runs it
+        self.init_ms: float | None = None   # the cold start it paid: its environment's init (first invocation)
 
     def log_tail(self) -> bytes:
+        """The last LOG_TAIL_BYTES of its log (Lambda's LogResult, before base64)."""
         return bytes(self.log[-LOG_TAIL_BYTES:]) if self.log is not None else b""
 
 
 class Environment:
-    __slots__ = ("api", "id", "invocation", "last_used", "output", "pid", "poll", "port", "process", "server",
-                 "started", "state")
+    __slots__ = ("api", "id", "init_ms", "invocation", "last_used", "output", "pid", "poll", "port", "process",
+                 "server", "started", "state")
 
     def __init__(self, id: str) -> None:
         self.id = id
@@ -125,10 +132,13 @@ class Environment:
         self.poll: _RuntimeAPI | None = None      # the connection waiting in GET next
         self.invocation: Invocation | None = None
         self.pid: int | None = None
-        self.process: Any = None                  # the spawner's handle, if it has one
+        # The spawner's handle, if it has one: the read transport of the environment's output pipe
+        # (what `InstanceHost.output` is fed from), which the host drains when an invocation ends.
+        self.process: Any = None
         self.output = bytearray()                 # an unfinished output line
         self.started = time.monotonic()
         self.last_used = self.started
+        self.init_ms: float | None = None         # from start to its first poll; its first invocation reports it
 
 
 class HostConfig:
@@ -137,7 +147,7 @@ class HostConfig:
     def __init__(self, *, function_name: str, namespace: str = "", version: str = "$LATEST", timeout: float,
                  concurrency: int, memory_mb: int, region: str = "us-east-1", idle_timeout: float = 60.0,
                  max_payload: int = 16 * 1024 * 1024, account_id: str = "000000000000",
-                 init_timeout: float = 10.0, queue_limit: int | None = None) -> None:
+                 init_timeout: float = contract.DEFAULT_INIT_TIMEOUT, queue_limit: int | None = None) -> None:
         self.function_name = function_name
         self.namespace = namespace
         self.version = version
@@ -186,24 +196,30 @@ class InstanceHost:
     def in_flight(self) -> int:
         return sum(1 for env in self._envs.values() if env.state == BUSY) + len(self._queue)
 
-    async def start(self, *, timeout: float = 60.0) -> None:
-        """Initialise the function and start the first environment; returns once it polls for work.
+    async def start(self, *, timeout: float | None = None) -> None:
+        """Initialise the function and start the first environment; returns once it polls for work,
+        at most `timeout` seconds (default: the init timeout, `config.init_timeout`) after the call.
 
         Raises InitFailed (the function's own init error, or why no environment came up in time).
         """
+        limit = self.config.init_timeout if timeout is None else timeout
+        begun = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 await self._spawner.start(self)
-                env = await self._new_env()
+                env = await self._new_env(since=begun)
                 while env.state == STARTING:
                     if self._init_error is not None:
                         raise self._init_error
                     self._idle_changed.clear()
                     await self._idle_changed.wait()
                 if env.state == DEAD:
-                    raise self._init_error or InitFailed("the runtime exited before it asked for work")
+                    raise self._init_error or InitFailed("the runtime exited before it asked for work", _error(
+                        contract.ERROR_EXIT, "Runtime exited without providing a reason"))
         except TimeoutError:
-            raise InitFailed(f"the runtime did not ask for work within {timeout:g}s") from None
+            # Lambda reports an init phase past its limit as a timeout (Sandbox.Timedout).
+            raise InitFailed(f"the runtime did not ask for work within {limit:g}s (the init timeout)", _error(
+                contract.ERROR_TIMED_OUT, f"Init phase timed out after {limit:.2f} seconds")) from None
         self.state = READY
         self._reaper = asyncio.get_running_loop().create_task(self._reap_idle(), name="kfn-env-reaper")
 
@@ -300,6 +316,10 @@ class InstanceHost:
         invocation.env = env
         invocation.started = time.monotonic()
         invocation.deadline = time.time() + invocation.timeout
+        invocation.init_ms, env.init_ms = env.init_ms, None
+        if invocation.log is not None:
+            self._drain(env)   # what the one before printed late is not this invocation's
+        self._platform_line(env, invocation, f"START RequestId: {invocation.id} Version: {self.config.version}")
         payload = invocation.payload
         head = [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: ",
                 invocation.id.encode(), b"\r\nLambda-Runtime-Deadline-Ms: %d\r\n" % (invocation.deadline * 1000),
@@ -326,7 +346,9 @@ class InstanceHost:
         if invocation.future.done():
             return
         message = f"RequestId: {invocation.id} Error: Task timed out after {invocation.timeout:.2f} seconds"
-        self._log(env.id, message)
+        if invocation.log is not None:
+            self._drain(env)
+        self._platform_line(env, invocation, message)
         self._finish(invocation, _error("Sandbox.Timedout", message), "Unhandled")
         # Lambda resets the environment: whatever the handler still does dies with it.
         self._kill(env, "timed out")
@@ -351,17 +373,30 @@ class InstanceHost:
             env.last_used = now = time.monotonic()
             if env.state == BUSY:
                 env.state = RETURNING   # until it polls again
-            # Lambda's platform line for every invocation, in its format (the log's one per-invocation record).
-            duration = (now - invocation.started) * 1000
-            self._log(env.id, f"REPORT RequestId: {invocation.id}\tDuration: {duration:.2f} ms\t"
-                              f"Billed Duration: {math.ceil(duration)} ms\tMemory Size: {self.config.memory_mb} MB")
+            self._platform_line(env, invocation, f"END RequestId: {invocation.id}")
+            self._platform_line(env, invocation, report_line(
+                invocation.id, duration_ms=(now - invocation.started) * 1000, memory_mb=self.config.memory_mb,
+                max_memory_mb=peak_memory_mb(env.pid), init_ms=invocation.init_ms))
         self._idle_changed.set()
+
+    def _platform_line(self, env: Environment, invocation: Invocation, line: str) -> None:
+        """One of Lambda's own lines about an invocation (START, END, REPORT, a timeout): in the
+        environment's log, and in the invocation's log tail, on a line of its own."""
+        self._log(env.id, line)
+        log = invocation.log
+        if log is not None:
+            if log and not log.endswith(b"\n"):
+                log += b"\n"   # what the function printed last did not end its line
+            log += line.encode() + b"\n"
 
     # -- environments ------------------------------------------------------------------------------
 
-    async def _new_env(self) -> Environment:
+    async def _new_env(self, *, since: float | None = None) -> Environment:
+        """Start an environment; `since`: when its init began, if before now (the instance's first)."""
         self._ids += 1
         env = Environment(f"env-{self._ids}")
+        if since is not None:
+            env.started = since
         # Counted (as starting) before the first await: invocations arriving meanwhile must not
         # start environments of their own for the same need.
         self._envs[env.id] = env
@@ -408,8 +443,11 @@ class InstanceHost:
             # Not one the host stopped: say so, as Lambda's log does for a runtime that exits.
             env.state = DEAD
             invocation = env.invocation
-            prefix = f"RequestId: {invocation.id} " if invocation is not None and not invocation.future.done() else ""
-            self._log(env.id, f"{prefix}Error: Runtime exited with error: exit status {code}")
+            if invocation is not None and not invocation.future.done():
+                self._platform_line(env, invocation, f"RequestId: {invocation.id} Error: Runtime exited with error: "
+                                                     f"exit status {code}")
+            else:
+                self._log(env.id, f"Error: Runtime exited with error: exit status {code}")
             self._forget(env, f"Runtime exited with error: exit status {code}")
         self._idle_changed.set()
 
@@ -461,8 +499,10 @@ class InstanceHost:
             api.close()
             return
         env.poll = api
+        env.last_used = now = time.monotonic()
+        if env.state == STARTING:
+            env.init_ms = (now - env.started) * 1000
         env.state = IDLE
-        env.last_used = time.monotonic()
         if self._queue and self.state in (READY, DRAINING):
             self._dispatch(env, self._queue.popleft())
         self._idle_changed.set()
@@ -473,6 +513,8 @@ class InstanceHost:
         invocation = env.invocation
         if invocation is None or invocation.id != request_id:
             return 400
+        if invocation.log is not None:
+            self._drain(env)
         if error:
             if not body:
                 body = _error(error_type or "Runtime.Unknown", "the function failed without saying why")
@@ -493,6 +535,31 @@ class InstanceHost:
             self._finish(self._queue.popleft(), body, "Unhandled", error_type)
         self._idle_changed.set()
 
+    def _drain(self, env: Environment) -> None:
+        """Take in at once what `env` has written to its output pipe and the loop has not read yet.
+
+        The pipe and the Runtime API are read by the same loop in no set order: a result may be
+        handled before the output the handler printed ahead of it, which would then miss its
+        invocation's log tail and land in the next one's (another caller's). What a runtime wrote
+        before posting its result is in the pipe by then, so reading the pipe here, without
+        waiting, gives the invocation all of it. A pipe already closed, or none, is left alone.
+        """
+        transport = env.process
+        if transport is None or not hasattr(transport, "get_extra_info") or transport.is_closing():
+            return
+        try:
+            fd = transport.get_extra_info("pipe").fileno()
+        except (AttributeError, ValueError):
+            return
+        for _ in range(64):   # at most a pipe's worth is there (its writer blocks beyond); bounded anyway
+            try:
+                data = os.read(fd, 65536)
+            except OSError:   # BlockingIOError: nothing more for now
+                return
+            if not data:
+                return
+            self.output(env, data)
+
     def output(self, env: Environment, data: bytes) -> None:
         """Bytes an environment wrote to stdout/stderr: logged by line, and kept for a log tail."""
         invocation = env.invocation
@@ -508,6 +575,43 @@ class InstanceHost:
         env.output = bytearray(rest)
         for line in lines:
             self._log(env.id, line.decode(errors="replace").rstrip("\r"))
+
+
+def report_line(request_id: str, *, duration_ms: float, memory_mb: int, max_memory_mb: int | None = None,
+                init_ms: float | None = None) -> str:
+    """Lambda's REPORT line of an invocation, in its format; `Max Memory Used` when the environment's
+    peak is known, `Init Duration` on the invocation that paid its environment's cold start."""
+    line = (f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\tBilled Duration: "
+            f"{math.ceil(duration_ms)} ms\tMemory Size: {memory_mb} MB")
+    if max_memory_mb is not None:
+        line += f"\tMax Memory Used: {max_memory_mb} MB"
+    if init_ms is not None:
+        line += f"\tInit Duration: {init_ms:.2f} ms"
+    return line
+
+
+def peak_memory_mb(pid: int | None) -> int | None:
+    """The peak resident memory of process `pid` so far (VmHWM), in MB rounded up as Lambda's
+    `Max Memory Used`; None where it cannot be read (the process is gone, no /proc)."""
+    if pid is None:
+        return None
+    try:
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        status = os.read(fd, 8192)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    at = status.find(b"VmHWM:")
+    if at < 0:
+        return None
+    fields = status[at + 6:status.find(b"\n", at)].split()
+    if not fields or not fields[0].isdigit():
+        return None
+    return -(-int(fields[0]) // 1024)   # kB
 
 
 def reserved_variables(*, function_name: str, version: str, memory_mb: int, region: str, handler: str | None,
@@ -584,7 +688,9 @@ class _RuntimeAPI(asyncio.Protocol):
     def __init__(self, host: InstanceHost, env: Environment) -> None:
         self._host = host
         self._env = env
-        self._parser = RequestParser(max_body=host.config.max_payload)
+        # A result over Lambda's limit is read and thrown away, never buffered, and refused with
+        # 413 on a connection that goes on: the environment lives on, as on Lambda.
+        self._parser = RequestParser(max_body=MAX_RESPONSE_BYTES, skip_oversized=True)
         self._transport: asyncio.Transport | None = None
         self._ack = b""   # a 202 held back to go out with the next answer
 
@@ -635,7 +741,9 @@ class _RuntimeAPI(asyncio.Protocol):
         length_end = head.find(b"\r\n", at + 2)
         length_text = head[at + 17:length_end].strip()
         body_end = len(data) - len(_NEXT_REQUEST)
-        if not length_text.isdigit() or int(length_text) != body_end - head_end - 4 or b"transfer-encoding" in head:
+        # Digits only, and few enough for int() (it refuses over 4,300): the parser refuses the rest.
+        if (not length_text.isdigit() or len(length_text) > 19 or int(length_text) != body_end - head_end - 4
+                or b"transfer-encoding" in head):
             return False
         error_type = None
         at = head.find(b"\r\nlambda-runtime-function-error-type:")
@@ -661,13 +769,8 @@ class _RuntimeAPI(asyncio.Protocol):
 
     def _answered(self, request_id: str, kind: str, body: bytes, error_type: str | None, *, pipelined: bool) -> None:
         host, env = self._host, self._env
-        if kind == "response" and len(body) > MAX_RESPONSE_BYTES:
-            host.answered(env, request_id, _error(
-                "Function.ResponseSizeTooLarge",
-                f"Response payload size ({len(body)} bytes) exceeded maximum allowed payload size "
-                f"({MAX_RESPONSE_BYTES} bytes)."), error=True, error_type="Function.ResponseSizeTooLarge")
-            self.send(response(413, _error("RequestEntityTooLarge", "response too large"),
-                               [("Content-Type", "application/json")]))
+        if len(body) > MAX_RESPONSE_BYTES:
+            self._too_large(request_id, len(body))
             return
         status = host.answered(env, request_id, body, error=kind == "error", error_type=error_type)
         if status == 202 and pipelined:
@@ -678,9 +781,30 @@ class _RuntimeAPI(asyncio.Protocol):
             self.send(response(status, _error("InvalidRequestID", "Invalid request ID"),
                                [("Content-Type", "application/json")]))
 
+    def _too_large(self, request_id: str | None, size: int) -> None:
+        """A result (or error) over Lambda's limit: its invocation fails with Lambda's
+        Function.ResponseSizeTooLarge, and the environment is answered 413 as Lambda's Runtime API
+        answers it; the environment goes on to its next invocation."""
+        if request_id is not None:
+            too_large = contract.ERROR_RESPONSE_SIZE_TOO_LARGE
+            self._host.answered(self._env, request_id, _error(
+                too_large, f"Response payload size ({size} bytes) exceeded maximum allowed payload size "
+                f"({MAX_RESPONSE_BYTES} bytes)."), error=True, error_type=too_large)
+        self.send(response(413, _error("RequestEntityTooLarge",
+                                       f"Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."),
+                           [("Content-Type", "application/json")]))
+
     def _handle(self, request: Request, *, pipelined: bool = False) -> None:
         path = request.path
         host, env = self._host, self._env
+        if request.oversized:
+            request_id = None
+            if request.method == "POST" and path.startswith(f"{API_PREFIX}/invocation/"):
+                request_id = unquote(path[len(API_PREFIX) + len("/invocation/"):].rpartition("/")[0])
+            elif request.method == "POST" and path == INIT_ERROR_PATH:
+                host.init_failed(env, b"", request.headers.get("lambda-runtime-function-error-type"))
+            self._too_large(request_id, request.oversized)
+            return
         if request.method == "GET" and path == NEXT_PATH:
             host.polled(env, self)
             return

@@ -18,20 +18,32 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+def running_runtime(config: Config, python_version: str | None = None) -> str:
+    """The runtime that really runs: for a Python runtime, the version of the interpreter
+    (`python_version`, else this process's), whatever the configuration declares."""
+    if not config.runtime.startswith("python"):
+        return config.runtime
+    return "python" + (python_version or f"{sys.version_info.major}.{sys.version_info.minor}")
+
+
 def build_host(config: Config, *, log: Callable[[str, str], None] | None = None, python: str = sys.executable,
-               node: str = "node", path: str | None = None, node_client: str | None = None,
-               preexec: Callable[[], None] | None = None) -> InstanceHost:
+               python_version: str | None = None, node: str = "node", path: str | None = None,
+               node_client: str | None = None, preexec: Callable[[], None] | None = None) -> InstanceHost:
     """An InstanceHost for `config` (not started yet); `preexec` runs in every process it starts
-    (before exec), where the platform confines them."""
+    (before exec), where the platform confines them. `python_version` ("3.13") is what `python`
+    really is (default: this process's interpreter, which `python` is by default)."""
     host_config = HostConfig(function_name=config.function_name, namespace=config.namespace,
                              version=config.function_version, timeout=config.timeout, concurrency=config.concurrency,
                              memory_mb=config.memory_mb, region=config.region, idle_timeout=config.idle_timeout,
-                             max_payload=config.max_body_bytes, queue_limit=config.queue_limit)
+                             max_payload=config.max_body_bytes, queue_limit=config.queue_limit,
+                             init_timeout=config.init_timeout)
     user_env = dict(config.user_env)
     if path is not None:
         user_env["PATH"] = path
-    # Lambda's names: AWS_Lambda_python3.12, AWS_Lambda_nodejs20.x (SDKs and tools read it).
-    execution_env = f"AWS_Lambda_{config.runtime}" + (".x" if config.runtime.startswith("nodejs") else "")
+    # Lambda's names: AWS_Lambda_python3.12, AWS_Lambda_nodejs20.x (SDKs and tools read it). For
+    # Python, the version that really runs: an image or a machine without the declared one says so.
+    runtime = running_runtime(config, python_version)
+    execution_env = f"AWS_Lambda_{runtime}" + (".x" if runtime.startswith("nodejs") else "")
     env = lambda_environment(host_config, handler=config.handler, task_root=config.code_dir,
                              runtime_dir=config.runtime_dir, execution_env=execution_env, user_env=user_env)
     if config.runtime == contract.RUNTIME_IMAGE:

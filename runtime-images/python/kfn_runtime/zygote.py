@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from kfn_runtime.handlers import Handler
 
 ENV_CONTROL_FD = "KFN_CONTROL_FD"
+_OWN_FILES = os.path.dirname(os.path.abspath(__file__))
 
 
 def _send(sock: socket.socket, line: str) -> None:
@@ -42,18 +43,32 @@ def _send(sock: socket.socket, line: str) -> None:
 
 
 def _init_error(error: HandlerLoadError) -> dict[str, object]:
-    cause = error.__cause__
+    """Lambda's error object for a handler that cannot be loaded, worded as awslambdaric words it
+    (what callers of the Invoke API get), with the stack frames of the function's code only."""
+    cause, module = error.__cause__, error.module
     if isinstance(cause, SyntaxError):
-        kind = "Runtime.UserCodeSyntaxError"
-    elif isinstance(cause, ImportError) or "cannot import module" in str(error):
-        kind = "Runtime.ImportModuleError"
-    elif "has no attribute" in str(error) or cause is None:
-        kind = "Runtime.HandlerNotFound"
-    else:
-        kind = type(cause).__name__   # what the module raised at import, as awslambdaric reports it
-    origin = cause or error
-    return {"errorType": kind, "errorMessage": str(error),
-            "stackTrace": traceback.format_list(traceback.extract_tb(origin.__traceback__))}
+        return {"errorType": contract.ERROR_USER_CODE_SYNTAX, "errorMessage": f"Syntax error in module '{module}': "
+                f"{cause}", "stackTrace": _user_frames(cause)}
+    if isinstance(cause, ImportError):
+        return {"errorType": contract.ERROR_IMPORT_MODULE, "errorMessage": f"Unable to import module '{module}': "
+                f"{cause}", "stackTrace": []}
+    if cause is None:
+        missing = isinstance(error.__context__, AttributeError)
+        message = f"Handler '{error.attribute}' missing on module '{module}'" if missing else str(error)
+        return {"errorType": contract.ERROR_HANDLER_NOT_FOUND, "errorMessage": message, "stackTrace": []}
+    # What the module raised at import, as awslambdaric reports it: its type and its own message.
+    return {"errorType": type(cause).__name__, "errorMessage": str(cause), "stackTrace": _user_frames(cause)}
+
+
+def _user_frames(error: BaseException) -> list[str]:
+    """The frames of `error`'s traceback from the first one in the function's code on: the
+    runtime's own and importlib's are where the platform is installed, nobody's business."""
+    stack = traceback.extract_tb(error.__traceback__)
+    while stack and (os.path.dirname(os.path.abspath(stack[0].filename)) == _OWN_FILES
+                     or stack[0].filename.startswith("<frozen importlib")
+                     or os.path.basename(os.path.dirname(stack[0].filename)) == "importlib"):
+        stack.pop(0)
+    return traceback.format_list(stack)
 
 
 def _become_environment(handler: Handler, control: socket.socket, output_fd: int, api_fd: int, api: str,
@@ -110,7 +125,7 @@ def main() -> int:
         _send(control, "init-error " + json.dumps(_init_error(e)))
         return 1
     except OSError as e:
-        _send(control, "init-error " + json.dumps({"errorType": "Runtime.InvalidEntrypoint",
+        _send(control, "init-error " + json.dumps({"errorType": contract.ERROR_INVALID_ENTRYPOINT,
                                                     "errorMessage": f"cannot use {code_dir!r}: {e}"}))
         return 1
     # Objects made so far are never collected in the environments: without this, a collection
