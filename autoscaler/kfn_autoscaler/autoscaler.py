@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import prometheus_client
 
@@ -58,20 +57,26 @@ class _Track:
     # At rest: the last decision is a fixed point of `decide` for a quiet observation (see _rests).
     resting: bool = False
     quiet: tuple[float, float] | None = None  # first and last time of the zero samples skipped at rest
-    counters: dict[tuple[str, str], Any] | None = None   # decision counters by (kind, action)
+    counters: dict[tuple[str, str], prometheus_client.Counter] | None = None   # decisions, by (kind, action)
+
+    def skipped(self) -> list[Sample]:
+        """The zero samples skipped at rest, as `decide` weighs them: two stand for them all (the
+        first marks where the quiet run began, the last where it ended; all are zero)."""
+        if self.quiet is None:
+            return []
+        first, last = self.quiet
+        return [Sample(first, 0.0, 0)] + ([Sample(last, 0.0, 0)] if last > first else [])
 
     def recorded(self) -> tuple[Sample, ...]:
         """The history as `decide` would see it, the zero samples skipped at rest included."""
-        if self.quiet is None:
-            return tuple(self.history)
-        first, last = self.quiet
-        skipped = [Sample(first, 0.0, 0)] + ([Sample(last, 0.0, 0)] if last > first else [])
-        return (*self.history, *skipped)
+        return (*self.history, *self.skipped())
 
-    def last_sample_time(self) -> float | None:
-        if self.quiet is not None:
-            return self.quiet[1]
-        return self.history[-1].time if self.history else None
+    def quiet_sample(self, observation: Observation | Unobserved) -> float | None:
+        """The time of `observation`'s sample if it is quiet (`_quiet`) and newer than any kept."""
+        if not isinstance(observation, Observation) or not _quiet(observation) or observation.sample is None:
+            return None
+        last = self.quiet[1] if self.quiet is not None else self.history[-1].time if self.history else None
+        return observation.sample.time if last is None or observation.sample.time > last else None
 
 
 class Autoscaler:
@@ -147,12 +152,10 @@ class Autoscaler:
             observation = observations.get(ref, missing)
             track = self._tracks.get(ref)
             if (track is not None and track.resting and track.spec is fn.spec and track.decision is not None
-                    and _quiet(observation, track) and self._backend.desired(ref) == 0):
+                    and (quiet := track.quiet_sample(observation)) is not None and self._backend.desired(ref) == 0):
                 # At rest, and nothing happened: `decide` would answer what it did last time (its
                 # fixed point), so the decision is not made again; only its zero sample is kept.
-                assert isinstance(observation, Observation) and observation.sample is not None
-                time_ = observation.sample.time
-                track.quiet = (track.quiet[0] if track.quiet is not None else time_, time_)
+                track.quiet = (track.quiet[0] if track.quiet is not None else quiet, quiet)
                 self._count(ref, track, track.decision.kind, "hold")
                 decisions[ref] = track.decision
                 continue
@@ -196,11 +199,9 @@ class Autoscaler:
         if track.settings is None or track.spec is not spec:
             track.settings, track.spec = ScaleSettings.from_spec(spec), spec
         settings = track.settings
-        if track.quiet is not None:
-            # Waking from rest: the zero samples skipped meanwhile weigh in the windows as they would
-            # have (two stand for them all: the first marks where the run began, the last its end).
-            track.history.extend(track.recorded()[len(track.history):])
-            track.quiet = None
+        # Waking from rest: the zero samples skipped meanwhile weigh in the windows as they would have.
+        track.history.extend(track.skipped())
+        track.quiet = None
         track.resting = False
         unobserved: Unobserved | None = None
         if isinstance(observation, Unobserved):
@@ -280,14 +281,6 @@ class Autoscaler:
                     pass
 
 
-def _quiet(observation: Observation | Unobserved, track: _Track) -> bool:
-    """A new zero sample, nothing held or queued: no evidence of anything happening."""
-    if not isinstance(observation, Observation) or not _quiet_values(observation):
-        return False
-    last = track.last_sample_time()
-    return last is None or (observation.sample is not None and observation.sample.time > last)
-
-
 def _rests(decision: Decision, *, before: ScalerState, current: int, observation: Observation,
            unobserved: Unobserved | None) -> bool:
     """Whether `decision` is a fixed point of `decide` for any later quiet observation (`_quiet`)
@@ -297,14 +290,15 @@ def _rests(decision: Decision, *, before: ScalerState, current: int, observation
     That holds for a function at zero, not panicking, whose state the decision left unchanged, after
     a quiet observation: decided idle (idleness only grows with time, and the idle rule comes before
     any average), or never active and decided stable at 0 (a window of zero samples stays one).
-    Proved against `decide` by tests/unit/test_autoscaling.py.
+    Proved against `decide` by tests/unit/test_autoscaling_at_rest.py.
     """
-    return (unobserved is None and _quiet_values(observation) and current == 0 and decision.replicas == 0
+    return (unobserved is None and _quiet(observation) and current == 0 and decision.replicas == 0
             and decision.state == before and before.panicking_since is None and not decision.panic
             and (decision.kind == "idle" or (decision.kind == "stable" and before.last_active is None)))
 
 
-def _quiet_values(observation: Observation) -> bool:
+def _quiet(observation: Observation) -> bool:
+    """A zero sample, nothing held or queued: no evidence of anything happening."""
     sample = observation.sample
     return (sample is not None and not sample.concurrency and not sample.requests
             and not observation.in_flight and not observation.queued)

@@ -6,7 +6,7 @@ It only talks to a `kfn.core.instances.InstanceBackend`, so the same gateway run
 from __future__ import annotations
 
 from kfn_gateway.metrics import FunctionStats
-from kfn_gateway.server import Gateway, serve
+from kfn_gateway.server import Gateway, serve, serve_health
 from kfn_gateway.settings import GatewaySettings
 
-__all__ = ["FunctionStats", "Gateway", "GatewaySettings", "serve"]
+__all__ = ["FunctionStats", "Gateway", "GatewaySettings", "serve", "serve_health"]

@@ -16,8 +16,8 @@ descriptor) as long as it likes. `GuardedRequestHandler` adds the missing bound:
   mark within `send_timeout` seconds, each time (nginx's `send_timeout`); a connection closing
   with bytes still buffered must deliver them within `send_timeout` too. Otherwise the
   connection is reset: its buffered answer is dropped (the kernel's copy too) and its request
-  handler cancelled, so nothing keeps the answer in memory. What the kernel holds gets the same
-  bound (TCP_USER_TIMEOUT), connection closed or not;
+  handler cancelled, so nothing keeps the answer in memory. What the kernel holds is dropped after
+  twice the timeout (TCP_USER_TIMEOUT), the connection closed or not;
 - **connections**: at most `max_connections` client connections at a time (a connection that
   is closing with bytes still buffered counts until they are sent or dropped). A connection
   over the cap is answered `503` with `Retry-After` at once, without reading its request, and
@@ -242,8 +242,10 @@ def _describe(error: HttpProcessingError) -> str:
 
 
 def _bound_kernel_sending(transport: asyncio.Transport, timeout: float) -> None:
-    """The kernel's copy of an answer gets the send timeout too (TCP_USER_TIMEOUT): data the client
-    leaves unacknowledged, or a window it keeps shut, for `timeout` seconds ends the connection.
+    """The kernel's copy of an answer gets a bound too (TCP_USER_TIMEOUT): data the client leaves
+    unacknowledged, or a window it keeps shut, for twice `timeout` ends the connection. Twice: the
+    kernel ends it without a word to the client, so the process's own deadline, which resets the
+    connection (the client learns it), is to come first while the process holds the connection.
 
     The transport's deadline sees only what the process buffers. An answer that fits in the kernel's
     send buffer (megabytes) leaves the process at once; the connection then closes (its answer done,
@@ -254,8 +256,9 @@ def _bound_kernel_sending(transport: asyncio.Transport, timeout: float) -> None:
     sock = transport.get_extra_info("socket")
     if option is None or sock is None:
         return
+    milliseconds = min(max(1, round(2 * timeout * 1000)), 2**31 - 1)   # what the option holds: 24.8 days
     with contextlib.suppress(OSError):   # not TCP (a Unix socket)
-        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(timeout * 1000)))
+        sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
 
 
 def reset(transport: asyncio.Transport) -> None:

@@ -11,6 +11,10 @@
     GET /healthz                     the gateway itself is up
     GET /metrics                     Prometheus metrics of this gateway
 
+`serve_health` serves GET /healthz alone on a port of its own, outside the connection cap: the
+kubelet's liveness probe (`kfn gateway --health-port`), answered while clients hold every
+connection the cap allows.
+
 {name} is NAME (in the gateway's default namespace) or NAME.NAMESPACE, as in OpenFaaS.
 
 With `system_auth`, every /system/* path needs an admin key; a function whose spec.http.auth is
@@ -147,6 +151,13 @@ class Gateway:
         app.on_shutdown.append(on_shutdown)
         app.on_response_prepare.append(on_response_prepare)
         app.on_cleanup.append(on_cleanup)
+        return app
+
+    def make_health_app(self) -> web.Application:
+        """An application serving GET /healthz alone, with the answer of the gateway's own app
+        (503 once draining); it neither starts nor closes the gateway."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
         return app
 
     async def start(self) -> None:
@@ -915,6 +926,28 @@ async def serve(gateway: Gateway, *, host: str, port: int) -> web.AppRunner:
     gateway.
     """
     runner = make_runner(gateway)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+# The kubelet opens a connection per probe; one kept open longer is someone else's.
+HEALTH_IDLE_TIMEOUT = 5.0
+
+
+async def serve_health(gateway: Gateway, *, host: str, port: int) -> web.AppRunner:
+    """Serve the gateway's GET /healthz alone on host:port (0 picks a free port), with no cap on
+    connections: a liveness probe still answered when clients hold every connection that
+    `max_connections` allows on the main port (which would otherwise get the replica restarted).
+
+    Start it after `serve` and `await runner.cleanup()` it after the main runner's: it does not
+    start or close the gateway. OSError if the port cannot be bound (nothing left listening)."""
+    runner = web.AppRunner(gateway.make_health_app(), keepalive_timeout=HEALTH_IDLE_TIMEOUT, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

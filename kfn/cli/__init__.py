@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gateway", help="run the gateway (on Kubernetes)")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--health-port", type=int, default=None, metavar="PORT",
+                   help="also serve GET /healthz alone on this port, outside --max-connections: the liveness "
+                        "probe (default: none)")
     p.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
     p.add_argument("--default-namespace", default=naming.DEFAULT_NAMESPACE,
                    help="the namespace /function/NAME means (NAME.NAMESPACE names any other)")

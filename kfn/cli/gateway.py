@@ -5,6 +5,11 @@ connection after its answer and failing its health check: kube-proxy and load ba
 sending it new connections meanwhile, and clients holding keep-alive connections reconnect to
 another replica. Then it stops listening and waits for the requests in flight.
 
+With `--health-port`, GET /healthz is also served alone on a port of its own, outside
+`--max-connections` (`kfn_gateway.serve_health`): the liveness probe, which clients holding every
+connection the cap allows would otherwise fail, getting the replica restarted. It answers as the
+main port's /healthz does (503 once draining) until the main listener is closed.
+
 API keys come from Secrets (`kfn.kube.SecretKeys`: `kfn-api-keys` in each served namespace,
 `kfn-admin-keys` in `--admin-namespace`) or, with `--keys FILE`, from a file; /system/* needs an
 admin key unless `--no-system-auth`.
@@ -23,6 +28,8 @@ import contextlib
 import logging
 import signal
 
+from aiohttp import web
+
 from kfn.cli.local import with_options
 from kfn.cli.options import GatewayOptions
 from kfn.core.aiotasks import stop_tasks
@@ -35,7 +42,7 @@ from kfn.keyfile import KeyFile
 from kfn.kube import KubernetesBackend, SecretKeys, connect
 from kfn.triggers.registry import TriggerSettings
 from kfn.triggers.service import TriggerService
-from kfn_gateway import Gateway, GatewaySettings, serve
+from kfn_gateway import Gateway, GatewaySettings, serve, serve_health
 from kfn_gateway.asyncinvoke import AsyncDelivery
 
 # Between attempts to reach a NATS server that did not answer at start.
@@ -101,9 +108,12 @@ async def _serve(options: GatewayOptions) -> None:
             # serve() starts the gateway, and runner.cleanup() closes it.
             runner = await serve(gateway, host=options.host, port=options.port)
             logger.info("kfn gateway listening on %s:%d", options.host, options.port)
-            if asynchronous is not None:
-                asynchronous.start()
+            health: web.AppRunner | None = None
             try:
+                if options.health_port is not None:
+                    health = await _serve_health(gateway, options.host, options.health_port)
+                if asynchronous is not None:
+                    asynchronous.start()
                 await stop.wait()
                 logger.info("shutting down: serving %gs more while clients move to other replicas",
                             options.shutdown_delay)
@@ -118,6 +128,8 @@ async def _serve(options: GatewayOptions) -> None:
                         await site.stop()         # no more requests (those in flight go on)
                     await asynchronous.close()    # triggers, then deliveries in progress (bounded)
                 await runner.cleanup()
+                if health is not None:
+                    await health.cleanup()        # last: the liveness probe is answered to the end
                 if store is not None:
                     await store.close()
         finally:
@@ -128,6 +140,16 @@ async def _serve(options: GatewayOptions) -> None:
             if secrets is not None:
                 await secrets.close()
             await backend.close()
+
+
+async def _serve_health(gateway: Gateway, host: str, port: int) -> web.AppRunner:
+    """The liveness listener (--health-port); CommandError if its port cannot be bound."""
+    try:
+        health = await serve_health(gateway, host=host, port=port)
+    except OSError as e:
+        raise CommandError(f"--health-port {port}: {e}") from None
+    logger.info("liveness probe (GET /healthz) on %s:%d, outside --max-connections", host, port)
+    return health
 
 
 class AsyncService:

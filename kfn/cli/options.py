@@ -119,6 +119,7 @@ class AsyncReplayOptions:
 class GatewayOptions:
     host: str = "0.0.0.0"
     port: int = 8080
+    health_port: int | None = None   # GET /healthz alone, outside --max-connections (the liveness probe)
     namespaces: tuple[str, ...] = ()
     default_namespace: str = naming.DEFAULT_NAMESPACE
     shutdown_delay: float = 5.0
@@ -318,7 +319,13 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
     if args.shutdown_delay < 0:
         raise _usage(f"--shutdown-delay must be 0 or more (got {args.shutdown_delay:g})")
     admin_namespace = args.admin_namespace or os.environ.get("POD_NAMESPACE") or "kfn-system"
-    return GatewayOptions(host=args.host, port=_port(args.port, "--port"), namespaces=tuple(args.namespace),
+    port = _port(args.port, "--port")
+    health_port = args.health_port
+    if health_port is not None:
+        _port(health_port, "--health-port", allow_zero=False)
+        if health_port == port:
+            raise _usage(f"--health-port must differ from --port (both {port})")
+    return GatewayOptions(host=args.host, port=port, health_port=health_port, namespaces=tuple(args.namespace),
                           default_namespace=args.default_namespace, shutdown_delay=args.shutdown_delay,
                           log_level=args.log_level, trusted_hops=_hops(args.trusted_hops),
                           system_auth=not args.no_system_auth, admin_namespace=admin_namespace,

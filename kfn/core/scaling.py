@@ -193,12 +193,16 @@ def decide(*, samples: Sequence[Sample], now: float, current: int, ready: int,
     """
     target = settings.target_concurrency
     if unobserved is not None:
-        # No evidence either way: hold, and restart the idle timer (the unseen time may have had traffic).
+        # No evidence either way: hold, and restart the idle timer of a function with instances (the
+        # unseen time may have had traffic). At zero it stays as it was: a request for a function at
+        # zero starts an instance through the gateway, so unseen time there is no sign of activity,
+        # and counting it would start an instance of every idle function after a metrics outage.
         held = min(max(current, settings.min_replicas), settings.max_replicas)
         reason = f"no evidence of load or idleness ({unobserved.reason}) → hold {current}"
         if held != current:
             reason += f", clamped to {'minReplicas' if held > current else 'maxReplicas'} {held}"
-        return Decision(replicas=held, reason=reason, state=replace(state, last_active=now),
+        kept = replace(state, last_active=now) if current > 0 else state
+        return Decision(replicas=held, reason=reason, state=kept,
                         panic=state.panicking_since is not None, kind="unobserved")
     # Activity: a request arrived or something was held. Long requests count, so an instance
     # serving a 10-minute call is never idle.

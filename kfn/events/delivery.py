@@ -20,7 +20,10 @@ For each event (`kfn.core.asyncpolicy` has the policy):
    backoff, no attempt counted;
 4. the outcome is told: the destination (a function: an async invocation stored for it; a URL: a
    POST of Lambda's invocation record, whose answer is read at most `destination_answer_bytes`:
-   only its status counts) and the caller's X-Callback-Url. What cannot be told yet
+   only its status counts, a redirect is not followed) and the caller's X-Callback-Url. Telling
+   takes none of the function's concurrency (as Lambda's destinations): up to
+   `tells_per_function` of its events tell at once beside it, so a URL that is slow to answer
+   does not hold up the function's other events. What cannot be told yet
    is rescheduled with backoff for up to `destination_retry_for`; then a success is complete,
    and an event given up (or whose destinations stayed unreachable) becomes a dead letter.
 
@@ -70,6 +73,7 @@ class DeliverySettings:
     destination_answer_bytes: int = 64 * 1024  # of a destination's or callback's answer, read at most (then cut off)
     destination_lookup_threads: int = 64  # name lookups of destination and callback hosts at once (own threads)
     destination_retry_for: float = 3600.0  # how long an unreachable destination is retried
+    tells_per_function: int = 100      # events of a function telling their outcome at once (beside its concurrency)
     stats_interval: float = 5.0        # how often the queue statistics are refreshed
     replicas: int = 1                  # engines sharing the store: each takes its share of the concurrency
     error_backoff: float = 1.0         # wait after the store failed, growing to 30 s
@@ -96,7 +100,8 @@ class Counters:
 @dataclass
 class _Consumer:
     task: asyncio.Task[None]
-    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)   # deliveries taking the concurrency
+    telling: set[asyncio.Task[None]] = field(default_factory=set)     # deliveries only telling their outcome
 
 
 class DeliveryEngine:
@@ -144,7 +149,7 @@ class DeliveryEngine:
         self._consumers.clear()
         await stop_tasks([*self._tasks, *(c.task for c in consumers)], what="the async delivery engine")
         self._tasks = []
-        in_flight = [task for c in consumers for task in c.in_flight]
+        in_flight = [task for c in consumers for task in (*c.in_flight, *c.telling)]
         if in_flight:
             await asyncio.wait(in_flight, timeout=self.settings.drain_timeout)
             await stop_tasks(in_flight, what="async deliveries")
@@ -210,8 +215,9 @@ class DeliveryEngine:
                 return
             in_flight = consumer.in_flight
             free = self._limit(config) - len(in_flight)
-            if free <= 0:
-                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED, timeout=self.settings.poll)
+            if free <= 0 or len(consumer.telling) >= self.settings.tells_per_function:
+                await asyncio.wait(in_flight | consumer.telling, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=self.settings.poll)
                 continue
             try:
                 deliveries = await self.store.claim(ref, free, wait=self.settings.claim_wait)
@@ -234,6 +240,7 @@ class DeliveryEngine:
                 task = asyncio.create_task(self._deliver(config, delivery), name=f"kfn-async-{delivery.event.id}")
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
+                task.add_done_callback(consumer.telling.discard)
 
     # -- one event -------------------------------------------------------------------------------
 
@@ -326,6 +333,8 @@ class DeliveryEngine:
         return Outcome(condition=condition, at=now, pending=tuple(pending), error=error)
 
     async def _tell(self, config: AsyncConfig, delivery: Delivery, event: Event, outcome: Outcome) -> None:
+        if outcome.pending:
+            self._only_telling(config.function)
         remaining = []
         for dispatch in outcome.pending:
             if await self._send(event, outcome, dispatch):
@@ -355,6 +364,17 @@ class DeliveryEngine:
                             attempts=event.attempts, error=error, response=event.last_response)
         await self.store.dead_letter(delivery, letter)
         self.counters.dead_lettered += 1
+
+    def _only_telling(self, function: FunctionRef) -> None:
+        """The current delivery is done with its function: waiting for its destination or callback
+        URL (up to `destination_timeout` a POST, the caller's choice), it gives the function's
+        concurrency back, as Lambda's destinations take none of it, and takes one of the
+        `tells_per_function` instead."""
+        task = asyncio.current_task()
+        consumer = self._consumers.get(function)
+        if task is not None and consumer is not None and task in consumer.in_flight:
+            consumer.in_flight.discard(task)
+            consumer.telling.add(task)
 
     async def _send(self, event: Event, outcome: Outcome, dispatch: Dispatch) -> bool:
         try:

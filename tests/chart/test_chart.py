@@ -568,6 +568,28 @@ def test_the_gateway_gets_the_send_timeout_and_connection_cap_of_the_values(defa
     assert {"--send-timeout=60s", "--max-connections=1024"} <= set(_args(default_objects))
 
 
+def test_the_gateway_liveness_probe_has_its_own_port_outside_the_cap_and_readiness_the_main_one(
+        objects: list[Manifest]) -> None:
+    c = container(objects, f"{RELEASE}-gateway")
+    args = build_parser().parse_args(c["args"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert (ports["health"], ports["http"]) == (args.health_port, args.port)
+    assert args.health_port != args.port
+    service = find(objects, "Service", f"{RELEASE}-gateway")
+    assert "health" not in {p.get("targetPort") for p in service["spec"]["ports"]}
+    assert ports["health"] not in {p.get("targetPort") for p in service["spec"]["ports"]}
+
+
+def test_a_gateway_health_port_that_is_the_main_port_is_refused(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("gateway: {port: 8080, healthPort: 8080}\n")
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(values))
+    assert result.returncode != 0
+    assert "gateway.healthPort must differ from gateway.port" in result.stderr
+
+
 def test_the_gateway_may_read_only_the_key_secrets_by_name(objects: list[Manifest]) -> None:
     for role in (o for o in objects if o["kind"] in ("Role", "ClusterRole")):
         for rule in role["rules"]:

@@ -153,6 +153,54 @@ async def test_kfn_gateway_with_no_system_auth_serves_the_system_paths_to_anyone
         assert await asyncio.wait_for(process.wait(), 20) == 0
 
 
+async def test_kfn_gateway_answers_its_liveness_port_with_every_connection_held_and_drains_it_on_sigterm(
+        cluster, tmp_path) -> None:
+    port, health_port = free_port(), free_port()
+
+    async def get(to: int) -> tuple[int, bytes] | None:
+        """(status, body) of GET /healthz on a connection of its own; None without an answer."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", to)
+        except OSError:
+            return None
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(-1), 5)
+        except (OSError, TimeoutError):
+            return None
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return (int(head.split(b" ", 2)[1]), body) if head else None
+
+    async with kfn(cluster, tmp_path, "gateway", "--host", "127.0.0.1", "--port", str(port), "--health-port",
+                   str(health_port), "--max-connections", "2", "--shutdown-delay", "60") as process:
+        for _ in range(150):
+            if process.returncode is not None or (await get(port) is not None and await get(health_port) is not None):
+                break
+            await asyncio.sleep(0.1)
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        try:
+            for _ in range(100):   # until the gateway has accepted both
+                if (refused := await get(port)) is not None and refused[0] == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert refused is not None and refused[0] == 503, (tmp_path / "gateway.log").read_text()
+            assert await get(health_port) == (200, b'{"status": "ok"}')
+        finally:
+            for _, writer in held:
+                writer.close()
+        process.send_signal(signal.SIGTERM)
+        for _ in range(100):   # draining: the liveness port answers as the main port does
+            if (draining := await get(health_port)) is not None and draining[0] == 503:
+                break
+            await asyncio.sleep(0.05)
+        assert draining == (503, b'{"status": "draining"}')
+        process.send_signal(signal.SIGTERM)   # a second signal skips the shutdown delay
+        assert await asyncio.wait_for(process.wait(), 20) == 0, (tmp_path / "gateway.log").read_text()
+    assert await get(health_port) is None
+
+
 async def test_kfn_operator_rejects_a_malformed_runtime_image_flag(cluster, tmp_path) -> None:
     async with kfn(cluster, tmp_path, "operator", "--runtime-image", "python3.12") as process:
         assert await asyncio.wait_for(process.wait(), 20) == 2  # a usage error

@@ -315,3 +315,27 @@ async def test_the_credentials_of_a_callback_url_reach_neither_the_log_nor_the_d
     assert f"127.0.0.1:{port}/hook" in (letter.error or "")
     assert "s3cret" not in (letter.error or "")
     assert "s3cret" not in caplog.text
+
+
+async def test_outcomes_waiting_on_a_callback_url_leave_the_function_free_for_its_other_events(
+        store: SqliteStore) -> None:
+    # One caller's callback URL that never answers must not hold the function's async concurrency
+    # (1 here) from the other callers' events: Lambda's destinations take none of it.
+    invoked: list[str] = []
+
+    async def succeed(_ref: FunctionRef, _payload: bytes, event_id: str) -> InvocationResult:
+        invoked.append(event_id)
+        return InvocationResult(payload=b'{"ok": true}')
+
+    async with Recorder(stall=True) as slow:
+        for i in range(3):
+            await store.accept(FN, b"{}", f"slow-callback-{i}", AcceptOptions(callback_url=slow.url))
+        await store.accept(FN, b"{}", "another-caller", AcceptOptions())
+        delivery = DeliveryEngine(store, succeed, lambda: {FN: AsyncConfig(FN, timeout=1.0, concurrency=1)},
+                                  settings=DeliverySettings(poll=0.1, destination_timeout=300.0))
+        await delivery.start()
+        try:
+            await eventually(lambda: "another-caller" in invoked, timeout=30)
+            assert delivery.counters.destinations == 0 and len(slow.requests) >= 1   # still waiting
+        finally:
+            await delivery.close()

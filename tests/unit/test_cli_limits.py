@@ -69,3 +69,18 @@ def test_an_init_timeout_that_is_not_positive_is_a_usage_error(tmp_path: Path, v
     with pytest.raises(CommandError) as caught:
         options.local(build_parser().parse_args(["local", str(tmp_path), f"--init-timeout={value}"]))
     assert caught.value.exit_code == 2 and "--init-timeout" in str(caught.value)
+
+
+def test_kfn_gateways_health_port_reaches_its_options_and_is_none_by_default() -> None:
+    assert options.gateway(build_parser().parse_args(["gateway"])).health_port is None
+    given = options.gateway(build_parser().parse_args(["gateway", "--port", "8080", "--health-port", "8081"]))
+    assert (given.port, given.health_port) == (8080, 8081)
+
+
+@pytest.mark.parametrize("flags", [["--health-port", "0"], ["--health-port", "70000"],
+                                   ["--port", "9000", "--health-port", "9000"]])
+def test_a_health_port_that_is_no_port_or_the_main_port_is_a_usage_error(flags: list[str]) -> None:
+    with pytest.raises(CommandError) as caught:
+        options.gateway(build_parser().parse_args(["gateway", *flags]))
+    assert caught.value.exit_code == 2
+    assert "--health-port" in str(caught.value)

@@ -272,6 +272,15 @@ async def test_a_connection_over_the_cap_is_answered_503_and_closed_and_served_o
                 writer.close()
 
 
+async def test_a_send_timeout_longer_than_the_kernel_takes_still_serves() -> None:
+    # 30 days: more milliseconds than TCP_USER_TIMEOUT holds (a 32-bit int).
+    backend = FakeBackend(make_function("hello"))
+    async with backend, running_gateway(backend, settings=GatewaySettings(send_timeout=30 * 86400.0)) as gw:
+        await backend.add_instance("hello")
+        answer = await exchange(gw.port, b"GET /function/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status(answer) == 200
+
+
 def reset_by_client(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -357,3 +357,16 @@ def test_time_without_evidence_restarts_the_idle_timer() -> None:
     at_159 = decide(samples=samples, now=159.0, current=1, ready=1, in_flight=0.0, settings=SETTINGS,
                     state=at_158.state)
     assert (at_158.replicas, at_159.replicas) == (1, 0)
+
+
+def test_a_function_at_zero_stays_at_zero_after_a_spell_without_evidence() -> None:
+    # A metrics outage is no sign of activity for a function at zero: a request for it would have
+    # started an instance through the gateway. Counting the unseen time would start one instance of
+    # every idle function once the metrics are back.
+    state = decide(samples=[Sample(1.0, 0.0, 0)], now=1.0, current=0, ready=0, in_flight=0.0, settings=SETTINGS,
+                   state=ScalerState()).state
+    state = decide(samples=[Sample(1.0, 0.0, 0)], now=2.0, current=0, ready=0, in_flight=0.0, settings=SETTINGS,
+                   state=state, unobserved=Unobserved("x")).state
+    after = decide(samples=[Sample(1.0, 0.0, 0), Sample(3.0, 0.0, 0)], now=3.0, current=0, ready=0, in_flight=0.0,
+                   settings=SETTINGS, state=state)
+    assert after.replicas == 0, after.reason
