@@ -361,7 +361,8 @@ class DeliveryEngine:
                 condition = asyncpolicy.DESTINATION_FAILED
         letter = DeadLetter(id=event.id, function=config.function, payload=event.payload,
                             accepted_at=event.accepted_at, failed_at=now, condition=condition,
-                            attempts=event.attempts, error=error, response=event.last_response)
+                            attempts=event.attempts, error=error, response=event.last_response,
+                            caller_chosen=event.caller_chosen)
         await self.store.dead_letter(delivery, letter)
         self.counters.dead_lettered += 1
 

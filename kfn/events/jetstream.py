@@ -230,7 +230,7 @@ class JetStreamStore:
         if await self._known(function, key):
             return Accepted(invocation_id, duplicate=True)
         event = Event(id=invocation_id, function=function, payload=payload, accepted_at=self._clock(),
-                      callback_url=options.callback_url)
+                      callback_url=options.callback_url, caller_chosen=options.caller_chosen)
         duplicate = await self._publish(subject(function), event.encode(), msg_id(function, key))
         await self._remember(function, key)
         return Accepted(invocation_id, duplicate=duplicate)
@@ -399,10 +399,12 @@ class JetStreamStore:
         for seq, letter in await self._letters(function, 1_000_000):
             if wanted is not None and letter.id not in wanted:
                 continue
-            event = Event(id=letter.id, function=function, payload=letter.payload, accepted_at=self._clock())
-            await self._publish(subject(function), event.encode(), msg_id(function, letter.id, "replay", seq))
+            event = Event(id=letter.id, function=function, payload=letter.payload, accepted_at=self._clock(),
+                          caller_chosen=letter.caller_chosen)
+            # Under the key it was accepted with: a caller's id stays apart from kfn's own.
+            await self._publish(subject(function), event.encode(), msg_id(function, event.dedup_key, "replay", seq))
             # A caller retrying the original invocation now finds it stored again.
-            await self._remember(function, letter.id)
+            await self._remember(function, event.dedup_key)
             try:
                 await self._jetstream().delete_msg(DLQ_STREAM, seq)
             except _ERRORS as e:

@@ -53,7 +53,6 @@ from kfn.events.store import (
     Event,
     QueueStats,
     StoreUnavailable,
-    dedup_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -281,9 +280,9 @@ class SqliteStore:
                      options: AcceptOptions = NO_OPTIONS) -> Accepted:
         now = self._clock()
         event = Event(id=invocation_id, function=function, payload=payload, accepted_at=now,
-                      callback_url=options.callback_url)
+                      callback_url=options.callback_url, caller_chosen=options.caller_chosen)
         # The `id` columns hold the de-duplication key: the id, marked when the caller chose it.
-        key = (function.namespace, function.name, dedup_key(invocation_id, options))
+        key = (function.namespace, function.name, event.dedup_key)
         row = (*key, now, event.encode())
         purge = now - self._purged_at >= PURGE_INTERVAL
         if purge:
@@ -349,9 +348,10 @@ class SqliteStore:
                 self._due[function] = due
                 if due != math.inf:
                     arrival.set()     # another claim of this function waiting recomputes its timer
-                if rows:
-                    return [Delivery(Event.decode(data), deliveries, _Handle(seq, owner))
-                            for seq, deliveries, data in rows]
+                deliveries = [delivery for seq, count, data in rows
+                              if (delivery := await self._delivery(function, seq, count, data, owner)) is not None]
+                if deliveries:
+                    return deliveries
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -359,6 +359,19 @@ class SqliteStore:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrival.wait(), timeout=min(remaining, max(0.0, due - self._clock())))
+
+    async def _delivery(self, function: FunctionRef, seq: int, count: int, data: bytes, owner: str) -> Delivery | None:
+        """The claimed row as a delivery; None for one no kfn could have written (another
+        version's envelope, a stray write), which is dropped as JetStream's store drops such a
+        message: never deliverable, it would otherwise be claimed again and again before the
+        function's other events."""
+        try:
+            return Delivery(Event.decode(data), count, _Handle(seq, owner))
+        except ValueError as e:
+            logger.error("dropping an unreadable event of %s: %s", function, e)
+            with contextlib.suppress(StoreUnavailable):   # else it comes again once its lease runs out
+                await self._statement("DELETE FROM events WHERE seq = ? AND lease_owner = ?", (seq, owner))
+            return None
 
     def _claim(self, db: sqlite3.Connection, function: FunctionRef, limit: int,
                owner: str) -> tuple[list[tuple[int, int, bytes]], float]:
@@ -471,16 +484,19 @@ class SqliteStore:
         out: list[str] = []
         for seq, data in self._select_dead(function, 1_000_000, ids):
             letter = DeadLetter.decode(data)
-            event = Event(id=letter.id, function=function, payload=letter.payload, accepted_at=now)
+            event = Event(id=letter.id, function=function, payload=letter.payload, accepted_at=now,
+                          caller_chosen=letter.caller_chosen)
+            # Under the key it was accepted with: a caller's id stays apart from kfn's own.
+            key = event.dedup_key
             inserted = db.execute("INSERT OR IGNORE INTO events (id, namespace, name, accepted_at, data) "
                                   "VALUES (?, ?, ?, ?, ?)",
-                                  (letter.id, function.namespace, function.name, now, event.encode()))
+                                  (key, function.namespace, function.name, now, event.encode()))
             if inserted.rowcount == 1:
                 db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
                 # A caller retrying the original invocation now finds it stored again.
                 db.execute("INSERT INTO call_ids (namespace, name, id, expires_at) VALUES (?, ?, ?, ?) "
                            "ON CONFLICT (namespace, name, id) DO UPDATE SET expires_at = excluded.expires_at",
-                           (function.namespace, function.name, letter.id, now + self.dedup_window))
+                           (function.namespace, function.name, key, now + self.dedup_window))
                 out.append(letter.id)
         return out
 

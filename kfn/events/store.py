@@ -11,7 +11,8 @@ functions) see; `kfn.events.sqlite.SqliteStore` (local mode) and
   nothing new (`Accepted.duplicate`), whether its event is queued, in flight, delivered or
   dead-lettered: a caller whose accept failed or timed out, or that is not sure, retries with
   the same id and the function runs once. (A replay stores the dead letter's id again.) Ids a
-  caller chose (`AcceptOptions.caller_chosen`) are kept apart from those kfn derives.
+  caller chose (`AcceptOptions.caller_chosen`) are kept apart from those kfn derives, in
+  events and dead letters too, so a replay cannot take kfn's own id either.
 - `claim` hands out up to `limit` due events of one function, each under a **lease**: until the
   lease runs out nobody else gets it; a consumer that dies holding it loses it, and the event
   is handed out again (at least once; `Delivery.deliveries` says how often). `extend` renews a
@@ -103,13 +104,22 @@ class Event:
     last_error: str | None = None     # the last function error's type
     last_response: bytes | None = None
     outcome: Outcome | None = None
+    caller_chosen: bool = False       # the id is the caller's (X-Call-Id): see `dedup_key`
+
+    @property
+    def dedup_key(self) -> str:
+        return dedup_key(self.id, AcceptOptions(caller_chosen=self.caller_chosen))
 
     def encode(self) -> bytes:
         return orjson.dumps(_to_json(self))
 
     @classmethod
     def decode(cls, data: bytes) -> Event:
-        return _from_json(orjson.loads(data))
+        """ValueError if `data` is not an envelope of ours (not JSON, a field missing or of another type)."""
+        try:
+            return _from_json(orjson.loads(data))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not an event envelope: {type(e).__name__}: {e}") from None
 
     def next(self, **changes: Any) -> Event:
         """This event as it is stored again by a reschedule."""
@@ -139,6 +149,11 @@ class DeadLetter:
     attempts: int
     error: str | None = None          # the last function error type, or what failed
     response: bytes | None = None     # the function's last answer
+    caller_chosen: bool = False       # the caller chose the id: a replay keeps it apart from kfn's
+
+    @property
+    def dedup_key(self) -> str:
+        return dedup_key(self.id, AcceptOptions(caller_chosen=self.caller_chosen))
 
     def encode(self) -> bytes:
         return orjson.dumps({
@@ -146,6 +161,7 @@ class DeadLetter:
             "payload": _b64(self.payload), "accepted_at": self.accepted_at, "failed_at": self.failed_at,
             "condition": self.condition, "attempts": self.attempts, "error": self.error,
             "response": None if self.response is None else _b64(self.response),
+            **({"caller": True} if self.caller_chosen else {}),
         })
 
     @classmethod
@@ -155,7 +171,8 @@ class DeadLetter:
                    payload=base64.b64decode(raw["payload"]), accepted_at=raw["accepted_at"],
                    failed_at=raw["failed_at"], condition=raw["condition"], attempts=raw["attempts"],
                    error=raw.get("error"),
-                   response=None if raw.get("response") is None else base64.b64decode(raw["response"]))
+                   response=None if raw.get("response") is None else base64.b64decode(raw["response"]),
+                   caller_chosen=bool(raw.get("caller", False)))
 
 
 @dataclass(frozen=True)
@@ -238,6 +255,8 @@ def _to_json(event: Event) -> dict[str, Any]:
         out["last_error"] = event.last_error
     if event.last_response is not None:
         out["last_response"] = _b64(event.last_response)
+    if event.caller_chosen:
+        out["caller"] = True
     if event.outcome is not None:
         outcome = event.outcome
         out["outcome"] = {
@@ -264,5 +283,5 @@ def _from_json(raw: dict[str, Any]) -> Event:
         attempts=raw.get("attempts", 0), failures=raw.get("failures", 0), generation=raw.get("generation", 0),
         callback_url=raw.get("callback_url"), last_error=raw.get("last_error"),
         last_response=None if last_response is None else base64.b64decode(last_response),
-        outcome=outcome,
+        outcome=outcome, caller_chosen=bool(raw.get("caller", False)),
     )

@@ -4,15 +4,18 @@ once) are counted, not forbidden."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 from kfn.core.instances import InvocationResult
-from kfn.events.store import EventStore, StoreUnavailable
+from kfn.events import jetstream
+from kfn.events.store import EventStore, QueueStats, StoreUnavailable
 from tests.e2e import asyncstores
 from tests.e2e.asyncstores import FN, Backend, FakeFunction, engine, eventually, record
 from tests.e2e.workers import WorkerProcess
@@ -171,3 +174,37 @@ async def test_the_storage_restarted_mid_run_loses_nothing(backend: Backend) -> 
     record("storage restarted mid-run", backend.name, accepted=len(ids), delivered=len(calls), retried=0,
            dead_lettered=0, lost=len(set(ids) - set(calls)), duplicates=sum(calls.values()) - len(calls))
     assert set(calls) == set(ids)
+
+
+async def store_unreadable(backend: Backend, data: bytes) -> None:
+    """Put a message no kfn wrote into FN's queue (another version's envelope, a stray publish)."""
+    if backend.nats is None:
+        with sqlite3.connect(backend.directory / "events.sqlite3") as db:
+            db.execute("INSERT INTO events (id, namespace, name, accepted_at, data) VALUES (?, ?, ?, ?, ?)",
+                       ("stray", FN.namespace, FN.name, time.time(), data))
+        return
+    client = await nats.connect(backend.nats.url)
+    try:
+        await client.jetstream().publish(jetstream.subject(FN), data)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("data", [b'{"id": "stray"}', b"[1, 2]"], ids=["fields-missing", "not-an-object"])
+async def test_an_event_the_store_cannot_read_does_not_hold_up_the_others(backend: Backend, data: bytes) -> None:
+    store = backend.store()
+    await store.start()
+    try:
+        await store_unreadable(backend, data)
+        await store.accept(FN, b"{}", "readable")
+        function = FakeFunction()
+        delivery = engine(store, function)
+        await delivery.start()
+        try:
+            await eventually(lambda: function.calls == ["readable"], what="the readable event delivered")
+            await eventually(lambda: delivery.queue_stats().get(FN, QueueStats(1, 0, None)).depth == 0,
+                             what="the unreadable one out of the queue")
+        finally:
+            await delivery.close()
+    finally:
+        await store.close()

@@ -214,3 +214,20 @@ async def test_two_events_of_one_function_with_the_same_id_are_each_retried(stor
         await delivery.close()
     assert sorted(attempts.values()) == [2, 2]
     assert (await store.stats([FN]))[FN].depth == 0
+
+
+async def test_a_replayed_dead_letter_keeps_its_caller_chosen_id_apart_from_kfns_own(store: EventStore) -> None:
+    # A caller sends ahead the id of a function's next schedule tick (anyone can compute it) with a
+    # payload the function fails on; an operator replays the dead letter. The tick must still run.
+    derived = "5f0c2a8e-0d5b-5c3e-9c1a-4d6f7e8a9b0c"
+    await store.accept(FN, b'{"from": "caller"}', derived, AcceptOptions(caller_chosen=True))
+    delivery = engine(store, FakeFunction(failing), AsyncConfig(FN, max_retry_attempts=0, timeout=1.0))
+    await delivery.start()
+    try:
+        await eventually(lambda: delivery.counters.dead_lettered == 1, what="the dead letter")
+    finally:
+        await delivery.close()
+    assert await store.replay(FN) == [derived]
+    assert not (await store.accept(FN, b'{"from": "schedule"}', derived)).duplicate
+    assert (await store.accept(FN, b"{}", derived, AcceptOptions(caller_chosen=True))).duplicate
+    assert (await store.stats([FN]))[FN].depth == 2
