@@ -925,15 +925,7 @@ async def serve(gateway: Gateway, *, host: str, port: int) -> web.AppRunner:
     Returns once listening; the caller must `await runner.cleanup()`, which also closes the
     gateway.
     """
-    runner = make_runner(gateway)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    return await _listen(make_runner(gateway), host, port)
 
 
 # The kubelet opens a connection per probe; one kept open longer is someone else's.
@@ -947,11 +939,15 @@ async def serve_health(gateway: Gateway, *, host: str, port: int) -> web.AppRunn
 
     Start it after `serve` and `await runner.cleanup()` it after the main runner's: it does not
     start or close the gateway. OSError if the port cannot be bound (nothing left listening)."""
-    runner = web.AppRunner(gateway.make_health_app(), keepalive_timeout=HEALTH_IDLE_TIMEOUT, access_log=None)
+    return await _listen(web.AppRunner(gateway.make_health_app(), keepalive_timeout=HEALTH_IDLE_TIMEOUT,
+                                       access_log=None), host, port)
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> web.AppRunner:
+    """`runner` set up and listening on host:port; cleaned up again if it cannot listen."""
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
     except BaseException:
         await runner.cleanup()
         raise
