@@ -34,6 +34,7 @@ from kfn_autoscaler.autoscaler import Autoscaler
 from kfn_autoscaler.sources import PrometheusScrapeSource, PromQLSource
 from kfn_operator import status
 from kfn_operator.config import OperatorConfig
+from kfn_operator.endpoints import serve_get
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +145,6 @@ async def _serve_metrics(registry: prometheus_client.CollectorRegistry, port: in
         return web.Response(body=prometheus_client.generate_latest(registry),
                             headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host="0.0.0.0", port=port).start()
-    return runner
+    return await serve_get(port, "/metrics", metrics)
 
 

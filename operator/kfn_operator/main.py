@@ -27,6 +27,7 @@ from kfn.kube import connect, connection_info, load_configuration
 from kfn.kube.lease import LeaseElection
 from kfn_operator import handlers
 from kfn_operator.config import OperatorConfig
+from kfn_operator.endpoints import serve_get
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +179,4 @@ async def _serve_health(port: int) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host="0.0.0.0", port=port).start()
-    return runner
+    return await serve_get(port, "/healthz", healthz)

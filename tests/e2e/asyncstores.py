@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,17 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield Backend("jetstream", tmp_path, server)
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[EventStore]:
+    """An opened store of `backend`, closed after the test."""
+    opened = backend.store()
+    await opened.start()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @dataclass

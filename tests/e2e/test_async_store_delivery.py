@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,16 +18,7 @@ from tests.e2e.asyncstores import FAST, FN, Backend, FakeFunction, Receiver, eng
 
 pytestmark = pytest.mark.timeout(90)
 backend = asyncstores.backend   # the fixture: each test runs on SQLite and on JetStream
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[EventStore]:
-    opened = backend.store()
-    await opened.start()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+store = asyncstores.store      # an opened store of that backend
 
 
 async def accept_all(store: EventStore, count: int, prefix: str = "ev") -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import pytest
 
@@ -19,19 +19,10 @@ from tests.e2e.asyncstores import FAST, FN, Backend, FakeFunction, engine, event
 
 pytestmark = pytest.mark.timeout(90)
 backend = asyncstores.backend   # the fixture: each test runs on SQLite and on JetStream
+store = asyncstores.store
 
 OTHER = FunctionRef("default", "other")          # another function of FN's namespace
 TWIN = FunctionRef("team-b", FN.name)             # FN's name in another namespace
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[EventStore]:
-    opened = backend.store()
-    await opened.start()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def failing(payload: bytes, attempt: int) -> InvocationResult:
