@@ -743,6 +743,17 @@ class Release:
                  "--wait", "--timeout", f"{int(timeout)}s"], timeout=timeout + 30)
         return time.monotonic() - started
 
+    def back_to_one_operator(self, *, timeout: float = 60) -> float:
+        """After a test ran two operator replicas: helm upgrade to one, wait until the other pod is gone
+        (terminating pods included: a standalone operator elects nothing, so a lingering old replica
+        would act beside it), and delete the Leases the two left; returns the upgrade's seconds."""
+        took = self.upgrade({"operator": {"replicas": 1}})
+        selector = self.selector("operator")
+        wait_until("one operator pod", lambda: len(pods(self.namespace, selector)) == 1, timeout=timeout)
+        kubectl("delete", "lease", "kfn-operator", "kfn-scheduler", "kfn-autoscaler", "--ignore-not-found",
+                namespace=self.namespace, check=False)
+        return took
+
     def uninstall(self, *, timeout: float = 120) -> float | None:
         """helm uninstall --wait (idempotent); returns the seconds it took, None if not installed."""
         if not self.installed:

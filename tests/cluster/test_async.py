@@ -344,11 +344,7 @@ def test_a_schedule_fires_each_tick_once_with_two_operator_replicas(release: Rel
         assert len(set(times)) == len(times)
         assert new_leader != leader
     finally:
-        platform.record("helm upgrade --wait: operator.replicas 1",
-                        release.upgrade({"operator": {"replicas": 1}}), "s")
-        # A standalone operator elects nothing: the Leases of the two replicas are left over.
-        platform.kubectl("delete", "lease", "kfn-operator", "kfn-scheduler", "kfn-autoscaler", "--ignore-not-found",
-                         namespace=release.namespace, check=False)
+        platform.record("helm upgrade --wait: operator.replicas 1", release.back_to_one_operator(), "s")
 
 
 def scheduler_leader(release: Release) -> str:

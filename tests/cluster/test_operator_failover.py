@@ -17,7 +17,6 @@ CODE = """
 def handler(event, context):
     return {{"n": {n}}}
 """
-LEASES = ("kfn-operator", "kfn-scheduler", "kfn-autoscaler")
 # A 409 answer, not a timestamp's milliseconds (",409").
 CONFLICT = re.compile(r"(?<![,.])\b409\b|Conflict")
 
@@ -90,8 +89,5 @@ def test_the_standby_operator_takes_over_from_a_killed_leader_mid_batch_without_
                         converged, "s")
         assert leader_elected, "no replica held the Lease kfn-operator"
     finally:
-        platform.record("helm upgrade --wait: operator.replicas 1",
-                        release.upgrade({"operator": {"replicas": 1}}), "s")
-        # A standalone operator elects nothing: the Leases of the two replicas are left over.
-        platform.kubectl("delete", "lease", *LEASES, "--ignore-not-found", namespace=release.namespace, check=False)
+        platform.record("helm upgrade --wait: operator.replicas 1", release.back_to_one_operator(), "s")
         platform.delete_namespace(namespace)
