@@ -65,7 +65,8 @@ from bench.runtime_latency import (
     write_code,
 )
 from kfn_runtime.config import Config
-from kfn_runtime.host import IDLE, InstanceHost, Invocation
+from kfn_runtime.execution import IDLE, Invocation
+from kfn_runtime.host import InstanceHost
 from kfn_runtime.launch import build_host
 
 SLOW = ("import time\n\n\ndef handler(event, context):\n    time.sleep(event['sleep'])\n"

@@ -155,9 +155,6 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
-    def tree(self) -> list[int]:
-        return [self.pid, *descendants(self.pid)]
-
 
 def first_ok(server: Server, path: str, *, timeout: float = 60.0) -> float:
     """Poll (every 5 ms) until GET `path` answers 200; seconds since the server's spawn."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from kfn.core.errors import CommandError
 from kfn.core.keys import InvalidKeys, KeyRing, parse_key_file
 from kfn.core.manifests import ManifestError
 from kfn.manifests import decode, read_bytes
@@ -40,6 +41,18 @@ def read_key_file(path: Path) -> KeyRing:
     except (RecursionError, ValueError) as e:
         raise InvalidKeys(f"{path}: cannot be parsed: {type(e).__name__}") from None
     return parse_key_file(data, file=str(path))
+
+
+def open_key_file(path: Path) -> KeyFile:
+    """The keys file of `--keys`, read now (a process refuses to start on keys it cannot use):
+    CommandError (exit code 2) saying what is wrong. `run` it to follow the file afterwards."""
+    keys = KeyFile(path)
+    try:
+        ring = keys.load()
+    except InvalidKeys as e:
+        raise CommandError(f"--keys: {e}", exit_code=2) from None
+    logger.info("API keys from %s: %s", path, ring.summary())
+    return keys
 
 
 class KeyFile:

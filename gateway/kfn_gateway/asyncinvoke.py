@@ -1,17 +1,17 @@
 """Asynchronous invocations delivered through the gateway: the delivery engine's `invoke`.
 
-The gateway stores asynchronous invocations (`Gateway.accept_event`: /async-function/, the Invoke
+The gateway stores asynchronous invocations (`Dispatcher.accept_event`: /async-function/, the Invoke
 API's InvocationType=Event, triggers through the store's `accept`); a `kfn.events.delivery`
 `DeliveryEngine` hands them to functions later. Here is what joins the two:
 
-- `gateway_invoker(gateway)`: the engine's `invoke(function, payload, invocation_id)`, running
-  each event through `Gateway.invoke_event` → `Gateway.dispatch`, so a stored event takes a slot,
-  scales a function from zero, waits in the same queue and counts in the same metrics as an HTTP
-  request. The gateway's failures become the engine's terms: nothing ran (throttled, no
-  instance, the queue timed out, the function is gone) → `NotInvoked`, not an attempt; the
-  instance failed or timed out after it may have run → `InvocationFailed`, an attempt; a
-  function error is the `InvocationResult` itself. An event does not join a function's queue
-  once it is half full: it is put back (`NotInvoked`), leaving the rest of the queue to callers.
+- `gateway_invoker(dispatcher)`: the engine's `invoke(function, payload, invocation_id)`, running
+  each event through `Dispatcher.invoke_event` → `Dispatcher.dispatch`, so a stored event takes a
+  slot, scales a function from zero, waits in the same queue and counts in the same metrics as an
+  HTTP request. Outcomes become the engine's terms: `NotRun` (throttled, no instance, the queue
+  timed out, the function is gone) → `NotInvoked`, not an attempt; `TimedOut` and `InstanceLost`
+  (it may have run) → `InvocationFailed`, an attempt; `Ran` is the `InvocationResult` itself, a
+  function error included. An event does not join a function's queue once it is half full: it
+  is put back (`NotInvoked`), leaving the rest of the queue to callers.
 - `async_configs(backend)`: every function's `AsyncConfig` (spec.async, timeout, concurrency).
 - `AsyncDelivery`: the engine of one gateway process, its configurations kept in step with the
   backend, and its queue metrics (`kfn.events.metrics.AsyncCollector`) on the gateway's registry,
@@ -29,42 +29,44 @@ from kfn.core.instances import InstanceBackend, Invocation, InvocationResult
 from kfn.events.delivery import DeliveryEngine, DeliverySettings, Invoke, Post
 from kfn.events.metrics import AsyncCollector
 from kfn.events.store import EventStore
-from kfn_gateway.errors import GatewayError
+from kfn_gateway.dispatch import Dispatcher
+from kfn_gateway.http_api import status_of
+from kfn_gateway.outcomes import InstanceLost, NotRun, Ran, TimedOut
 from kfn_gateway.server import Gateway
+from kfn_runtime import awslambda
 
 logger = logging.getLogger(__name__)
 
-# What Lambda reports for an invocation the platform saw end without an answer.
-TIMED_OUT = "Sandbox.Timedout"
-EXITED = "Runtime.ExitError"
 
-
-def gateway_invoker(gateway: Gateway) -> Invoke:
-    """The delivery engine's `invoke`, through `gateway` (see the module docstring)."""
+def gateway_invoker(dispatcher: Dispatcher) -> Invoke:
+    """The delivery engine's `invoke`, through `dispatcher` (see the module docstring)."""
+    settings = dispatcher.settings
 
     async def invoke(ref: FunctionRef, payload: bytes, invocation_id: str) -> InvocationResult:
-        function = gateway.backend.function(ref)
+        function = dispatcher.backend.function(ref)
         if function is None:
             raise NotInvoked(f"function {str(ref)!r} does not exist (any more)")
-        queued, limit = gateway.stats(ref).queued, gateway.settings.queue_limit
+        queued, limit = dispatcher.stats(ref).queued, settings.queue_limit
         if queued and queued >= limit // 2:
             # Stored events can wait; callers cannot. Half the function's queue stays theirs, so a
             # backlog of events never turns HTTP requests away with 429s.
             raise NotInvoked(f"function {str(ref)!r} has {queued} requests waiting for an instance",
-                             retry_after=gateway.settings.retry_after)
-        try:
-            return await gateway.invoke_event(function, Invocation(payload=payload, request_id=invocation_id))
-        except GatewayError as e:
-            if e.nothing_ran:
-                raise NotInvoked(str(e), retry_after=e.retry_after) from None
-            if e.status == 504:
-                raise InvocationFailed(str(e), error_type=TIMED_OUT) from None
-            raise InvocationFailed(str(e), error_type=EXITED) from None
+                             retry_after=settings.retry_after)
+        outcome = await dispatcher.invoke_event(function, Invocation(payload=payload, request_id=invocation_id),
+                                                status=status_of)
+        if isinstance(outcome, Ran):
+            return outcome.result
+        if isinstance(outcome, NotRun):
+            raise NotInvoked(outcome.message, retry_after=outcome.retry_after)
+        if isinstance(outcome, TimedOut):
+            raise InvocationFailed(outcome.message, error_type=awslambda.ERROR_TIMED_OUT)
+        assert isinstance(outcome, InstanceLost)
+        raise InvocationFailed(outcome.message, error_type=awslambda.ERROR_EXIT)
 
     return invoke
 
 
-def async_configs(backend: InstanceBackend, *, region: str = "us-east-1") -> dict[FunctionRef, AsyncConfig]:
+def async_configs(backend: InstanceBackend, *, region: str) -> dict[FunctionRef, AsyncConfig]:
     """`AsyncConfig` of every function `backend` knows."""
     out: dict[FunctionRef, AsyncConfig] = {}
     for function in backend.functions():
@@ -109,15 +111,15 @@ class AsyncDelivery:
     """
 
     def __init__(self, gateway: Gateway, store: EventStore, *, settings: DeliverySettings | None = None,
-                 post: Post | None = None, region: str = "us-east-1") -> None:
+                 post: Post | None = None) -> None:
         self.gateway = gateway
         self.store = store
-        self._region = region
+        self._region = gateway.settings.region
         self._configs: dict[FunctionRef, AsyncConfig] | None = None
         settings = settings or DeliverySettings()
         # The engine's own limit is a backstop only (see `delivery_margin`).
         margin = max(settings.timeout_margin, delivery_margin(gateway))
-        self.engine = DeliveryEngine(store, gateway_invoker(gateway), self.configs, post=post,
+        self.engine = DeliveryEngine(store, gateway_invoker(gateway.dispatcher), self.configs, post=post,
                                      settings=dataclasses.replace(settings, timeout_margin=margin))
         self._collector = AsyncCollector(self.engine)
         self._registered = False

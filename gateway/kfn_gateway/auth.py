@@ -24,6 +24,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import MultiMapping
 
-from kfn.core.keys import ApiKey, KeyRing
+from kfn.core.keys import ApiKey, KeyRing, KeySource
+
+logger = logging.getLogger(__name__)
 
 SIGV4 = "AWS4-HMAC-SHA256"
 # How far a signature's X-Amz-Date may be from the gateway's clock (AWS allows 15 minutes).
@@ -134,6 +137,17 @@ def authenticate(request: web.BaseRequest, scope: Scope, keys: KeyRing, *, body:
 
 
 # -- AWS Signature Version 4 --------------------------------------------------------------------
+
+def authorize(request: web.BaseRequest, scope: Scope, keys: KeySource, *,
+              body: bytes | None = None) -> ApiKey | web.Response:
+    """The key `request` presents for `scope` among `keys`' current ones, or the 401/403 answer to
+    give instead. `body` lets it check an AWS Signature V4, which signs the body."""
+    try:
+        return authenticate(request, scope, keys.keys(), body=body)
+    except AuthError as e:
+        logger.debug("refused %s %s from %s: %s", request.method, request.path, request.remote, e.reason)
+        return e.response()
+
 
 def _sigv4(request: web.BaseRequest, credential: str, keys: KeyRing, *, body: bytes | None,
            now: datetime.datetime | None) -> ApiKey | None:

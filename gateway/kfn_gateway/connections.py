@@ -39,13 +39,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
-from kfn_gateway.errors import GatewayError
+from kfn_gateway.outcomes import Refusal, Refused
 
 logger = logging.getLogger(__name__)
 
@@ -401,11 +401,12 @@ class GuardedAppRunner(web.AppRunner):
 
 
 async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """The whole request body; GatewayError 413 past `limit`, 408 if it takes longer than
-    `timeout` to arrive, 400 if the client sends it broken."""
+    """The whole request body, as long as it takes to arrive (at most `timeout`). Raises Refused:
+    TOO_LARGE past `limit`, TOO_SLOW if it takes longer than `timeout`, BROKEN if the client sends
+    it broken."""
     length = request.content_length
     if length is not None and length > limit:
-        raise GatewayError(413, f"the request body is {length} bytes; the limit is {limit}")
+        raise Refused(Refusal.TOO_LARGE, f"the request body is {length} bytes; the limit is {limit}")
     if not request.body_exists:
         return b""
     chunks: list[bytes] = []
@@ -415,12 +416,34 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             while chunk := await request.content.readany():
                 size += len(chunk)
                 if size > limit:
-                    raise GatewayError(413, f"the request body is more than {limit} bytes")
+                    raise Refused(Refusal.TOO_LARGE, f"the request body is more than {limit} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise GatewayError(408, f"the request body did not arrive within {timeout:g}s") from None
+        raise Refused(Refusal.TOO_SLOW, f"the request body did not arrive within {timeout:g}s") from None
     except (asyncio.IncompleteReadError, ConnectionResetError) as e:
-        raise GatewayError(400, f"could not read the request body: {e}") from None
+        raise Refused(Refusal.BROKEN, f"could not read the request body: {e}") from None
     except web.HTTPException as e:
-        raise GatewayError(400, f"could not read the request body: {e.reason}") from None
+        raise Refused(Refusal.BROKEN, f"could not read the request body: {e.reason}") from None
     return b"".join(chunks)
+
+
+async def expect_continue(request: web.Request, limit: int) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: a body over `limit` is refused (413) before it is sent, as is an
+    expectation the gateway cannot meet (417); otherwise the client is told to go on (None)."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        return _refuse(417, f"cannot meet the expectation {expect[:100]!r}")
+    length = request.content_length
+    if length is not None and length > limit:
+        return _refuse(413, f"the request body is {length} bytes; the limit is {limit}")
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0   # the answer proper has not started
+    return None
+
+
+def _refuse(status: int, message: str) -> web.Response:
+    response = web.json_response({"error": message}, status=status)
+    response.force_close()
+    close_after(response)   # the rest of the request is not worth reading
+    return response

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 
-from kfn.core.functions import CorsSpec
+from kfn.core.httpspec import CorsSpec
 
 _CORS_HEADERS = frozenset({"access-control-allow-origin", "access-control-allow-credentials",
                            "access-control-expose-headers", "access-control-max-age",

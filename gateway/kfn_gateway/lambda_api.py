@@ -7,7 +7,7 @@ The body is the event, passed to the function as it is (JSON, or nothing for `{}
 mapping happens on this path. The headers Lambda reads:
 
     X-Amz-Invocation-Type   RequestResponse (default): 200, the function's result as the body;
-                            Event: stored by `Gateway.accept_event`, 202; DryRun: 204
+                            Event: stored by `Dispatcher.accept_event`, 202; DryRun: 204
     X-Amz-Log-Type: Tail    X-Amz-Log-Result: base64 of the last 4 KB of the invocation's log
     X-Amz-Client-Context    base64 JSON, the handler's context.client_context
 
@@ -20,7 +20,7 @@ answers is Lambda's error shape, which botocore turns into the modeled exception
 FunctionName is `NAME` (in the gateway's default namespace), kfn's `NAME.NAMESPACE`, an ARN
 `arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]` or `ACCOUNT:function:NAME[:QUALIFIER]`
 (any region and account: kfn has neither), where NAME may itself be `NAME.NAMESPACE`; these are
-the names `kfn.core.asyncpolicy.function_arn` gives functions. kfn runs one version of each
+the names `kfn_runtime.awslambda.function_arn` gives functions. kfn runs one version of each
 function, so `$LATEST` is the only qualifier.
 
 When the gateway has keys (SECURITY.md), a request needs one for the function's namespace: an
@@ -29,8 +29,10 @@ boto3 and the CLI send), or a bearer/X-Api-Key key; refusals are AWS's 403s. Wit
 signatures are not looked at, and a key-protected function (spec.http.auth key) is refused to
 everyone, as on every other path (`needs_key`).
 
-`add_routes` is called by `Gateway.make_app`. Because server.py imports this module, this module
-does not import server.py: it names the gateway by what it uses of it (`InvokeGateway`).
+`LambdaApi` runs invocations through the gateway's dispatch core (`kfn_gateway.dispatch`), so
+an invocation here shares queueing, scale-from-zero, retries onto other instances, draining and
+metrics with /function/; what dispatch comes to is mapped to Lambda's answers in one table
+(`NOT_RUN`, then `TimedOut` and `InstanceLost` as the function's errors).
 """
 from __future__ import annotations
 
@@ -40,23 +42,22 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 import orjson
 from aiohttp import web
 
-from kfn.core import naming
-from kfn.core.asyncpolicy import DEFAULT_ACCOUNT, EXECUTED_VERSION
 from kfn.core.functions import Function, FunctionRef
-from kfn.core.instances import InstanceBackend, Invocation, InvocationResult
-from kfn.core.keys import ApiKey, KeySource
-from kfn_gateway.auth import SIGV4, Scope, credential_headers
-from kfn_gateway.connections import close_after, read_body
-from kfn_gateway.errors import GatewayError
+from kfn.core.instances import Invocation, InvocationResult
+from kfn.core.keys import KeySource
+from kfn_gateway.auth import SIGV4, Scope, authorize, credential_headers
+from kfn_gateway.connections import close_after, expect_continue, read_body
+from kfn_gateway.dispatch import Dispatcher
+from kfn_gateway.outcomes import Accepted, InstanceLost, Ran, Reason, Refusal, Refused, TimedOut
 from kfn_gateway.routing import Route
-from kfn_gateway.settings import GatewaySettings
+from kfn_runtime import awslambda
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ MAX_CLIENT_CONTEXT_BYTES: Final = 3583
 # Lambda's limit on a FunctionName (a full ARN), and on a bare name.
 MAX_FUNCTION_NAME_LENGTH: Final = 256
 MAX_BARE_NAME_LENGTH: Final = 64
-# Used in ARNs of messages when the request does not say (an unsigned request).
-DEFAULT_REGION: Final = "us-east-1"
 # Invocation ids made from an SDK's invocation id: the same call (its retries) gets the same id.
 _INVOCATION_IDS: Final = uuid.UUID("6f1d8e3a-2c4b-4e57-9a0d-5b7c3f9e1a24")
 
@@ -92,30 +91,6 @@ _FUNCTION_NAME = re.compile(
     r"(?:arn:(?:aws[a-zA-Z-]*)?:lambda:)?(?:[a-z]{2}(?:(?:-gov)|(?:-iso[a-z]?))?-[a-z]+-\d:)?"
     r"(?:(\d{12}):)?(?:function:)?([a-zA-Z0-9_.-]+)(?::(\$LATEST(?:\.PUBLISHED)?|[a-zA-Z0-9_-]+))?")
 _REGION_IN_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/,\s]+)/")
-
-
-class InvokeGateway(Protocol):
-    """What the Invoke API uses of `kfn_gateway.server.Gateway`: its dispatch, event store,
-    authorization and routes, so an invocation here shares queueing, scale-from-zero, retries
-    onto other instances, draining and metrics with /function/."""
-
-    @property
-    def backend(self) -> InstanceBackend: ...
-    @property
-    def settings(self) -> GatewaySettings: ...
-    @property
-    def keys(self) -> KeySource: ...
-
-    def ref(self, text: str) -> FunctionRef | None: ...
-    def authorize(self, request: web.BaseRequest, scope: Scope, *,
-                  body: bytes | None = None) -> ApiKey | web.Response: ...
-    async def expect_continue(self, request: web.Request) -> web.StreamResponse | None: ...
-    def route(self, ref: FunctionRef) -> Route: ...
-    async def held(self, route: Route, answer: Awaitable[web.StreamResponse], *,
-                   failed: Callable[[], web.StreamResponse]) -> web.StreamResponse: ...
-    async def dispatch(self, function: Function, route: Route, invocation: Invocation) -> InvocationResult: ...
-    async def accept_event(self, function: Function, payload: bytes, *, invocation_id: str,
-                           callback_url: str | None = None) -> str: ...
 
 
 class LambdaError(Exception):
@@ -177,10 +152,9 @@ class FunctionName:
     name: str                  # NAME or NAME.NAMESPACE, as the gateway names functions
     qualifier: str | None
 
-    def arn(self, *, region: str, account: str = DEFAULT_ACCOUNT) -> str:
+    def arn(self, *, region: str) -> str:
         """The function's ARN, as messages show it (with the qualifier asked for, if any)."""
-        out = f"arn:aws:lambda:{region}:{account}:function:{self.name}"
-        return f"{out}:{self.qualifier}" if self.qualifier else out
+        return awslambda.function_arn(self.name, region=region, qualifier=self.qualifier)
 
 
 def parse_function_name(text: str, *, qualifier: str | None = None) -> FunctionName:
@@ -241,41 +215,37 @@ def check_payload(body: bytes) -> bytes:
     return body
 
 
-def region_of(headers: Mapping[str, str]) -> str:
-    """The region the client signed for (what its ARNs say), else DEFAULT_REGION."""
+def region_of(headers: Mapping[str, str], default: str) -> str:
+    """The region the client signed for (what its ARNs say), else `default` (the gateway's)."""
     found = _REGION_IN_CREDENTIAL.search(headers.get("Authorization", ""))
-    return found.group(2) if found else DEFAULT_REGION
+    return found.group(2) if found else default
 
 
-# -- the routes -------------------------------------------------------------------------------------
-
-def add_routes(app: web.Application, gateway: InvokeGateway) -> None:
-    """Add the Invoke API to the gateway's application (before its catch-all route)."""
-    api = LambdaApi(gateway)
-    app.router.add_route("*", naming.LAMBDA_INVOKE_PATH, api.invoke, expect_handler=api.expect_continue)
-
+# -- the route --------------------------------------------------------------------------------------
 
 class LambdaApi:
-    """The Invoke API's request handler over one gateway."""
+    """The Invoke API's request handlers over one dispatch core."""
 
-    def __init__(self, gateway: InvokeGateway) -> None:
-        self.gateway = gateway
+    def __init__(self, dispatcher: Dispatcher, keys: KeySource) -> None:
+        self._dispatcher = dispatcher
+        self._settings = dispatcher.settings
+        self._keys = keys
 
     def _limit(self, invocation_type: str) -> int:
-        settings = self.gateway.settings
+        settings = self._settings
         if invocation_type == EVENT:
             return min(settings.max_async_payload_bytes, settings.max_body_bytes)
         return settings.max_body_bytes
 
     async def expect_continue(self, request: web.Request) -> web.StreamResponse | None:
         """`Expect: 100-continue`: a payload over the limit of its invocation type is refused in
-        Lambda's shape before it is sent; otherwise the gateway's own handler goes on."""
+        Lambda's shape before it is sent; otherwise the client is told to go on."""
         invocation_type = request.headers.get(HEADER_INVOCATION_TYPE, REQUEST_RESPONSE)
         limit = self._limit(invocation_type)
         length = request.content_length
         if request.method == "POST" and length is not None and length > limit:
             return too_large(length, limit, invocation_type).response(str(uuid.uuid4()), now=True)
-        return await self.gateway.expect_continue(request)
+        return await expect_continue(request, self._settings.max_body_bytes)
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         """One Invoke call; runs as long as the invocation (RequestResponse) or until the event is
@@ -294,7 +264,7 @@ class LambdaApi:
             return e.response(str(uuid.uuid4()), close=e.status in (400, 408, 413), now=e.status in (400, 408))
 
     async def _invoke(self, request: web.Request) -> web.StreamResponse:
-        gateway = self.gateway
+        dispatcher = self._dispatcher
         headers = request.headers
         invocation_type = headers.get(HEADER_INVOCATION_TYPE, REQUEST_RESPONSE)
         if invocation_type not in INVOCATION_TYPES:
@@ -304,27 +274,27 @@ class LambdaApi:
         if log_type not in ("None", "Tail"):
             raise invalid_parameter(f"LogType must be None or Tail (got {log_type[:100]!r})")
         target = parse_function_name(request.match_info["name"], qualifier=request.query.get("Qualifier"))
-        region = region_of(headers)
-        ref = gateway.ref(target.name)
+        region = region_of(headers, self._settings.region)
+        ref = dispatcher.ref(target.name)
         if ref is None:
             # A name Lambda takes (capitals, underscores) that no kfn function can have.
             raise not_found(target.arn(region=region))
-        keys = gateway.keys.keys()
-        if needs_key(len(keys), gateway.backend.function(ref)) and not (len(keys) and credential_headers(headers)):
+        keys = self._keys.keys()
+        if needs_key(len(keys), dispatcher.backend.function(ref)) and not (len(keys) and credential_headers(headers)):
             # Refused before its body is read: an unsigned caller may not make the gateway read 6 MB,
             # and without keys no credential can open a key-protected function.
             raise _refusal(401, headers, keys_known=False)
         limit = self._limit(invocation_type)
-        payload = await _read_payload(request, limit, gateway.settings.body_timeout, invocation_type)
+        payload = await _read_payload(request, limit, self._settings.body_timeout, invocation_type)
         # Looked up again: the function may have changed (become key-protected) while its body came.
-        function = gateway.backend.function(ref)
+        function = dispatcher.backend.function(ref)
         if needs_key(len(keys), function):
-            outcome = gateway.authorize(request, Scope.of_namespace(ref.namespace), body=payload)
+            outcome = authorize(request, Scope.of_namespace(ref.namespace), self._keys, body=payload)
             if isinstance(outcome, web.Response):
                 key_id = _key_id(headers)
                 raise _refusal(outcome.status, headers, keys_known=bool(key_id and keys.secrets_of(key_id)),
                                arn=target.arn(region=region), key_id=key_id)
-        if function is None or target.qualifier not in (None, EXECUTED_VERSION):
+        if function is None or target.qualifier not in (None, awslambda.LATEST):
             raise not_found(target.arn(region=region))
         request_id = invocation_id(headers.get(HEADER_SDK_INVOCATION_ID), ref)
         if invocation_type == DRY_RUN:
@@ -348,53 +318,60 @@ class LambdaApi:
     async def _accept(self, function: Function, event: bytes, request_id: str) -> web.Response:
         """InvocationType=Event: 202 once the event store holds the event."""
         try:
-            accepted = await self.gateway.accept_event(function, event, invocation_id=request_id)
-        except GatewayError as e:
-            if e.status == 413:
-                error = too_large(len(event), self.gateway.settings.max_async_payload_bytes, EVENT)
-            elif e.status == 503:
-                # No store, or one that did not confirm: the service's failure (retry with the same id).
-                error = service_error(str(e), retry_after=e.retry_after)
-            else:
-                error = _lambda_error(e.status, str(e), retry_after=e.retry_after)
-            logger.info("event for function %s not accepted: %s", function.ref, e)
-            return error.response(request_id)
+            outcome = await self._dispatcher.accept_event(function, event, invocation_id=request_id)
         except Exception:
             logger.exception("accepting an event for function %s failed", function.ref)
             return service_error(f"the gateway failed to store the event for function {function.ref}").response(
                 request_id)
-        return web.Response(status=202, headers={HEADER_REQUEST_ID: accepted})
+        if isinstance(outcome, Accepted):
+            return web.Response(status=202, headers={HEADER_REQUEST_ID: outcome.invocation_id})
+        logger.info("event for function %s not accepted: %s", function.ref, outcome.message)
+        if outcome.reason is Reason.TOO_LARGE:
+            error = too_large(len(event), self._settings.max_async_payload_bytes, EVENT)
+        else:
+            error = NOT_RUN[outcome.reason](outcome.message, outcome.retry_after)
+        return error.response(request_id)
 
     async def _run(self, function: Function, invocation: Invocation) -> web.StreamResponse:
         """InvocationType=RequestResponse through the gateway's dispatch, held and counted in the
         function's metrics as /function/ requests are."""
-        route = self.gateway.route(function.ref)
-        return await self.gateway.held(route, self._answer(function, route, invocation), failed=lambda: service_error(
-            f"the gateway failed to invoke function {function.ref}").response(invocation.request_id))
+        route = self._dispatcher.route(function.ref)
+        return await self._dispatcher.held(
+            route, self._answer(function, route, invocation), status=_status, lost=_lost,
+            failed=lambda: service_error(f"the gateway failed to invoke function {function.ref}").response(
+                invocation.request_id))
 
     async def _answer(self, function: Function, route: Route, invocation: Invocation) -> web.Response:
         request_id = invocation.request_id
-        try:
-            result = await self.gateway.dispatch(function, route, invocation)
-        except GatewayError as e:
-            if e.status == 504:
-                # The instance did not answer within the function's timeout and the margin:
-                # for the caller, the function timed out.
-                result = _timed_out(request_id, function.spec.timeout)
-            elif e.status == 502 and not e.nothing_ran:
-                # The instance failed after it was given the invocation (it died, or broke the
-                # connection): the function may have run, so this is its failure, as Lambda
-                # answers a runtime that exited — not a 5xx an SDK would retry on its own.
-                result = _exited(request_id, str(e))
-            else:
-                return _lambda_error(e.status, str(e), retry_after=e.retry_after).response(request_id)
+        outcome = await self._dispatcher.dispatch(function, route, invocation)
+        if isinstance(outcome, Ran):
+            result = outcome.result
+        elif isinstance(outcome, TimedOut):
+            # The instance did not answer within the function's timeout and the margin:
+            # for the caller, the function timed out.
+            result = _timed_out(request_id, function.spec.timeout)
+        elif isinstance(outcome, InstanceLost):
+            # The instance failed after it was given the invocation: the function may have run, so
+            # this is its failure, as Lambda answers a runtime that exited — not a 5xx an SDK would
+            # retry on its own.
+            result = _exited(request_id, outcome.message)
+        else:
+            return NOT_RUN[outcome.reason](outcome.message, outcome.retry_after).response(request_id)
         if result.function_error:
             logger.info("function %s failed (%s): %s", function.ref, result.error_type, result.payload[:500])
         return _result(result, request_id, want_log=invocation.want_log)
 
 
+def _status(response: web.Response) -> int:
+    return response.status
+
+
+def _lost() -> web.Response:
+    return web.Response(status=499)   # the client went away: nobody reads this
+
+
 def _result(result: InvocationResult, request_id: str, *, want_log: bool) -> web.Response:
-    headers = {HEADER_REQUEST_ID: request_id, HEADER_EXECUTED_VERSION: EXECUTED_VERSION,
+    headers = {HEADER_REQUEST_ID: request_id, HEADER_EXECUTED_VERSION: awslambda.LATEST,
                "Content-Type": "application/json"}
     if result.function_error:
         headers[HEADER_FUNCTION_ERROR] = result.function_error
@@ -405,36 +382,50 @@ def _result(result: InvocationResult, request_id: str, *, want_log: bool) -> web
 
 def _timed_out(request_id: str, timeout: float) -> InvocationResult:
     message = f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
-    return InvocationResult(payload=json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": message}).encode(),
-                            function_error="Unhandled", error_type="Sandbox.Timedout")
+    return InvocationResult(payload=awslambda.error_payload(awslambda.ERROR_TIMED_OUT, message),
+                            function_error=awslambda.UNHANDLED, error_type=awslambda.ERROR_TIMED_OUT)
 
 
 def _exited(request_id: str, reason: str) -> InvocationResult:
     message = f"RequestId: {request_id} Error: Runtime exited without providing a reason ({reason})"
-    return InvocationResult(payload=json.dumps({"errorType": "Runtime.ExitError", "errorMessage": message}).encode(),
-                            function_error="Unhandled", error_type="Runtime.ExitError")
+    return InvocationResult(payload=awslambda.error_payload(awslambda.ERROR_EXIT, message),
+                            function_error=awslambda.UNHANDLED, error_type=awslambda.ERROR_EXIT)
 
 
-def _lambda_error(status: int, message: str, *, retry_after: int | None) -> LambdaError:
-    """The gateway's refusal (`GatewayError`'s status and message) as Lambda would answer it."""
-    if status == 429:
-        # A full queue or instances that stayed full: the function's concurrency is spent.
-        return LambdaError(429, "TooManyRequestsException", f"Rate Exceeded. ({message})",
-                           retry_after=retry_after, reason="ReservedFunctionConcurrentInvocationLimitExceeded")
-    if status == 503:
-        # No instance within the queue timeout, one that cannot start, or a gateway shutting
-        # down: the function is not ready to run (the closest of Lambda's modeled errors).
-        return LambdaError(502, "ResourceNotReadyException", message, retry_after=retry_after)
-    if status == 404:
-        return LambdaError(404, "ResourceNotFoundException", message, capital_message=True)
-    if status == 413:
-        return LambdaError(413, "RequestTooLargeException", message)
-    if status == 408:
-        return LambdaError(408, "RequestTimeoutException", message)
-    if 400 <= status < 500:
-        return LambdaError(400, "InvalidRequestContentException", message)
-    # 502 (no instance could be reached: nothing ran) and anything else.
+def _too_many(message: str, retry_after: int | None) -> LambdaError:
+    # A full queue or instances that stayed full: the function's concurrency is spent.
+    return LambdaError(429, "TooManyRequestsException", f"Rate Exceeded. ({message})",
+                       retry_after=retry_after, reason="ReservedFunctionConcurrentInvocationLimitExceeded")
+
+
+def _not_ready(message: str, retry_after: int | None) -> LambdaError:
+    # No instance within the queue timeout, one that cannot start, or a gateway shutting down:
+    # the function is not ready to run (the closest of Lambda's modeled errors).
+    return LambdaError(502, "ResourceNotReadyException", message, retry_after=retry_after)
+
+
+def _gone(message: str, retry_after: int | None) -> LambdaError:
+    return LambdaError(404, "ResourceNotFoundException", message, capital_message=True)
+
+
+def _service(message: str, retry_after: int | None) -> LambdaError:
+    # No instance could be reached (nothing ran), or the event store failed.
     return service_error(message, retry_after=retry_after)
+
+
+def _payload_too_large(message: str, retry_after: int | None) -> LambdaError:
+    return LambdaError(413, "RequestTooLargeException", message)
+
+
+# Why nothing ran → Lambda's error for it.
+NOT_RUN: Mapping[Reason, Callable[[str, int | None], LambdaError]] = {
+    Reason.QUEUE_FULL: _too_many, Reason.THROTTLED: _too_many,
+    Reason.NO_SLOT: _not_ready, Reason.CANNOT_START: _not_ready, Reason.SCALE_FAILED: _not_ready,
+    Reason.SHUTTING_DOWN: _not_ready, Reason.TURNED_AWAY: _not_ready,
+    Reason.FUNCTION_GONE: _gone,
+    Reason.UNREACHABLE: _service, Reason.NO_STORE: _service, Reason.STORE_FAILED: _service,
+    Reason.TOO_LARGE: _payload_too_large,
+}
 
 
 def needs_key(keys: int, function: Function | None) -> bool:
@@ -473,11 +464,11 @@ async def _read_payload(request: web.Request, limit: int, timeout: float, invoca
     refusals in Lambda's shape: 413 past `limit`, 408 if it takes longer than `timeout`, 400 broken."""
     try:
         return await read_body(request, limit, timeout)
-    except GatewayError as e:
-        if e.status == 413:
+    except Refused as e:
+        if e.refusal is Refusal.TOO_LARGE:
             length = request.content_length
             raise too_large(length if length is not None and length > limit else None, limit,
                             invocation_type) from None
-        if e.status == 408:
+        if e.refusal is Refusal.TOO_SLOW:
             raise LambdaError(408, "RequestTimeoutException", str(e)) from None
         raise LambdaError(400, "InvalidRequestContentException", str(e)) from None

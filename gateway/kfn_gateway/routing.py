@@ -26,9 +26,8 @@ SCALE_RETRY_MAX = 4.0
 
 
 class Unavailable(Exception):
-    """No slot could be had; `status` is the HTTP status to answer with."""
-
-    status = 503
+    """No slot could be had (each subclass says why); `retry` says whether trying again later may
+    go otherwise."""
 
     def __init__(self, message: str, *, retry: bool = True) -> None:
         super().__init__(message)
@@ -36,22 +35,26 @@ class Unavailable(Exception):
 
 
 class QueueFull(Unavailable):
-    status = 429
+    """Too many requests wait for the function already."""
 
 
 class QueueTimeout(Unavailable):
-    status = 503
+    """No slot within the queue timeout."""
 
 
 class FunctionGone(Unavailable):
-    status = 404
+    """The function was deleted while the request waited."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retry=False)
 
 
 class ScaleFailed(Unavailable):
-    status = 503
+    """The scale from zero failed."""
+
+
+class ShuttingDown(Unavailable):
+    """The gateway is closing: its waiting requests are turned away."""
 
 
 class StartFailed(Unavailable):
@@ -61,8 +64,6 @@ class StartFailed(Unavailable):
     The message says the problem's public reason only; `problem` has the rest (its detail is the
     function owner's, never a caller's; its `init_error` is answered as the function's error).
     """
-
-    status = 503
 
     def __init__(self, message: str, problem: StartProblem | None = None) -> None:
         # (message first: copies of it are made as exceptions are, from their args and __dict__)
@@ -184,7 +185,7 @@ class Route:
         """Cancel a pending cold-start scale call and turn waiters away; returns at once."""
         if self._scaling is not None:
             self._scaling.cancel()
-        self._fail_waiters(Unavailable("the gateway is shutting down", retry=True))
+        self._fail_waiters(ShuttingDown("the gateway is shutting down"))
 
     def _take(self) -> Instance | None:
         # Least in-flight first; an idle instance ends the search early.

@@ -13,6 +13,7 @@ from kfn_gateway.connections import (
     DEFAULT_SEND_TIMEOUT,
     ConnectionLimits,
 )
+from kfn_runtime import awslambda
 
 # Lambda's limit on a synchronous invocation's payload.
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -34,6 +35,7 @@ class GatewaySettings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS   # open client connections; more are answered 503
     system_auth: bool = False       # /system/* needs an admin key (kfn gateway: on by default)
     max_async_payload_bytes: int = MAX_ASYNC_PAYLOAD_BYTES  # an asynchronous invocation's event (Lambda: 1 MB)
+    region: str = awslambda.DEFAULT_REGION   # the functions' region: ARNs, events, unsigned Invoke calls
 
     def connection_limits(self) -> ConnectionLimits:
         return ConnectionLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,

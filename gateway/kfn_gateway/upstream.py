@@ -16,7 +16,7 @@ Limits and reuse rules:
   instance is about to close;
 - a request written on a reused connection that the instance closed before sending a byte of an
   answer fails with `StaleConnection`: the instance most likely closed it while idle and never
-  read the request. The proxy decides whether to send it again (see `kfn_gateway.proxying`).
+  read the request. The proxy decides whether to send it again (see `kfn_gateway.invoking`).
 """
 from __future__ import annotations
 

@@ -27,18 +27,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass
 
 from aiohttp import web
+from kubernetes.aio import client
 
+from kfn._cogs.lifecycle import Parts
 from kfn.cli.local import with_options
 from kfn.cli.options import GatewayOptions
 from kfn.core.aiotasks import stop_tasks
 from kfn.core.errors import CommandError
-from kfn.core.keys import InvalidKeys, KeySource
+from kfn.core.keys import KeySource
 from kfn.events.delivery import DeliverySettings
 from kfn.events.jetstream import JetStreamStore
 from kfn.events.store import StoreUnavailable
-from kfn.keyfile import KeyFile
+from kfn.keyfile import open_key_file
 from kfn.kube import KubernetesBackend, SecretKeys, connect
 from kfn.triggers.registry import TriggerSettings
 from kfn.triggers.service import TriggerService
@@ -47,6 +50,10 @@ from kfn_gateway.asyncinvoke import AsyncDelivery
 
 # Between attempts to reach a NATS server that did not answer at start.
 NATS_RETRY = 5.0
+# Past a part's own bound on stopping (the deliveries' drain), before it is left behind.
+STOP_MARGIN = 5.0
+# Closing the listeners: aiohttp's 60 s for the requests in flight, then the gateway.
+LISTENERS_STOP_TIMEOUT = 60.0 + 15.0
 
 logger = logging.getLogger(__name__)
 
@@ -66,90 +73,107 @@ def run_gateway(options: GatewayOptions) -> int:
 
 
 async def _serve(options: GatewayOptions) -> None:
+    """The gateway process: its parts started in order, served until SIGTERM/SIGINT, drained
+    gently (see the module docstring), then stopped last first. CommandError if a part cannot start."""
+    async with Parts("kfn gateway") as parts:
+        api = await _connect()
+        parts.add("Kubernetes API client", api.close)
+        stop = _stop_on_signals()
+        key_file = open_key_file(options.keys) if options.keys is not None else None
+        if not options.system_auth:
+            logger.warning("--no-system-auth: anyone who reaches the gateway can list functions and read their logs")
+        backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True)
+        parts.add("Kubernetes backend", backend.close)   # before its start: informers retry until closed
+        await backend.start()
+        keys: KeySource
+        if key_file is not None:
+            keys = key_file
+            parts.task("keys file", key_file.run)
+        else:
+            keys = secrets = SecretKeys(api, namespaces=options.namespaces, admin_namespace=options.admin_namespace)
+            parts.add("API key Secrets", secrets.close)
+            await secrets.start()
+        settings = GatewaySettings(default_namespace=options.default_namespace, trusted_hops=options.trusted_hops,
+                                   system_auth=options.system_auth, region=options.region)
+        settings = with_options(settings, options.connections, options.limits)
+        store = JetStreamStore(options.nats_url) if options.nats_url else None
+        if store is not None:
+            parts.add("async event store", store.close)   # everything accepted is in JetStream already
+        gateway = Gateway(backend, settings=settings, keys=keys, events=store)
+        listeners = await _listen(gateway, options)
+        parts.add("listeners", listeners.close, timeout=LISTENERS_STOP_TIMEOUT)
+        if store is not None:
+            asynchronous = AsyncService(gateway, store, options)
+            asynchronous.start()
+            parts.add("asynchronous invocations", asynchronous.close, timeout=asynchronous.stop_timeout)
+        else:
+            logger.warning("no NATS server (--nats-url, $KFN_NATS_URL): asynchronous invocations are answered "
+                           "503 and NATS triggers do not run")
+        parts.add("listening", listeners.stop_listening)   # no more requests (those in flight go on)
+
+        await stop.wait()
+        logger.info("shutting down: serving %gs more while clients move to other replicas", options.shutdown_delay)
+        gateway.drain()
+        stop.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(options.shutdown_delay):
+                await stop.wait()  # a second signal skips the delay
+
+
+async def _connect() -> client.ApiClient:
     try:
-        api = await connect()
+        return await connect()
     except Exception as e:  # noqa: BLE001 - missing files, bad YAML, bad certificates: all one message
         raise CommandError(f"cannot configure the Kubernetes client: {e}") from None
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set (each time they come)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    key_file: KeyFile | None = None
-    if options.keys is not None:
-        key_file = KeyFile(options.keys)
-        try:
-            key_file.load()
-        except InvalidKeys as e:
-            raise CommandError(f"--keys: {e}", exit_code=2) from None
-    if not options.system_auth:
-        logger.warning("--no-system-auth: anyone who reaches the gateway can list functions and read their logs")
-    async with api:
-        backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True)
-        secrets: SecretKeys | None = None
-        keys: KeySource
-        if key_file is not None:
-            keys = key_file
-        else:
-            keys = secrets = SecretKeys(api, namespaces=options.namespaces, admin_namespace=options.admin_namespace)
-        await backend.start()
-        if secrets is not None:
-            await secrets.start()
-        poll = asyncio.create_task(key_file.run()) if key_file is not None else None
-        try:
-            settings = GatewaySettings(default_namespace=options.default_namespace, trusted_hops=options.trusted_hops,
-                                       system_auth=options.system_auth)
-            settings = with_options(settings, options.connections, options.limits)
-            store = JetStreamStore(options.nats_url) if options.nats_url else None
-            gateway = Gateway(backend, settings=settings, keys=keys, events=store)
-            asynchronous = AsyncService(gateway, store, options) if store is not None else None
-            if asynchronous is None:
-                logger.warning("no NATS server (--nats-url, $KFN_NATS_URL): asynchronous invocations are answered "
-                               "503 and NATS triggers do not run")
-            # serve() starts the gateway, and runner.cleanup() closes it.
-            runner = await serve(gateway, host=options.host, port=options.port)
-            logger.info("kfn gateway listening on %s:%d", options.host, options.port)
-            health: web.AppRunner | None = None
-            try:
-                if options.health_port is not None:
-                    health = await _serve_health(gateway, options.host, options.health_port)
-                if asynchronous is not None:
-                    asynchronous.start()
-                await stop.wait()
-                logger.info("shutting down: serving %gs more while clients move to other replicas",
-                            options.shutdown_delay)
-                gateway.drain()
-                stop.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(options.shutdown_delay):
-                        await stop.wait()  # a second signal skips the delay
-            finally:
-                if asynchronous is not None:
-                    for site in list(runner.sites):
-                        await site.stop()         # no more requests (those in flight go on)
-                    await asynchronous.close()    # triggers, then deliveries in progress (bounded)
-                await runner.cleanup()
-                if health is not None:
-                    await health.cleanup()        # last: the liveness probe is answered to the end
-                if store is not None:
-                    await store.close()
-        finally:
-            if poll is not None:
-                poll.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poll
-            if secrets is not None:
-                await secrets.close()
-            await backend.close()
+    return stop
 
 
-async def _serve_health(gateway: Gateway, host: str, port: int) -> web.AppRunner:
-    """The liveness listener (--health-port); CommandError if its port cannot be bound."""
+@dataclass(frozen=True)
+class Listeners:
+    """The gateway's port and, with --health-port, its liveness port."""
+
+    main: web.AppRunner
+    health: web.AppRunner | None
+
+    async def stop_listening(self) -> None:
+        """Close the main port to new connections; requests in flight go on."""
+        for site in list(self.main.sites):
+            await site.stop()
+
+    async def close(self) -> None:
+        """Wait for the requests in flight and close the gateway, then the liveness port: the
+        probe is answered to the end."""
+        await self.main.cleanup()
+        if self.health is not None:
+            await self.health.cleanup()
+
+
+async def _listen(gateway: Gateway, options: GatewayOptions) -> Listeners:
+    """Serve the gateway (serve() starts it, and cleaning up its runner closes it), then the liveness
+    port if asked for; CommandError if that port cannot be bound (nothing left listening)."""
+    main = await serve(gateway, host=options.host, port=options.port)
+    logger.info("kfn gateway listening on %s:%d", options.host, options.port)
+    if options.health_port is None:
+        return Listeners(main, None)
     try:
-        health = await serve_health(gateway, host=host, port=port)
+        health = await serve_health(gateway, host=options.host, port=options.health_port)
     except OSError as e:
-        raise CommandError(f"--health-port {port}: {e}") from None
-    logger.info("liveness probe (GET /healthz) on %s:%d, outside --max-connections", host, port)
-    return health
+        await main.cleanup()
+        raise CommandError(f"--health-port {options.health_port}: {e}") from None
+    except BaseException:
+        await main.cleanup()
+        raise
+    logger.info("liveness probe (GET /healthz) on %s:%d, outside --max-connections", options.host,
+                options.health_port)
+    return Listeners(main, health)
 
 
 class AsyncService:
@@ -158,14 +182,19 @@ class AsyncService:
 
     def __init__(self, gateway: Gateway, store: JetStreamStore, options: GatewayOptions) -> None:
         self._store = store
-        self.delivery = AsyncDelivery(gateway, store, settings=DeliverySettings(replicas=options.replicas),
-                                      region=options.region)
-        self.triggers = TriggerService(gateway.backend, store.accept, TriggerSettings(nats_url=options.nats_url),
-                                       everywhere=("nats",))
+        self.delivery = AsyncDelivery(gateway, store, settings=DeliverySettings(replicas=options.replicas))
+        triggers = TriggerSettings(region=options.region, nats_url=options.nats_url)
+        self.triggers = TriggerService(gateway.backend, store.accept, triggers, everywhere=("nats",))
         self._task: asyncio.Task[None] | None = None
-        self._started: list[AsyncDelivery | TriggerService] = []
+        self._parts = Parts("asynchronous invocations")
+
+    @property
+    def stop_timeout(self) -> float:
+        """How long `close` may take: the deliveries' drain, and margins for stopping the rest."""
+        return self.delivery.engine.settings.drain_timeout + 3 * STOP_MARGIN
 
     def start(self) -> None:
+        """Connect to the store, then start the delivery and the triggers, in the background."""
         self._task = asyncio.create_task(self._run(), name="kfn-gateway-async")
 
     async def _run(self) -> None:
@@ -177,15 +206,13 @@ class AsyncService:
                 logger.warning("asynchronous invocations wait for NATS: %s; trying again in %gs", e, NATS_RETRY)
             await asyncio.sleep(NATS_RETRY)
         logger.info("asynchronous invocations stored in JetStream at %s", self._store.url)
-        for part in (self.delivery, self.triggers):
-            await part.start()
-            self._started.append(part)
+        await self._parts.start("delivery", self.delivery.start, self.delivery.close,
+                                timeout=self.delivery.engine.settings.drain_timeout + STOP_MARGIN)
+        await self._parts.start("NATS triggers", self.triggers.start, self.triggers.close)
 
     async def close(self) -> None:
+        """Stop starting, then the triggers first (no new events while deliveries finish), then
+        the deliveries in progress (bounded); failures are logged."""
         if self._task is not None:
             await stop_tasks([self._task], what="the async start")
-        for part in reversed(self._started):   # triggers first: no new events while deliveries finish
-            try:
-                await part.close()
-            except Exception:
-                logger.exception("closing %s failed", type(part).__name__)
+        await self._parts.stop()

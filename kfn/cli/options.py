@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kfn.core import naming, natsurl, units
 from kfn.core.errors import CommandError
-from kfn_runtime import contract
+from kfn_runtime import awslambda, contract
 
 # The NATS server of async events (kfn gateway) and of NATS triggers: --nats-url, else this.
 ENV_NATS_URL = "KFN_NATS_URL"
@@ -132,7 +132,7 @@ class GatewayOptions:
     limits: LimitOptions = LimitOptions()
     nats_url: str | None = None   # async events in JetStream there (none: async requests are 503)
     replicas: int = 1             # gateway replicas sharing the async queue
-    region: str = contract.DEFAULT_REGION   # the functions' region (functions.region): destination records say it
+    region: str = awslambda.DEFAULT_REGION   # the functions' region (functions.region): destination records say it
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,7 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
 def _region(flag: str | None) -> str:
     """--region, else $KFN_REGION (what the operator gives the functions), else us-east-1."""
     value = (flag if flag is not None else os.environ.get(contract.ENV_REGION, "")).strip()
-    return value or contract.DEFAULT_REGION
+    return value or awslambda.DEFAULT_REGION
 
 
 def _replicas(flag: int | None) -> int:

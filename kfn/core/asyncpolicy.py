@@ -24,7 +24,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from kfn.core.functions import Destination, Function, FunctionRef
+from kfn.core.asyncspec import Destination
+from kfn.core.functions import Function, FunctionRef
+from kfn_runtime import awslambda
 
 # Lambda's invocation-record conditions; DestinationFailed is kfn's own (a destination that
 # could not be told before `DeliverySettings.destination_retry_for` ran out).
@@ -33,8 +35,7 @@ SUCCESS: Final = "Success"
 RETRIES_EXHAUSTED: Final = "RetriesExhausted"
 EVENT_AGE_EXCEEDED: Final = "EventAgeExceeded"
 DESTINATION_FAILED: Final = "DestinationFailed"
-EXECUTED_VERSION: Final = "$LATEST"
-DEFAULT_ACCOUNT: Final = "000000000000"
+EXECUTED_VERSION: Final = awslambda.LATEST
 # What an asynchronous invocation's payload may weigh (Lambda: 1 MB since 2025, 256 KB before).
 MAX_ASYNC_PAYLOAD_BYTES: Final = 1024 * 1024
 _DESTINATION_NAMESPACE: Final = uuid.UUID("1c0f5d3e-27b4-4f7e-bb3a-7a0d2d1e9c42")
@@ -53,7 +54,7 @@ class InvocationFailed(Exception):
     """The function may have run and did not answer (a timeout, an instance that died): a
     function error with Lambda's `error_type` (e.g. Sandbox.Timedout), counted as an attempt."""
 
-    def __init__(self, message: str, *, error_type: str = "Runtime.ExitError") -> None:
+    def __init__(self, message: str, *, error_type: str = awslambda.ERROR_EXIT) -> None:
         super().__init__(message)
         self.error_type = error_type
 
@@ -89,7 +90,7 @@ class AsyncConfig:
     function_arn: str = ""
 
     @classmethod
-    def of(cls, function: Function, *, region: str = "us-east-1", account: str = DEFAULT_ACCOUNT) -> AsyncConfig:
+    def of(cls, function: Function, *, region: str, account: str = awslambda.DEFAULT_ACCOUNT) -> AsyncConfig:
         spec = function.spec
         settings = spec.async_
         ref = function.ref
@@ -111,11 +112,11 @@ def async_concurrency(function: Function) -> int:
     return function.spec.scale.maxReplicas * function.spec.concurrency
 
 
-def function_arn(ref: FunctionRef, *, region: str = "us-east-1", account: str = DEFAULT_ACCOUNT) -> str:
-    """The ARN a function's destination records carry. Lambda names functions per account and
-    region; kfn per namespace, so a namespace other than the default is part of the name."""
-    name = ref.name if ref.namespace == "default" else f"{ref.name}.{ref.namespace}"
-    return f"arn:aws:lambda:{region}:{account}:function:{name}:{EXECUTED_VERSION}"
+def function_arn(ref: FunctionRef, *, region: str, account: str = awslambda.DEFAULT_ACCOUNT) -> str:
+    """The ARN a function's destination records carry, qualified with the version that ran
+    (`awslambda.function_arn`: a namespace other than the default is part of the name)."""
+    return awslambda.function_arn(ref.name, ref.namespace, region=region, account=account,
+                                  qualifier=EXECUTED_VERSION)
 
 
 @dataclass(frozen=True)
@@ -188,11 +189,6 @@ def destination_record(*, invocation_id: str, function_arn: str, condition: str,
     if response_payload is not None:
         record["responsePayload"] = json_value(response_payload)
     return record
-
-
-def error_payload(message: str, error_type: str) -> bytes:
-    """A function error's body, as Lambda writes it, for errors the platform saw (a timeout)."""
-    return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
 
 
 def json_value(payload: bytes) -> Any:

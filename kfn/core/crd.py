@@ -1,4 +1,4 @@
-"""The Function CustomResourceDefinition, generated from the model in `kfn.functions`.
+"""The Function CustomResourceDefinition, generated from the model in `kfn.core.functions`.
 
 The committed copy under charts/kfn/crds/ is this module's output; a test fails when they drift.
 Regenerate with `make crd` (or `kfn crd > charts/kfn/crds/functions.kfn.dev.yaml`).
@@ -11,20 +11,13 @@ from typing import Any
 import yaml
 
 from kfn.core import naming
-from kfn.core.functions import (
-    DEFAULT_RUNTIME,
-    DESTINATION_URL_PATTERN,
-    FUNCTION_REF_PATTERN,
-    MAX_NAME_LENGTH,
-    NATS_SUBJECT_PATTERN,
-    NODE_HANDLER_PATTERN,
-    PYTHON_HANDLER_PATTERN,
-    RUNTIMES,
-    TRIGGER_KINDS,
-    FunctionSpec,
-    ScaleSpec,
-)
+from kfn.core.asyncspec import DESTINATION_URL_PATTERN, FUNCTION_REF_PATTERN
+from kfn.core.codespec import DEFAULT_RUNTIME, NODE_HANDLER_PATTERN, PYTHON_HANDLER_PATTERN, RUNTIMES
+from kfn.core.fields import MAX_NAME_LENGTH
+from kfn.core.functions import FunctionSpec
 from kfn.core.routes import ROUTE_KEY_PATTERN
+from kfn.core.scalespec import ScaleSpec
+from kfn.core.triggerspec import NATS_SUBJECT_PATTERN, TRIGGER_KINDS
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "kfn" / "crds" / f"{naming.CRD_NAME}.yaml"
 
@@ -270,6 +263,6 @@ def crd_manifest() -> dict[str, Any]:
 
 
 def render_crd_yaml() -> str:
-    header = ("# Generated from kfn/functions.py by `kfn crd`; do not edit by hand (`make crd` regenerates it).\n"
+    header = ("# Generated from kfn/core/functions.py by `kfn crd`; do not edit by hand (`make crd` regenerates it).\n"
               f"# Runtimes: {', '.join(RUNTIMES)}\n")
     return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=120)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kfn.core.functions import Function, FunctionRef
+from kfn_runtime import awslambda
 
 
 # Made for every request: slots and no frozen-ness keep construction cheap on the hot path.
@@ -34,7 +35,7 @@ class InvocationResult:
     """What an instance answered. `rejected` set means it did not run the function at all."""
 
     payload: bytes = b""
-    function_error: str | None = None  # "Unhandled" when the function failed (payload: Lambda's error object)
+    function_error: str | None = None  # awslambda.UNHANDLED when the function failed (payload: Lambda's error object)
     error_type: str | None = None
     log_result: str | None = None      # base64 of the last 4 KB of the invocation's log, START to REPORT
     rejected: str | None = None        # why it turned the invocation away (concurrency, draining, loading)
@@ -67,8 +68,8 @@ class InitError:
 
     def payload(self, request_id: str) -> bytes:
         """Lambda's error object for the invocation `request_id`."""
-        return json.dumps({"errorMessage": self.message, "errorType": self.error_type, "requestId": request_id,
-                           "stackTrace": list(self.stack_trace)}).encode()
+        return awslambda.error_payload(self.error_type, self.message, request_id=request_id,
+                                       stack_trace=self.stack_trace)
 
     @classmethod
     def of_payload(cls, payload: bytes, *, default_type: str, default_message: str) -> InitError:

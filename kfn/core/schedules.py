@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+from kfn_runtime import awslambda
+
 UTC: Final = dt.UTC
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=UTC)
 MINUTE: Final = dt.timedelta(minutes=1)
@@ -288,7 +290,7 @@ def rule_name(function_name: str, namespace: str, trigger: int) -> str:
 
 
 def scheduled_event(tick: dt.datetime, *, event_id: str, rule: str, region: str,
-                    account: str = "000000000000") -> dict[str, Any]:
+                    account: str = awslambda.DEFAULT_ACCOUNT) -> dict[str, Any]:
     """EventBridge's Scheduled Event for one tick (what a Lambda function gets from a schedule)."""
     return {
         "version": "0",

@@ -54,6 +54,7 @@ from kfn.core.asyncpolicy import AsyncConfig, InvocationFailed, NotInvoked, Retr
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import InvocationResult
 from kfn.events.store import DeadLetter, Delivery, Dispatch, Event, EventStore, Outcome, QueueStats, StoreUnavailable
+from kfn_runtime import awslambda
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ class DeliveryEngine:
             result = _failed(str(e), e.error_type)
         except TimeoutError:
             result = _failed(f"RequestId: {event.id} Error: Task timed out after {config.timeout:.2f} seconds",
-                             "Sandbox.Timedout")
+                             awslambda.ERROR_TIMED_OUT)
         attempts = event.attempts + 1
         now = self._clock()
         if result.function_error is None:
@@ -323,7 +324,7 @@ class DeliveryEngine:
             record = asyncpolicy.destination_record(
                 invocation_id=event.id, function_arn=config.function_arn, condition=condition,
                 approximate_invoke_count=attempts, request_payload=event.payload, response_payload=response,
-                function_error=None if success else "Unhandled", timestamp=now)
+                function_error=None if success else awslambda.UNHANDLED, timestamp=now)
             pending.append(_dispatch_to(target, orjson.dumps(record)))
         if event.callback_url:
             # OpenFaaS's queue worker: the result as the body, the status in X-Function-Status.
@@ -478,6 +479,6 @@ def _dispatch_to(target: Target, body: bytes) -> Dispatch:
 
 
 def _failed(message: str, error_type: str) -> InvocationResult:
-    return InvocationResult(payload=asyncpolicy.error_payload(message, error_type), function_error="Unhandled",
+    return InvocationResult(payload=awslambda.error_payload(error_type, message), function_error=awslambda.UNHANDLED,
                             error_type=error_type)
 

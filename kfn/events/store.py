@@ -37,7 +37,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from kfn.core.functions import MAX_EVENT_AGE_SECONDS, FunctionRef
+from kfn.core.asyncspec import MAX_EVENT_AGE_SECONDS
+from kfn.core.functions import FunctionRef
 
 # How long an accepted invocation id stays the function's: a retry within it stores nothing.
 DEDUP_WINDOW = float(MAX_EVENT_AGE_SECONDS)
@@ -106,6 +107,13 @@ class Event:
     outcome: Outcome | None = None
     caller_chosen: bool = False       # the id is the caller's (X-Call-Id): see `dedup_key`
 
+    @classmethod
+    def new(cls, function: FunctionRef, payload: bytes, invocation_id: str, options: AcceptOptions, *,
+            accepted_at: float) -> Event:
+        """The event an accept stores: no attempts yet, its age counting from `accepted_at`."""
+        return cls(id=invocation_id, function=function, payload=payload, accepted_at=accepted_at,
+                   callback_url=options.callback_url, caller_chosen=options.caller_chosen)
+
     @property
     def dedup_key(self) -> str:
         return dedup_key(self.id, AcceptOptions(caller_chosen=self.caller_chosen))
@@ -154,6 +162,12 @@ class DeadLetter:
     @property
     def dedup_key(self) -> str:
         return dedup_key(self.id, AcceptOptions(caller_chosen=self.caller_chosen))
+
+    def replayed(self, accepted_at: float) -> Event:
+        """The event a replay stores again: the same id (still the caller's, if it was) and
+        payload, a fresh age from `accepted_at`, no attempts and no callback."""
+        return Event(id=self.id, function=self.function, payload=self.payload, accepted_at=accepted_at,
+                     caller_chosen=self.caller_chosen)
 
     def encode(self) -> bytes:
         return orjson.dumps({

@@ -3,7 +3,9 @@
 - `connection`: credentials, loaded once per process (and handed to kopf from there);
 - `informer`: list + watch of one kind of object, typed, with relists and backoff;
 - `pods`: what a function pod says about serving;
-- `backend`: `KubernetesBackend`, the instance backend of the gateway and the autoscaler;
+- `backend`: `KubernetesBackend`, the instance backend of the gateway and the autoscaler, over
+  `mirror` (Functions, Deployments, Pods by informers), `probes` (which pods serve), `rotation`
+  (ready instances, failures, problems), `scaling` (the scale subresource) and `logs`;
 - `keys`: `SecretKeys`, the gateway's API keys from Secrets;
 - `resources`: writes as JSON patches.
 """

@@ -11,7 +11,7 @@ from typing import Any
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import InitError, StartProblem, StartReason
-from kfn_runtime import contract
+from kfn_runtime import awslambda, contract
 
 # Container states that will not heal by waiting a second: worth telling a waiting caller.
 _FAILING_WAITING_REASONS = frozenset({
@@ -125,7 +125,7 @@ def _init_error(message: str) -> tuple[InitError, bool] | None:
         return None
     if not isinstance(found, dict) or found.get(contract.TERMINATION_MARK) is not True:
         return None
-    error = InitError.of_payload(message.encode(), default_type=contract.ERROR_UNKNOWN,
+    error = InitError.of_payload(message.encode(), default_type=awslambda.ERROR_UNKNOWN,
                                  default_message="the function failed to initialize")
     return error, found.get("platform") is True
 

@@ -26,14 +26,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from kfn._cogs.lifecycle import Parts
 from kfn.core import naming
 from kfn.core.errors import CommandError
 from kfn.core.functions import Function, FunctionRef
-from kfn.core.keys import InvalidKeys
 from kfn.events.delivery import DeliverySettings
 from kfn.events.sqlite import FILE_NAME, SqliteStore
 from kfn.events.store import StoreUnavailable
-from kfn.keyfile import KeyFile
+from kfn.keyfile import open_key_file
 from kfn.local.directory import ManifestDirectory
 from kfn.processes import ProcessBackend
 from kfn.triggers.leader import FileLock
@@ -44,7 +44,7 @@ from kfn_autoscaler.sources import QueuedWorkSource
 from kfn_gateway import Gateway, GatewaySettings
 from kfn_gateway.asyncinvoke import AsyncDelivery
 from kfn_gateway.server import make_runner
-from kfn_runtime import contract
+from kfn_runtime import awslambda, contract
 from kfn_runtime.output import BatchedLines
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class LocalSettings:
     async_lease: float = 30.0       # an async event in flight when kfn local died is delivered again after this
     strict_runtimes: bool = False   # refuse a function whose Python version is not on this machine (else: warn)
     init_timeout: float = contract.DEFAULT_INIT_TIMEOUT   # a function's init phase; past it, Sandbox.Timedout
+    region: str = awslambda.DEFAULT_REGION   # the functions' AWS_REGION, and what their ARNs and events say
 
     @property
     def state(self) -> Path:
@@ -73,6 +74,8 @@ class LocalSettings:
 
 STATE_DIR_NAME = ".kfn"
 SCHEDULER_LOCK = "scheduler.lock"
+# Past a part's own bound on stopping (the slowest function's drain), before it is left behind.
+STOP_MARGIN = 15.0
 
 
 # -- local routes ------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ class LocalRoutes:
 
     async def instances(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        ref = self._gateway.ref(name)
+        ref = self._gateway.dispatcher.ref(name)
         status = self._backend.status(ref) if ref is not None else None
         if ref is None or status is None:
             return web.json_response({"error": f"no function named {name!r}", "function": name}, status=404)
@@ -149,110 +152,95 @@ class LocalMode:
         """Serves until SIGINT or SIGTERM; returns the exit code after a clean shutdown.
 
         Every manifest is read before the gateway listens, so no request for a function that
-        exists gets a 404 while starting. Startup failures (the port in use, ...) stop whatever
-        started and raise CommandError.
+        exists gets a 404 while starting. The parts start in order and stop in reverse
+        (`kfn._cogs.lifecycle.Parts`); a startup failure (the port in use, ...) stops whatever
+        started and raises CommandError.
         """
-        keys: KeyFile | None = None
-        if self.settings.keys is not None:
-            keys = KeyFile(self.settings.keys)
-            try:
-                ring = keys.load()
-            except InvalidKeys as e:
-                raise CommandError(f"--keys: {e}", exit_code=2) from None
-            logger.info("API keys from %s: %s", self.settings.keys, ring.summary())
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-
+        keys = open_key_file(self.settings.keys) if self.settings.keys is not None else None
+        state = self.settings.state
         backend = ProcessBackend(work_dir=self.work_dir, deps_cache=_deps_cache(),
                                  log_files=self.work_dir is not None, on_output=self._echo,
-                                 confine=self.settings.cgroups, init_timeout=self.settings.init_timeout)
-        state = self.settings.state
+                                 confine=self.settings.cgroups, init_timeout=self.settings.init_timeout,
+                                 region=self.settings.region)
         store = SqliteStore(state / FILE_NAME, lease=self.settings.async_lease)
-        try:
-            await store.start()
-        except (StoreUnavailable, OSError) as e:
-            raise CommandError(f"cannot open the async event store in {state}: {e} (choose another place with "
-                               "--state-dir)") from None
-        await backend.start()
         manifests = ManifestDirectory(self.directory, backend, check=self._check(backend))
-        gateway = Gateway(backend, settings=self.settings.gateway, keys=keys, events=store,
-                          details=backend.runtime_details)
-        delivery: AsyncDelivery | None = None
+        gateway = Gateway(backend, settings=replace(self.settings.gateway, region=self.settings.region), keys=keys,
+                          events=store, details=backend.runtime_details)
         triggers = TriggerService(backend, store.accept,
-                                  local_settings(state / FILE_NAME, nats_url=self.settings.nats_url),
+                                  local_settings(state / FILE_NAME, region=self.settings.region,
+                                                 nats_url=self.settings.nats_url),
                                   everywhere=("nats",), leader_only=("schedule",),
                                   election=FileLock(state / SCHEDULER_LOCK))
-        runner: web.AppRunner | None = None
-        tasks: list[asyncio.Task[None]] = []
-        try:
+        async with Parts("kfn local") as parts:
+            stop = await parts.start("signal handlers", _stop_on_signals, _restore_signals)
+            await parts.start("async event store", lambda: _open(store, state), store.close)  # all accepted is in it
+            # SIGTERM every instance, SIGKILL stragglers, reap all: as long as the slowest function may take.
+            await parts.start("local instances", backend.start, backend.close,
+                              timeout=lambda: _drain_timeout(backend) + STOP_MARGIN)
             await manifests.poll()
             # Deliveries in progress at shutdown may take as long as the slowest function.
             # Leases are renewed well before they run out, however short --async-lease makes them.
+            drain = _drain_timeout(backend)
             delivery = AsyncDelivery(gateway, store, settings=replace(
-                self.settings.delivery, drain_timeout=_drain_timeout(backend),
+                self.settings.delivery, drain_timeout=drain,
                 heartbeat=min(self.settings.delivery.heartbeat, self.settings.async_lease / 3)))
             app = gateway.make_app()   # starts the gateway with the app, and closes it on cleanup
             LocalRoutes(backend, manifests, gateway, triggers).add_to(app)
             # As kfn_gateway.server.serve does, plus a drain as long as the slowest function may take.
-            runner = make_runner(gateway, app, handle_signals=False, shutdown_timeout=_drain_timeout(backend))
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    raise CommandError(f"cannot listen on {self.host}:{self.port}: the address is already in use "
-                                       "(is another kfn local running? pick one with --port)") from None
-                raise CommandError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
-            await delivery.start()
-            await triggers.start()
+            runner = make_runner(gateway, app, handle_signals=False, shutdown_timeout=drain)
+            # Waits for the requests in flight, then closes the gateway.
+            await parts.start("gateway", lambda: self._listen(runner), runner.cleanup, timeout=drain + STOP_MARGIN)
+            # Deliveries in progress finish (bounded); the rest stay stored.
+            await parts.start("delivery", delivery.start, delivery.close, timeout=drain + STOP_MARGIN)
+            parts.add("listening", lambda: _stop_listening(runner))   # no more requests (those in flight go on)
+            await parts.start("triggers", triggers.start, triggers.close)   # no more events from schedules and NATS
             # Queued async events count as work, so a function at zero with events waiting scales up.
             load = QueuedWorkSource(gateway.metrics_source, delivery.engine.queue_stats)
-            autoscaler = Autoscaler(backend, load, interval=1.0, registry=gateway.registry)
-            tasks = [loop.create_task(autoscaler.run(), name="kfn-autoscaler"),
-                     loop.create_task(manifests.run(), name="kfn-manifests")]
+            parts.task("kfn-autoscaler", Autoscaler(backend, load, interval=1.0, registry=gateway.registry).run)
+            parts.task("kfn-manifests", manifests.run)
             if keys is not None:
-                tasks.append(loop.create_task(keys.run(), name="kfn-keys"))
-            names = sorted(f.name for f in backend.functions())
-            count = f"{len(names)} function{'s' if len(names) != 1 else ''}"
-            listing = f" ({', '.join(names)})" if names else f" (no Function manifests in {self.directory} yet)"
-            print(f"kfn local: serving {count} at http://{_url_host(self.host)}:{self.port}{listing}", flush=True)
-            print(f"kfn local: async events and schedules in {state}", flush=True)
-            if keys is None and self.host not in ("127.0.0.1", "::1", "localhost"):
-                print(f"kfn local: warning: listening on {self.host} without --keys: anyone who reaches it can "
-                      "list the functions and read their logs (see SECURITY.md)", file=sys.stderr, flush=True)
-            substituted = sorted(f.name for f in backend.functions()
-                                 if (python := backend.python(f.ref)) is not None and python.substituted)
-            if substituted:
-                print(f"kfn local: warning: {len(substituted)} function(s) run on another Python than their "
-                      f"spec.runtime, as this machine lacks it: {', '.join(substituted)} (see above, or GET "
-                      "/system/errors; --strict-runtimes refuses them instead)", file=sys.stderr, flush=True)
-            problems = manifests.errors()
-            if problems:
-                print(f"kfn local: {len(problems)} manifest file(s) with errors (see above, or GET /system/errors)",
-                      file=sys.stderr, flush=True)
+                parts.task("kfn-keys", keys.run)
+
+            self._announce(backend, manifests, state, keys is not None)
             await stop.wait()
             print("kfn local: shutting down (draining requests and instances)", file=sys.stderr, flush=True)
             backend.quiesce()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await triggers.close()           # no more events from schedules and NATS
-            if runner is not None:
-                for site in list(runner.sites):
-                    await site.stop()        # no more requests (those in flight go on)
-            if delivery is not None:
-                await delivery.close()       # deliveries in progress finish (bounded); the rest stay stored
-            if runner is not None:
-                await runner.cleanup()       # wait for in-flight requests, close the gateway
-            await store.close()              # everything accepted is in the database already
-            await backend.close()            # SIGTERM every instance, SIGKILL stragglers, reap all
-            _STDERR.flush()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
         return 0
+
+    async def _listen(self, runner: web.AppRunner) -> None:
+        """Set `runner` up and listen; CommandError if the address cannot be had (nothing left listening)."""
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+        except BaseException as e:
+            await runner.cleanup()
+            if not isinstance(e, OSError):
+                raise
+            if e.errno == errno.EADDRINUSE:
+                raise CommandError(f"cannot listen on {self.host}:{self.port}: the address is already in use "
+                                   "(is another kfn local running? pick one with --port)") from None
+            raise CommandError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+
+    def _announce(self, backend: ProcessBackend, manifests: ManifestDirectory, state: Path, keys: bool) -> None:
+        """Tell the developer what is served, where, and what is wrong with it."""
+        names = sorted(f.name for f in backend.functions())
+        count = f"{len(names)} function{'s' if len(names) != 1 else ''}"
+        listing = f" ({', '.join(names)})" if names else f" (no Function manifests in {self.directory} yet)"
+        print(f"kfn local: serving {count} at http://{_url_host(self.host)}:{self.port}{listing}", flush=True)
+        print(f"kfn local: async events and schedules in {state}", flush=True)
+        if not keys and self.host not in ("127.0.0.1", "::1", "localhost"):
+            print(f"kfn local: warning: listening on {self.host} without --keys: anyone who reaches it can "
+                  "list the functions and read their logs (see SECURITY.md)", file=sys.stderr, flush=True)
+        substituted = sorted(f.name for f in backend.functions()
+                             if (python := backend.python(f.ref)) is not None and python.substituted)
+        if substituted:
+            print(f"kfn local: warning: {len(substituted)} function(s) run on another Python than their "
+                  f"spec.runtime, as this machine lacks it: {', '.join(substituted)} (see above, or GET "
+                  "/system/errors; --strict-runtimes refuses them instead)", file=sys.stderr, flush=True)
+        problems = manifests.errors()
+        if problems:
+            print(f"kfn local: {len(problems)} manifest file(s) with errors (see above, or GET /system/errors)",
+                  file=sys.stderr, flush=True)
 
     def _check(self, backend: ProcessBackend) -> Callable[[Function], str | None]:
         """The manifest reader's check of each function: with --strict-runtimes, why it is refused
@@ -265,6 +253,38 @@ class LocalMode:
             return python.refusal() if strict and python is not None else None
 
         return check
+
+
+async def _open(store: SqliteStore, state: Path) -> None:
+    """Open the async event store; CommandError if it cannot be (nothing left open)."""
+    try:
+        await store.start()
+    except (StoreUnavailable, OSError) as e:
+        raise CommandError(f"cannot open the async event store in {state}: {e} (choose another place with "
+                           "--state-dir)") from None
+
+
+async def _stop_on_signals() -> asyncio.Event:
+    """An event SIGINT and SIGTERM set, until `_restore_signals`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _restore_signals() -> None:
+    """The instances' last output on stderr, and SIGINT and SIGTERM to their defaults again."""
+    _STDERR.flush()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+
+
+async def _stop_listening(runner: web.AppRunner) -> None:
+    """Close the port to new connections; requests in flight go on."""
+    for site in list(runner.sites):
+        await site.stop()
 
 
 def _drain_timeout(backend: ProcessBackend) -> float:

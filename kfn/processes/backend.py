@@ -82,7 +82,7 @@ class ProcessBackend:
 
     def __init__(self, *, work_dir: Path | None = None, deps_cache: Path | None = None,
                  python: str = sys.executable, interpreters: Interpreters | None = None,
-                 region: str = "us-east-1", environment_idle_timeout: float = 60.0,
+                 region: str, environment_idle_timeout: float = 60.0,
                  init_timeout: float = contract.DEFAULT_INIT_TIMEOUT, stop_grace: float = 5.0,
                  deregistration_delay: float = 0.5, max_backoff: float = 10.0, pip_timeout: float = 600.0,
                  log_lines: int = DEFAULT_LOG_LINES, log_bytes: int = DEFAULT_LOG_BYTES, log_files: bool = False,
@@ -373,7 +373,7 @@ class ProcessBackend:
             f"{function.namespace}.{process_id}", function.spec.resources.memory_limit_mb * 1024 * 1024)
         process = InstanceProcess(
             process_id, function, state.version, settings=self._settings,
-            prepare=lambda: self._prepare(state, function, python, group.preexec()),
+            prepare=lambda: self._prepare(state, function, python, group.preexec(), group.adopt),
             on_output=lambda lines: self._output(state, lines), confinement=group)
         process.on_ready = lambda p: self._ready(state, p)
         state.processes[process.id] = process
@@ -434,7 +434,7 @@ class ProcessBackend:
     # -- code, dependencies, environment ----------------------------------------------------------
 
     async def _prepare(self, state: _Function, function: Function, choice: Choice | None,
-                       preexec: Callable[[], None]) -> tuple[
+                       preexec: Callable[[], None], adopt: Callable[[int], None]) -> tuple[
             Config, Callable[[Callable[[str, str], None]], InstanceHost]]:
         """The instance's configuration (code written, requirements installed) and its host builder."""
         problem = unsupported(function)
@@ -469,7 +469,7 @@ class ProcessBackend:
 
         def build(log: Callable[[str, str], None]) -> InstanceHost:
             return build_host(config, log=log, python=python, python_version=python_version, node=node or "node",
-                              path=path, node_client=NODE_CLIENT, preexec=preexec)
+                              path=path, node_client=NODE_CLIENT, preexec=preexec, adopt=adopt)
 
         return config, build
 

@@ -7,7 +7,9 @@ never its cgroup. So:
 
 - **cleanup**: an instance's processes join a cgroup of their own in the cgroup v2 hierarchy
   (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid systems), entered before `exec`, so
-  nothing escapes it; stopping the instance kills the cgroup (`cgroup.kill`, or each process);
+  nothing escapes it (a Python instance's zygote is moved in from outside, `adopt`, while it
+  starts and before it runs anything of the function: its environments are its forks);
+  stopping the instance kills the cgroup (`cgroup.kill`, or each process);
 - **memory**: that cgroup gets `memory.max` where the v2 memory controller is delegated, else the
   instance gets a cgroup v1 memory cgroup with `memory.limit_in_bytes`. The kernel then kills a
   process of the instance that goes over, and `memory.events`/`memory.oom_control` count it, so
@@ -122,6 +124,17 @@ class InstanceGroup:
                     pass
 
         return enter
+
+    def adopt(self, pid: int) -> None:
+        """What `preexec` does, done from outside to process `pid`, which has run nothing of the
+        function yet and waits for it (the zygote): move it into the cgroups, or give it the
+        rlimit; what it forks then is confined from the start. Blocking (a cgroup migration takes
+        milliseconds: call it off the event loop); never raises (it stays unconfined)."""
+        for d in self.dirs:
+            _write(d / "cgroup.procs", str(pid))
+        if self.rlimit:
+            with contextlib.suppress(OSError, ValueError):
+                resource.prlimit(pid, resource.RLIMIT_DATA, (self.memory_bytes, self.memory_bytes))
 
     def oom_kills(self) -> int:
         """How many of the instance's processes the kernel has killed for its memory limit."""

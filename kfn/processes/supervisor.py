@@ -17,7 +17,6 @@ import base64
 import binascii
 import collections
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,10 +27,12 @@ from kfn.core.instances import InitError, Instance, Invocation, InvocationResult
 from kfn.processes.code import Unsupported
 from kfn.processes.confine import InstanceGroup
 from kfn.processes.plan import Observed, State
-from kfn_runtime import contract
+from kfn_runtime import awslambda
 from kfn_runtime.config import Config
-from kfn_runtime.host import InitFailed, InstanceHost, Rejected, kill_group
-from kfn_runtime.host import Invocation as HostInvocation
+from kfn_runtime.environments import kill_group
+from kfn_runtime.execution import InitFailed, Rejected
+from kfn_runtime.execution import Invocation as HostInvocation
+from kfn_runtime.host import InstanceHost
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,6 @@ Prepare = Callable[[], Awaitable[tuple[Config, Callable[[Callable[[str, str], No
 OutputSink = Callable[[list[str]], None]
 
 
-OUT_OF_MEMORY = "Runtime.OutOfMemory"
-
-
 class _Endpoint:
     """The gateway's in-process way into an instance host."""
 
@@ -98,7 +96,7 @@ class _Endpoint:
             await self._host.invoke(run)
         except Rejected as e:
             return InvocationResult(rejected=e.reason, rejection=str(e))
-        if run.function_error and run.error_type in ("Runtime.ExitError", "MemoryError"):
+        if run.function_error and run.error_type in (awslambda.ERROR_EXIT, "MemoryError"):
             self._check_memory(run)
         return InvocationResult(
             payload=run.result, function_error=run.function_error, error_type=run.error_type,
@@ -111,7 +109,7 @@ class _Endpoint:
         group = self._group
         if group is None:
             return
-        if run.error_type == "Runtime.ExitError":
+        if run.error_type == awslambda.ERROR_EXIT:
             kills = group.oom_kills()
             if kills <= self._oom_kills:
                 return
@@ -128,8 +126,8 @@ class _Endpoint:
         message = (f"RequestId: {run.id} Error: Runtime exited: {how}: the function exceeded its memory limit of "
                    f"{limit} MiB (spec.resources.limits.memory)")
         self._log(f"[kfn] {message}")
-        run.error_type = OUT_OF_MEMORY
-        run.result = json.dumps({"errorType": OUT_OF_MEMORY, "errorMessage": message}).encode()
+        run.error_type = awslambda.ERROR_OUT_OF_MEMORY
+        run.result = awslambda.error_payload(awslambda.ERROR_OUT_OF_MEMORY, message)
 
 
 def start_problem(error: InitFailed, detail: str) -> StartProblem:
@@ -138,7 +136,7 @@ def start_problem(error: InitFailed, detail: str) -> StartProblem:
     if error.platform:
         return StartProblem(StartReason.PLATFORM, detail)
     return StartProblem(StartReason.INIT, detail, InitError.of_payload(
-        error.payload, default_type=contract.ERROR_UNKNOWN, default_message=str(error)))
+        error.payload, default_type=awslambda.ERROR_UNKNOWN, default_message=str(error)))
 
 
 class InstanceProcess:

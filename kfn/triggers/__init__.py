@@ -7,7 +7,7 @@ through the event store's `accept` (`base.EventSink`).
 - `nats`: `spec.triggers[].nats` (a JetStream durable consumer, or a core NATS queue subscription);
 - `leader`: one scheduler per work directory in local mode (a file lock; on Kubernetes
   `kfn.kube.lease.LeaseElection`);
-- `registry`: the kinds (`kfn.core.functions.TRIGGER_KINDS`) and their sources;
+- `registry`: the kinds (`kfn.core.triggerspec.TRIGGER_KINDS`) and their sources;
 - `service`: the triggers of one process, wired (shared kinds, and the leader's).
 
 Nothing here knows HTTP, instances or the store's backend: a source gets functions and a sink.

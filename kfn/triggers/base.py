@@ -5,12 +5,12 @@ invocations through one callable, the event store's `accept`.
   only once it is durable (`kfn.events.store.EventStore.accept`); it raises when it could not
   (then the source keeps its event and tries again). The id is the source's own idempotency key:
   the same event offered twice gets the same id, and the store keeps one.
-- `TriggerSource` is one kind of trigger (`kind`, a name of `kfn.core.functions.TRIGGER_KINDS`):
+- `TriggerSource` is one kind of trigger (`kind`, a name of `kfn.core.triggerspec.TRIGGER_KINDS`):
   `start(sink)`, then `update(functions)` whenever the functions change (it takes the triggers of
   its own kind from their `spec.triggers`), `close()`.
 - `Triggers` runs several sources for one process and follows an instance backend's functions.
 
-A new kind of trigger is a field of `kfn.core.functions.Trigger` (named in `TRIGGER_KINDS`) and a
+A new kind of trigger is a field of `kfn.core.triggerspec.Trigger` (named in `TRIGGER_KINDS`) and a
 source implementing `TriggerSource`, registered in `kfn.triggers.registry`; the gateway, the
 store and the delivery engine need no change.
 """

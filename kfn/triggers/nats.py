@@ -43,7 +43,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 import nats.errors
 import nats.js.errors
 import orjson
@@ -51,9 +50,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from kfn._cogs.nats import NATS_ERRORS, Backoff, connect, disconnect
 from kfn.core.aiotasks import stop_tasks
-from kfn.core.functions import Function, FunctionRef, NatsTrigger
-from kfn.core.natsurl import servers
+from kfn.core.functions import Function, FunctionRef
+from kfn.core.triggerspec import NatsTrigger
 from kfn.triggers.base import EventSink, triggers_of
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ HEADER_SERVICE_ERROR = "Nats-Service-Error"
 HEADER_SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
 # Fixed, so every process derives the same id for one message.
 _ID_NAMESPACE = uuid.UUID("0b6f4c0e-2f5d-4a8e-9a53-7c1e5b2d9e44")
-_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
 @dataclass(frozen=True)
@@ -197,16 +196,10 @@ class NatsSubjectSource:
             await asyncio.wait(in_flight, timeout=5.0)
             await stop_tasks(in_flight, what="NATS trigger messages")
         nc, self._nc = self._nc, None
-        if nc is not None:
-            with contextlib.suppress(*_ERRORS):
-                await nc.close()
+        await disconnect(nc)
 
     def problems(self) -> dict[FunctionRef, str]:
         return dict(self._problems)
-
-    @property
-    def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
 
     def consuming(self) -> set[NatsBinding]:
         """The bindings subscribed right now (their consumer or queue subscription in place)."""
@@ -215,20 +208,17 @@ class NatsSubjectSource:
     # -- reconciling ------------------------------------------------------------------------------
 
     async def _connect(self) -> Client:
-        delay = 0.5
-        while True:
-            try:
-                return await nats.connect(servers(self.url), name=self._name, max_reconnect_attempts=-1,
-                                          reconnect_time_wait=0.5, connect_timeout=2, error_cb=self._on_error)
-            except (*_ERRORS, nats.errors.NoServersError) as e:
-                logger.warning("NATS triggers: cannot connect to %s (%s); trying again in %.1fs", self.url, e, delay)
-                for binding in self._wanted:
-                    self._problems[binding.function] = f"NATS at {self.url} unreachable: {e}"
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
+        """A connection to NATS: runs until one is made or it is cancelled. Connecting waits while
+        no server accepts; after what nats-py raises, each wanted trigger's function has the
+        problem and it tries again (0.5 s later, doubling up to 15 s; `kfn._cogs.nats.connect`)."""
 
-    async def _on_error(self, error: Exception) -> None:
-        logger.debug("NATS (triggers): %s", error)
+        def unreachable(error: BaseException, wait: float) -> None:
+            logger.warning("NATS triggers: cannot connect to %s (%s); trying again in %.1fs", self.url, error, wait)
+            for binding in self._wanted:
+                self._problems[binding.function] = f"NATS at {self.url} unreachable: {error}"
+
+        return await connect(self.url, name=self._name, attempts=None, backoff=Backoff(0.5, factor=2.0, most=15.0),
+                             on_retry=unreachable)
 
     async def _reconcile(self) -> None:
         self._nc = await self._connect()
@@ -262,7 +252,7 @@ class NatsSubjectSource:
                 logger.info("NATS triggers: deleted the consumer %s of %s", binding.consumer, binding.stream)
             except nats.js.errors.NotFoundError:
                 pass
-            except _ERRORS as e:
+            except NATS_ERRORS as e:
                 logger.warning("could not delete the consumer %s of %s: %s", binding.consumer, binding.stream, e)
 
     # -- consuming --------------------------------------------------------------------------------
@@ -304,7 +294,7 @@ class NatsSubjectSource:
                 task.add_done_callback(lambda _: limit.release())
         finally:
             self._consuming.discard(binding)
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*NATS_ERRORS):
                 await sub.unsubscribe()
 
     async def _consume_stream(self, binding: NatsBinding, worker: _Worker) -> None:
@@ -333,7 +323,7 @@ class NatsSubjectSource:
                     task.add_done_callback(worker.in_flight.discard)
         finally:
             self._consuming.discard(binding)
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*NATS_ERRORS):
                 await sub.unsubscribe()
 
     async def _store(self, binding: NatsBinding, event: bytes, event_id: str) -> BaseException | None:
@@ -363,7 +353,7 @@ class NatsSubjectSource:
             else:
                 delivered = max(1, meta.num_delivered or 1)
                 await message.nak(delay=min(self._max_nak_delay, self._nak_delay * 2 ** min(delivered - 1, 10)))
-        except _ERRORS as e:
+        except NATS_ERRORS as e:
             # Not acked: delivered again after ack_wait, and stored once (same id).
             logger.warning("could not acknowledge a message of %s: %s", binding.subject, _describe(e))
 
@@ -379,7 +369,7 @@ class NatsSubjectSource:
             else:
                 await self._client().publish(message.reply, b"", headers={
                     HEADER_SERVICE_ERROR: f"not stored: {_describe(error)}", HEADER_SERVICE_ERROR_CODE: "503"})
-        except _ERRORS as e:
+        except NATS_ERRORS as e:
             logger.warning("could not answer a request on %s: %s", binding.subject, _describe(e))
 
 

@@ -1,8 +1,8 @@
-"""The trigger kinds and their sources, keyed by `kfn.core.functions.TRIGGER_KINDS`.
+"""The trigger kinds and their sources, keyed by `kfn.core.triggerspec.TRIGGER_KINDS`.
 
 A kind's factory builds its source from the `TriggerSettings` of a process, or says why it
 cannot run there (`Unavailable`, e.g. NATS triggers without a NATS server). A new kind of
-trigger adds one entry here (and a field to `kfn.core.functions.Trigger`); the test of this
+trigger adds one entry here (and a field to `kfn.core.triggerspec.Trigger`); the test of this
 registry checks both lists name the same kinds.
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class TriggerSettings:
+    region: str                            # the Scheduled Event's region
     nats_url: str | None = None            # the NATS server of `nats` triggers
     ticks: TickStore | None = None         # where schedules record their ticks
-    region: str = "us-east-1"              # the Scheduled Event's region
     catch_up: dt.timedelta = schedules.DEFAULT_CATCH_UP
     nats_ack_wait: float = 30.0
 
@@ -62,7 +62,7 @@ def build(kinds: Iterable[str], settings: TriggerSettings) -> Triggers:
     return Triggers(sources, missing=missing)
 
 
-def local_settings(database: Path, *, nats_url: str | None = None, region: str = "us-east-1") -> TriggerSettings:
+def local_settings(database: Path, *, region: str, nats_url: str | None = None) -> TriggerSettings:
     """Local mode's: ticks in a table of `database` (the work directory's async-events database,
     `kfn.events.sqlite.FILE_NAME`), NATS triggers only with a server to take them from."""
     return TriggerSettings(nats_url=nats_url, ticks=SqliteTicks(database), region=region)

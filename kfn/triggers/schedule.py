@@ -93,7 +93,7 @@ class ScheduleSource:
 
     kind = KIND
 
-    def __init__(self, ticks: TickStore, *, region: str = "us-east-1",
+    def __init__(self, ticks: TickStore, *, region: str,
                  catch_up: dt.timedelta = schedules.DEFAULT_CATCH_UP, clock: Callable[[], dt.datetime] = utcnow,
                  retry: float = 5.0, max_wait: float = 60.0, late_after: float = 1.0, speed: float = 1.0,
                  parallel: int = 32) -> None:

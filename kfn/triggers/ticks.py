@@ -22,28 +22,22 @@ knows the id), never loses it.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-import logging
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-import nats
-import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from kfn.core.natsurl import servers
+from kfn._cogs.nats import NATS_ERRORS, Backoff, NatsUnreachable, connect, disconnect
+from kfn._cogs.sqlite import Database, DatabaseClosed
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUCKET = "KFN_SCHEDULES"
@@ -108,64 +102,43 @@ class SqliteTicks:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._db: sqlite3.Connection | None = None
-        self._thread: ThreadPoolExecutor | None = None
+        self._db = Database(self.path, thread_name="kfn-ticks-sqlite")
 
     async def start(self) -> None:
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfn-ticks-sqlite")
-            await self._run(self._open)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=30000")
-        db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
-        self._db = db
-
-    async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        with contextlib.suppress(Exception):
-            await asyncio.get_running_loop().run_in_executor(thread, close)
-        thread.shutdown(wait=False)
-
-    async def _run(self, call: Callable[..., T], *args: Any) -> T:
-        if self._thread is None:
-            raise TicksUnavailable("the tick store is not open")
+        """Open the database and create the table (nothing if open): waits up to 30 s for another
+        process's lock. Raises TicksUnavailable for SQLite's failures, OSError when the directory
+        cannot be made."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
+            await self._db.open(_create_table)
         except sqlite3.Error as e:
             raise TicksUnavailable(f"the tick store failed: {e}") from e
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise sqlite3.ProgrammingError("the tick store is closed")
-        return self._db
+    async def close(self) -> None:
+        """Close the database once the calls made before have run; nothing if it is not open."""
+        await self._db.close()
+
+    async def _run(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._db.call(call)
+        except DatabaseClosed as e:
+            raise TicksUnavailable("the tick store is not open") from e
+        except sqlite3.Error as e:
+            raise TicksUnavailable(f"the tick store failed: {e}") from e
 
     async def get(self, key: str) -> TickRecord | None:
-        row = await self._run(lambda: self._conn().execute(f"SELECT data FROM {TABLE} WHERE key = ?",
-                                                            (key,)).fetchone())
+        row = await self._run(lambda db: db.execute(f"SELECT data FROM {TABLE} WHERE key = ?", (key,)).fetchone())
         return None if row is None else TickRecord.decode(row[0])
 
     async def put(self, key: str, record: TickRecord) -> None:
-        await self._run(lambda: self._conn().execute(f"INSERT OR REPLACE INTO {TABLE} (key, data) VALUES (?, ?)",
-                                                     (key, record.encode())))
+        await self._run(lambda db: db.execute(f"INSERT OR REPLACE INTO {TABLE} (key, data) VALUES (?, ?)",
+                                              (key, record.encode())))
 
     async def delete(self, key: str) -> None:
-        await self._run(lambda: self._conn().execute(f"DELETE FROM {TABLE} WHERE key = ?", (key,)))
+        await self._run(lambda db: db.execute(f"DELETE FROM {TABLE} WHERE key = ?", (key,)))
 
 
-_NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
+def _create_table(db: sqlite3.Connection) -> None:
+    db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
 
 
 class KvTicks:
@@ -180,21 +153,17 @@ class KvTicks:
         self._kv: KeyValue | None = None
 
     async def start(self) -> None:
+        """Connect, then open the bucket, creating it if missing (each request up to `timeout`).
+        Connecting waits while no server accepts; what nats-py raises is tried again, up to
+        `connect_attempts` attempts a second apart (`kfn._cogs.nats.connect`). Raises
+        TicksUnavailable."""
         if self._nc is not None:
             return
-        last: BaseException | None = None
-        for attempt in range(self._connect_attempts):
-            try:
-                self._nc = await nats.connect(servers(self.url), name="kfn-schedules", max_reconnect_attempts=-1,
-                                              reconnect_time_wait=0.5, connect_timeout=2,
-                                              error_cb=self._on_error)
-                break
-            except (*_NATS_ERRORS, nats.errors.NoServersError) as e:
-                last = e
-                if attempt + 1 < self._connect_attempts:
-                    await asyncio.sleep(1.0)
-        if self._nc is None:
-            raise TicksUnavailable(f"could not connect to NATS at {self.url}: {last}")
+        try:
+            self._nc = await connect(self.url, name="kfn-schedules", attempts=self._connect_attempts,
+                                     backoff=Backoff(1.0))
+        except NatsUnreachable as e:
+            raise TicksUnavailable(str(e)) from e
         js = self._nc.jetstream(timeout=self._timeout)
         try:
             try:
@@ -203,18 +172,13 @@ class KvTicks:
                 self._kv = await js.create_key_value(KeyValueConfig(
                     bucket=self.bucket, history=1, storage=StorageType.FILE,
                     description="kfn: how far each schedule trigger has fired"))
-        except _NATS_ERRORS as e:
+        except NATS_ERRORS as e:
             await self.close()
             raise TicksUnavailable(f"could not open the key-value bucket {self.bucket}: {e!r}") from e
 
-    async def _on_error(self, error: Exception) -> None:
-        logger.debug("NATS (schedules): %s", error)
-
     async def close(self) -> None:
         nc, self._nc, self._kv = self._nc, None, None
-        if nc is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
-                await nc.close()
+        await disconnect(nc)
 
     def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -226,20 +190,20 @@ class KvTicks:
             entry = await self._bucket().get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
-        except _NATS_ERRORS as e:
+        except NATS_ERRORS as e:
             raise TicksUnavailable(f"could not read {key}: {e!r}") from e
         return None if entry.value is None else TickRecord.decode(entry.value)
 
     async def put(self, key: str, record: TickRecord) -> None:
         try:
             await self._bucket().put(key, record.encode())
-        except _NATS_ERRORS as e:
+        except NATS_ERRORS as e:
             raise TicksUnavailable(f"could not write {key}: {e!r}") from e
 
     async def delete(self, key: str) -> None:
         try:
             await self._bucket().delete(key)
-        except _NATS_ERRORS as e:
+        except NATS_ERRORS as e:
             raise TicksUnavailable(f"could not delete {key}: {e!r}") from e
 
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfn.core import naming
-from kfn.core.functions import DEFAULT_RUNTIME, RUNTIMES, Function
+from kfn.core.codespec import DEFAULT_RUNTIME, RUNTIMES
+from kfn.core.functions import Function
 from kfn_runtime import contract
-from kfn_runtime.host import reserved_variables
+from kfn_runtime.variables import reserved_variables
 
 Manifest = dict[str, Any]
 
@@ -235,7 +236,7 @@ def _number(value: float) -> str:
 
 
 def deployed_hash(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
-                  region: str = contract.DEFAULT_REGION) -> str:
+                  region: str) -> str:
     """A digest of everything the Deployment is built from: the spec and the operator's settings
     (an upgrade that changes the runtime image rolls the pods, too)."""
     blob = json.dumps([fn.spec_hash(), images.image_for(fn), images.pull_policy, pip.env(), region, LAYOUT_VERSION],
@@ -244,7 +245,7 @@ def deployed_hash(fn: Function, *, images: RuntimeImages, pip: PipSettings = Pip
 
 
 def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
-                       region: str = contract.DEFAULT_REGION) -> Manifest:
+                       region: str) -> Manifest:
     image = images.image_for(fn)
     code_cm = code_configmap_name(fn)
     mounts: list[Manifest] = [
@@ -369,7 +370,7 @@ def _environments_container(fn: Function, *, images: RuntimeImages, region: str)
 
 
 def build_deployment(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
-                     region: str = contract.DEFAULT_REGION, replicas: int | None = None) -> Manifest:
+                     region: str, replicas: int | None = None) -> Manifest:
     """The function's Deployment. `replicas` is set only when creating it: afterwards the
     autoscaler owns the count, so updates built with `replicas=None` leave it alone."""
     spec: Manifest = {

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kfn_operator.builders import PipSettings, RuntimeImages, parse_image_map
-from kfn_runtime import contract
+from kfn_runtime import awslambda, contract
 
 DEFAULT_GATEWAY_SELECTOR = "app.kubernetes.io/name=kfn-gateway"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
@@ -21,7 +21,7 @@ ENV_NATS_URL = "KFN_NATS_URL"
 class OperatorConfig:
     images: RuntimeImages = field(default_factory=RuntimeImages)
     pip: PipSettings = field(default_factory=lambda: PipSettings())   # where init containers install from
-    region: str = contract.DEFAULT_REGION       # AWS_REGION of every function (the chart's functions.region)
+    region: str = awslambda.DEFAULT_REGION      # AWS_REGION of every function (the chart's functions.region)
     namespaces: tuple[str, ...] = ()            # empty: every namespace
     standalone: bool = False                    # no Lease: the only replica
     prometheus_url: str | None = None           # PromQL instead of scraping the gateways
@@ -60,7 +60,7 @@ class OperatorConfig:
         return cls(
             images=RuntimeImages.from_environment(env, overrides=overrides),
             pip=PipSettings.from_environment(env),
-            region=env.get(contract.ENV_REGION, "").strip() or contract.DEFAULT_REGION,
+            region=env.get(contract.ENV_REGION, "").strip() or awslambda.DEFAULT_REGION,
             namespaces=namespaces,
             standalone=standalone,
             prometheus_url=prometheus_url,

@@ -9,8 +9,9 @@ at import time, so tests and `kfn operator` build their own registries.
   never touching the Deployment's replicas after creation (the autoscaler owns them).
 - Deployment changes → the Function's status (replicas, readyReplicas, Ready condition); a
   Deployment deleted while its Function lives is recreated.
-- Operator start/stop → the autoscaler loop (`kfn_operator.lease`), the scheduler of schedule
-  triggers (`kfn_operator.scheduler`) and the API client.
+- Operator start/stop → the API client, the operator's one `kfn.kube.KubernetesBackend` (its
+  informers) and, sharing it, the autoscaler loop (`kfn_operator.lease`) and the scheduler of
+  schedule triggers (`kfn_operator.scheduler`), started in that order and stopped in reverse.
 
 kopf watches Functions and Deployments with its own client (logged in with the credentials of
 `kfn.kube.connection`); everything else goes through the official client's asyncio API.
@@ -28,9 +29,10 @@ import kopf
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from kfn._cogs.lifecycle import Parts
 from kfn.core import naming
 from kfn.core.functions import FieldError, Function, FunctionRef, InvalidFunction, parse_function
-from kfn.kube import connect
+from kfn.kube import KubernetesBackend, connect
 from kfn.kube.resources import (
     conflicted,
     manifest,
@@ -67,9 +69,7 @@ class Controller:
     def __init__(self, config: OperatorConfig, *, api: client.ApiClient | None = None) -> None:
         self.config = config
         self._api = api
-        self._own_api = api is None
-        self._autoscaling: OperatorAutoscaler | None = None
-        self._scheduling: OperatorScheduler | None = None
+        self._parts = Parts("operator")
 
     @property
     def api(self) -> client.ApiClient:
@@ -78,25 +78,31 @@ class Controller:
         return self._api
 
     async def start(self) -> None:
-        """Connect (unless given an API client) and start the autoscaler and the scheduler in the background."""
-        if self._api is None:
-            self._api = await connect()
-        if self.config.autoscaler:
-            self._autoscaling = OperatorAutoscaler(self.api, self.config)
-            await self._autoscaling.start()
-        if self.config.scheduler:
-            self._scheduling = OperatorScheduler(self.api, self.config)
-            await self._scheduling.start()
+        """Connect (unless given an API client); if the autoscaler or the scheduler runs, watch the
+        cluster through one `KubernetesBackend` for both (returns once it has listed everything;
+        TimeoutError after its sync timeout) and start them in the background. A failure stops
+        what started and raises."""
+        async with self._parts.starting() as parts:
+            if self._api is None:
+                self._api = await connect()
+                parts.add("API client", self._close_api)
+            backend = KubernetesBackend(self.api, namespaces=self.config.namespaces)
+            if self.config.autoscaler or (self.config.scheduler and self.config.nats_url):
+                parts.add("Kubernetes backend", backend.close)   # before its start: informers retry until closed
+                await backend.start()
+            if self.config.autoscaler:
+                autoscaling = OperatorAutoscaler(self.api, self.config, backend)
+                await parts.start("autoscaler", autoscaling.start, autoscaling.close)
+            if self.config.scheduler:
+                scheduling = OperatorScheduler(self.api, self.config, backend)
+                await parts.start("scheduler", scheduling.start, scheduling.close)
 
     async def close(self) -> None:
-        """Stop the autoscaler and the scheduler (waits for them) and close the API client if it is ours."""
-        if self._scheduling is not None:
-            await self._scheduling.close()
-            self._scheduling = None
-        if self._autoscaling is not None:
-            await self._autoscaling.close()
-            self._autoscaling = None
-        if self._own_api and self._api is not None:
+        """Stop what `start` started, last first (waits for each, bounded); failures are logged."""
+        await self._parts.stop()
+
+    async def _close_api(self) -> None:
+        if self._api is not None:
             await self._api.close()  # type: ignore[no-untyped-call]
             self._api = None
 

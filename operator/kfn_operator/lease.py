@@ -1,7 +1,8 @@
 """The autoscaler on Kubernetes: `kfn_autoscaler.Autoscaler` wired to the cluster, on one replica.
 
 - Actuation and the view of functions/instances: `kfn.kube.KubernetesBackend` (scale
-  subresource patches, pod-based ready counts), the same backend the gateway uses.
+  subresource patches, pod-based ready counts), the same backend the gateway uses: the operator
+  process's one, shared with the scheduler and started by its owner (`handlers.Controller`).
 - Load: `kfn_autoscaler.sources.PrometheusScrapeSource` over every ready gateway pod, found
   through the EndpointSlices matching `--gateway-selector` (the gateway Service's labels) in the
   operator's own namespace ($POD_NAMESPACE; without it, the watched namespaces), or
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 class OperatorAutoscaler:
     """Runs one `Autoscaler` loop while this operator replica holds the Lease (or always, standalone)."""
 
-    def __init__(self, api: client.ApiClient, config: OperatorConfig) -> None:
+    def __init__(self, api: client.ApiClient, config: OperatorConfig, backend: KubernetesBackend) -> None:
         self._api = api
         self._config = config
         self.registry = prometheus_client.CollectorRegistry()
@@ -51,7 +52,7 @@ class OperatorAutoscaler:
         self._metrics_runner: web.AppRunner | None = None
         self.leading = asyncio.Event()
         self._closing = False
-        self.backend = KubernetesBackend(api, namespaces=config.namespaces)
+        self.backend = backend
         self._autoscaler: Autoscaler | None = None
 
     async def start(self) -> None:
@@ -87,18 +88,16 @@ class OperatorAutoscaler:
             self._session = None
 
     async def _lead(self) -> None:
-        """Watch the cluster and run the autoscaler until cancelled (the Lease lost or shutdown)."""
+        """Run the autoscaler until cancelled (the Lease lost or shutdown)."""
         assert self._autoscaler is not None
         if self._closing:
             return  # the election started this task after close() began: nothing to lead
         logger.info("autoscaler active (%s)", self._config.identity)
         self.leading.set()
         try:
-            await self.backend.start()
             await self._autoscaler.run()
         finally:
             self.leading.clear()
-            await self.backend.close()
 
     async def gateway_urls(self) -> list[str]:
         """The /metrics URL of every ready gateway pod (EndpointSlices matching the gateway selector)."""

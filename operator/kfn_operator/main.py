@@ -23,6 +23,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
+from kfn._cogs.lifecycle import Parts
 from kfn.kube import connect, connection_info, load_configuration
 from kfn.kube.lease import LeaseElection
 from kfn_operator import handlers
@@ -30,6 +31,10 @@ from kfn_operator.config import OperatorConfig
 from kfn_operator.endpoints import serve_get
 
 logger = logging.getLogger(__name__)
+
+# Stopping the election: kopf's own stop (watches at once, handlers 2 s), the election's wait for
+# it (at most 30 s) and handing the Lease back (5 s), with room to spare.
+ELECTION_STOP_TIMEOUT = 60.0
 
 
 def build_registry(controller: handlers.Controller) -> kopf.OperatorRegistry:
@@ -117,35 +122,31 @@ async def _operate_elected(config: OperatorConfig, controller: handlers.Controll
         stopping.set()
 
     _on_signals(stopping.set)
-    watcher = asyncio.create_task(_wait_flag(stop_flag, stopping), name="kfn-operator-stop-flag")
-    stopped = asyncio.create_task(stopping.wait(), name="kfn-operator-stopping")
-    health: web.AppRunner | None = None
-    api = None
-    campaign: asyncio.Task[None] | None = None
-    try:
-        # The liveness endpoint is the process's, leading or not (kopf's own exists only while kopf runs).
-        health = await _serve_health(config.health_port) if config.health_port else None
+    async with Parts("kfn operator") as parts:
+        parts.task("kfn-operator-stop-flag", lambda: _wait_flag(stop_flag, stopping))
+        stopped = parts.task("kfn-operator-stopping", stopping.wait)
         api = await connect()
+        parts.add("Kubernetes API client", api.close)
+        if config.health_port:
+            # The liveness endpoint is the process's, leading or not (kopf's own exists only while kopf runs).
+            health = await _serve_health(config.health_port)
+            parts.add("liveness endpoint", health.cleanup)
         election = LeaseElection(api, name=config.operator_lease_name, namespace=config.lease_namespace,
                                  identity=config.identity, duration=config.lease_duration, what="operator")
         campaign = asyncio.create_task(election.run(lead), name="kfn-operator-election")
+        parts.add("operator election", lambda: _cancel_once(campaign), timeout=ELECTION_STOP_TIMEOUT)
         done, _ = await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if campaign in done:
             campaign.result()   # the election never ends on its own: raise what ended it
-    finally:
-        stopped.cancel()
-        watcher.cancel()
-        if campaign is not None:
-            # Cancelled once (not stop_tasks' repeated cancels): the election stops kopf, waits
-            # for it, then hands the Lease back.
-            campaign.cancel()
-            await asyncio.wait({campaign})
-        if health is not None:
-            await health.cleanup()
-        if api is not None:
-            await api.close()  # type: ignore[no-untyped-call]
     if failures:
         raise failures[0]
+
+
+async def _cancel_once(campaign: asyncio.Task[None]) -> None:
+    """Cancel the election once (not stop_tasks' repeated cancels) and wait: it stops kopf, waits
+    for it, then hands the Lease back."""
+    campaign.cancel()
+    await asyncio.wait({campaign})
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

@@ -2,7 +2,8 @@
 
 While leading (`kfn.kube.lease.LeaseElection`, the mechanism the autoscaler elects with; one Lease
 per duty, so the scheduler and the autoscaler may lead on different replicas), the scheduler
-watches Functions (`kfn.kube.KubernetesBackend`, as the autoscaler does) and runs
+follows Functions (the operator process's one `kfn.kube.KubernetesBackend`, shared with the
+autoscaler) and runs
 `kfn.triggers.schedule.ScheduleSource`: each tick's Scheduled Event is stored in the async event
 store on NATS JetStream ($KFN_NATS_URL, `kfn.events.jetstream.JetStreamStore`) under the tick's
 id, and the tick recorded in the JetStream key-value bucket `KFN_SCHEDULES`
@@ -23,6 +24,8 @@ import logging
 from kubernetes.aio import client
 
 from kfn.core.aiotasks import stop_tasks
+from kfn.core.functions import Function, FunctionRef
+from kfn.core.instances import Listener
 from kfn.events.jetstream import JetStreamStore
 from kfn.kube import KubernetesBackend
 from kfn.kube.lease import LeaseElection
@@ -37,9 +40,11 @@ logger = logging.getLogger(__name__)
 class OperatorScheduler:
     """Fires schedule triggers while this replica holds the scheduler's Lease (always, standalone)."""
 
-    def __init__(self, api: client.ApiClient, config: OperatorConfig, *, retry: float = 5.0) -> None:
+    def __init__(self, api: client.ApiClient, config: OperatorConfig, backend: KubernetesBackend, *,
+                 retry: float = 5.0) -> None:
         self._api = api
         self._config = config
+        self._functions = _Functions(backend)
         self._retry = retry
         self._task: asyncio.Task[None] | None = None
         self.leading = asyncio.Event()
@@ -77,7 +82,6 @@ class OperatorScheduler:
 
     async def _fire(self) -> None:
         assert self._config.nats_url is not None
-        backend = KubernetesBackend(self._api, namespaces=self._config.namespaces)
         store = JetStreamStore(self._config.nats_url, connect_attempts=3)
         ticks = KvTicks(self._config.nats_url, connect_attempts=3)
         source = ScheduleSource(ticks, region=self._config.region)
@@ -85,18 +89,41 @@ class OperatorScheduler:
         try:
             await store.start()
             await ticks.start()
-            await backend.start()
             await triggers.start(store.accept)
-            triggers.follow(backend)
+            triggers.follow(self._functions)
             self.source = source
             self.leading.set()
             logger.info("scheduler active (%s): firing the schedule triggers of %d function(s)",
-                        self._config.identity, sum(1 for f in backend.functions() if f.spec.triggers))
+                        self._config.identity, sum(1 for f in self._functions.functions() if f.spec.triggers))
             await asyncio.Event().wait()
         finally:
             self.leading.clear()
             self.source = None
             await triggers.close()
-            await backend.close()
+            self._functions.forget()
             await ticks.close()
             await store.close()
+
+
+class _Functions:
+    """The shared backend's Functions as one term of leading follows them: `Triggers.follow` adds a
+    listener it never removes, and the backend outlives the term (`forget` at its end)."""
+
+    def __init__(self, backend: KubernetesBackend) -> None:
+        self._backend = backend
+        self._listeners: list[Listener] = []
+        backend.add_listener(self._changed)
+
+    def functions(self) -> list[Function]:
+        return self._backend.functions()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def forget(self) -> None:
+        """Drop the term's listeners."""
+        self._listeners.clear()
+
+    def _changed(self, ref: FunctionRef) -> None:
+        for listener in list(self._listeners):
+            listener(ref)

@@ -441,7 +441,7 @@ def test_pod_monitor_scrapes_the_function_pods_the_operator_builds(custom_object
     contract = pytest.importorskip("kfn_runtime.contract")
     hello = parse_function(yaml.safe_load((ROOT / "examples" / "hello.yaml").read_text()) | {
         "metadata": {"name": "hello", "namespace": CUSTOM_NAMESPACES[0]}})
-    pod = builders.build_pod_template(hello, images=builders.RuntimeImages())
+    pod = builders.build_pod_template(hello, images=builders.RuntimeImages(), region="us-east-1")
     monitor = find(custom_objects, "PodMonitor", "kfn-functions")
     assert matches(monitor["spec"]["selector"], pod["metadata"]["labels"])
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": CUSTOM_NAMESPACES}

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tests.support import waiting
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kfn"
 EXAMPLES = REPO / "examples"
@@ -101,10 +103,6 @@ def kubectl(*args: str, namespace: str | None = None, input: str | None = None, 
             check: bool = True) -> subprocess.CompletedProcess[str]:
     ns = ["-n", namespace] if namespace else []
     return run([KUBECTL, *ns, *args], input=input, timeout=timeout, check=check)
-
-
-def kubectl_json(*args: str, namespace: str | None = None, timeout: float = 60) -> Any:
-    return json.loads(kubectl(*args, "-o", "json", namespace=namespace, timeout=timeout).stdout)
 
 
 def items(kind: str, *, namespace: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
@@ -185,23 +183,13 @@ class ApiProxy:
 # -- waiting ---------------------------------------------------------------------------------------
 
 def wait_until(what: str, probe: Callable[[], T], *, timeout: float = 60, interval: float = 0.25) -> T:
-    """Call `probe` until it returns something truthy (returned); AssertionError after `timeout`.
+    """Call `probe` until it returns something truthy (returned); AssertionError after `timeout`
+    (`tests.support.waiting.wait_until`, at the cluster's pace).
 
     Exceptions from the probe count as "not yet" (the last one is reported on timeout).
     """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = probe()
-            last = value
-            if value:
-                return value
-        except (CommandFailed, OSError, http.client.HTTPException, ValueError, KeyError) as e:
-            last = e
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {str(last)[:1500]})")
-        time.sleep(interval)
+    return waiting.wait_until(probe, timeout=timeout, interval=interval, what=what,
+                              ignoring=(CommandFailed, OSError, http.client.HTTPException, ValueError, KeyError))
 
 
 # -- namespaces --------------------------------------------------------------------------------------

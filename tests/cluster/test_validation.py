@@ -12,10 +12,6 @@ from tests.cluster.platform import Release
 CODE = "def handler(event, context):\n    return {}\n"
 
 
-def manifest(name: str, **spec: Any) -> dict[str, Any]:
-    return platform.function(name, CODE, **spec)
-
-
 REJECTED = [
     pytest.param({"scale": {"minReplicas": 3, "maxReplicas": 1}}, "spec.scale.maxReplicas", id="inverted-scale"),
     pytest.param({"handler": "handler"}, "spec.handler", id="handler-without-module"),
@@ -31,7 +27,7 @@ REJECTED = [
 @pytest.mark.parametrize(("spec", "field"), REJECTED)
 def test_apply_rejects_the_manifest_naming_the_field(release: Release, fn_ns: str, spec: dict[str, Any],
                                                      field: str) -> None:
-    result = platform.apply(manifest("rejected", **spec), namespace=fn_ns, dry_run=True, check=False)
+    result = platform.apply(platform.function("rejected", CODE, **spec), namespace=fn_ns, dry_run=True, check=False)
     assert result.returncode != 0, f"the API server accepted spec {spec}"
     assert field in result.stderr, result.stderr
 
@@ -56,7 +52,7 @@ def test_operator_reports_an_invalid_spec_with_an_event(release: Release, fn_ns:
                                                         request: pytest.FixtureRequest) -> None:
     name = "invalid-" + request.node.callspec.id
     deployed.append(name)
-    platform.apply(manifest(name, **spec), namespace=fn_ns)
+    platform.apply(platform.function(name, CODE, **spec), namespace=fn_ns)
 
     def invalid() -> dict[str, Any] | None:
         condition = platform.ready_condition(platform.get("function", name, namespace=fn_ns))

@@ -1,27 +1,19 @@
-"""Both async event stores for one set of scenarios: SQLite in a temporary directory, and JetStream
-on a real `nats-server` (Debian's, `make install` installs it) on 127.0.0.1.
+"""Both async event stores for one set of scenarios (the `backend` and `store` fixtures of
+tests/e2e/conftest.py): SQLite in a temporary directory, and JetStream on a real `nats-server`
+(`tests.support.nats`) on 127.0.0.1.
 
-Every nats-server started here is stopped by its PID; every loop waiting for something is
-bounded. The fault ledger (`record`) writes one JSON line per scenario and backend to
-`.cache/async-faults.jsonl`, so the counts can be read as a table after a run.
+Every loop waiting for something is bounded. The fault ledger (`record`) writes one JSON line per
+scenario and backend to `.cache/async-faults.jsonl`, so the counts can be read as a table after a run.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from kfn.core.asyncpolicy import AsyncConfig, RetryDelays
@@ -31,7 +23,8 @@ from kfn.events.delivery import DeliveryEngine, DeliverySettings
 from kfn.events.jetstream import JetStreamStore
 from kfn.events.sqlite import SqliteStore
 from kfn.events.store import EventStore
-from tests.e2e.localmode import free_port
+from tests.support.nats import NatsServer
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LEDGER = REPO / ".cache" / "async-faults.jsonl"
@@ -42,57 +35,6 @@ FAST = DeliverySettings(
     delays=RetryDelays(function_errors=(0.2, 0.4), system_initial=0.05, system_max=0.5,
                        destination_initial=0.1, destination_max=0.5),
     heartbeat=0.3, poll=0.1, timeout_margin=0.2, destination_timeout=2.0, stats_interval=0.2, error_backoff=0.2)
-
-
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server") or next(
-        (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.path.exists(p)), None)
-    if found is None:
-        pytest.skip("nats-server is not installed (make install installs Debian's)")
-    return found
-
-
-class NatsServer:
-    """A JetStream nats-server on 127.0.0.1 with its store in `directory`."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.directory / "nats-server.log", "ab")
-        self.process = subprocess.Popen(
-            [nats_server_binary(), "-js", "-sd", str(self.directory / "store"), "-a", "127.0.0.1",
-             "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"nats-server exited: {(self.directory / 'nats-server.log').read_text()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return
-            time.sleep(0.05)
-        raise AssertionError("nats-server did not listen within 20 s")
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to flush anything."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
 
 
 @dataclass
@@ -114,30 +56,6 @@ class Backend:
         if self.nats is not None:
             return {"kind": "jetstream", "url": self.nats.url, "lease": LEASE}
         return {"kind": "sqlite", "path": str(self.directory / "events.sqlite3"), "lease": LEASE}
-
-
-@pytest.fixture(params=["sqlite", "jetstream"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield Backend("sqlite", tmp_path)
-        return
-    server = NatsServer(tmp_path)
-    server.start()
-    try:
-        yield Backend("jetstream", tmp_path, server)
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[EventStore]:
-    """An opened store of `backend`, closed after the test."""
-    opened = backend.store()
-    await opened.start()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @dataclass
@@ -169,14 +87,6 @@ def engine(store: EventStore, function: FakeFunction, config: AsyncConfig | None
            settings: DeliverySettings = FAST, **kwargs: Any) -> DeliveryEngine:
     configs = {FN: config or AsyncConfig(FN, timeout=1.0, concurrency=8)}
     return DeliveryEngine(store, function, lambda: configs, settings=settings, **kwargs)
-
-
-async def eventually(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class Receiver:

@@ -17,14 +17,16 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kfn_runtime.environments import CommandSpawner, ZygoteSpawner
-from kfn_runtime.host import HostConfig, InstanceHost, Invocation, lambda_environment
-from tests.e2e.localmode import descendants
+from kfn_runtime.execution import HostConfig, Invocation
+from kfn_runtime.host import InstanceHost
+from kfn_runtime.variables import lambda_environment
+from tests.support.localmode import descendants
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_DIR = REPO / "runtime-images" / "python"
@@ -40,32 +42,6 @@ def write_code(directory: Path, files: dict[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
     return directory
-
-
-async def eventually(predicate: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.02,
-                     what: str = "condition") -> T:
-    """Polls `predicate` without blocking the loop; AssertionError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(interval)
-
-
-def wait_for(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
-             what: str = "condition") -> T:
-    """The blocking `eventually`, for tests outside an event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -174,7 +150,8 @@ class Hosted:
 
 
 def host_config(**overrides: Any) -> HostConfig:
-    values: dict[str, Any] = {"function_name": "fn", "timeout": 5.0, "concurrency": 1, "memory_mb": 128}
+    values: dict[str, Any] = {"function_name": "fn", "timeout": 5.0, "concurrency": 1, "memory_mb": 128,
+                              "region": "us-east-1"}
     values.update(overrides)
     return HostConfig(**values)
 
@@ -272,7 +249,7 @@ class RuntimeProcess:
                 raise AssertionError(f"the runtime exited with {self.process.returncode}:\n{self.stderr()}")
             return None
 
-        port = wait_for(ready, timeout=timeout, what="the runtime's ready line")
+        port = wait_until(ready, timeout=timeout, what="the runtime's ready line")
         assert port is not None
         self.port = port
         self.track()

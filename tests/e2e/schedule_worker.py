@@ -68,7 +68,7 @@ async def main(args: dict[str, Any]) -> None:
         if dt.datetime.fromisoformat(tick) < clock() - dt.timedelta(seconds=speed):
             write(f"late {tick}")
 
-    source = ScheduleSource(ticks, clock=clock, speed=speed, retry=0.5 * speed, max_wait=1.0)
+    source = ScheduleSource(ticks, clock=clock, speed=speed, retry=0.5 * speed, max_wait=1.0, region="us-east-1")
 
     async def lead() -> None:
         await ticks.start()

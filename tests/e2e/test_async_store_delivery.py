@@ -13,12 +13,10 @@ from kfn.core.asyncpolicy import AsyncConfig, InvocationFailed, NotInvoked, Targ
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import InvocationResult
 from kfn.events.store import AcceptOptions, EventStore
-from tests.e2e import asyncstores
-from tests.e2e.asyncstores import FAST, FN, Backend, FakeFunction, Receiver, engine, eventually, record
+from tests.e2e.asyncstores import FAST, FN, Backend, FakeFunction, Receiver, engine, record
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
-backend = asyncstores.backend   # the fixture: each test runs on SQLite and on JetStream
-store = asyncstores.store      # an opened store of that backend
 
 
 async def accept_all(store: EventStore, count: int, prefix: str = "ev") -> list[str]:

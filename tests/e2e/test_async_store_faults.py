@@ -14,14 +14,13 @@ import nats
 import pytest
 
 from kfn.core.instances import InvocationResult
-from kfn.events import jetstream
+from kfn.events import jetstream_layout
 from kfn.events.store import EventStore, QueueStats, StoreUnavailable
-from tests.e2e import asyncstores
-from tests.e2e.asyncstores import FN, Backend, FakeFunction, engine, eventually, record
+from tests.e2e.asyncstores import FN, Backend, FakeFunction, engine, record
 from tests.e2e.workers import WorkerProcess
+from tests.support.waiting import eventually, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-backend = asyncstores.backend   # the fixture: each test runs on SQLite and on JetStream
 
 
 class Worker(WorkerProcess):
@@ -39,25 +38,13 @@ def lines(log: Path, kind: str) -> list[str]:
     return [line.split(" ", 1)[1] for line in log.read_text().splitlines() if line.startswith(kind + " ")]
 
 
-def wait_for(predicate: Any, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 async def eventually_empty(store: EventStore) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if (await store.stats([FN]))[FN].depth == 0:
-                return
-        except StoreUnavailable:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("events still stored after 30 s")
-        await asyncio.sleep(0.1)
+    """Wait (at most 30 s) until no event of FN is stored; an unavailable store counts as "not yet"."""
+    async def empty() -> bool:
+        return (await store.stats([FN]))[FN].depth == 0
+
+    await eventually(empty, timeout=30, interval=0.1, what="no event of the function left in the store",
+                     ignoring=(StoreUnavailable,))
 
 
 async def test_a_consumer_killed_mid_delivery_loses_nothing(backend: Backend, tmp_path: Path) -> None:
@@ -77,14 +64,14 @@ async def test_a_consumer_killed_mid_delivery_loses_nothing(backend: Backend, tm
 
         try:
             # Killed while a delivery has started and not finished (each takes 0.3 s), not between claims.
-            wait_for(mid_delivery, timeout=30, what="8 deliveries and one in progress before the kill")
+            wait_until(mid_delivery, timeout=30, what="8 deliveries and one in progress before the kill")
         finally:
             first.kill()
         interrupted = len(set(lines(log, "start")) - set(lines(log, "done")))
         second = Worker(backend, log, work=0.01, concurrency=4)
         second.start()
         try:
-            wait_for(lambda: set(ids) <= set(lines(log, "done")), timeout=60, what="every event delivered")
+            wait_until(lambda: set(ids) <= set(lines(log, "done")), timeout=60, what="every event delivered")
             # Delivered is not yet completed: wait until the store has none left.
             await eventually_empty(store)
         finally:
@@ -105,7 +92,7 @@ async def test_the_accepting_process_killed_loses_nothing_it_acknowledged(backen
     first = Worker(backend, log, work=0.05, concurrency=4, accept=offered)
     first.start()
     try:
-        wait_for(lambda: len(lines(log, "accepted")) >= 40, timeout=30, what="40 acknowledged accepts")
+        wait_until(lambda: len(lines(log, "accepted")) >= 40, timeout=30, what="40 acknowledged accepts")
     finally:
         first.kill()
     acknowledged = set(lines(log, "accepted"))
@@ -113,7 +100,7 @@ async def test_the_accepting_process_killed_loses_nothing_it_acknowledged(backen
     second = Worker(backend, log, work=0.01, concurrency=8)
     second.start()
     try:
-        wait_for(lambda: acknowledged <= set(lines(log, "done")), timeout=60, what="every acknowledged event")
+        wait_until(lambda: acknowledged <= set(lines(log, "done")), timeout=60, what="every acknowledged event")
     finally:
         second.stop()
     done = Counter(lines(log, "done"))
@@ -185,7 +172,7 @@ async def store_unreadable(backend: Backend, data: bytes) -> None:
         return
     client = await nats.connect(backend.nats.url)
     try:
-        await client.jetstream().publish(jetstream.subject(FN), data)
+        await client.jetstream().publish(jetstream_layout.subject(FN), data)
     finally:
         await client.close()
 

@@ -13,11 +13,10 @@ from kfn.core.functions import FunctionRef
 from kfn.events.delivery import DeliveryEngine
 from kfn.events.jetstream import JetStreamStore
 from kfn.events.store import Delivery, EventStore
-from tests.e2e import asyncstores
-from tests.e2e.asyncstores import FAST, Backend, FakeFunction, eventually
+from tests.e2e.asyncstores import FAST, Backend, FakeFunction
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
-backend = asyncstores.backend   # the fixture: each test runs on SQLite and on JetStream
 
 FUNCTIONS = [FunctionRef("default", f"fn-{i:03d}") for i in range(100)]
 IDLE = 1.0   # seconds watched; FAST polls every 0.1 s, so polling would show 10 times per function
@@ -43,8 +42,8 @@ class CountingClaims:
 
 def requests_sent(store: EventStore) -> int:
     """Messages the JetStream store's connection published (pull requests, API requests); 0 for SQLite."""
-    if isinstance(store, JetStreamStore) and store._nc is not None:
-        return int(store._nc.stats["out_msgs"])
+    if isinstance(store, JetStreamStore) and store._connection.client is not None:
+        return int(store._connection.client.stats["out_msgs"])
     return 0
 
 

@@ -14,12 +14,10 @@ from kfn.core.functions import FunctionRef
 from kfn.core.instances import InvocationResult
 from kfn.events.delivery import DeliveryEngine
 from kfn.events.store import Accepted, AcceptOptions, EventStore, StoreUnavailable
-from tests.e2e import asyncstores
-from tests.e2e.asyncstores import FAST, FN, Backend, FakeFunction, engine, eventually
+from tests.e2e.asyncstores import FAST, FN, Backend, FakeFunction, engine
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
-backend = asyncstores.backend   # the fixture: each test runs on SQLite and on JetStream
-store = asyncstores.store
 
 OTHER = FunctionRef("default", "other")          # another function of FN's namespace
 TWIN = FunctionRef("team-b", FN.name)             # FN's name in another namespace
@@ -104,7 +102,8 @@ async def test_an_id_delivered_before_the_storage_restarted_is_still_a_duplicate
             # A SIGKILL: JetStream's own duplicate window is in memory and forgets delivered ids.
             backend.nats.kill()
             backend.nats.start()
-            await eventually(lambda: store._nc is not None and store._nc.is_connected,  # type: ignore[attr-defined]
+            connection = store._connection  # type: ignore[attr-defined]
+            await eventually(lambda: connection.client is not None and connection.client.is_connected,
                              what="the reconnect")
         else:
             await store.close()

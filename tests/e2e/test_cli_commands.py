@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localmode import HELLO, PYTHON, REPO, LocalMode, free_port, wait_until, write_manifest
+from tests.support.localmode import HELLO, PYTHON, REPO, LocalMode, kfn, write_manifest
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +33,6 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMode]:
         yield server.start()
     finally:
         server.stop()
-
-
-def kfn(*args: str, gateway: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
-    if gateway is not None:
-        env["KFN_GATEWAY"] = gateway
-    return subprocess.run([PYTHON, "-m", "kfn", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=REPO)
 
 
 def test_invoke_prints_the_response_body(local: LocalMode) -> None:

@@ -18,8 +18,12 @@ from kfn.core.functions import FunctionRef
 from kfn.events.delivery import DeliverySettings
 from kfn.events.jetstream import JetStreamStore
 from kfn_gateway.asyncinvoke import AsyncDelivery
-from tests.e2e.asyncstores import NatsServer, nats_server_binary, record
-from tests.unit.fakes import FakeBackend, Headers, RunningGateway, eventually, make_function, running_gateway
+from tests.e2e.asyncstores import record
+from tests.support.backend import FakeBackend, Headers
+from tests.support.functions import make_function
+from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.nats import NatsServer, nats_server_binary
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 WORKER = FunctionRef("default", "worker")
@@ -67,7 +71,7 @@ async def replica(stack: AsyncExitStack, name: str, url: str, worker: Worker, *,
     store = JetStreamStore(url, connect_attempts=5)
     await store.start()
     stack.push_async_callback(store.close)
-    backend = FakeBackend(make_function("worker", concurrency=2, max_replicas=2), fn=worker.for_replica(name),
+    backend = FakeBackend(make_function("worker", concurrency=2, scale={"maxReplicas": 2}), fn=worker.for_replica(name),
                           in_process=True)
     await stack.enter_async_context(backend)
     gw = await stack.enter_async_context(running_gateway(backend, events=store))

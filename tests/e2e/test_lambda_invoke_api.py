@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.localmode import LocalMode, wait_until, write_manifest
+from tests.support.localmode import LocalMode, write_manifest
+from tests.support.waiting import wait_until
 
 boto3 = pytest.importorskip("boto3")
 from botocore.config import Config  # noqa: E402  (after the skip: botocore comes with boto3)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import textwrap
 import threading
 import time
 from collections import Counter
@@ -24,63 +23,29 @@ from typing import Any
 import pytest
 
 from tests.e2e.asyncstores import record
-from tests.e2e.localmode import LocalMode, free_port, http, wait_until, write_manifest
-from tests.e2e.test_cli_commands import kfn
-from tests.e2e.test_local_scaling import ReplicaWatcher
+from tests.support.localmode import (
+    FAST_ASYNC,
+    LocalMode,
+    ReplicaWatcher,
+    http,
+    kfn,
+    lines,
+    post_async,
+    recording,
+    write_manifest,
+)
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
-# Retries in fractions of a second, and leases short enough that a restart redelivers at once.
-FAST = ["--async-retry-delays", "0.2s,0.4s", "--async-lease", "1s"]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
-def recording(log: Path, *, before: str = "", after: str = "", result: str = '{"done": key}') -> str:
-    """A handler that appends "start KEY" and "done KEY" lines to `log` (KEY: the event's body, or
-    the request id), running `before` and `after` (indented code) around nothing else."""
-    return f"""
-        import json, os, time
-        LOG = {json.dumps(str(log))}
-
-        def write(line):
-            with open(LOG, "a") as f:
-                f.write(line + "\\n")
-                f.flush()
-                os.fsync(f.fileno())
-
-        def handler(event, context):
-            key = (event.get("body") if isinstance(event, dict) else None) or context.aws_request_id
-            write("start " + key)
-{_indent(before)}
-            write("done " + key)
-{_indent(after)}
-            return {result}
-    """
-
-
 def async_spec(**settings: Any) -> dict[str, Any]:
     """spec.async, as keyword arguments of write_manifest."""
     return {"async": settings}
-
-
-def _indent(code: str) -> str:
-    return textwrap.indent(textwrap.dedent(code).strip("\n"), " " * 12) if code.strip() else ""
-
-
-def lines(log: Path, kind: str) -> list[str]:
-    if not log.exists():
-        return []
-    return [line.split(" ", 1)[1] for line in log.read_text().splitlines() if line.startswith(kind + " ")]
-
-
-def post_async(local: LocalMode, name: str, body: str, *, headers: dict[str, str] | None = None) -> str:
-    result = http("POST", f"{local.url}/async-function/{name}", body=body.encode(),
-                  headers={"Content-Type": "text/plain", **(headers or {})}, timeout=30)
-    assert result.status == 202, (result.status, result.body)
-    request_id = str(result.json()["requestId"])
-    assert result.headers["X-Call-Id"] == request_id
-    return request_id
 
 
 def async_view(local: LocalMode, name: str) -> dict[str, Any]:
@@ -154,7 +119,7 @@ def receiver() -> Iterator[Receiver]:
 
 @contextlib.contextmanager
 def serving(directory: Path, *extra: str) -> Iterator[LocalMode]:
-    local = LocalMode(directory, extra_args=[*FAST, *extra])
+    local = LocalMode(directory, extra_args=[*FAST_ASYNC, *extra])
     try:
         yield local.start()
     finally:
@@ -201,7 +166,7 @@ def test_kfn_local_sigkilled_with_events_pending_delivers_every_one_after_a_rest
     write_manifest(directory, "slow", recording(log, before="time.sleep(0.5)"), concurrency=1,
                    scale={"maxReplicas": 1}, timeout="10s")
     keys = [f"order-{i}" for i in range(20)]
-    first = LocalMode(directory, extra_args=FAST, log_path=tmp_path / "first.log").start()
+    first = LocalMode(directory, extra_args=FAST_ASYNC, log_path=tmp_path / "first.log").start()
     try:
         for key in keys:
             post_async(first, "slow", key, headers={"X-Call-Id": key})
@@ -215,7 +180,7 @@ def test_kfn_local_sigkilled_with_events_pending_delivers_every_one_after_a_rest
         sigkill(first)
     done_before = set(lines(log, "done"))
     interrupted = len(set(lines(log, "start")) - done_before)
-    second = LocalMode(directory, extra_args=FAST, log_path=tmp_path / "second.log").start()
+    second = LocalMode(directory, extra_args=FAST_ASYNC, log_path=tmp_path / "second.log").start()
     try:
         wait_until(lambda: set(keys) <= set(lines(log, "done")), timeout=90, what="every event delivered")
         wait_until(lambda: async_view(second, "slow")["queue"]["depth"] == 0, timeout=30, what="an empty queue")
@@ -454,7 +419,7 @@ def test_kfn_local_with_a_nats_url_turns_each_message_on_a_subject_into_an_invoc
 
     import nats
 
-    from tests.e2e.asyncstores import NatsServer, nats_server_binary
+    from tests.support.nats import NatsServer, nats_server_binary
 
     nats_server_binary()
     server = NatsServer(tmp_path)

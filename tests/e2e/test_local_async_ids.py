@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localmode import LocalMode, http, wait_until, write_manifest
-from tests.e2e.test_local_async import FAST, lines, post_async, recording
+from tests.support.localmode import FAST_ASYNC, LocalMode, http, lines, post_async, recording, write_manifest
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,7 +27,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalMode,
     write_manifest(directory, "billing", recording(log))
     other = write_manifest(directory, "billing", recording(log), file="team-b.yaml")
     other.write_text(other.read_text().replace("  name: billing\n", "  name: billing\n  namespace: team-b\n", 1))
-    server = LocalMode(directory, extra_args=FAST)
+    server = LocalMode(directory, extra_args=FAST_ASYNC)
     try:
         yield server.start(), log
     finally:

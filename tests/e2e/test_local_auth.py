@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.localmode import HELLO, PYTHON, REPO, LocalMode, http, wait_until, write_manifest
+from tests.support.localmode import HELLO, PYTHON, REPO, LocalMode, http, write_manifest
+from tests.support.waiting import wait_until
 
 ADMIN = "admin-key-0123456789abcdef"
 TEAM = "default-key-0123456789abcd"

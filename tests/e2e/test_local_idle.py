@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localmode import HELLO, http, running, wait_until, write_manifest
+from tests.support.localmode import HELLO, http, running, write_manifest
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

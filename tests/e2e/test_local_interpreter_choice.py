@@ -13,8 +13,8 @@ from kfn.core.functions import parse_function
 from kfn.core.instances import Invocation
 from kfn.processes import ProcessBackend
 from kfn.processes.interpreters import Interpreters
-from tests.e2e.localmode import function_manifest
-from tests.e2e.test_local_runtimes import WHICH
+from tests.support.functions import function_manifest
+from tests.support.localmode import WHICH
 
 
 async def test_the_backend_runs_a_python_function_on_the_interpreter_found_for_its_runtime(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ async def test_the_backend_runs_a_python_function_on_the_interpreter_found_for_i
     wrapper = tmp_path / "python3.13"
     wrapper.write_text(f'#!/bin/sh\necho "$@" >> {used}\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
-    backend = ProcessBackend(work_dir=tmp_path / "work", confine=False,
+    backend = ProcessBackend(work_dir=tmp_path / "work", confine=False, region="us-east-1",
                              interpreters=Interpreters(find=lambda v: str(wrapper) if v == "3.13" else None))
     await backend.start()
     try:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localmode import HELLO, LocalMode, http, wait_until, write_manifest
+from tests.support.localmode import HELLO, LocalMode, http, write_manifest
+from tests.support.waiting import wait_until
 
 BODY_LIMIT = 1024
 QUEUE_LIMIT = 2

@@ -8,20 +8,20 @@ import subprocess
 import threading
 from pathlib import Path
 
-from tests.e2e.localmode import (
+from tests.support.localmode import (
     HELLO,
     PYTHON,
     REPO,
     LocalMode,
     descendants,
-    free_port,
     http,
     make_wheel,
     pid_alive,
     running,
-    wait_until,
     write_manifest,
 )
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 
 def _version(version: str) -> str:

@@ -17,7 +17,8 @@ import yaml
 
 from kfn.processes import nodejs
 from kfn.processes.code import Unsupported
-from tests.e2e.localmode import REPO, LocalMode, http, wait_until
+from tests.support.localmode import REPO, LocalMode, http
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,

@@ -16,14 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localmode import PYTHON, REPO, LocalMode, http, wait_until, write_manifest
-
-# The handler says which Python it really runs on and what AWS_EXECUTION_ENV says.
-WHICH = """
-    import os, sys
-    def handler(event, context):
-        return {"version": "%d.%d" % sys.version_info[:2], "executionEnv": os.environ.get("AWS_EXECUTION_ENV")}
-"""
+from tests.support.localmode import PYTHON, REPO, WHICH, LocalMode, http, write_manifest
+from tests.support.waiting import wait_until
 
 
 def python313() -> str | None:

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.localmode import HELLO, HttpResult, LocalMode, wait_until, write_manifest
+from tests.support.localmode import HELLO, HttpResult, LocalMode, ReplicaWatcher, write_manifest
+from tests.support.waiting import wait_until
 
 SLOW = """
     import time
@@ -30,29 +30,6 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMode]:
         yield server.start()
     finally:
         server.stop()
-
-
-class ReplicaWatcher:
-    """Records the most ready instances a function had, polled in the background."""
-
-    def __init__(self, local: LocalMode, name: str) -> None:
-        self.local, self.name = local, name
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ReplicaWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            with contextlib.suppress(OSError):
-                self.peak = max(self.peak, self.local.ready(self.name))
 
 
 def _post(local: LocalMode, name: str, seconds: float) -> HttpResult:

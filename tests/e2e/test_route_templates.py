@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.localmode import LocalMode, wait_until, write_manifest
+from tests.support.localmode import LocalMode, write_manifest
+from tests.support.waiting import wait_until
 
 CHALICE = """
     from chalice import Chalice

@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from kfn_runtime.host import InitFailed
-from tests.e2e.runtimes import PYTHON, command_host, eventually, gather_bounded, pid_alive, python_host, write_code
+from kfn_runtime.execution import InitFailed
+from tests.e2e.runtimes import PYTHON, command_host, gather_bounded, pid_alive, python_host, write_code
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
-
-API = "/2018-06-01/runtime"
 
 # A custom runtime, as Lambda's documentation describes one: poll GET next, handle, POST the
 # response or error, forever. What it does with an invocation is told by the event ("action"),

@@ -15,8 +15,10 @@ import pytest
 
 from kfn_runtime import contract
 from kfn_runtime.environments import ZygoteSpawner
-from kfn_runtime.host import InitFailed, InstanceHost, Rejected
-from tests.e2e.runtimes import eventually, gather_bounded, host_config, pid_alive, python_env, python_host, write_code
+from kfn_runtime.execution import InitFailed, Rejected
+from kfn_runtime.host import InstanceHost
+from tests.e2e.runtimes import gather_bounded, host_config, pid_alive, python_env, python_host, write_code
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
 

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ import pytest
 
 from kfn_runtime import contract
 from kfn_runtime.environments import ExternalSpawner
-from kfn_runtime.host import HostConfig, InstanceHost, Invocation
+from kfn_runtime.execution import HostConfig, Invocation
+from kfn_runtime.host import InstanceHost
+from tests.support.waiting import eventually
 
 BOOTSTRAP = textwrap.dedent('''
     import json, os, time, urllib.request
@@ -49,7 +51,7 @@ class Pod:
         (tmp_path / "bootstrap.py").write_text(BOOTSTRAP)
         self.lines: list[str] = []
         self.host = InstanceHost(HostConfig(function_name="orders", timeout=timeout, concurrency=slots,
-                                            memory_mb=128),
+                                            memory_mb=128, region="us-east-1"),
                                  ExternalSpawner(str(self.dir), slots=slots),
                                  log=lambda env, line: self.lines.append(f"{env} {line}"))
         self.launcher = subprocess.Popen(
@@ -77,14 +79,6 @@ async def pod(tmp_path: Path) -> AsyncIterator[Pod]:
         pod.stop()
 
 
-async def until(predicate: Callable[[], Any], *, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def result(invocation: Invocation) -> dict[str, Any]:
     assert invocation.function_error is None, invocation.result
     return json.loads(invocation.result)  # type: ignore[no-any-return]
@@ -107,14 +101,14 @@ async def test_an_environment_that_times_out_is_killed_and_its_slot_serves_again
     before = result(await pod.invoke({}))["pid"]
     timed_out = await pod.invoke({"sleep": 5})
     assert timed_out.error_type == "Sandbox.Timedout"
-    await until(lambda: not os.path.exists(f"/proc/{before}"))
+    await eventually(lambda: not os.path.exists(f"/proc/{before}"))
     after = [result(await pod.invoke({}))["pid"] for _ in range(3)]
     assert before not in after
 
 
 async def test_what_an_environment_prints_reaches_the_instances_log(pod: Pod) -> None:
     pid = result(await pod.invoke({}))["pid"]
-    await until(lambda: any(f"bootstrap {pid} started" in line for line in pod.lines))
+    await eventually(lambda: any(f"bootstrap {pid} started" in line for line in pod.lines))
 
 
 async def test_the_launcher_ignores_sigterm_and_ends_when_the_instance_says_stop(tmp_path: Path) -> None:
@@ -127,7 +121,7 @@ async def test_the_launcher_ignores_sigterm_and_ends_when_the_instance_says_stop
         assert result(await slow)["count"] == 1       # the invocation in flight finishes
         assert pod.launcher.poll() is None
         await pod.host.close()
-        await until(lambda: pod.launcher.poll() is not None)
+        await eventually(lambda: pod.launcher.poll() is not None)
     finally:
         await pod.host.close()
         pod.stop()

@@ -14,15 +14,17 @@ import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kfn_runtime.config import Config
-from kfn_runtime.host import InitFailed, InstanceHost, Invocation
+from kfn_runtime.execution import InitFailed, Invocation
+from kfn_runtime.host import InstanceHost
 from kfn_runtime.launch import build_host
+from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = REPO / "runtime-images" / "nodejs" / "ric.mjs"
@@ -99,16 +101,8 @@ def alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
-async def eventually(predicate: Callable[[], bool], seconds: float = 10.0, interval: float = 0.01) -> bool:
-    for _ in range(int(seconds / interval)):
-        if predicate():
-            return True
-        await asyncio.sleep(interval)
-    return predicate()
-
-
 async def gone(pid: int) -> bool:
-    return await eventually(lambda: not alive(pid))
+    return await eventually(lambda: not alive(pid), timeout=10, what=f"process {pid} to be gone")
 
 
 @pytest.fixture

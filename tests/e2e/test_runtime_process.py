@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from kfn_runtime import contract
-from tests.e2e.localmode import free_port
-from tests.e2e.runtimes import RuntimeProcess, pid_alive, wait_for, write_code
+from tests.e2e.runtimes import RuntimeProcess, pid_alive, write_code
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -219,7 +220,7 @@ def test_no_log_tail_unless_asked(rt: RuntimeProcess) -> None:
 
 def test_environment_output_reaches_the_pods_stdout(rt: RuntimeProcess) -> None:
     invoke(rt, {"action": "print", "tag": "to-stdout"})
-    wait_for(lambda: "printed to-stdout" in rt.stdout(), what="the handler's print on stdout")
+    wait_until(lambda: "printed to-stdout" in rt.stdout(), what="the handler's print on stdout")
 
 
 def test_client_context_reaches_the_handler(rt: RuntimeProcess) -> None:
@@ -374,13 +375,13 @@ def test_ready_answers_503_while_loading_and_200_once_loaded(start: Callable[...
     gate, port = tmp_path / "go", free_port()
     rt = start(source=gated_module(gate), port=port, wait=False)
     rt.port = port
-    wait_for(lambda: status_of(rt, contract.PATH_HEALTH) == 200, what="the runtime listening")
+    wait_until(lambda: status_of(rt, contract.PATH_HEALTH) == 200, what="the runtime listening")
     status, _, body = rt.request("GET", contract.PATH_READY)
     assert (status, json.loads(body)) == (503, {"status": "loading"})
     status, headers, _ = invoke(rt, {})
     assert (status, headers[contract.HEADER_REJECTED.lower()]) == (503, contract.REJECTED_LOADING)
     gate.write_text("")
-    wait_for(lambda: status_of(rt, contract.PATH_READY) == 200, what="ready")
+    wait_until(lambda: status_of(rt, contract.PATH_READY) == 200, what="ready")
     assert invoke(rt, {})[::2] == (200, b'"loaded"')
 
 
@@ -410,7 +411,7 @@ def test_an_invocation_waits_for_a_busy_environment_within_the_queue_limit(
     rt = start(concurrency=1)   # the queue limit defaults to the concurrency: one may wait
     code = rt.workdir / "code"
     first, first_result = in_thread(lambda: invoke(rt, {"action": "block", "n": 1}))
-    wait_for(lambda: (code / "started-1").exists(), what="the first invocation running")
+    wait_until(lambda: (code / "started-1").exists(), what="the first invocation running")
     second, second_result = in_thread(lambda: invoke(rt, {"action": "block", "n": 2}))
     time.sleep(0.2)
     assert not (code / "started-2").exists()
@@ -426,7 +427,7 @@ def test_invocation_beyond_the_concurrency_and_queue_is_a_429_without_running(
     rt = start(concurrency=1, queue_limit=0)
     code = rt.workdir / "code"
     thread, result = in_thread(lambda: invoke(rt, {"action": "block", "n": 1}))
-    wait_for(lambda: (code / "started-1").exists(), what="the first invocation running")
+    wait_until(lambda: (code / "started-1").exists(), what="the first invocation running")
     status, headers, body = invoke(rt, {"action": "block", "n": 2})
     assert status == 429
     assert headers[contract.HEADER_REJECTED.lower()] == contract.REJECTED_CONCURRENCY
@@ -444,9 +445,9 @@ def test_sigterm_drains_the_in_flight_invocation_and_exits_zero(start: Callable[
     rt = start(concurrency=1)
     code = rt.workdir / "code"
     thread, result = in_thread(lambda: invoke(rt, {"action": "block", "n": 1}))
-    wait_for(lambda: (code / "started-1").exists(), what="the invocation running")
+    wait_until(lambda: (code / "started-1").exists(), what="the invocation running")
     rt.signal(signal.SIGTERM)
-    wait_for(lambda: status_of(rt, contract.PATH_READY) == 503, what="not ready while draining")
+    wait_until(lambda: status_of(rt, contract.PATH_READY) == 503, what="not ready while draining")
     status, headers, body = invoke(rt, {"action": "block", "n": 2})
     assert (status, headers[contract.HEADER_REJECTED.lower()]) == (503, contract.REJECTED_DRAINING)
     assert headers["connection"] == "close"
@@ -464,7 +465,7 @@ def test_drain_timeout_stops_everything_and_exits_four(start: Callable[..., Runt
     rt = start(concurrency=1, drain_timeout=0.3)
     code = rt.workdir / "code"
     in_thread(lambda: invoke(rt, {"action": "block", "n": 1, "hold": 30}))
-    wait_for(lambda: (code / "started-1").exists(), what="the invocation running")
+    wait_until(lambda: (code / "started-1").exists(), what="the invocation running")
     rt.signal(signal.SIGTERM)   # also notes every process the runtime started
     started = time.monotonic()
     assert rt.wait_exit() == contract.EXIT_DRAIN_TIMEOUT
@@ -483,7 +484,7 @@ def test_sigterm_while_loading_exits_at_once(start: Callable[..., RuntimeProcess
     port = free_port()
     rt = start(source=gated_module(tmp_path / "never"), port=port, wait=False)
     rt.port = port
-    wait_for(lambda: status_of(rt, contract.PATH_HEALTH) == 200, what="the runtime listening")
+    wait_until(lambda: status_of(rt, contract.PATH_HEALTH) == 200, what="the runtime listening")
     rt.signal(signal.SIGTERM)
     assert rt.wait_exit(timeout=10) == contract.EXIT_OK
     assert not rt.processes.kill_all()
@@ -550,4 +551,4 @@ def test_zygote_and_idle_environments_end_with_a_killed_runtime(start: Callable[
     assert len(others) >= 2   # the zygote and an environment
     rt.process.kill()
     rt.wait_exit()
-    wait_for(lambda: not any(pid_alive(pid) for pid in others), what="the zygote and environment gone")
+    wait_until(lambda: not any(pid_alive(pid) for pid in others), what="the zygote and environment gone")

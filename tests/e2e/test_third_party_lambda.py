@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localmode import LocalMode, http, wait_until, write_manifest
+from tests.support.localmode import LocalMode, http, write_manifest
+from tests.support.waiting import wait_until
 
 POWERTOOLS = """
     import time

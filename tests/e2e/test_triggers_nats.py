@@ -3,10 +3,8 @@ same server): each message stored once, acknowledged only after it was stored, a
 when the trigger's process is SIGKILLed between storing and acknowledging."""
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,11 @@ from kfn.events.jetstream import JetStreamStore
 from kfn.events.sqlite import SqliteStore
 from kfn.events.store import Event, EventStore
 from kfn.triggers.nats import HEADER_SERVICE_ERROR_CODE, NatsBinding, NatsSubjectSource, stream_event_id
-from tests.e2e.asyncstores import NatsServer, nats_server_binary, record
+from tests.e2e.asyncstores import record
 from tests.e2e.workers import WorkerProcess
-from tests.unit.test_triggers import fn
+from tests.support.functions import make_function
+from tests.support.nats import NatsServer, nats_server_binary
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 ORDERS = FunctionRef("default", "orders")
@@ -81,14 +81,6 @@ async def stored_events(store: EventStore, function: FunctionRef = ORDERS) -> li
     return [d.event for d in deliveries]
 
 
-async def eventually(predicate: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def running_source(server: NatsServer, store: EventStore, *functions: Function,
                          **kwargs: Any) -> NatsSubjectSource:
     source = NatsSubjectSource(server.url, fetch_wait=0.2, **kwargs)
@@ -104,7 +96,7 @@ async def running_source(server: NatsServer, store: EventStore, *functions: Func
 
 
 def orders(**trigger: Any) -> Function:
-    return fn({"nats": trigger}, name="orders")
+    return make_function("orders", triggers=[{"nats": trigger}])
 
 
 async def test_stream_messages_are_stored_once_then_acknowledged(server, store, client) -> None:
@@ -236,7 +228,7 @@ async def test_a_removed_stream_trigger_deletes_its_consumer(server, store, clie
     source = await running_source(server, store, orders(subject="orders.>", stream="ORDERS"))
     try:
         assert (await js.consumer_info("ORDERS", binding.consumer)).name == binding.consumer
-        source.update([fn(name="orders")])
+        source.update([make_function("orders")])
 
         async def deleted() -> bool:
             try:

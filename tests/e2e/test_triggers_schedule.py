@@ -25,8 +25,10 @@ import pytest
 from kfn.events.jetstream import JetStreamStore
 from kfn.triggers.schedule import ScheduleSource
 from kfn.triggers.ticks import KvTicks
-from tests.e2e.asyncstores import NatsServer, nats_server_binary
 from tests.e2e.workers import WorkerProcess
+from tests.support.functions import make_function
+from tests.support.nats import NatsServer, nats_server_binary
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 MINUTE = dt.timedelta(minutes=1)
@@ -61,7 +63,7 @@ class Setup:
 async def _jetstream_ids(url: str) -> set[str]:
     import nats
 
-    from kfn.events import jetstream
+    from kfn.events import jetstream_layout
     from kfn.events.store import Event
     nc = await nats.connect(url)
     try:
@@ -70,7 +72,7 @@ async def _jetstream_ids(url: str) -> set[str]:
         seq = 1
         while True:
             try:
-                raw = await js.get_msg(jetstream.STREAM, seq=seq, next=True)
+                raw = await js.get_msg(jetstream_layout.STREAM, seq=seq, next=True)
             except Exception:  # noqa: BLE001 - no message at or after seq: done
                 break
             assert raw.data is not None and raw.seq is not None
@@ -126,14 +128,6 @@ def led_at(log: Path, pid: int) -> dt.datetime:
     return next(dt.datetime.fromisoformat(r[1]) for r in records(log, "leading") if int(r[0]) == pid)
 
 
-def wait_for(predicate: Any, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def simulated_clock(speed: float, *, start: dt.datetime | None = None) -> dict[str, float]:
     """A clock for the workers starting 10 simulated seconds past a whole minute."""
     base = start or dt.datetime(2026, 3, 2, 12, 0, 10, tzinfo=dt.UTC)
@@ -146,14 +140,14 @@ def test_two_schedulers_fire_each_tick_once_across_a_sigkill_of_the_leader(setup
     first = Scheduler(setup, log, clock).start()
     second = Scheduler(setup, log, clock)
     try:
-        wait_for(lambda: leaders(log) == [first.pid], timeout=30, what="the first scheduler to lead")
+        wait_until(lambda: leaders(log) == [first.pid], timeout=30, what="the first scheduler to lead")
         second.start()
-        wait_for(lambda: len(fired(log)) >= 3, timeout=60, what="three ticks")
+        wait_until(lambda: len(fired(log)) >= 3, timeout=60, what="three ticks")
         assert {pid for _, _, pid in fired(log)} == {first.pid}      # the second one only waits
         first.kill()
         before = len(fired(log))
-        wait_for(lambda: len([f for f in fired(log) if f[2] == second.pid]) >= 3, timeout=60,
-                 what="the second scheduler to take over and fire three ticks")
+        wait_until(lambda: len([f for f in fired(log) if f[2] == second.pid]) >= 3, timeout=60,
+                   what="the second scheduler to take over and fire three ticks")
         second.stop()
     finally:
         first.stop()
@@ -177,15 +171,15 @@ def test_a_tick_missed_while_no_scheduler_ran_fires_once_late(setup: Setup, tmp_
     clock = simulated_clock(60)   # a minute every real second
     first = Scheduler(setup, log, clock).start()
     try:
-        wait_for(lambda: len(fired(log)) >= 2, timeout=60, what="two ticks")
+        wait_until(lambda: len(fired(log)) >= 2, timeout=60, what="two ticks")
     finally:
         first.stop()
     last_before = max(tick for tick, _, _ in fired(log))
     time.sleep(3.5)   # down for more than three simulated minutes
     second = Scheduler(setup, log, clock).start()
     try:
-        wait_for(lambda: len([t for t, _, p in fired(log) if p == second.pid]) >= 2, timeout=60,
-                 what="two ticks after the restart")
+        wait_until(lambda: len([t for t, _, p in fired(log) if p == second.pid]) >= 2, timeout=60,
+                   what="two ticks after the restart")
     finally:
         second.stop()
     after = [tick for tick, _, pid in fired(log) if pid == second.pid]
@@ -204,7 +198,7 @@ def test_after_more_than_an_hour_down_nothing_from_the_past_fires(setup: Setup, 
     day1 = dt.datetime(2026, 3, 2, 8, 55, tzinfo=dt.UTC)   # 5 real seconds before 09:00
     first = Scheduler(setup, log, simulated_clock(60, start=day1), schedule=daily).start()
     try:
-        wait_for(lambda: len(fired(log)) >= 1, timeout=60, what="the 09:00 tick")
+        wait_until(lambda: len(fired(log)) >= 1, timeout=60, what="the 09:00 tick")
     finally:
         first.stop()
     assert [tick for tick, _, _ in fired(log)] == [day1.replace(hour=9, minute=0, second=0)]
@@ -213,7 +207,7 @@ def test_after_more_than_an_hour_down_nothing_from_the_past_fires(setup: Setup, 
     later = Scheduler(setup, log, simulated_clock(60, start=day1 + dt.timedelta(days=1, hours=1, minutes=31)),
                       schedule=daily).start()
     try:
-        wait_for(lambda: records(log, "skipped"), timeout=60, what="the missed tick to be skipped")
+        wait_until(lambda: records(log, "skipped"), timeout=60, what="the missed tick to be skipped")
     finally:
         later.stop()
     assert [pid for _, _, pid in fired(log)] == [first.pid]
@@ -255,10 +249,9 @@ async def test_a_scheduler_stores_its_ticks_in_jetstream(tmp_path: Path) -> None
         await store.start()
         await ticks.start()
         now = [dt.datetime(2026, 3, 2, 12, 0, 30, tzinfo=dt.UTC)]
-        source = ScheduleSource(ticks, clock=lambda: now[0])
+        source = ScheduleSource(ticks, clock=lambda: now[0], region="us-east-1")
         source._sink = store.accept   # driven by hand, as in the unit tests
-        from tests.unit.test_triggers_schedule import fn
-        source.update([fn({"schedule": "rate(1 minute)"})])
+        source.update([make_function(triggers=[{"schedule": "rate(1 minute)"}])])
         await source.fire_due()
         for minute in (1, 1, 2):
             now[0] = now[0].replace(minute=minute, second=0)

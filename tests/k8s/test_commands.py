@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from kfn.core import naming
-from tests.k8s import kube
+from tests.support import kube
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -54,8 +55,8 @@ async def test_kfn_operator_reconciles_and_stops_cleanly_on_sigterm(cluster, tmp
                    "--autoscale-interval", "0.5") as process:
         async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json=HELLO) as r:
             assert r.status == 201
-        dep = await kube.wait_for(lambda: cluster.object(kube.DEPLOYMENTS, "default", "hello"), timeout=30,
-                                  what="the Deployment")
+        dep = await eventually(lambda: cluster.object(kube.DEPLOYMENTS, "default", "hello"), timeout=30,
+                               what="the Deployment")
         assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "reg.local/py:3.12"
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0, (tmp_path / "operator.log").read_text()
@@ -84,19 +85,19 @@ async def test_of_two_kfn_operators_the_standby_answers_its_health_check_and_lea
         return False
 
     async with operator("a") as a:
-        await kube.wait_for(lambda: holder() == "operator-a", timeout=30, what="operator-a to lead")
+        await eventually(lambda: holder() == "operator-a", timeout=30, what="operator-a to lead")
         async with operator("b") as b:
             async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json=HELLO) as r:
                 assert r.status == 201
-            await kube.wait_for(lambda: cluster.object(kube.DEPLOYMENTS, "default", "hello"), timeout=30,
-                                what="the Deployment")
+            await eventually(lambda: cluster.object(kube.DEPLOYMENTS, "default", "hello"), timeout=30,
+                             what="the Deployment")
             # A standby runs no kopf, yet its liveness probe must pass.
             assert await healthy("b") and await healthy("a")
             assert holder() == "operator-a"
             a.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(a.wait(), 20) == 0, (tmp_path / "operator-a.log").read_text()
             # Handed back on the way out: taken at operator-b's next try, not after the 15 s Lease.
-            await kube.wait_for(lambda: holder() == "operator-b", timeout=10, what="operator-b to take over")
+            await eventually(lambda: holder() == "operator-b", timeout=10, what="operator-b to take over")
             b.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(b.wait(), 20) == 0, (tmp_path / "operator-b.log").read_text()
     assert holder() is None

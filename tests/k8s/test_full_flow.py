@@ -2,8 +2,8 @@
 
 Real: kubectl (apply), the operator (kopf, in-process thread, with its autoscaler scraping the
 gateway's /metrics), the gateway with its Kubernetes backend, the runtime processes.
-Emulated: the API server (kmock + tests/k8s/kube.py) and the Deployment controller, kubelet and
-EndpointSlice controller (tests/k8s/kubelet.py).
+Emulated: the API server (kmock + tests/support/kube.py) and the Deployment controller, kubelet and
+EndpointSlice controller (tests/support/kubelet.py).
 """
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from kfn.core import crd, naming
 from kfn.kube import KubernetesBackend, connect
 from kfn_gateway.server import Gateway, serve
 from kfn_operator.config import OperatorConfig
-from tests.k8s import kube
-from tests.k8s.conftest import running_operator
-from tests.k8s.kubelet import Kubelet
+from tests.support import kube
+from tests.support.kubelet import Kubelet
+from tests.support.operator import running_operator
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(150)]
 
@@ -154,7 +155,7 @@ async def test_apply_invoke_burst_idle_and_scale_from_zero(cluster: kube.Cluster
         t = clock.mark("operator and gateway up")
         out = await kubectl(cluster, "apply", "--validate=false", "-f", str(manifest(tmp_path)))
         assert "function.kfn.dev/hello created" in out
-        await kube.wait_for(lambda: replicas(cluster) is not None, what="the Deployment")
+        await eventually(lambda: replicas(cluster) is not None, what="the Deployment")
         t = clock.mark("kubectl apply → Deployment (0 replicas)", t)
 
         status, body = await invoke(session, gateway)
@@ -168,18 +169,18 @@ async def test_apply_invoke_burst_idle_and_scale_from_zero(cluster: kube.Cluster
         peak = replicas(cluster)
         t = clock.mark(f"burst ({len(statuses)} requests) → {peak} ready pods", t)
 
-        await kube.wait_for(lambda: replicas(cluster) == 0, timeout=30, what="scale to zero")
+        await eventually(lambda: replicas(cluster) == 0, timeout=30, what="scale to zero")
         t = clock.mark("idle → Deployment replicas 0", t)
-        await kube.wait_for(lambda: not kubelet.pods("hello"), timeout=30, what="every pod stopped")
+        await eventually(lambda: not kubelet.pods("hello"), timeout=30, what="every pod stopped")
         t = clock.mark("idle → all pods stopped (SIGTERM)", t)
 
         status, body = await invoke(session, gateway, "again")
         assert (status, body) == (200, {"message": "Hello, again!"})
         clock.mark("request after scale to zero answered", t)
 
-        fn = await kube.wait_for(lambda: (cluster.object(kube.FUNCTIONS, "default", "hello") or {}).get("status", {})
-                                 .get("lastScaleReason") and cluster.object(kube.FUNCTIONS, "default", "hello"),
-                                 what="the autoscaler's decision in status")
+        fn = await eventually(lambda: (cluster.object(kube.FUNCTIONS, "default", "hello") or {}).get("status", {})
+                              .get("lastScaleReason") and cluster.object(kube.FUNCTIONS, "default", "hello"),
+                              what="the autoscaler's decision in status")
         assert fn["status"]["url"] == "/function/hello"
         schema = crd.crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
         jsonschema.validate(fn["status"], schema)
@@ -198,7 +199,7 @@ async def test_a_code_change_rolls_out_without_failed_requests(cluster: kube.Clu
     config = OperatorConfig(standalone=True, autoscale_interval=0.5, gateway_selector=GATEWAY_SELECTOR)
     async with running_operator(config), aiohttp.ClientSession() as session:
         await kubectl(cluster, "apply", "--validate=false", "-f", str(path))
-        await kube.wait_for(lambda: any(p.ready for p in kubelet.pods("hello")), what="a ready pod")
+        await eventually(lambda: any(p.ready for p in kubelet.pods("hello")), what="a ready pod")
         assert await invoke(session, gateway) == (200, {"message": "Hello, kfn!"})
         t = clock.mark("v1 serving")
 
@@ -215,5 +216,5 @@ async def test_a_code_change_rolls_out_without_failed_requests(cluster: kube.Clu
         clock.mark(f"kubectl apply (new code) → v2 answers ({len(seen)} requests meanwhile)", t)
         assert seen[-1] == (200, {"message": "Hi, kfn!"})
         assert {status for status, _ in seen} == {200}
-        await kube.wait_for(lambda: len(kubelet.pods("hello")) == 1, what="the old pod to go")
+        await eventually(lambda: len(kubelet.pods("hello")) == 1, what="the old pod to go")
         assert len(cluster.list_objects(kube.CONFIGMAPS, "default", selector=f"{naming.LABEL_FUNCTION}=hello")) == 2

@@ -14,18 +14,13 @@ from kfn.core import naming
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import Instance, StartReason
 from kfn.kube import Backoff, KubernetesBackend
-from tests.k8s import kube
+from tests.support import kube
+from tests.support.functions import function_manifest
+from tests.support.kube import create_function
+from tests.support.waiting import eventually
 
-CODE = "def handler(event, context):\n    return 'hi'\n"
 PODS = "v1/pods"
 HELLO = FunctionRef("default", "hello")
-
-
-def function(name: str = "hello", namespace: str = "default", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"handler": "main.handler", "source": {"files": {"main.py": CODE}}, "concurrency": 7}
-    body.update(spec)
-    return {"apiVersion": naming.API_VERSION, "kind": naming.KIND,
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
 
 
 def pod(function: str, name: str, ip: str | None, *, ready: bool = True, terminating: bool = False,
@@ -62,10 +57,6 @@ async def post(cluster: kube.Cluster, path: str, body: dict[str, Any]) -> None:
         assert r.status == 201, await r.text()
 
 
-async def add_function(cluster: kube.Cluster, body: dict[str, Any]) -> None:
-    await post(cluster, f"/apis/kfn.dev/v1alpha1/namespaces/{body['metadata']['namespace']}/functions", body)
-
-
 async def add_pod(cluster: kube.Cluster, body: dict[str, Any]) -> None:
     await post(cluster, f"/api/v1/namespaces/{body['metadata']['namespace']}/pods", body)
 
@@ -90,39 +81,39 @@ async def backend(api: client.ApiClient) -> AsyncIterator[KubernetesBackend]:
 
 
 async def test_functions_are_known_by_namespace_and_name(cluster, backend) -> None:
-    await add_function(cluster, function())
-    fn = await kube.wait_for(lambda: backend.function(HELLO), what="the function")
+    await create_function(cluster, function_manifest(concurrency=7))
+    fn = await eventually(lambda: backend.function(HELLO), what="the function")
     assert fn.spec.concurrency == 7
     assert [f.ref for f in backend.functions()] == [HELLO]
     assert backend.function(FunctionRef("default", "missing")) is None
 
 
 async def test_functions_of_the_same_name_in_two_namespaces_are_two_functions(cluster, backend) -> None:
-    await add_function(cluster, function("hello", namespace="team-a", concurrency=3))
-    await add_function(cluster, function("hello", namespace="team-b", concurrency=4))
-    a = await kube.wait_for(lambda: backend.function(FunctionRef("team-a", "hello")), what="team-a's hello")
-    b = await kube.wait_for(lambda: backend.function(FunctionRef("team-b", "hello")), what="team-b's hello")
+    await create_function(cluster, function_manifest("hello", namespace="team-a", concurrency=3))
+    await create_function(cluster, function_manifest("hello", namespace="team-b", concurrency=4))
+    a = await eventually(lambda: backend.function(FunctionRef("team-a", "hello")), what="team-a's hello")
+    b = await eventually(lambda: backend.function(FunctionRef("team-b", "hello")), what="team-b's hello")
     assert (a.spec.concurrency, b.spec.concurrency) == (3, 4)
 
 
 async def test_invalid_functions_are_ignored_with_a_log(cluster, backend, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="kfn.kube.backend")
-    await add_function(cluster, function("broken", handler="nodot"))
-    await add_function(cluster, function("good"))
-    await kube.wait_for(lambda: backend.function(FunctionRef("default", "good")), what="the valid function")
+    caplog.set_level(logging.WARNING, logger="kfn.kube.mirror")
+    await create_function(cluster, function_manifest("broken", handler="nodot", concurrency=7))
+    await create_function(cluster, function_manifest("good", concurrency=7))
+    await eventually(lambda: backend.function(FunctionRef("default", "good")), what="the valid function")
     assert backend.function(FunctionRef("default", "broken")) is None
     assert any("broken" in r.getMessage() and "spec.handler" in r.getMessage() for r in caplog.records)
 
 
 async def test_ready_pods_become_instances_on_their_pod_ip(cluster, backend) -> None:
-    await add_function(cluster, function())
+    await create_function(cluster, function_manifest(concurrency=7))
     await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
     await add_pod(cluster, pod("hello", "hello-2", "10.0.0.2", ready=False))
     await add_pod(cluster, pod("hello", "hello-3", "10.0.0.3"))
     await update_pod(cluster, pod("hello", "hello-3", "10.0.0.3", terminating=True))  # created, then deleted
     await add_pod(cluster, pod("hello", "hello-4", None))
     await add_pod(cluster, pod("hello", "hello-5", "10.0.0.5", port=9000))
-    await kube.wait_for(lambda: [i.id for i in backend.ready(HELLO)] == ["hello-1", "hello-5"], what="instances")
+    await eventually(lambda: [i.id for i in backend.ready(HELLO)] == ["hello-1", "hello-5"], what="instances")
     assert backend.ready(HELLO) == [
         Instance(function=HELLO, id="hello-1", host="10.0.0.1", port=8080, capacity=7),
         Instance(function=HELLO, id="hello-5", host="10.0.0.5", port=9000, capacity=7),
@@ -130,19 +121,19 @@ async def test_ready_pods_become_instances_on_their_pod_ip(cluster, backend) -> 
 
 
 async def test_a_pod_leaves_rotation_as_soon_as_it_is_being_deleted(cluster, backend) -> None:
-    await add_function(cluster, function())
+    await create_function(cluster, function_manifest(concurrency=7))
     await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
-    await kube.wait_for(lambda: backend.ready(HELLO), what="an instance")
+    await eventually(lambda: backend.ready(HELLO), what="an instance")
     await update_pod(cluster, pod("hello", "hello-1", "10.0.0.1", terminating=True))
-    await kube.wait_for(lambda: backend.ready(HELLO) == [], what="the pod out of rotation")
+    await eventually(lambda: backend.ready(HELLO) == [], what="the pod out of rotation")
 
 
 async def test_listeners_hear_about_new_instances(cluster, backend) -> None:
     heard: list[FunctionRef] = []
     backend.add_listener(heard.append)
-    await add_function(cluster, function())
+    await create_function(cluster, function_manifest(concurrency=7))
     await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
-    await kube.wait_for(lambda: backend.ready(HELLO), what="an instance")
+    await eventually(lambda: backend.ready(HELLO), what="an instance")
     assert HELLO in heard
 
 
@@ -160,9 +151,9 @@ async def test_a_new_pod_answering_its_readiness_path_is_routed_before_the_kubel
     backend = KubernetesBackend(api, probe=True, probe_interval=0.01)
     await backend.start()
     try:
-        await add_function(cluster, function())
+        await create_function(cluster, function_manifest(concurrency=7))
         await add_pod(cluster, pod("hello", "hello-1", "127.0.0.1", ready=False, port=port))
-        instances = await kube.wait_for(lambda: backend.ready(HELLO), what="the probed pod")
+        instances = await eventually(lambda: backend.ready(HELLO), what="the probed pod")
         assert instances == [Instance(function=HELLO, id="hello-1", host="127.0.0.1", port=port, capacity=7)]
     finally:
         await backend.close()
@@ -170,17 +161,17 @@ async def test_a_new_pod_answering_its_readiness_path_is_routed_before_the_kubel
 
 
 async def test_a_pod_the_kubelet_marks_not_ready_again_leaves_rotation(cluster, backend) -> None:
-    await add_function(cluster, function())
+    await create_function(cluster, function_manifest(concurrency=7))
     await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
-    await kube.wait_for(lambda: backend.ready(HELLO), what="an instance")
+    await eventually(lambda: backend.ready(HELLO), what="an instance")
     await update_pod(cluster, pod("hello", "hello-1", "10.0.0.1", ready=False))
-    await kube.wait_for(lambda: backend.ready(HELLO) == [], what="the pod out of rotation")
+    await eventually(lambda: backend.ready(HELLO) == [], what="the pod out of rotation")
 
 
 async def test_a_pod_that_cannot_start_is_the_functions_problem(cluster, backend) -> None:
-    await add_function(cluster, function())
+    await create_function(cluster, function_manifest(concurrency=7))
     await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1", ready=False, waiting="CrashLoopBackOff"))
-    problem = await kube.wait_for(lambda: backend.problem(HELLO), what="the problem")
+    problem = await eventually(lambda: backend.problem(HELLO), what="the problem")
     # The pod's words are its owner's; a termination message that is no runtime's report (the
     # output's end) says nothing of the function for sure: the platform's reason for callers.
     assert problem.reason == StartReason.PLATFORM and problem.init_error is None
@@ -189,9 +180,9 @@ async def test_a_pod_that_cannot_start_is_the_functions_problem(cluster, backend
 
 
 async def test_scale_patches_the_deployments_scale_subresource(cluster, backend) -> None:
-    await add_function(cluster, function(scale={"minReplicas": 0}))
+    await create_function(cluster, function_manifest(scale={"minReplicas": 0}, concurrency=7))
     await post(cluster, "/apis/apps/v1/namespaces/default/deployments", deployment("hello", 0))
-    await kube.wait_for(lambda: backend.function(HELLO), what="the function")
+    await eventually(lambda: backend.function(HELLO), what="the function")
     assert backend.desired(HELLO) == 0
 
     await backend.scale(HELLO, 3, reason="test")
@@ -201,16 +192,16 @@ async def test_scale_patches_the_deployments_scale_subresource(cluster, backend)
 
 
 async def test_desired_follows_the_deployment(cluster, backend) -> None:
-    await add_function(cluster, function(scale={"minReplicas": 1}))
-    await kube.wait_for(lambda: backend.function(HELLO), what="the function")
+    await create_function(cluster, function_manifest(scale={"minReplicas": 1}, concurrency=7))
+    await eventually(lambda: backend.function(HELLO), what="the function")
     assert backend.desired(HELLO) == 1   # no Deployment yet: minReplicas
     await post(cluster, "/apis/apps/v1/namespaces/default/deployments", deployment("hello", 5))
-    await kube.wait_for(lambda: backend.desired(HELLO) == 5, what="desired from the Deployment")
+    await eventually(lambda: backend.desired(HELLO) == 5, what="desired from the Deployment")
 
 
 async def test_scaling_without_a_deployment_is_logged_not_raised(cluster, backend, caplog) -> None:
-    await add_function(cluster, function())
-    await kube.wait_for(lambda: backend.function(HELLO), what="the function")
+    await create_function(cluster, function_manifest(concurrency=7))
+    await eventually(lambda: backend.function(HELLO), what="the function")
     await backend.scale(HELLO, 1)
     assert any("scaling default/hello to 1 failed" in r.getMessage() for r in caplog.records)
 
@@ -220,11 +211,11 @@ async def test_a_failed_instance_leaves_rotation_until_the_cooldown_ends(cluster
     backend = KubernetesBackend(api, failure_cooldown=10, clock=lambda: now[0])
     await backend.start()
     try:
-        await add_function(cluster, function())
+        await create_function(cluster, function_manifest(concurrency=7))
         await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
         await add_pod(cluster, pod("hello", "hello-2", "10.0.0.2"))
-        first, second = await kube.wait_for(lambda: len(backend.ready(HELLO)) == 2 and backend.ready(HELLO),
-                                            what="two instances")
+        first, second = await eventually(lambda: len(backend.ready(HELLO)) == 2 and backend.ready(HELLO),
+                                         what="two instances")
         backend.report_failure(first, error="connection refused")
         assert backend.ready(HELLO) == [second]
         now[0] += 9
@@ -236,9 +227,9 @@ async def test_a_failed_instance_leaves_rotation_until_the_cooldown_ends(cluster
 
 
 async def test_api_errors_keep_the_known_state_and_the_watches_recover(cluster, backend) -> None:
-    await add_function(cluster, function())
+    await create_function(cluster, function_manifest(concurrency=7))
     await add_pod(cluster, pod("hello", "hello-1", "10.0.0.1"))
-    await kube.wait_for(lambda: backend.ready(HELLO), what="an instance")
+    await eventually(lambda: backend.ready(HELLO), what="an instance")
 
     # The API server goes away for a while: watches end with errors, relists fail.
     cluster.fail_requests(kube.FUNCTIONS, 8)
@@ -258,28 +249,28 @@ async def test_api_errors_keep_the_known_state_and_the_watches_recover(cluster, 
 
     # Changes made after the outage arrive.
     second = FunctionRef("default", "second")
-    await add_function(cluster, function("second"))
-    await kube.wait_for(lambda: backend.function(second), what="the watch to resume")
+    await create_function(cluster, function_manifest("second", concurrency=7))
+    await eventually(lambda: backend.function(second), what="the watch to resume")
     await add_pod(cluster, pod("second", "second-1", "10.0.0.9"))
-    await kube.wait_for(lambda: backend.ready(second), what="the pod watch to resume")
+    await eventually(lambda: backend.ready(second), what="the pod watch to resume")
 
 
 async def test_deleted_functions_disappear(cluster, backend) -> None:
-    await add_function(cluster, function())
-    await kube.wait_for(lambda: backend.function(HELLO), what="the function")
+    await create_function(cluster, function_manifest(concurrency=7))
+    await eventually(lambda: backend.function(HELLO), what="the function")
     async with cluster.delete("/apis/kfn.dev/v1alpha1/namespaces/default/functions/hello") as r:
         assert r.status == 200
-    await kube.wait_for(lambda: backend.function(HELLO) is None, what="the function gone")
+    await eventually(lambda: backend.function(HELLO) is None, what="the function gone")
     assert backend.ready(HELLO) == []
 
 
 async def test_a_namespaced_backend_sees_only_its_namespaces(cluster, api) -> None:
-    await add_function(cluster, function("mine", namespace="team-a"))
-    await add_function(cluster, function("theirs", namespace="team-b"))
+    await create_function(cluster, function_manifest("mine", namespace="team-a", concurrency=7))
+    await create_function(cluster, function_manifest("theirs", namespace="team-b", concurrency=7))
     backend = KubernetesBackend(api, namespaces=["team-a"])
     await backend.start()
     try:
-        await kube.wait_for(lambda: backend.function(FunctionRef("team-a", "mine")), what="the function in team-a")
+        await eventually(lambda: backend.function(FunctionRef("team-a", "mine")), what="the function in team-a")
         assert backend.function(FunctionRef("team-b", "theirs")) is None
     finally:
         await backend.close()

@@ -6,9 +6,11 @@ import socket
 import aiohttp
 
 from kfn.core import naming
+from kfn.kube import KubernetesBackend
 from kfn_operator.config import OperatorConfig
 from kfn_operator.lease import OperatorAutoscaler
-from tests.k8s import kube
+from tests.support import kube
+from tests.support.waiting import eventually
 
 
 def config(identity: str, **kwargs: object) -> OperatorConfig:
@@ -17,22 +19,22 @@ def config(identity: str, **kwargs: object) -> OperatorConfig:
 
 
 async def test_only_the_lease_holder_runs_the_autoscaler(cluster, api) -> None:
-    first = OperatorAutoscaler(api, config("operator-a"))
-    second = OperatorAutoscaler(api, config("operator-b"))
+    first = OperatorAutoscaler(api, config("operator-a"), KubernetesBackend(api))
+    second = OperatorAutoscaler(api, config("operator-b"), KubernetesBackend(api))
     await first.start()
     try:
-        await kube.wait_for(lambda: first.leading.is_set(), what="the first replica to lead")
+        await eventually(lambda: first.leading.is_set(), what="the first replica to lead")
         await second.start()
         lease = cluster.object(kube.LEASES, "kfn-system", "kfn-autoscaler")
         assert lease["spec"]["holderIdentity"] == "operator-a"
-        await kube.wait_for(lambda: len([r for r in cluster.served if r.resource is not None
+        await eventually(lambda: len([r for r in cluster.served if r.resource is not None
                                          and r.resource.plural == "leases" and r.method == "GET"]) > 4,
-                            what="both replicas to poll the Lease")
+                         what="both replicas to poll the Lease")
         assert not second.leading.is_set()
 
         # The leader goes away without releasing: the other replica takes over once the Lease expires.
         await first.close()
-        await kube.wait_for(lambda: second.leading.is_set(), timeout=15, what="the second replica to take over")
+        await eventually(lambda: second.leading.is_set(), timeout=15, what="the second replica to take over")
         assert cluster.object(kube.LEASES, "kfn-system", "kfn-autoscaler")["spec"]["holderIdentity"] == "operator-b"
     finally:
         await first.close()
@@ -40,10 +42,10 @@ async def test_only_the_lease_holder_runs_the_autoscaler(cluster, api) -> None:
 
 
 async def test_a_standalone_operator_leads_without_a_lease(cluster, api) -> None:
-    scaler = OperatorAutoscaler(api, config("solo", standalone=True))
+    scaler = OperatorAutoscaler(api, config("solo", standalone=True), KubernetesBackend(api))
     await scaler.start()
     try:
-        await kube.wait_for(lambda: scaler.leading.is_set(), what="the autoscaler to run")
+        await eventually(lambda: scaler.leading.is_set(), what="the autoscaler to run")
         assert cluster.list_objects(kube.LEASES) == []
     finally:
         await scaler.close()
@@ -68,7 +70,7 @@ async def test_gateways_are_found_through_their_ready_endpoints(cluster, api) ->
         "endpoints": [{"addresses": ["10.9.9.9"]}],
     }) as r:
         assert r.status == 201
-    scaler = OperatorAutoscaler(api, config("solo", standalone=True))
+    scaler = OperatorAutoscaler(api, config("solo", standalone=True), KubernetesBackend(api))
     assert await scaler.gateway_urls() == ["http://10.1.0.1:8080/metrics", "http://10.1.0.3:8080/metrics"]
 
 
@@ -76,7 +78,7 @@ async def test_the_autoscalers_metrics_are_served(cluster, api) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    scaler = OperatorAutoscaler(api, config("solo", standalone=True, metrics_port=port))
+    scaler = OperatorAutoscaler(api, config("solo", standalone=True, metrics_port=port), KubernetesBackend(api))
     await scaler.start()
     try:
         async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as r:
@@ -99,5 +101,5 @@ async def test_gateways_are_looked_up_in_the_operators_namespace(cluster, api) -
         }) as r:
             assert r.status == 201
     scaler = OperatorAutoscaler(api, config("solo", standalone=True, namespaces=("team-a",),
-                                            gateway_namespace="kfn-system"))
+                                            gateway_namespace="kfn-system"), KubernetesBackend(api))
     assert await scaler.gateway_urls() == ["http://10.1.0.1:8080/metrics"]

@@ -12,9 +12,11 @@ import pytest
 from kfn.core import naming
 from kfn_operator.config import OperatorConfig
 from kfn_operator.handlers import Controller
-from tests.k8s import kube
-from tests.k8s.conftest import running_operator
-from tests.k8s.test_operator import create, deployment, function, ready_condition
+from tests.support import kube
+from tests.support.functions import function_manifest
+from tests.support.kube import create_function, deployment, ready_condition
+from tests.support.operator import running_operator
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,11 +73,11 @@ async def test_of_two_replicas_only_the_lease_holder_reconciles(cluster, caplog)
     async with running_operator(a.config, controller=a):
         async with running_operator(b.config, controller=b, wait_ready=False):
             for name in names:
-                await create(cluster, function(name))
-            await kube.wait_for(lambda: all(deployment(cluster, n) and ready_condition(cluster, n) for n in names),
-                                timeout=30, what="every Function built and its status written")
+                await create_function(cluster, function_manifest(name))
+            await eventually(lambda: all(deployment(cluster, n) and ready_condition(cluster, n) for n in names),
+                             timeout=30, what="every Function built and its status written")
             assert (b.terms, b.reconciled, b.status_syncs) == (0, [], 0)
-            await kube.wait_for(lambda: stands_by(caplog, "operator-b"), what="operator-b to see the leader")
+            await eventually(lambda: stands_by(caplog, "operator-b"), what="operator-b to see the leader")
             assert operator_holder(cluster) == "operator-a"
             assert (b.terms, b.reconciled, b.status_syncs) == (0, [], 0)
             assert {name for _, name in a.reconciled} == set(names)
@@ -87,31 +89,31 @@ async def test_the_standby_takes_over_and_resumes_when_the_leader_stops(cluster,
     async with contextlib.AsyncExitStack() as leader:
         await leader.enter_async_context(running_operator(a.config, controller=a))
         async with running_operator(b.config, controller=b, wait_ready=False):
-            await create(cluster, function("before"))
-            await kube.wait_for(lambda: deployment(cluster, "before"), what="the leader to build it")
-            await kube.wait_for(lambda: stands_by(caplog, "operator-b"), what="operator-b to stand by")
+            await create_function(cluster, function_manifest("before"))
+            await eventually(lambda: deployment(cluster, "before"), what="the leader to build it")
+            await eventually(lambda: stands_by(caplog, "operator-b"), what="operator-b to stand by")
             assert b.terms == 0
             await leader.aclose()   # operator-a stops cleanly and hands the Lease back
-            await kube.wait_for(lambda: b.running, timeout=15, what="operator-b to take over")
+            await eventually(lambda: b.running, timeout=15, what="operator-b to take over")
             assert operator_holder(cluster) == "operator-b"
-            await create(cluster, function("after"))
-            await kube.wait_for(lambda: deployment(cluster, "after"), what="the new leader to build it")
+            await create_function(cluster, function_manifest("after"))
+            await eventually(lambda: deployment(cluster, "after"), what="the new leader to build it")
             # kopf's resume handler brings what the old leader made to the spec again.
-            await kube.wait_for(lambda: {n for _, n in b.reconciled} == {"before", "after"}, what="both reconciled")
+            await eventually(lambda: {n for _, n in b.reconciled} == {"before", "after"}, what="both reconciled")
 
 
 async def test_a_leader_that_cannot_renew_the_lease_stops_acting_until_it_leads_again(cluster) -> None:
     a = Replica("operator-a")
     async with running_operator(a.config, controller=a):
-        await create(cluster, function("early"))
-        await kube.wait_for(lambda: deployment(cluster, "early"), what="the leader to build it")
+        await create_function(cluster, function_manifest("early"))
+        await eventually(lambda: deployment(cluster, "early"), what="the leader to build it")
         # The Lease cannot be read or renewed (the API server only half reachable, a partition):
         # within the renew deadline (2 s of 3) the leader stops kopf, before anyone else could lead.
         cluster.fail_requests(kube.LEASES, 100_000)
-        await kube.wait_for(lambda: not a.running, timeout=15, what="the leader to stop kopf")
-        await create(cluster, function("late"))
+        await eventually(lambda: not a.running, timeout=15, what="the leader to stop kopf")
+        await create_function(cluster, function_manifest("late"))
         cluster.fail_requests(kube.LEASES, 0)
-        await kube.wait_for(lambda: deployment(cluster, "late"), timeout=20, what="a second term to build it")
+        await eventually(lambda: deployment(cluster, "late"), timeout=20, what="a second term to build it")
         assert a.terms == 2
         assert {term for term, name in a.reconciled if name == "late"} == {2}
 
@@ -119,7 +121,7 @@ async def test_a_leader_that_cannot_renew_the_lease_stops_acting_until_it_leads_
 async def test_a_status_write_that_meets_a_newer_function_is_computed_and_written_again(cluster, api) -> None:
     """A careless second writer changes the Function between the read and the conditional write:
     the 409 is answered by reading again, and Ready is written."""
-    await create(cluster, function("hello"))
+    await create_function(cluster, function_manifest("hello"))
     path = "/apis/kfn.dev/v1alpha1/namespaces/default/functions/hello"
 
     class Raced(Controller):

@@ -11,12 +11,15 @@ from typing import Any
 import pytest
 
 from kfn.core.functions import FunctionRef
+from kfn.kube import KubernetesBackend
 from kfn.triggers.ticks import KvTicks
 from kfn_operator.config import OperatorConfig
 from kfn_operator.scheduler import OperatorScheduler
-from tests.e2e.asyncstores import NatsServer, nats_server_binary
-from tests.k8s import kube
-from tests.k8s.test_kubernetes_backend import add_function
+from tests.support import kube
+from tests.support.functions import function_manifest
+from tests.support.kube import create_function
+from tests.support.nats import NatsServer, nats_server_binary
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,20 +40,18 @@ def config(identity: str, nats_url: str | None, **kwargs: Any) -> OperatorConfig
                           **kwargs)
 
 
-def scheduled(name: str) -> dict[str, Any]:
-    return {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": name, "namespace": "default"},
-            "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1"}},
-                     "triggers": [{"schedule": "rate(1 hour)"}]}}
-
-
 async def test_one_replica_schedules_and_the_other_takes_over(cluster, api, nats_url) -> None:
-    await add_function(cluster, scheduled("hourly"))
-    first = OperatorScheduler(api, config("operator-a", nats_url), retry=0.5)
-    second = OperatorScheduler(api, config("operator-b", nats_url), retry=0.5)
+    await create_function(cluster, function_manifest("hourly", triggers=[{"schedule": "rate(1 hour)"}]))
+    # Each replica's operator process watches the cluster through one backend (handlers.Controller's).
+    first_backend, second_backend = KubernetesBackend(api), KubernetesBackend(api)
+    await first_backend.start()
+    await second_backend.start()
+    first = OperatorScheduler(api, config("operator-a", nats_url), first_backend, retry=0.5)
+    second = OperatorScheduler(api, config("operator-b", nats_url), second_backend, retry=0.5)
     await first.start()
     try:
-        await kube.wait_for(lambda: first.source is not None and first.source._triggers != {}, timeout=30,
-                            what="the first replica to schedule the function")
+        await eventually(lambda: first.source is not None and first.source._triggers != {}, timeout=30,
+                         what="the first replica to schedule the function")
         await second.start()
         assert cluster.object(kube.LEASES, "kfn-system", "kfn-scheduler")["spec"]["holderIdentity"] == "operator-a"
         # The trigger seen for the first time starts at its next tick: its record says so.
@@ -69,17 +70,19 @@ async def test_one_replica_schedules_and_the_other_takes_over(cluster, api, nats
         assert not second.leading.is_set()
 
         await first.close()
-        await kube.wait_for(lambda: second.source is not None and second.source._triggers != {}, timeout=30,
-                            what="the second replica to take over")
+        await eventually(lambda: second.source is not None and second.source._triggers != {}, timeout=30,
+                         what="the second replica to take over")
         assert cluster.object(kube.LEASES, "kfn-system", "kfn-scheduler")["spec"]["holderIdentity"] == "operator-b"
         assert {t.function for t in second.source._triggers.values()} == {FunctionRef("default", "hourly")}
     finally:
         await first.close()
         await second.close()
+        await first_backend.close()
+        await second_backend.close()
 
 
 async def test_without_nats_no_schedule_is_fired_and_no_lease_taken(cluster, api) -> None:
-    scheduler = OperatorScheduler(api, config("operator-a", None))
+    scheduler = OperatorScheduler(api, config("operator-a", None), KubernetesBackend(api))
     await scheduler.start()
     try:
         assert not scheduler.leading.is_set()

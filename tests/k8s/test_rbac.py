@@ -10,8 +10,9 @@ from kfn.core.functions import FunctionRef
 from kfn.kube import KubernetesBackend, SecretKeys, connect
 from kfn_operator import rbac
 from kfn_operator.config import OperatorConfig
-from tests.k8s import kube
-from tests.k8s.conftest import running_operator
+from tests.support import kube
+from tests.support.operator import running_operator
+from tests.support.waiting import eventually
 
 
 def verb(request: Any) -> str:
@@ -56,15 +57,15 @@ async def test_the_operator_needs_nothing_beyond_its_rules(cluster) -> None:
             "apiVersion": naming.API_VERSION, "kind": naming.KIND, "metadata": {"name": "bad", "namespace": "default"},
             "spec": {"handler": "nodot", "source": {"files": {"main.py": "x = 1\n"}}}}) as r:
             assert r.status == 201
-        await kube.wait_for(lambda: any(e.get("reason") == "InvalidSpec" for e in cluster.list_objects(kube.EVENTS)),
-                            what="an event")
-        await kube.wait_for(lambda: cluster.list_objects(kube.LEASES), what="the Lease")
+        await eventually(lambda: any(e.get("reason") == "InvalidSpec" for e in cluster.list_objects(kube.EVENTS)),
+                         what="an event")
+        await eventually(lambda: cluster.list_objects(kube.LEASES), what="the Lease")
         async with cluster.patch("/apis/kfn.dev/v1alpha1/namespaces/default/functions/hello",
                                  json={"spec": {"source": {"files": {"main.py": "x = 2\n"}}}},
                                  headers={"Content-Type": "application/merge-patch+json"}) as r:
             assert r.status == 200
         # The autoscaler (no gateway to scrape: it holds) and the status writer get to run.
-        await kube.wait_for(lambda: ("coordination.k8s.io", "leases", "update") in calls(cluster), what="a renewal")
+        await eventually(lambda: ("coordination.k8s.io", "leases", "update") in calls(cluster), what="a renewal")
     made = calls(cluster)
     assert ("apps", "deployments", "create") in made
     assert ("", "events", "create") in made
@@ -92,7 +93,7 @@ async def test_the_gateway_needs_nothing_beyond_its_rules(cluster) -> None:
         }) as r:
             assert r.status == 201
         await backend.start()
-        await kube.wait_for(lambda: backend.function(FunctionRef("default", "hello")), what="the function")
+        await eventually(lambda: backend.function(FunctionRef("default", "hello")), what="the function")
         await backend.scale(FunctionRef("default", "hello"), 1)
     finally:
         await keys.close()
@@ -151,8 +152,8 @@ async def test_a_namespaced_operator_stays_inside_its_namespaced_role(cluster) -
                 "metadata": {"name": "hello", "namespace": namespace},
                 "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1\n"}}}}) as r:
                 assert r.status == 201
-        await kube.wait_for(lambda: cluster.object(kube.DEPLOYMENTS, "team-a", "hello"), what="team-a's Deployment")
-        await kube.wait_for(lambda: ("coordination.k8s.io", "leases", "update") in calls(cluster), what="a renewal")
+        await eventually(lambda: cluster.object(kube.DEPLOYMENTS, "team-a", "hello"), what="team-a's Deployment")
+        await eventually(lambda: ("coordination.k8s.io", "leases", "update") in calls(cluster), what="a renewal")
         assert cluster.object(kube.DEPLOYMENTS, "team-b", "hello") is None
     (role,) = [o for o in rbac.rbac_objects(namespaced=True, namespace="team-a")
                if o["metadata"]["name"] == "kfn-operator"]

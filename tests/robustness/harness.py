@@ -18,11 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.e2e.localmode import REPO, LocalMode, wait_until
+from tests.support.localmode import REPO, LocalMode
+from tests.support.waiting import wait_until
 
 TARGET = Path(os.environ.get("KFN_ROBUSTNESS_TARGET") or REPO).resolve()
 TARGET_PYTHON = str(TARGET / ".venv" / "bin" / "python") if TARGET != REPO else None
-IS_CURRENT = TARGET == REPO
 # `python -m kfn` needs kfn/__main__.py, which older versions lack; the entry point they all have:
 KFN = ["-c", "import sys; from kfn.cli import main; sys.exit(main())"]
 
@@ -105,23 +105,6 @@ def connect(port: int, *, timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.settimeout(timeout)
     return sock
-
-
-def read_answer(sock: socket.socket, *, limit: int = 1 << 20, deadline: float = 20.0) -> bytes:
-    """What the server sends until it closes the connection (or `limit` bytes, or `deadline` s)."""
-    data = b""
-    end = time.monotonic() + deadline
-    while len(data) < limit and time.monotonic() < end:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def closed_by_server(sock: socket.socket, *, deadline: float) -> tuple[bool, bytes]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.e2e.localmode import HELLO, wait_until, write_manifest
 from tests.robustness.harness import connect, serving, status_of
+from tests.support.localmode import HELLO, write_manifest
+from tests.support.waiting import wait_until
 
 TCP_CLOSE = 7   # tcpi_state of a socket the peer reset
 

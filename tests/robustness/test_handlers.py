@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.localmode import pid_alive, wait_until, write_manifest
 from tests.robustness.harness import serving
+from tests.support.localmode import pid_alive, write_manifest
+from tests.support.waiting import wait_until
 
 FORK_AND_EXIT = """
     import os

@@ -10,8 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.e2e.localmode import HELLO, http, wait_until, write_manifest
 from tests.robustness.harness import closed_by_server, connect, kfn, serving, status_of
+from tests.support.localmode import HELLO, http, write_manifest
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 

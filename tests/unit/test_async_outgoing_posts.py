@@ -19,8 +19,7 @@ from kfn.core.instances import InvocationResult
 from kfn.events.delivery import DeliveryEngine, DeliverySettings
 from kfn.events.sqlite import SqliteStore
 from kfn.events.store import AcceptOptions
-
-from .fakes import eventually
+from tests.support.waiting import eventually
 
 FN = FunctionRef("default", "worker")
 ENDLESS = 32 << 20           # what the URL would send: far more than anyone should read

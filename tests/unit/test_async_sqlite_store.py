@@ -17,8 +17,7 @@ from kfn.core.instances import InvocationResult
 from kfn.events.delivery import DeliveryEngine, DeliverySettings
 from kfn.events.sqlite import SqliteStore
 from kfn.events.store import Event
-
-from .fakes import eventually
+from tests.support.waiting import eventually
 
 FUNCTIONS = [FunctionRef("default", f"fn-{i:03d}") for i in range(300)]
 
@@ -33,8 +32,9 @@ class Statements:
 
     def __init__(self, store: SqliteStore) -> None:
         self.seen: list[str] = []
-        assert store._db is not None
-        store._db.set_trace_callback(self.seen.append)
+        connection = store._db.connection
+        assert connection is not None
+        connection.set_trace_callback(self.seen.append)
 
     def claims(self) -> int:
         return sum(sql.startswith("UPDATE events SET lease_until") for sql in self.seen)

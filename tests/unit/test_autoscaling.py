@@ -2,67 +2,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import prometheus_client
 import pytest
 
 from kfn.core import naming
-from kfn.core.functions import Function, FunctionRef, parse_function
-from kfn.core.instances import Instance, Listener
+from kfn.core.functions import FunctionRef
 from kfn.core.scaling import Decision, MetricsUnavailable, Observation, Sample
 from kfn.events.store import QueueStats
 from kfn_autoscaler.autoscaler import Autoscaler
 from kfn_autoscaler.sources import QueuedWorkSource
-
-
-def function(name: str, **scale: Any) -> Function:
-    return parse_function({
-        "apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": name},
-        "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1"}}, "concurrency": 10,
-                 "scale": {"targetConcurrency": 10, "stableWindow": 10, "idleTimeout": 30, **scale}},
-    })
-
-
-class FakeBackend:
-    """Instances become ready the moment they are asked for."""
-
-    def __init__(self, *functions: Function, replicas: int = 1) -> None:
-        self.functions_by_name = {fn.name: fn for fn in functions}
-        self.replicas = {fn.name: replicas for fn in functions}
-        self.scaled: list[tuple[str, int, str]] = []
-        self.failing: set[str] = set()
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    def function(self, ref: FunctionRef) -> Function | None:
-        return self.functions_by_name.get(ref.name)
-
-    def functions(self) -> list[Function]:
-        return list(self.functions_by_name.values())
-
-    def ready(self, ref: FunctionRef) -> list[Instance]:
-        name = ref.name
-        return [Instance(ref, f"{name}-{i}", "127.0.0.1", 9000 + i, 10) for i in range(self.replicas.get(name, 0))]
-
-    def desired(self, ref: FunctionRef) -> int:
-        return self.replicas.get(ref.name, 0)
-
-    def problem(self, ref: FunctionRef) -> str | None:
-        return None
-
-    async def scale(self, ref: FunctionRef, replicas: int, *, reason: str = "") -> None:
-        name = ref.name
-        if name in self.failing:
-            raise RuntimeError("the API said no")
-        self.scaled.append((name, replicas, reason))
-        self.replicas[name] = replicas
-
-    def report_failure(self, instance: Instance, *, error: str) -> None: ...
-
-    def add_listener(self, listener: Listener) -> None: ...
+from tests.support.backend import FakeBackend, ref
+from tests.support.clocks import FakeClock
+from tests.support.functions import TICK_SCALE, make_function
 
 
 class FakeSource:
@@ -86,14 +38,6 @@ class FakeSource:
         return out
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -114,32 +58,32 @@ async def ticks(autoscaler: Autoscaler, clock: FakeClock, count: int, *, step: f
 
 
 async def test_load_above_target_scales_up(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"))
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1)
     source.load["hello"] = 15.0
     decisions = await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
     assert decisions["hello"].replicas == 2
-    assert backend.scaled == [("hello", 2, decisions["hello"].reason)]
+    assert backend.scale_calls == [("hello", 2, decisions["hello"].reason)]
 
 
 async def test_an_unchanged_decision_does_not_call_scale(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"), replicas=2)
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=2)
     source.load["hello"] = 15.0
     await ticks(Autoscaler(backend, source, clock=clock), clock, 5)
-    assert backend.scaled == []
+    assert backend.scale_calls == []
 
 
 async def test_decisions_start_from_what_the_backend_was_last_asked_for(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"), replicas=2)
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=2)
     source.load["hello"] = 15.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 1)
-    backend.replicas["hello"] = 6  # someone else scaled it
+    backend.replicas[ref("hello")] = 6  # someone else scaled it
     await ticks(autoscaler, clock, 1)
-    assert backend.scaled == [("hello", 3, backend.scaled[0][2])]  # gently down from 6, not from 2
+    assert backend.scale_calls == [("hello", 3, backend.scale_calls[0][2])]  # gently down from 6, not from 2
 
 
 async def test_history_keeps_only_what_the_stable_window_needs(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello", stableWindow=10))
+    backend = FakeBackend(make_function("hello", scale={**TICK_SCALE, "stableWindow": 10}), replicas=1)
     source.load["hello"] = 5.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 100)
@@ -153,32 +97,32 @@ async def test_a_repeated_sample_is_recorded_once(clock: FakeClock) -> None:
         async def collect(self, now: float) -> dict[FunctionRef, Observation]:
             return {FunctionRef.parse("hello"): Observation(sample=Sample(5.0, 1.0, 1), in_flight=0.0)}
 
-    autoscaler = Autoscaler(FakeBackend(function("hello")), Stale(), clock=clock)
+    autoscaler = Autoscaler(FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1), Stale(), clock=clock)
     await ticks(autoscaler, clock, 3)
     assert autoscaler.samples(FunctionRef.parse("hello")) == (Sample(5.0, 1.0, 1),)
 
 
 async def test_a_function_measured_idle_scales_to_zero_after_the_idle_timeout(clock: FakeClock,
                                                                               source: FakeSource) -> None:
-    backend = FakeBackend(function("quiet", idleTimeout=30))
+    backend = FakeBackend(make_function("quiet", scale={**TICK_SCALE, "idleTimeout": 30}), replicas=1)
     source.load["quiet"] = 0.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 30)  # the idle timer starts at the first tick
-    assert backend.replicas["quiet"] == 1
+    assert backend.replicas[ref("quiet")] == 1
     await ticks(autoscaler, clock, 1)
-    assert backend.replicas["quiet"] == 0
+    assert backend.replicas[ref("quiet")] == 0
     assert autoscaler.samples(FunctionRef.parse("quiet"))[-1] == Sample(clock.now, 0.0, 0)
 
 
 async def test_a_function_absent_from_the_metrics_is_held_not_scaled_to_zero(clock: FakeClock, source: FakeSource,
                                                                              caplog: pytest.LogCaptureFixture) -> None:
-    backend = FakeBackend(function("busy", idleTimeout=30), replicas=4)
+    backend = FakeBackend(make_function("busy", scale={**TICK_SCALE, "idleTimeout": 30}), replicas=4)
     source.load["busy"] = 35.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 5)
     del source.load["busy"]  # the gateway's series are gone (its scrape target is down): no evidence
     decisions = await ticks(autoscaler, clock, 120)
-    assert backend.replicas["busy"] == 4
+    assert backend.replicas[ref("busy")] == 4
     assert decisions["busy"].kind == "unobserved"
     assert "no metrics for it from a gateway that is up" in decisions["busy"].reason
     assert "holding busy.default at 4 replicas" in caplog.text
@@ -187,7 +131,7 @@ async def test_a_function_absent_from_the_metrics_is_held_not_scaled_to_zero(clo
 
 async def test_after_an_unobserved_spell_zero_needs_a_whole_observed_idle_timeout(clock: FakeClock,
                                                                                  source: FakeSource) -> None:
-    backend = FakeBackend(function("busy", idleTimeout=30), replicas=1)
+    backend = FakeBackend(make_function("busy", scale={**TICK_SCALE, "idleTimeout": 30}), replicas=1)
     source.load["busy"] = 0.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 10)
@@ -195,41 +139,42 @@ async def test_after_an_unobserved_spell_zero_needs_a_whole_observed_idle_timeou
     await ticks(autoscaler, clock, 60)
     source.load["busy"] = 0.0  # seen again, idle
     await ticks(autoscaler, clock, 29)
-    assert backend.replicas["busy"] == 1
+    assert backend.replicas[ref("busy")] == 1
     await ticks(autoscaler, clock, 2)
-    assert backend.replicas["busy"] == 0
+    assert backend.replicas[ref("busy")] == 0
 
 
 async def test_a_function_without_a_computable_sample_is_held(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"), replicas=3)
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=3)
     source.no_sample.add("hello")
     decisions = await ticks(Autoscaler(backend, source, clock=clock), clock, 100)
     assert decisions["hello"].kind == "no-data"
-    assert backend.scaled == []
+    assert backend.scale_calls == []
 
 
 async def test_held_requests_at_zero_start_an_instance(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("cold"), replicas=0)
+    backend = FakeBackend(make_function("cold", scale=TICK_SCALE), replicas=0)
     source.no_sample.add("cold")
     source.held["cold"] = 1.0
     await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
-    assert backend.replicas["cold"] == 1
+    assert backend.replicas[ref("cold")] == 1
 
 
 async def test_queued_async_events_at_zero_start_an_instance(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"), replicas=0)
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=0)
     stats = {FunctionRef.parse("hello"): QueueStats(depth=2, in_flight=0, oldest_accepted_at=1.0)}
     autoscaler = Autoscaler(backend, QueuedWorkSource(source, lambda: stats), clock=clock)
     await ticks(autoscaler, clock, 1)
-    assert backend.replicas["hello"] == 1
+    assert backend.replicas[ref("hello")] == 1
 
 
 async def test_a_removed_function_is_forgotten(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"), function("other"))
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), make_function("other", scale=TICK_SCALE),
+                          replicas=1)
     source.load.update(hello=5.0, other=5.0)
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 3)
-    del backend.functions_by_name["hello"]
+    backend.remove_function("hello")
     decisions = await ticks(autoscaler, clock, 1)
     assert set(decisions) == {"other"}
     assert autoscaler.samples(FunctionRef.parse("hello")) == ()
@@ -238,20 +183,20 @@ async def test_a_removed_function_is_forgotten(clock: FakeClock, source: FakeSou
 
 
 async def test_a_function_that_comes_back_starts_afresh(clock: FakeClock, source: FakeSource) -> None:
-    fn = function("hello")
-    backend = FakeBackend(fn)
+    fn = make_function("hello", scale=TICK_SCALE)
+    backend = FakeBackend(fn, replicas=1)
     source.load["hello"] = 5.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 3)
-    del backend.functions_by_name["hello"]
+    backend.remove_function("hello")
     await ticks(autoscaler, clock, 1)
-    backend.functions_by_name["hello"] = fn
+    backend.add_function(fn)
     await ticks(autoscaler, clock, 1)
     assert len(autoscaler.samples(FunctionRef.parse("hello"))) == 1
 
 
 async def test_decisions_are_exported_as_metrics(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"))
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1)
     source.load["hello"] = 25.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 1)
@@ -264,7 +209,8 @@ async def test_decisions_are_exported_as_metrics(clock: FakeClock, source: FakeS
 async def test_metrics_go_to_the_given_registry_only(clock: FakeClock, source: FakeSource) -> None:
     registry = prometheus_client.CollectorRegistry()
     source.load["hello"] = 5.0
-    autoscaler = Autoscaler(FakeBackend(function("hello")), source, clock=clock, registry=registry)
+    autoscaler = Autoscaler(FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1), source, clock=clock,
+                            registry=registry)
     await ticks(autoscaler, clock, 1)
     assert autoscaler.registry is registry
     labels = {naming.METRIC_LABEL_FUNCTION: "hello", naming.METRIC_LABEL_NAMESPACE: "default"}
@@ -275,8 +221,8 @@ async def test_metrics_go_to_the_given_registry_only(clock: FakeClock, source: F
 
 async def test_two_autoscalers_do_not_share_metrics(clock: FakeClock, source: FakeSource) -> None:
     # Each builds its own registry; duplicate metric names would raise if they were shared.
-    first = Autoscaler(FakeBackend(), source, clock=clock)
-    second = Autoscaler(FakeBackend(), source, clock=clock)
+    first = Autoscaler(FakeBackend(replicas=1), source, clock=clock)
+    second = Autoscaler(FakeBackend(replicas=1), source, clock=clock)
     assert first.registry is not second.registry
 
 
@@ -286,7 +232,7 @@ async def test_on_decision_hears_about_changes_only(clock: FakeClock, source: Fa
     async def hook(ref: FunctionRef, decision: Decision) -> None:
         heard.append((ref.name, decision.replicas))
 
-    backend = FakeBackend(function("hello"), replicas=2)
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=2)
     source.load["hello"] = 15.0
     autoscaler = Autoscaler(backend, source, clock=clock, on_decision=hook)
     await ticks(autoscaler, clock, 5)
@@ -298,7 +244,7 @@ async def test_on_decision_hears_about_changes_only(clock: FakeClock, source: Fa
 async def test_on_decision_may_be_a_plain_function(clock: FakeClock, source: FakeSource) -> None:
     heard: list[str] = []
     source.load["hello"] = 5.0
-    autoscaler = Autoscaler(FakeBackend(function("hello")), source, clock=clock,
+    autoscaler = Autoscaler(FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1), source, clock=clock,
                             on_decision=lambda name, decision: heard.append(decision.kind))
     await ticks(autoscaler, clock, 1)
     assert heard == ["stable"]
@@ -308,43 +254,44 @@ async def test_a_failing_hook_does_not_stop_scaling(clock: FakeClock, source: Fa
     def hook(name: str, decision: Decision) -> None:
         raise RuntimeError("status patch failed")
 
-    backend = FakeBackend(function("hello"))
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1)
     source.load["hello"] = 15.0
     await ticks(Autoscaler(backend, source, clock=clock, on_decision=hook), clock, 1)
-    assert backend.replicas["hello"] == 2
+    assert backend.replicas[ref("hello")] == 2
 
 
 async def test_a_failing_scale_does_not_stop_other_functions(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("broken"), function("fine"))
-    backend.failing.add("broken")
+    backend = FakeBackend(make_function("broken", scale=TICK_SCALE), make_function("fine", scale=TICK_SCALE),
+                          replicas=1)
+    backend.scale_errors[ref("broken")] = RuntimeError("the API said no")
     source.load.update(broken=15.0, fine=15.0)
     decisions = await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
-    assert backend.replicas == {"broken": 1, "fine": 2}
+    assert backend.replicas == {ref("broken"): 1, ref("fine"): 2}
     assert set(decisions) == {"fine"}
 
 
 async def test_a_failed_scale_is_retried_next_tick(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"))
-    backend.failing.add("hello")
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1)
+    backend.scale_errors[ref("hello")] = RuntimeError("the API said no")
     source.load["hello"] = 15.0
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 1)
-    backend.failing.clear()
+    backend.scale_errors.clear()
     await ticks(autoscaler, clock, 1)
-    assert backend.replicas["hello"] == 2
+    assert backend.replicas[ref("hello")] == 2
 
 
 async def test_an_unavailable_source_holds_every_function_and_is_reported(clock: FakeClock, source: FakeSource,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
-    backend = FakeBackend(function("hello"), function("idle"), replicas=3)
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), make_function("idle", scale=TICK_SCALE), replicas=3)
     source.load.update(hello=25.0, idle=0.0)
     autoscaler = Autoscaler(backend, source, clock=clock)
     await ticks(autoscaler, clock, 3)
     assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 1
     source.error = MetricsUnavailable("Prometheus has no gateway target that is up")
-    backend.scaled.clear()
+    backend.scale_calls.clear()
     decisions = await ticks(autoscaler, clock, 100)
-    assert backend.scaled == []
+    assert backend.scale_calls == []
     assert {d.kind for d in decisions.values()} == {"unobserved"}
     assert autoscaler.source_problem == "metrics unavailable: Prometheus has no gateway target that is up"
     assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 0
@@ -359,18 +306,18 @@ async def test_an_unavailable_source_without_any_function_is_not_reported(clock:
                                                                           source: FakeSource) -> None:
     # A fresh install: the gateways export no per-function series yet, and there is nothing to hold.
     source.error = MetricsUnavailable("Prometheus has no series from a gateway target that is up")
-    autoscaler = Autoscaler(FakeBackend(), source, clock=clock)
+    autoscaler = Autoscaler(FakeBackend(replicas=1), source, clock=clock)
     await ticks(autoscaler, clock, 3)
     assert autoscaler.source_problem is None
     assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 1
 
 
 async def test_a_failing_source_fails_the_tick_and_scales_nothing(clock: FakeClock, source: FakeSource) -> None:
-    backend = FakeBackend(function("hello"), replicas=3)
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=3)
     source.error = RuntimeError("a bug in the source")
     with pytest.raises(RuntimeError):
         await ticks(Autoscaler(backend, source, clock=clock), clock, 1)
-    assert backend.scaled == []
+    assert backend.scale_calls == []
 
 
 async def test_run_goes_on_after_a_failing_tick_until_cancelled(clock: FakeClock) -> None:
@@ -387,7 +334,7 @@ async def test_run_goes_on_after_a_failing_tick_until_cancelled(clock: FakeClock
                 raise RuntimeError("first scrape failed")
             return {FunctionRef.parse("hello"): Observation(Sample(now, 15.0, 3), 15.0)}
 
-    backend = FakeBackend(function("hello"))
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1)
     flaky = Flaky()
     task = asyncio.create_task(Autoscaler(backend, flaky, interval=0.001).run())
     try:
@@ -396,9 +343,9 @@ async def test_run_goes_on_after_a_failing_tick_until_cancelled(clock: FakeClock
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert backend.replicas["hello"] == 2
+    assert backend.replicas[ref("hello")] == 2
 
 
 def test_interval_must_be_positive(source: FakeSource) -> None:
     with pytest.raises(ValueError, match="interval"):
-        Autoscaler(FakeBackend(), source, interval=0)
+        Autoscaler(FakeBackend(replicas=1), source, interval=0)

@@ -23,7 +23,9 @@ from kfn.events.store import QueueStats
 from kfn_autoscaler.autoscaler import Autoscaler
 from kfn_autoscaler.sources import QueuedWorkSource
 from kfn_gateway.metrics import LoadSource
-from tests.unit.test_autoscaling import FakeBackend, FakeClock, function
+from tests.support.backend import FakeBackend, ref
+from tests.support.clocks import FakeClock
+from tests.support.functions import TICK_SCALE, make_function
 
 
 def settings(**overrides: Any) -> ScaleSettings:
@@ -94,8 +96,8 @@ class CountingDecide:
 async def test_an_idle_tick_decides_only_for_the_functions_whose_input_changed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     names = [f"fn-{i:04d}" for i in range(1000)]
-    backend = FakeBackend(*(function(name, idleTimeout=5) for name in names), replicas=0)
-    backend.replicas["fn-0001"] = 1   # one instance left from earlier traffic: idle, it goes to zero
+    backend = FakeBackend(*(make_function(name, scale={**TICK_SCALE, "idleTimeout": 5}) for name in names), replicas=0)
+    backend.replicas[ref("fn-0001")] = 1   # one instance left from earlier traffic: idle, it goes to zero
     source = ScriptedSource(names, {20: {"fn-0002": (3.0, 3, 1.0)}})
     counting = CountingDecide()
     monkeypatch.setattr(autoscaler_module, "decide", counting)
@@ -114,7 +116,7 @@ async def test_an_idle_tick_decides_only_for_the_functions_whose_input_changed(
     assert per_tick[7:19] == [0] * 12
     # Traffic for one function: one decision, and it scales from zero.
     assert per_tick[19] == 1
-    assert backend.scaled == [("fn-0001", 0, backend.scaled[0][2]), ("fn-0002", 1, backend.scaled[1][2])]
+    assert backend.scale_calls == [("fn-0001", 0, backend.scale_calls[0][2]), ("fn-0002", 1, backend.scale_calls[1][2])]
 
 
 def _script() -> dict[int, dict[str, tuple[float, int, float]]]:
@@ -138,9 +140,9 @@ def _script() -> dict[int, dict[str, tuple[float, int, float]]]:
 
 async def _run(script: dict[int, dict[str, tuple[float, int, float]]]) -> tuple[Any, ...]:
     names = ["bursty", "steady", "late"]
-    backend = FakeBackend(function("bursty", stableWindow=20, idleTimeout=10),
-                          function("steady", stableWindow=60, idleTimeout=30),
-                          function("late", stableWindow=6, idleTimeout=40), replicas=0)
+    backend = FakeBackend(make_function("bursty", scale={**TICK_SCALE, "stableWindow": 20, "idleTimeout": 10}),
+                          make_function("steady", scale={**TICK_SCALE, "stableWindow": 60, "idleTimeout": 30}),
+                          make_function("late", scale={**TICK_SCALE, "stableWindow": 6, "idleTimeout": 40}), replicas=0)
     registry = prometheus_client.CollectorRegistry()
     clock = FakeClock()
     autoscaler = Autoscaler(backend, ScriptedSource(names, script), clock=clock, registry=registry)
@@ -151,7 +153,7 @@ async def _run(script: dict[int, dict[str, tuple[float, int, float]]]) -> tuple[
         trace.append({ref.name: d for ref, d in sorted(decisions.items())})
     metrics = sorted((s.name, tuple(sorted(s.labels.items())), s.value)
                      for m in registry.collect() for s in m.samples if not s.name.endswith("_created"))
-    return backend.scaled, trace, metrics
+    return backend.scale_calls, trace, metrics
 
 
 async def test_resting_changes_nothing_the_autoscaler_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +177,7 @@ async def test_resting_changes_nothing_the_autoscaler_does(monkeypatch: pytest.M
 @pytest.mark.parametrize("wake", ["request", "held", "queued", "min-replicas", "scaled-elsewhere", "source-down"])
 async def test_a_function_at_rest_is_decided_again_as_soon_as_anything_changes(
         monkeypatch: pytest.MonkeyPatch, wake: str) -> None:
-    backend = FakeBackend(function("hello", idleTimeout=5), replicas=0)
+    backend = FakeBackend(make_function("hello", scale={**TICK_SCALE, "idleTimeout": 5}), replicas=0)
     inner = ScriptedSource(["hello"], {})
     queued: dict[FunctionRef, QueueStats] = {}
     source = QueuedWorkSource(inner, lambda: queued)
@@ -199,9 +201,9 @@ async def test_a_function_at_rest_is_decided_again_as_soon_as_anything_changes(
     elif wake == "queued":
         queued[hello] = QueueStats(depth=3, in_flight=0, oldest_accepted_at=1.0)
     elif wake == "min-replicas":
-        backend.functions_by_name["hello"] = function("hello", idleTimeout=5, minReplicas=1)
+        backend.add_function(make_function("hello", scale={**TICK_SCALE, "idleTimeout": 5, "minReplicas": 1}))
     elif wake == "scaled-elsewhere":
-        backend.replicas["hello"] = 2
+        backend.replicas[ref("hello")] = 2
     else:
         inner.names = []   # the source has nothing about it: held where it is, not at rest
     clock.now += 1
@@ -209,7 +211,7 @@ async def test_a_function_at_rest_is_decided_again_as_soon_as_anything_changes(
     assert counting.calls == calls + 1
     expected = {"request": 1, "held": 1, "queued": 1, "min-replicas": 1, "scaled-elsewhere": 1, "source-down": 0}
     assert decision.replicas == expected[wake]   # scaled elsewhere to 2: decided anew, gently down
-    assert backend.replicas["hello"] == expected[wake]
+    assert backend.replicas[ref("hello")] == expected[wake]
 
 
 class FakeRouteMetrics:
@@ -226,7 +228,8 @@ async def test_the_gateway_source_measures_load_after_idle_collections_over_the_
         monkeypatch: pytest.MonkeyPatch) -> None:
     mono = FakeClock()
     monkeypatch.setattr(metrics_module, "time", SimpleNamespace(monotonic=mono))
-    backend = FakeBackend(function("hello"), function("quiet"), replicas=0)
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), make_function("quiet", scale=TICK_SCALE),
+                          replicas=0)
     routes = {name: SimpleNamespace(metrics=FakeRouteMetrics()) for name in ("hello", "quiet", "late")}
     source = LoadSource(backend, lambda ref: routes[ref.name])   # type: ignore[arg-type,return-value]
     idle = []
@@ -237,7 +240,7 @@ async def test_the_gateway_source_measures_load_after_idle_collections_over_the_
                for t, o in zip(range(1, 5), idle, strict=True))
     hello = routes["hello"].metrics
     hello.request_seconds, hello.arrived, hello.held = 2.0, 2, 1
-    backend.functions_by_name["late"] = function("late")
+    backend.add_function(make_function("late", scale=TICK_SCALE))
     routes["late"].metrics.request_seconds, routes["late"].metrics.arrived = 5.0, 1
     mono.now += 1
     busy = await source.collect(5.0)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kfn.core.functions import CorsSpec
+from kfn.core.httpspec import CorsSpec
 from kfn_gateway import cors
 
 ORIGIN = "https://app.example.com"

@@ -15,6 +15,7 @@ import yaml
 
 from kfn.core import crd
 from kfn.manifests import manifest_files
+from tests.support.functions import function_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -52,11 +53,6 @@ def failing_rules(document: dict[str, Any]) -> list[str]:
     return failed
 
 
-def function(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": "f"},
-            "spec": {"handler": "main.handler", "source": {"files": {"main.py": ""}}, **spec}}
-
-
 @pytest.mark.parametrize("path", manifest_files(EXAMPLES), ids=lambda p: p.name)
 def test_examples_pass_every_rule(path: Path) -> None:
     for document in yaml.safe_load_all(path.read_text()):
@@ -64,47 +60,47 @@ def test_examples_pass_every_rule(path: Path) -> None:
 
 
 def test_min_replicas_above_the_default_max_is_rejected() -> None:
-    [failure] = failing_rules(function(scale={"minReplicas": 20}))
+    [failure] = failing_rules(function_manifest(scale={"minReplicas": 20}))
     assert failure.startswith(".spec.scale:")
 
 
 def test_inverted_scale_bounds_are_rejected() -> None:
-    assert len(failing_rules(function(scale={"minReplicas": 3, "maxReplicas": 2}))) == 1
+    assert len(failing_rules(function_manifest(scale={"minReplicas": 3, "maxReplicas": 2}))) == 1
 
 
 def test_target_concurrency_above_concurrency_is_rejected() -> None:
-    [failure] = failing_rules(function(concurrency=2, scale={"targetConcurrency": 5}))
+    [failure] = failing_rules(function_manifest(concurrency=2, scale={"targetConcurrency": 5}))
     assert "targetConcurrency" in failure
 
 
 def test_target_concurrency_within_the_default_concurrency_is_accepted() -> None:
-    assert failing_rules(function(scale={"targetConcurrency": 7})) == []
+    assert failing_rules(function_manifest(scale={"targetConcurrency": 7})) == []
 
 
 def test_no_code_is_rejected() -> None:
-    document = function()
+    document = function_manifest()
     del document["spec"]["source"]
     assert len(failing_rules(document)) == 1
 
 
 def test_files_and_config_map_together_are_rejected() -> None:
-    [failure] = failing_rules(function(source={"files": {"a.py": ""}, "configMap": {"name": "c"}}))
+    [failure] = failing_rules(function_manifest(source={"files": {"a.py": ""}, "configMap": {"name": "c"}}))
     assert failure.startswith(".spec.source:")
 
 
 def test_long_names_are_rejected() -> None:
-    document = function()
+    document = function_manifest()
     document["metadata"]["name"] = "a" * 64
     assert failing_rules(document) == ["<root>: size(self.metadata.name) <= 63"]
 
 
 def test_a_handler_without_a_module_is_rejected() -> None:
-    [failure] = failing_rules(function(handler="no_module"))
+    [failure] = failing_rules(function_manifest(handler="no_module"))
     assert "self.handler.matches" in failure
 
 
 def test_a_missing_handler_is_rejected_unless_an_image_is_set() -> None:
-    document = function()
+    document = function_manifest()
     del document["spec"]["handler"]
     assert len(failing_rules(document)) == 1
     del document["spec"]["source"]
@@ -113,30 +109,32 @@ def test_a_missing_handler_is_rejected_unless_an_image_is_set() -> None:
 
 
 def test_a_node_handler_with_a_directory_is_accepted() -> None:
-    assert failing_rules(function(runtime="nodejs20", handler="src/index.handler")) == []
+    assert failing_rules(function_manifest(runtime="nodejs20", handler="src/index.handler")) == []
 
 
 def test_a_node_style_handler_is_rejected_for_python() -> None:
-    assert len(failing_rules(function(handler="src/index.handler"))) == 1
+    assert len(failing_rules(function_manifest(handler="src/index.handler"))) == 1
 
 
 def test_source_and_image_together_are_rejected() -> None:
-    [failure] = failing_rules(function(image="registry.example.com/orders:1"))
+    [failure] = failing_rules(function_manifest(image="registry.example.com/orders:1",
+                                                source={"files": {"main.py": ""}}))
     assert "has(self.source) && has(self.image)" in failure
 
 
 def test_image_config_without_an_image_is_rejected() -> None:
-    [failure] = failing_rules(function(imageConfig={"entryPoint": ["x"]}))
+    [failure] = failing_rules(function_manifest(imageConfig={"entryPoint": ["x"]}))
     assert "imageConfig" in failure
 
 
 @pytest.mark.parametrize("timeout", ["30s", "1m30s", "500ms", "45", 45, "2.5s", " 10s "])
 def test_durations_pass_their_rule(timeout: Any) -> None:
-    assert failing_rules(function(timeout=timeout, scale={"idleTimeout": timeout, "stableWindow": timeout})) == []
+    scale = {"idleTimeout": timeout, "stableWindow": timeout}
+    assert failing_rules(function_manifest(timeout=timeout, scale=scale)) == []
 
 
 @pytest.mark.parametrize("field", ["timeout", "idleTimeout", "stableWindow"])
 def test_a_malformed_duration_is_rejected(field: str) -> None:
     spec = {"timeout": "abc"} if field == "timeout" else {"scale": {field: "10 parsecs"}}
-    [failure] = failing_rules(function(**spec))
+    [failure] = failing_rules(function_manifest(**spec))
     assert "matches" in failure

@@ -8,18 +8,19 @@ import jsonschema
 import pytest
 
 from kfn.core import crd
-from kfn.core.functions import AsyncSpec, parse_function
-from tests.unit.test_functions import errors_of, manifest
+from kfn.core.asyncspec import AsyncSpec
+from kfn.core.functions import parse_function
+from tests.support.functions import errors_of, function_manifest
 
 
 def test_async_settings_default_to_lambdas() -> None:
-    settings = parse_function(manifest()).spec.async_
+    settings = parse_function(function_manifest()).spec.async_
     assert (settings.maxRetryAttempts, settings.maximumEventAgeSeconds) == (2, 21600)
     assert (settings.onSuccess, settings.onFailure) == (None, None)
 
 
 def test_async_settings_are_read_from_the_async_key() -> None:
-    spec = parse_function(manifest(**{"async": {"maxRetryAttempts": 0, "maximumEventAgeSeconds": 60,
+    spec = parse_function(function_manifest(**{"async": {"maxRetryAttempts": 0, "maximumEventAgeSeconds": 60,
                                                 "onFailure": {"function": "audit.ops"}}})).spec
     assert spec.async_ == AsyncSpec(maxRetryAttempts=0, maximumEventAgeSeconds=60,
                                     onFailure={"function": "audit.ops"})  # type: ignore[arg-type]
@@ -39,11 +40,11 @@ def test_async_settings_are_read_from_the_async_key() -> None:
     ({"retries": 1}, "spec.async.retries: is not a known field"),
 ])
 def test_bad_async_settings_are_reported_by_field(settings: dict[str, Any], error: str) -> None:
-    assert errors_of(manifest(**{"async": settings})) == [error]
+    assert errors_of(function_manifest(**{"async": settings})) == [error]
 
 
 def test_triggers_are_a_schedule_or_a_nats_subject() -> None:
-    triggers = parse_function(manifest(triggers=[{"schedule": "rate(5 minutes)"},
+    triggers = parse_function(function_manifest(triggers=[{"schedule": "rate(5 minutes)"},
                                                  {"nats": {"subject": "orders.created"}}])).spec.triggers
     assert [t.kind for t in triggers] == ["schedule", "nats"]
 
@@ -63,18 +64,18 @@ def test_triggers_are_a_schedule_or_a_nats_subject() -> None:
     ({"kafka": {"topic": "x"}}, "spec.triggers[0].kafka: is not a known field"),
 ])
 def test_bad_triggers_are_reported_by_field(trigger: dict[str, Any], error: str) -> None:
-    assert error in errors_of(manifest(triggers=[trigger]))
+    assert error in errors_of(function_manifest(triggers=[trigger]))
 
 
 @pytest.mark.parametrize("subject", ["orders.created", "orders.*", "orders.>", "a.*.c"])
 def test_nats_wildcard_subjects_are_accepted(subject: str) -> None:
-    assert parse_function(manifest(triggers=[{"nats": {"subject": subject}}])).spec.triggers[0].nats
+    assert parse_function(function_manifest(triggers=[{"nats": {"subject": subject}}])).spec.triggers[0].nats
 
 
 def test_async_settings_and_triggers_do_not_change_the_code_hash() -> None:
-    plain = parse_function(manifest())
-    with_triggers = parse_function(manifest(triggers=[{"schedule": "rate(5 minutes)"}],
-                                            **{"async": {"maxRetryAttempts": 0}}))
+    plain = parse_function(function_manifest())
+    with_triggers = parse_function(function_manifest(triggers=[{"schedule": "rate(5 minutes)"}],
+                                                     **{"async": {"maxRetryAttempts": 0}}))
     assert plain.code_hash() == with_triggers.code_hash()
 
 
@@ -129,7 +130,7 @@ def test_crd_checks_the_shape_of_schedules_and_subjects() -> None:
 
 
 def test_async_settings_and_triggers_do_not_roll_instances() -> None:
-    plain = parse_function(manifest())
-    with_triggers = parse_function(manifest(triggers=[{"schedule": "rate(5 minutes)"}],
-                                            **{"async": {"maxRetryAttempts": 0}}))
+    plain = parse_function(function_manifest())
+    with_triggers = parse_function(function_manifest(triggers=[{"schedule": "rate(5 minutes)"}],
+                                                     **{"async": {"maxRetryAttempts": 0}}))
     assert plain.spec_hash() == with_triggers.spec_hash()

@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 
 from kfn.core.asyncpolicy import InvocationFailed, NotInvoked
-from kfn.core.functions import Function, FunctionRef, parse_function
+from kfn.core.functions import FunctionRef, parse_function
 from kfn.events.delivery import DeliverySettings
 from kfn.events.sqlite import SqliteStore
 from kfn.events.store import NO_OPTIONS, Accepted, AcceptOptions, DeadLetter, QueueStats, StoreUnavailable
 from kfn_gateway.asyncinvoke import AsyncDelivery, async_configs, gateway_invoker
-from kfn_gateway.errors import GatewayError
-from kfn_gateway.server import MAX_ATTEMPTS, Gateway
+from kfn_gateway.dispatch import MAX_ATTEMPTS
+from kfn_gateway.outcomes import Accepted as Stored_
+from kfn_gateway.outcomes import NotRun, Reason
+from kfn_gateway.server import Gateway
 from kfn_gateway.settings import GatewaySettings
 from kfn_runtime import contract
-
-from .fakes import (
+from tests.support.backend import (
     TRANSPORTS,
     ControlledFunctions,
     Die,
@@ -29,15 +30,14 @@ from .fakes import (
     FunctionError,
     Headers,
     Rejected,
-    eventually,
-    make_function,
     raising,
     returning,
-    running_gateway,
     serving,
 )
-from .test_gateway_auth import ADMIN, OTHER, TEAM, MutableKeys, bearer
-from .test_gateway_failures import dead_instance
+from tests.support.functions import make_function
+from tests.support.gateway import dead_instance, running_gateway
+from tests.support.keys import ADMIN, OTHER, TEAM, MutableKeys, bearer
+from tests.support.waiting import eventually
 
 HELLO = FunctionRef("default", "hello")
 KEYS = MutableKeys()
@@ -107,48 +107,45 @@ def gateway(store: FakeStore | None, *, settings: GatewaySettings | None = None)
 
 async def test_accept_event_returns_only_once_the_store_holds_the_event() -> None:
     store = FakeStore(gate=asyncio.Event())
-    gw = gateway(store)
+    gw = gateway(store).dispatcher
     accepting = asyncio.create_task(gw.accept_event(make_function("hello"), b'{"a": 1}', invocation_id="id-1",
                                                     callback_url="http://127.0.0.1:9/cb"))
     await asyncio.sleep(0.01)
     assert not accepting.done()
     store.gate.set()  # type: ignore[union-attr]
-    assert await accepting == "id-1"
+    assert await accepting == Stored_("id-1")
     stored = store.events["id-1"]
     assert (stored.function, stored.payload, stored.options.callback_url) == (HELLO, b'{"a": 1}', "http://127.0.0.1:9/cb")
 
 
 async def test_accept_event_with_an_id_already_stored_answers_the_same_and_stores_nothing_new() -> None:
     store = FakeStore()
-    gw = gateway(store)
+    gw = gateway(store).dispatcher
     function = make_function("hello")
     first = await gw.accept_event(function, b"1", invocation_id="same")
     again = await gw.accept_event(function, b"2", invocation_id="same")
-    assert first == again == "same"
+    assert first == again == Stored_("same")
     assert list(store.events) == ["same"] and store.events["same"].payload == b"1"
 
 
-async def test_accept_event_is_503_when_the_store_does_not_confirm() -> None:
-    gw = gateway(FakeStore(failing=True))
-    with pytest.raises(GatewayError) as caught:
-        await gw.accept_event(make_function("hello"), b"{}", invocation_id="x")
-    assert caught.value.status == 503 and "could not store" in str(caught.value)
-    assert caught.value.retry_after is not None
+async def test_accept_event_is_not_run_for_now_when_the_store_does_not_confirm() -> None:
+    outcome = await gateway(FakeStore(failing=True)).dispatcher.accept_event(make_function("hello"), b"{}",
+                                                                             invocation_id="x")
+    assert isinstance(outcome, NotRun) and outcome.reason is Reason.STORE_FAILED
+    assert "could not store" in outcome.message and outcome.retry_after is not None
 
 
-async def test_accept_event_is_503_without_an_event_store() -> None:
-    with pytest.raises(GatewayError) as caught:
-        await gateway(None).accept_event(make_function("hello"), b"{}", invocation_id="x")
-    assert caught.value.status == 503 and "KFN_NATS_URL" in str(caught.value)
+async def test_accept_event_is_not_run_without_an_event_store() -> None:
+    outcome = await gateway(None).dispatcher.accept_event(make_function("hello"), b"{}", invocation_id="x")
+    assert isinstance(outcome, NotRun) and outcome.reason is Reason.NO_STORE and "KFN_NATS_URL" in outcome.message
 
 
-async def test_accept_event_is_413_over_the_async_payload_limit_and_stores_nothing() -> None:
+async def test_accept_event_over_the_async_payload_limit_is_too_large_and_stores_nothing() -> None:
     store = FakeStore()
-    gw = gateway(store, settings=GatewaySettings(max_async_payload_bytes=100))
+    gw = gateway(store, settings=GatewaySettings(max_async_payload_bytes=100)).dispatcher
     await gw.accept_event(make_function("hello"), b"x" * 100, invocation_id="fits")
-    with pytest.raises(GatewayError) as caught:
-        await gw.accept_event(make_function("hello"), b"x" * 101, invocation_id="too-big")
-    assert caught.value.status == 413
+    outcome = await gw.accept_event(make_function("hello"), b"x" * 101, invocation_id="too-big")
+    assert isinstance(outcome, NotRun) and outcome.reason is Reason.TOO_LARGE
     assert list(store.events) == ["fits"] and store.accepts == 1
 
 
@@ -300,7 +297,7 @@ async def test_the_invoker_returns_the_functions_result_and_counts_it_in_the_fun
     backend = FakeBackend(make_function("hello"), fn=returning({"ok": True}))
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
-        result = await gateway_invoker(gw.gateway)(HELLO, b'{"a": 1}', "inv-1")
+        result = await gateway_invoker(gw.gateway.dispatcher)(HELLO, b'{"a": 1}', "inv-1")
         stats = gw.gateway.stats(HELLO)
     assert (json.loads(result.payload), result.function_error) == ({"ok": True}, None)
     assert stats.invocations == 1 and stats.in_flight == 0
@@ -316,7 +313,7 @@ async def test_the_invoker_passes_the_invocation_id_the_function_sees() -> None:
     backend = FakeBackend(make_function("hello"), fn=serving(fn))
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
-        await gateway_invoker(gw.gateway)(HELLO, b"{}", "the-stored-id")
+        await gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "the-stored-id")
     assert seen == ["the-stored-id"]
 
 
@@ -324,7 +321,7 @@ async def test_a_function_error_comes_back_as_the_result_not_an_exception() -> N
     backend = FakeBackend(make_function("hello"), fn=raising(FunctionError("ValueError", "bad input")))
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
-        result = await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
+        result = await gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "inv-1")
     assert (result.function_error, result.error_type) == ("Unhandled", "ValueError")
 
 
@@ -332,7 +329,7 @@ async def test_a_function_error_comes_back_as_the_result_not_an_exception() -> N
 async def test_the_invoker_scales_a_function_from_zero_as_a_request_does(transport: str) -> None:
     backend = FakeBackend.of(transport, make_function("hello"), fn=returning("ok"))
     async with backend, running_gateway(backend) as gw:
-        result = await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
+        result = await gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "inv-1")
     assert result.function_error is None
     assert [(c.replicas, c.reason) for c in backend.scale_calls] == [(1, "cold start")]
 
@@ -341,7 +338,7 @@ async def test_no_instance_within_the_queue_timeout_is_not_invoked_not_an_attemp
     backend = FakeBackend(make_function("hello"), start_on_scale=False)
     async with backend, running_gateway(backend, settings=GatewaySettings(queue_timeout=0.05)) as gw:
         with pytest.raises(NotInvoked) as caught:
-            await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
+            await gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "inv-1")
     assert caught.value.retry_after is not None
 
 
@@ -350,7 +347,7 @@ async def test_an_instance_that_stays_full_is_not_invoked_with_retry_after() -> 
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
         with pytest.raises(NotInvoked) as caught:
-            await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
+            await gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "inv-1")
     assert caught.value.retry_after == GatewaySettings().retry_after
 
 
@@ -360,7 +357,7 @@ async def test_instances_that_could_not_be_reached_are_not_invoked() -> None:
         for i in range(MAX_ATTEMPTS):
             backend.mark_ready(dead_instance(f"hello-dead-{i}"))
         with pytest.raises(NotInvoked):
-            await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
+            await gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "inv-1")
 
 
 async def test_an_event_does_not_join_a_queue_that_is_half_full_of_waiting_requests() -> None:
@@ -370,7 +367,7 @@ async def test_an_event_does_not_join_a_queue_that_is_half_full_of_waiting_reque
         waiting = [asyncio.create_task(gw.json("GET", "/function/hello")) for _ in range(2)]
         await eventually(lambda: gw.gateway.stats(HELLO).queued == 2)
         with pytest.raises(NotInvoked):
-            await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
+            await gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "inv-1")
         assert gw.gateway.stats(HELLO).queued == 2
         await backend.add_instance("hello")
         assert [(await task)[0] for task in waiting] == [200, 200]
@@ -382,7 +379,7 @@ async def test_an_event_joins_a_queue_that_is_less_than_half_full() -> None:
     async with backend, running_gateway(backend, settings=settings) as gw:
         request = asyncio.create_task(gw.json("GET", "/function/hello"))
         await eventually(lambda: gw.gateway.stats(HELLO).queued == 1)
-        delivery = asyncio.ensure_future(gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1"))
+        delivery = asyncio.ensure_future(gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "inv-1"))
         await eventually(lambda: gw.gateway.stats(HELLO).queued == 2)
         await backend.add_instance("hello")
         assert (await request)[0] == 200
@@ -393,7 +390,7 @@ async def test_a_function_that_is_gone_is_not_invoked() -> None:
     backend = FakeBackend(make_function("hello"))
     async with backend, running_gateway(backend) as gw:
         with pytest.raises(NotInvoked):
-            await gateway_invoker(gw.gateway)(FunctionRef("default", "gone"), b"{}", "inv-1")
+            await gateway_invoker(gw.gateway.dispatcher)(FunctionRef("default", "gone"), b"{}", "inv-1")
 
 
 async def test_an_instance_dying_mid_invocation_is_an_invocation_failure_an_attempt() -> None:
@@ -401,7 +398,7 @@ async def test_an_instance_dying_mid_invocation_is_an_invocation_failure_an_atte
     async with backend, running_gateway(backend) as gw:
         await backend.add_instance("hello")
         with pytest.raises(InvocationFailed) as caught:
-            await gateway_invoker(gw.gateway)(HELLO, b"{}", "inv-1")
+            await gateway_invoker(gw.gateway.dispatcher)(HELLO, b"{}", "inv-1")
     assert caught.value.error_type == "Runtime.ExitError"
 
 
@@ -412,7 +409,7 @@ async def test_an_instance_slower_than_the_timeout_is_an_invocation_failure_time
         await backend.add_instance("hello")
         event = json.dumps({"rawPath": "/hold/forever"}).encode()
         with pytest.raises(InvocationFailed) as caught:
-            await gateway_invoker(gw.gateway)(HELLO, event, "inv-1")
+            await gateway_invoker(gw.gateway.dispatcher)(HELLO, event, "inv-1")
     assert caught.value.error_type == "Sandbox.Timedout"
 
 
@@ -423,7 +420,7 @@ def test_async_configs_has_every_functions_async_settings() -> None:
                                      "source": {"files": {"main.py": "def handler(e, c): pass\n"}},
                                      "async": {"maxRetryAttempts": 0, "maximumEventAgeSeconds": 60,
                                                "onFailure": {"function": "failures"}}}})
-    configs = async_configs(FakeBackend(make_function("hello"), quick))
+    configs = async_configs(FakeBackend(make_function("hello"), quick), region="us-east-1")
     assert set(configs) == {HELLO, quick.ref}
     config = configs[quick.ref]
     assert (config.max_retry_attempts, config.maximum_event_age, config.timeout, config.concurrency) == (0, 60, 3, 8)
@@ -560,21 +557,14 @@ async def test_an_event_accepted_at_async_function_is_delivered_through_the_gate
     assert 'kfn_async_events_total{outcome="delivered"} 1.0' in metrics
 
 
-def with_destination(name: str, namespace: str, destination: str) -> Function:
-    return parse_function({"apiVersion": "kfn.dev/v1alpha1", "kind": "Function",
-                           "metadata": {"name": name, "namespace": namespace},
-                           "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1\n"}},
-                                    "async": {"onSuccess": {"function": destination}}}})
-
-
 def test_a_key_protected_function_of_another_namespace_is_no_destination() -> None:
     # A destination record carries what the sending function returned: a way to run another
     # tenant's key-protected function without its key, unless refused (issue 15).
     secret = make_function("secret", namespace="b", http={"auth": {"type": "key"}})
     public = make_function("public", namespace="b")
     own = make_function("own", namespace="a", http={"auth": {"type": "key"}})
-    sneaky, fine, same = (with_destination("sneaky", "a", "secret.b"), with_destination("fine", "a", "public.b"),
-                          with_destination("same", "a", "own"))
-    configs = async_configs(FakeBackend(secret, public, own, sneaky, fine, same))
+    sneaky, fine, same = (make_function(name, namespace="a", **{"async": {"onSuccess": {"function": destination}}})
+                          for name, destination in [("sneaky", "secret.b"), ("fine", "public.b"), ("same", "own")])
+    configs = async_configs(FakeBackend(secret, public, own, sneaky, fine, same), region="us-east-1")
     assert sneaky.ref not in configs   # its events wait, as for any destination that cannot be used
     assert fine.ref in configs and same.ref in configs

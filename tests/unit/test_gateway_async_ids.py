@@ -14,11 +14,12 @@ from kfn.core.functions import FunctionRef
 from kfn.events.delivery import DeliverySettings
 from kfn.events.sqlite import SqliteStore
 from kfn_gateway.asyncinvoke import AsyncDelivery
-
-from .fakes import ControlledFunctions, FakeBackend, RunningGateway, eventually, make_function, running_gateway
+from tests.support.backend import ControlledFunctions, FakeBackend
+from tests.support.functions import make_function
+from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.waiting import eventually
 
 PUBLIC = FunctionRef("default", "public")
-VICTIM = FunctionRef("team-b", "billing")
 
 
 @dataclass

@@ -4,37 +4,18 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass, field
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from kfn.core.keys import ApiKey, KeyRing, parse_key_file
+from kfn.core.keys import ApiKey, parse_key_file
 from kfn_gateway.auth import AuthError, Scope, authenticate
 from kfn_gateway.settings import GatewaySettings
-
-from .fakes import FakeBackend, make_function, running_gateway
-
-ADMIN = "admin-secret-0123456789"
-TEAM = "team-secret-0123456789ab"
-OTHER = "other-secret-0123456789a"
-
-
-@dataclass
-class MutableKeys:
-    """A key source whose keys a test replaces, as a rotated Secret or file does."""
-
-    ring: KeyRing = field(default_factory=lambda: parse_key_file(
-        {"admin": {"ops": ADMIN}, "namespaces": {"team": {"app": TEAM}, "other": {"app": OTHER}}}))
-
-    def keys(self) -> KeyRing:
-        return self.ring
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
+from tests.support.backend import FakeBackend
+from tests.support.functions import make_function
+from tests.support.gateway import running_gateway
+from tests.support.keys import ADMIN, OTHER, TEAM, MutableKeys, bearer
 
 # -- /system/* ------------------------------------------------------------------------------------------
 

@@ -15,18 +15,12 @@ import pytest
 from aiohttp import web
 
 from kfn_gateway.connections import ConnectionLimits, GuardedAppRunner, GuardedServer, RefusedConnection
-from kfn_gateway.server import _origin_form
+from kfn_gateway.http_api import origin_form as _origin_form
 from kfn_gateway.settings import GatewaySettings
-
-from .fakes import (
-    ControlledFunctions,
-    FakeBackend,
-    RunningGateway,
-    eventually,
-    make_function,
-    returning,
-    running_gateway,
-)
+from tests.support.backend import ControlledFunctions, FakeBackend, returning
+from tests.support.functions import make_function
+from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.waiting import eventually
 
 FAST = GatewaySettings(header_timeout=0.2, body_timeout=0.2, idle_timeout=0.3)
 

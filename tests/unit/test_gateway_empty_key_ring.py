@@ -8,9 +8,11 @@ import pytest
 
 from kfn.core.keys import KeyRing, StaticKeys
 from kfn_gateway.settings import GatewaySettings
-
-from .fakes import FakeBackend, make_function, running_gateway
-from .test_lambda_api import FakeStore, assert_lambda_error, invoke, signed
+from tests.support.backend import FakeBackend
+from tests.support.events import FakeStore
+from tests.support.functions import make_function
+from tests.support.gateway import running_gateway
+from tests.support.invoke_api import assert_lambda_error, invoke, signed
 
 NO_KEYS = StaticKeys(KeyRing())
 ANY_KEY = "whatever-key-0123456789"

@@ -4,18 +4,16 @@ no slot."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from kfn.core.instances import Instance
-from kfn_gateway.server import MAX_ATTEMPTS, Gateway
+from kfn_gateway.dispatch import MAX_ATTEMPTS
+from kfn_gateway.server import Gateway
 from kfn_gateway.settings import GatewaySettings
 from kfn_runtime import contract
-
-from .fakes import (
+from tests.support.backend import (
     TRANSPORTS,
     ControlledFunctions,
     Die,
@@ -23,29 +21,16 @@ from .fakes import (
     Fn,
     Headers,
     RawAnswer,
-    RawInstance,
     Rejected,
-    answer_with,
     echo,
     event_path,
-    eventually,
-    make_function,
     raising,
     ref,
     returning,
-    running_gateway,
 )
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def dead_instance(id: str = "hello-dead") -> Instance:
-    """An instance listed as ready at an address nobody listens on."""
-    return Instance(function=ref("hello"), id=id, host="127.0.0.1", port=unused_port(), capacity=10)
+from tests.support.functions import make_function
+from tests.support.gateway import RawInstance, answer_with, dead_instance, running_gateway
+from tests.support.waiting import eventually
 
 
 class Dying:
@@ -249,7 +234,7 @@ async def test_a_client_disconnecting_mid_upload_is_not_an_instance_failure() ->
         writer.write(b"POST /function/hello/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
         writer.write(b"u" * (1024 * 1024))
         await writer.drain()
-        await eventually(lambda: ref("hello") in gw.gateway._routes)   # the gateway reads the body
+        await eventually(lambda: ref("hello") in gw.gateway.dispatcher._routes)   # the gateway reads the body
         # An upload is not load: no instance is busy with it (the autoscaler must not scale on it).
         assert gw.gateway.stats(ref("hello")).in_flight == 0
         writer.close()
@@ -275,7 +260,7 @@ async def test_without_handler_cancellation_an_abandoned_upload_still_frees_ever
             _reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"POST /function/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
             await writer.drain()
-            await eventually(lambda: ref("hello") in gateway._routes)   # the gateway reads the body
+            await eventually(lambda: ref("hello") in gateway.dispatcher._routes)   # the gateway reads the body
             writer.close()
             await writer.wait_closed()
             # The handler noticed: the abandoned request was answered (counted) and nothing is held.

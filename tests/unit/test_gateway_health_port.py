@@ -10,8 +10,10 @@ from aiohttp import web
 
 from kfn_gateway.server import serve_health
 from kfn_gateway.settings import GatewaySettings
-
-from .fakes import FakeBackend, RunningGateway, eventually, make_function, running_gateway
+from tests.support.backend import FakeBackend
+from tests.support.functions import make_function
+from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.waiting import eventually
 
 
 @contextlib.asynccontextmanager

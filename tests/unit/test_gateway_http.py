@@ -14,21 +14,20 @@ from typing import Any
 import pytest
 
 from kfn_gateway.settings import GatewaySettings
-
-from .fakes import (
+from tests.support.backend import (
     TRANSPORTS,
     ControlledFunctions,
     FakeBackend,
     FunctionError,
     Headers,
     echo,
-    make_function,
     raising,
     returning,
-    running_gateway,
     serving,
     timed_out,
 )
+from tests.support.functions import make_function
+from tests.support.gateway import running_gateway
 
 ORIGIN = "https://app.example.com"
 CORS = {"allowOrigins": [ORIGIN], "allowMethods": ["GET", "PUT"], "allowHeaders": ["Content-Type"],

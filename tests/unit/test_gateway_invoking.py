@@ -15,20 +15,8 @@ import pytest
 from kfn.core.instances import Instance, Invocation, InvocationResult
 from kfn_gateway.invoking import InstanceClient, InstanceFailed, InstanceTimeout, NotSent
 from kfn_runtime import contract
-
-from .fakes import (
-    TRANSPORTS,
-    Die,
-    FakeInstance,
-    Fn,
-    FunctionError,
-    Headers,
-    RawInstance,
-    Rejected,
-    answer_with,
-    http_answer,
-    ref,
-)
+from tests.support.backend import TRANSPORTS, Die, FakeInstance, Fn, FunctionError, Headers, Rejected, ref
+from tests.support.gateway import RawInstance, answer_with, http_answer
 
 
 @contextlib.asynccontextmanager

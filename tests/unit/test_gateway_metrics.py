@@ -13,19 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from kfn.core import naming
 from kfn.core.scaling import Sample
 from kfn_autoscaler.sources import parse_gateway_metrics
-
-from .fakes import (
-    ControlledFunctions,
-    FakeBackend,
-    FunctionError,
-    RunningGateway,
-    eventually,
-    make_function,
-    raising,
-    ref,
-    running_gateway,
-    timed_out,
-)
+from tests.support.backend import ControlledFunctions, FakeBackend, FunctionError, raising, ref, timed_out
+from tests.support.functions import make_function
+from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.waiting import eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -155,7 +146,7 @@ async def test_the_autoscalers_scrape_parser_reads_the_gateways_metrics() -> Non
 
 
 async def test_system_functions_lists_every_function_with_replicas_and_traffic() -> None:
-    backend = FakeBackend(make_function("hello", min_replicas=1),
+    backend = FakeBackend(make_function("hello", scale={"minReplicas": 1}),
                           make_function("custom", image="example.com/fn:1", namespace="team"))
     async with backend, running_gateway(backend) as gw:
         before = time.time()

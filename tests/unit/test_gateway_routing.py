@@ -9,20 +9,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from kfn.core.instances import StartProblem, StartReason
-from kfn_gateway.routing import Unavailable
+from kfn_gateway.http_api import STATUS
+from kfn_gateway.outcomes import Reason
+from kfn_gateway.routing import ShuttingDown
 from kfn_gateway.server import Gateway
 from kfn_gateway.settings import GatewaySettings
-
-from .fakes import (
-    TRANSPORTS,
-    ControlledFunctions,
-    FakeBackend,
-    ScaleCall,
-    eventually,
-    make_function,
-    ref,
-    running_gateway,
-)
+from tests.support.backend import TRANSPORTS, ControlledFunctions, FakeBackend, ScaleCall, ref
+from tests.support.functions import make_function
+from tests.support.gateway import running_gateway
+from tests.support.waiting import eventually
 
 
 async def test_a_request_reaches_an_instance_of_the_function_it_names() -> None:
@@ -191,7 +186,7 @@ async def test_waiting_longer_than_the_queue_timeout_answers_503_with_retry_afte
 
 async def test_a_failing_scale_call_answers_503_at_once() -> None:
     backend = FakeBackend(make_function("hello"))
-    backend.scale_error = RuntimeError("quota exceeded")
+    backend.scale_errors[ref("hello")] = RuntimeError("quota exceeded")
     async with backend, running_gateway(backend) as gw:
         status, body, headers = await gw.json("GET", "/function/hello")
     assert status == 503
@@ -360,13 +355,13 @@ async def test_closing_the_gateway_turns_waiting_requests_away_with_503() -> Non
     async with backend:
         gateway = Gateway(backend)
         await gateway.start()
-        route = gateway.route(ref("hello"))
+        route = gateway.dispatcher.route(ref("hello"))
         waiting = asyncio.create_task(route.acquire(timeout=30))
         await eventually(lambda: route.queued == 1)
         await gateway.close()
-        with pytest.raises(Unavailable) as raised:
+        with pytest.raises(ShuttingDown):
             await waiting
-    assert raised.value.status == 503
+    assert STATUS[Reason.SHUTTING_DOWN] == 503
 
 
 async def test_system_logs_answers_the_last_lines_of_a_function() -> None:

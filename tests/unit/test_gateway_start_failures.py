@@ -13,9 +13,11 @@ import pytest
 from kfn.core.instances import InitError, StartProblem, StartReason
 from kfn_gateway.asyncinvoke import gateway_invoker
 from kfn_gateway.settings import GatewaySettings
-
-from .fakes import FakeBackend, eventually, make_function, ref, running_gateway
-from .test_lambda_api import assert_lambda_error, invoke
+from tests.support.backend import FakeBackend, ref
+from tests.support.functions import make_function
+from tests.support.gateway import running_gateway
+from tests.support.invoke_api import assert_lambda_error, invoke
+from tests.support.waiting import eventually
 
 SECRET = "hunter2-the-database-password"
 IMPORT_ERROR = StartProblem(
@@ -122,7 +124,7 @@ async def test_an_async_event_of_a_function_that_cannot_start(problem: StartProb
 
     fake = backend(problem)
     async with fake, running_gateway(fake) as gw:
-        deliver = gateway_invoker(gw.gateway)
+        deliver = gateway_invoker(gw.gateway.dispatcher)
         if function_error:
             result = await deliver(ref("hello"), b"{}", "event-1")
             assert (result.function_error, result.error_type) == ("Unhandled", "Runtime.ImportModuleError")

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from kfn.core.functions import Function, InvalidFunction, parse_function
+from kfn.core.functions import InvalidFunction
 from kfn.core.keys import StaticKeys, parse_key_file
 from kfn_gateway.settings import GatewaySettings
-
-from .fakes import FakeBackend, make_function, running_gateway
-from .test_lambda_api import FakeStore
+from tests.support.backend import FakeBackend
+from tests.support.events import FakeStore
+from tests.support.functions import make_function
+from tests.support.gateway import running_gateway
 
 TEAM = "team-secret-0123456789ab"
 ADMIN = "admin-secret-0123456789"
@@ -103,17 +104,12 @@ async def test_requests_addressed_to_the_gateways_ip_address_stay_the_gateways()
     assert hello[1]["rawPath"] == "/"   # hello's own event (the thief would see /function/hello)
 
 
-def claiming(host: str, name: str, namespace: str, created: str) -> Function:
-    return parse_function({"apiVersion": "kfn.dev/v1alpha1", "kind": "Function",
-                           "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created},
-                           "spec": {"handler": "main.handler", "http": {"hosts": [host]},
-                                    "source": {"files": {"main.py": "def handler(e, c): pass"}}}})
-
-
 async def test_a_host_claimed_by_two_namespaces_stays_with_the_function_that_claimed_it_first() -> None:
     # As the Gateway API resolves conflicting routes: the oldest wins, whatever the names sort as.
-    shop = claiming("shop.example.com", "shop", "shop", "2026-01-05T10:00:00Z")
-    squatter = claiming("shop.example.com", "aaa", "aaa", "2026-03-01T09:00:00Z")
+    shop = make_function("shop", namespace="shop", metadata={"creationTimestamp": "2026-01-05T10:00:00Z"},
+                         http={"hosts": ["shop.example.com"]})
+    squatter = make_function("aaa", namespace="aaa", metadata={"creationTimestamp": "2026-03-01T09:00:00Z"},
+                             http={"hosts": ["shop.example.com"]})
     backend = FakeBackend(squatter, shop)
     async with backend, running_gateway(backend, keys=KEYS) as gw:
         status, _, headers = await gw.json("GET", "/", headers={"Host": "shop.example.com"})

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from kfn_gateway.upstream import KEEPALIVE_MARGIN, ConnectionBroken, Pool, StaleConnection
-
-from .fakes import FakeBackend, RawInstance, answer_with, eventually, http_answer, make_function, running_gateway
+from tests.support.backend import FakeBackend
+from tests.support.functions import make_function
+from tests.support.gateway import RawInstance, answer_with, http_answer, running_gateway
+from tests.support.waiting import eventually
 
 OK = http_answer(b"ok")
 GET = b"GET / HTTP/1.1\r\nHost: instance\r\n\r\n"

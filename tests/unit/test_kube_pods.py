@@ -10,7 +10,7 @@ from kfn.core.instances import InitError, StartReason
 from kfn.kube.pods import _problem
 from kfn_runtime import contract
 from kfn_runtime.__main__ import termination_message
-from kfn_runtime.host import InitFailed
+from kfn_runtime.execution import InitFailed
 
 
 def pending(message: str) -> client.V1Pod:

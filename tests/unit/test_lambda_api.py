@@ -7,101 +7,44 @@ import base64
 import datetime
 import json
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest, HeadersDict
+from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.parsers import create_parser
-from botocore.session import get_session
-from multidict import CIMultiDictProxy
 
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import StartProblem, StartReason
 from kfn.core.keys import StaticKeys, parse_key_file
-from kfn.events.store import NO_OPTIONS, Accepted, AcceptOptions, StoreUnavailable
 from kfn_gateway.lambda_api import FunctionName, LambdaError, parse_function_name
 from kfn_gateway.settings import GatewaySettings
 from kfn_runtime import contract
-
-from .fakes import (
+from tests.support.backend import (
     TRANSPORTS,
     Die,
     FakeBackend,
     FunctionError,
     Headers,
     Rejected,
-    RunningGateway,
-    make_function,
     raising,
-    running_gateway,
     serving,
     timed_out,
 )
+from tests.support.events import FakeStore
+from tests.support.functions import make_function
+from tests.support.gateway import running_gateway
+from tests.support.invoke_api import assert_lambda_error, invoke, path_of, signed
 
 TEAM_KEY = "team-secret-0123456789ab"
 ADMIN_KEY = "admin-secret-0123456789"
 KEYS = StaticKeys(parse_key_file({"admin": {"ops": ADMIN_KEY}, "namespaces": {"team": {"app": TEAM_KEY}}}))
-INVOKE = get_session().get_service_model("lambda").operation_model("Invoke")
 
 
 def what_the_function_saw(event: Any, headers: Headers) -> dict[str, Any]:
     return {"event": event, "request_id": headers.get(contract.HEADER_REQUEST_ID),
             "client_context": headers.get(contract.HEADER_CLIENT_CONTEXT),
             "trace_id": headers.get(contract.HEADER_TRACE_ID)}
-
-
-def path_of(name: str, query: str = "") -> str:
-    # As botocore sends it: the name percent-encoded (an ARN's ':' as %3A).
-    return f"/2015-03-31/functions/{quote(name, safe='')}/invocations{query}"
-
-
-@dataclass
-class Answer:
-    status: int
-    body: bytes
-    headers: CIMultiDictProxy[str]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def boto(self) -> dict[str, Any]:
-        """What boto3 makes of this answer (botocore's rest-json parser with Lambda's model)."""
-        parser = create_parser("rest-json")
-        response = {"status_code": self.status, "headers": HeadersDict(self.headers.items()), "body": self.body}
-        return parser.parse(response, INVOKE.output_shape)
-
-
-async def invoke(gw: RunningGateway, name: str = "hello", payload: bytes | None = b'{"x": 1}', *,
-                 query: str = "", headers: dict[str, str] | None = None, method: str = "POST") -> Answer:
-    async with gw.session.request(method, gw.url(path_of(name, query)), data=payload,
-                                  headers=headers or {}) as response:
-        return Answer(response.status, await response.read(), response.headers)
-
-
-def signed(gw: RunningGateway, name: str, payload: bytes, *, key_id: str, secret: str,
-           headers: dict[str, str] | None = None) -> dict[str, str]:
-    """The headers botocore's signer adds for this call (as boto3 signs an Invoke)."""
-    request = AWSRequest(method="POST", url=gw.base + path_of(name), data=payload, headers=headers or {})
-    SigV4Auth(Credentials(key_id, secret), "lambda", "eu-west-1").add_auth(request)
-    return dict(request.headers.items())
-
-
-def assert_lambda_error(answer: Answer, status: int, code: str) -> dict[str, Any]:
-    """The answer is Lambda's error `code` with `status`, and boto3 raises that exception."""
-    assert answer.status == status
-    assert answer.headers["x-amzn-ErrorType"] == code
-    uuid.UUID(answer.headers["x-amzn-RequestId"])
-    body = answer.json()
-    assert body["Type"] == ("User" if status < 500 else "Service")
-    assert body.get("message") or body.get("Message")
-    parsed = answer.boto()
-    assert parsed["Error"]["Code"] == code
-    assert parsed["ResponseMetadata"]["HTTPStatusCode"] == status
-    return body
 
 
 def hello(**kwargs: Any) -> FakeBackend:
@@ -371,23 +314,6 @@ async def test_dry_run_of_an_unknown_function_is_404() -> None:
     async with backend, running_gateway(backend) as gw:
         answer = await invoke(gw, "nope", headers={"X-Amz-Invocation-Type": "DryRun"})
     assert_lambda_error(answer, 404, "ResourceNotFoundException")
-
-
-@dataclass
-class FakeStore:
-    """The accepting side of an event store, in memory; `failing` makes accepts raise StoreUnavailable."""
-
-    events: dict[str, tuple[FunctionRef, bytes]] = field(default_factory=dict)
-    failing: bool = False
-
-    async def accept(self, function: FunctionRef, payload: bytes, invocation_id: str,
-                     options: AcceptOptions = NO_OPTIONS) -> Accepted:
-        if self.failing:
-            raise StoreUnavailable("JetStream did not confirm it")
-        if invocation_id in self.events:
-            return Accepted(invocation_id, duplicate=True)
-        self.events[invocation_id] = (function, payload)
-        return Accepted(invocation_id)
 
 
 async def test_an_event_is_stored_and_answered_202_with_its_invocation_id() -> None:

@@ -8,7 +8,7 @@ import yaml
 
 from kfn.core.functions import Function, FunctionRef
 from kfn.local.directory import ManifestDirectory
-from tests.e2e.localmode import function_manifest
+from tests.support.functions import function_manifest
 
 HELLO = "def handler(event, context):\n    return 'hi'\n"
 

@@ -17,6 +17,9 @@ from kfn.core.scaling import MetricsUnavailable, Observation, Sample, Unobserved
 from kfn.events.store import QueueStats
 from kfn_autoscaler.autoscaler import Autoscaler
 from kfn_autoscaler.sources import PrometheusScrapeSource, PromQLSource, QueuedWorkSource, parse_gateway_metrics
+from tests.support.backend import FakeBackend, ref
+from tests.support.clocks import FakeClock
+from tests.support.functions import TICK_SCALE, make_function
 
 FN = naming.METRIC_LABEL_FUNCTION
 
@@ -212,7 +215,7 @@ async def test_an_unreachable_replica_is_skipped_and_logged(session, gateways, c
     await source.collect(100.0)
     await b.stop()
     a.text = exposition(load={"hello": 2})
-    with caplog.at_level(logging.WARNING, logger="kfn.metrics"):
+    with caplog.at_level(logging.WARNING, logger="kfn_autoscaler.sources"):
         observed = named(await source.collect(101.0))
     assert observed["hello"].sample.concurrency == pytest.approx(2.0)
     assert b.url in caplog.text
@@ -241,7 +244,7 @@ async def test_a_replica_that_answers_garbage_is_skipped(session, gateways, capl
     b.text = "this is { not prometheus\n"
     await source.collect(100.0)
     a.text = exposition(load={"hello": 1})
-    with caplog.at_level(logging.WARNING, logger="kfn.metrics"):
+    with caplog.at_level(logging.WARNING, logger="kfn_autoscaler.sources"):
         observed = named(await source.collect(101.0))
     assert observed["hello"].sample.concurrency == pytest.approx(1.0)
     assert b.url in caplog.text
@@ -371,11 +374,9 @@ def test_parses_what_prometheus_client_exports() -> None:
 
 
 async def test_the_autoscaler_scales_on_scraped_gateways(session, gateways) -> None:
-    from tests.unit.test_autoscaling import FakeBackend, FakeClock, function
-
     a, b = await gateways(2)
     clock = FakeClock()
-    backend = FakeBackend(function("hello"))
+    backend = FakeBackend(make_function("hello", scale=TICK_SCALE), replicas=1)
     autoscaler = Autoscaler(backend, scraping([a.url, b.url], session), clock=clock)
     total = 0.0
     for _ in range(5):
@@ -384,7 +385,7 @@ async def test_the_autoscaler_scales_on_scraped_gateways(session, gateways) -> N
         a.text = exposition(load={"hello": total}, in_flight={"hello": 15})
         b.text = exposition(load={"hello": total}, in_flight={"hello": 15})
         await autoscaler.tick()
-    assert backend.replicas["hello"] == 3  # 30 held / target 10
+    assert backend.replicas[ref("hello")] == 3  # 30 held / target 10
 
 
 # --- PromQLSource
@@ -514,16 +515,14 @@ def scraped_by_prometheus(case: str, *, hello: float) -> Callable[[str], list[tu
 @pytest.mark.parametrize("case", ["up==0", "no up", "other labels"])
 async def test_promql_without_evidence_of_idleness_holds_a_loaded_function(session, prometheus, caplog,
                                                                            case: str) -> None:
-    from tests.unit.test_autoscaling import FakeBackend, FakeClock, function
-
     clock = FakeClock()
-    backend = FakeBackend(function("hello", idleTimeout=30), replicas=4)
+    backend = FakeBackend(make_function("hello", scale={**TICK_SCALE, "idleTimeout": 30}), replicas=4)
     autoscaler = Autoscaler(backend, PromQLSource(prometheus.url, session=session), clock=clock)
     prometheus.vectors = scraped_by_prometheus(case, hello=35.0)
     for _ in range(90):  # three idle timeouts
         clock.now += 1
         decisions = await autoscaler.tick()
-    assert backend.scaled == []
+    assert backend.scale_calls == []
     assert decisions[FunctionRef.parse("hello")].kind == "unobserved"
     assert autoscaler.registry.get_sample_value(naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE) == 0
     assert "holding every function" in caplog.text
@@ -542,22 +541,21 @@ async def test_promql_with_one_gateway_target_down_no_function_is_seen_idle(sess
 
 
 async def test_promql_healthy_scales_a_loaded_function_up_and_an_idle_one_to_zero(session, prometheus) -> None:
-    from tests.unit.test_autoscaling import FakeBackend, FakeClock, function
-
     clock = FakeClock()
-    backend = FakeBackend(function("hello", idleTimeout=30), function("idle", idleTimeout=30), replicas=1)
+    backend = FakeBackend(make_function("hello", scale={**TICK_SCALE, "idleTimeout": 30}),
+                          make_function("idle", scale={**TICK_SCALE, "idleTimeout": 30}), replicas=1)
     autoscaler = Autoscaler(backend, PromQLSource(prometheus.url, session=session), clock=clock)
     prometheus.vectors = scraped_by_prometheus("healthy", hello=35.0)
     for _ in range(31):
         clock.now += 1
         await autoscaler.tick()
-    assert (backend.replicas["hello"], backend.replicas["idle"]) == (4, 0)
+    assert (backend.replicas[ref("hello")], backend.replicas[ref("idle")]) == (4, 0)
     assert autoscaler.source_problem is None
     prometheus.vectors = scraped_by_prometheus("healthy", hello=0.0)  # the load stops
     for _ in range(31):
         clock.now += 1
         await autoscaler.tick()
-    assert backend.replicas["hello"] == 0
+    assert backend.replicas[ref("hello")] == 0
 
 
 async def test_promql_error_answer_is_metrics_unavailable(session, prometheus) -> None:

@@ -14,7 +14,9 @@ import os
 from typing import Any
 
 from kfn_runtime.environments import _read_output
-from kfn_runtime.host import NEXT_PATH, Environment, HostConfig, InstanceHost, Invocation
+from kfn_runtime.execution import Environment, HostConfig, Invocation
+from kfn_runtime.host import InstanceHost
+from kfn_runtime.runtime_api import NEXT_PATH
 
 NEXT = f"GET {NEXT_PATH} HTTP/1.1\r\nHost: runtime\r\n\r\n".encode()
 
@@ -79,7 +81,8 @@ def _running(host: InstanceHost) -> str | None:
 
 async def test_output_written_before_the_result_is_in_its_own_tail_and_not_in_the_next_invocations() -> None:
     spawner = _TestDrivenSpawner()
-    host = InstanceHost(HostConfig(function_name="fn", timeout=5.0, concurrency=1, memory_mb=128, queue_limit=2),
+    host = InstanceHost(HostConfig(function_name="fn", timeout=5.0, concurrency=1, memory_mb=128, queue_limit=2,
+                                   region="us-east-1"),
                         spawner)
     await host.start(timeout=5)
     try:
@@ -112,7 +115,8 @@ async def test_a_pipelined_result_with_a_content_length_of_thousands_of_digits_i
     # The fast path for kfn's own client read the length with int(), which raises ValueError for
     # more than 4,300 digits: out of data_received, past the BadRequest handler.
     spawner = _TestDrivenSpawner()
-    host = InstanceHost(HostConfig(function_name="fn", timeout=5.0, concurrency=1, memory_mb=128), spawner)
+    host = InstanceHost(HostConfig(function_name="fn", timeout=5.0, concurrency=1, memory_mb=128, region="us-east-1"),
+                        spawner)
     await host.start(timeout=5)
     try:
         (env_id,) = spawner.apis

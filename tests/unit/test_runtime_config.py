@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from kfn_runtime import contract
+from kfn_runtime import awslambda, contract
 from kfn_runtime.config import Config, ConfigError
 
 PYTHON = {contract.ENV_HANDLER: "main.handler"}
@@ -20,7 +20,7 @@ def test_defaults_follow_lambdas_layout() -> None:
     assert (c.host, c.port) == (contract.DEFAULT_HOST, contract.DEFAULT_PORT)
     assert (c.timeout, c.concurrency, c.memory_mb) == (contract.DEFAULT_TIMEOUT, contract.DEFAULT_CONCURRENCY,
                                                        contract.DEFAULT_MEMORY_MB)
-    assert (c.function_version, c.namespace, c.region) == ("$LATEST", "", contract.DEFAULT_REGION)
+    assert (c.function_version, c.namespace, c.region) == ("$LATEST", "", awslambda.DEFAULT_REGION)
     assert c.idle_timeout == contract.DEFAULT_IDLE_TIMEOUT
     assert c.max_body_bytes == contract.DEFAULT_MAX_BODY_BYTES
     assert c.drain_timeout == contract.DEFAULT_TIMEOUT + contract.DEFAULT_DRAIN_EXTRA

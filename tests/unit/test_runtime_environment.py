@@ -1,4 +1,4 @@
-"""The environment variables of an execution environment (`kfn_runtime.host.lambda_environment`):
+"""The environment variables of an execution environment (`kfn_runtime.variables.lambda_environment`):
 Lambda's reserved variables in Lambda's formats, the function's own, and nothing of the host's."""
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import time
 
 import pytest
 
-from kfn_runtime.host import HostConfig, lambda_environment
+from kfn_runtime.execution import HostConfig
+from kfn_runtime.variables import lambda_environment
 
 
 def config(**overrides: object) -> HostConfig:
-    values: dict[str, object] = {"function_name": "orders", "timeout": 3.0, "concurrency": 2, "memory_mb": 512}
+    values: dict[str, object] = {"function_name": "orders", "timeout": 3.0, "concurrency": 2, "memory_mb": 512,
+                                 "region": "us-east-1"}
     values.update(overrides)
     return HostConfig(**values)  # type: ignore[arg-type]
 

@@ -3,31 +3,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kfn_runtime.handlers import HandlerLoadError, is_coroutine_function, load_handler, prepare_path
-
-
-@pytest.fixture
-def module_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A path (without .py) for a module of this test's own name, importable from tmp_path."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    prefix = "kfnrt_" + "".join(c if c.isalnum() else "_" for c in request.node.name)
-    yield tmp_path / prefix
-    for name in [m for m in sys.modules if m.startswith(prefix)]:
-        del sys.modules[name]
-
-
-def write(module_path: Path, source: str) -> str:
-    module_path.with_suffix(".py").write_text(source)
-    return module_path.name
+from tests.support.modules import write_module
 
 
 def test_sync_and_async_handlers_are_told_apart(module_path: Path) -> None:
-    module = write(module_path, "def handler(e, c): return 1\nasync def ahandler(e, c): return 2\n")
+    module = write_module(module_path, "def handler(e, c): return 1\nasync def ahandler(e, c): return 2\n")
     sync, coroutine = load_handler(f"{module}.handler"), load_handler(f"{module}.ahandler")
     assert (sync.is_async, coroutine.is_async) == (False, True)
     assert sync.function(None, None) == 1
@@ -49,40 +34,40 @@ def test_missing_module_is_reported(module_path: Path) -> None:
 
 
 def test_missing_dependency_inside_the_module_is_reported_by_name(module_path: Path) -> None:
-    module = write(module_path, "import kfn_no_such_dependency\ndef handler(e, c): pass\n")
+    module = write_module(module_path, "import kfn_no_such_dependency\ndef handler(e, c): pass\n")
     with pytest.raises(HandlerLoadError, match="No module named 'kfn_no_such_dependency'") as info:
         load_handler(f"{module}.handler")
     assert isinstance(info.value.__cause__, ModuleNotFoundError)
 
 
 def test_syntax_error_is_reported_with_its_cause(module_path: Path) -> None:
-    module = write(module_path, "def handler(e, c)\n    pass\n")
+    module = write_module(module_path, "def handler(e, c)\n    pass\n")
     with pytest.raises(HandlerLoadError, match="SyntaxError") as info:
         load_handler(f"{module}.handler")
     assert isinstance(info.value.__cause__, SyntaxError)
 
 
 def test_exception_at_import_is_reported_with_its_cause(module_path: Path) -> None:
-    module = write(module_path, "raise RuntimeError('boom at import')\n")
+    module = write_module(module_path, "raise RuntimeError('boom at import')\n")
     with pytest.raises(HandlerLoadError, match="RuntimeError: boom at import") as info:
         load_handler(f"{module}.handler")
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
 def test_sys_exit_at_import_is_reported_not_raised(module_path: Path) -> None:
-    module = write(module_path, "import sys\nsys.exit(3)\n")
+    module = write_module(module_path, "import sys\nsys.exit(3)\n")
     with pytest.raises(HandlerLoadError, match="SystemExit"):
         load_handler(f"{module}.handler")
 
 
 def test_missing_attribute_is_reported(module_path: Path) -> None:
-    module = write(module_path, "def other(e, c): pass\n")
+    module = write_module(module_path, "def other(e, c): pass\n")
     with pytest.raises(HandlerLoadError, match="has no attribute 'handler'"):
         load_handler(f"{module}.handler")
 
 
 def test_non_callable_is_refused(module_path: Path) -> None:
-    module = write(module_path, "handler = 42\n")
+    module = write_module(module_path, "handler = 42\n")
     with pytest.raises(HandlerLoadError, match="not callable"):
         load_handler(f"{module}.handler")
 

@@ -1,4 +1,4 @@
-"""Lambda's REPORT line as the host writes it (`kfn_runtime.host.report_line`) and the peak memory
+"""Lambda's REPORT line as the host writes it (`kfn_runtime.reports.report_line`) and the peak memory
 it reports (`peak_memory_mb`): the platform lines the log and `LogType=Tail` carry."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kfn_runtime.host import peak_memory_mb, report_line
+from kfn_runtime.reports import peak_memory_mb, report_line
 
 
 def test_report_line_has_lambdas_fields_in_lambdas_format() -> None:

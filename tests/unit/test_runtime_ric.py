@@ -100,7 +100,7 @@ def test_error_object_has_the_fields_awslambdaric_sends() -> None:
     try:
         raise ValueError("bad")
     except ValueError as e:
-        error = ric.error_object(e)
+        error = json.loads(ric.error_object(e))
     assert set(error) == {"errorMessage", "errorType", "requestId", "stackTrace"}
 
 

@@ -5,22 +5,16 @@ import base64
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
-from kfn.core.functions import TRIGGER_KINDS, Function, FunctionRef, parse_function
+from kfn.core.functions import Function, FunctionRef
+from kfn.core.triggerspec import TRIGGER_KINDS
 from kfn.triggers import registry
 from kfn.triggers.base import EventSink, Triggers, triggers_of
 from kfn.triggers.nats import NatsBinding, message_event, message_event_id, nats_bindings, stream_event_id
 from kfn.triggers.ticks import MemoryTicks
+from tests.support.functions import make_function
 
 HELLO = FunctionRef("default", "hello")
-
-
-def fn(*triggers: dict[str, Any], name: str = "hello", namespace: str = "default") -> Function:
-    return parse_function({
-        "apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": name, "namespace": namespace},
-        "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1"}}, "triggers": list(triggers)},
-    })
 
 
 # --- the registry and the composite
@@ -31,20 +25,22 @@ def test_every_trigger_kind_has_a_source_and_every_source_a_kind() -> None:
 
 
 def test_each_registered_source_is_of_its_kind() -> None:
-    settings = registry.TriggerSettings(nats_url="nats://127.0.0.1:4222", ticks=MemoryTicks())
+    settings = registry.TriggerSettings(nats_url="nats://127.0.0.1:4222", ticks=MemoryTicks(), region="us-east-1")
     for kind, factory in registry.SOURCES.items():
         assert factory(settings).kind == kind
 
 
 def test_triggers_of_a_kind_keep_their_place_in_the_spec() -> None:
-    function = fn({"nats": {"subject": "a"}}, {"schedule": "rate(1 hour)"}, {"schedule": "rate(2 hours)"})
+    function = make_function(triggers=[{"nats": {"subject": "a"}}, {"schedule": "rate(1 hour)"},
+                                       {"schedule": "rate(2 hours)"}])
     assert triggers_of(function, "schedule") == [(1, "rate(1 hour)"), (2, "rate(2 hours)")]
 
 
 def test_a_kind_that_cannot_run_is_reported_for_the_functions_using_it() -> None:
-    triggers = registry.build(["schedule", "nats"], registry.TriggerSettings(ticks=MemoryTicks()))
+    triggers = registry.build(["schedule", "nats"], registry.TriggerSettings(ticks=MemoryTicks(), region="us-east-1"))
     assert set(triggers.sources) == {"schedule"}
-    triggers.update([fn({"nats": {"subject": "orders.created"}}), fn({"schedule": "rate(1 hour)"}, name="tick")])
+    triggers.update([make_function(triggers=[{"nats": {"subject": "orders.created"}}]),
+                     make_function("tick", triggers=[{"schedule": "rate(1 hour)"}])])
     assert triggers.problems() == {
         HELLO: ["nats triggers do not run: no NATS server configured (KFN_NATS_URL)"]}
 
@@ -77,7 +73,7 @@ async def test_the_composite_starts_updates_and_closes_every_source() -> None:
     async def sink(function: FunctionRef, payload: bytes, invocation_id: str) -> None: ...
 
     await triggers.start(sink)
-    triggers.update([fn(), fn(name="other")])
+    triggers.update([make_function(), make_function("other")])
     assert source.sink is sink
     assert source.updates == [["hello", "other"]]
     assert triggers.problems() == {HELLO: ["broken"]}
@@ -90,9 +86,9 @@ async def test_the_composite_starts_updates_and_closes_every_source() -> None:
 
 def test_each_nats_trigger_is_one_binding() -> None:
     bindings = nats_bindings([
-        fn({"nats": {"subject": "orders.*", "stream": "ORDERS"}}, {"schedule": "rate(1 hour)"},
-           {"nats": {"subject": "audit"}}, {"nats": {"subject": "audit"}}),
-        fn({"nats": {"subject": "orders.*", "stream": "ORDERS"}}, name="other", namespace="team-a"),
+        make_function(triggers=[{"nats": {"subject": "orders.*", "stream": "ORDERS"}}, {"schedule": "rate(1 hour)"},
+                                {"nats": {"subject": "audit"}}, {"nats": {"subject": "audit"}}]),
+        make_function("other", namespace="team-a", triggers=[{"nats": {"subject": "orders.*", "stream": "ORDERS"}}]),
     ])
     assert bindings == {
         NatsBinding(HELLO, "orders.*", "ORDERS"): 0,

@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 
 from kfn.core.functions import InvalidFunction
-from kfn.events import jetstream
-
-from .test_triggers import fn
+from kfn.events import jetstream_layout
+from tests.support.functions import make_function
 
 
 @pytest.mark.parametrize("subject", [
@@ -18,17 +17,17 @@ from .test_triggers import fn
     "*.*.team.secret", "$JS.API.>", "$SYS.>", "_INBOX.>", "_INBOX.abc"])
 def test_a_trigger_cannot_subscribe_to_kfns_or_natss_own_subjects(subject: str) -> None:
     with pytest.raises(InvalidFunction, match=r"spec\.triggers\[0\]\.nats\.subject"):
-        fn({"nats": {"subject": subject}}, name="spy", namespace="evil")
+        make_function("spy", namespace="evil", triggers=[{"nats": {"subject": subject}}])
 
 
 @pytest.mark.parametrize("subject", ["orders.created", "orders.>", "orders.*.eu", "kfnx.orders", "team.kfn.x"])
 def test_a_trigger_may_subscribe_to_an_application_subject(subject: str) -> None:
-    assert fn({"nats": {"subject": subject}}).spec.triggers[0].nats.subject == subject
+    assert make_function(triggers=[{"nats": {"subject": subject}}]).spec.triggers[0].nats.subject == subject
 
 
 def test_every_subject_of_the_jetstream_event_store_is_reserved() -> None:
-    prefixes = [getattr(jetstream, name) for name in dir(jetstream) if name.endswith("_PREFIX")]
-    assert jetstream.SUBJECT_PREFIX in prefixes
+    prefixes = [getattr(jetstream_layout, name) for name in dir(jetstream_layout) if name.endswith("_PREFIX")]
+    assert jetstream_layout.SUBJECT_PREFIX in prefixes
     for prefix in prefixes:
         with pytest.raises(InvalidFunction):
-            fn({"nats": {"subject": f"{prefix}.default.hello"}})
+            make_function(triggers=[{"nats": {"subject": f"{prefix}.default.hello"}}])

@@ -12,19 +12,13 @@ from typing import Any
 import pytest
 
 from kfn.core import schedules
-from kfn.core.functions import Function, FunctionRef, parse_function
+from kfn.core.functions import Function, FunctionRef
 from kfn.triggers.schedule import ScheduleSource
 from kfn.triggers.ticks import MemoryTicks, TickRecord
+from tests.support.functions import make_function
 
 T0 = dt.datetime(2026, 3, 2, 12, 0, 30, tzinfo=dt.UTC)   # 30 s past a whole minute
 HELLO = FunctionRef("default", "hello")
-
-
-def fn(*triggers: dict[str, Any], name: str = "hello", namespace: str = "default") -> Function:
-    return parse_function({
-        "apiVersion": "kfn.dev/v1alpha1", "kind": "Function", "metadata": {"name": name, "namespace": namespace},
-        "spec": {"handler": "main.handler", "source": {"files": {"main.py": "x = 1"}}, "triggers": list(triggers)},
-    })
 
 
 class Clock:
@@ -69,7 +63,7 @@ async def source_for(*functions: Function, clock: Clock, ticks: MemoryTicks | No
 
 async def test_a_new_trigger_fires_nothing_from_the_past_and_waits_for_its_next_tick() -> None:
     clock = Clock()
-    source, sink, ticks = await source_for(fn({"schedule": "rate(5 minutes)"}), clock=clock)
+    source, sink, ticks = await source_for(make_function(triggers=[{"schedule": "rate(5 minutes)"}]), clock=clock)
     wake = await source.fire_due()
     assert sink.calls == []
     assert wake == dt.datetime(2026, 3, 2, 12, 5, tzinfo=dt.UTC)
@@ -78,7 +72,7 @@ async def test_a_new_trigger_fires_nothing_from_the_past_and_waits_for_its_next_
 
 async def test_each_tick_fires_once() -> None:
     clock = Clock()
-    source, sink, _ = await source_for(fn({"schedule": "rate(5 minutes)"}), clock=clock)
+    source, sink, _ = await source_for(make_function(triggers=[{"schedule": "rate(5 minutes)"}]), clock=clock)
     await source.fire_due()
     for minute in (5, 5, 7, 10, 10, 15):
         clock.at(12, minute)
@@ -88,7 +82,8 @@ async def test_each_tick_fires_once() -> None:
 
 async def test_the_event_is_eventbridges_scheduled_event_under_the_tick_id() -> None:
     clock = Clock()
-    source, sink, _ = await source_for(fn({"nats": {"subject": "x"}}, {"schedule": "cron(0/5 * * * ? *)"}),
+    source, sink, _ = await source_for(make_function(triggers=[{"nats": {"subject": "x"}},
+                                                               {"schedule": "cron(0/5 * * * ? *)"}]),
                                        clock=clock)
     await source.fire_due()
     clock.at(12, 5, 1)
@@ -108,7 +103,7 @@ async def test_a_second_scheduler_on_the_same_records_does_not_fire_a_tick_again
     # A hand-over: the new leader reads what the old one recorded.
     clock = Clock()
     ticks = MemoryTicks()
-    function = fn({"schedule": "rate(1 minute)"})
+    function = make_function(triggers=[{"schedule": "rate(1 minute)"}])
     first, sink, _ = await source_for(function, clock=clock, ticks=ticks)
     await first.fire_due()
     clock.at(12, 1)
@@ -124,7 +119,7 @@ async def test_a_tick_fired_twice_has_the_same_id() -> None:
     # A scheduler that stored the event but died before recording the tick: the next one fires
     # the tick again, under the same id, which the store keeps once.
     clock = Clock()
-    function = fn({"schedule": "rate(1 minute)"})
+    function = make_function(triggers=[{"schedule": "rate(1 minute)"}])
     ticks = MemoryTicks()
     first, sink, _ = await source_for(function, clock=clock, ticks=ticks)
     await first.fire_due()
@@ -143,7 +138,7 @@ async def test_a_tick_fired_twice_has_the_same_id() -> None:
 async def test_the_latest_missed_tick_fires_once_late_after_downtime() -> None:
     clock = Clock()
     ticks = MemoryTicks()
-    function = fn({"schedule": "rate(5 minutes)"})
+    function = make_function(triggers=[{"schedule": "rate(5 minutes)"}])
     first, sink, _ = await source_for(function, clock=clock, ticks=ticks)
     await first.fire_due()
     clock.at(12, 5)
@@ -160,7 +155,7 @@ async def test_the_latest_missed_tick_fires_once_late_after_downtime() -> None:
 async def test_after_long_downtime_only_the_latest_missed_tick_fires() -> None:
     clock = Clock()
     ticks = MemoryTicks()
-    function = fn({"schedule": "rate(5 minutes)"})
+    function = make_function(triggers=[{"schedule": "rate(5 minutes)"}])
     first, sink, _ = await source_for(function, clock=clock, ticks=ticks)
     await first.fire_due()
     clock.at(12, 5)
@@ -176,7 +171,7 @@ async def test_after_long_downtime_only_the_latest_missed_tick_fires() -> None:
 async def test_a_missed_tick_more_than_an_hour_old_is_not_fired() -> None:
     clock = Clock()
     ticks = MemoryTicks()
-    function = fn({"schedule": "cron(0 9 * * ? *)"})    # daily at 09:00
+    function = make_function(triggers=[{"schedule": "cron(0 9 * * ? *)"}])    # daily at 09:00
     first, sink, _ = await source_for(function, clock=clock, ticks=ticks)
     await first.fire_due()                               # 12:00:30: the record starts here
     clock.now = dt.datetime(2026, 3, 3, 10, 30, tzinfo=dt.UTC)    # 09:00 the next day was missed by 1.5 h
@@ -192,7 +187,7 @@ async def test_a_missed_tick_more_than_an_hour_old_is_not_fired() -> None:
 
 async def test_a_tick_that_could_not_be_stored_is_not_recorded_and_fires_on_the_retry() -> None:
     clock = Clock()
-    source, sink, ticks = await source_for(fn({"schedule": "rate(1 minute)"}), clock=clock)
+    source, sink, ticks = await source_for(make_function(triggers=[{"schedule": "rate(1 minute)"}]), clock=clock)
     await source.fire_due()
     clock.at(12, 1)
     sink.failing = True
@@ -210,10 +205,10 @@ async def test_a_tick_that_could_not_be_stored_is_not_recorded_and_fires_on_the_
 
 async def test_a_changed_expression_starts_afresh() -> None:
     clock = Clock()
-    source, sink, ticks = await source_for(fn({"schedule": "rate(1 minute)"}), clock=clock)
+    source, sink, ticks = await source_for(make_function(triggers=[{"schedule": "rate(1 minute)"}]), clock=clock)
     await source.fire_due()
     clock.at(12, 3, 30)
-    source.update([fn({"schedule": "rate(1 hour)"})])
+    source.update([make_function(triggers=[{"schedule": "rate(1 hour)"}])])
     wake = await source.fire_due()
     assert sink.calls == []
     assert ticks.records["default.hello.0"] == TickRecord("rate(1 hour)", clock.now)
@@ -222,9 +217,9 @@ async def test_a_changed_expression_starts_afresh() -> None:
 
 async def test_a_removed_trigger_stops_firing_and_is_forgotten() -> None:
     clock = Clock()
-    source, sink, ticks = await source_for(fn({"schedule": "rate(1 minute)"}), clock=clock)
+    source, sink, ticks = await source_for(make_function(triggers=[{"schedule": "rate(1 minute)"}]), clock=clock)
     await source.fire_due()
-    source.update([fn()])
+    source.update([make_function()])
     clock.at(12, 5)
     assert await source.fire_due() is None
     assert sink.calls == []
@@ -234,8 +229,8 @@ async def test_a_removed_trigger_stops_firing_and_is_forgotten() -> None:
 async def test_functions_and_triggers_fire_independently() -> None:
     clock = Clock()
     source, sink, _ = await source_for(
-        fn({"schedule": "rate(1 minute)"}, {"schedule": "rate(2 minutes)"}),
-        fn({"schedule": "*/3 * * * *"}, name="other", namespace="team-a"), clock=clock)
+        make_function(triggers=[{"schedule": "rate(1 minute)"}, {"schedule": "rate(2 minutes)"}]),
+        make_function("other", namespace="team-a", triggers=[{"schedule": "*/3 * * * *"}]), clock=clock)
     await source.fire_due()
     for minute in range(1, 7):
         clock.at(12, minute)
@@ -253,7 +248,7 @@ async def test_functions_and_triggers_fire_independently() -> None:
 
 async def test_a_schedule_that_never_fires_again_sleeps() -> None:
     clock = Clock()
-    source, sink, _ = await source_for(fn({"schedule": "cron(0 12 1 1 ? 2020)"}), clock=clock)
+    source, sink, _ = await source_for(make_function(triggers=[{"schedule": "cron(0 12 1 1 ? 2020)"}]), clock=clock)
     assert await source.fire_due() is None
     assert sink.calls == []
 
@@ -261,7 +256,7 @@ async def test_a_schedule_that_never_fires_again_sleeps() -> None:
 @pytest.mark.parametrize("expression", ["rate(1 minute)", "* * * * *", "cron(* * * * ? *)"])
 async def test_every_syntax_fires_each_minute(expression: str) -> None:
     clock = Clock()
-    source, sink, _ = await source_for(fn({"schedule": expression}), clock=clock)
+    source, sink, _ = await source_for(make_function(triggers=[{"schedule": expression}]), clock=clock)
     await source.fire_due()
     for minute in (1, 2):
         clock.at(12, minute)

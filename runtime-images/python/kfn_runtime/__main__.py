@@ -17,12 +17,12 @@ import signal
 import sys
 import time
 
-from kfn_runtime import contract
+from kfn_runtime import awslambda, contract
 from kfn_runtime.config import Config, ConfigError
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
-    from kfn_runtime.host import InitFailed
+    from kfn_runtime.execution import InitFailed
     from kfn_runtime.output import BatchedLines
 
 # How long the first environment of a Lambda image may take to come up (its container's pull included).
@@ -48,8 +48,8 @@ async def run(config: Config) -> int:
 
 
 async def _serve(config: Config, output: BatchedLines) -> int:
+    from kfn_runtime.execution import InitFailed
     from kfn_runtime.front import FrontServer
-    from kfn_runtime.host import InitFailed
     from kfn_runtime.launch import build_host, running_runtime
 
     started = time.monotonic()
@@ -118,7 +118,7 @@ def termination_message(error: InitFailed) -> bytes:
     except ValueError:
         found = None
     found = found if isinstance(found, dict) else {}
-    error_type = str(found.get("errorType") or contract.ERROR_UNKNOWN)[:128]
+    error_type = str(found.get("errorType") or awslambda.ERROR_UNKNOWN)[:128]
     message = {contract.TERMINATION_MARK: True, "errorType": error_type,
                "errorMessage": str(found.get("errorMessage") or error)[:256]}
     if error.platform:

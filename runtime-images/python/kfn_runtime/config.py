@@ -6,7 +6,7 @@ import math
 import os
 import sys
 
-from kfn_runtime import contract
+from kfn_runtime import awslambda, contract
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class Config:
             function_name=environ.get(contract.ENV_FUNCTION_NAME) or handler.split(".")[0] or "function",
             function_version=environ.get(contract.ENV_FUNCTION_VERSION) or "$LATEST",
             namespace=environ.get(contract.ENV_NAMESPACE) or "",
-            region=environ.get(contract.ENV_REGION) or contract.DEFAULT_REGION,
+            region=environ.get(contract.ENV_REGION) or awslambda.DEFAULT_REGION,
             timeout=timeout,
             concurrency=int(_number(environ, contract.ENV_CONCURRENCY, contract.DEFAULT_CONCURRENCY,
                                     low=1, integer=True, inclusive=True)),

@@ -45,16 +45,14 @@ ENV_ENVIRONMENTS_DIR: Final = "KFN_ENVIRONMENTS_DIR"  # RUNTIME_IMAGE: the direc
 # image runs in a container of its own beside the instance's, under LAUNCHER (below).
 RUNTIME_IMAGE: Final = "image"
 
-# Defaults, matching AWS Lambda's layout where one exists.
+# Defaults, matching AWS Lambda's layout where one exists (its region and account: awslambda).
 DEFAULT_CODE_DIR: Final = "/var/task"
 DEFAULT_DEPS_DIR: Final = "/opt/kfn/deps"
-DEFAULT_RUNTIME_DIR: Final = "/opt/kfn/runtime"
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 8080
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_CONCURRENCY: Final = 10
 DEFAULT_MEMORY_MB: Final = 256
-DEFAULT_REGION: Final = "us-east-1"
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
 DEFAULT_INIT_TIMEOUT: Final = 10.0                  # Lambda's limit on the init phase
 DEFAULT_DRAIN_EXTRA: Final = 5.0                    # the drain timeout defaults to the invocation timeout plus this
@@ -75,23 +73,10 @@ HEADER_REQUEST_ID: Final = "X-Kfn-Request-Id"
 HEADER_CLIENT_CONTEXT: Final = "X-Amz-Client-Context"
 HEADER_TRACE_ID: Final = "X-Amzn-Trace-Id"
 HEADER_LOG_TYPE: Final = "X-Amz-Log-Type"           # "Tail" asks for HEADER_LOG_RESULT
-HEADER_FUNCTION_ERROR: Final = "X-Amz-Function-Error"   # "Unhandled" when the function failed
-HEADER_ERROR_TYPE: Final = "X-Kfn-Error-Type"       # errorType of the function's error
+HEADER_FUNCTION_ERROR: Final = "X-Amz-Function-Error"   # awslambda.UNHANDLED when the function failed
+HEADER_ERROR_TYPE: Final = "X-Kfn-Error-Type"       # errorType of the function's error (awslambda.ERROR_*)
 HEADER_LOG_RESULT: Final = "X-Amz-Log-Result"       # base64 of the last 4 KB of the invocation's log (START..REPORT)
 HEADER_EXECUTED_VERSION: Final = "X-Amz-Executed-Version"
-
-# Lambda's error types (errorType, and HEADER_ERROR_TYPE) for what the platform itself reports
-# about a function: its init failed (the first three as Lambda's Python runtime names them; an
-# exception raised by init code is reported under its own class name), its runtime exited, it
-# timed out (an invocation, or the init phase: Lambda reports both as Sandbox.Timedout).
-ERROR_IMPORT_MODULE: Final = "Runtime.ImportModuleError"
-ERROR_HANDLER_NOT_FOUND: Final = "Runtime.HandlerNotFound"
-ERROR_USER_CODE_SYNTAX: Final = "Runtime.UserCodeSyntaxError"
-ERROR_INVALID_ENTRYPOINT: Final = "Runtime.InvalidEntrypoint"
-ERROR_EXIT: Final = "Runtime.ExitError"
-ERROR_UNKNOWN: Final = "Runtime.Unknown"
-ERROR_TIMED_OUT: Final = "Sandbox.Timedout"
-ERROR_RESPONSE_SIZE_TOO_LARGE: Final = "Function.ResponseSizeTooLarge"   # a result over Lambda's 6 MB
 
 # Where a pod's instance writes why its init failed before it exits EXIT_LOAD_FAILED (the
 # kubelet's default terminationMessagePath): one JSON object, TERMINATION_MARK set, with Lambda's

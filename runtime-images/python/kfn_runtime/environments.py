@@ -3,7 +3,8 @@
 `ZygoteSpawner` is kfn's Python runtime. One process (`python -m kfn_runtime.zygote`) imports the
 function once; every environment is a fork of it, so adding one costs a fork (milliseconds), not
 an interpreter start and an import. The zygote reports its init error, forks on request (the host
-hands it the environment's output pipe), and reports each environment's exit.
+hands it the environment's output pipe and its end of kfn's channel), and reports each
+environment's exit.
 
 `CommandSpawner` starts a command per environment: a runtime interface client (kfn's Node.js
 client, AWS's awslambdaric or aws-lambda-ric, a custom runtime's bootstrap). Each pays its own
@@ -14,8 +15,11 @@ cold start; an init error reaches the host through the Runtime API, as on Lambda
 FIFOs in a shared directory; the pod shares one process namespace, so the host kills by PID.
 
 Environments run in process groups of their own, so what a handler starts dies with it. A
-platform may also give the spawners a `preexec` hook, run in each process it starts before exec
-(kfn local puts an instance's processes into its cgroup that way).
+platform may also give the spawners a hook that confines what they start (kfn local puts an
+instance's processes into its cgroup that way): `preexec`, run in each process a command spawner
+starts, before exec; `adopt(pid)`, run (in a thread) on the zygote once it is started and before it
+loads the function, which waits for the host's `go` (a zygote started without `preexec` starts
+faster: no Python in the forked child, so no copy of this process's page tables).
 """
 from __future__ import annotations
 
@@ -28,12 +32,15 @@ import signal
 import socket
 import sys
 
-from kfn_runtime import contract
-from kfn_runtime.host import Environment, InitFailed, InstanceHost, kill_group, log_stream_name
+from kfn_runtime import awslambda
+from kfn_runtime.execution import Environment, InitFailed
+from kfn_runtime.variables import log_stream_name
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from kfn_runtime.host import InstanceHost
 
 ENV_CONTROL_FD = "KFN_CONTROL_FD"
 STOP_GRACE = 3.0
@@ -58,12 +65,12 @@ class ZygoteSpawner:
     """Forks environments from one process that has initialised the function."""
 
     def __init__(self, *, python: str = sys.executable, env: dict[str, str], cwd: str,
-                 python_flags: Sequence[str] = ("-S",), preexec: Callable[[], None] | None = None) -> None:
+                 python_flags: Sequence[str] = ("-S",), adopt: Callable[[int], None] | None = None) -> None:
         self._python = python
         self._env = env
         self._cwd = cwd
         self._flags = tuple(python_flags)
-        self._preexec = preexec
+        self._adopt = adopt
         self._process: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self._buffer = b""
@@ -90,7 +97,7 @@ class ZygoteSpawner:
             self._process = await asyncio.create_subprocess_exec(
                 self._python, *self._flags, "-m", "kfn_runtime.zygote", env=env, cwd=self._cwd,
                 stdin=asyncio.subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
-                pass_fds=(theirs.fileno(),), start_new_session=True, preexec_fn=self._preexec)
+                pass_fds=(theirs.fileno(),), start_new_session=True)
         except OSError as e:
             os.close(read_fd)
             if not os.path.isdir(self._cwd):  # noqa: ASYNC240 - a failure path, once
@@ -104,6 +111,10 @@ class ZygoteSpawner:
         self._ready = loop.create_future()
         loop.add_reader(ours.fileno(), self._readable)
         self._watch = loop.create_task(self._wait_zygote(), name="kfn-zygote")
+        if self._adopt is not None:
+            await asyncio.to_thread(self._adopt, self._process.pid)
+        with contextlib.suppress(OSError):   # a zygote already gone says so through its exit
+            await loop.sock_sendall(ours, b"go\n")   # it may load the function now
         word = await self._ready
         if word != "ready":
             raise InitFailed(*_init_error(word))
@@ -156,10 +167,11 @@ class ZygoteSpawner:
             raise OSError("the zygote is not running")
         read_fd, write_fd = os.pipe()
         loop = asyncio.get_running_loop()
-        # kfn's own client talks to the Runtime API over a Unix socket handed over at fork: several
-        # times cheaper per message than loopback TCP (the TCP listener stays, for anything else).
+        # kfn's own client talks to the host over its own channel (`kfn_runtime.frames`) on a Unix
+        # socket handed over at fork: cheaper per message than HTTP on loopback TCP (the TCP
+        # Runtime API listener stays, for anything else in the environment).
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        await loop.connect_accepted_socket(lambda: host.runtime_api(env), ours)
+        await loop.connect_accepted_socket(lambda: host.channel(env), ours)
         future: asyncio.Future[int] = loop.create_future()
         self._pending[env.id] = future
         try:
@@ -218,8 +230,7 @@ def _init_error(word: str) -> tuple[str, bytes | None]:
         except ValueError:
             return payload.decode(errors="replace"), None
     status = word.removeprefix("exit ")
-    exited = json.dumps({"errorType": contract.ERROR_EXIT,
-                         "errorMessage": f"Runtime exited with error: exit status {status}"}).encode()
+    exited = awslambda.error_payload(awslambda.ERROR_EXIT, f"Runtime exited with error: exit status {status}")
     return f"the runtime stopped before it was ready ({word})", exited
 
 
@@ -408,3 +419,11 @@ class _SlotOutput(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._spawner.output(self._slot, data)
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a process and its process group (it leads one of its own), ignoring the gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)

@@ -7,8 +7,9 @@ import binascii
 import json
 import time
 
-from kfn_runtime import contract
-from kfn_runtime.host import READY, InstanceHost, Invocation, Rejected
+from kfn_runtime import awslambda, contract
+from kfn_runtime.execution import READY, Invocation, Rejected
+from kfn_runtime.host import InstanceHost
 from kfn_runtime.metrics import Metrics, MetricsUnavailable
 from kfn_runtime.wire import BadRequest, Request, RequestParser, response
 
@@ -17,8 +18,7 @@ _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 
 
 def _error(status: int, error_type: str, message: str, *extra: tuple[str, str], close: bool = False) -> bytes:
-    body = json.dumps({"errorType": error_type, "errorMessage": message}).encode()
-    return response(status, body, [JSON, *extra], close=close)
+    return response(status, awslambda.error_payload(error_type, message), [JSON, *extra], close=close)
 
 
 class FrontServer:
@@ -81,7 +81,7 @@ class FrontServer:
                 out.append((contract.HEADER_ERROR_TYPE, invocation.error_type))
         if invocation.want_log:
             out.append((contract.HEADER_LOG_RESULT, base64.b64encode(invocation.log_tail()).decode()))
-        outcome = "timeout" if invocation.error_type == "Sandbox.Timedout" else (
+        outcome = "timeout" if invocation.error_type == awslambda.ERROR_TIMED_OUT else (
             "error" if invocation.function_error else "ok")
         self.metrics.observe(outcome, time.perf_counter() - started)
         return response(200, invocation.result, out)

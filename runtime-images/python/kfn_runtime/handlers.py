@@ -4,8 +4,11 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # co_flags bits (see the `inspect` module, which is too slow to import on every cold start).
 _CO_COROUTINE = 0x0080

@@ -11,7 +11,9 @@ import sys
 from kfn_runtime import contract
 from kfn_runtime.config import NODE_CLIENT, Config
 from kfn_runtime.environments import CommandSpawner, ExternalSpawner, ZygoteSpawner
-from kfn_runtime.host import HostConfig, InstanceHost, lambda_environment
+from kfn_runtime.execution import HostConfig
+from kfn_runtime.host import InstanceHost
+from kfn_runtime.variables import lambda_environment
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
@@ -28,10 +30,13 @@ def running_runtime(config: Config, python_version: str | None = None) -> str:
 
 def build_host(config: Config, *, log: Callable[[str, str], None] | None = None, python: str = sys.executable,
                python_version: str | None = None, node: str = "node", path: str | None = None,
-               node_client: str | None = None, preexec: Callable[[], None] | None = None) -> InstanceHost:
-    """An InstanceHost for `config` (not started yet); `preexec` runs in every process it starts
-    (before exec), where the platform confines them. `python_version` ("3.13") is what `python`
-    really is (default: this process's interpreter, which `python` is by default)."""
+               node_client: str | None = None, preexec: Callable[[], None] | None = None,
+               adopt: Callable[[int], None] | None = None) -> InstanceHost:
+    """An InstanceHost for `config` (not started yet). Where the platform confines what it starts,
+    `preexec` runs in every process a command starts (before exec), and `adopt(pid)` on a Python
+    function's zygote before it loads the function (see `kfn_runtime.environments`). `python_version`
+    ("3.13") is what `python` really is (default: this process's interpreter, which `python` is by
+    default)."""
     host_config = HostConfig(function_name=config.function_name, namespace=config.namespace,
                              version=config.function_version, timeout=config.timeout, concurrency=config.concurrency,
                              memory_mb=config.memory_mb, region=config.region, idle_timeout=config.idle_timeout,
@@ -61,5 +66,5 @@ def build_host(config: Config, *, log: Callable[[str, str], None] | None = None,
     else:
         env[contract.ENV_DEPS_DIR] = config.deps_dir
         env["PYTHONPATH"] = config.runtime_dir
-        spawner = ZygoteSpawner(python=python, env=env, cwd=config.code_dir, preexec=preexec)
+        spawner = ZygoteSpawner(python=python, env=env, cwd=config.code_dir, adopt=adopt)
     return InstanceHost(host_config, spawner, log=log)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Log output: one JSON line per invocation on stdout, and Lambda-style logging for handler code.
+"""Lambda-style logging for handler code.
 
 The handler's print() goes to stdout as written; `logging` records from handler code go to stdout
 too, formatted like AWS Lambda's Python runtime ("[LEVEL]\\ttime\\trequestId\\tmessage"), with the
@@ -7,15 +7,13 @@ current invocation's request id. The runtime's own failures (tracebacks) go to s
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import sys
-import threading
 import time
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
-    from typing import Any, TextIO
+    from typing import TextIO
 
 # The invocation a thread or task is working for; set around every handler call.
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("kfn_request_id", default="")
@@ -50,46 +48,3 @@ def configure_handler_logging(stream: TextIO | None = None, *, level: int = logg
     root.addHandler(handler)
     root.setLevel(level)
     return handler
-
-
-class EventLog:
-    """Writes the runtime's structured lines (invocations, lifecycle) as single JSON lines."""
-
-    def __init__(self, *, function_name: str, stream: TextIO | None = None) -> None:
-        self._function = function_name
-        self._stream = stream if stream is not None else sys.stdout
-        self._lock = threading.Lock()
-
-    def invocation(self, *, request_id: str, method: str, path: str, status: int, duration: float,
-                   error_type: str | None = None, level: str = "info") -> None:
-        record = {
-            "time": _now(),
-            "level": level,
-            "msg": "invocation",
-            "requestId": request_id,
-            "function": self._function,
-            "method": method,
-            "path": path,
-            "status": status,
-            "durationMs": round(duration * 1000, 3),
-        }
-        if error_type:
-            record["errorType"] = error_type
-        self._write(record)
-
-    def event(self, msg: str, *, level: str = "info", **fields: object) -> None:
-        self._write({"time": _now(), "level": level, "msg": msg, "function": self._function, **fields})
-
-    def _write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=str) + "\n"
-        with self._lock:
-            try:
-                self._stream.write(line)
-                self._stream.flush()
-            except (OSError, ValueError):
-                pass  # a closed or broken stdout must not fail invocations
-
-
-def _now() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"

@@ -5,15 +5,21 @@ keep-alive connection, call the handler on the main thread (an `async def` handl
 process's own event loop), post the result to `.../response` or the error to `.../error`, and
 poll again. One invocation at a time, for the life of the process: module state persists across
 invocations of one environment, as on Lambda, and is never shared with another.
+
+In an environment forked by kfn's zygote, the same messages go over kfn's own channel to the host
+(`ChannelClient`, `kfn_runtime.frames`) instead of HTTP; anywhere else (`AWS_LAMBDA_RUNTIME_API`)
+it speaks the standard Runtime API (`RuntimeClient`).
 """
 from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import sys
 import traceback
 
+from kfn_runtime import awslambda, frames
 from kfn_runtime.context import LambdaContext
 from kfn_runtime.contract import RUNTIME_API_ACCEPTED
 from kfn_runtime.logs import current_request_id
@@ -36,8 +42,7 @@ class RuntimeAPIError(Exception):
 class RuntimeClient:
     """Blocking HTTP/1.1 to the Runtime API over one keep-alive connection.
 
-    The connection is a TCP connection to `address`, or a socket the host handed over at fork
-    (`sock`: a Unix socket, several times cheaper per message than loopback TCP).
+    The connection is a TCP connection to `address`, or `sock`, one already connected.
     """
 
     def __init__(self, address: str = "", *, sock: socket.socket | None = None) -> None:
@@ -95,6 +100,11 @@ class RuntimeClient:
         if status >= 300:
             raise RuntimeAPIError(f"POST {path} answered {status}: {answer[:200]!r}")
 
+    def answer(self, request_id: str, body: bytes, error_type: str | None) -> tuple[dict[str, str], bytes]:
+        """Post an invocation's result (an error when `error_type` is set) and read the next invocation."""
+        kind = "error" if error_type else "response"
+        return self.post_and_next(f"/2018-06-01/runtime/invocation/{request_id}/{kind}", body, error_type=error_type)
+
     def post_and_next(self, path: str, body: bytes, *,
                       error_type: str | None = None) -> tuple[dict[str, str], bytes]:
         """Post a result and ask for the next invocation in one write (HTTP pipelining)."""
@@ -131,11 +141,55 @@ class RuntimeClient:
         return "".join(head).encode("latin-1") + body
 
 
+class ChannelClient:
+    """kfn's own channel to the host (`kfn_runtime.frames`), on the socket it handed over at fork.
+
+    Offers what `RuntimeClient` offers the loop (`next`, `answer`), in frames: one write each way
+    per invocation, and each result tells the host this process's peak memory (its REPORT line's).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def next(self) -> tuple[dict[str, str], bytes]:
+        """Ask for an invocation; its headers (as the Runtime API names them) and event."""
+        self._sock.sendall(frames.POLL)
+        return self._read()
+
+    def answer(self, request_id: str, body: bytes, error_type: str | None) -> tuple[dict[str, str], bytes]:
+        """Post an invocation's result (an error when `error_type` is set) and read the next invocation."""
+        # ru_maxrss is this process's peak resident memory in KiB (Linux): the VmHWM Lambda reports.
+        self._sock.sendall(frames.result(request_id, body, error_type,
+                                         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        return self._read()
+
+    def _read(self) -> tuple[dict[str, str], bytes]:
+        sock = self._sock
+        buffer = self._buffer
+        while len(buffer) < frames.LENGTH_BYTES:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeAPIError("the Runtime API closed the connection")
+            buffer += chunk
+        end = frames.LENGTH_BYTES + int.from_bytes(buffer[:frames.LENGTH_BYTES], "big")
+        while len(buffer) < end:
+            chunk = sock.recv(max(65536, end - len(buffer)))
+            if not chunk:
+                raise RuntimeAPIError("the Runtime API closed the connection mid-invocation")
+            buffer += chunk
+        self._buffer = buffer[end:]
+        try:
+            return frames.read_invocation(buffer[frames.LENGTH_BYTES:end])
+        except frames.FrameError as e:
+            raise RuntimeAPIError(str(e)) from None
+
+
 _OWN_FILES = os.path.dirname(os.path.abspath(__file__))
 
 
-def error_object(error: BaseException, *, error_type: str | None = None, trace: bool = True) -> dict[str, Any]:
-    """Lambda's error payload for an exception: type, message and stack trace, as awslambdaric
+def error_object(error: BaseException, *, error_type: str | None = None, trace: bool = True) -> bytes:
+    """Lambda's error object (JSON bytes) for an exception: type, message and stack trace, as awslambdaric
     sends it (the runtime's own frames left out: the trace starts in the function's code)."""
     frames: list[str] = []
     if trace:
@@ -143,8 +197,8 @@ def error_object(error: BaseException, *, error_type: str | None = None, trace: 
         while stack and os.path.dirname(os.path.abspath(stack[0].filename)) == _OWN_FILES:
             stack.pop(0)
         frames = traceback.format_list(stack)
-    return {"errorMessage": str(error), "errorType": error_type or type(error).__name__,
-            "requestId": current_request_id.get(), "stackTrace": frames}
+    return awslambda.error_payload(error_type or type(error).__name__, str(error),
+                                   request_id=current_request_id.get(), stack_trace=frames)
 
 
 def _default(value: object) -> object:
@@ -156,12 +210,16 @@ def _default(value: object) -> object:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def serve(handler: Handler, *, address: str | None = None, sock: socket.socket | None = None) -> NoReturn:
+def serve(handler: Handler, *, address: str | None = None, channel: socket.socket | None = None) -> NoReturn:
     """Handle invocations until the Runtime API goes away; then end the process.
 
-    Never returns: the process exits 0 when the host closes the connection, 1 on a protocol error.
+    Over kfn's own `channel` to the host when given (the zygote's environments), else over HTTP
+    to `address` (default: AWS_LAMBDA_RUNTIME_API). Never returns: the process exits 0 when the
+    host closes the connection, 1 on a protocol error.
     """
-    client = RuntimeClient(address or os.environ.get("AWS_LAMBDA_RUNTIME_API", ""), sock=sock)
+    client: RuntimeClient | ChannelClient = (
+        ChannelClient(channel) if channel is not None
+        else RuntimeClient(address or os.environ.get("AWS_LAMBDA_RUNTIME_API", "")))
     function = handler.function
     loop = None
     if handler.is_async:
@@ -174,16 +232,14 @@ def serve(handler: Handler, *, address: str | None = None, sock: socket.socket |
         headers, body = client.next()
         while True:
             request_id = headers.get("lambda-runtime-aws-request-id", "")
-            path = f"/2018-06-01/runtime/invocation/{request_id}"
             current_request_id.set(request_id)
             trace = headers.get("lambda-runtime-trace-id")
             if trace:
                 environ["_X_AMZN_TRACE_ID"] = trace
-            else:
-                environ.pop("_X_AMZN_TRACE_ID", None)
+            elif "_X_AMZN_TRACE_ID" in environ:
+                del environ["_X_AMZN_TRACE_ID"]
             answer, error_type = _run(function, loop, headers, body, request_id)
-            headers, body = client.post_and_next(path + ("/error" if error_type else "/response"), answer,
-                                                 error_type=error_type)
+            headers, body = client.answer(request_id, answer, error_type)
     except RuntimeAPIError as e:
         sys.stderr.write(f"kfn-runtime: {e}\n")
         _exit(0 if "closed" in str(e) else 1)
@@ -205,20 +261,18 @@ def _run(function: Callable[..., Any], loop: Any, headers: dict[str, str], body:
         content_type = headers.get("content-type", "application/json")
         event = (json.loads(body) if body else None) if content_type.startswith("application/json") else body
     except ValueError as e:
-        return (json.dumps(error_object(e, error_type="Runtime.UnmarshalError", trace=False)).encode(),
-                "Runtime.UnmarshalError")
+        return error_object(e, error_type=awslambda.ERROR_UNMARSHAL, trace=False), awslambda.ERROR_UNMARSHAL
     try:
         result = function(event, context)
         if loop is not None:
             result = loop.run_until_complete(result)
     except Exception as e:  # noqa: BLE001 - whatever the handler raised is its answer
         traceback.print_exc()
-        return json.dumps(error_object(e)).encode(), type(e).__name__
+        return error_object(e), type(e).__name__
     try:
         return (result if isinstance(result, bytes) else json.dumps(result, default=_default).encode()), None
     except (TypeError, ValueError) as e:
-        return (json.dumps(error_object(e, error_type="Runtime.MarshalError", trace=False)).encode(),
-                "Runtime.MarshalError")
+        return error_object(e, error_type=awslambda.ERROR_MARSHAL, trace=False), awslambda.ERROR_MARSHAL
 
 
 def _exit(code: int) -> NoReturn:

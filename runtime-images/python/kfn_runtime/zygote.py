@@ -1,15 +1,18 @@
 """`python -m kfn_runtime.zygote`: initialise a Python function once, then fork environments.
 
 Started by the instance host (`kfn_runtime.environments.ZygoteSpawner`) with the function's Lambda
-environment and a control socket (KFN_CONTROL_FD). It imports the handler as Lambda's init phase
-does (code directory first on sys.path, then the dependencies; the working directory is the code
-directory), then says `ready` — or `init-error {...}` with Lambda's error object, and exits 1.
+environment and a control socket (KFN_CONTROL_FD). Once the host says `go` (it has confined this
+process where the platform does), it imports the handler as Lambda's init phase does (code
+directory first on sys.path, then the dependencies; the working directory is the code directory),
+then says `ready` — or `init-error {...}` with Lambda's error object, and exits 1.
 
 On `{"fork": ID, "api": HOST:PORT, "stream": NAME}` with a pipe's write end attached, it forks: the
 child (its own AWS_LAMBDA_LOG_STREAM_NAME, as every Lambda environment has) becomes
-execution environment ID, writing its output to the pipe and polling the Runtime API at HOST:PORT
-(`kfn_runtime.ric.serve`); the zygote answers `forked ID PID`, and `exited PID CODE` when that
-child ends. It stops with its control socket (its host is gone) or on SIGTERM.
+execution environment ID, writing its output to the pipe and polling for invocations over kfn's own
+channel, the Unix socket attached too (`kfn_runtime.ric.serve`, `kfn_runtime.frames`; the Runtime
+API stays at HOST:PORT, AWS_LAMBDA_RUNTIME_API, for anything else in it); the zygote answers
+`forked ID PID`, and `exited PID CODE` when that child ends. It stops with its control socket (its
+host is gone) or on SIGTERM.
 
 The zygote never handles an invocation and starts no threads, so every fork starts from the same
 state: the module as initialised, before any invocation.
@@ -19,14 +22,13 @@ from __future__ import annotations
 import gc
 import json
 import os
-import random
-import selectors
+import select
 import signal
 import socket
 import sys
 import traceback
 
-from kfn_runtime import contract, ric
+from kfn_runtime import awslambda, contract, ric
 from kfn_runtime.handlers import HandlerLoadError, load_handler, prepare_path
 from kfn_runtime.logs import configure_handler_logging
 
@@ -42,22 +44,22 @@ def _send(sock: socket.socket, line: str) -> None:
     sock.sendall(line.encode() + b"\n")
 
 
-def _init_error(error: HandlerLoadError) -> dict[str, object]:
+def _init_error(error: HandlerLoadError) -> bytes:
     """Lambda's error object for a handler that cannot be loaded, worded as awslambdaric words it
     (what callers of the Invoke API get), with the stack frames of the function's code only."""
     cause, module = error.__cause__, error.module
     if isinstance(cause, SyntaxError):
-        return {"errorType": contract.ERROR_USER_CODE_SYNTAX, "errorMessage": f"Syntax error in module '{module}': "
-                f"{cause}", "stackTrace": _user_frames(cause)}
+        return awslambda.error_payload(awslambda.ERROR_USER_CODE_SYNTAX, f"Syntax error in module '{module}': {cause}",
+                                       stack_trace=_user_frames(cause))
     if isinstance(cause, ImportError):
-        return {"errorType": contract.ERROR_IMPORT_MODULE, "errorMessage": f"Unable to import module '{module}': "
-                f"{cause}", "stackTrace": []}
+        return awslambda.error_payload(awslambda.ERROR_IMPORT_MODULE, f"Unable to import module '{module}': {cause}",
+                                       stack_trace=[])
     if cause is None:
         missing = isinstance(error.__context__, AttributeError)
         message = f"Handler '{error.attribute}' missing on module '{module}'" if missing else str(error)
-        return {"errorType": contract.ERROR_HANDLER_NOT_FOUND, "errorMessage": message, "stackTrace": []}
+        return awslambda.error_payload(awslambda.ERROR_HANDLER_NOT_FOUND, message, stack_trace=[])
     # What the module raised at import, as awslambdaric reports it: its type and its own message.
-    return {"errorType": type(cause).__name__, "errorMessage": str(cause), "stackTrace": _user_frames(cause)}
+    return awslambda.error_payload(type(cause).__name__, str(cause), stack_trace=_user_frames(cause))
 
 
 def _user_frames(error: BaseException) -> list[str]:
@@ -74,7 +76,7 @@ def _user_frames(error: BaseException) -> list[str]:
 def _become_environment(handler: Handler, control: socket.socket, output_fd: int, api_fd: int, api: str,
                         stream: str | None = None) -> None:
     """In the forked child: the output pipe for stdout and stderr, then serve invocations forever
-    over the Runtime API connection `api_fd` (AWS_LAMBDA_RUNTIME_API names its TCP address too)."""
+    over kfn's channel `api_fd` (AWS_LAMBDA_RUNTIME_API names the Runtime API's TCP address too)."""
     os.setsid()   # a process group of its own: what the handler starts dies with the environment
     control.close()
     os.dup2(output_fd, 1)
@@ -82,11 +84,12 @@ def _become_environment(handler: Handler, control: socket.socket, output_fd: int
     os.close(output_fd)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
-    random.seed()   # forks must not share the parent's random sequence
+    if "random" in sys.modules:   # imported by the function: forks must not share its random sequence
+        sys.modules["random"].seed()
     os.environ["AWS_LAMBDA_RUNTIME_API"] = api
     if stream:
         os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = stream
-    ric.serve(handler, address=api, sock=socket.socket(fileno=api_fd))
+    ric.serve(handler, channel=socket.socket(fileno=api_fd))
 
 
 def _reap(control: socket.socket, children: set[int]) -> None:
@@ -105,6 +108,17 @@ def _reap(control: socket.socket, children: set[int]) -> None:
             return
 
 
+def _wait_for_go(control: socket.socket) -> bool:
+    """Block until the host says `go`; False if it went away first."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = control.recv(64)
+        if not chunk:
+            return False
+        data += chunk
+    return True
+
+
 def main() -> int:
     control = socket.socket(fileno=int(os.environ.pop(ENV_CONTROL_FD)))
     for stream in (sys.stdout, sys.stderr):
@@ -116,17 +130,19 @@ def main() -> int:
     # kfn's own variable: the handler's environment is Lambda's, with nothing of kfn's in it.
     deps_dir = os.environ.pop(contract.ENV_DEPS_DIR, "") or contract.DEFAULT_DEPS_DIR
     configure_handler_logging(sys.stdout, level=_log_level())
+    if not _wait_for_go(control):
+        return 0   # the host is gone before the function ran
     try:
         prepare_path(code_dir, deps_dir)
         os.chdir(code_dir)
         handler = load_handler(os.environ.get("_HANDLER", ""))
     except HandlerLoadError as e:
         traceback.print_exception(e.__cause__ or e)
-        _send(control, "init-error " + json.dumps(_init_error(e)))
+        _send(control, "init-error " + _init_error(e).decode())
         return 1
     except OSError as e:
-        _send(control, "init-error " + json.dumps({"errorType": contract.ERROR_INVALID_ENTRYPOINT,
-                                                    "errorMessage": f"cannot use {code_dir!r}: {e}"}))
+        _send(control, "init-error " + awslambda.error_payload(awslambda.ERROR_INVALID_ENTRYPOINT,
+                                                               f"cannot use {code_dir!r}: {e}").decode())
         return 1
     # Objects made so far are never collected in the environments: without this, a collection
     # in each environment would write to (and so copy) every page of the function's memory.
@@ -139,14 +155,14 @@ def main() -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes the loop through the wakeup fd
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    selector = selectors.DefaultSelector()
-    selector.register(control, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
+    poller = select.poll()
+    poller.register(control.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     children: set[int] = set()
     buffer = b""
     while not stopping:
-        for key, _ in selector.select():
-            if key.fileobj is not control:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
                 os.read(wake_r, 1024)
                 _reap(control, children)
                 continue
@@ -167,7 +183,6 @@ def main() -> int:
                 pid = os.fork()
                 if pid == 0:
                     signal.set_wakeup_fd(-1)
-                    selector.close()
                     os.close(wake_r)
                     os.close(wake_w)
                     _become_environment(handler, control, output_fd, api_fd, request["api"], request.get("stream"))

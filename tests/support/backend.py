@@ -1,10 +1,12 @@
-"""Test doubles shared by the gateway's unit tests: fake functions run by fake instances, an
-in-memory InstanceBackend, a gateway served in-process, and a raw TCP instance.
+"""A fake InstanceBackend for tests: functions run by fake instances, or placeholder instances.
 
     backend = FakeBackend(make_function("hello"))            # instances run `echo`
-    async with backend, running_gateway(backend) as gw:
+    async with backend, running_gateway(backend) as gw:      # tests.support.gateway
         await backend.add_instance("hello")
         status, event, headers = await gw.json("GET", "/function/hello/x?y=1")
+
+    backend = FakeBackend(make_function("hello"), replicas=2)  # the autoscaler's view: placeholders
+    await backend.scale(ref("hello"), 3)                       # 3 ready at once, nothing started
 
 A fake function is `fn(event, headers) -> result` (sync or async): `event` is the event the
 gateway sent (a dict), `headers` the invocation's headers (X-Kfn-Request-Id, X-Amzn-Trace-Id,
@@ -25,18 +27,15 @@ import contextlib
 import inspect
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
-import aiohttp
-import yarl
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from kfn.core.functions import Function, FunctionRef, parse_function
+from kfn.core.functions import Function, FunctionRef
 from kfn.core.instances import Instance, Invocation, InvocationResult, Listener, StartProblem
-from kfn_gateway.server import Gateway, serve
 from kfn_runtime import contract
 
 Headers = Mapping[str, str]
@@ -44,25 +43,6 @@ Fn = Callable[[dict[str, Any], Headers], Any]   # returns the result, or an awai
 FnFactory = Callable[[str], Fn]                  # instance id → the function that instance runs
 
 TRANSPORTS = ["http", "in-process"]  # for @pytest.mark.parametrize("transport", TRANSPORTS)
-
-
-def make_function(name: str = "hello", *, concurrency: int = 10, timeout: float = 30.0,
-                  min_replicas: int = 0, max_replicas: int = 10, image: str | None = None,
-                  namespace: str = "default", http: dict[str, Any] | None = None) -> Function:
-    spec: dict[str, Any] = {
-        "handler": "main.handler",
-        "timeout": timeout,
-        "concurrency": concurrency,
-        "scale": {"minReplicas": min_replicas, "maxReplicas": max_replicas},
-    }
-    if http is not None:
-        spec["http"] = http
-    if image is not None:
-        spec["image"] = image
-    else:
-        spec["source"] = {"files": {"main.py": "def handler(event, context):\n    return event\n"}}
-    return parse_function({"apiVersion": "kfn.dev/v1alpha1", "kind": "Function",
-                           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 
 
 def ref(name: str | FunctionRef) -> FunctionRef:
@@ -318,24 +298,35 @@ class FakeInstance:
 
 # -- the backend ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ScaleCall:
+class ScaleCall(NamedTuple):
+    """One call of `scale`; equal to the tuple (name, replicas, reason)."""
+
     name: str        # the function's name (its namespace is the default one unless the test says)
     replicas: int
     reason: str
 
 
 class FakeBackend:
-    """An InstanceBackend for tests. `scale` starts or stops fake instances in the background
-    (unless `start_on_scale` is False: then it only records the call and the desired count).
-    Its test controls take a function's name or ref. Instances run `functions(instance_id)`,
-    over HTTP or in-process (`in_process`).
+    """An InstanceBackend for tests; its test controls take a function's name or ref.
+
+    By default instances are fakes (`FakeInstance`) running `fn(instance_id)`, over HTTP or
+    in-process (`in_process`): `start` starts each function's minReplicas, and `scale` starts or
+    stops them in the background (unless `start_on_scale` is False: then it only records the call
+    and the desired count). With `replicas`, each function starts out desiring that many, and
+    instances are placeholders ready the moment they are desired (nothing listens on their
+    addresses; nothing is started): the autoscaler's view of a backend.
+
+    Every `scale` call is recorded in `scale_calls`, then raises the function's `scale_errors`
+    entry if it has one (the API said no). `replicas` holds the desired count per function; a test
+    may set it (someone else scaled the function).
     """
 
     def __init__(self, *functions: Function, fn: FnFactory = echo, start_on_scale: bool = True,
-                 in_process: bool = False) -> None:
+                 in_process: bool = False, replicas: int | None = None) -> None:
         self._functions: dict[FunctionRef, Function] = {f.ref: f for f in functions}
-        self._desired: dict[FunctionRef, int] = {f.ref: f.spec.scale.minReplicas for f in functions}
+        self.placeholders = replicas is not None
+        self.replicas: dict[FunctionRef, int] = {
+            f.ref: f.spec.scale.minReplicas if replicas is None else replicas for f in functions}
         self._instances: dict[FunctionRef, list[FakeInstance]] = {}
         self._fakes: dict[str, FakeInstance] = {}   # every fake ever started, by instance id
         self._ready: dict[FunctionRef, list[Instance]] = {}
@@ -346,12 +337,12 @@ class FakeBackend:
         self.in_process = in_process
         self.start_on_scale = start_on_scale
         self.scale_calls: list[ScaleCall] = []
+        self.scale_errors: dict[FunctionRef, Exception] = {}
         self.failures: list[tuple[Instance, str]] = []
         self.problems: dict[FunctionRef, StartProblem] = {}
         self.log_lines: dict[FunctionRef, list[str]] = {}
         # When set, `scale` waits for this event before starting instances (cold starts in progress).
         self.scale_gate: asyncio.Event | None = None
-        self.scale_error: Exception | None = None
 
     @classmethod
     def of(cls, transport: str, *functions: Function, **kwargs: Any) -> FakeBackend:
@@ -369,7 +360,9 @@ class FakeBackend:
     # -- InstanceBackend ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for key, count in self._desired.items():
+        if self.placeholders:
+            return
+        for key, count in self.replicas.items():
             for _ in range(count):
                 await self.add_instance(key)
 
@@ -390,10 +383,13 @@ class FakeBackend:
         return list(self._functions.values())
 
     def ready(self, name: FunctionRef) -> list[Instance]:
-        return list(self._ready.get(ref(name), ()))
+        key = ref(name)
+        if self.placeholders:
+            return [Instance(key, f"{key.name}-{i}", "127.0.0.1", 9000 + i, 10) for i in range(self.desired(key))]
+        return list(self._ready.get(key, ()))
 
     def desired(self, name: FunctionRef) -> int:
-        return self._desired.get(ref(name), 0)
+        return self.replicas.get(ref(name), 0)
 
     def problem(self, name: FunctionRef) -> StartProblem | None:
         return self.problems.get(ref(name))
@@ -401,10 +397,10 @@ class FakeBackend:
     async def scale(self, name: FunctionRef, replicas: int, *, reason: str = "") -> None:
         key = ref(name)
         self.scale_calls.append(ScaleCall(key.name, replicas, reason))
-        if self.scale_error is not None:
-            raise self.scale_error
-        self._desired[key] = replicas
-        if self.start_on_scale:
+        if key in self.scale_errors:
+            raise self.scale_errors[key]
+        self.replicas[key] = replicas
+        if self.start_on_scale and not self.placeholders:
             task = asyncio.get_running_loop().create_task(self._converge(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -432,8 +428,9 @@ class FakeBackend:
     # -- test controls -----------------------------------------------------------------------------
 
     def add_function(self, function: Function) -> None:
+        """Add or replace a function (a new spec); a new one desires its minReplicas."""
         self._functions[function.ref] = function
-        self._desired.setdefault(function.ref, function.spec.scale.minReplicas)
+        self.replicas.setdefault(function.ref, function.spec.scale.minReplicas)
         self._notify(function.ref)
 
     def remove_function(self, name: str | FunctionRef) -> None:
@@ -483,136 +480,9 @@ class FakeBackend:
     async def _converge(self, key: FunctionRef) -> None:
         if self.scale_gate is not None:
             await self.scale_gate.wait()
-        while len(self._instances.get(key, [])) < self._desired.get(key, 0):
+        while len(self._instances.get(key, [])) < self.replicas.get(key, 0):
             await self.add_instance(key)
-        while len(self._instances.get(key, [])) > self._desired.get(key, 0):
+        while len(self._instances.get(key, [])) > self.replicas.get(key, 0):
             fake = self._instances[key][-1]
             assert fake.instance is not None
             await self.stop_instance(fake.instance)
-
-
-# -- the gateway ------------------------------------------------------------------------------------
-
-class RunningGateway:
-    """A gateway served on 127.0.0.1 with a client session to call it."""
-
-    def __init__(self, gateway: Gateway, runner: web.AppRunner, session: aiohttp.ClientSession) -> None:
-        self.gateway = gateway
-        self.runner = runner
-        self.session = session
-        host, port = runner.addresses[0][:2]
-        self.base = f"http://{host}:{port}"
-        self.port = port
-
-    def url(self, path: str) -> yarl.URL:
-        # encoded=True: the path goes out byte for byte, as a test wrote it.
-        return yarl.URL(self.base + path, encoded=True)
-
-    async def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, CIMultiDictProxy[str]]:
-        """(status, the body as JSON, or as text if it is not JSON, headers)."""
-        async with self.session.request(method, self.url(path), **kwargs) as response:
-            text = await response.text()
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = text
-            return response.status, data, response.headers
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(backend: FakeBackend, **gateway_kwargs: Any) -> AsyncIterator[RunningGateway]:
-    gateway = Gateway(backend, **gateway_kwargs)
-    runner = await serve(gateway, host="127.0.0.1", port=0)
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            yield RunningGateway(gateway, runner, session)
-    finally:
-        await runner.cleanup()
-
-
-async def eventually(condition: Callable[[], bool], *, timeout: float = 5.0, interval: float = 0.005) -> None:
-    """Poll `condition` until true; fails the test after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-# -- a raw instance ---------------------------------------------------------------------------------
-
-Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
-
-
-class RawInstance:
-    """A TCP server on 127.0.0.1 that reads each request head (and a Content-Length body) and lets
-    `answer(head, reader, writer)` write whatever bytes it likes; `answer` returns whether to
-    keep the connection open. Counts connections, requests and closed connections."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.bodies: list[bytes] = []
-        self.closed = 0
-        self._server: asyncio.Server | None = None
-        self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        self.port = 0
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers[task] = writer
-        try:
-            for _ in range(1000):
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                    return
-                self.requests.append(head)
-                body = b""
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        body = await reader.readexactly(int(line.split(b":")[1]))
-                self.bodies.append(body)
-                if not await self.answer(head, reader, writer):
-                    return
-        finally:
-            writer.close()
-            self.closed += 1
-            self._handlers.pop(task, None)
-
-    async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        # Connections still open end here, so no handler is left to be cancelled at loop close.
-        for writer in list(self._handlers.values()):
-            writer.close()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def instance(self, id: str = "hello-raw", function: str = "hello") -> Instance:
-        return Instance(function=ref(function), id=id, host="127.0.0.1", port=self.port, capacity=10)
-
-
-def answer_with(data: bytes, *, keep: bool = True) -> Answer:
-    """An `Answer` writing `data` to every request."""
-
-    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(data)
-        await writer.drain()
-        return keep
-
-    return answer
-
-
-def http_answer(body: bytes, *, status: str = "200 OK", headers: str = "") -> bytes:
-    """A whole HTTP/1.1 answer with a Content-Length."""
-    return (f"HTTP/1.1 {status}\r\n{headers}Content-Length: {len(body)}\r\n\r\n").encode() + body

@@ -9,24 +9,26 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 from multidict import CIMultiDict
 
+from tests.support.functions import function_manifest
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-T = TypeVar("T")
 
 # No proxy: everything here is on 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -40,44 +42,28 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _NO_REDIRECTS = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], T], *, timeout: float, interval: float = 0.1, what: str = "condition") -> T:
-    """Polls `predicate` until it returns something truthy; AssertionError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
-
-
-def function_manifest(name: str, code: str, *, handler: str = "main.handler", **spec: Any) -> dict[str, Any]:
-    """A Function with one inline file; scale settings default to quick ones for tests."""
-    scale = {"idleTimeout": "2s", "stableWindow": "2s", **spec.pop("scale", {})}
-    return {
-        "apiVersion": "kfn.dev/v1alpha1",
-        "kind": "Function",
-        "metadata": {"name": name},
-        "spec": {"handler": handler, "source": {"files": {"main.py": textwrap.dedent(code)}}, "scale": scale, **spec},
-    }
+# Scale settings quick enough for tests: idle instances stop after 2 s.
+QUICK_SCALE = {"idleTimeout": "2s", "stableWindow": "2s"}
 
 
 def write_manifest(directory: Path, name: str, code: str, *, file: str | None = None, **spec: Any) -> Path:
+    """Write a Function manifest (`function_manifest`, with QUICK_SCALE under `spec["scale"]`) as
+    `file` (default NAME.yaml) in `directory`; returns its path."""
     path = directory / (file or f"{name}.yaml")
+    scale = {**QUICK_SCALE, **spec.pop("scale", {})}
     # Written beside and renamed, so the poller never sees half a file.
     partial = directory / f".{path.name}.partial"
-    partial.write_text(yaml.safe_dump(function_manifest(name, code, **spec), sort_keys=False))
+    partial.write_text(yaml.safe_dump(function_manifest(name, code, scale=scale, **spec), sort_keys=False))
     partial.replace(path)
     return path
 
+
+# The handler says which Python it really runs on and what AWS_EXECUTION_ENV says.
+WHICH = """
+    import os, sys
+    def handler(event, context):
+        return {"version": "%d.%d" % sys.version_info[:2], "executionEnv": os.environ.get("AWS_EXECUTION_ENV")}
+"""
 
 HELLO = """
     def handler(event, context):
@@ -248,3 +234,85 @@ def make_wheel(directory: Path, name: str, module_source: str, *, version: str =
             archive.writestr(path, content)
         archive.writestr(f"{dist_info}/RECORD", record)
     return wheel
+
+
+def kfn(*args: str, gateway: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the `kfn` command (no KFN_* variables but `gateway` as KFN_GATEWAY); its output, within `timeout`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KFN_")}
+    if gateway is not None:
+        env["KFN_GATEWAY"] = gateway
+    return subprocess.run([PYTHON, "-m", "kfn", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
+
+
+class ReplicaWatcher:
+    """Records the most ready instances a function had, polled in the background."""
+
+    def __init__(self, local: LocalMode, name: str) -> None:
+        self.local, self.name = local, name
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ReplicaWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, self.local.ready(self.name))
+
+
+# -- asynchronous invocations ------------------------------------------------------------------------
+
+# Retries in fractions of a second, and leases short enough that a restart redelivers at once.
+FAST_ASYNC = ["--async-retry-delays", "0.2s,0.4s", "--async-lease", "1s"]
+
+
+def recording(log: Path, *, before: str = "", after: str = "", result: str = '{"done": key}') -> str:
+    """A handler that appends "start KEY" and "done KEY" lines to `log` (KEY: the event's body, or
+    the request id), running `before` and `after` (indented code) around nothing else."""
+    return f"""
+        import json, os, time
+        LOG = {json.dumps(str(log))}
+
+        def write(line):
+            with open(LOG, "a") as f:
+                f.write(line + "\\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+        def handler(event, context):
+            key = (event.get("body") if isinstance(event, dict) else None) or context.aws_request_id
+            write("start " + key)
+{_indent(before)}
+            write("done " + key)
+{_indent(after)}
+            return {result}
+    """
+
+
+def _indent(code: str) -> str:
+    return textwrap.indent(textwrap.dedent(code).strip("\n"), " " * 12) if code.strip() else ""
+
+
+def lines(log: Path, kind: str) -> list[str]:
+    """The keys of `log`'s lines of `kind` ("start KEY", "done KEY", ...), in order; none if no log yet."""
+    if not log.exists():
+        return []
+    return [line.split(" ", 1)[1] for line in log.read_text().splitlines() if line.startswith(kind + " ")]
+
+
+def post_async(local: LocalMode, name: str, body: str, *, headers: dict[str, str] | None = None) -> str:
+    """POST `body` to /async-function/NAME; asserts the 202, returns the invocation's request id."""
+    result = http("POST", f"{local.url}/async-function/{name}", body=body.encode(),
+                  headers={"Content-Type": "text/plain", **(headers or {})}, timeout=30)
+    assert result.status == 202, (result.status, result.body)
+    request_id = str(result.json()["requestId"])
+    assert result.headers["X-Call-Id"] == request_id
+    return request_id

@@ -47,7 +47,6 @@ FUNCTIONS = f"{naming.GROUP}/{naming.VERSION}/{naming.PLURAL}"
 DEPLOYMENTS = "apps/v1/deployments"
 CONFIGMAPS = "v1/configmaps"
 SERVICES = "v1/services"
-ENDPOINTSLICES = "discovery.k8s.io/v1/endpointslices"
 EVENTS = "v1/events"
 LEASES = "coordination.k8s.io/v1/leases"
 
@@ -514,19 +513,6 @@ def env_with_kubeconfig(kubeconfig: Path) -> dict[str, str]:
     return env
 
 
-async def wait_for(predicate, *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
-    """Poll `predicate()` (sync) until it returns something truthy; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 async def run_command(*argv: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, str, str]:
     """Run a command to its end (killed by PID after `timeout` seconds): exit code, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
@@ -540,3 +526,31 @@ async def run_command(*argv: str, env: dict[str, str] | None = None, timeout: fl
             await process.wait()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+# -- Functions in the cluster -----------------------------------------------------------------------
+
+async def create_function(cluster: Cluster, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a Function from its manifest, in its namespace ("default" if it names none), as kubectl
+    would; asserts the API server's 201 and returns the stored object."""
+    namespace = body["metadata"].get("namespace") or naming.DEFAULT_NAMESPACE
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+    path = f"/apis/{naming.GROUP}/{naming.VERSION}/namespaces/{namespace}/{naming.PLURAL}"
+    async with cluster.post(path, json=body) as r:
+        assert r.status == 201, await r.text()
+        return await r.json()  # type: ignore[no-any-return]
+
+
+def deployment(cluster: Cluster, name: str = "hello") -> dict[str, Any] | None:
+    """The Deployment of function `name` in the default namespace, if there is one."""
+    return cluster.object(DEPLOYMENTS, naming.DEFAULT_NAMESPACE, name)
+
+
+def function_status(cluster: Cluster, name: str = "hello") -> dict[str, Any]:
+    """The status of Function `name` in the default namespace (empty if none)."""
+    return (cluster.object(FUNCTIONS, naming.DEFAULT_NAMESPACE, name) or {}).get("status") or {}
+
+
+def ready_condition(cluster: Cluster, name: str = "hello") -> dict[str, Any] | None:
+    """The Ready condition of Function `name` in the default namespace, if it has one."""
+    return next((c for c in function_status(cluster, name).get("conditions") or () if c["type"] == "Ready"), None)

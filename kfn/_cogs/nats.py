@@ -1,0 +1,105 @@
+"""A connection to NATS as every kfn part opens it (the event store, the tick store, the NATS
+triggers), through nats-py.
+
+`connect` connects to the servers of a kfn NATS URL (`kfn.core.natsurl`: one server, or several of
+one cluster). The connection reconnects by itself, forever, every 0.5 s (nats-py buffers what is
+published meanwhile: a caller that must not publish while away checks `is_connected`); nats-py
+applies that to the first connection too, so a server that refuses or does not answer is tried
+again inside one attempt until it accepts. The attempts `connect` counts (a bounded number, or
+until cancelled, waiting between them as its `Backoff` says) are for the errors nats-py does
+raise. The client's own errors (a refused connection, a slow consumer, a server's `-ERR`) are
+logged at debug level: whoever uses the connection learns of what matters from its calls.
+`disconnect` closes it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+
+from kfn.core.natsurl import servers
+
+logger = logging.getLogger(__name__)
+
+# What a call on a NATS connection raises when the server is away, slow or refuses it.
+NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
+CONNECT_TIMEOUT = 2          # seconds, per server and attempt
+RECONNECT_WAIT = 0.5         # seconds between reconnection attempts, once connected
+
+
+class NatsUnreachable(Exception):
+    """No server of `url` accepted a connection within `attempts` attempts; `last` is the last
+    attempt's error."""
+
+    def __init__(self, url: str, attempts: int, last: BaseException) -> None:
+        super().__init__(f"could not connect to NATS at {url}: {last}")
+        self.url = url
+        self.attempts = attempts
+        self.last = last
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """The wait after a failed attempt: `first` seconds, then each `factor` times the previous,
+    at most `most` (factor 1: the same wait every time)."""
+
+    first: float
+    factor: float = 1.0
+    most: float = math.inf
+
+    def after(self, delay: float) -> float:
+        """The wait that follows a wait of `delay` seconds."""
+        return min(delay * self.factor, self.most)
+
+
+async def connect(url: str, *, name: str, attempts: int | None, backoff: Backoff,
+                  on_retry: Callable[[BaseException, float], None] | None = None,
+                  disconnected_cb: Callable[[], Awaitable[None]] | None = None,
+                  reconnected_cb: Callable[[], Awaitable[None]] | None = None) -> Client:
+    """A connection to the NATS server(s) at `url`, named `name` (the server's monitoring shows it).
+
+    Runs until a server accepts, or is cancelled: an attempt tries the servers of `url` (up to
+    `CONNECT_TIMEOUT` seconds each, again every `RECONNECT_WAIT` while none accepts, see the
+    module docstring); after one that raised, `on_retry(error, wait)` is called and the next
+    waits `wait` seconds (`backoff`). With `attempts` (at least 1) it gives up after that many,
+    raising `NatsUnreachable`; with None it tries until cancelled. Raises ValueError at once
+    for a URL that is not one (`kfn.core.natsurl.servers`). `disconnected_cb` is called when the
+    connection is lost (and when it is closed), `reconnected_cb` when it is back."""
+    if attempts is not None and attempts < 1:
+        raise ValueError(f"attempts must be at least 1 (got {attempts})")
+    urls = servers(url)
+
+    async def on_error(error: Exception) -> None:
+        logger.debug("NATS (%s): %s", name, error)
+
+    wait = backoff.first
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await nats.connect(urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT,
+                                      connect_timeout=CONNECT_TIMEOUT, error_cb=on_error,
+                                      disconnected_cb=disconnected_cb, reconnected_cb=reconnected_cb)
+        except NATS_ERRORS as e:
+            if attempts is not None and attempt >= attempts:
+                raise NatsUnreachable(url, attempt, e) from e
+            if on_retry is not None:
+                on_retry(e, wait)
+        await asyncio.sleep(wait)
+        wait = backoff.after(wait)
+
+
+async def disconnect(client: Client | None) -> None:
+    """Close `client` (nothing for None): returns once it is closed, after at most nats-py's
+    flush of what it still buffers; what a connection already lost raises on closing is
+    swallowed, as nothing is left to do about it."""
+    if client is not None:
+        with contextlib.suppress(*NATS_ERRORS):
+            await client.close()

@@ -1,0 +1,18 @@
+"""Fixtures of the unit tests."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def module_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A path (without .py) for a module of this test's own name, importable from tmp_path."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prefix = "kfnrt_" + "".join(c if c.isalnum() else "_" for c in request.node.name)
+    yield tmp_path / prefix
+    for name in [m for m in sys.modules if m.startswith(prefix)]:
+        del sys.modules[name]
