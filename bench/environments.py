@@ -5,7 +5,7 @@ Drives `kfn_runtime.host.InstanceHost` directly, built by `kfn_runtime.launch.bu
 local runs), with examples/hello.yaml's handler in a temporary code directory. Side by side, in one
 run:
 
-  - adding an environment to a running instance: `host._new_env()` until the new environment
+  - adding an environment to a running instance: `host._pool.new()` until the new environment
     polls the Runtime API (its state is idle), --envs times, for environments forked from the
     zygote and for environments that are a new interpreter each (CommandSpawner running kfn's
     own Runtime API client, and AWS's awslambdaric when installed); next to cold interpreter
@@ -19,7 +19,7 @@ run:
   - one invocation through the InstanceHost alone (no HTTP in front), sequential, p50 / p99 and
     CPU per invocation on each side, next to the same through a pod's invoke endpoint.
 
-Uses a private method of InstanceHost (`_new_env`) and its change event to time exactly the
+Uses InstanceHost's private environment pool (`_pool.new`) and its change event to time exactly the
 environment start; everything else is public API.
 """
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Bench:
         running, polling = [], []
         for _ in range(count):
             started = time.perf_counter()
-            env = await host._new_env()
+            env = await host._pool.new()
             spawned = time.perf_counter()
             async with asyncio.timeout(30):
                 while env.state != IDLE:

@@ -323,7 +323,8 @@ def load(target: Server, path: str, *, connections: int, duration: float, memory
 COMPONENTS = [   # (pattern on the innermost frame's file as py-spy names it, component); first match wins
     (r"^kfn_gateway/", "kfn gateway (kfn_gateway)"),
     (r"^kfn/processes/supervisor\.py$", "local endpoint (kfn.processes.supervisor)"),
-    (r"^kfn_runtime/host\.py$", "instance host: dispatch, Runtime API server (kfn_runtime.host)"),
+    (r"^kfn_runtime/(host|execution|reports)\.py$", "instance host: dispatch (kfn_runtime.host)"),
+    (r"^kfn_runtime/(runtime_api|frames)\.py$", "instance host: Runtime API server, kfn's channel (runtime_api)"),
     (r"^kfn_runtime/wire\.py$", "instance host: HTTP parsing (kfn_runtime.wire)"),
     (r"^kfn_runtime/environments\.py$", "instance host: spawner (kfn_runtime.environments)"),
     (r"^kfn_runtime/ric\.py$", "Runtime API client (kfn_runtime.ric)"),

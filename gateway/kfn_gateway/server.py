@@ -79,8 +79,9 @@ class Gateway:
     def make_app(self) -> web.Application:
         """An application with every route of the gateway; it starts and closes the gateway with it."""
         http, system, invoke_api = self.http, self.system, self.lambda_api
-        app = web.Application(client_max_size=self.settings.max_body_bytes,
-                              middlewares=[http.hosts_middleware, system.auth_middleware])
+        # Each middleware is a layer every request goes through: the admin key check only when asked for.
+        middlewares = [http.hosts_middleware, *([system.auth_middleware] if self.settings.system_auth else [])]
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=middlewares)
         add, expect = app.router.add_route, http.expect_continue
         for prefix, handler in ((naming.FUNCTION_PATH_PREFIX, http.invoke_path),
                                 (naming.ASYNC_FUNCTION_PATH_PREFIX, http.invoke_async_path)):

@@ -60,8 +60,8 @@ class SystemApi:
 
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """/system/* needs an admin key when the gateway is configured so."""
-        if self._settings.system_auth and (request.path.startswith(SYSTEM_PREFIX) or request.path == "/system"):
+        """/system/* needs an admin key (the gateway adds this middleware with `system_auth` only)."""
+        if request.path.startswith(SYSTEM_PREFIX) or request.path == "/system":
             outcome = authorize(request, Scope.system(), self._keys)
             if isinstance(outcome, web.Response):
                 return outcome

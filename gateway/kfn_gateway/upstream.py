@@ -55,65 +55,213 @@ KEEPALIVE_MARGIN = 1.0
 class UpstreamResponse:
     """An instance's answer: status and headers at once, the body as it arrives."""
 
-    __slots__ = ("_connection", "headers", "reason", "status")
+    __slots__ = ("_connection", "_reader", "headers", "reason", "status")
 
     def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
-                 connection: Connection) -> None:
+                 connection: Connection, reader: ResponseReader) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
         self._connection = connection
+        self._reader = reader
 
     @property
     def complete(self) -> bool:
         """Whether the whole body has arrived already."""
-        return self._connection.body_done
+        return self._reader.body_done
 
     def buffered(self) -> bytes:
         """The body received so far (all of it when `complete`)."""
-        return self._connection.take_body()
+        return self._reader.take_body()
 
     async def read_chunk(self, timeout: float) -> bytes:
         """The next piece of the body, b"" at its end. Raises ConnectionBroken or ReadTimeout."""
-        return await self._connection.read_chunk(timeout)
+        return await self._reader.read_chunk(timeout)
 
     def release(self) -> None:
         """Done with the response: the connection goes back to the pool if it can be reused."""
         self._connection.finish()
 
 
+class ResponseReader:
+    """The answer arriving on one connection: parsed by httptools (this object takes its
+    callbacks), its head awaited by `Connection.send`, its body buffered with back-pressure and
+    handed out by `read_chunk`. Reset for each exchange the connection carries."""
+
+    def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop, *, max_head_bytes: int) -> None:
+        self._connection = connection
+        self._loop = loop
+        self._max_head_bytes = max_head_bytes
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._head_bytes = 0
+        self._parse_error: str | None = None
+        self.keepalive_hint: float | None = None   # the instance's Keep-Alive timeout, if it said one
+        self._error: BaseException | None = None
+        # The exchange in progress.
+        self.head: asyncio.Future[None] | None = None
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[str, str]] = []
+        self._head_only = False
+        self.until_close = False
+        self.body: deque[bytes] = deque()
+        self._buffered = 0
+        self.body_done = False
+        self.reusable = False
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+
+    def begin(self, *, head_only: bool) -> asyncio.Future[None]:
+        """Expect an answer (to a HEAD request if `head_only`); the future is done when its head is."""
+        head = self.head = self._loop.create_future()
+        self._head_only = head_only
+        return head
+
+    def feed(self, data: bytes) -> bool:
+        """Parse `data` of the answer; False if it is malformed or its head too large (the
+        exchange has then failed with ConnectionBroken)."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self.fail(ConnectionBroken(self._parse_error or f"malformed response: {e}"))
+            return False
+        if self._head_only and self.head is not None and self.head.done() and not self.body_done:
+            # A response to HEAD has no body whatever its headers say; llhttp cannot be told,
+            # so the connection ends with it.
+            self.reusable = False
+            self.end_body()
+        return True
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+        self._count_head(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        self.headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._max_head_bytes:
+            # Raised inside the parser's callback: feed_data stops and `feed` fails the
+            # exchange with this reason (httptools keeps only the callback's name).
+            self._parse_error = f"the answer's headers are larger than {self._max_head_bytes} bytes"
+            raise httptools.HttpParserCallbackError(self._parse_error)
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            self.reason = b""
+            self.headers = []
+            return
+        self.status = status
+        self.reusable = self._parser.should_keep_alive()
+        self.keepalive_hint = _keepalive_timeout(self.headers)
+        if not self._head_only and status not in (204, 304):
+            names = {name.lower() for name, _ in self.headers}
+            self.until_close = "content-length" not in names and "transfer-encoding" not in names
+        assert self.head is not None
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:
+            return  # the end of an interim answer
+        self.end_body()
+
+    # -- the body ------------------------------------------------------------------------------
+
+    async def read_chunk(self, timeout: float) -> bytes:
+        """The next piece of the body, b"" at its end; waits at most `timeout` seconds for it.
+        Raises the exchange's failure, or ReadTimeout after closing the connection."""
+        while not self.body:
+            if self.body_done:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._body_waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._body_waiter
+            except TimeoutError:
+                self._connection.close()
+                raise ReadTimeout(f"the answer stalled for {timeout:g}s") from None
+            finally:
+                self._body_waiter = None
+        return self.take_body()
+
+    def take_body(self) -> bytes:
+        """The body buffered so far (b"" if none); reading from the instance resumes if it paused."""
+        body = self.body
+        if not body:
+            return b""
+        data = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None and not self._connection.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def end_body(self) -> None:
+        self.body_done = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        """End the exchange with `error`: raised by `send` if the head is awaited, else by `read_chunk`."""
+        self._error = error
+        head = self.head
+        if head is not None and not head.done():
+            head.set_exception(error)
+            head.exception()  # retrieved by `send` unless it was cancelled meanwhile
+        self._wake()
+
+    def reset(self) -> None:
+        """Forget the exchange that ended cleanly: ready for the connection's next one."""
+        self.head = None
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+        self._head_only = False
+        self.until_close = False
+        self._buffered = 0
+        self.body_done = False
+        self.reusable = False
+        self._head_bytes = 0
+
+    def _wake(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class Connection(asyncio.Protocol):
-    """One keep-alive connection to an instance, carrying one request at a time."""
+    """One keep-alive connection to an instance, carrying one request at a time; its answers are
+    read by its `reader`."""
 
     def __init__(self, pool: Pool, key: tuple[str, int], *, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
         self._pool = pool
         self._key = key
-        self._max_head_bytes = max_head_bytes
         self.reused = False             # handed out from the pool: it carried an exchange before
         self._received = 0              # bytes of the current answer received so far
-        self._head_bytes = 0
-        self._parse_error: str | None = None
-        self.keepalive_hint: float | None = None   # the instance's Keep-Alive timeout, if it said one
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self.reader = ResponseReader(self, self._loop, max_head_bytes=max_head_bytes)
         self.closed = False
-        self._error: BaseException | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
-        # The exchange in progress.
-        self._head: asyncio.Future[None] | None = None
-        self._status = 0
-        self._reason = b""
-        self._headers: list[tuple[str, str]] = []
-        self._head_only = False
-        self._until_close = False
-        self._body: deque[bytes] = deque()
-        self._buffered = 0
-        self.body_done = False
-        self._reusable = False
         self._must_close = False
-        self._body_waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
 
@@ -121,29 +269,22 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        self.reader.transport = self._transport
 
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
-        if self._head is None or self.body_done:
+        reader = self.reader
+        if reader.head is None or reader.body_done:
             # Bytes nobody asked for: the connection cannot be trusted any more.
             self._must_close = True
-            if self._head is None:
+            if reader.head is None:
                 self.close()
             return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(ConnectionBroken(self._parse_error or f"malformed response: {e}"))
+        if not reader.feed(data):
             self.close()
-            return
-        if self._head_only and self._head.done() and not self.body_done:
-            # A response to HEAD has no body whatever its headers say; llhttp cannot be told,
-            # so the connection ends with it.
-            self._reusable = False
-            self._end_body()
 
     def eof_received(self) -> bool:
-        if self._head is None:
+        if self.reader.head is None:
             # The instance closed an idle connection: never hand it out again.
             self.closed = True
             self._pool.forget(self._key, self)
@@ -154,16 +295,18 @@ class Connection(asyncio.Protocol):
         self._pool.forget(self._key, self)
         if self._idle_handle is not None:
             self._idle_handle.cancel()
-        if self._head is not None and self._head.done() and not self.body_done and self._until_close and exc is None:
+        reader = self.reader
+        head = reader.head
+        if head is not None and head.done() and not reader.body_done and reader.until_close and exc is None:
             # Neither Content-Length nor chunked: the body ends with the connection.
-            self._reusable = False
-            self._end_body()
+            reader.reusable = False
+            reader.end_body()
             return
         detail = f": {exc}" if exc else ""
-        if self.reused and self._received == 0 and self._head is not None:
-            self._fail(StaleConnection(f"the instance closed a reused connection before answering{detail}"))
+        if self.reused and self._received == 0 and head is not None:
+            reader.fail(StaleConnection(f"the instance closed a reused connection before answering{detail}"))
         else:
-            self._fail(ConnectionBroken(f"the instance closed the connection{detail}"))
+            reader.fail(ConnectionBroken(f"the instance closed the connection{detail}"))
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionBroken("the instance closed the connection"))
 
@@ -174,54 +317,6 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
-
-    # -- httptools callbacks -------------------------------------------------------------------
-
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-        self._count_head(len(status))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self._max_head_bytes:
-            # Raised inside the parser's callback: feed_data stops and data_received fails the
-            # exchange with this reason (httptools keeps only the callback's name).
-            self._parse_error = f"the answer's headers are larger than {self._max_head_bytes} bytes"
-            raise httptools.HttpParserCallbackError(self._parse_error)
-
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if 100 <= status < 200:
-            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
-            self._reason = b""
-            self._headers = []
-            return
-        self._status = status
-        self._reusable = self._parser.should_keep_alive()
-        self.keepalive_hint = _keepalive_timeout(self._headers)
-        if not self._head_only and status not in (204, 304):
-            names = {name.lower() for name, _ in self._headers}
-            self._until_close = "content-length" not in names and "transfer-encoding" not in names
-        assert self._head is not None
-        if not self._head.done():
-            self._head.set_result(None)
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-        self._buffered += len(body)
-        if self._buffered > HIGH_WATER and not self._reading_paused and self._transport is not None:
-            self._reading_paused = True
-            self._transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if self._status == 0:
-            return  # the end of an interim answer
-        self._end_body()
 
     # -- the exchange --------------------------------------------------------------------------
 
@@ -234,8 +329,8 @@ class Connection(asyncio.Protocol):
         """
         transport = self._transport
         assert transport is not None
-        head_future = self._head = self._loop.create_future()
-        self._head_only = head.startswith(b"HEAD ")
+        reader = self.reader
+        head_future = reader.begin(head_only=head.startswith(b"HEAD "))
         try:
             if body is None or isinstance(body, bytes):
                 if not body:
@@ -255,15 +350,16 @@ class Connection(asyncio.Protocol):
         except BaseException:
             self.close()
             raise
-        return UpstreamResponse(self._status, self._reason.decode("latin-1"), self._headers, self)
+        return UpstreamResponse(reader.status, reader.reason.decode("latin-1"), reader.headers, self, reader)
 
     async def _upload(self, transport: asyncio.Transport, body: AsyncIterator[bytes], *, chunked: bool,
                       timeout: float) -> None:
+        reader = self.reader
         try:
             async for chunk in body:
                 if self.closed:
                     raise ConnectionBroken("the instance closed the connection during the upload")
-                if self._head is not None and self._head.done():
+                if reader.head is not None and reader.head.done():
                     # Answered before the whole body was sent: the rest is not wanted, and the
                     # connection cannot carry another request.
                     self._must_close = True
@@ -281,7 +377,7 @@ class Connection(asyncio.Protocol):
                         raise ConnectionBroken(f"the instance took no data for {timeout:g}s") from None
             if chunked and not self.closed:
                 transport.write(b"0\r\n\r\n")
-            if self._head is not None and self._head.done():
+            if reader.head is not None and reader.head.done():
                 # Answered before the upload ended: the instance may not have read all of it.
                 self._must_close = True
         finally:
@@ -289,43 +385,17 @@ class Connection(asyncio.Protocol):
             if aclose is not None:
                 await aclose()
 
-    async def read_chunk(self, timeout: float) -> bytes:
-        while not self._body:
-            if self.body_done:
-                return b""
-            if self._error is not None:
-                raise self._error
-            self._body_waiter = self._loop.create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._body_waiter
-            except TimeoutError:
-                self.close()
-                raise ReadTimeout(f"the answer stalled for {timeout:g}s") from None
-            finally:
-                self._body_waiter = None
-        return self.take_body()
-
-    def take_body(self) -> bytes:
-        body = self._body
-        if not body:
-            return b""
-        data = body.popleft() if len(body) == 1 else b"".join(body)
-        body.clear()
-        self._buffered = 0
-        if self._reading_paused and self._transport is not None and not self.closed:
-            self._reading_paused = False
-            self._transport.resume_reading()
-        return data
-
     def finish(self) -> None:
         """Back to the pool if the exchange ended cleanly and the instance keeps the connection."""
         if self.closed:
             return
-        if not (self.body_done and self._reusable and not self._body) or self._must_close:
+        reader = self.reader
+        if not (reader.body_done and reader.reusable and not reader.body) or self._must_close:
             self.close()
             return
-        self._reset()
+        reader.reset()
+        self._must_close = False
+        self._received = 0
         self._pool.put(self._key, self)
 
     def close(self) -> None:
@@ -345,37 +415,6 @@ class Connection(asyncio.Protocol):
     def _idle_expired(self) -> None:
         self._idle_handle = None
         self.close()
-
-    def _reset(self) -> None:
-        self._head = None
-        self._status = 0
-        self._reason = b""
-        self._headers = []
-        self._head_only = False
-        self._until_close = False
-        self._buffered = 0
-        self.body_done = False
-        self._reusable = False
-        self._must_close = False
-        self._received = 0
-        self._head_bytes = 0
-
-    def _end_body(self) -> None:
-        self.body_done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._body_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        head = self._head
-        if head is not None and not head.done():
-            head.set_exception(error)
-            head.exception()  # retrieved by `send` unless it was cancelled meanwhile
-        self._wake()
 
     async def _drain(self) -> None:
         if self.closed:
@@ -433,8 +472,9 @@ class Pool:
             connection.close()
             return
         timeout = self._keepalive_timeout
-        if connection.keepalive_hint is not None:
-            timeout = min(timeout, connection.keepalive_hint - KEEPALIVE_MARGIN)
+        hint = connection.reader.keepalive_hint
+        if hint is not None:
+            timeout = min(timeout, hint - KEEPALIVE_MARGIN)
         if timeout <= 0:
             connection.close()  # the instance closes it too soon to be worth keeping
             return

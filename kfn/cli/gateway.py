@@ -27,7 +27,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiohttp import web
 from kubernetes.aio import client
@@ -48,6 +50,8 @@ from kfn.triggers.service import TriggerService
 from kfn_gateway import Gateway, GatewaySettings, serve, serve_health
 from kfn_gateway.asyncinvoke import AsyncDelivery
 
+# How long the Kubernetes API may take to list what the gateway follows, at start.
+API_SYNC_TIMEOUT = 30.0
 # Between attempts to reach a NATS server that did not answer at start.
 NATS_RETRY = 5.0
 # Past a part's own bound on stopping (the deliveries' drain), before it is left behind.
@@ -56,6 +60,8 @@ STOP_MARGIN = 5.0
 LISTENERS_STOP_TIMEOUT = 60.0 + 15.0
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def run_gateway(options: GatewayOptions) -> int:
@@ -74,43 +80,14 @@ def run_gateway(options: GatewayOptions) -> int:
 
 async def _serve(options: GatewayOptions) -> None:
     """The gateway process: its parts started in order, served until SIGTERM/SIGINT, drained
-    gently (see the module docstring), then stopped last first. CommandError if a part cannot start."""
+    gently (see the module docstring), then stopped last first. CommandError if a part cannot start;
+    a signal while starting stops what started and returns."""
+    stop = _stop_on_signals()
     async with Parts("kfn gateway") as parts:
-        api = await _connect()
-        parts.add("Kubernetes API client", api.close)
-        stop = _stop_on_signals()
-        key_file = open_key_file(options.keys) if options.keys is not None else None
-        if not options.system_auth:
-            logger.warning("--no-system-auth: anyone who reaches the gateway can list functions and read their logs")
-        backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True)
-        parts.add("Kubernetes backend", backend.close)   # before its start: informers retry until closed
-        await backend.start()
-        keys: KeySource
-        if key_file is not None:
-            keys = key_file
-            parts.task("keys file", key_file.run)
-        else:
-            keys = secrets = SecretKeys(api, namespaces=options.namespaces, admin_namespace=options.admin_namespace)
-            parts.add("API key Secrets", secrets.close)
-            await secrets.start()
-        settings = GatewaySettings(default_namespace=options.default_namespace, trusted_hops=options.trusted_hops,
-                                   system_auth=options.system_auth, region=options.region)
-        settings = with_options(settings, options.connections, options.limits)
-        store = JetStreamStore(options.nats_url) if options.nats_url else None
-        if store is not None:
-            parts.add("async event store", store.close)   # everything accepted is in JetStream already
-        gateway = Gateway(backend, settings=settings, keys=keys, events=store)
-        listeners = await _listen(gateway, options)
-        parts.add("listeners", listeners.close, timeout=LISTENERS_STOP_TIMEOUT)
-        if store is not None:
-            asynchronous = AsyncService(gateway, store, options)
-            asynchronous.start()
-            parts.add("asynchronous invocations", asynchronous.close, timeout=asynchronous.stop_timeout)
-        else:
-            logger.warning("no NATS server (--nats-url, $KFN_NATS_URL): asynchronous invocations are answered "
-                           "503 and NATS triggers do not run")
-        parts.add("listening", listeners.stop_listening)   # no more requests (those in flight go on)
-
+        gateway = await _unless_stopped(_start(parts, options), stop)
+        if gateway is None:
+            logger.info("stopped while starting")
+            return
         await stop.wait()
         logger.info("shutting down: serving %gs more while clients move to other replicas", options.shutdown_delay)
         gateway.drain()
@@ -118,6 +95,66 @@ async def _serve(options: GatewayOptions) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(options.shutdown_delay):
                 await stop.wait()  # a second signal skips the delay
+
+
+async def _start(parts: Parts, options: GatewayOptions) -> Gateway:
+    """Start the gateway's parts in order, each registered in `parts` to be stopped; runs until the
+    gateway listens (the asynchronous invocations go on starting in the background). CommandError
+    if a part cannot start (the API server not answering within API_SYNC_TIMEOUT, a port in use)."""
+    api = await _connect()
+    parts.add("Kubernetes API client", api.close)
+    key_file = open_key_file(options.keys) if options.keys is not None else None
+    if not options.system_auth:
+        logger.warning("--no-system-auth: anyone who reaches the gateway can list functions and read their logs")
+    backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True, sync_timeout=API_SYNC_TIMEOUT)
+    parts.add("Kubernetes backend", backend.close)   # before its start: informers retry until closed
+    try:
+        await backend.start()
+    except TimeoutError:
+        raise CommandError(f"the Kubernetes API at {api.configuration.host} did not list the functions, "
+                           f"deployments and pods within {API_SYNC_TIMEOUT:g}s") from None
+    keys: KeySource
+    if key_file is not None:
+        keys = key_file
+        parts.task("keys file", key_file.run)
+    else:
+        keys = secrets = SecretKeys(api, namespaces=options.namespaces, admin_namespace=options.admin_namespace)
+        parts.add("API key Secrets", secrets.close)
+        await secrets.start()
+    settings = GatewaySettings(default_namespace=options.default_namespace, trusted_hops=options.trusted_hops,
+                               system_auth=options.system_auth, region=options.region)
+    settings = with_options(settings, options.connections, options.limits)
+    # One attempt per start: AsyncService retries (and says so) every NATS_RETRY.
+    store = JetStreamStore(options.nats_url, connect_attempts=1) if options.nats_url else None
+    if store is not None:
+        parts.add("async event store", store.close)   # everything accepted is in JetStream already
+    gateway = Gateway(backend, settings=settings, keys=keys, events=store)
+    listeners = await _listen(gateway, options)
+    parts.add("listeners", listeners.close, timeout=LISTENERS_STOP_TIMEOUT)
+    if store is not None:
+        asynchronous = AsyncService(gateway, store, options)
+        asynchronous.start()
+        parts.add("asynchronous invocations", asynchronous.close, timeout=asynchronous.stop_timeout)
+    else:
+        logger.warning("no NATS server (--nats-url, $KFN_NATS_URL): asynchronous invocations are answered "
+                       "503 and NATS triggers do not run")
+    parts.add("listening", listeners.stop_listening)   # no more requests (those in flight go on)
+    return gateway
+
+
+async def _unless_stopped(start: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """What `start` returns, or None if `stop` is set first: then `start` is cancelled and waited
+    for (what it started is the caller's to stop). Its exception propagates."""
+    starting = asyncio.ensure_future(start)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.wait({starting})
+    return None if starting.cancelled() else starting.result()
 
 
 async def _connect() -> client.ApiClient:
@@ -158,8 +195,11 @@ class Listeners:
 
 async def _listen(gateway: Gateway, options: GatewayOptions) -> Listeners:
     """Serve the gateway (serve() starts it, and cleaning up its runner closes it), then the liveness
-    port if asked for; CommandError if that port cannot be bound (nothing left listening)."""
-    main = await serve(gateway, host=options.host, port=options.port)
+    port if asked for; CommandError if a port cannot be bound (nothing left listening)."""
+    try:
+        main = await serve(gateway, host=options.host, port=options.port)
+    except OSError as e:
+        raise CommandError(f"--port {options.port}: {e}") from None
     logger.info("kfn gateway listening on %s:%d", options.host, options.port)
     if options.health_port is None:
         return Listeners(main, None)

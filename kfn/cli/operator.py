@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 from kfn.cli.options import OperatorOptions
 from kfn.core.errors import CommandError
@@ -12,7 +13,8 @@ from kfn_operator.main import operate
 
 
 def run_operator(options: OperatorOptions) -> int:
-    """Runs until SIGTERM/SIGINT; returns 0."""
+    """Runs until SIGTERM/SIGINT; returns 0. CommandError for a bad option, a Kubernetes client that
+    cannot be configured or a --health-port that cannot be had."""
     try:
         config = OperatorConfig.build(
             namespaces=options.namespaces, standalone=options.standalone, prometheus_url=options.prometheus_url,
@@ -27,7 +29,17 @@ def run_operator(options: OperatorOptions) -> int:
     # The leader election logs every renewal at INFO.
     logging.getLogger("kubernetes.aio").setLevel(logging.WARNING)
     try:
-        asyncio.run(operate(config))
+        asyncio.run(_operate(config))
     except KeyboardInterrupt:
         pass
     return 0
+
+
+async def _operate(config: OperatorConfig) -> None:
+    """`operate`, then SIGTERM and SIGINT held back until the process exits: once the operator
+    has stopped, a further signal (a second one sent while it stopped) must not kill it on its way
+    out (closing the event loop restores their default action)."""
+    try:
+        await operate(config)
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})

@@ -59,9 +59,8 @@ class JetStreamStore:
 
     async def start(self) -> None:
         """Connect, then create or update the streams (each request up to `publish_timeout`).
-        Connecting waits while no server accepts; what nats-py raises is tried again, up to
-        `connect_attempts` attempts a second apart (`kfn._cogs.nats.connect`). Raises
-        StoreUnavailable."""
+        Connecting makes up to `connect_attempts` attempts a second apart, each bounded
+        (`kfn._cogs.nats.connect`). Raises StoreUnavailable."""
         await self._connection.open(self._streams)
 
     async def close(self) -> None:

@@ -53,9 +53,8 @@ class Connection:
 
     async def open(self, streams: Sequence[StreamConfig]) -> None:
         """Connect, then create `streams` or update them to these configurations (each request up
-        to `publish_timeout`); nothing if open. Connecting waits while no server accepts; what
-        nats-py raises is tried again, up to `connect_attempts` attempts a second apart
-        (`kfn._cogs.nats.connect`). Raises StoreUnavailable, closed again."""
+        to `publish_timeout`); nothing if open. Connecting makes up to `connect_attempts` attempts a
+        second apart, each bounded (`kfn._cogs.nats.connect`). Raises StoreUnavailable, closed again."""
         if self._nc is not None:
             return
         self._closing = False

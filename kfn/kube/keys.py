@@ -69,7 +69,10 @@ class SecretKeys:
                 on_event=functools.partial(self._event, True), backoff=self._backoff))
         self._tasks = [asyncio.create_task(i.run(), name=f"kfn-informer-{i.what}") for i in self._informers]
         try:
-            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self._informers)), self._sync_timeout)
+            # Each in turn under one deadline: no gathering future left unread when cancelled meanwhile.
+            async with asyncio.timeout(self._sync_timeout):
+                for informer in self._informers:
+                    await informer.synced.wait()
         except TimeoutError:
             logger.error("could not list the API key Secrets within %gs (RBAC? see the gateway's log above); "
                          "no key is accepted until they are read", self._sync_timeout)

@@ -56,8 +56,17 @@ class ClusterMirror:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Start the informers; returns once each has listed once (or raises TimeoutError after
-        `sync_timeout`, the informers retrying in the background until `close`)."""
+        """Start the informers (the first call; a later one only waits for them again); returns once
+        each has listed once, or raises TimeoutError after `sync_timeout`, the informers retrying
+        in the background until `close`."""
+        if not self._informers:
+            self._open()
+        async with asyncio.timeout(self._sync_timeout):
+            for informer in self._informers:
+                await informer.synced.wait()
+
+    def _open(self) -> None:
+        """Start an informer for each kind in each namespace, in background tasks."""
         self.probes.open()
         for ns in self._namespaces or (None,):
             self._informers.append(Informer(
@@ -75,7 +84,6 @@ class ClusterMirror:
                 on_replace=functools.partial(self._replace_pods, ns), on_event=self._pod_event,
                 backoff=self._backoff))
         self._tasks = [asyncio.create_task(i.run(), name=f"kfn-informer-{i.what}") for i in self._informers]
-        await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self._informers)), self._sync_timeout)
 
     async def close(self) -> None:
         """Cancel the informers and probes and wait for them; the API client stays the caller's."""

@@ -5,6 +5,8 @@
 - `code`: code directories and pip installs;
 - `interpreters`: the Python each function runs on (its declared version, or a substitute it reports);
 - `logs`: a function's recent output, bounded;
+- `setup`: an instance's configuration and host builder (code written, requirements installed);
+- `fleet`: one function's instances, reconciled to the plan, and what the backend's fleets share;
 - `backend`: `ProcessBackend`, which puts them together behind `kfn.core.instances.InstanceBackend`.
 """
 from __future__ import annotations

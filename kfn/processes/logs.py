@@ -47,16 +47,23 @@ class LogBuffer:
         return self._bytes
 
     def append(self, line: str) -> None:
-        line = clip(line)
-        self._lines.append(line)
+        """Keep `line` (cut at MAX_LINE_BYTES), dropping the oldest past the bounds, and pass it on to
+        the file and the followers. Called for every line an instance prints (three more per
+        invocation): the common case (a short line, nobody following) does the least."""
+        if len(line) > MAX_LINE_BYTES // 4:
+            line = clip(line)
+        lines = self._lines
+        lines.append(line)
         self._bytes += len(line)
-        while self._lines and (len(self._lines) > self._max_lines or self._bytes > self._max_bytes):
-            self._bytes -= len(self._lines.popleft())
+        if len(lines) > self._max_lines or self._bytes > self._max_bytes:
+            while lines and (len(lines) > self._max_lines or self._bytes > self._max_bytes):
+                self._bytes -= len(lines.popleft())
         if self._file is not None:
             self._file.write(line + "\n")
-        for queue in self._followers:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(line)
+        if self._followers:
+            for queue in self._followers:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(line)
 
     def tail(self, n: int | None = None) -> list[str]:
         """The last `n` lines (all kept lines when `n` is None)."""

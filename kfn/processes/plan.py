@@ -10,7 +10,7 @@ Failed starts back off (`after_failure`), doubling up to a ceiling, and are retr
 as instances are wanted: a start failure that heals (a file restored, a port freed) heals the
 function without anyone touching it.
 
-No processes, clocks or I/O here; `kfn.processes.backend` observes and acts.
+No processes, clocks or I/O here; `kfn.processes.fleet` observes and acts.
 """
 from __future__ import annotations
 

@@ -208,9 +208,9 @@ class NatsSubjectSource:
     # -- reconciling ------------------------------------------------------------------------------
 
     async def _connect(self) -> Client:
-        """A connection to NATS: runs until one is made or it is cancelled. Connecting waits while
-        no server accepts; after what nats-py raises, each wanted trigger's function has the
-        problem and it tries again (0.5 s later, doubling up to 15 s; `kfn._cogs.nats.connect`)."""
+        """A connection to NATS: runs until one is made or it is cancelled. After each failed
+        attempt (bounded, `kfn._cogs.nats.connect`), each wanted trigger's function has the
+        problem and it tries again (0.5 s later, doubling up to 15 s)."""
 
         def unreachable(error: BaseException, wait: float) -> None:
             logger.warning("NATS triggers: cannot connect to %s (%s); trying again in %.1fs", self.url, error, wait)

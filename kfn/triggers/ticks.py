@@ -154,9 +154,8 @@ class KvTicks:
 
     async def start(self) -> None:
         """Connect, then open the bucket, creating it if missing (each request up to `timeout`).
-        Connecting waits while no server accepts; what nats-py raises is tried again, up to
-        `connect_attempts` attempts a second apart (`kfn._cogs.nats.connect`). Raises
-        TicksUnavailable."""
+        Connecting makes up to `connect_attempts` attempts a second apart, each bounded
+        (`kfn._cogs.nats.connect`). Raises TicksUnavailable."""
         if self._nc is not None:
             return
         try:

@@ -40,7 +40,7 @@ class OperatorConfig:
     nats_url: str | None = None                 # $KFN_NATS_URL: where async events (and tick records) are stored
     identity: str = field(default_factory=socket.gethostname)
     metrics_port: int | None = None             # serve the autoscaler's metrics on 0.0.0.0:PORT
-    health_port: int | None = None              # kopf's liveness endpoint on 0.0.0.0:PORT/healthz
+    health_port: int | None = None              # the liveness endpoint on 0.0.0.0:PORT/healthz
 
     @classmethod
     def build(cls, *, namespaces: tuple[str, ...] = (), standalone: bool = False, prometheus_url: str | None = None,

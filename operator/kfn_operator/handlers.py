@@ -10,8 +10,9 @@ at import time, so tests and `kfn operator` build their own registries.
 - Deployment changes → the Function's status (replicas, readyReplicas, Ready condition); a
   Deployment deleted while its Function lives is recreated.
 - Operator start/stop → the API client, the operator's one `kfn.kube.KubernetesBackend` (its
-  informers) and, sharing it, the autoscaler loop (`kfn_operator.lease`) and the scheduler of
-  schedule triggers (`kfn_operator.scheduler`), started in that order and stopped in reverse.
+  informers, listing in the background) and, sharing it, the autoscaler loop (`kfn_operator.lease`)
+  and the scheduler of schedule triggers (`kfn_operator.scheduler`), started in that order and
+  stopped in reverse.
 
 kopf watches Functions and Deployments with its own client (logged in with the credentials of
 `kfn.kube.connection`); everything else goes through the official client's asyncio API.
@@ -78,23 +79,24 @@ class Controller:
         return self._api
 
     async def start(self) -> None:
-        """Connect (unless given an API client); if the autoscaler or the scheduler runs, watch the
-        cluster through one `KubernetesBackend` for both (returns once it has listed everything;
-        TimeoutError after its sync timeout) and start them in the background. A failure stops
-        what started and raises."""
+        """Connect (unless given an API client), then start the autoscaler and the scheduler and, if
+        either runs, the one `KubernetesBackend` they share, all in the background: the backend
+        lists the cluster meanwhile, their terms wait for that, reconciling Functions never does.
+        Returns at once; a failure stops what started and raises."""
         async with self._parts.starting() as parts:
             if self._api is None:
                 self._api = await connect()
                 parts.add("API client", self._close_api)
             backend = KubernetesBackend(self.api, namespaces=self.config.namespaces)
+            synced = asyncio.Event()
             if self.config.autoscaler or (self.config.scheduler and self.config.nats_url):
-                parts.add("Kubernetes backend", backend.close)   # before its start: informers retry until closed
-                await backend.start()
+                parts.add("Kubernetes backend", backend.close)   # its informers retry until closed
+                parts.task("Kubernetes backend sync", lambda: _sync(backend, synced))
             if self.config.autoscaler:
-                autoscaling = OperatorAutoscaler(self.api, self.config, backend)
+                autoscaling = OperatorAutoscaler(self.api, self.config, backend, synced=synced)
                 await parts.start("autoscaler", autoscaling.start, autoscaling.close)
             if self.config.scheduler:
-                scheduling = OperatorScheduler(self.api, self.config, backend)
+                scheduling = OperatorScheduler(self.api, self.config, backend, synced=synced)
                 await parts.start("scheduler", scheduling.start, scheduling.close)
 
     async def close(self) -> None:
@@ -323,6 +325,20 @@ class Controller:
             if ready["reason"] == status.REASON_DEPLOYMENT_FAILED and not was_failing:
                 kopf.warn(_body(fn_body), reason=status.REASON_DEPLOYMENT_FAILED, message=ready["message"])
             return
+
+
+async def _sync(backend: KubernetesBackend, synced: asyncio.Event) -> None:
+    """Start `backend` and set `synced` once it has listed the cluster; runs until then, however
+    long (its informers retry a failing API, each sync timeout is logged)."""
+    while True:
+        try:
+            await backend.start()
+        except TimeoutError:
+            logger.warning("the cluster is not listed yet (Functions, Deployments, pods): the autoscaler and "
+                           "the scheduler wait for it")
+            continue
+        synced.set()
+        return
 
 
 def _same_conditions(old: Any, new: list[dict[str, Any]]) -> bool:

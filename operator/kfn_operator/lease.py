@@ -41,9 +41,14 @@ logger = logging.getLogger(__name__)
 
 
 class OperatorAutoscaler:
-    """Runs one `Autoscaler` loop while this operator replica holds the Lease (or always, standalone)."""
+    """Runs one `Autoscaler` loop while this operator replica holds the Lease (or always, standalone).
 
-    def __init__(self, api: client.ApiClient, config: OperatorConfig, backend: KubernetesBackend) -> None:
+    `synced` is set once `backend` has listed the cluster: each term waits for it before acting
+    (None: the caller started the backend already).
+    """
+
+    def __init__(self, api: client.ApiClient, config: OperatorConfig, backend: KubernetesBackend, *,
+                 synced: asyncio.Event | None = None) -> None:
         self._api = api
         self._config = config
         self.registry = prometheus_client.CollectorRegistry()
@@ -53,6 +58,7 @@ class OperatorAutoscaler:
         self.leading = asyncio.Event()
         self._closing = False
         self.backend = backend
+        self._synced = synced
         self._autoscaler: Autoscaler | None = None
 
     async def start(self) -> None:
@@ -88,10 +94,13 @@ class OperatorAutoscaler:
             self._session = None
 
     async def _lead(self) -> None:
-        """Run the autoscaler until cancelled (the Lease lost or shutdown)."""
+        """Wait for the backend to list the cluster, then run the autoscaler; until cancelled (the
+        Lease lost or shutdown)."""
         assert self._autoscaler is not None
         if self._closing:
             return  # the election started this task after close() began: nothing to lead
+        if self._synced is not None:
+            await self._synced.wait()
         logger.info("autoscaler active (%s)", self._config.identity)
         self.leading.set()
         try:

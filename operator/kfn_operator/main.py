@@ -9,7 +9,10 @@ get kopf's 2 s) and stands by again; the next leader's kopf resumes every Functi
 handlers, the first listing of Deployments), so what the old one left half done is finished.
 
 kopf's own peering is not used (kopf always runs standalone): it pauses only peers of a lower
-priority and lets replicas of equal priority act side by side, so it cannot elect one.
+priority and lets replicas of equal priority act side by side, so it cannot elect one. Nor are its
+liveness endpoint and signal handlers: in both modes the process answers /healthz itself from its
+start, and SIGTERM/SIGINT stay kfn's while kopf runs (kopf's, which fail on a second signal, are
+replaced as soon as kopf installs them), stopping kopf through its stop flag.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import kopf
 from aiohttp import web
 
 from kfn._cogs.lifecycle import Parts
+from kfn.core.errors import CommandError
 from kfn.kube import connect, connection_info, load_configuration
 from kfn.kube.lease import LeaseElection
 from kfn_operator import handlers
@@ -52,22 +56,36 @@ def build_registry(controller: handlers.Controller) -> kopf.OperatorRegistry:
 async def operate(config: OperatorConfig, *, stop_flag: Any = None, ready_flag: Any = None,
                   controller: handlers.Controller | None = None) -> None:
     """Run the operator until `stop_flag` (an asyncio or threading Event) is set, or SIGTERM/SIGINT
-    when running in the main thread.
+    when running in the main thread (kfn's handlers throughout: kopf is stopped by its stop flag).
 
     `ready_flag` is set once kopf runs (on a standby: once it leads). Failures in handlers are
-    kopf's to retry; this raises if kopf cannot start (no API, no credentials).
+    kopf's to retry; this raises if kopf cannot start (no API, no credentials), and CommandError
+    if the liveness endpoint's port cannot be had (before anything else starts).
     """
+    if stop_flag is not None and not isinstance(stop_flag, asyncio.Event | threading.Event):
+        raise TypeError(f"a stop flag is an asyncio.Event or a threading.Event, not {type(stop_flag).__name__}")
     controller = controller or handlers.Controller(config)
-    if config.standalone:
-        await _kopf(config, controller, stop_flag=stop_flag, ready_flag=ready_flag,
-                    liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None)
-        return
-    await _operate_elected(config, controller, stop_flag=stop_flag, ready_flag=ready_flag)
+    stopping = asyncio.Event()
+    _on_signals(stopping.set)
+    async with Parts("kfn operator") as parts:
+        parts.task("kfn-operator-stop-flag", lambda: _wait_flag(stop_flag, stopping))
+        if config.health_port:
+            # The liveness endpoint is the process's, leading or not, kopf running or not.
+            health = await _serve_health(config.health_port)
+            parts.add("liveness endpoint", health.cleanup)
+        if config.standalone:
+            await _kopf(config, controller, stop_flag=stopping, ready_flag=ready_flag, on_signal=stopping.set)
+        else:
+            await _operate_elected(config, controller, stopping=stopping, ready_flag=ready_flag)
 
 
-async def _kopf(config: OperatorConfig, controller: handlers.Controller, *, stop_flag: Any, ready_flag: Any,
-                liveness_endpoint: str | None = None) -> None:
-    await kopf.operator(
+async def _kopf(config: OperatorConfig, controller: handlers.Controller, *, stop_flag: asyncio.Event,
+                ready_flag: Any, on_signal: Callable[[], None]) -> None:
+    """Run kopf until `stop_flag` is set (its watches end at once, handlers in flight get 2 s) or
+    it fails (raised). SIGTERM and SIGINT call `on_signal` meanwhile: kopf installs handlers of its
+    own as it starts (which fail on a second signal), and kfn's are put back at once."""
+    existing = asyncio.all_tasks()
+    tasks = await kopf.spawn_tasks(
         registry=build_registry(controller),
         settings=handlers.make_settings(config),
         # Never kopf's peering: one replica runs kopf at all (see the module docstring).
@@ -77,26 +95,27 @@ async def _kopf(config: OperatorConfig, controller: handlers.Controller, *, stop
         identity=config.identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
-        liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )
+    _on_signals(on_signal)
+    await kopf.run_tasks(tasks, ignored=existing)
 
 
-async def _operate_elected(config: OperatorConfig, controller: handlers.Controller, *, stop_flag: Any,
+async def _operate_elected(config: OperatorConfig, controller: handlers.Controller, *, stopping: asyncio.Event,
                            ready_flag: Any) -> None:
-    """Campaign for the operator's Lease and run kopf while holding it, until asked to stop."""
-    if stop_flag is not None and not isinstance(stop_flag, asyncio.Event | threading.Event):
-        raise TypeError(f"a stop flag is an asyncio.Event or a threading.Event, not {type(stop_flag).__name__}")
-    stopping = asyncio.Event()
+    """Campaign for the operator's Lease and run kopf while holding it, until `stopping` is set."""
     failures: list[BaseException] = []
+    standing_by = asyncio.Event()   # no kopf running
+    standing_by.set()
 
     async def lead() -> None:
         """Run kopf until it ends or this task is cancelled (the Lease lost, or stopping)."""
         kopf_stop = asyncio.Event()
         logger.info("operator active (%s): starting kopf", config.identity)
-        run = asyncio.create_task(_kopf(config, controller, stop_flag=kopf_stop, ready_flag=ready_flag),
-                                  name="kopf")
+        standing_by.clear()
+        run = asyncio.create_task(_kopf(config, controller, stop_flag=kopf_stop, ready_flag=ready_flag,
+                                        on_signal=stopping.set), name="kopf")
         relay = asyncio.create_task(_relay(stopping, kopf_stop), name="kfn-operator-stop-relay")
         try:
             await asyncio.shield(run)
@@ -117,20 +136,14 @@ async def _operate_elected(config: OperatorConfig, controller: handlers.Controll
             failures.append(e)
         finally:
             relay.cancel()
-            _on_signals(stopping.set)   # kopf installed its own handlers while it ran
-        # kopf ended without being asked by the election: a signal it caught, a stop flag, a failure.
+            standing_by.set()
+        # kopf ended without being asked by the election (stopping, or it failed): the process stops.
         stopping.set()
 
-    _on_signals(stopping.set)
-    async with Parts("kfn operator") as parts:
-        parts.task("kfn-operator-stop-flag", lambda: _wait_flag(stop_flag, stopping))
+    async with Parts("kfn operator election") as parts:
         stopped = parts.task("kfn-operator-stopping", stopping.wait)
         api = await connect()
         parts.add("Kubernetes API client", api.close)
-        if config.health_port:
-            # The liveness endpoint is the process's, leading or not (kopf's own exists only while kopf runs).
-            health = await _serve_health(config.health_port)
-            parts.add("liveness endpoint", health.cleanup)
         election = LeaseElection(api, name=config.operator_lease_name, namespace=config.lease_namespace,
                                  identity=config.identity, duration=config.lease_duration, what="operator")
         campaign = asyncio.create_task(election.run(lead), name="kfn-operator-election")
@@ -138,6 +151,9 @@ async def _operate_elected(config: OperatorConfig, controller: handlers.Controll
         done, _ = await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if campaign in done:
             campaign.result()   # the election never ends on its own: raise what ended it
+        # Stopping: kopf stops at once (the relay). It must end before the parts stop: ending, it
+        # cancels every task started while it ran, and each part is stopped in a task of its own.
+        await standing_by.wait()
     if failures:
         raise failures[0]
 
@@ -177,7 +193,11 @@ def _on_signals(callback: Callable[[], None]) -> None:
 
 
 async def _serve_health(port: int) -> web.AppRunner:
+    """/healthz on 0.0.0.0:port; CommandError if the port cannot be had."""
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({})
 
-    return await serve_get(port, "/healthz", healthz)
+    try:
+        return await serve_get(port, "/healthz", healthz)
+    except OSError as e:
+        raise CommandError(f"--health-port {port}: {e}") from None

@@ -38,13 +38,18 @@ logger = logging.getLogger(__name__)
 
 
 class OperatorScheduler:
-    """Fires schedule triggers while this replica holds the scheduler's Lease (always, standalone)."""
+    """Fires schedule triggers while this replica holds the scheduler's Lease (always, standalone).
+
+    `synced` is set once `backend` has listed the cluster: each term waits for it before firing
+    (None: the caller started the backend already).
+    """
 
     def __init__(self, api: client.ApiClient, config: OperatorConfig, backend: KubernetesBackend, *,
-                 retry: float = 5.0) -> None:
+                 synced: asyncio.Event | None = None, retry: float = 5.0) -> None:
         self._api = api
         self._config = config
         self._functions = _Functions(backend)
+        self._synced = synced
         self._retry = retry
         self._task: asyncio.Task[None] | None = None
         self.leading = asyncio.Event()
@@ -70,7 +75,10 @@ class OperatorScheduler:
             self._task = None
 
     async def _lead(self) -> None:
-        """Fire schedules until cancelled; whatever fails (NATS down, the API) is retried."""
+        """Wait for the backend to list the cluster, then fire schedules until cancelled; whatever
+        fails (NATS down, the API) is retried."""
+        if self._synced is not None:
+            await self._synced.wait()
         while True:
             try:
                 await self._fire()

@@ -10,6 +10,8 @@ the host over kfn's own channel instead (`kfn_runtime.runtime_api`, `kfn_runtime
 
 The records it keeps (its configuration, environments, invocations) are `kfn_runtime.execution`'s;
 Lambda's REPORT line is `kfn_runtime.reports`', the environments' variables `kfn_runtime.variables`'.
+The host queues and dispatches invocations and ends them; its environments' lives are
+`kfn_runtime.pool`'s, its log lines `kfn_runtime.transcript`'s.
 
 Environments start lazily: the first when the instance starts (the instance is ready once it polls
 for work), more whenever an invocation finds none idle, up to `concurrency`; extra ones idle for
@@ -30,7 +32,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import time
 
 from kfn_runtime import awslambda, contract
@@ -41,7 +42,6 @@ from kfn_runtime.execution import (
     DRAINING,
     IDLE,
     LOADING,
-    LOG_TAIL_BYTES,
     READY,
     RETURNING,
     STARTING,
@@ -51,8 +51,10 @@ from kfn_runtime.execution import (
     Invocation,
     Rejected,
 )
+from kfn_runtime.pool import EnvironmentPool
 from kfn_runtime.reports import kib_to_mb, peak_memory_mb, report_line
 from kfn_runtime.runtime_api import ChannelAPI, RuntimeAPI
+from kfn_runtime.transcript import Transcript
 
 TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
 if TYPE_CHECKING:
@@ -83,10 +85,12 @@ class InstanceHost:
         self.config = config
         self.state = LOADING
         self._spawner = spawner
-        self._log = log or (lambda env_id, line: None)   # (environment id, line of its output)
-        self._envs: dict[str, Environment] = {}
+        self._transcript = Transcript(log or (lambda env_id, line: None))   # (environment id, line of its output)
+        # Bytes an environment wrote to stdout/stderr (its spawner calls this): logged by line, and
+        # kept for the log tail of its invocation.
+        self.output: Callable[[Environment, bytes], None] = self._transcript.output
+        self._pool = EnvironmentPool(self, spawner, self._transcript.log)
         self._queue: collections.deque[Invocation] = collections.deque()
-        self._ids = 0
         self._ready = asyncio.Event()
         self._init_error: InitFailed | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -100,11 +104,11 @@ class InstanceHost:
 
     @property
     def environments(self) -> list[Environment]:
-        return [env for env in self._envs.values() if env.state != DEAD]
+        return self._pool.live
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for env in self._envs.values() if env.state == BUSY) + len(self._queue)
+        return sum(1 for env in self._pool.envs.values() if env.state == BUSY) + len(self._queue)
 
     async def start(self, *, timeout: float | None = None) -> None:
         """Initialise the function and start the first environment; returns once it polls for work,
@@ -117,7 +121,7 @@ class InstanceHost:
         try:
             async with asyncio.timeout(limit):
                 await self._spawner.start(self)
-                env = await self._new_env(since=begun)
+                env = await self._pool.new(since=begun)
                 while env.state == STARTING:
                     if self._init_error is not None:
                         raise self._init_error
@@ -133,7 +137,7 @@ class InstanceHost:
                              awslambda.error_payload(awslambda.ERROR_TIMED_OUT,
                                                      f"Init phase timed out after {limit:.2f} seconds")) from None
         self.state = READY
-        self._reaper = asyncio.get_running_loop().create_task(self._reap_idle(), name="kfn-env-reaper")
+        self._reaper = asyncio.get_running_loop().create_task(self._pool.reap_idle(), name="kfn-env-reaper")
 
     def drain(self) -> None:
         """Take no new invocations from now on (they are rejected as `draining`)."""
@@ -159,13 +163,7 @@ class InstanceHost:
             self._finish(invocation, awslambda.error_payload(awslambda.ERROR_UNAVAILABLE, "the instance stopped"),
                          awslambda.UNHANDLED)
         self._queue.clear()
-        for env in list(self._envs.values()):
-            self._kill(env, "the instance stopped")
-        await self._spawner.close()
-        for env in list(self._envs.values()):
-            if env.server is not None:
-                env.server.close()
-        self._envs.clear()
+        await self._pool.close("the instance stopped")
 
     # -- invocations -----------------------------------------------------------------------------
 
@@ -180,7 +178,7 @@ class InstanceHost:
             if self.state == LOADING:
                 raise Rejected(contract.REJECTED_LOADING, "the function is loading")
             raise Rejected(contract.REJECTED_DRAINING, "the instance is shutting down")
-        env = self._idle_env()
+        env = self._pool.idle()
         if env is not None:
             self._dispatch(env, invocation)
         else:
@@ -188,7 +186,7 @@ class InstanceHost:
             # Several gateways each fill an instance up to its concurrency without knowing of the
             # others; a short wait here beats sending the client away.
             if len(self._queue) >= self.config.queue_limit + max(
-                    0, self.config.concurrency - sum(1 for e in self._envs.values() if e.state == BUSY)):
+                    0, self.config.concurrency - sum(1 for e in self._pool.envs.values() if e.state == BUSY)):
                 raise Rejected(contract.REJECTED_CONCURRENCY,
                                f"all {self.config.concurrency} environments of this instance are busy "
                                f"and {len(self._queue)} invocations wait")
@@ -197,10 +195,10 @@ class InstanceHost:
             # environment, then has its own timeout (the timer is replaced when one takes it).
             invocation.timer = asyncio.get_running_loop().call_later(
                 self.config.init_timeout + invocation.timeout, self._queue_timed_out, invocation)
-            coming = sum(1 for e in self._envs.values() if e.state in (STARTING, RETURNING))
+            coming = sum(1 for e in self._pool.envs.values() if e.state in (STARTING, RETURNING))
             if coming < len(self._queue) and len(self.environments) < self.config.concurrency:
                 try:
-                    await self._new_env()
+                    await self._pool.new()
                 except OSError as e:
                     with contextlib.suppress(ValueError):
                         self._queue.remove(invocation)
@@ -214,12 +212,6 @@ class InstanceHost:
             raise
         return invocation
 
-    def _idle_env(self) -> Environment | None:
-        for env in self._envs.values():
-            if env.state == IDLE:
-                return env
-        return None
-
     def _dispatch(self, env: Environment, invocation: Invocation) -> None:
         api = env.poll
         assert api is not None
@@ -230,9 +222,10 @@ class InstanceHost:
         invocation.started = time.monotonic()
         invocation.deadline = time.time() + invocation.timeout
         invocation.init_ms, env.init_ms = env.init_ms, None
+        transcript = self._transcript
         if invocation.log is not None:
-            self._drain(env)   # what the one before printed late is not this invocation's
-        self._platform_line(env, invocation, f"START RequestId: {invocation.id} Version: {self.config.version}")
+            transcript.drain(env)   # what the one before printed late is not this invocation's
+        transcript.platform_line(env, invocation, f"START RequestId: {invocation.id} Version: {self.config.version}")
         api.deliver(invocation)
         if invocation.timer is not None:
             invocation.timer.cancel()
@@ -250,11 +243,11 @@ class InstanceHost:
             return
         message = f"RequestId: {invocation.id} Error: Task timed out after {invocation.timeout:.2f} seconds"
         if invocation.log is not None:
-            self._drain(env)
-        self._platform_line(env, invocation, message)
+            self._transcript.drain(env)
+        self._transcript.platform_line(env, invocation, message)
         self._finish(invocation, awslambda.error_payload(awslambda.ERROR_TIMED_OUT, message), awslambda.UNHANDLED)
         # Lambda resets the environment: whatever the handler still does dies with it.
-        self._kill(env, "timed out")
+        self._pool.kill(env, "timed out")
 
     def _finish(self, invocation: Invocation, result: bytes, function_error: str | None,
                 error_type: str | None = None) -> None:
@@ -276,66 +269,16 @@ class InstanceHost:
             env.last_used = now = time.monotonic()
             if env.state == BUSY:
                 env.state = RETURNING   # until it polls again
-            self._platform_line(env, invocation, f"END RequestId: {invocation.id}")
+            self._transcript.platform_line(env, invocation, f"END RequestId: {invocation.id}")
             # The environment's peak as its own client reported it with this result, else read from /proc.
             peak_mb = kib_to_mb(env.peak_kib) if env.peak_kib is not None else peak_memory_mb(env.pid)
             env.peak_kib = None
-            self._platform_line(env, invocation, report_line(
+            self._transcript.platform_line(env, invocation, report_line(
                 invocation.id, duration_ms=(now - invocation.started) * 1000, memory_mb=self.config.memory_mb,
                 max_memory_mb=peak_mb, init_ms=invocation.init_ms))
         self._idle_changed.set()
 
-    def _platform_line(self, env: Environment, invocation: Invocation, line: str) -> None:
-        """One of Lambda's own lines about an invocation (START, END, REPORT, a timeout): in the
-        environment's log, and in the invocation's log tail, on a line of its own."""
-        self._log(env.id, line)
-        log = invocation.log
-        if log is not None:
-            if log and not log.endswith(b"\n"):
-                log += b"\n"   # what the function printed last did not end its line
-            log += line.encode() + b"\n"
-
     # -- environments ------------------------------------------------------------------------------
-
-    async def _new_env(self, *, since: float | None = None) -> Environment:
-        """Start an environment; `since`: when its init began, if before now (the instance's first)."""
-        self._ids += 1
-        env = Environment(f"env-{self._ids}")
-        if since is not None:
-            env.started = since
-        # Counted (as starting) before the first await: invocations arriving meanwhile must not
-        # start environments of their own for the same need.
-        self._envs[env.id] = env
-        loop = asyncio.get_running_loop()
-        try:
-            env.server = await loop.create_server(lambda: RuntimeAPI(self, env), "127.0.0.1", 0)
-            env.port = env.server.sockets[0].getsockname()[1]
-            await self._spawner.spawn(self, env)
-        except BaseException:
-            self._envs.pop(env.id, None)
-            if env.server is not None:
-                env.server.close()
-            raise
-        # Lambda bounds an environment's init; one that never asks for work must not hold its slot.
-        # (The first one is bounded by `start`'s own timeout.)
-        if self.state == READY:
-            loop.call_later(self.config.init_timeout, self._init_overdue, env)
-        self.on_env_change()
-        return env
-
-    def _init_overdue(self, env: Environment) -> None:
-        if env.state == STARTING and self._envs.get(env.id) is env:
-            self._log(env.id, f"Error: the environment did not ask for work within {self.config.init_timeout:g}s "
-                              "of starting (its init phase timed out)")
-            self._kill(env, "init timed out")
-
-    def _kill(self, env: Environment, why: str) -> None:
-        if env.state == DEAD:
-            return
-        env.state = DEAD
-        with contextlib.suppress(ProcessLookupError, OSError):
-            self._spawner.kill(env)
-        self._forget(env, why)
 
     def runtime_api(self, env: Environment) -> RuntimeAPI:
         """A Runtime API connection (HTTP) for `env`, for a spawner that connects it itself."""
@@ -348,21 +291,23 @@ class InstanceHost:
 
     def env_exited(self, env: Environment, code: int | None) -> None:
         """The spawner saw an environment's process end (on its own, or killed)."""
-        if self._envs.get(env.id) is not env:
+        if self._pool.envs.get(env.id) is not env:
             return
         if env.state != DEAD:
             # Not one the host stopped: say so, as Lambda's log does for a runtime that exits.
             env.state = DEAD
             invocation = env.invocation
             if invocation is not None and not invocation.future.done():
-                self._platform_line(env, invocation, f"RequestId: {invocation.id} Error: Runtime exited with error: "
-                                                     f"exit status {code}")
+                self._transcript.platform_line(env, invocation, f"RequestId: {invocation.id} Error: Runtime exited "
+                                                                f"with error: exit status {code}")
             else:
-                self._log(env.id, f"Error: Runtime exited with error: exit status {code}")
-            self._forget(env, f"Runtime exited with error: exit status {code}")
+                self._transcript.log(env.id, f"Error: Runtime exited with error: exit status {code}")
+            self.forget(env, f"Runtime exited with error: exit status {code}")
         self._idle_changed.set()
 
-    def _forget(self, env: Environment, why: str) -> None:
+    def forget(self, env: Environment, why: str) -> None:
+        """`env` is gone (killed by the pool, or its process ended): its invocation fails with
+        Lambda's `Runtime.ExitError` (saying `why`), and queued invocations get an environment on its way."""
         invocation = env.invocation
         if invocation is not None and not invocation.future.done():
             message = why if why.startswith("Runtime exited") else f"Runtime exited ({why})"
@@ -372,37 +317,22 @@ class InstanceHost:
             env.server.close()
         if env.poll is not None:
             env.poll.close()
-        self._envs.pop(env.id, None)
+        self._pool.envs.pop(env.id, None)
         self.on_env_change()
         if self._queue and self.state == READY:
             # Invocations were waiting for environments: make sure one is on its way.
-            coming = sum(1 for e in self._envs.values() if e.state in (STARTING, RETURNING))
+            coming = sum(1 for e in self._pool.envs.values() if e.state in (STARTING, RETURNING))
             if coming < len(self._queue) and len(self.environments) < self.config.concurrency:
                 asyncio.get_running_loop().create_task(self._replace())
         self._idle_changed.set()
 
     async def _replace(self) -> None:
         try:
-            await self._new_env()
+            await self._pool.new()
         except OSError as e:
             while self._queue:
                 self._finish(self._queue.popleft(), awslambda.error_payload(
                     awslambda.ERROR_UNAVAILABLE, f"cannot start: {e}"), awslambda.UNHANDLED)
-
-    async def _reap_idle(self) -> None:
-        """Stops environments idle for longer than idle_timeout, keeping one; runs until closed."""
-        interval = max(0.5, min(10.0, self.config.idle_timeout / 4))
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            idle = sorted((e for e in self._envs.values() if e.state == IDLE), key=lambda e: e.last_used)
-            live = len(self.environments)
-            for env in idle:
-                if live <= 1:
-                    break
-                if now - env.last_used > self.config.idle_timeout:
-                    self._kill(env, "idle")
-                    live -= 1
 
     # -- what environments say, through the Runtime API --------------------------------------------
 
@@ -426,7 +356,7 @@ class InstanceHost:
         if invocation is None or invocation.id != request_id:
             return 400
         if invocation.log is not None:
-            self._drain(env)
+            self._transcript.drain(env)
         if error:
             if not body:
                 body = awslambda.error_payload(error_type or awslambda.ERROR_UNKNOWN,
@@ -447,45 +377,3 @@ class InstanceHost:
         if self._queue:
             self._finish(self._queue.popleft(), body, awslambda.UNHANDLED, error_type)
         self._idle_changed.set()
-
-    def _drain(self, env: Environment) -> None:
-        """Take in at once what `env` has written to its output pipe and the loop has not read yet.
-
-        The pipe and the Runtime API are read by the same loop in no set order: a result may be
-        handled before the output the handler printed ahead of it, which would then miss its
-        invocation's log tail and land in the next one's (another caller's). What a runtime wrote
-        before posting its result is in the pipe by then, so reading the pipe here, without
-        waiting, gives the invocation all of it. A pipe already closed, or none, is left alone.
-        """
-        transport = env.process
-        if transport is None or not hasattr(transport, "get_extra_info") or transport.is_closing():
-            return
-        try:
-            fd = transport.get_extra_info("pipe").fileno()
-        except (AttributeError, ValueError):
-            return
-        for _ in range(64):   # at most a pipe's worth is there (its writer blocks beyond); bounded anyway
-            try:
-                data = os.read(fd, 65536)
-            except OSError:   # BlockingIOError: nothing more for now
-                return
-            if not data:
-                return
-            self.output(env, data)
-
-    def output(self, env: Environment, data: bytes) -> None:
-        """Bytes an environment wrote to stdout/stderr: logged by line, and kept for a log tail."""
-        invocation = env.invocation
-        if invocation is not None and invocation.log is not None:
-            invocation.log += data
-            if len(invocation.log) > 2 * LOG_TAIL_BYTES:
-                del invocation.log[:-LOG_TAIL_BYTES]
-        env.output += data
-        *lines, rest = env.output.split(b"\n")
-        if len(rest) > 65536:
-            lines.append(rest)
-            rest = bytearray()
-        env.output = bytearray(rest)
-        for line in lines:
-            self._log(env.id, line.decode(errors="replace").rstrip("\r"))
-
