@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-port", type=int, default=None, metavar="PORT",
                    help="also serve GET /healthz alone on this port, outside --max-connections: the liveness "
                         "probe (default: none)")
+    p.add_argument("--sync-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long the Kubernetes API may take to list the functions, deployments and pods at "
+                        "start; past it the gateway exits with an error (default 30)")
     p.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
     p.add_argument("--default-namespace", default=naming.DEFAULT_NAMESPACE,
                    help="the namespace /function/NAME means (NAME.NAMESPACE names any other)")
@@ -144,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between autoscaling decisions")
     p.add_argument("--metrics-port", type=int, default=None, help="serve the autoscaler's metrics on this port")
     p.add_argument("--health-port", type=int, default=None, help="serve a liveness probe on this port (/healthz)")
+    p.add_argument("--sync-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long the Kubernetes API may take to list the functions, deployments and pods before "
+                        "each warning (the autoscaler and the scheduler wait for it; default 30)")
     return parser
 
 

@@ -50,8 +50,6 @@ from kfn.triggers.service import TriggerService
 from kfn_gateway import Gateway, GatewaySettings, serve, serve_health
 from kfn_gateway.asyncinvoke import AsyncDelivery
 
-# How long the Kubernetes API may take to list what the gateway follows, at start.
-API_SYNC_TIMEOUT = 30.0
 # Between attempts to reach a NATS server that did not answer at start.
 NATS_RETRY = 5.0
 # Past a part's own bound on stopping (the deliveries' drain), before it is left behind.
@@ -100,19 +98,19 @@ async def _serve(options: GatewayOptions) -> None:
 async def _start(parts: Parts, options: GatewayOptions) -> Gateway:
     """Start the gateway's parts in order, each registered in `parts` to be stopped; runs until the
     gateway listens (the asynchronous invocations go on starting in the background). CommandError
-    if a part cannot start (the API server not answering within API_SYNC_TIMEOUT, a port in use)."""
+    if a part cannot start (the API server not listing within --sync-timeout, a port in use)."""
     api = await _connect()
     parts.add("Kubernetes API client", api.close)
     key_file = open_key_file(options.keys) if options.keys is not None else None
     if not options.system_auth:
         logger.warning("--no-system-auth: anyone who reaches the gateway can list functions and read their logs")
-    backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True, sync_timeout=API_SYNC_TIMEOUT)
+    backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True, sync_timeout=options.sync_timeout)
     parts.add("Kubernetes backend", backend.close)   # before its start: informers retry until closed
     try:
         await backend.start()
     except TimeoutError:
         raise CommandError(f"the Kubernetes API at {api.configuration.host} did not list the functions, "
-                           f"deployments and pods within {API_SYNC_TIMEOUT:g}s") from None
+                           f"deployments and pods within {options.sync_timeout:g}s (--sync-timeout)") from None
     keys: KeySource
     if key_file is not None:
         keys = key_file

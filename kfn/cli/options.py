@@ -133,6 +133,7 @@ class GatewayOptions:
     nats_url: str | None = None   # async events in JetStream there (none: async requests are 503)
     replicas: int = 1             # gateway replicas sharing the async queue
     region: str = awslambda.DEFAULT_REGION   # the functions' region (functions.region): destination records say it
+    sync_timeout: float = 30.0    # the Kubernetes API's first listing at start; past it, an error
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class OperatorOptions:
     autoscale_interval: float = 2.0
     metrics_port: int | None = None
     health_port: int | None = None
+    sync_timeout: float = 30.0    # the Kubernetes API's first listing, between warnings
 
 
 def _port(value: int, flag: str, *, allow_zero: bool = True) -> int:
@@ -331,7 +333,13 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
                           system_auth=not args.no_system_auth, admin_namespace=admin_namespace,
                           keys=_keys_file(args.keys), connections=connections(args), limits=limits(args),
                           nats_url=nats_url(args.nats_url), replicas=_replicas(args.replicas),
-                          region=_region(args.region))
+                          region=_region(args.region), sync_timeout=_sync_timeout(args.sync_timeout))
+
+
+def _sync_timeout(value: float) -> float:
+    if not value > 0:
+        raise _usage(f"--sync-timeout must be positive (got {value:g})")
+    return value
 
 
 def _region(flag: str | None) -> str:
@@ -372,4 +380,5 @@ def operator(args: argparse.Namespace) -> OperatorOptions:
     return OperatorOptions(namespaces=tuple(args.namespace), prometheus_url=args.prometheus_url,
                            standalone=args.standalone, runtime_images=tuple(args.runtime_image),
                            gateway_selector=args.gateway_selector, autoscale_interval=args.autoscale_interval,
-                           metrics_port=args.metrics_port, health_port=args.health_port)
+                           metrics_port=args.metrics_port, health_port=args.health_port,
+                           sync_timeout=_sync_timeout(args.sync_timeout))

@@ -41,12 +41,13 @@ class OperatorConfig:
     identity: str = field(default_factory=socket.gethostname)
     metrics_port: int | None = None             # serve the autoscaler's metrics on 0.0.0.0:PORT
     health_port: int | None = None              # the liveness endpoint on 0.0.0.0:PORT/healthz
+    sync_timeout: float = 30.0                  # the backend's first listing, between warnings
 
     @classmethod
     def build(cls, *, namespaces: tuple[str, ...] = (), standalone: bool = False, prometheus_url: str | None = None,
               runtime_images: tuple[str, ...] = (), gateway_selector: str | None = None,
               autoscale_interval: float = 2.0, metrics_port: int | None = None, health_port: int | None = None,
-              env: Mapping[str, str] | None = None) -> OperatorConfig:
+              sync_timeout: float = 30.0, env: Mapping[str, str] | None = None) -> OperatorConfig:
         """The configuration from `kfn operator`'s options and the environment the chart sets.
 
         Raises ValueError naming what is wrong.
@@ -73,4 +74,5 @@ class OperatorConfig:
             nats_url=env.get(ENV_NATS_URL, "").strip() or None,
             metrics_port=metrics_port,
             health_port=health_port,
+            sync_timeout=sync_timeout,
         )

@@ -87,7 +87,8 @@ class Controller:
             if self._api is None:
                 self._api = await connect()
                 parts.add("API client", self._close_api)
-            backend = KubernetesBackend(self.api, namespaces=self.config.namespaces)
+            backend = KubernetesBackend(self.api, namespaces=self.config.namespaces,
+                                        sync_timeout=self.config.sync_timeout)
             synced = asyncio.Event()
             if self.config.autoscaler or (self.config.scheduler and self.config.nats_url):
                 parts.add("Kubernetes backend", backend.close)   # its informers retry until closed

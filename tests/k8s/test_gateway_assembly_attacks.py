@@ -138,11 +138,11 @@ async def test_an_invalid_keys_file_is_exit_2_without_a_traceback(cluster: kube.
 
 
 async def test_an_api_server_that_cannot_be_reached_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
-    async with kfn_gateway(unreachable_kubeconfig(tmp_path), tmp_path) as gateway:
-        code = await gateway.wait(60)
+    async with kfn_gateway(unreachable_kubeconfig(tmp_path), tmp_path, "--sync-timeout", "2") as gateway:
+        code = await gateway.wait(30)
         assert code is not None and code != 0, gateway.output()
         assert "Traceback" not in gateway.output(), gateway.output()
-        assert "kfn gateway: " in gateway.output(), gateway.output()
+        assert "kfn gateway: " in gateway.output() and "within 2s" in gateway.output(), gateway.output()
 
 
 # -- signals during startup ----------------------------------------------------------------------------

@@ -154,8 +154,9 @@ async def test_the_operator_keeps_running_when_the_pod_list_fails_for_longer_tha
     assert cluster.kubeconfig is not None
     cluster.fail_requests(PODS, 100_000, status=500)
     async with kfn_operator(cluster.kubeconfig, tmp_path, "--standalone", *IMAGE,
-                            "--autoscale-interval", "0.5") as operator:
-        code = await operator.wait(40)   # past the backend's 30 s sync timeout
+                            "--autoscale-interval", "0.5", "--sync-timeout", "1") as operator:
+        code = await operator.wait(4)   # past the backend's sync timeout, three times
+        assert "the cluster is not listed yet" in operator.output(), operator.output()
         assert code is None, operator.output()
         assert "Traceback" not in operator.output(), operator.output()
         operator.signal()

@@ -84,3 +84,19 @@ def test_a_health_port_that_is_no_port_or_the_main_port_is_a_usage_error(flags: 
         options.gateway(build_parser().parse_args(["gateway", *flags]))
     assert caught.value.exit_code == 2
     assert "--health-port" in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["gateway", "operator"])
+def test_the_sync_timeout_reaches_the_options_and_is_30s_by_default(command: str) -> None:
+    parse = options.gateway if command == "gateway" else options.operator
+    assert parse(build_parser().parse_args([command])).sync_timeout == 30.0
+    assert parse(build_parser().parse_args([command, "--sync-timeout", "2.5"])).sync_timeout == 2.5
+
+
+@pytest.mark.parametrize("command", ["gateway", "operator"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_sync_timeout_that_is_not_positive_is_a_usage_error(command: str, value: str) -> None:
+    parse = options.gateway if command == "gateway" else options.operator
+    with pytest.raises(CommandError) as caught:
+        parse(build_parser().parse_args([command, f"--sync-timeout={value}"]))
+    assert caught.value.exit_code == 2 and "--sync-timeout" in str(caught.value)
