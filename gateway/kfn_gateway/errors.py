@@ -33,6 +33,16 @@ def json_error(status: int, message: str, function: str = "", *, retry_after: in
     return response
 
 
+def response_status(response: web.StreamResponse) -> int:
+    """The status a held request is counted with: its answer's."""
+    return response.status
+
+
+def client_gone() -> web.Response:
+    """What a held request whose client went away ends with (nginx's 499): nobody reads it."""
+    return web.Response(status=499)
+
+
 def refused(e: Refused, function: str = "") -> web.Response:
     """The answer to a body not taken; the rest of a broken or slow request is not read."""
     return json_error(REFUSED_STATUS[e.refusal], str(e), function, close=True, now=e.refusal is not Refusal.TOO_LARGE)

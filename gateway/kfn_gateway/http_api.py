@@ -35,7 +35,7 @@ from kfn_gateway import apigateway, cors
 from kfn_gateway.auth import Scope, authorize, credential_headers, key_headers
 from kfn_gateway.connections import expect_continue, read_body
 from kfn_gateway.dispatch import Dispatcher
-from kfn_gateway.errors import json_error, refused
+from kfn_gateway.errors import client_gone, json_error, refused, response_status
 from kfn_gateway.outcomes import Accepted, NotRun, Outcome, Ran, Reason, Refused, TimedOut
 from kfn_gateway.routing import Route
 from kfn_runtime import awslambda
@@ -220,7 +220,7 @@ class HttpApi:
         return await dispatcher.held(
             route, self._answer(request, function, route, body, label=label, path=path, query=query, prefix=prefix,
                                 strip=strip),
-            status=_status, lost=_lost,
+            status=response_status, lost=client_gone,
             failed=lambda: json_error(500, f"the gateway failed to invoke function {label!r}", label))
 
     def _http_event(self, request: web.Request, function: Function, body: bytes, *, path: str, query: str,
@@ -292,14 +292,6 @@ class HttpApi:
         if http.cors is not None:
             headers_out = cors.apply(http.cors, headers_in, headers_out)
         return web.Response(status=out.status, body=out.body or None, headers=headers_out)
-
-
-def _status(response: web.StreamResponse) -> int:
-    return response.status
-
-
-def _lost() -> web.StreamResponse:
-    return web.Response(status=499)   # the client went away: nobody reads this
 
 
 def _counted(route: Route, response: web.Response) -> web.Response:

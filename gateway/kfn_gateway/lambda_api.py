@@ -55,6 +55,7 @@ from kfn.core.keys import KeySource
 from kfn_gateway.auth import SIGV4, Scope, authorize, credential_headers
 from kfn_gateway.connections import close_after, expect_continue, read_body
 from kfn_gateway.dispatch import Dispatcher
+from kfn_gateway.errors import client_gone, response_status
 from kfn_gateway.outcomes import Accepted, InstanceLost, Ran, Reason, Refusal, Refused, TimedOut
 from kfn_gateway.routing import Route
 from kfn_runtime import awslambda
@@ -337,7 +338,7 @@ class LambdaApi:
         function's metrics as /function/ requests are."""
         route = self._dispatcher.route(function.ref)
         return await self._dispatcher.held(
-            route, self._answer(function, route, invocation), status=_status, lost=_lost,
+            route, self._answer(function, route, invocation), status=response_status, lost=client_gone,
             failed=lambda: service_error(f"the gateway failed to invoke function {function.ref}").response(
                 invocation.request_id))
 
@@ -360,14 +361,6 @@ class LambdaApi:
         if result.function_error:
             logger.info("function %s failed (%s): %s", function.ref, result.error_type, result.payload[:500])
         return _result(result, request_id, want_log=invocation.want_log)
-
-
-def _status(response: web.Response) -> int:
-    return response.status
-
-
-def _lost() -> web.Response:
-    return web.Response(status=499)   # the client went away: nobody reads this
 
 
 def _result(result: InvocationResult, request_id: str, *, want_log: bool) -> web.Response:
