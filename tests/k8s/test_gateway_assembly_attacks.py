@@ -21,6 +21,7 @@ import pytest
 from kfn.core import naming
 from kfn.events import jetstream_layout
 from tests.support import kube
+from tests.support.commands import CommandProcess
 from tests.support.nats import NatsServer
 from tests.support.ports import free_port
 
@@ -30,27 +31,12 @@ HELLO = {"apiVersion": naming.API_VERSION, "kind": naming.KIND, "metadata": {"na
          "spec": {"handler": "main.handler", "source": {"files": {"main.py": "def handler(e, c):\n    return 1\n"}}}}
 
 
-class Gateway:
+class Gateway(CommandProcess):
     """A `kfn gateway` process in a session of its own, its output in a log file."""
 
     def __init__(self, process: asyncio.subprocess.Process, log: Path, port: int) -> None:
-        self.process = process
-        self.log = log
+        super().__init__(process, log)
         self.url = f"http://127.0.0.1:{port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.returncode is None:
-            self.process.send_signal(sig)
-
-    async def wait(self, timeout: float) -> int | None:
-        """The exit code, or None if it still runs after `timeout` seconds."""
-        try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            return None
 
     async def serving(self, timeout: float = 30.0) -> bool:
         """Whether GET /healthz answers 200 within `timeout` (False at once if it exited)."""

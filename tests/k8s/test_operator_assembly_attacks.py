@@ -17,6 +17,7 @@ import pytest
 
 from kfn.core import naming
 from tests.support import kube
+from tests.support.commands import CommandProcess
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
@@ -28,26 +29,8 @@ PODS = "v1/pods"
 IMAGE = ("--runtime-image", "python3.12=reg.local/py:3.12")
 
 
-class Operator:
+class Operator(CommandProcess):
     """A `kfn operator` process in a session of its own, its output in a log file."""
-
-    def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.process = process
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.returncode is None:
-            self.process.send_signal(sig)
-
-    async def wait(self, timeout: float) -> int | None:
-        """The exit code, or None if it still runs after `timeout` seconds."""
-        try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            return None
 
 
 @contextlib.asynccontextmanager
