@@ -15,10 +15,15 @@ watches. Then, alternating, `--runs` times each:
 - through kfn: the function at zero replicas; the time from sending the request to the gateway's
   NodePort on 127.0.0.1 to its 200 (the gateway scales from zero, waits for a ready endpoint and
   forwards).
+- through kfn, with requirements: `fastapi-hello`, a FastAPI app behind Mangum
+  (`requirements: [fastapi==0.*, mangum==0.*]`, from a package index this bench serves on the node's
+  address: pods have no internet). Its requirements are built once, by a build Job (the time from
+  apply to Ready is printed: the build); each cold start fetches the archive in the init container,
+  with no installer.
 
-Prints p50/p99 of both and their ratio against the targets (kfn p50 <= 1.2x, p99 <= 1.5x the bare
-pod's) as PASS/MISS: information, never an assertion. Removes the release, its namespaces and the
-CRD at the end.
+Prints p50/p99 of each and their ratio against the targets (kfn p50 <= 1.2x, p99 <= 1.5x the bare
+pod's; with requirements p50 <= 1.3x) as PASS/MISS: information, never an assertion. Removes the
+release, its namespaces and the CRD at the end.
 """
 from __future__ import annotations
 
@@ -43,6 +48,23 @@ sys.path.insert(0, str(REPO))
 from tests.cluster import platform  # noqa: E402 - the tier's helpers: kubectl, helm, waits
 
 TARGET_P50, TARGET_P99 = 1.2, 1.5
+TARGET_REQUIREMENTS_P50 = 1.3
+FASTAPI = "fastapi-hello"
+FASTAPI_REQUIREMENTS = ["fastapi==0.*", "mangum==0.*"]
+FASTAPI_CODE = """
+from fastapi import FastAPI
+from mangum import Mangum
+
+app = FastAPI()
+
+
+@app.get("/{path:path}")
+def hello(name: str = "world"):
+    return {"message": f"Hello, {name}!"}
+
+
+handler = Mangum(app, lifespan="off")
+"""
 POLL_SECONDS = 0.005
 BARE = "bare-hello"
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
@@ -131,14 +153,15 @@ def bare_cold_start(proxy: platform.ApiProxy, namespace: str, watch: PodIPWatch)
     return seconds
 
 
-def kfn_cold_start(release: platform.Release, namespace: str, watch: PodIPWatch) -> tuple[float, float | None]:
+def kfn_cold_start(release: platform.Release, namespace: str, watch: PodIPWatch,
+                   name: str = "hello") -> tuple[float, float | None]:
     """(request → 200 through the gateway, request → the new pod's runtime ready on its IP).
 
     The second is measured on the side, by polling the pod's /_/ready every 5 ms as soon as it
     has an IP: the difference is what kfn adds after the runtime is ready (the kubelet's
     readiness probe, the EndpointSlice, the gateway's informer and the proxying).
     """
-    url = release.url("hello", namespace, "name=bench")
+    url = release.url(name, namespace, "name=bench")
     direct: list[float] = []
 
     def poll_pod() -> None:
@@ -154,14 +177,14 @@ def kfn_cold_start(release: platform.Release, namespace: str, watch: PodIPWatch)
     seconds = time.monotonic() - started
     poller.join(5)
     if answer.status != 200:
-        raise RuntimeError(f"hello answered {answer.status}: {answer.text}")
+        raise RuntimeError(f"{name} answered {answer.status}: {answer.text}")
     # Back to zero by kfn's own means (idleTimeout), and every gateway replica knows it.
-    platform.wait_until("hello scaled to zero", lambda: platform.deployment_replicas("hello", namespace) == 0,
+    platform.wait_until(f"{name} scaled to zero", lambda: platform.deployment_replicas(name, namespace) == 0,
                         timeout=60)
-    platform.wait_until("no hello pod", lambda: not platform.function_pods("hello", namespace), timeout=60)
+    platform.wait_until(f"no {name} pod", lambda: not platform.function_pods(name, namespace), timeout=60)
     for base in release.gateway_pod_urls():
-        platform.wait_until(f"{base} to see hello at zero", lambda base=base: platform.http_get(
-            base + "/system/functions/" + platform.cli_name("hello", namespace), timeout=5,
+        platform.wait_until(f"{base} to see {name} at zero", lambda base=base: platform.http_get(
+            base + "/system/functions/" + platform.cli_name(name, namespace), timeout=5,
             headers=release.system_headers()).json()["replicas"] == 0,
             timeout=30, interval=0.1)
     return seconds, (direct[0] - started if direct else None)
@@ -179,7 +202,8 @@ def bare_deployment(namespace: str) -> dict[str, Any]:
     }
 
 
-def report(bare: list[float], kfn: list[float], kfn_ready: list[float]) -> None:
+def report(bare: list[float], kfn: list[float], kfn_ready: list[float], fastapi: list[float],
+           build_seconds: float) -> None:
     def ms(x: float) -> str:
         return f"{x * 1000:8.0f} ms"
 
@@ -203,8 +227,17 @@ def report(bare: list[float], kfn: list[float], kfn_ready: list[float]) -> None:
     print(f"{'kfn / bare pod':44} {r50:10.2f}x {r99:10.2f}x")
     print(f"{'target':44} {'<= ' + format(TARGET_P50, '.1f') + 'x':>11} {'<= ' + format(TARGET_P99, '.1f') + 'x':>11}")
     print(f"{'':44} {'PASS' if r50 <= TARGET_P50 else 'MISS':>11} {'PASS' if r99 <= TARGET_P99 else 'MISS':>11}")
+    if fastapi:
+        f50 = statistics.median(fastapi) / statistics.median(bare)
+        print(f"{'kfn, FastAPI + Mangum (archive fetched)':44} {ms(statistics.median(fastapi))} "
+              f"{ms(percentile(fastapi, 99))} {ms(min(fastapi))}")
+        print(f"{'  / bare pod (target p50 <= ' + format(TARGET_REQUIREMENTS_P50, '.1f') + 'x)':44} {f50:10.2f}x "
+              f"{'PASS' if f50 <= TARGET_REQUIREMENTS_P50 else 'MISS':>11}")
+        print(f"{'  its build (apply → Ready: Job, pip, store)':44} {build_seconds * 1000:8.0f} ms")
     print("\nevery run (ms): bare " + " ".join(f"{x * 1000:.0f}" for x in bare))
     print("                kfn  " + " ".join(f"{x * 1000:.0f}" for x in kfn))
+    if fastapi:
+        print("                fastapi " + " ".join(f"{x * 1000:.0f}" for x in fastapi))
 
 
 def main() -> int:
@@ -217,8 +250,12 @@ def main() -> int:
         return 1
     # The NATS store in an emptyDir: no claim to bind on a cluster without a provisioner, and cold
     # starts do not touch it.
+    index = contextlib.ExitStack()
+    index_url = index.enter_context(platform.package_index(FASTAPI_REQUIREMENTS, dependencies=True))
+    host = index_url.split("/")[2].split(":")[0]
     release = platform.Release(f"kfn-bench-{platform.RUN_ID}", platform.create_namespace("kfn-bench"),
-                               {"async": {"nats": {"persistence": {"enabled": False}}}})
+                               {"async": {"nats": {"persistence": {"enabled": False}}},
+                                "functions": {"pip": {"indexUrl": index_url, "trustedHosts": [host]}}})
     try:
         started = time.monotonic()
         release.install()
@@ -228,12 +265,19 @@ def main() -> int:
         release.deploy(hello, namespace)
         platform.apply(bare_deployment(namespace), namespace=namespace)
         print(f"release installed and hello deployed in {time.monotonic() - started:.1f}s")
+        started = time.monotonic()
+        release.deploy(platform.function(FASTAPI, FASTAPI_CODE, runtime="python3.11", requirements=FASTAPI_REQUIREMENTS,
+                                         scale={"minReplicas": 0, "idleTimeout": "1s"}), namespace, timeout=600)
+        build_seconds = time.monotonic() - started
+        print(f"{FASTAPI}: requirements built in {build_seconds:.1f}s (apply → Ready)")
+        fastapi: list[float] = []
         bare: list[float] = []
         kfn: list[float] = []
         kfn_ready: list[float] = []
         with platform.ApiProxy() as proxy:
             bare_watch = PodIPWatch(proxy, namespace, f"app={BARE}")
             kfn_watch = PodIPWatch(proxy, namespace, "kfn.dev/function=hello,kfn.dev/component=function")
+            fastapi_watch = PodIPWatch(proxy, namespace, f"kfn.dev/function={FASTAPI},kfn.dev/component=function")
             try:
                 for run in range(1, args.runs + 1):
                     bare.append(bare_cold_start(proxy, namespace, bare_watch))
@@ -241,14 +285,17 @@ def main() -> int:
                     kfn.append(seconds)
                     if ready is not None:
                         kfn_ready.append(ready)
+                    fastapi.append(kfn_cold_start(release, namespace, fastapi_watch, FASTAPI)[0])
                     print(f"run {run:2}: bare {bare[-1] * 1000:6.0f} ms   kfn {kfn[-1] * 1000:6.0f} ms"
-                          f" (runtime ready on its pod IP after {ready * 1000 if ready else float('nan'):.0f} ms)",
-                          flush=True)
+                          f" (runtime ready on its pod IP after {ready * 1000 if ready else float('nan'):.0f} ms)"
+                          f"   fastapi {fastapi[-1] * 1000:6.0f} ms", flush=True)
             finally:
                 bare_watch.close()
                 kfn_watch.close()
-        report(bare, kfn, kfn_ready if len(kfn_ready) == len(kfn) else [])
+                fastapi_watch.close()
+        report(bare, kfn, kfn_ready if len(kfn_ready) == len(kfn) else [], fastapi, build_seconds)
     finally:
+        index.close()
         release.uninstall()
         platform.delete_namespaces()
         platform.kubectl("delete", "crd", platform.CRD_NAME, "--ignore-not-found", "--timeout=90s", check=False,

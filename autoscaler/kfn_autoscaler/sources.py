@@ -266,7 +266,7 @@ class PromQLSource:
 
     def __init__(self, base_url: str, *, session: aiohttp.ClientSession, window: str = "30s",
                  timeout: float = 5.0) -> None:
-        if not _PROMQL_DURATION.match(window):
+        if not _PROMQL_DURATION.fullmatch(window):
             raise ValueError(f"window must be a Prometheus duration such as '30s' or '1m' (got {window!r})")
         self._url = base_url.rstrip("/") + "/api/v1/query"
         self._session = session

@@ -6,6 +6,7 @@
     POST /2015-03-31/functions/{name}/invocations   `lambda_api`: AWS Lambda's Invoke API
     GET /system/functions[/{name}], /system/logs/{name}, /system/async/{name},
     POST /system/async/{name}/replay     `system_api`: the gateway's own API (admin key with system_auth)
+    PUT, GET, HEAD /system/archives/{namespace}/{key}   `archives_api`: build archives (a token each)
     GET /healthz, GET /metrics           `system_api`
 
 Every front-end runs invocations through one `Dispatcher` (`kfn_gateway.dispatch`), which
@@ -24,12 +25,14 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from kfn.archives.store import ArchiveStore
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import InstanceBackend
 from kfn.core.keys import KeySource, StaticKeys
 from kfn.core.scaling import MetricsSource
 from kfn.events.store import EventStore
+from kfn_gateway.archives_api import ARCHIVES_PATH, ROUTE_NAME, ArchivesApi
 from kfn_gateway.connections import GuardedAppRunner
 from kfn_gateway.dispatch import Dispatcher
 from kfn_gateway.http_api import HttpApi
@@ -40,16 +43,18 @@ from kfn_gateway.system_api import SystemApi
 
 
 class Gateway:
-    """The gateway's parts over one backend: the dispatch core and its three front-ends.
+    """The gateway's parts over one backend: the dispatch core and its three front-ends, and the
+    archive store's routes (over `archives`, tokens signed with `archive_key`; without both, 404).
 
     `make_app()` is the application with every route; it starts the gateway with it and closes it
-    after. `drain()` starts a gentle shutdown.
+    after (the archive store is its owner's to close). `drain()` starts a gentle shutdown.
     """
 
     def __init__(self, backend: InstanceBackend, *, settings: GatewaySettings = GatewaySettings(),
                  registry: CollectorRegistry | None = None, keys: KeySource | None = None,
                  events: EventStore | None = None,
-                 details: Callable[[FunctionRef], Mapping[str, Any]] | None = None) -> None:
+                 details: Callable[[FunctionRef], Mapping[str, Any]] | None = None,
+                 archives: ArchiveStore | None = None, archive_key: bytes | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.keys: KeySource = keys if keys is not None else StaticKeys()
@@ -62,6 +67,7 @@ class Gateway:
         self.lambda_api = LambdaApi(self.dispatcher, self.keys)
         self.system = SystemApi(self.dispatcher, keys=self.keys, registry=self.registry, closing=self._closing,
                                 draining=lambda: self._draining, details=details)
+        self.archives = ArchivesApi(archives, archive_key, settings)
 
     @property
     def events(self) -> EventStore | None:
@@ -78,7 +84,7 @@ class Gateway:
 
     def make_app(self) -> web.Application:
         """An application with every route of the gateway; it starts and closes the gateway with it."""
-        http, system, invoke_api = self.http, self.system, self.lambda_api
+        http, system, invoke_api, archives = self.http, self.system, self.lambda_api, self.archives
         # Each middleware is a layer every request goes through: the admin key check only when asked for.
         middlewares = [http.hosts_middleware, *([system.auth_middleware] if self.settings.system_auth else [])]
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=middlewares)
@@ -93,6 +99,8 @@ class Gateway:
         app.router.add_get(naming.SYSTEM_LOGS_PATH + "/{name}", system.logs)
         app.router.add_get(naming.SYSTEM_ASYNC_PATH + "/{name}", system.async_queue)
         app.router.add_post(f"{naming.SYSTEM_ASYNC_PATH}/{{name}}/{naming.SYSTEM_ASYNC_REPLAY}", system.async_replay)
+        add("*", ARCHIVES_PATH + "/{namespace}/{key}", archives.handle, name=ROUTE_NAME,
+            expect_handler=archives.expect_continue)
         app.router.add_get("/healthz", system.healthz)
         app.router.add_get("/metrics", system.scrape)
         # Checked after every other resource, whatever the order they were added in.

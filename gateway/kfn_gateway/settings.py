@@ -17,6 +17,12 @@ from kfn_runtime import awslambda
 
 # Lambda's limit on a synchronous invocation's payload.
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
+# A build archive PUT to the archive store (`kfn_gateway.archives_api`): Lambda's own limit on a
+# function's unpacked code and layers is 250 MB, and archives are compressed.
+DEFAULT_ARCHIVE_MAX_BYTES = 256 * 1024 * 1024
+# Archives arriving at once: each is spooled to the gateway's temporary directory while it arrives,
+# so this times the largest is the most disk they take. More are answered 503 (builds retry).
+DEFAULT_ARCHIVE_UPLOADS = 2
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class GatewaySettings:
     system_auth: bool = False       # /system/* needs an admin key (kfn gateway: on by default)
     max_async_payload_bytes: int = MAX_ASYNC_PAYLOAD_BYTES  # an asynchronous invocation's event (Lambda: 1 MB)
     region: str = awslambda.DEFAULT_REGION   # the functions' region: ARNs, events, unsigned Invoke calls
+    archive_max_bytes: int = DEFAULT_ARCHIVE_MAX_BYTES   # a build archive stored (PUT /system/archives/...)
+    archive_uploads: int = DEFAULT_ARCHIVE_UPLOADS       # archives arriving at once; more are 503
 
     def connection_limits(self) -> ConnectionLimits:
         return ConnectionLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,

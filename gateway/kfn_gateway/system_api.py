@@ -1,13 +1,15 @@
 """The gateway's own API, as OpenFaaS's gateway has one:
 
     GET /system/functions[/{name}]   functions with replicas and traffic
-    GET /system/logs/{name}          instance output: ?tail=N (default 100), &follow=1 to stream
+    GET /system/logs/{name}          instance output: ?tail=N (default 100), &follow=1 to stream,
+                                     &build=1 the latest build's output instead
     GET /system/async/{name}         the async queue and dead letters (?limit=N, default 100)
     POST /system/async/{name}/replay dead letters stored again (all, or {"ids": [...]})
     GET /healthz                     the gateway itself is up (503 once draining)
     GET /metrics                     Prometheus metrics of this gateway
 
-With `system_auth`, every /system/* path needs an admin key (`auth_middleware`).
+With `system_auth`, every /system/* path needs an admin key (`auth_middleware`), except the
+archive store's (`kfn_gateway.archives_api`), whose requests each carry a token of their own.
 """
 from __future__ import annotations
 
@@ -26,8 +28,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from kfn.core import naming
 from kfn.core.asyncpolicy import iso_millis, json_value
 from kfn.core.functions import Function, FunctionRef
+from kfn.core.instances import NoBuild
 from kfn.core.keys import KeySource
 from kfn.events.store import EventStore, StoreUnavailable
+from kfn_gateway.archives_api import ROUTE_NAME as ARCHIVES_ROUTE
 from kfn_gateway.auth import Scope, authorize
 from kfn_gateway.connections import read_body
 from kfn_gateway.dispatch import Dispatcher
@@ -60,8 +64,10 @@ class SystemApi:
 
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """/system/* needs an admin key (the gateway adds this middleware with `system_auth` only)."""
-        if request.path.startswith(SYSTEM_PREFIX) or request.path == "/system":
+        """/system/* needs an admin key (the gateway adds this middleware with `system_auth` only),
+        except the archive routes: their tokens are their authentication."""
+        if ((request.path.startswith(SYSTEM_PREFIX) or request.path == "/system")
+                and request.match_info.route.name != ARCHIVES_ROUTE):
             outcome = authorize(request, Scope.system(), self._keys)
             if isinstance(outcome, web.Response):
                 return outcome
@@ -111,7 +117,8 @@ class SystemApi:
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         """Recent instance output as text; with follow=1, streams new lines until the client leaves
-        or the server shuts down."""
+        or the server shuts down (or the output ends: a build's). With build=1, the output of the
+        function's latest build instead (404 if it has none)."""
         function = self._function_or_404(request)
         if isinstance(function, web.Response):
             return function
@@ -122,8 +129,13 @@ class SystemApi:
         except ValueError:
             return web.json_response({"error": f"tail must be a non-negative integer (got {request.query['tail']!r})"},
                                      status=400)
-        follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
-        async with self._dispatcher.backend.logs(function.ref, tail=tail, follow=follow) as lines:
+        follow = _flag(request, "follow")
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                lines = await stack.enter_async_context(self._dispatcher.backend.logs(
+                    function.ref, tail=tail, follow=follow, build=_flag(request, "build")))
+            except NoBuild:
+                return json_error(404, f"{request.match_info['name']} has no build")
             if not follow:
                 text = "".join([line + "\n" async for line in lines])
                 return web.Response(text=text, content_type="text/plain")
@@ -245,3 +257,8 @@ class SystemApi:
                                              naming.SYSTEM_ASYNC_PATH + "/")):
             return web.json_response({"error": f"method {request.method} is not allowed on {path}"}, status=405)
         return web.json_response({"error": f"no route for {path}"}, status=404)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """Whether the query sets the flag `name` (1, true or yes)."""
+    return request.query.get(name, "").lower() in ("1", "true", "yes")

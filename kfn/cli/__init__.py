@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("name", help="NAME or NAME.NAMESPACE")
             p.add_argument("--follow", "-f", action="store_true")
             p.add_argument("--tail", type=int, default=100)
+            p.add_argument("--build", action="store_true",
+                           help="the output of the function's latest build of its requirements (the installer's), "
+                                "instead of its instances'; with -f, until the build ends")
 
     p = sub.add_parser("async", help="asynchronous invocations: a function's queue and dead letters")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -126,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", default=None, metavar="REGION",
                    help="the region the functions run in, as async destination records name it "
                         "(default $KFN_REGION, else us-east-1)")
+    p.add_argument("--archive-key-file", default=None, metavar="FILE",
+                   help="serve the archive store of requirements built once (/system/archives/, in JetStream at "
+                        "--nats-url), checking tokens signed with the key in this file (its raw bytes; the "
+                        "operator's --archive-key-file); default: no archive store")
+    p.add_argument("--archive-max-bytes", default=None, metavar="BYTES",
+                   help="largest build archive the archive store takes, e.g. 512Mi (default 256Mi); else 413")
+    p.add_argument("--archive-uploads", type=int, default=None, metavar="N",
+                   help="archives the store receives at once, each spooled to $TMPDIR while it arrives "
+                        "(default 2); more are answered 503 and their builds retry")
     _connection_options(p)
     _limit_options(p)
     p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
@@ -150,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long the Kubernetes API may take to list the functions, deployments and pods before "
                         "each warning (the autoscaler and the scheduler wait for it; default 30)")
+    p.add_argument("--archive-url", default=None, metavar="URL",
+                   help="the archive store (the gateway) as function pods reach it, e.g. "
+                        "http://kfn-gateway.kfn.svc:8080: with --archive-key-file, a build Job installs a "
+                        "function's requirements once and its pods fetch them (default $KFN_ARCHIVE_URL; "
+                        "none: each pod runs pip)")
+    p.add_argument("--archive-key-file", default=None, metavar="FILE",
+                   help="the archive store's signing key, the file the gateway has (default $KFN_ARCHIVE_KEY_FILE)")
+    p.add_argument("--build-timeout", type=int, default=600, metavar="SECONDS",
+                   help="how long a build Job may install requirements before it fails (default 600)")
     return parser
 
 

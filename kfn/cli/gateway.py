@@ -20,6 +20,15 @@ queue (each taking 1/`--replicas` of a function's async concurrency) and the NAT
 (JetStream consumers and queue groups shared by the replicas); schedules are fired by the
 operator. A NATS server that cannot be reached at start is retried in the background meanwhile
 (async requests are 503 until it answers). Without a NATS URL, async requests are 503.
+
+Requirements built once (`--archive-key-file FILE` and `--nats-url`): the gateway serves the archive
+store, `PUT/GET/HEAD /system/archives/NAMESPACE/KEY` (`kfn_gateway.archives_api`), keeping build
+archives in the JetStream object store `kfn-archives` (`kfn.archives.jetstream.JetStreamArchives`,
+connected on first use, so a NATS server down at start only makes archive requests 503). Each
+request carries a token signed with the key in FILE (its raw bytes, read once at start: the
+operator's `--archive-key-file` must hold the same). `--archive-max-bytes` bounds an archive
+stored (default 256Mi; it is spooled to $TMPDIR while it arrives). Without both flags, the archive
+routes answer 404.
 """
 from __future__ import annotations
 
@@ -28,13 +37,14 @@ import contextlib
 import logging
 import signal
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from aiohttp import web
 from kubernetes.aio import client
 
 from kfn._cogs.lifecycle import Parts
+from kfn.archives.jetstream import JetStreamArchives
 from kfn.cli.local import with_options
 from kfn.cli.options import GatewayOptions
 from kfn.core.aiotasks import stop_tasks
@@ -49,6 +59,7 @@ from kfn.triggers.registry import TriggerSettings
 from kfn.triggers.service import TriggerService
 from kfn_gateway import Gateway, GatewaySettings, serve, serve_health
 from kfn_gateway.asyncinvoke import AsyncDelivery
+from kfn_runtime import archive
 
 # Between attempts to reach a NATS server that did not answer at start.
 NATS_RETRY = 5.0
@@ -102,6 +113,7 @@ async def _start(parts: Parts, options: GatewayOptions) -> Gateway:
     api = await _connect()
     parts.add("Kubernetes API client", api.close)
     key_file = open_key_file(options.keys) if options.keys is not None else None
+    archive_key = _archive_key(options)
     if not options.system_auth:
         logger.warning("--no-system-auth: anyone who reaches the gateway can list functions and read their logs")
     backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True, sync_timeout=options.sync_timeout)
@@ -122,11 +134,21 @@ async def _start(parts: Parts, options: GatewayOptions) -> Gateway:
     settings = GatewaySettings(default_namespace=options.default_namespace, trusted_hops=options.trusted_hops,
                                system_auth=options.system_auth, region=options.region)
     settings = with_options(settings, options.connections, options.limits)
+    if options.archive_max_bytes is not None:
+        settings = replace(settings, archive_max_bytes=options.archive_max_bytes)
+    if options.archive_uploads is not None:
+        settings = replace(settings, archive_uploads=options.archive_uploads)
     # One attempt per start: AsyncService retries (and says so) every NATS_RETRY.
     store = JetStreamStore(options.nats_url, connect_attempts=1) if options.nats_url else None
     if store is not None:
         parts.add("async event store", store.close)   # everything accepted is in JetStream already
-    gateway = Gateway(backend, settings=settings, keys=keys, events=store)
+    archives = JetStreamArchives(options.nats_url) if archive_key is not None and options.nats_url else None
+    if archives is not None:
+        parts.add("archive store", archives.close)
+    elif archive_key is not None:
+        logger.warning("--archive-key-file without a NATS server (--nats-url, $KFN_NATS_URL): no archive store, "
+                       "/system/archives/ answers 404")
+    gateway = Gateway(backend, settings=settings, keys=keys, events=store, archives=archives, archive_key=archive_key)
     listeners = await _listen(gateway, options)
     parts.add("listeners", listeners.close, timeout=LISTENERS_STOP_TIMEOUT)
     if store is not None:
@@ -138,6 +160,22 @@ async def _start(parts: Parts, options: GatewayOptions) -> Gateway:
                        "503 and NATS triggers do not run")
     parts.add("listening", listeners.stop_listening)   # no more requests (those in flight go on)
     return gateway
+
+
+def _archive_key(options: GatewayOptions) -> bytes | None:
+    """The archive store's signing key: the raw bytes of --archive-key-file (None without it).
+    CommandError if it cannot be read or is shorter than `archive.MIN_SECRET_BYTES` (the chart makes 32
+    random bytes)."""
+    if options.archive_key_file is None:
+        return None
+    try:
+        key = options.archive_key_file.read_bytes()
+    except OSError as e:
+        raise CommandError(f"--archive-key-file: {e}") from None
+    if len(key) < archive.MIN_SECRET_BYTES:
+        raise CommandError(f"--archive-key-file {options.archive_key_file}: {len(key)} bytes; a signing key needs "
+                           f"{archive.MIN_SECRET_BYTES} at least")
+    return key
 
 
 async def _unless_stopped(start: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

@@ -20,7 +20,8 @@ def run_operator(options: OperatorOptions) -> int:
             namespaces=options.namespaces, standalone=options.standalone, prometheus_url=options.prometheus_url,
             runtime_images=options.runtime_images, gateway_selector=options.gateway_selector,
             autoscale_interval=options.autoscale_interval, metrics_port=options.metrics_port,
-            health_port=options.health_port, sync_timeout=options.sync_timeout)
+            health_port=options.health_port, sync_timeout=options.sync_timeout, archive_url=options.archive_url,
+            archive_key_file=options.archive_key_file, build_timeout=options.build_timeout)
     except ValueError as e:
         raise CommandError(str(e), exit_code=2) from None
     if (problem := configuration_problem()) is not None:

@@ -99,6 +99,7 @@ class LogsOptions:
     name: str
     follow: bool = False
     tail: int = 100
+    build: bool = False   # the latest build's output (its requirements' installer) instead
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,9 @@ class GatewayOptions:
     replicas: int = 1             # gateway replicas sharing the async queue
     region: str = awslambda.DEFAULT_REGION   # the functions' region (functions.region): destination records say it
     sync_timeout: float = 30.0    # the Kubernetes API's first listing at start; past it, an error
+    archive_key_file: Path | None = None   # the archive store's signing key (none: no archive store)
+    archive_max_bytes: int | None = None   # the largest archive it takes (None: the gateway's default)
+    archive_uploads: int | None = None     # archives received at once (None: the gateway's default)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,9 @@ class OperatorOptions:
     metrics_port: int | None = None
     health_port: int | None = None
     sync_timeout: float = 30.0    # the Kubernetes API's first listing, between warnings
+    archive_url: str | None = None        # requirements built once: the store as pods reach it
+    archive_key_file: str | None = None   # and its signing key
+    build_timeout: int = 600              # seconds a build Job may run
 
 
 def _port(value: int, flag: str, *, allow_zero: bool = True) -> int:
@@ -229,6 +236,13 @@ def limits(args: argparse.Namespace) -> LimitOptions:
     return LimitOptions(max_body_bytes=_size(args.max_body_size, "--max-body-size"), queue_limit=args.queue_limit,
                         queue_timeout=queue_timeout,
                         max_async_payload_bytes=_size(args.max_async_payload_size, "--max-async-payload-size"))
+
+
+def _positive(value: int | None, flag: str) -> int | None:
+    """A positive count, None when the flag was not given."""
+    if value is not None and value <= 0:
+        raise _usage(f"{flag} {value}: must be at least 1")
+    return value
 
 
 def _size(value: str | None, flag: str) -> int | None:
@@ -314,7 +328,7 @@ def async_replay(args: argparse.Namespace) -> AsyncReplayOptions:
 def logs(args: argparse.Namespace) -> LogsOptions:
     if args.tail < 0:
         raise _usage(f"--tail must be 0 or more (got {args.tail})")
-    return LogsOptions(remote=remote(args), name=args.name, follow=args.follow, tail=args.tail)
+    return LogsOptions(remote=remote(args), name=args.name, follow=args.follow, tail=args.tail, build=args.build)
 
 
 def gateway(args: argparse.Namespace) -> GatewayOptions:
@@ -333,7 +347,16 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
                           system_auth=not args.no_system_auth, admin_namespace=admin_namespace,
                           keys=_keys_file(args.keys), connections=connections(args), limits=limits(args),
                           nats_url=nats_url(args.nats_url), replicas=_replicas(args.replicas),
-                          region=_region(args.region), sync_timeout=_sync_timeout(args.sync_timeout))
+                          region=_region(args.region), sync_timeout=_sync_timeout(args.sync_timeout),
+                          archive_key_file=_archive_key_file(args.archive_key_file),
+                          archive_max_bytes=_size(args.archive_max_bytes, "--archive-max-bytes"),
+                          archive_uploads=_positive(args.archive_uploads, "--archive-uploads"))
+
+
+def _archive_key_file(value: str | None) -> Path | None:
+    # Read (and refused if missing or short) when the gateway starts: a mounted Secret's path need
+    # not exist where the command line is only parsed.
+    return None if value is None else Path(value)
 
 
 def _sync_timeout(value: float) -> float:
@@ -381,4 +404,5 @@ def operator(args: argparse.Namespace) -> OperatorOptions:
                            standalone=args.standalone, runtime_images=tuple(args.runtime_image),
                            gateway_selector=args.gateway_selector, autoscale_interval=args.autoscale_interval,
                            metrics_port=args.metrics_port, health_port=args.health_port,
-                           sync_timeout=_sync_timeout(args.sync_timeout))
+                           sync_timeout=_sync_timeout(args.sync_timeout), archive_url=args.archive_url,
+                           archive_key_file=args.archive_key_file, build_timeout=args.build_timeout)

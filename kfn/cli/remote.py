@@ -183,23 +183,28 @@ def _first_line(value: object) -> str:
 
 def logs(options: LogsOptions) -> int:
     """Prints a function's recent instance output; with follow, keeps printing until interrupted.
+    With `build`, the output of its latest build instead (with follow, until the build ends).
 
     With nothing to print and no instance running (or wanted), says so on stderr: CommandError
-    (exit 1) without follow; with it, a notice, and the command waits for the next instance."""
+    (exit 1) without follow; with it, a notice, and the command waits for the next instance. A
+    function with no build, or a build with no output left, is a CommandError too."""
     client = GatewayClient(options.remote.gateway, api_key=options.remote.api_key)
-    name, follow, tail = options.name, options.follow, options.tail
-    query = urllib.parse.urlencode({"tail": tail, **({"follow": "1"} if follow else {})})
+    name, follow, tail, build = options.name, options.follow, options.tail, options.build
+    query = urllib.parse.urlencode({"tail": tail, **({"follow": "1"} if follow else {}),
+                                    **({"build": "1"} if build else {})})
     path = f"{naming.SYSTEM_LOGS_PATH}/{urllib.parse.quote(name, safe='.')}?{query}"
     # Following has no end: no read timeout then (the connection closes when kfn local stops).
     response = client.request("GET", path, timeout=None if follow else client.timeout)
     if (error := client.refused(response.status)) is not None:
         raise error
     if response.status == 404:
+        if build and client.function_exists(name):
+            raise CommandError(f"{name!r} has no build: it has no requirements, or they have not been built yet")
         raise CommandError(f"no function named {name!r} (see `kfn list`)")
     if response.status != 200:
         detail = response.read().decode(errors="replace").strip()
         raise CommandError(f"the gateway answered HTTP {response.status}: {detail}")
-    if follow and not _has_instances(client, name):
+    if follow and not build and not _has_instances(client, name):
         print(f"kfn logs: no instance of {name!r} is running (functions scale to zero when idle); "
               "waiting for the next one: invoke it", file=sys.stderr)
     out = sys.stdout.buffer
@@ -215,6 +220,8 @@ def logs(options: LogsOptions) -> int:
         if follow:
             raise CommandError(f"lost the connection to the kfn gateway at {client.url}: {e}") from None
         raise
+    if not printed and build and tail:
+        raise CommandError(f"the latest build of {name!r} has no output left to show")
     if not printed and not follow and not _has_instances(client, name):
         raise CommandError(f"no instance of {name!r} is running (functions scale to zero when idle) and there is "
                            f"no output to show: invoke it, or follow its next instance with `kfn logs {name} -f`")

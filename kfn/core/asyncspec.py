@@ -31,14 +31,14 @@ class Destination(StrictModel):
     @field_validator("function")
     @classmethod
     def _function_ref(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) > 2 * MAX_NAME_LENGTH + 1 or not _FUNCTION_REF.match(value)):
+        if value is not None and (len(value) > 2 * MAX_NAME_LENGTH + 1 or not _FUNCTION_REF.fullmatch(value)):
             raise invalid(f"must be a function name, NAME or NAME.NAMESPACE (got {value!r})")
         return value
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not _DESTINATION_URL.match(value):
+        if value is not None and not _DESTINATION_URL.fullmatch(value):
             raise invalid(f"must be an http:// or https:// URL (got {value!r})")
         return value
 

@@ -65,7 +65,7 @@ class EnvVar(StrictModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, name: str) -> str:
-        if not _ENV_NAME.match(name):
+        if not _ENV_NAME.fullmatch(name):
             raise invalid(f"must be a valid environment variable name (got {name!r})")
         if name.startswith("KFN_"):
             raise invalid(f"names starting with KFN_ are reserved for the platform (got {name!r})")
@@ -127,7 +127,7 @@ def check_file_name(path: str) -> str:
                      "source.configMap or a custom image")
     if path in (".", "..") or path.startswith(".."):
         raise invalid(f"file names must not be '.' or start with '..' (got {path!r})")
-    if not re.match(r"^[-._a-zA-Z0-9]+$", path):
+    if not re.fullmatch(r"[-._a-zA-Z0-9]+", path):
         raise invalid(f"file names may contain only letters, digits, '-', '_' and '.' (got {path!r})")
     return path
 
@@ -160,11 +160,11 @@ def check_handler(handler: str, runtime: str) -> None:
     module, dot, function = handler.rpartition(".")
     if runtime.startswith("nodejs"):
         # Node.js: a file (without its extension, maybe in a directory) and its export.
-        if not dot or not module or not _NODE_HANDLER.match(handler) or ".." in module.split("/"):
+        if not dot or not module or not _NODE_HANDLER.fullmatch(handler) or ".." in module.split("/"):
             raise invalid(f"must be file.export, e.g. index.handler (got {handler!r})")
         return
     if not dot or not module:
         raise invalid(f"must be module.function, e.g. main.handler (got {handler!r})")
     for part in [*module.split("."), function]:
-        if not _IDENTIFIER.match(part) or keyword.iskeyword(part):
+        if not _IDENTIFIER.fullmatch(part) or keyword.iskeyword(part):
             raise invalid(f"must be module.function made of Python identifiers (got {handler!r})")

@@ -139,7 +139,8 @@ class FunctionSpec(StrictModel):
 
 
 class ObjectMeta(BaseModel):
-    # Kubernetes adds many fields (uid, managedFields, ...): keep them, check only the name.
+    # Kubernetes adds many fields (uid, managedFields, ...): keep them, check only the name and the
+    # namespace (kfn local reads them from files: both name directories of its work dir).
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str
@@ -148,10 +149,10 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
     generation: int | None = None
 
-    @field_validator("name")
+    @field_validator("name", "namespace")
     @classmethod
-    def _dns_label(cls, name: str) -> str:
-        if len(name) > MAX_NAME_LENGTH or not DNS_LABEL.match(name):
+    def _dns_label(cls, name: str | None) -> str | None:
+        if name is not None and (len(name) > MAX_NAME_LENGTH or not DNS_LABEL.fullmatch(name)):
             raise invalid(f"must be a lowercase DNS label of at most {MAX_NAME_LENGTH} characters "
                          f"(letters, digits and '-') (got {name!r})")
         return name
@@ -227,7 +228,7 @@ class FunctionRef(NamedTuple):
         if not dot:
             namespace = default_namespace
         for part in (name, namespace):
-            if len(part) > MAX_NAME_LENGTH or not DNS_LABEL.match(part):
+            if len(part) > MAX_NAME_LENGTH or not DNS_LABEL.fullmatch(part):
                 raise ValueError(f"not a function name: {text!r} (expected NAME or NAME.NAMESPACE)")
         return cls(namespace, name)
 

@@ -93,7 +93,7 @@ class HttpSpec(StrictModel):
     @classmethod
     def _hostnames(cls, hosts: list[str]) -> list[str]:
         for host in hosts:
-            if len(host) > 253 or not _HOSTNAME.match(host):
+            if len(host) > 253 or not _HOSTNAME.fullmatch(host):
                 raise invalid(f"each host must be a lowercase DNS name of two labels or more such as fn.example.com, "
                              f"not an IP address (got {host!r})")
         if len(set(hosts)) != len(hosts):

@@ -107,6 +107,11 @@ class StartProblem:
         return f"{self.reason}: {self.detail}" if self.detail else str(self.reason)
 
 
+class NoBuild(LookupError):
+    """The function has no build whose output could be read (`InstanceBackend.logs` with `build`):
+    it has no requirements, or none was built yet, or its output is gone."""
+
+
 class Endpoint(Protocol):
     """An instance reached in-process (local mode) rather than over HTTP."""
 
@@ -172,7 +177,10 @@ class InstanceBackend(Protocol):
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(ref)` after any change to a function or its ready instances."""
 
-    def logs(self, ref: FunctionRef, *, tail: int,
-             follow: bool) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+    def logs(self, ref: FunctionRef, *, tail: int, follow: bool,
+             build: bool = False) -> AbstractAsyncContextManager[AsyncIterator[str]]:
         """The function's instance output: the last `tail` lines, then (with `follow`) new lines
-        until the caller leaves or the backend closes. Enter it to start reading."""
+        until the caller leaves or the backend closes. Enter it to start reading.
+
+        With `build`, the output of the function's latest build of its requirements instead (its
+        installer's); entering raises `NoBuild` when the function has none."""

@@ -114,7 +114,7 @@ class KeyRing:
 
 
 def check_key(key_id: str, secret: str) -> None:
-    if not KEY_ID.match(key_id):
+    if not KEY_ID.fullmatch(key_id):
         raise InvalidKeys(f"key id {key_id[:64]!r} must be 1 to 128 letters, digits, '.', '_' or '-'")
     if not MIN_KEY_LENGTH <= len(secret) <= MAX_KEY_LENGTH:
         raise InvalidKeys(f"key {key_id!r} must be {MIN_KEY_LENGTH} to {MAX_KEY_LENGTH} characters long "
@@ -146,7 +146,7 @@ def parse_key_file(data: object, *, file: str = "keys file") -> KeyRing:
     if not isinstance(namespaces, Mapping):
         raise InvalidKeys(f"{file}: namespaces must map each namespace to its keys")
     for namespace, keys in namespaces.items():
-        if not isinstance(namespace, str) or not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", namespace):
+        if not isinstance(namespace, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
             raise InvalidKeys(f"{file}: namespaces: {str(namespace)[:64]!r} is not a namespace name")
         entries.extend((key_id, namespace, secret)
                        for key_id, secret in _pairs(keys, f"{file}: namespaces.{namespace}"))

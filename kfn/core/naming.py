@@ -23,6 +23,18 @@ LABEL_FUNCTION: Final = f"{GROUP}/function"
 LABEL_COMPONENT: Final = f"{GROUP}/component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "kfn"
+# On a build Job and its pods: the key of the archive it builds (kfn_runtime.archive.deps_key).
+LABEL_ARCHIVE: Final = f"{GROUP}/archive"
+
+# A Function's status, as the operator writes it (kfn_operator.status) and the gateway's backend
+# reads the part about its build (kfn.kube.builds): the Ready condition, the reasons it gives while
+# requirements are built, and status.build.state.
+CONDITION_READY: Final = "Ready"
+REASON_BUILDING: Final = "Building"
+REASON_BUILD_FAILED: Final = "BuildFailed"
+BUILD_BUILDING: Final = "Building"
+BUILD_STORED: Final = "Stored"
+BUILD_FAILED: Final = "Failed"
 
 # Annotations.
 ANNOTATION_CODE_HASH: Final = f"{GROUP}/code-hash"          # on the pod template: rolls pods on a code change

@@ -188,12 +188,12 @@ def parse(expression: str) -> Schedule:
     text = expression.strip()
     if not text:
         raise InvalidSchedule("must not be empty")
-    rate = _RATE.match(text)
+    rate = _RATE.fullmatch(text)
     if rate:
         return _parse_rate(text, int(rate.group(1)), rate.group(2))
     if text.startswith("rate"):
         raise InvalidSchedule(f"must be rate(N unit), e.g. rate(5 minutes) (got {text!r})")
-    cron = _CRON.match(text)
+    cron = _CRON.fullmatch(text)
     if cron:
         return _parse_eventbridge(text, cron.group(1).split())
     if text.startswith("cron"):

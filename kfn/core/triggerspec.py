@@ -34,7 +34,7 @@ class NatsTrigger(StrictModel):
     @field_validator("subject")
     @classmethod
     def _subject(cls, value: str) -> str:
-        if not _NATS_SUBJECT.match(value):
+        if not _NATS_SUBJECT.fullmatch(value):
             raise invalid(f"must be a NATS subject such as orders.created (got {value!r})")
         first = value.split(".", 1)[0]
         if first in ("*", ">", RESERVED_SUBJECT_ROOT) or first.startswith(("$", "_INBOX")):

@@ -62,7 +62,7 @@ def parse_quantity(value: object) -> Decimal:
         return Decimal(str(value))
     if not isinstance(value, str):
         raise ValueError(f"must be a quantity like '256Mi' or '500m' (got {value!r})")
-    match = _QUANTITY.match(value.strip())
+    match = _QUANTITY.fullmatch(value.strip())
     if not match:
         raise ValueError(f"must be a quantity like '256Mi' or '500m' (got {value!r})")
     number = Decimal(match.group(1))

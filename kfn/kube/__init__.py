@@ -5,7 +5,8 @@
 - `pods`: what a function pod says about serving;
 - `backend`: `KubernetesBackend`, the instance backend of the gateway and the autoscaler, over
   `mirror` (Functions, Deployments, Pods by informers), `probes` (which pods serve), `rotation`
-  (ready instances, failures, problems), `scaling` (the scale subresource) and `logs`;
+  (ready instances, failures, problems), `builds` (what a Function's status says of its build),
+  `scaling` (the scale subresource) and `logs`;
 - `keys`: `SecretKeys`, the gateway's API keys from Secrets;
 - `resources`: writes as JSON patches.
 """

@@ -7,9 +7,10 @@
 - `kfn.kube.probes.ReadinessProbes`: which pods serve, by the kubelet's word or, sooner, the
   backend's own probe of the runtime's readiness path (only the gateway probes: `probe=True`);
 - `kfn.kube.rotation.Rotation`: the ready instances (pods' own IPs, so requests go straight to
-  pods), instances out of rotation after a failure, why none starts;
+  pods), instances out of rotation after a failure, why none starts (a pod's problem, or a failed
+  build of its requirements: `kfn.kube.builds`);
 - `kfn.kube.scaling.Scaler`: the replica count asked for, and the `scale` subresource patch;
-- `kfn.kube.logs.function_logs`: the function containers' output.
+- `kfn.kube.logs`: the function containers' output (`function_logs`), its builds' (`build_logs`).
 
 The gateway, the autoscaler and the operator share this class.
 """
@@ -24,7 +25,7 @@ from kubernetes.aio import client
 from kfn.core.functions import Function, FunctionRef
 from kfn.core.instances import Instance, Listener, StartProblem
 from kfn.kube.informer import Backoff
-from kfn.kube.logs import function_logs
+from kfn.kube.logs import build_logs, function_logs
 from kfn.kube.mirror import ClusterMirror
 from kfn.kube.rotation import Rotation
 from kfn.kube.scaling import Scaler
@@ -86,6 +87,10 @@ class KubernetesBackend:
     def add_listener(self, listener: Listener) -> None:
         self._mirror.add_listener(listener)
 
-    def logs(self, ref: FunctionRef, *, tail: int, follow: bool) -> AbstractAsyncContextManager[AsyncIterator[str]]:
-        """The function containers' output, each line prefixed with `[POD] ` (`function_logs`)."""
+    def logs(self, ref: FunctionRef, *, tail: int, follow: bool,
+             build: bool = False) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+        """The function containers' output, each line prefixed with `[POD] ` (`function_logs`); with
+        `build`, its latest build Job's (`build_logs`: NoBuild on entering if it has had none)."""
+        if build:
+            return build_logs(self._api, self._mirror, ref, tail=tail, follow=follow)
         return function_logs(self._api, self._mirror, ref, tail=tail, follow=follow)

@@ -8,7 +8,8 @@ what they report for the other parts of `kfn.kube.backend.KubernetesBackend` to 
 - `replicas`: the spec.replicas of the Deployments kfn manages, by function;
 - `pods`: the functions' pods (`kfn.kube.pods.PodView`), each shown to `probes` as it changes.
 
-Listeners hear of every function whose definition, replica count or pods changed.
+Listeners hear of every function whose definition, replica count or pods changed, or whose
+failed build (`kfn.kube.builds`) began or ceased to keep it from starting.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from kfn.core import naming
 from kfn.core.aiotasks import stop_tasks
 from kfn.core.functions import Function, FunctionRef, InvalidFunction, parse_function
 from kfn.core.instances import Listener
+from kfn.kube.builds import build_problem
 from kfn.kube.informer import DELETED, Backoff, Informer
 from kfn.kube.pods import PodView, view
 from kfn.kube.probes import ReadinessProbes
@@ -117,7 +119,7 @@ class ClusterMirror:
             del self.functions[ref]
         self.functions.update(fresh)
         changed = {ref for ref in set(before) | set(fresh)
-                   if ref not in before or ref not in fresh or before[ref].spec != fresh[ref].spec}
+                   if ref not in before or ref not in fresh or _changed(before[ref], fresh[ref])}
         self.probes.probe_pods_of(set(fresh) - set(before))
         self.notify(changed)
 
@@ -137,7 +139,7 @@ class ClusterMirror:
         self.functions[ref] = fn
         if previous is None:
             self.probes.probe_pods_of({ref})
-        if previous is None or previous.spec != fn.spec:
+        if previous is None or _changed(previous, fn):
             self.notify({ref})
 
     # ---- deployments
@@ -213,6 +215,12 @@ def _parse(item: dict[str, Any]) -> Function | None:
         meta = item.get("metadata") or {}
         logger.warning("ignoring invalid Function %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
         return None
+
+
+def _changed(before: Function, after: Function) -> bool:
+    """Whether listeners must hear of a new version of a function: its spec changed, or whether its
+    build keeps it from starting (a status the operator wrote: `kfn.kube.builds`)."""
+    return before.spec != after.spec or build_problem(before) != build_problem(after)
 
 
 def _deployment_ref(deployment: Any) -> FunctionRef | None:

@@ -1,8 +1,8 @@
 """Which instances of a function take requests: its serving pods, less those that just failed.
 
 An instance is a pod's own IP, so requests go straight to pods. A pod the gateway could not talk
-to leaves rotation for `failure_cooldown`; while no pod serves, the first problem a pod reports
-(`kfn.kube.pods`) says why.
+to leaves rotation for `failure_cooldown`; while no pod serves, a failed build of its requirements
+(`kfn.kube.builds`) or the first problem a pod reports (`kfn.kube.pods`) says why.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import Instance, StartProblem
+from kfn.kube.builds import build_problem
 from kfn.kube.mirror import ClusterMirror
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,13 @@ class Rotation:
         return list(instances)
 
     def problem(self, ref: FunctionRef) -> StartProblem | None:
-        """The first problem a pod of the function reports, while none of them serves."""
+        """While none of the function's pods serves: its failed build (the operator's word in its
+        status, `kfn.kube.builds`), else the first problem a pod of it reports."""
         if self.ready(ref):
             return None
+        fn = self._mirror.functions.get(ref)
+        if fn is not None and (failed := build_problem(fn)) is not None:
+            return failed
         for pod in self._mirror.pods.values():
             if pod.function == ref and not pod.terminating and pod.problem:
                 return pod.problem

@@ -36,7 +36,9 @@ class Scaler:
     async def scale(self, ref: FunctionRef, replicas: int, *, reason: str = "") -> None:
         """One JSON patch of the Deployment's scale subresource (skipped if already asked for).
 
-        Failures are logged, not raised: the caller sees no new instance and times out.
+        Failures are logged, not raised: the caller sees no new instance and times out. A function
+        with no Deployment yet (its requirements are still being built: the operator creates it
+        once they are) is not scaled, at debug level: the next decision asks again.
         """
         if ref not in self._mirror.functions:
             logger.warning("cannot scale unknown function %s", ref)
@@ -47,7 +49,11 @@ class Scaler:
             await self._apps.patch_namespaced_deployment_scale(
                 ref.name, ref.namespace, [{"op": "replace", "path": "/spec/replicas", "value": replicas}])
         except (TimeoutError, ApiException, aiohttp.ClientError, OSError) as e:
-            logger.error("scaling %s/%s to %d failed: %s", ref.namespace, ref.name, replicas, describe(e))
+            if isinstance(e, ApiException) and e.status == 404:
+                logger.debug("not scaling %s/%s to %d: it has no Deployment yet (not built yet)",
+                             ref.namespace, ref.name, replicas)
+            else:
+                logger.error("scaling %s/%s to %d failed: %s", ref.namespace, ref.name, replicas, describe(e))
             return
         logger.info("scaled %s/%s to %d%s", ref.namespace, ref.name, replicas, f" ({reason})" if reason else "")
         self._mirror.replicas[ref] = replicas

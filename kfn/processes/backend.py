@@ -8,6 +8,7 @@ up by `kfn.processes.setup` and run on the interpreter `kfn.processes.interprete
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from kfn.core.functions import Function, FunctionRef
-from kfn.core.instances import Instance, Listener, StartProblem
+from kfn.core.instances import Instance, Listener, NoBuild, StartProblem
 from kfn.processes import plan
 from kfn.processes.code import CodeStore, mkdirs
 from kfn.processes.confine import Confinement
@@ -233,7 +234,19 @@ class ProcessBackend:
         self._site.listeners.append(listener)
 
     @contextlib.asynccontextmanager
-    async def logs(self, ref: FunctionRef, *, tail: int, follow: bool) -> AsyncIterator[AsyncIterator[str]]:
+    async def logs(self, ref: FunctionRef, *, tail: int, follow: bool,
+                   build: bool = False) -> AsyncIterator[AsyncIterator[str]]:
+        """The function's instance output (its log buffer); with `build`, the last `tail` lines of
+        its requirements' last build (`CodeStore.build_log`: the installer's output, without
+        following it: a build in progress also writes to the instance output), or NoBuild on
+        entering when it has none."""
+        if build:
+            path = self._code.build_log(ref) if self._code is not None else None
+            found = await asyncio.to_thread(_last_lines, path, tail) if path is not None else None
+            if found is None:
+                raise NoBuild(f"{ref.name} has no build")
+            yield _each(found)
+            return
         fleet = self._functions.get(ref)
         buffer = fleet.logs if fleet is not None else LogBuffer(max_lines=0)
         async with buffer.read(tail=tail, follow=follow) as lines:
@@ -245,3 +258,17 @@ class ProcessBackend:
         """A JSON-ready view of a function's instances (for /system/instances and the bench)."""
         fleet = self._live(ref)
         return None if fleet is None else fleet.status()
+
+
+def _last_lines(path: Path, count: int) -> list[str] | None:
+    """The last `count` lines of the text file at `path`, or None if it cannot be read."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n") for line in collections.deque(f, maxlen=count)]
+    except OSError:
+        return None
+
+
+async def _each(lines: list[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line

@@ -9,6 +9,11 @@ A Function becomes:
 - a Deployment running the runtime image, hardened for the Pod Security "restricted" profile;
 - a ClusterIP Service in front of the pods (the gateway routes to pod IPs, but the Service gives
   the pods EndpointSlices and a stable in-cluster name).
+
+Where requirements are built once (the operator has an archive store), a build Job
+(`build_job`, shared by every Function of a namespace whose requirements give the same
+`archive_key`) installs them into an archive, and the pods' init container fetches that archive
+(`build_pod_template(archive=...)`) instead of running pip.
 """
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kfn.core import naming
 from kfn.core.codespec import DEFAULT_RUNTIME, RUNTIMES
 from kfn.core.functions import Function
+from kfn_runtime import archive as archives
+from kfn_runtime import build as building
 from kfn_runtime import contract
 from kfn_runtime.variables import reserved_variables
 
@@ -51,9 +58,17 @@ LAYOUT_VERSION = 2
 IMAGE_RUNTIME_DIR = "/var/runtime"
 # The pip install mode of the runtime image, run as the init container.
 REQUIREMENTS_COMMAND = ("python", "-m", contract.REQUIREMENTS_MODULE)
+# Where requirements are built once: the init container fetches the archive, the build Job makes it.
+FETCH_COMMAND = ("python", "-m", "kfn_runtime.fetch")
+BUILD_COMMAND = ("python", "-m", "kfn_runtime.build")
+BUILD_CONTAINER_NAME = "build"
+# A finished build Job (and its pod, with the installer's log) is kept this long, then deleted by
+# Kubernetes; while a failed one exists its key is not built again.
+BUILD_JOB_TTL_SECONDS = 3600
 
 COMPONENT_FUNCTION = "function"
 COMPONENT_CODE = "code"
+COMPONENT_BUILD = "build"
 
 DEFAULT_IMAGE_REGISTRY = "ghcr.io/kfn-dev"
 ENV_RUNTIME_IMAGES = "KFN_RUNTIME_IMAGES"
@@ -87,11 +102,26 @@ class PipSettings:
     def from_environment(cls, env: Mapping[str, str]) -> PipSettings:
         return cls(**{key: " ".join(env.get(var, "").split()) for key, var in ENV_PIP.items()})
 
-    def env(self) -> list[Manifest]:
-        """The init container's env entries for pip (none for what is not set)."""
-        return [{"name": PIP_ENV[key], "value": value} for key, value in (
+    def _set(self) -> list[tuple[str, str]]:
+        return [(key, value) for key, value in (
             ("index_url", self.index_url), ("extra_index_urls", self.extra_index_urls),
             ("find_links", self.find_links), ("trusted_hosts", self.trusted_hosts)) if value]
+
+    def env(self) -> list[Manifest]:
+        """The init container's env entries for pip (none for what is not set)."""
+        return [{"name": PIP_ENV[key], "value": value} for key, value in self._set()]
+
+    def sources(self) -> list[str]:
+        """What is set, as `name=value` strings: part of an archive's key (another index, another build)."""
+        return [f"{key}={value}" for key, value in self._set()]
+
+
+class Archive(NamedTuple):
+    """A function's built requirements in the archive store, as its pods' init container fetches them."""
+
+    url: str      # this archive's URL (archive_url)
+    token: str    # its get token (kfn_runtime.archive.token with VERB_GET)
+    digest: str   # sha256:..., what the store answered
 
 
 @dataclass(frozen=True)
@@ -236,16 +266,142 @@ def _number(value: float) -> str:
 
 
 def deployed_hash(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
-                  region: str) -> str:
-    """A digest of everything the Deployment is built from: the spec and the operator's settings
-    (an upgrade that changes the runtime image rolls the pods, too)."""
-    blob = json.dumps([fn.spec_hash(), images.image_for(fn), images.pull_policy, pip.env(), region, LAYOUT_VERSION],
-                      sort_keys=True)
+                  region: str, archive: Archive | None = None) -> str:
+    """A digest of everything the Deployment is built from: the spec, the operator's settings (an
+    upgrade that changes the runtime image rolls the pods, too) and the archive its pods fetch."""
+    parts: list[Any] = [fn.spec_hash(), images.image_for(fn), images.pull_policy, pip.env(), region, LAYOUT_VERSION]
+    if archive is not None:
+        parts.append(list(archive))
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def archive_key(fn: Function, *, images: RuntimeImages, pip: PipSettings) -> str:
+    """The key of the archive of `fn`'s requirements: equal for every Function installing the same
+    requirements for the same runtime in the same image from the same sources."""
+    return archives.deps_key(runtime=fn.spec.runtime, image=images.image_for(fn),
+                             requirements=fn.spec.requirements, sources=pip.sources())
+
+
+def archive_url(base_url: str, namespace: str, key: str) -> str:
+    """Archive `key` of `namespace` in the store at `base_url` (the gateway's, as pods reach it)."""
+    return f"{base_url.rstrip('/')}/system/archives/{namespace}/{key}"
+
+
+def build_job_name(key: str) -> str:
+    """`kfn-build-` and 12 hex digits of the key: one Job per archive and namespace."""
+    return f"kfn-build-{key[len(archives.KEY_PREFIX):len(archives.KEY_PREFIX) + 12]}"
+
+
+def _pod_security() -> Manifest:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def build_job(fn: Function, key: str, *, images: RuntimeImages, pip: PipSettings, archive_url: str, token: str,
+              timeout: int, resources: Mapping[str, Any]) -> Manifest:
+    """The Job that installs `fn`'s requirements once and stores them as archive `key` at
+    `archive_url` (this archive's URL) with `token` (its put token). It belongs to no Function:
+    every Function of the namespace with this key waits for it. One attempt, `timeout` seconds at
+    most; its pod's termination message says why it failed."""
+    job_labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: COMPONENT_BUILD,
+                  naming.LABEL_ARCHIVE: key}
+    container: Manifest = {
+        "name": BUILD_CONTAINER_NAME,
+        "image": images.image_for(fn),
+        "imagePullPolicy": images.pull_policy,
+        "command": list(BUILD_COMMAND),
+        "env": [
+            {"name": contract.ENV_REQUIREMENTS, "value": "\n".join(fn.spec.requirements)},
+            {"name": contract.ENV_RUNTIME, "value": fn.spec.runtime},
+            {"name": building.ENV_KEY, "value": key},
+            {"name": building.ENV_URL, "value": archive_url},
+            {"name": building.ENV_TOKEN, "value": token},
+            # pip writes caches and build files under HOME; the root filesystem is read-only.
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"},
+            *pip.env(),
+        ],
+        "resources": {kind: dict(values) for kind, values in resources.items()},
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": build_job_name(key),
+            "namespace": fn.namespace,
+            # The Function that asked first (for people reading the Job; others may wait for it too).
+            "labels": {**job_labels, naming.LABEL_FUNCTION: fn.name},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": timeout,
+            "ttlSecondsAfterFinished": BUILD_JOB_TTL_SECONDS,
+            "template": {
+                "metadata": {"labels": job_labels},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "restartPolicy": "Never",
+                    "securityContext": _pod_security(),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                },
+            },
+        },
+    }
+
+
+def _init_container(fn: Function, *, image: str, images: RuntimeImages, pip: PipSettings,
+                    archive: Archive | None) -> Manifest:
+    """What runs before the instance: pip installing spec.requirements, or fetching their archive."""
+    if archive is None:
+        command = list(REQUIREMENTS_COMMAND)
+        env: list[Manifest] = [
+            {"name": contract.ENV_REQUIREMENTS, "value": "\n".join(fn.spec.requirements)},
+            {"name": contract.ENV_DEPS_DIR, "value": contract.DEFAULT_DEPS_DIR},
+            # pip writes caches and build files under HOME; the root filesystem is read-only.
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "PIP_NO_CACHE_DIR", "value": "1"},
+            {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"},
+            *pip.env(),
+        ]
+    else:
+        command = list(FETCH_COMMAND)
+        env = [
+            {"name": building.ENV_URL, "value": archive.url},
+            {"name": building.ENV_TOKEN, "value": archive.token},
+            {"name": building.ENV_DIGEST, "value": archive.digest},
+            {"name": contract.ENV_DEPS_DIR, "value": contract.DEFAULT_DEPS_DIR},
+        ]
+    return {
+        "name": INIT_CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": images.pull_policy,
+        "command": command,
+        "env": env,
+        "resources": {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)},
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "deps", "mountPath": contract.DEFAULT_DEPS_DIR},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
-                       region: str) -> Manifest:
+                       region: str, archive: Archive | None = None) -> Manifest:
+    """The pods of `fn`'s Deployment; with `archive`, their init container fetches the requirements
+    built once instead of running pip."""
     image = images.image_for(fn)
     code_cm = code_configmap_name(fn)
     mounts: list[Manifest] = [
@@ -294,13 +450,7 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
         # Merge patches replace lists wholesale; an explicit empty list removes an old init container.
         "initContainers": [],
         "volumes": volumes,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _pod_security(),
         "terminationGracePeriodSeconds": termination_grace_seconds(fn),
         # Functions never talk to the Kubernetes API on kfn's behalf.
         "automountServiceAccountToken": False,
@@ -311,34 +461,14 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
         # The instance kills an environment that timed out, in the image's container, by its PID.
         pod_spec["shareProcessNamespace"] = True
     if fn.spec.requirements:
-        pod_spec["initContainers"] = [{
-            "name": INIT_CONTAINER_NAME,
-            "image": image,
-            "imagePullPolicy": images.pull_policy,
-            "command": list(REQUIREMENTS_COMMAND),
-            "env": [
-                {"name": contract.ENV_REQUIREMENTS, "value": "\n".join(fn.spec.requirements)},
-                {"name": contract.ENV_DEPS_DIR, "value": contract.DEFAULT_DEPS_DIR},
-                # pip writes caches and build files under HOME; the root filesystem is read-only.
-                {"name": "HOME", "value": "/tmp"},
-                {"name": "PIP_NO_CACHE_DIR", "value": "1"},
-                {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"},
-                *pip.env(),
-            ],
-            "resources": {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)},
-            "securityContext": _container_security(),
-            "volumeMounts": [
-                {"name": "tmp", "mountPath": "/tmp"},
-                {"name": "deps", "mountPath": contract.DEFAULT_DEPS_DIR},
-            ],
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }]
+        pod_spec["initContainers"] = [_init_container(fn, image=image, images=images, pip=pip, archive=archive)]
     return {
         "metadata": {
             "labels": labels(fn, COMPONENT_FUNCTION),
             "annotations": {
                 naming.ANNOTATION_CODE_HASH: fn.code_hash(),
-                naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip, region=region),
+                naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip, region=region,
+                                                           archive=archive),
             },
         },
         "spec": pod_spec,
@@ -370,16 +500,17 @@ def _environments_container(fn: Function, *, images: RuntimeImages, region: str)
 
 
 def build_deployment(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
-                     region: str, replicas: int | None = None) -> Manifest:
-    """The function's Deployment. `replicas` is set only when creating it: afterwards the
-    autoscaler owns the count, so updates built with `replicas=None` leave it alone."""
+                     region: str, replicas: int | None = None, archive: Archive | None = None) -> Manifest:
+    """The function's Deployment (its pods fetching `archive`, when given). `replicas` is set only
+    when creating it: afterwards the autoscaler owns the count, so updates built with
+    `replicas=None` leave it alone."""
     spec: Manifest = {
         "selector": {"matchLabels": selector(fn)},
         "revisionHistoryLimit": 2,
         # Never fewer ready pods than asked for while rolling new code.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
         "progressDeadlineSeconds": 120,
-        "template": build_pod_template(fn, images=images, pip=pip, region=region),
+        "template": build_pod_template(fn, images=images, pip=pip, region=region, archive=archive),
     }
     if replicas is not None:
         spec = {"replicas": replicas, **spec}
@@ -390,7 +521,8 @@ def build_deployment(fn: Function, *, images: RuntimeImages, pip: PipSettings = 
             "name": fn.name,
             "namespace": fn.namespace,
             "labels": labels(fn, COMPONENT_FUNCTION),
-            "annotations": {naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip, region=region)},
+            "annotations": {naming.ANNOTATION_SPEC_HASH: deployed_hash(fn, images=images, pip=pip, region=region,
+                                                                       archive=archive)},
         },
         "spec": spec,
     }

@@ -1,13 +1,17 @@
 """The operator's settings: from `kfn operator` flags and the environment, validated once."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from kfn_operator.builders import PipSettings, RuntimeImages, parse_image_map
-from kfn_runtime import awslambda, contract
+from kfn_runtime import archive, awslambda, contract
 
 DEFAULT_GATEWAY_SELECTOR = "app.kubernetes.io/name=kfn-gateway"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
@@ -15,6 +19,15 @@ ENV_POD_NAME = "POD_NAME"
 # The NATS server (JetStream) of asynchronous invocations, as the chart gives it to the gateway and
 # the operator (the operator's leader stores schedule ticks there).
 ENV_NATS_URL = "KFN_NATS_URL"
+# Requirements built once: the archive store's base URL as function pods reach it (the gateway's),
+# the file with the signing key the store shares, and the build Jobs' resources (a JSON object
+# with requests and limits, as the chart's build.resources gives it).
+ENV_ARCHIVE_URL = "KFN_ARCHIVE_URL"
+ENV_ARCHIVE_KEY_FILE = "KFN_ARCHIVE_KEY_FILE"
+ENV_BUILD_RESOURCES = "KFN_BUILD_RESOURCES"
+DEFAULT_BUILD_TIMEOUT = 600
+DEFAULT_BUILD_RESOURCES: Mapping[str, Mapping[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
 
 @dataclass(frozen=True)
@@ -42,12 +55,22 @@ class OperatorConfig:
     metrics_port: int | None = None             # serve the autoscaler's metrics on 0.0.0.0:PORT
     health_port: int | None = None              # the liveness endpoint on 0.0.0.0:PORT/healthz
     sync_timeout: float = 30.0                  # the backend's first listing, between warnings
+    archive_url: str | None = None              # the archive store (the gateway) as pods reach it
+    archive_key: bytes | None = field(default=None, repr=False)   # the store's signing key
+    build_timeout: int = DEFAULT_BUILD_TIMEOUT  # seconds a build Job may run (activeDeadlineSeconds)
+    build_resources: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_BUILD_RESOURCES))
+
+    @property
+    def builds(self) -> bool:
+        """Whether requirements are built once (a store and its key): else each pod runs pip."""
+        return bool(self.archive_url and self.archive_key)
 
     @classmethod
     def build(cls, *, namespaces: tuple[str, ...] = (), standalone: bool = False, prometheus_url: str | None = None,
               runtime_images: tuple[str, ...] = (), gateway_selector: str | None = None,
               autoscale_interval: float = 2.0, metrics_port: int | None = None, health_port: int | None = None,
-              sync_timeout: float = 30.0, env: Mapping[str, str] | None = None) -> OperatorConfig:
+              sync_timeout: float = 30.0, archive_url: str | None = None, archive_key_file: str | None = None,
+              build_timeout: int = DEFAULT_BUILD_TIMEOUT, env: Mapping[str, str] | None = None) -> OperatorConfig:
         """The configuration from `kfn operator`'s options and the environment the chart sets.
 
         Raises ValueError naming what is wrong.
@@ -55,9 +78,13 @@ class OperatorConfig:
         env = os.environ if env is None else env
         if not autoscale_interval > 0:
             raise ValueError(f"--autoscale-interval must be positive (got {autoscale_interval:g})")
+        if build_timeout < 1:
+            raise ValueError(f"--build-timeout must be a positive number of seconds (got {build_timeout})")
         overrides: dict[str, str] = {}
         for item in runtime_images:
             overrides.update(parse_image_map(item))
+        url = _archive_url(archive_url if archive_url is not None else env.get(ENV_ARCHIVE_URL, ""))
+        key_file = archive_key_file if archive_key_file is not None else env.get(ENV_ARCHIVE_KEY_FILE, "").strip()
         return cls(
             images=RuntimeImages.from_environment(env, overrides=overrides),
             pip=PipSettings.from_environment(env),
@@ -75,4 +102,47 @@ class OperatorConfig:
             metrics_port=metrics_port,
             health_port=health_port,
             sync_timeout=sync_timeout,
+            archive_url=url,
+            archive_key=_read_key(key_file) if key_file else None,
+            build_timeout=build_timeout,
+            build_resources=_resources(env.get(ENV_BUILD_RESOURCES, "")),
         )
+
+
+def _archive_url(value: str) -> str | None:
+    """The archive store's base URL without a trailing slash, or None; ValueError if not http(s)://HOST."""
+    value = value.strip().rstrip("/")
+    if not value:
+        return None
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"--archive-url must look like http://HOST:PORT (got {value!r})")
+    return value
+
+
+def _read_key(path: str) -> bytes:
+    """The signing key: the file's raw bytes, as the gateway reads the same file; ValueError if unreadable
+    or shorter than the gateway takes (`archive.MIN_SECRET_BYTES`)."""
+    try:
+        key = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"--archive-key-file {path}: {e.strerror or e}") from None
+    if len(key) < archive.MIN_SECRET_BYTES:
+        raise ValueError(f"--archive-key-file {path}: {len(key)} bytes; a signing key needs "
+                         f"{archive.MIN_SECRET_BYTES} at least")
+    return key
+
+
+def _resources(text: str) -> dict[str, Any]:
+    """$KFN_BUILD_RESOURCES (a JSON object of requests and limits), or the defaults; ValueError if malformed."""
+    if not text.strip():
+        return {kind: dict(values) for kind, values in DEFAULT_BUILD_RESOURCES.items()}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if (not isinstance(value, dict) or not set(value) <= {"requests", "limits"}
+            or not all(isinstance(v, dict) and all(isinstance(q, str | int) for q in v.values())
+                       for v in value.values())):
+        raise ValueError(f"${ENV_BUILD_RESOURCES} must be a JSON object of requests and limits (got {text!r})")
+    return {kind: {name: str(q) for name, q in values.items()} for kind, values in value.items()}

@@ -7,8 +7,13 @@ at import time, so tests and `kfn operator` build their own registries.
   Ready=False/InvalidSpec, an Event, and a permanent error: kopf does not retry until the spec
   changes), then create-or-patch the children (adopted: deleting the Function deletes them),
   never touching the Deployment's replicas after creation (the autoscaler owns them).
+- A Function with requirements, where they are built once (`kfn_operator.builds`): its pods fetch
+  the archive once it is stored; until then the build Job runs, the Function is Ready=False/Building
+  and its Deployment (if any: the previous spec's, which keeps serving) is left alone.
 - Deployment changes → the Function's status (replicas, readyReplicas, Ready condition); a
   Deployment deleted while its Function lives is recreated.
+- A build Job ended or deleted → the Functions waiting for it are reconciled (deployed, BuildFailed, or
+  built again), those the store cannot answer for retried every `builds.STORE_RETRY` seconds.
 - Operator start/stop → the API client, the operator's one `kfn.kube.KubernetesBackend` (its
   informers, listing in the background) and, sharing it, the autoscaler loop (`kfn_operator.lease`)
   and the scheduler of schedule triggers (`kfn_operator.scheduler`), started in that order and
@@ -43,7 +48,7 @@ from kfn.kube.resources import (
     set_ops,
     typed,
 )
-from kfn_operator import builders, status
+from kfn_operator import builders, builds, status
 from kfn_operator.config import OperatorConfig
 from kfn_operator.lease import OperatorAutoscaler
 from kfn_operator.scheduler import OperatorScheduler
@@ -71,6 +76,8 @@ class Controller:
         self.config = config
         self._api = api
         self._parts = Parts("operator")
+        self._store = (builds.ArchiveStore(config.archive_url, config.archive_key)
+                       if config.archive_url and config.archive_key else None)
 
     @property
     def api(self) -> client.ApiClient:
@@ -87,6 +94,8 @@ class Controller:
             if self._api is None:
                 self._api = await connect()
                 parts.add("API client", self._close_api)
+            if self._store is not None:
+                parts.add("archive store client", self._store.close)
             backend = KubernetesBackend(self.api, namespaces=self.config.namespaces,
                                         sync_timeout=self.config.sync_timeout)
             synced = asyncio.Event()
@@ -129,11 +138,21 @@ class Controller:
             raise kopf.PermanentError(str(e)) from None
 
         configmap = builders.build_code_configmap(fn)
+        old_build = (body.get("status") or {}).get("build")
+        prepared: builds.Prepared | None = None
         try:
+            if fn.spec.requirements and self._store is not None:
+                prepared = await builds.Builds(self.api, self.config, self._store).prepare(fn, body, log)
+                if prepared.archive is None:
+                    # Nothing is touched until the archive exists: the previous spec's pods keep serving.
+                    self._report_build(body, prepared.build, old_build)
+                    patch.setdefault("status", {}).update(status.build_status(body, prepared.build))
+                    return
             if configmap is not None:
                 kopf.adopt(configmap, owner=_body(body))
                 await self._ensure_configmap(configmap, log)
-            deployment = await self._ensure_deployment(fn, body, log)
+            deployment = await self._ensure_deployment(fn, body, log,
+                                                       archive=prepared.archive if prepared is not None else None)
             service = builders.build_service(fn)
             kopf.adopt(service, owner=_body(body))
             await self._ensure_service(fn, service, log)
@@ -153,10 +172,62 @@ class Controller:
         if configmap is not None:
             await self._collect_old_code(fn, body, keep=configmap["metadata"]["name"], log=log)
 
-        new_status = status.deployment_status(body, deployment)
+        new_status = status.deployment_status(body, deployment,
+                                              build=prepared.build if prepared is not None else None)
         new_status["observedGeneration"] = (body.get("metadata") or {}).get("generation")
         new_status["codeHash"] = fn.code_hash()
+        if prepared is not None:
+            new_status["build"] = prepared.build
+        elif old_build is not None:
+            new_status["build"] = None   # pip in each pod again, or no requirements any more
         patch.setdefault("status", {}).update(new_status)
+
+    @staticmethod
+    def _report_build(body: Mapping[str, Any], build: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+        """A Warning event when this Function's build of this key has just failed (once per failure)."""
+        if build.get("state") != status.BUILD_FAILED:
+            return
+        if old and old.get("key") == build.get("key") and old.get("state") == status.BUILD_FAILED:
+            return
+        kopf.warn(_body(body), reason=status.REASON_BUILD_FAILED, message=build.get("message") or "")
+
+    async def build_ended(self, job: Mapping[str, Any], log: Log, *, deleted: bool = False) -> None:
+        """Reconcile the Functions waiting for a build Job that ended or was `deleted` (nothing while it
+        runs), writing their status. A finished or deleted Job sends no more events, so a Function
+        whose reconcile fails for now (the store cannot say whether the Job stored its archive, an API
+        error) is tried again every `builds.STORE_RETRY` seconds while it still waits for this key:
+        runs until none is left. API errors listing the Functions propagate."""
+        if self._store is None or (not deleted and builds.job_outcome(job) is None):
+            return
+        retrying: set[str] | None = None   # the names of the Functions to try again, after the first round
+        while True:
+            failed: set[str] = set()
+            for fn_body in await builds.Builds(self.api, self.config, self._store).waiting(job):
+                meta = fn_body["metadata"]
+                if meta.get("deletionTimestamp") or (retrying is not None and meta["name"] not in retrying):
+                    continue
+                try:
+                    await self._reconcile_waiting(fn_body, log)
+                except (kopf.TemporaryError, ApiException) as e:
+                    log.warning("Function %s, waiting for build Job %s: %s; trying again in %gs", meta["name"],
+                                (job.get("metadata") or {}).get("name"), e, builds.STORE_RETRY)
+                    failed.add(meta["name"])
+            if not failed:
+                return
+            retrying = failed
+            await asyncio.sleep(builds.STORE_RETRY)
+
+    async def _reconcile_waiting(self, fn_body: dict[str, Any], log: Log) -> None:
+        """Reconcile a Function a build Job concerns and write its status; kopf.TemporaryError and
+        API errors propagate."""
+        meta = fn_body["metadata"]
+        patch: dict[str, Any] = {}
+        try:
+            await self.reconcile(fn_body, patch, log)  # type: ignore[arg-type]  # a dict serves as kopf.Patch
+        except kopf.PermanentError:
+            pass  # the InvalidSpec status below says why
+        if patch.get("status"):
+            await patch_function_status(self.api, FunctionRef(meta["namespace"], meta["name"]), patch["status"])
 
     async def _ensure_configmap(self, configmap: dict[str, Any], log: Log) -> None:
         meta = configmap["metadata"]
@@ -169,8 +240,10 @@ class Controller:
             if e.status != 409:
                 raise
 
-    async def _ensure_deployment(self, fn: Function, owner: Mapping[str, Any], log: Log) -> dict[str, Any]:
-        """Create the Deployment, or bring an existing one to the spec; returns it as a manifest."""
+    async def _ensure_deployment(self, fn: Function, owner: Mapping[str, Any], log: Log, *,
+                                 archive: builders.Archive | None) -> dict[str, Any]:
+        """Create the Deployment (its pods fetching `archive`, when given), or bring an existing one
+        to the spec; returns it as a manifest."""
         apps = client.AppsV1Api(self.api)
         try:
             existing: dict[str, Any] | None = manifest(await apps.read_namespaced_deployment(fn.name, fn.namespace))
@@ -180,7 +253,8 @@ class Controller:
             existing = None
         if existing is None:
             deployment = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip,
-                                                  region=self.config.region, replicas=fn.spec.scale.minReplicas)
+                                                  region=self.config.region, replicas=fn.spec.scale.minReplicas,
+                                                  archive=archive)
             kopf.adopt(deployment, owner=_body(owner))
             try:
                 created = await apps.create_namespaced_deployment(fn.namespace, typed(client.V1Deployment, deployment))
@@ -193,7 +267,7 @@ class Controller:
             log.info("created Deployment %s with %d replicas", fn.name, fn.spec.scale.minReplicas)
             return manifest(created)
         wanted = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip,
-                                           region=self.config.region, replicas=None)
+                                           region=self.config.region, replicas=None, archive=archive)
         kopf.adopt(wanted, owner=_body(owner))
         meta = existing.get("metadata") or {}
         template_annotations = ((existing.get("spec") or {}).get("template") or {}).get("metadata", {}).get(
@@ -309,7 +383,7 @@ class Controller:
             if any(c.get("type") == status.READY and c.get("reason") == status.REASON_INVALID_SPEC
                    for c in conditions):
                 return  # the running Deployment is from an earlier, valid spec; the error stays visible
-            new = status.deployment_status(fn_body, deployment)
+            new = status.deployment_status(fn_body, deployment, build=current.get("build"))
             if all(current.get(k) == v for k, v in new.items() if k != "conditions") and \
                     _same_conditions(conditions, new["conditions"]):
                 return
@@ -424,3 +498,17 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
             raise
         except Exception as e:  # noqa: BLE001 - the next Deployment event retries; never crash the watch
             logger.warning("could not update the status of %s: %s", body.get("metadata", {}).get("name"), e)
+
+    if controller.config.builds:
+        @kopf.on.event("batch", "v1", "jobs", registry=registry,
+                       labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+                               naming.LABEL_COMPONENT: builders.COMPONENT_BUILD})
+        async def build_changed(type: str, body: kopf.Body, logger: Log, **_: Any) -> None:
+            try:
+                # A Job deleted before it ended is started again for the Functions still waiting for it.
+                await controller.build_ended(dict(body), logger, deleted=type == "DELETED")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - never crash the watch; the next event of the Job retries
+                logger.warning("could not reconcile the Functions waiting for build Job %s: %s",
+                               body.get("metadata", {}).get("name"), e)

@@ -29,6 +29,9 @@ def operator_rules() -> list[Rule]:
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": [*READ, "create", "patch"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": [*READ, "create", "patch", "delete"]},
+        # Build Jobs installing requirements once (kfn_operator.builds): started, watched, and deleted
+        # to build again an archive the store lost. Their pods say why a build failed (below).
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, "create", "delete"]},
         # Ready instances per function (the autoscaler counts pods, as the gateway routes to them).
         {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
         # The gateway replicas the autoscaler scrapes for load.

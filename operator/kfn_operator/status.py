@@ -5,7 +5,13 @@ time changing only when the status does). `Ready` is the one condition kfn sets:
 - True/Ready: at least one instance serves; True/ScaledToZero: none run, the first request starts one;
 - False/Deploying: instances are asked for and none is ready yet;
 - False/DeploymentFailed: the Deployment reports a failure (image pull, quota, progress deadline);
-- False/InvalidSpec: the spec cannot be turned into instances (the message names the fields).
+- False/InvalidSpec: the spec cannot be turned into instances (the message names the fields);
+- False/Building: the requirements are being built once (the message names the build Job); the
+  instances of the previous spec, if any, keep serving meanwhile;
+- False/BuildFailed: that build failed (the message is the installer's last lines).
+
+`status.build` says where the requirements' archive is: {key, digest (once stored), job, state
+Building | Stored | Failed, message (Failed)}.
 """
 from __future__ import annotations
 
@@ -19,12 +25,19 @@ from kfn.core.functions import InvalidFunction
 
 Condition = dict[str, Any]
 
-READY = "Ready"
+READY = naming.CONDITION_READY
 REASON_READY = "Ready"
 REASON_SCALED_TO_ZERO = "ScaledToZero"
 REASON_DEPLOYING = "Deploying"
 REASON_DEPLOYMENT_FAILED = "DeploymentFailed"
 REASON_INVALID_SPEC = "InvalidSpec"
+REASON_BUILDING = naming.REASON_BUILDING
+REASON_BUILD_FAILED = naming.REASON_BUILD_FAILED
+
+# status.build.state
+BUILD_BUILDING = naming.BUILD_BUILDING
+BUILD_STORED = naming.BUILD_STORED
+BUILD_FAILED = naming.BUILD_FAILED
 
 
 def now_rfc3339() -> str:
@@ -77,11 +90,37 @@ def ready_from_deployment(deployment: Mapping[str, Any] | None) -> ReadyState:
     return ReadyState(False, REASON_DEPLOYING, f"0/{wanted} instances ready")
 
 
+def build_record(*, key: str, state: str, job: str | None = None, digest: str | None = None,
+                 message: str | None = None) -> dict[str, Any]:
+    """status.build: archive `key`, its `state` and what is known of it (absent fields left out)."""
+    record: dict[str, Any] = {"key": key}
+    if digest:
+        record["digest"] = digest
+    if job:
+        record["job"] = job
+    record["state"] = state
+    if message:
+        record["message"] = message
+    return record
+
+
+def ready_from_build(build: Mapping[str, Any] | None) -> ReadyState | None:
+    """What a build in progress or failed says about the function (None: the Deployment says it)."""
+    build = build or {}
+    job = build.get("job") or "?"
+    if build.get("state") == BUILD_BUILDING:
+        return ReadyState(False, REASON_BUILDING, f"building the requirements in Job {job}")
+    if build.get("state") == BUILD_FAILED:
+        return ReadyState(False, REASON_BUILD_FAILED, build.get("message") or f"the build Job {job} failed")
+    return None
+
+
 def deployment_status(fn_body: Mapping[str, Any], deployment: Mapping[str, Any] | None, *,
-                      now: str | None = None) -> dict[str, Any]:
-    """The status fields that follow the Deployment: replicas, readyReplicas, Ready."""
+                      build: Mapping[str, Any] | None = None, now: str | None = None) -> dict[str, Any]:
+    """The status fields that follow the Deployment: replicas, readyReplicas, Ready (Building or
+    BuildFailed instead, while `build`, the Function's status.build, says so)."""
     old = fn_body.get("status") or {}
-    ready = ready_from_deployment(deployment)
+    ready = ready_from_build(build) or ready_from_deployment(deployment)
     dep_spec = (deployment or {}).get("spec") or {}
     dep_status = (deployment or {}).get("status") or {}
     generation = (fn_body.get("metadata") or {}).get("generation")
@@ -93,6 +132,24 @@ def deployment_status(fn_body: Mapping[str, Any], deployment: Mapping[str, Any] 
                                     message=ready.message, observed_generation=generation,
                                     now=now or now_rfc3339()),
     }
+
+
+def build_status(fn_body: Mapping[str, Any], build: Mapping[str, Any], *, now: str | None = None) -> dict[str, Any]:
+    """The status of a Function waiting for its build (or whose build failed): `build`, Ready from
+    it, url and observedGeneration; the replicas stay what the Deployment of the previous spec has."""
+    old = fn_body.get("status") or {}
+    generation = (fn_body.get("metadata") or {}).get("generation")
+    ready = ready_from_build(build) or ReadyState(False, REASON_BUILDING, "building the requirements")
+    out: dict[str, Any] = {
+        "build": dict(build),
+        "url": naming.function_url_path(fn_body["metadata"]["name"]),
+        "conditions": set_condition(old.get("conditions"), type=READY, status=ready.status, reason=ready.reason,
+                                    message=ready.message, observed_generation=generation,
+                                    now=now or now_rfc3339()),
+    }
+    if generation is not None:
+        out["observedGeneration"] = generation
+    return out
 
 
 def invalid_status(fn_body: Mapping[str, Any], error: InvalidFunction, *, now: str | None = None) -> dict[str, Any]:

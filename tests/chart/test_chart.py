@@ -161,6 +161,7 @@ def test_default_install_renders_these_kinds(default_objects: list[Manifest]) ->
         "Role", "RoleBinding", "Secret",   # the gateway's admin keys, and reading them
         # The NATS server of asynchronous invocations (async.nats.install).
         "StatefulSet", "Service", "Service", "ConfigMap", "ServiceAccount",
+        "Secret",   # the archive store's signing key (requirements built once, with NATS)
     ])
 
 
@@ -547,7 +548,7 @@ def test_the_admin_key_secret_can_be_left_out(helm: Path, tmp_path: Path, values
     path = tmp_path / "values.yaml"
     path.write_text(values + "\n")
     objects = render(helm, path)
-    assert bool(of_kind(objects, "Secret")) == secret
+    assert bool([s for s in of_kind(objects, "Secret") if s["metadata"]["name"] == "kfn-admin-keys"]) == secret
     assert ("--no-system-auth" in _args(objects)) == flag
 
 
@@ -776,3 +777,50 @@ def test_a_change_of_the_nats_configuration_rolls_its_pod(helm: Path, tmp_path: 
         return str(find(objects, "StatefulSet", NATS)["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
 
     assert checksum(changed) != checksum(default_objects)
+
+
+# --- requirements built once ------------------------------------------------------------------------
+
+ARCHIVE_KEY_FILE = "/etc/kfn/archive/key"
+
+
+def _operator_args(objects: list[Manifest]) -> list[str]:
+    return container(objects, f"{RELEASE}-operator")["args"]
+
+
+def _mounts_the_archive_key(objects: list[Manifest], deployment: str) -> bool:
+    pod = find(objects, "Deployment", deployment)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return any(m["mountPath"] == ARCHIVE_KEY_FILE.rsplit("/", 1)[0] and m.get("readOnly")
+               and volumes[m["name"]].get("secret", {}).get("secretName") == f"{RELEASE}-archive-key"
+               for m in c.get("volumeMounts", ()))
+
+
+def test_with_nats_requirements_are_built_once_with_a_shared_signing_key(default_objects: list[Manifest]) -> None:
+    import base64
+
+    secret = find(default_objects, "Secret", f"{RELEASE}-archive-key")
+    assert len(base64.b64decode(secret["data"]["key"])) == 32
+    assert f"--archive-key-file={ARCHIVE_KEY_FILE}" in _args(default_objects)
+    operator = build_parser().parse_args(_operator_args(default_objects))
+    assert operator.archive_key_file == ARCHIVE_KEY_FILE
+    service = find(default_objects, "Service", f"{RELEASE}-gateway")
+    port = service["spec"]["ports"][0]["port"]
+    assert operator.archive_url == f"http://{RELEASE}-gateway.{NAMESPACE}.svc:{port}"
+    assert operator.build_timeout == 600
+    for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
+        assert _mounts_the_archive_key(default_objects, deployment)
+    env = {e["name"]: e.get("value") for e in container(default_objects, f"{RELEASE}-operator")["env"]}
+    assert json.loads(env["KFN_BUILD_RESOURCES"]) == {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                                      "limits": {"memory": "1Gi"}}
+
+
+def test_without_nats_each_pod_runs_pip_as_before(helm: Path, tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text("async: {nats: {install: false}}\n")
+    objects = render(helm, path)
+    assert not [s for s in of_kind(objects, "Secret") if s["metadata"]["name"] == f"{RELEASE}-archive-key"]
+    assert not any(a.startswith("--archive") for a in _args(objects) + _operator_args(objects))
+    for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
+        assert not _mounts_the_archive_key(objects, deployment)

@@ -967,16 +967,17 @@ server.serve_forever()
 
 
 @contextlib.contextmanager
-def package_index(packages: Iterable[str], *, host: str = NODE_IP) -> Iterator[str]:
-    """Download wheels with pip and serve them as a PEP 503 simple index on host:<free port>.
+def package_index(packages: Iterable[str], *, host: str = NODE_IP, dependencies: bool = False) -> Iterator[str]:
+    """Download wheels with pip (with their `dependencies`, for this machine's Python, which the
+    runtime images' share) and serve them as a PEP 503 simple index on host:<free port>.
 
     http.server's directory listing of simple/<project>/ is the page of links pip reads. Yields
     the index URL (http://HOST:PORT/simple); the server process is stopped by its PID on exit.
     """
     with tempfile.TemporaryDirectory(prefix="kfn-index-") as root:
         wheels = Path(root) / "wheels"
-        run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--disable-pip-version-check", "-d", str(wheels), *packages], timeout=120)
+        run([sys.executable, "-m", "pip", "download", "--quiet", *(() if dependencies else ("--no-deps",)),
+             "--only-binary=:all:", "--disable-pip-version-check", "-d", str(wheels), *packages], timeout=300)
         for wheel in wheels.glob("*.whl"):
             project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
             target = Path(root) / "simple" / project

@@ -1,4 +1,6 @@
-"""spec.requirements, installed by the init container from the package index the chart names.
+"""spec.requirements, built once: a build Job installs them from the package index the chart names into
+an archive kept in the gateway's store (NATS JetStream); every pod of the function fetches and unpacks
+that archive in its init container, and no pod runs pip.
 
 Pods have no internet: the session serves a wheel of `six` on the node address
 (conftest.index_url), and the cluster-wide release is installed with functions.pip.indexUrl and
@@ -7,6 +9,10 @@ functions.pip.trustedHosts pointing at it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from tests.cluster import platform
 from tests.cluster.platform import Release
@@ -18,6 +24,7 @@ import six
 def handler(event, context):
     return {"six": six.__version__}
 """
+BUILD_TIMEOUT = 120
 
 
 def test_chart_gives_the_operator_the_package_index(release: Release, index_url: str) -> None:
@@ -29,30 +36,83 @@ def test_chart_gives_the_operator_the_package_index(release: Release, index_url:
     assert "KFN_PIP_EXTRA_INDEX_URL" not in env and "KFN_PIP_FIND_LINKS" not in env  # empty lists: not set
 
 
-def test_requirements_install_from_the_configured_index(release: Release, fn_ns: str, deployed: list[str]) -> None:
+@pytest.fixture(scope="module")
+def built_six(release: Release, fn_ns: str) -> Iterator[dict[str, Any]]:
+    """`uses-six`, deployed and built: the Function as it is once Ready (its archive stored)."""
     name = "uses-six"
-    deployed.append(name)
-    release.deploy(platform.function(name, USES_SIX, requirements=["six"]), fn_ns)
     started = time.monotonic()
-    first = platform.get_in_background(release.url(name, fn_ns))  # starts an instance: pip runs first
-    platform.wait_until("the first answer, or the init container failing",
-                        lambda: first.done() or _init_failure(name, fn_ns), timeout=60)
-    failure = _init_failure(name, fn_ns)
-    assert failure is None, failure
-    answer = first.result()
+    fn = release.deploy(platform.function(name, USES_SIX, requirements=["six"]), fn_ns, timeout=BUILD_TIMEOUT)
+    platform.record("requirements (six) built: apply → Ready, the archive stored", time.monotonic() - started, "s")
+    yield fn
+    platform.kubectl("delete", "function", name, "--ignore-not-found", "--wait=false", namespace=fn_ns, check=False)
+
+
+def test_a_function_with_requirements_is_ready_once_its_archive_is_stored(built_six: dict[str, Any],
+                                                                          fn_ns: str) -> None:
+    build = built_six["status"]["build"]
+    assert build["state"] == "Stored", build
+    assert build["digest"].startswith("sha256:") and build["key"].startswith("deps-"), build
+    job = platform.get("job", build["job"], namespace=fn_ns)
+    assert job is not None and job["status"].get("succeeded") == 1, job and job.get("status")
+
+
+def test_pods_fetch_the_archive_and_never_run_pip(release: Release, built_six: dict[str, Any], fn_ns: str) -> None:
+    name = built_six["metadata"]["name"]
+    started = time.monotonic()
+    answer = platform.http_get(release.url(name, fn_ns))   # from zero: a pod starts and fetches
     assert answer.status == 200, answer.text
-    platform.record("cold start with pip install of six from the node's index", time.monotonic() - started, "s")
+    platform.record("cold start with requirements, the archive fetched (six)", time.monotonic() - started, "s")
     assert list(answer.json()) == ["six"], answer.text
+    (pod, *_) = platform.function_pods(name, fn_ns)
+    (init,) = pod["spec"]["initContainers"]
+    assert "kfn_runtime.fetch" in init["command"] and "kfn_runtime.requirements" not in init["command"], init
+    assert not any(e["name"].startswith("PIP_") for e in init.get("env") or ()), init["env"]
+    log = platform.kubectl("logs", pod["metadata"]["name"], "-c", init["name"], namespace=fn_ns).stdout
+    assert f"kfn-fetch: unpacked {built_six['status']['build']['key']}" in log, log
 
 
-def _init_failure(name: str, namespace: str) -> str | None:
-    """The init container's exit and last log lines when it failed, else None."""
-    for pod in platform.function_pods(name, namespace):
-        for status in pod.get("status", {}).get("initContainerStatuses") or ():
-            for state in (status.get("state") or {}, status.get("lastState") or {}):
-                terminated = state.get("terminated")
-                if terminated and terminated.get("exitCode"):
-                    logs = platform.kubectl("logs", pod["metadata"]["name"], "-c", status["name"], "--tail=15",
-                                            namespace=namespace, check=False)
-                    return f"init container {status['name']} exited {terminated['exitCode']}:\n{logs.stdout[-2000:]}"
-    return None
+def test_a_second_function_with_the_same_requirements_reuses_the_archive(
+        release: Release, built_six: dict[str, Any], fn_ns: str, deployed: list[str]) -> None:
+    deployed.append("uses-six-too")
+    fn = release.deploy(platform.function("uses-six-too", USES_SIX, requirements=["six"]), fn_ns)
+    key = built_six["status"]["build"]["key"]
+    assert fn["status"]["build"]["key"] == key
+    assert fn["status"]["build"]["digest"] == built_six["status"]["build"]["digest"]
+    jobs = platform.items("jobs", namespace=fn_ns, selector=f"kfn.dev/archive={key}")
+    assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+    answer = platform.http_get(release.url("uses-six-too", fn_ns))
+    assert answer.status == 200 and list(answer.json()) == ["six"], answer.text
+
+
+def test_a_requirement_that_cannot_be_installed_fails_the_build_with_the_installer_s_words(
+        release: Release, fn_ns: str, deployed: list[str]) -> None:
+    name = "missing-requirement"
+    deployed.append(name)
+    platform.apply(platform.function(name, USES_SIX, requirements=["kfn-no-such-package==1.0"]), namespace=fn_ns)
+
+    def failed() -> dict[str, Any] | None:
+        condition = platform.ready_condition(platform.get("function", name, namespace=fn_ns))
+        return condition if condition and condition.get("reason") == "BuildFailed" else None
+
+    condition = platform.wait_until(f"{name} BuildFailed", failed, timeout=BUILD_TIMEOUT)
+    assert "kfn-no-such-package" in condition["message"], condition
+    fn = platform.get("function", name, namespace=fn_ns)
+    assert fn["status"]["build"]["state"] == "Failed", fn["status"]["build"]
+    assert platform.get("deployment", name, namespace=fn_ns) is None   # nothing to run until it builds
+    logs = release.kfn("logs", platform.cli_name(name, fn_ns), "--build")
+    assert logs.returncode == 0, logs.stderr
+    assert "kfn-no-such-package" in logs.stdout, logs.stdout
+
+
+def test_a_failed_build_answers_callers_at_once(release: Release, fn_ns: str, deployed: list[str]) -> None:
+    name = "missing-requirement-called"
+    deployed.append(name)
+    platform.apply(platform.function(name, USES_SIX, requirements=["kfn-no-such-package==2.0"]), namespace=fn_ns)
+    release.wait_known(name, fn_ns)
+    platform.wait_until(f"{name} BuildFailed", lambda: (platform.ready_condition(
+        platform.get("function", name, namespace=fn_ns)) or {}).get("reason") == "BuildFailed", timeout=BUILD_TIMEOUT)
+    started = time.monotonic()
+    answer = platform.http_get(release.url(name, fn_ns))
+    assert time.monotonic() - started < 30, "held until the queue timeout instead of answered"
+    assert answer.status >= 500, answer.text
+    assert "requirements" in answer.text, answer.text

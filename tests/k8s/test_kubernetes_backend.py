@@ -12,8 +12,10 @@ from kubernetes.aio import client
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
-from kfn.core.instances import Instance, StartReason
+from kfn.core.instances import Instance, NoBuild, StartReason
 from kfn.kube import Backoff, KubernetesBackend
+from kfn_gateway.routing import StartFailed
+from kfn_gateway.server import Gateway
 from tests.support import kube
 from tests.support.functions import function_manifest
 from tests.support.kube import create_function
@@ -200,10 +202,85 @@ async def test_desired_follows_the_deployment(cluster, backend) -> None:
 
 
 async def test_scaling_without_a_deployment_is_logged_not_raised(cluster, backend, caplog) -> None:
+    # No Deployment yet: the operator creates it once the requirements are built. Not an error; the
+    # next decision asks again.
+    caplog.set_level(logging.DEBUG, logger="kfn.kube.scaling")
     await create_function(cluster, function_manifest(concurrency=7))
     await eventually(lambda: backend.function(HELLO), what="the function")
     await backend.scale(HELLO, 1)
-    assert any("scaling default/hello to 1 failed" in r.getMessage() for r in caplog.records)
+    await backend.scale(HELLO, 1)
+    assert [r.levelno for r in caplog.records if "default/hello" in r.getMessage()] == [logging.DEBUG] * 2
+    assert any("not built yet" in r.getMessage() for r in caplog.records)
+    assert backend.desired(HELLO) == 0   # nothing recorded (minReplicas): the next decision asks again
+    await post(cluster, "/apis/apps/v1/namespaces/default/deployments", deployment("hello", 0))
+    await eventually(lambda: backend.desired(HELLO) == 0, what="the Deployment")
+    await backend.scale(HELLO, 2)
+    assert cluster.object(kube.DEPLOYMENTS, "default", "hello")["spec"]["replicas"] == 2
+
+
+async def set_build(cluster: kube.Cluster, state: str, *, reason: str, message: str = "",
+                    generation: int = 1) -> None:
+    """What the operator writes of a build: status.build and the Ready condition."""
+    build = {"key": "deps-" + "0" * 32, "job": "kfn-build-000000000000", "state": state,
+             **({"message": message} if message else {})}
+    ready = {"type": "Ready", "status": "False", "reason": reason, "message": message or "building",
+             "observedGeneration": generation, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    async with cluster.patch("/apis/kfn.dev/v1alpha1/namespaces/default/functions/hello/status",
+                             json={"status": {"build": build, "conditions": [ready]}},
+                             headers={"Content-Type": "application/merge-patch+json"}) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_a_failed_build_is_the_functions_problem_and_its_listeners_hear_of_it(cluster, backend) -> None:
+    await create_function(cluster, function_manifest(concurrency=7, requirements=["nope==0"]))
+    await eventually(lambda: backend.function(HELLO), what="the function")
+    await set_build(cluster, "Building", reason="Building")
+    await eventually(lambda: (backend.function(HELLO).status or {}).get("build"), what="the build's status")
+    assert backend.problem(HELLO) is None   # building: requests wait, as for any cold start
+    heard: list[FunctionRef] = []
+    backend.add_listener(heard.append)
+
+    await set_build(cluster, "Failed", reason="BuildFailed", message="ERROR: No matching distribution for nope==0")
+    problem = await eventually(lambda: backend.problem(HELLO), what="the problem")
+    assert problem.reason == StartReason.REQUIREMENTS and problem.init_error is None
+    assert problem.detail == "ERROR: No matching distribution for nope==0"
+    assert HELLO in heard
+
+
+async def test_a_failed_build_of_an_older_spec_is_no_problem(cluster, backend) -> None:
+    await create_function(cluster, function_manifest(concurrency=7, requirements=["nope==0"]))
+    await set_build(cluster, "Failed", reason="BuildFailed", message="no such package", generation=0)
+    await eventually(lambda: backend.function(HELLO) and backend.function(HELLO).status, what="the status")
+    assert backend.problem(HELLO) is None   # the spec changed since: its build is on its way
+
+
+async def test_a_request_waiting_for_a_build_is_answered_as_soon_as_it_fails(cluster, backend) -> None:
+    await create_function(cluster, function_manifest(concurrency=7, requirements=["nope==0"],
+                                                     scale={"minReplicas": 0}))
+    await set_build(cluster, "Building", reason="Building")
+    await eventually(lambda: backend.function(HELLO) and backend.function(HELLO).status, what="the status")
+    gateway = Gateway(backend)
+    await gateway.start()
+    try:
+        route = gateway.dispatcher.route(HELLO)
+        waiting = asyncio.create_task(route.acquire(timeout=60))
+        await eventually(lambda: route.queued == 1, what="the request held")
+        await set_build(cluster, "Failed", reason="BuildFailed", message="no such package")
+        with pytest.raises(StartFailed) as failed:
+            await asyncio.wait_for(waiting, 10)
+        assert failed.value.problem.reason == StartReason.REQUIREMENTS
+        assert "no such package" not in str(failed.value)   # the installer's words are the owner's
+    finally:
+        await gateway.close()
+
+
+async def test_a_functions_build_logs_without_a_build_is_no_build(cluster, backend) -> None:
+    await create_function(cluster, function_manifest(concurrency=7))
+    await eventually(lambda: backend.function(HELLO), what="the function")
+    for ref in (HELLO, FunctionRef("default", "missing")):
+        with pytest.raises(NoBuild):
+            async with backend.logs(ref, tail=10, follow=False, build=True):
+                pass
 
 
 async def test_a_failed_instance_leaves_rotation_until_the_cooldown_ends(cluster, api) -> None:

@@ -35,7 +35,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from kfn.core.functions import Function, FunctionRef
-from kfn.core.instances import Instance, Invocation, InvocationResult, Listener, StartProblem
+from kfn.core.instances import Instance, Invocation, InvocationResult, Listener, NoBuild, StartProblem
 from kfn_runtime import contract
 
 Headers = Mapping[str, str]
@@ -341,6 +341,7 @@ class FakeBackend:
         self.failures: list[tuple[Instance, str]] = []
         self.problems: dict[FunctionRef, StartProblem] = {}
         self.log_lines: dict[FunctionRef, list[str]] = {}
+        self.build_lines: dict[FunctionRef, list[str]] = {}   # a function's latest build's output (none: no build)
         # When set, `scale` waits for this event before starting instances (cold starts in progress).
         self.scale_gate: asyncio.Event | None = None
 
@@ -416,8 +417,11 @@ class FakeBackend:
         self._listeners.append(listener)
 
     @contextlib.asynccontextmanager
-    async def logs(self, name: FunctionRef, *, tail: int, follow: bool) -> AsyncIterator[AsyncIterator[str]]:
-        lines = self.log_lines.get(ref(name), [])
+    async def logs(self, name: FunctionRef, *, tail: int, follow: bool,
+                   build: bool = False) -> AsyncIterator[AsyncIterator[str]]:
+        if build and ref(name) not in self.build_lines:
+            raise NoBuild(f"{ref(name).name} has no build")
+        lines = (self.build_lines if build else self.log_lines).get(ref(name), [])
 
         async def read() -> AsyncIterator[str]:
             for line in lines[-tail:] if tail else []:

@@ -110,6 +110,30 @@ operator: async.nats.url when set, else the client Service of the StatefulSet th
 {{- end -}}
 {{- end -}}
 
+{{/*
+Requirements built once need the archive store, which is the gateway's over JetStream: on ("true")
+when there is a NATS server. The store and the operator share a signing key, the Secret
+<fullname>-archive-key, mounted at kfn.archive.keyDir.
+*/}}
+{{- define "kfn.archive.enabled" -}}
+{{- if include "kfn.nats.url" . }}true{{ end -}}
+{{- end -}}
+
+{{- define "kfn.archive.secretName" -}}
+{{- printf "%s-archive-key" (include "kfn.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kfn.archive.keyDir" -}}/etc/kfn/archive{{- end -}}
+
+{{/* A size in bytes from 256Mi, 1Gi, 512Ki or a plain number (the schema allows only these). */}}
+{{- define "kfn.bytes" -}}
+{{- $v := toString . -}}
+{{- if hasSuffix "Gi" $v -}}{{ mul (trimSuffix "Gi" $v | int64) 1073741824 }}
+{{- else if hasSuffix "Mi" $v -}}{{ mul (trimSuffix "Mi" $v | int64) 1048576 }}
+{{- else if hasSuffix "Ki" $v -}}{{ mul (trimSuffix "Ki" $v | int64) 1024 }}
+{{- else -}}{{ $v | int64 }}{{- end -}}
+{{- end -}}
+
 {{/* The KFN_NATS_URL entry of a container's env, when there is a NATS server. */}}
 {{- define "kfn.nats.env" -}}
 {{- with include "kfn.nats.url" . }}
