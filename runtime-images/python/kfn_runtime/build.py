@@ -95,8 +95,8 @@ def install(requirements: Sequence[str], target: str, *, node: bool, environ: Ma
 
 def upload(path: str, url: str, token: str, digest: str, *, attempts: int = UPLOAD_ATTEMPTS) -> dict[str, object]:
     """PUT the archive at `path` to `url`; the store's answer. Connection failures and 5xx answers are
-    retried (1, 2, 4, ... s apart, at most UPLOAD_PAUSE_MAX, `attempts` in all); other refusals, and an answer that is not the
-    store's JSON, are BuildFailed at once."""
+    retried (1, 2, 4, ... s apart, at most UPLOAD_PAUSE_MAX, `attempts` in all); other refusals, and
+    an answer that is not the store's JSON, are BuildFailed at once."""
     size = os.path.getsize(path)
     last = ""
     for attempt in range(1, attempts + 1):
