@@ -28,9 +28,13 @@ install: $(STAMP)  ## create .venv and install kfn with its test dependencies
 run: $(STAMP)  ## serve examples/ locally: http://127.0.0.1:$(PORT)/function/hello
 	$(BIN)/kfn local examples/ --port $(PORT)
 
+# The suite runs in this many pytest-xdist workers: most tests wait on the real processes they
+# start, so three workers on two cores take less than half the time of one (make test PYTEST_WORKERS=0: one).
+PYTEST_WORKERS ?= 3
+
 test: $(STAMP) .cache/bin/helm  ## the whole suite: lint, unit, end-to-end, Kubernetes (kmock), chart, images (buildah), real cluster
 	$(MAKE) lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 	$(MAKE) images
 	$(MAKE) test-cluster
 
@@ -71,11 +75,14 @@ bench: $(STAMP)  ## benchmarks, a few minutes: runtime, execution environments, 
 PEERS_BENCH ?= ../shared/peers-bench
 PEERS_ARGS  ?=
 .PHONY: bench-peers
-bench-peers: $(STAMP)  ## kfn local next to other ways to serve a Lambda handler (../shared/peers-bench; PEERS_ARGS=...)
+# kfn-floor (bench/peers/floor.py): plain aiohttp plus one hop to a worker process per invocation,
+# 10 workers like kfn's hello: the least any platform keeping Lambda's execution model costs here.
+FLOOR_PEER = {"name": "kfn-floor", "port": 8091, "model": "aiohttp + each invocation in 1 of 10 worker processes (the floor of the Lambda execution model)", "start": ["$(abspath $(BIN))/python", "$(CURDIR)/bench/peers/floor.py", "{port}", "{here}/handlers", "10"], "hello_url": "http://127.0.0.1:{port}/hello?name=bench", "sleep_url": "http://127.0.0.1:{port}/sleep?name=bench"}
+bench-peers: $(STAMP)  ## kfn local next to other ways to serve a Lambda handler, and the floor of its model (../shared/peers-bench; PEERS_ARGS=...)
 	@if [ ! -f "$(PEERS_BENCH)/run_peers.sh" ]; then echo "bench-peers: skipped, no $(PEERS_BENCH)/run_peers.sh"; exit 0; fi; \
 	CANDIDATE_NAME=kfn CANDIDATE_MODEL='kfn local: gateway + zygote-forked environments' \
 	CANDIDATE_CMD='$(abspath $(BIN))/python $(CURDIR)/bench/peers/candidate.py {port} {here}/handlers' \
-	bash "$(PEERS_BENCH)/run_peers.sh" $(PEERS_ARGS)
+	bash "$(PEERS_BENCH)/run_peers.sh" --add-peer '$(FLOOR_PEER)' $(PEERS_ARGS)
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .cache .pytest_cache *.egg-info
