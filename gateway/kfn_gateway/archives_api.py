@@ -8,7 +8,7 @@
 Each request carries its token (`Authorization: Bearer`, `kfn_runtime.archive.token`: PUT needs
 the put token of that archive of that namespace, GET and HEAD its get token): no API key, so
 the admin-key middleware leaves these routes alone (`ROUTE_NAME`). A build uploads with
-`kfn_runtime.build.upload`, an instance's init container downloads with `kfn_runtime.fetch`.
+`kfn_runtime.build.upload`, an instance downloads with `kfn_runtime.fetch` before it initialises its function.
 
 A PUT's body goes to a temporary file (never memory), hashed on the way, up to
 `archive_max_bytes` (413 past it), arriving with no pause longer than `body_timeout` (408),

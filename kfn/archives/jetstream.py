@@ -34,13 +34,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.object_store import (
-    OBJ_CHUNKS_PRE_TEMPLATE,
-    OBJ_DEFAULT_CHUNK_SIZE,
-    OBJ_DIGEST_TYPE,
-    OBJ_META_PRE_TEMPLATE,
-    OBJ_STREAM_TEMPLATE,
-)
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
 
 from kfn._cogs.nats import NATS_ERRORS, Backoff, NatsUnreachable, connect, disconnect
 from kfn.archives.store import ArchiveInfo, ArchivesUnavailable, NotStored, check_name
@@ -48,6 +42,10 @@ from kfn_runtime import archive
 
 logger = logging.getLogger(__name__)
 
+# Bytes per chunk message: reads take one JetStream request per chunk, so an archive of a few MB
+# comes in a handful (nats-py's default, 128 KiB, made 40 for 5 MB); below NATS's default payload
+# limit of 1 MiB, headers included.
+CHUNK_BYTES = 512 * 1024
 DEFAULT_BUCKET = "kfn-archives"
 REQUEST_TIMEOUT = 10.0    # seconds for each request to JetStream (a chunk published, a chunk read)
 RETRY_WAIT = 5.0          # seconds after a failed connection attempt before the next one
@@ -187,7 +185,7 @@ class JetStreamArchives:
         size = chunks = 0
         f = await asyncio.to_thread(open, path, "rb")
         try:
-            while block := await asyncio.to_thread(f.read, OBJ_DEFAULT_CHUNK_SIZE):
+            while block := await asyncio.to_thread(f.read, CHUNK_BYTES):
                 h.update(block)
                 size += len(block)
                 chunks += 1
@@ -199,7 +197,7 @@ class JetStreamArchives:
         meta = api.ObjectInfo(name=name, bucket=self.bucket, nuid=nuid, size=size, chunks=chunks,
                               mtime=datetime.datetime.now(datetime.UTC).isoformat(),
                               digest=OBJ_DIGEST_TYPE + base64.urlsafe_b64encode(h.digest()).decode(),
-                              options=api.ObjectMetaOptions(max_chunk_size=OBJ_DEFAULT_CHUNK_SIZE))
+                              options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES))
         await js.publish(self._meta_subject(name), json.dumps(meta.as_dict()).encode(), headers={
             api.Header.ROLLUP: "sub", api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(sequence)})
         return ArchiveInfo(digest=digest, size=size)

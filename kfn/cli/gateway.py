@@ -169,13 +169,9 @@ def _archive_key(options: GatewayOptions) -> bytes | None:
     if options.archive_key_file is None:
         return None
     try:
-        key = options.archive_key_file.read_bytes()
-    except OSError as e:
-        raise CommandError(f"--archive-key-file: {e}") from None
-    if len(key) < archive.MIN_SECRET_BYTES:
-        raise CommandError(f"--archive-key-file {options.archive_key_file}: {len(key)} bytes; a signing key needs "
-                           f"{archive.MIN_SECRET_BYTES} at least")
-    return key
+        return archive.read_secret(str(options.archive_key_file))
+    except ValueError as e:
+        raise CommandError(str(e)) from None
 
 
 async def _unless_stopped(start: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

@@ -71,7 +71,8 @@ def _problem(pod: Any) -> StartProblem | None:
     """Why the pod cannot start or serve, when that will not pass by itself: the class of it a
     caller may learn, the pod's own words (termination messages: the function's output) for its
     owner only, and the function's init error when its runtime reported one (see
-    `kfn_runtime.contract.TERMINATION_LOG`)."""
+    `kfn_runtime.contract.TERMINATION_LOG`). Requirements that cannot be installed (pip in the init
+    container) or fetched (the instance's own fetch, which says so) are the REQUIREMENTS class."""
     status = pod.status
     if status is None:
         return None
@@ -108,17 +109,18 @@ def _problem(pod: Any) -> StartProblem | None:
             if kind == "init container":
                 return StartProblem(StartReason.REQUIREMENTS, text)   # kfn's one init container installs them
             if waiting.reason == "CrashLoopBackOff" and init_error is not None:
-                if init_error[1]:
-                    return StartProblem(StartReason.PLATFORM, text)
-                return StartProblem(StartReason.INIT, text, init_error[0])
+                error, reason = init_error
+                return StartProblem(reason, text, error if reason == StartReason.INIT else None)
             reason = StartReason.CONFIGURATION if waiting.reason.startswith("CreateContainer") else StartReason.PLATFORM
             return StartProblem(reason, text)
     return None
 
 
-def _init_error(message: str) -> tuple[InitError, bool] | None:
-    """The init error a function's runtime left as its termination message, and whether the
-    platform (not the function) failed; None if the message is not one (the output's end)."""
+def _init_error(message: str) -> tuple[InitError, StartReason] | None:
+    """The init error a function's runtime left as its termination message, and its class: INIT
+    when the function's own, REQUIREMENTS when the archive of its requirements could not be
+    fetched, PLATFORM for anything else of the platform's; None if the message is not one (the
+    output's end)."""
     try:
         found = json.loads(message)
     except ValueError:
@@ -127,7 +129,9 @@ def _init_error(message: str) -> tuple[InitError, bool] | None:
         return None
     error = InitError.of_payload(message.encode(), default_type=awslambda.ERROR_UNKNOWN,
                                  default_message="the function failed to initialize")
-    return error, found.get("platform") is True
+    if found.get("requirements") is True:
+        return error, StartReason.REQUIREMENTS
+    return error, StartReason.PLATFORM if found.get("platform") is True else StartReason.INIT
 
 
 def _only_taints(message: str) -> bool:

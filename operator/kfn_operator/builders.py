@@ -12,8 +12,8 @@ A Function becomes:
 
 Where requirements are built once (the operator has an archive store), a build Job
 (`build_job`, shared by every Function of a namespace whose requirements give the same
-`archive_key`) installs them into an archive, and the pods' init container fetches that archive
-(`build_pod_template(archive=...)`) instead of running pip.
+`archive_key`) installs them into an archive, and each pod's instance fetches that archive before it
+initialises the function (`build_pod_template(archive=...)`) instead of an init container running pip.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ Manifest = dict[str, Any]
 
 CONTAINER_NAME = "function"          # the instance: `python -m kfn_runtime`, whose log is the function's
 ENVIRONMENTS_CONTAINER_NAME = "environments"   # a Lambda container image's environments (spec.image)
-INIT_CONTAINER_NAME = "requirements"
+INIT_CONTAINER_NAME = "requirements"   # pip, where requirements are not built once
 # Where an image function's instance and the launcher in its image share their FIFOs.
 ENVIRONMENTS_DIR = "/kfn/environments"
 # The instance beside a Lambda container image is small: it only relays invocations.
@@ -53,13 +53,12 @@ TERMINATION_MARGIN_SECONDS = 5
 # on the pods' annotations).
 FUNCTION_VERSION = "$LATEST"
 # Bumped when what the builders make changes shape, so an operator upgrade rolls existing pods.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 # LAMBDA_RUNTIME_DIR of AWS's base images.
 IMAGE_RUNTIME_DIR = "/var/runtime"
 # The pip install mode of the runtime image, run as the init container.
 REQUIREMENTS_COMMAND = ("python", "-m", contract.REQUIREMENTS_MODULE)
-# Where requirements are built once: the init container fetches the archive, the build Job makes it.
-FETCH_COMMAND = ("python", "-m", "kfn_runtime.fetch")
+# Where requirements are built once: the build Job makes the archive (the instance fetches it itself).
 BUILD_COMMAND = ("python", "-m", "kfn_runtime.build")
 BUILD_CONTAINER_NAME = "build"
 # A finished build Job (and its pod, with the installer's log) is kept this long, then deleted by
@@ -117,7 +116,7 @@ class PipSettings:
 
 
 class Archive(NamedTuple):
-    """A function's built requirements in the archive store, as its pods' init container fetches them."""
+    """A function's built requirements in the archive store, as its pods' instances fetch them."""
 
     url: str      # this archive's URL (archive_url)
     token: str    # its get token (kfn_runtime.archive.token with VERB_GET)
@@ -360,12 +359,14 @@ def build_job(fn: Function, key: str, *, images: RuntimeImages, pip: PipSettings
     }
 
 
-def _init_container(fn: Function, *, image: str, images: RuntimeImages, pip: PipSettings,
-                    archive: Archive | None) -> Manifest:
-    """What runs before the instance: pip installing spec.requirements, or fetching their archive."""
-    if archive is None:
-        command = list(REQUIREMENTS_COMMAND)
-        env: list[Manifest] = [
+def _init_container(fn: Function, *, image: str, images: RuntimeImages, pip: PipSettings) -> Manifest:
+    """What runs before the instance where requirements are not built once: pip installing spec.requirements."""
+    return {
+        "name": INIT_CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": images.pull_policy,
+        "command": list(REQUIREMENTS_COMMAND),
+        "env": [
             {"name": contract.ENV_REQUIREMENTS, "value": "\n".join(fn.spec.requirements)},
             {"name": contract.ENV_DEPS_DIR, "value": contract.DEFAULT_DEPS_DIR},
             # pip writes caches and build files under HOME; the root filesystem is read-only.
@@ -373,21 +374,7 @@ def _init_container(fn: Function, *, image: str, images: RuntimeImages, pip: Pip
             {"name": "PIP_NO_CACHE_DIR", "value": "1"},
             {"name": "PIP_DISABLE_PIP_VERSION_CHECK", "value": "1"},
             *pip.env(),
-        ]
-    else:
-        command = list(FETCH_COMMAND)
-        env = [
-            {"name": building.ENV_URL, "value": archive.url},
-            {"name": building.ENV_TOKEN, "value": archive.token},
-            {"name": building.ENV_DIGEST, "value": archive.digest},
-            {"name": contract.ENV_DEPS_DIR, "value": contract.DEFAULT_DEPS_DIR},
-        ]
-    return {
-        "name": INIT_CONTAINER_NAME,
-        "image": image,
-        "imagePullPolicy": images.pull_policy,
-        "command": command,
-        "env": env,
+        ],
         "resources": {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)},
         "securityContext": _container_security(),
         "volumeMounts": [
@@ -400,12 +387,15 @@ def _init_container(fn: Function, *, image: str, images: RuntimeImages, pip: Pip
 
 def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
                        region: str, archive: Archive | None = None) -> Manifest:
-    """The pods of `fn`'s Deployment; with `archive`, their init container fetches the requirements
-    built once instead of running pip."""
+    """The pods of `fn`'s Deployment. With `archive`, the instance fetches the requirements built once
+    into its deps volume before it initialises the function (no init container: the kubelet would
+    notice its end only at its next relist, up to a second of every cold start); without, an init
+    container runs pip when there are requirements."""
     image = images.image_for(fn)
     code_cm = code_configmap_name(fn)
     mounts: list[Manifest] = [
         {"name": "tmp", "mountPath": "/tmp"},
+        # Written by the init container's pip or, with an archive, by the instance's own fetch.
         {"name": "deps", "mountPath": contract.DEFAULT_DEPS_DIR, "readOnly": not fn.spec.requirements},
     ]
     volumes: list[Manifest] = [
@@ -419,14 +409,19 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
         mounts.append({"name": "environments", "mountPath": ENVIRONMENTS_DIR})
         volumes.append({"name": "environments", "emptyDir": {}})
 
+    env = [*_runtime_env(fn, region=region),
+           # An image's environments get spec.env in their own container.
+           *(() if fn.spec.image else (v.model_dump(mode="json", exclude_none=True) for v in fn.spec.env))]
+    if archive is not None:
+        env += [{"name": building.ENV_URL, "value": archive.url},
+                {"name": building.ENV_TOKEN, "value": archive.token},
+                {"name": building.ENV_DIGEST, "value": archive.digest}]
     container: Manifest = {
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": images.pull_policy,
         "ports": [{"name": PORT_NAME, "containerPort": naming.RUNTIME_PORT, "protocol": "TCP"}],
-        "env": [*_runtime_env(fn, region=region),
-                # An image's environments get spec.env in their own container.
-                *(() if fn.spec.image else (v.model_dump(mode="json", exclude_none=True) for v in fn.spec.env))],
+        "env": env,
         "resources": (HOST_RESOURCES if fn.spec.image else
                       {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)}),
         # Readiness is polled every second: scale-from-zero waits on it.
@@ -460,8 +455,8 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
     if fn.spec.image:
         # The instance kills an environment that timed out, in the image's container, by its PID.
         pod_spec["shareProcessNamespace"] = True
-    if fn.spec.requirements:
-        pod_spec["initContainers"] = [_init_container(fn, image=image, images=images, pip=pip, archive=archive)]
+    if fn.spec.requirements and archive is None:
+        pod_spec["initContainers"] = [_init_container(fn, image=image, images=images, pip=pip)]
     return {
         "metadata": {
             "labels": labels(fn, COMPONENT_FUNCTION),

@@ -7,7 +7,6 @@ import socket
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kfn_operator.builders import PipSettings, RuntimeImages, parse_image_map
@@ -103,7 +102,7 @@ class OperatorConfig:
             health_port=health_port,
             sync_timeout=sync_timeout,
             archive_url=url,
-            archive_key=_read_key(key_file) if key_file else None,
+            archive_key=archive.read_secret(key_file) if key_file else None,
             build_timeout=build_timeout,
             build_resources=_resources(env.get(ENV_BUILD_RESOURCES, "")),
         )
@@ -118,19 +117,6 @@ def _archive_url(value: str) -> str | None:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"--archive-url must look like http://HOST:PORT (got {value!r})")
     return value
-
-
-def _read_key(path: str) -> bytes:
-    """The signing key: the file's raw bytes, as the gateway reads the same file; ValueError if unreadable
-    or shorter than the gateway takes (`archive.MIN_SECRET_BYTES`)."""
-    try:
-        key = Path(path).read_bytes()
-    except OSError as e:
-        raise ValueError(f"--archive-key-file {path}: {e.strerror or e}") from None
-    if len(key) < archive.MIN_SECRET_BYTES:
-        raise ValueError(f"--archive-key-file {path}: {len(key)} bytes; a signing key needs "
-                         f"{archive.MIN_SECRET_BYTES} at least")
-    return key
 
 
 def _resources(text: str) -> dict[str, Any]:

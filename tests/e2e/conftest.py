@@ -34,3 +34,14 @@ async def store(backend: Backend) -> AsyncIterator[EventStore]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A JetStream nats-server of the test's own, stopped (by its PID) after it."""
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,19 +1,18 @@
 """Build archives in a NATS JetStream object store (`kfn.archives.jetstream.JetStreamArchives`)
-against a real nats-server: streamed in and out in chunks, stored once, and a server down when
+against a real nats-server: streamed in and out in chunks, stored once, and a NATS server down when
 the store is made does not keep it from working once the server is up."""
 from __future__ import annotations
 
 import asyncio
 import math
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
-from nats.js.object_store import OBJ_DEFAULT_CHUNK_SIZE
 
-from kfn.archives.jetstream import JetStreamArchives
+from kfn.archives.jetstream import CHUNK_BYTES, JetStreamArchives
 from kfn.archives.store import ArchivesUnavailable, NotStored
 from kfn_runtime import archive
 from tests.support.nats import NatsServer
@@ -22,18 +21,8 @@ KEY = archive.KEY_PREFIX + "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    nats_server = NatsServer(tmp_path)
-    nats_server.start()
-    try:
-        yield nats_server
-    finally:
-        nats_server.stop()
-
-
-@pytest.fixture
-async def store(server: NatsServer) -> AsyncIterator[JetStreamArchives]:
-    archives = JetStreamArchives(server.url)
+async def store(nats_server: NatsServer) -> AsyncIterator[JetStreamArchives]:
+    archives = JetStreamArchives(nats_server.url)
     try:
         yield archives
     finally:
@@ -70,17 +59,17 @@ async def test_the_first_writer_wins(store: JetStreamArchives, tmp_path: Path) -
 
 
 async def test_of_writers_racing_one_wins_every_one_is_told_it_and_the_others_leave_nothing(
-        store: JetStreamArchives, server: NatsServer, tmp_path: Path) -> None:
+        store: JetStreamArchives, nats_server: NatsServer, tmp_path: Path) -> None:
     files = [a_file(tmp_path, size) for size in (1_000_000, 2000, 500_000)]
     answers = await asyncio.gather(*(store.put("team", KEY, path, digest) for path, digest in files))
     assert len(set(answers)) == 1 and answers[0].digest in {digest for _, digest in files}
     assert await store.info("team", KEY) == answers[0]
-    client = await nats.connect(server.url)
+    client = await nats.connect(nats_server.url)
     try:
         stream = await client.jetstream().stream_info(f"OBJ_{store.bucket}")
     finally:
         await client.close()
-    assert stream.state.messages == math.ceil(answers[0].size / OBJ_DEFAULT_CHUNK_SIZE) + 1   # its chunks, its meta
+    assert stream.state.messages == math.ceil(answers[0].size / CHUNK_BYTES) + 1   # its chunks, its meta
 
 
 async def test_an_archive_is_stored_per_namespace(store: JetStreamArchives, tmp_path: Path) -> None:
@@ -104,16 +93,16 @@ async def test_a_file_that_is_not_its_digest_is_refused_and_nothing_is_stored(st
 
 
 async def test_nats_down_when_the_store_is_made_then_up_works(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path)
-    archives = JetStreamArchives(server.url, retry_wait=0.5)   # nothing listens yet
+    nats_server = NatsServer(tmp_path)
+    archives = JetStreamArchives(nats_server.url, retry_wait=0.5)   # nothing listens yet
     try:
         with pytest.raises(ArchivesUnavailable):
             await archives.info("team", KEY)
-        server.start()
+        nats_server.start()
         await asyncio.sleep(0.5)   # past retry_wait
         path, digest = a_file(tmp_path, 10_000)
         assert (await archives.put("team", KEY, path, digest)).digest == digest
         assert await archives.info("team", KEY) is not None
     finally:
         await archives.close()
-        server.stop()
+        nats_server.stop()

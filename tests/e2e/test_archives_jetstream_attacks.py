@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -21,19 +21,9 @@ KEY = archive.KEY_PREFIX + "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    nats_server = NatsServer(tmp_path)
-    nats_server.start()
-    try:
-        yield nats_server
-    finally:
-        nats_server.stop()
-
-
-@pytest.fixture
-async def gateways(server: NatsServer) -> AsyncIterator[tuple[JetStreamArchives, JetStreamArchives]]:
+async def gateways(nats_server: NatsServer) -> AsyncIterator[tuple[JetStreamArchives, JetStreamArchives]]:
     """Two gateways' stores: a connection each to the same server."""
-    first, second = JetStreamArchives(server.url), JetStreamArchives(server.url)
+    first, second = JetStreamArchives(nats_server.url), JetStreamArchives(nats_server.url)
     try:
         yield first, second
     finally:
@@ -69,10 +59,10 @@ async def test_two_gateways_racing_one_key_with_different_bytes_both_answer_the_
 
 
 async def test_chunks_left_by_a_gateway_killed_before_its_meta_are_neither_read_nor_in_the_way(
-        gateways: tuple[JetStreamArchives, JetStreamArchives], server: NatsServer, tmp_path: Path) -> None:
+        gateways: tuple[JetStreamArchives, JetStreamArchives], nats_server: NatsServer, tmp_path: Path) -> None:
     first, second = gateways
     await first.info("team", KEY)   # the bucket exists
-    client = await nats.connect(server.url)
+    client = await nats.connect(nats_server.url)
     try:
         js = client.jetstream()
         for _ in range(3):   # what a gateway killed mid-put leaves: chunks, no meta
@@ -89,7 +79,7 @@ async def test_chunks_left_by_a_gateway_killed_before_its_meta_are_neither_read_
 
 
 async def test_a_put_cancelled_mid_way_leaves_nothing_readable_and_the_next_put_stores(
-        server: NatsServer, tmp_path: Path) -> None:
+        nats_server: NatsServer, tmp_path: Path) -> None:
     class CancelledMidPut(JetStreamArchives):
         """Its put is cancelled as its third chunk is about to go out (the gateway stopping)."""
 
@@ -103,7 +93,7 @@ async def test_a_put_cancelled_mid_way_leaves_nothing_readable_and_the_next_put_
                 task.cancel()
             return super()._chunk_subject(nuid)
 
-    first, second = CancelledMidPut(server.url), JetStreamArchives(server.url)
+    first, second = CancelledMidPut(nats_server.url), JetStreamArchives(nats_server.url)
     try:
         path, digest = a_file(tmp_path, 3 * 1024 * 1024)
         with pytest.raises(asyncio.CancelledError):
@@ -118,27 +108,27 @@ async def test_a_put_cancelled_mid_way_leaves_nothing_readable_and_the_next_put_
 
 
 async def test_nats_killed_mid_put_is_unavailable_and_after_its_restart_the_archive_is_absent(
-        server: NatsServer, tmp_path: Path) -> None:
+        nats_server: NatsServer, tmp_path: Path) -> None:
     class KilledMidPut(JetStreamArchives):
-        """Kills the server as its third chunk is about to go out."""
+        """Kills the NATS server as its third chunk is about to go out."""
 
         chunks = 0
 
         def _chunk_subject(self, nuid: str) -> str:
             self.chunks += 1
             if self.chunks == 3:
-                server.kill()
+                nats_server.kill()
             return super()._chunk_subject(nuid)
 
-    store = KilledMidPut(server.url, timeout=2.0)
+    store = KilledMidPut(nats_server.url, timeout=2.0)
     path, digest = a_file(tmp_path, 2 * 1024 * 1024)
     try:
         with pytest.raises(ArchivesUnavailable):
             await store.put("team", KEY, path, digest)
     finally:
         await store.close()
-    server.start()
-    again = JetStreamArchives(server.url)
+    nats_server.start()
+    again = JetStreamArchives(nats_server.url)
     try:
         assert await again.info("team", KEY) is None
         assert (await again.put("team", KEY, path, digest)).digest == digest

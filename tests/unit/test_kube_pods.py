@@ -85,6 +85,15 @@ def test_a_failing_requirements_install_is_the_requirements_class() -> None:
     assert problem is not None and problem.reason == StartReason.REQUIREMENTS and SECRET in problem.detail
 
 
+def test_requirements_the_instance_could_not_fetch_are_the_requirements_class() -> None:
+    from kfn_runtime.__main__ import requirements_termination_message
+
+    message = requirements_termination_message(f"the archive store refused: 404 {SECRET}").decode()
+    problem = _problem(crashing(message))
+    assert problem is not None and problem.reason == StartReason.REQUIREMENTS and problem.init_error is None
+    assert SECRET in problem.detail and SECRET not in problem.reason
+
+
 @pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"])
 def test_an_image_that_cannot_be_pulled_is_the_image_class(reason: str) -> None:
     problem = _problem(crashing(None, reason=reason))

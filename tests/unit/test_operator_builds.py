@@ -121,19 +121,21 @@ def test_the_job_meets_the_restricted_profile_like_the_functions_pods() -> None:
 
 # ---- the pods that fetch
 
-def test_with_an_archive_the_init_container_fetches_it_instead_of_running_pip() -> None:
+def test_with_an_archive_the_instance_fetches_it_itself_and_no_init_container_runs() -> None:
     pod = builders.build_pod_template(FN, images=IMAGES, pip=PIP, region=REGION, archive=fetched())["spec"]
-    (init,) = pod["initContainers"]
-    assert init["name"] == builders.INIT_CONTAINER_NAME
-    assert init["command"] == ["python", "-m", "kfn_runtime.fetch"]
-    env = env_of(init)
-    assert env == {building.ENV_URL: f"{STORE}/system/archives/team-a/{KEY}",
-                   building.ENV_TOKEN: archive.token(SECRET, archive.VERB_GET, "team-a", KEY),
-                   building.ENV_DIGEST: "sha256:" + "a" * 64,
-                   contract.ENV_DEPS_DIR: contract.DEFAULT_DEPS_DIR}
+    assert pod["initContainers"] == []   # an explicit empty list: a merge patch removes an old one
+    (container,) = pod["containers"]
+    env = env_of(container)
+    assert {name: env[name] for name in (building.ENV_URL, building.ENV_TOKEN, building.ENV_DIGEST)} == {
+        building.ENV_URL: f"{STORE}/system/archives/team-a/{KEY}",
+        building.ENV_TOKEN: archive.token(SECRET, archive.VERB_GET, "team-a", KEY),
+        building.ENV_DIGEST: "sha256:" + "a" * 64}
+    assert env[contract.ENV_DEPS_DIR] == contract.DEFAULT_DEPS_DIR
     assert not any(name.startswith("PIP_") for name in env)
-    assert {"name": "deps", "mountPath": contract.DEFAULT_DEPS_DIR} in init["volumeMounts"]
-    assert init["securityContext"] == pod["containers"][0]["securityContext"]
+    (deps,) = [m for m in container["volumeMounts"] if m["name"] == "deps"]
+    assert deps["mountPath"] == contract.DEFAULT_DEPS_DIR and not deps.get("readOnly")
+    assert {"name": "deps", "emptyDir": {}} in pod["volumes"]
+
 
 
 def test_the_deployment_with_an_archive_validates() -> None:
@@ -153,6 +155,7 @@ def test_the_deployed_hash_changes_with_the_archive_and_its_digest() -> None:
 def test_without_an_archive_the_pods_are_what_they_were() -> None:
     pod = builders.build_pod_template(FN, images=IMAGES, pip=PIP, region=REGION)["spec"]
     assert pod["initContainers"][0]["command"] == list(builders.REQUIREMENTS_COMMAND)
+    assert not any(name.startswith("KFN_ARCHIVE_") for name in env_of(pod["containers"][0]))
 
 
 # ---- a Job's outcome

@@ -4,8 +4,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import py_compile
 import stat
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -89,18 +91,40 @@ def test_executable_files_stay_executable_and_others_do_not(tmp_path: Path) -> N
     assert not os.stat(tmp_path / "out" / "lib.py").st_mode & 0o111
 
 
-def test_members_are_written_as_root_owned_with_fixed_modes_and_mtime(tmp_path: Path) -> None:
+def test_members_are_written_as_root_owned_with_fixed_modes_and_their_files_mtime(tmp_path: Path) -> None:
     source = tmp_path / "source"
     (source / "d").mkdir(parents=True)
     (source / "d" / "x").write_text("x")
     (source / "d" / "x").chmod(0o640)
+    os.utime(source / "d" / "x", (1_700_000_000, 1_700_000_000))
 
     with tarfile.open(fileobj=packed(source), mode="r:gz") as tar:
         infos = tar.getmembers()
 
     assert infos[0].name == archive.MANIFEST_NAME
     assert {(i.name, i.uid, i.gid, i.mtime, stat.S_IMODE(i.mode)) for i in infos[1:]} == {
-        ("d", 0, 0, archive.MTIME, 0o755), ("d/x", 0, 0, archive.MTIME, 0o644)}
+        ("d", 0, 0, archive.MTIME, 0o755), ("d/x", 0, 0, 1_700_000_000, 0o644)}
+
+
+def test_unpacked_files_keep_their_mtime_so_compiled_bytecode_stays_valid(tmp_path: Path) -> None:
+    # A .pyc names its source's mtime: a source unpacked with another one is compiled again at every
+    # import, and a read-only deps directory cannot even keep the result.
+    source = tmp_path / "source"
+    (source / "pkg").mkdir(parents=True)
+    (source / "pkg" / "__init__.py").write_text("VALUE = 1\n")
+    os.utime(source / "pkg" / "__init__.py", (1_600_000_000, 1_600_000_000))
+    py_compile.compile(str(source / "pkg" / "__init__.py"), doraise=True)
+    time.sleep(0.01)
+
+    with open(tmp_path / "a.tar.gz", "wb") as out:
+        archive.pack(str(source), out, META)
+    with open(tmp_path / "a.tar.gz", "rb") as f:
+        archive.unpack(f, str(tmp_path / "out"))
+
+    unpacked = tmp_path / "out" / "pkg" / "__init__.py"
+    assert os.stat(unpacked).st_mtime == 1_600_000_000
+    (pyc,) = (tmp_path / "out" / "pkg" / "__pycache__").iterdir()
+    assert int.from_bytes(pyc.read_bytes()[8:12], "little") == 1_600_000_000   # the pyc's source mtime
 
 
 def test_the_same_tree_packs_to_the_same_members(tmp_path: Path) -> None:
@@ -114,7 +138,6 @@ def test_the_same_tree_packs_to_the_same_members(tmp_path: Path) -> None:
             return [(i.name, i.size, i.mode) for i in tar.getmembers()]
 
     first = members()
-    os.utime(source / "b" / "a", (1, 1))
     assert members() == first and [m[0] for m in first] == [archive.MANIFEST_NAME, "b", "b/a", "b/m", "b/z"]
 
 

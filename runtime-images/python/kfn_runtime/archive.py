@@ -3,7 +3,9 @@
 The format (FORMAT 1) is a gzip-compressed POSIX tar whose first member is MANIFEST_NAME, a JSON
 object saying what was built (`key`, `runtime`, `installer`, `requirements`, `format`); every other
 member is a regular file or a directory under the unpacked root, named relatively (at most
-MAX_DEPTH directories deep), owned by 0:0, with a fixed mtime and mode 0644 or 0755. `pack` writes
+MAX_DEPTH directories deep), owned by 0:0, with mode 0644 or 0755 and its file's mtime (kept on
+unpacking: Python's compiled bytecode names its source's mtime, and is compiled again, at every
+start, when it no longer matches). `pack` writes
 only that; `unpack` accepts only that (no links, devices, sparse members, absolute names or `..`),
 within limits on members and unpacked bytes, so a hostile archive cannot write outside its target
 nor fill a disk. A build runs the tenant's own installer with its archive's put token at hand, so
@@ -47,7 +49,7 @@ MAX_DEPTH: Final = 256
 # What unpacking fails with when the target's disk, not the archive, is at fault: raised as OSError.
 DISK_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES,
                                 errno.EPERM})
-# The mtime every member gets: the same tree packs to the same member headers.
+# The mtime of the manifest and of directories: the same tree packs to the same member headers.
 MTIME: Final = 0
 
 VERB_GET: Final = "get"   # fetch (GET) or look up (HEAD)
@@ -72,6 +74,20 @@ def deps_key(*, runtime: str, image: str, requirements: Sequence[str], sources: 
 def valid_key(key: str) -> bool:
     return (key.startswith(KEY_PREFIX) and len(key) == len(KEY_PREFIX) + 32
             and all(c in "0123456789abcdef" for c in key[len(KEY_PREFIX):]))
+
+
+def read_secret(path: str) -> bytes:
+    """The signing key in the file at `path`: its raw bytes (the gateway and the operator read the
+    same file); ValueError, naming the flag, if it cannot be read or is shorter than MIN_SECRET_BYTES."""
+    try:
+        with open(path, "rb") as f:
+            secret = f.read()
+    except OSError as e:
+        raise ValueError(f"--archive-key-file {path}: {e.strerror or e}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"--archive-key-file {path}: {len(secret)} bytes; a signing key needs "
+                         f"{MIN_SECRET_BYTES} at least")
+    return secret
 
 
 def token(secret: bytes, verb: str, namespace: str, key: str) -> str:
@@ -115,12 +131,13 @@ def _walk(root: str) -> Iterable[tuple[str, str]]:
             yield path, name if relative == "." else f"{relative}/{name}"
 
 
-def _info(name: str, *, size: int = 0, directory: bool = False, executable: bool = False) -> tarfile.TarInfo:
+def _info(name: str, *, size: int = 0, directory: bool = False, executable: bool = False,
+          mtime: int = MTIME) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
     info.mode = 0o755 if directory or executable else 0o644
     info.size = size
-    info.mtime = MTIME
+    info.mtime = mtime
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
@@ -146,7 +163,8 @@ def pack(source: str, out: IO[bytes], meta: Mapping[str, Any]) -> None:
                 tar.addfile(_info(name, directory=True))
             elif stat.S_ISREG(st.st_mode):
                 with open(real, "rb") as f:
-                    tar.addfile(_info(name, size=st.st_size, executable=bool(st.st_mode & 0o111)), f)
+                    tar.addfile(_info(name, size=st.st_size, executable=bool(st.st_mode & 0o111),
+                                      mtime=max(0, int(st.st_mtime))), f)
             else:
                 raise ArchiveError(f"{name}: not a regular file or directory")
 
@@ -174,12 +192,7 @@ def unpack(source: IO[bytes], target: str, *, max_bytes: int = DEFAULT_MAX_UNPAC
     try:
         return _unpack(source, target, max_bytes=max_bytes, max_members=max_members)
     except (ArchiveError, tarfile.TarError, OSError, EOFError, ValueError) as e:
-        for entry in os.listdir(target):
-            path = os.path.join(target, entry)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
+        clear(target)
         if isinstance(e, ArchiveError) or (isinstance(e, OSError) and e.errno in DISK_ERRNOS):
             raise
         raise ArchiveError(f"not a readable archive: {e}") from e
@@ -226,9 +239,23 @@ def _unpack(source: IO[bytes], target: str, *, max_bytes: int, max_members: int)
                          0o755 if info.mode & 0o111 else 0o644)
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(f, out, 1024 * 1024)
+            mtime = int(info.mtime) if 0 <= info.mtime < 2 ** 33 else MTIME
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
     if meta is None:
         raise ArchiveError("empty: no manifest")
     return meta
+
+
+def clear(target: str) -> None:
+    """Remove everything in the directory `target` (nothing if it does not exist), keeping it."""
+    if not os.path.isdir(target):
+        return
+    for entry in os.listdir(target):
+        path = os.path.join(target, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 def file_digest(path: str) -> str:

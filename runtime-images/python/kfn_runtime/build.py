@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 ENV_KEY = "KFN_ARCHIVE_KEY"
-ENV_URL = "KFN_ARCHIVE_URL"
-ENV_TOKEN = "KFN_ARCHIVE_TOKEN"
-ENV_DIGEST = "KFN_ARCHIVE_DIGEST"   # fetch: the digest the store gave when the archive was stored
+# The archive's variables, the build's and an instance's fetch's (contract: the instance reads them).
+ENV_URL = contract.ENV_ARCHIVE_URL
+ENV_TOKEN = contract.ENV_ARCHIVE_TOKEN
+ENV_DIGEST = contract.ENV_ARCHIVE_DIGEST   # fetch: the digest the store gave when the archive was stored
 # Lines of the installer's output kept for the termination message (which the kubelet cuts at 4 KiB);
 # a longer line is read, streamed and kept in pieces of LINE_CHARS.
 TAIL_LINES = 20

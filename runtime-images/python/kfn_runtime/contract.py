@@ -38,6 +38,11 @@ ENV_IDLE_TIMEOUT: Final = "KFN_ENVIRONMENT_IDLE_TIMEOUT"  # an extra environment
 ENV_MAX_BODY_BYTES: Final = "KFN_MAX_BODY_BYTES"    # largest event accepted on the invoke endpoint
 ENV_INIT_TIMEOUT: Final = "KFN_INIT_TIMEOUT"        # seconds an environment's init phase may take (Lambda's: 10)
 ENV_REQUIREMENTS: Final = "KFN_REQUIREMENTS"        # pip requirement lines, newline-separated (REQUIREMENTS_MODULE)
+# Requirements built once (kfn_runtime.archive): the instance fetches them into ENV_DEPS_DIR before
+# it initialises the function (kfn_runtime.fetch); a build Job stores them (kfn_runtime.build).
+ENV_ARCHIVE_URL: Final = "KFN_ARCHIVE_URL"          # .../system/archives/NAMESPACE/KEY in the archive store
+ENV_ARCHIVE_TOKEN: Final = "KFN_ARCHIVE_TOKEN"      # its token: get (an instance), put (a build)
+ENV_ARCHIVE_DIGEST: Final = "KFN_ARCHIVE_DIGEST"    # sha256:..., what the store gave when it was stored
 
 ENV_ENVIRONMENTS_DIR: Final = "KFN_ENVIRONMENTS_DIR"  # RUNTIME_IMAGE: the directory shared with the launcher
 
@@ -83,6 +88,7 @@ HEADER_EXECUTED_VERSION: Final = "X-Amz-Executed-Version"
 # errorType and errorMessage, and "platform": true when nothing of the function ran. The gateway
 # reads it from the pod's status (kfn.kube.pods) to answer callers as Lambda answers an init error.
 TERMINATION_LOG: Final = "/dev/termination-log"
+ENV_TERMINATION_LOG: Final = "KFN_TERMINATION_LOG"   # another place for it (a container's terminationMessagePath)
 TERMINATION_MARK: Final = "kfnInitError"
 
 # Set on answers the instance gave without running the function (429 when every environment is

@@ -1,6 +1,7 @@
-"""`python -m kfn_runtime.fetch`: an instance's first step (an init container) where its requirements
-were built once: fetch the archive from the platform's archive store into a temporary file, check its
-digest, unpack it into KFN_DEPS_DIR. No installer runs, and nothing but the store is reached (a
+"""An instance's first step where its requirements were built once (`kfn_runtime.__main__` calls
+`fetch` before it initialises the function; `python -m kfn_runtime.fetch` does it as a command):
+fetch the archive from the platform's archive store into a temporary file, check its digest,
+unpack it into KFN_DEPS_DIR. No installer runs, and nothing but the store is reached (a
 redirect is not followed).
 
 Environment: KFN_ARCHIVE_URL (.../system/archives/NAMESPACE/KEY), KFN_ARCHIVE_TOKEN (its get token),
@@ -58,15 +59,15 @@ _OPENER = urllib.request.build_opener(_NoRedirects)
 
 def fetch(url: str, token: str, digest: str, target: str, *, attempts: int = FETCH_ATTEMPTS) -> dict[str, object]:
     """Download the archive into a temporary file (under TMPDIR), check its digest, then unpack it
-    into `target`, created or emptied first (an earlier attempt's files go: the init container may
-    run again); the archive's manifest. Runs as long as the downloads (each at most FETCH_DEADLINE s)
+    into `target`, created or emptied first (an earlier attempt's files go: the instance's container
+    may run again); the archive's manifest. Runs as long as the downloads (each at most FETCH_DEADLINE s)
     and one unpack take. Connection failures, 5xx answers and bodies cut short are tried again (1, 2,
     4, ... s apart, `attempts` in all), then FetchFailed; FetchFailed at once for a refusal or a
     redirect, an answer that is not the archive built (nothing of it unpacked) or an archive that
     does not unpack (`target` left empty)."""
     try:
         os.makedirs(target, exist_ok=True)
-        _clear(target)
+        archive.clear(target)
     except OSError as e:
         raise FetchFailed(f"cannot empty {target} for the archive: {e}") from None
     last = ""
@@ -131,17 +132,6 @@ def _download(url: str, token: str, out: IO[bytes]) -> tuple[str, str | None]:
     if expected is not None and expected.isdigit() and int(expected) != size:
         raise _Broken(f"the answer was cut short: {size} of {expected} bytes")
     return archive.DIGEST_PREFIX + h.hexdigest(), content_type
-
-
-def _clear(target: str) -> None:
-    import shutil
-    if os.path.isdir(target):
-        for entry in os.listdir(target):
-            path = os.path.join(target, entry)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
 
 
 def main(environ: Mapping[str, str] = os.environ) -> int:
