@@ -607,3 +607,11 @@ async def test_a_function_with_only_queued_work_gets_an_observation() -> None:
                                                    FunctionRef.parse("empty"): QueueStats(0, 0, None)})
     observed = await source.collect(7.0)
     assert observed == {backlog: Observation(sample=Sample(7.0, 0.0, 0), in_flight=0.0, queued=3.0)}
+
+
+@pytest.mark.parametrize("window", ["30s\n", "1m]) or vector(1", ""])
+async def test_a_promql_window_that_is_not_a_whole_duration_is_refused(window: str) -> None:
+    # It is pasted into the query: "30s\n" passed a `$`-anchored check, and more would follow it.
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ValueError, match="window must be a Prometheus duration"):
+            PromQLSource("http://127.0.0.1:9", session=session, window=window)
