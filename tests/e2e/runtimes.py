@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kfn_runtime import contract
 from kfn_runtime.environments import CommandSpawner, ZygoteSpawner
 from kfn_runtime.execution import HostConfig, Invocation
 from kfn_runtime.host import InstanceHost
@@ -304,3 +305,26 @@ class RuntimeProcess:
                 with contextlib.suppress(ValueError):
                     lines.append(json.loads(text))
         return lines
+
+
+def launch(workdir: Path, *, source: str, handler: str = "main.handler", wait: bool = True,
+           **settings: Any) -> RuntimeProcess:
+    """A runtime serving `source` as main.py from a fresh code directory; settings are KFN_<NAME>.
+
+    wait: return once it is ready (up to 15 s; an AssertionError if it exited first)."""
+    code = write_code(workdir / "code", {"main.py": source})
+    env = {contract.ENV_HANDLER: handler, contract.ENV_CODE_DIR: str(code), contract.ENV_HOST: "127.0.0.1",
+           contract.ENV_PORT: "0", contract.ENV_FUNCTION_NAME: "demo", contract.ENV_TIMEOUT: "10",
+           contract.ENV_DEPS_DIR: str(workdir / "deps")}
+    env.update({f"KFN_{k.upper()}": str(v) for k, v in settings.items()})
+    runtime = RuntimeProcess(workdir, env)
+    if wait:
+        runtime.wait_ready()
+    return runtime
+
+
+def invoke(runtime: RuntimeProcess, event: Any, *, headers: dict[str, str] | None = None,
+           **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    """POST `event` as JSON to the runtime's invoke endpoint: (status, headers, body), as `RuntimeProcess.request`."""
+    return runtime.request("POST", contract.PATH_INVOKE, body=json.dumps(event).encode(),
+                           headers={"Content-Type": "application/json", **(headers or {})}, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -29,17 +29,6 @@ pytestmark = pytest.mark.timeout(120)
 WORKER = FunctionRef("default", "worker")
 QUICK = DeliverySettings(poll=0.1, stats_interval=0.2, heartbeat=1.0)
 TEXT = {"Content-Type": "text/plain"}   # the event's body as text, not base64
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    nats_server_binary()
-    server = NatsServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Worker:
@@ -82,10 +71,10 @@ async def replica(stack: AsyncExitStack, name: str, url: str, worker: Worker, *,
 
 
 @pytest.fixture
-async def replicas(server: NatsServer) -> AsyncIterator[tuple[Worker, list[tuple[RunningGateway, AsyncDelivery]]]]:
+async def replicas(nats_server: NatsServer) -> AsyncIterator[tuple[Worker, list[tuple[RunningGateway, AsyncDelivery]]]]:
     worker = Worker()
     async with AsyncExitStack() as stack:
-        both = [await replica(stack, name, server.url, worker, replicas=2) for name in ("a", "b")]
+        both = [await replica(stack, name, nats_server.url, worker, replicas=2) for name in ("a", "b")]
         yield worker, both
 
 
@@ -112,17 +101,17 @@ async def test_replicas_sharing_jetstream_deliver_each_async_event_once_within_t
 
 
 async def test_a_gateway_replica_answers_async_requests_503_while_nats_is_down_and_202_once_it_is_back(
-        server: NatsServer, tmp_path: Path) -> None:
+        nats_server: NatsServer, tmp_path: Path) -> None:
     worker = Worker()
     async with AsyncExitStack() as stack:
-        gw, delivery = await replica(stack, "a", server.url, worker, replicas=1)
+        gw, delivery = await replica(stack, "a", nats_server.url, worker, replicas=1)
         status, _, _ = await gw.json("POST", "/async-function/worker", data=b"before", headers=TEXT)
         assert status == 202
         await eventually(lambda: [body for _, body in worker.runs] == ["before"], timeout=30)
-        server.kill()
+        nats_server.kill()
         status, body, headers = await gw.json("POST", "/async-function/worker", data=b"while-down", headers=TEXT)
         assert status == 503 and "could not store" in body["error"] and "Retry-After" in headers
-        server.start()   # the same port and store directory
+        nats_server.start()   # the same port and store directory
         answers: list[int] = []
 
         async def accepted_again() -> bool:
@@ -147,11 +136,11 @@ async def test_a_gateway_replica_answers_async_requests_503_while_nats_is_down_a
 
 async def test_kfn_gateway_started_while_nats_is_down_takes_async_requests_once_it_is_up(tmp_path: Path) -> None:
     nats_server_binary()
-    server = NatsServer(tmp_path)   # not started yet
+    nats_server = NatsServer(tmp_path)   # not started yet
     worker = Worker()
     backend = FakeBackend(make_function("worker"), fn=worker.for_replica("a"), in_process=True)
-    options = GatewayOptions(nats_url=server.url, replicas=1)
-    store = JetStreamStore(server.url)
+    options = GatewayOptions(nats_url=nats_server.url, replicas=1)
+    store = JetStreamStore(nats_server.url)
     try:
         async with backend, running_gateway(backend, events=store) as gw:
             service = AsyncService(gw.gateway, store, options)
@@ -159,7 +148,7 @@ async def test_kfn_gateway_started_while_nats_is_down_takes_async_requests_once_
             try:
                 status, body, _ = await gw.json("POST", "/async-function/worker", data=b"early", headers=TEXT)
                 assert status == 503 and "could not store" in body["error"]
-                server.start()
+                nats_server.start()
 
                 async def accepted() -> int:
                     return (await gw.json("POST", "/async-function/worker", data=b"late", headers=TEXT))[0]
@@ -173,4 +162,4 @@ async def test_kfn_gateway_started_while_nats_is_down_takes_async_requests_once_
                 await service.close()
                 await store.close()
     finally:
-        server.stop()
+        nats_server.stop()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kfn_runtime import contract
-from tests.e2e.runtimes import RuntimeProcess, pid_alive, write_code
+from tests.e2e.runtimes import RuntimeProcess, invoke, launch, pid_alive
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
@@ -75,24 +75,11 @@ def gated_module(gate: Path) -> str:
             f"    return 'loaded'\n")
 
 
-def launch(workdir: Path, *, source: str = APP, handler: str = "main.handler", wait: bool = True,
-           **settings: Any) -> RuntimeProcess:
-    """A runtime serving `source` as main.py from a fresh code directory; settings are KFN_<NAME>."""
-    code = write_code(workdir / "code", {"main.py": source})
-    env = {contract.ENV_HANDLER: handler, contract.ENV_CODE_DIR: str(code), contract.ENV_HOST: "127.0.0.1",
-           contract.ENV_PORT: "0", contract.ENV_FUNCTION_NAME: "demo", contract.ENV_TIMEOUT: "10",
-           contract.ENV_DEPS_DIR: str(workdir / "deps")}
-    env.update({f"KFN_{k.upper()}": str(v) for k, v in settings.items()})
-    runtime = RuntimeProcess(workdir, env)
-    if wait:
-        runtime.wait_ready()
-    return runtime
-
-
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     """One runtime shared by the tests that leave it as they found it."""
-    runtime = launch(tmp_path_factory.mktemp("shared"), concurrency=2, timeout=1, max_body_bytes=65536, wait=False)
+    runtime = launch(tmp_path_factory.mktemp("shared"), source=APP, concurrency=2, timeout=1, max_body_bytes=65536,
+                     wait=False)
     try:
         runtime.wait_ready()
         yield runtime
@@ -105,10 +92,10 @@ def start(tmp_path: Path) -> Iterator[Callable[..., RuntimeProcess]]:
     """Start a runtime of the test's own (see `launch`); always stopped afterwards."""
     started: list[RuntimeProcess] = []
 
-    def start_(*, wait: bool = True, **kwargs: Any) -> RuntimeProcess:
+    def start_(*, source: str = APP, wait: bool = True, **kwargs: Any) -> RuntimeProcess:
         workdir = tmp_path / f"rt{len(started)}"
         workdir.mkdir()
-        runtime = launch(workdir, wait=False, **kwargs)
+        runtime = launch(workdir, source=source, wait=False, **kwargs)
         started.append(runtime)
         if wait:
             runtime.wait_ready()
@@ -119,12 +106,6 @@ def start(tmp_path: Path) -> Iterator[Callable[..., RuntimeProcess]]:
     finally:
         for runtime in started:
             runtime.stop()
-
-
-def invoke(runtime: RuntimeProcess, event: Any, *, headers: dict[str, str] | None = None,
-           **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
-    return runtime.request("POST", INVOKE, body=json.dumps(event).encode(),
-                           headers={"Content-Type": "application/json", **(headers or {})}, **kwargs)
 
 
 def in_thread(function: Callable[[], object]) -> tuple[threading.Thread, list[Any]]:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from kfn_runtime import archive, contract
-from tests.e2e.runtimes import write_code
-from tests.e2e.test_runtime_process import invoke, launch
+from tests.e2e.runtimes import invoke, launch, write_code
 
 pytestmark = [pytest.mark.timeout(60)]
 

@@ -1,5 +1,5 @@
 """NATS subject triggers against a real nats-server, into both event stores (SQLite, and JetStream on the
-same server): each message stored once, acknowledged only after it was stored, and stored once even
+same nats_server): each message stored once, acknowledged only after it was stored, and stored once even
 when the trigger's process is SIGKILLed between storing and acknowledging."""
 from __future__ import annotations
 
@@ -22,30 +22,19 @@ from kfn.triggers.nats import HEADER_SERVICE_ERROR_CODE, NatsBinding, NatsSubjec
 from tests.e2e.asyncstores import record
 from tests.e2e.workers import WorkerProcess
 from tests.support.functions import make_function
-from tests.support.nats import NatsServer, nats_server_binary
+from tests.support.nats import NatsServer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 ORDERS = FunctionRef("default", "orders")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    nats_server_binary()
-    server = NatsServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(params=["sqlite", "jetstream"])
-def store_spec(request: pytest.FixtureRequest, tmp_path: Path, server: NatsServer) -> dict[str, Any]:
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer) -> dict[str, Any]:
     """How a store is opened (here and in a worker process): the events stay queued, none is delivered."""
     if request.param == "sqlite":
         return {"kind": "sqlite", "path": str(tmp_path / "events.sqlite3"), "lease": 5.0}
-    return {"kind": "jetstream", "url": server.url, "lease": 5.0}
+    return {"kind": "jetstream", "url": nats_server.url, "lease": 5.0}
 
 
 def open_store(spec: dict[str, Any]) -> EventStore:
@@ -65,8 +54,8 @@ async def store(store_spec: dict[str, Any]) -> AsyncIterator[EventStore]:
 
 
 @pytest.fixture
-async def client(server: NatsServer) -> AsyncIterator[Client]:
-    nc = await nats.connect(server.url)
+async def client(nats_server: NatsServer) -> AsyncIterator[Client]:
+    nc = await nats.connect(nats_server.url)
     try:
         yield nc
     finally:
@@ -81,9 +70,9 @@ async def stored_events(store: EventStore, function: FunctionRef = ORDERS) -> li
     return [d.event for d in deliveries]
 
 
-async def running_source(server: NatsServer, store: EventStore, *functions: Function,
+async def running_source(nats_server: NatsServer, store: EventStore, *functions: Function,
                          **kwargs: Any) -> NatsSubjectSource:
-    source = NatsSubjectSource(server.url, fetch_wait=0.2, **kwargs)
+    source = NatsSubjectSource(nats_server.url, fetch_wait=0.2, **kwargs)
     await source.start(store.accept)
     source.update(list(functions))
     wanted = sum(len(f.spec.triggers) for f in functions)
@@ -99,10 +88,10 @@ def orders(**trigger: Any) -> Function:
     return make_function("orders", triggers=[{"nats": trigger}])
 
 
-async def test_stream_messages_are_stored_once_then_acknowledged(server, store, client) -> None:
+async def test_stream_messages_are_stored_once_then_acknowledged(nats_server, store, client) -> None:
     js = client.jetstream()
     await js.add_stream(StreamConfig(name="ORDERS", subjects=["orders.>"]))
-    source = await running_source(server, store, orders(subject="orders.>", stream="ORDERS"))
+    source = await running_source(nats_server, store, orders(subject="orders.>", stream="ORDERS"))
     try:
         for i in range(20):
             await js.publish(f"orders.{i % 3}", json.dumps({"order": i}).encode())
@@ -130,11 +119,11 @@ async def test_stream_messages_are_stored_once_then_acknowledged(server, store, 
         await source.close()
 
 
-async def test_a_new_stream_trigger_starts_with_new_messages(server, store, client) -> None:
+async def test_a_new_stream_trigger_starts_with_new_messages(nats_server, store, client) -> None:
     js = client.jetstream()
     await js.add_stream(StreamConfig(name="ORDERS", subjects=["orders.>"]))
     await js.publish("orders.old", b'{"old": true}')
-    source = await running_source(server, store, orders(subject="orders.>", stream="ORDERS"))
+    source = await running_source(nats_server, store, orders(subject="orders.>", stream="ORDERS"))
     try:
         await js.publish("orders.new", b'{"new": true}')
 
@@ -147,8 +136,8 @@ async def test_a_new_stream_trigger_starts_with_new_messages(server, store, clie
         await source.close()
 
 
-async def test_a_request_is_answered_once_its_event_is_stored(server, store, client) -> None:
-    source = await running_source(server, store, orders(subject="orders.created"))
+async def test_a_request_is_answered_once_its_event_is_stored(nats_server, store, client) -> None:
+    source = await running_source(nats_server, store, orders(subject="orders.created"))
     try:
         reply = await client.request("orders.created", b'{"order": 1}', timeout=10)
         invocation_id = json.loads(reply.data)["invocationId"]
@@ -158,8 +147,8 @@ async def test_a_request_is_answered_once_its_event_is_stored(server, store, cli
         await source.close()
 
 
-async def test_a_request_retried_with_its_msg_id_is_stored_once(server, store, client) -> None:
-    source = await running_source(server, store, orders(subject="orders.created"))
+async def test_a_request_retried_with_its_msg_id_is_stored_once(nats_server, store, client) -> None:
+    source = await running_source(nats_server, store, orders(subject="orders.created"))
     try:
         answers = [await client.request("orders.created", b'{"order": 1}', timeout=10,
                                         headers={"Nats-Msg-Id": "order-1"}) for _ in range(2)]
@@ -169,8 +158,8 @@ async def test_a_request_retried_with_its_msg_id_is_stored_once(server, store, c
         await source.close()
 
 
-async def test_a_request_the_store_could_not_take_is_answered_with_an_error(server, store, client) -> None:
-    source = NatsSubjectSource(server.url, fetch_wait=0.2)
+async def test_a_request_the_store_could_not_take_is_answered_with_an_error(nats_server, store, client) -> None:
+    source = NatsSubjectSource(nats_server.url, fetch_wait=0.2)
 
     async def broken(function: FunctionRef, payload: bytes, invocation_id: str) -> None:
         raise ConnectionError("the store is down")
@@ -188,9 +177,9 @@ async def test_a_request_the_store_could_not_take_is_answered_with_an_error(serv
         await source.close()
 
 
-async def test_queue_subscribers_share_the_messages(server, store, client) -> None:
+async def test_queue_subscribers_share_the_messages(nats_server, store, client) -> None:
     function = orders(subject="orders.created")
-    sources = [await running_source(server, store, function) for _ in range(2)]
+    sources = [await running_source(nats_server, store, function) for _ in range(2)]
     try:
         for i in range(30):
             await client.request("orders.created", json.dumps({"order": i}).encode(), timeout=10)
@@ -201,8 +190,8 @@ async def test_queue_subscribers_share_the_messages(server, store, client) -> No
             await source.close()
 
 
-async def test_a_trigger_on_a_missing_stream_is_reported_and_starts_once_it_exists(server, store, client) -> None:
-    source = NatsSubjectSource(server.url, fetch_wait=0.2, retry=0.2)
+async def test_a_trigger_on_a_missing_stream_is_reported_and_starts_once_it_exists(nats_server, store, client) -> None:
+    source = NatsSubjectSource(nats_server.url, fetch_wait=0.2, retry=0.2)
     await source.start(store.accept)
     source.update([orders(subject="orders.>", stream="ORDERS")])
     try:
@@ -221,11 +210,11 @@ async def test_a_trigger_on_a_missing_stream_is_reported_and_starts_once_it_exis
         await source.close()
 
 
-async def test_a_removed_stream_trigger_deletes_its_consumer(server, store, client) -> None:
+async def test_a_removed_stream_trigger_deletes_its_consumer(nats_server, store, client) -> None:
     js = client.jetstream()
     await js.add_stream(StreamConfig(name="ORDERS", subjects=["orders.>"]))
     binding = NatsBinding(ORDERS, "orders.>", "ORDERS")
-    source = await running_source(server, store, orders(subject="orders.>", stream="ORDERS"))
+    source = await running_source(nats_server, store, orders(subject="orders.>", stream="ORDERS"))
     try:
         assert (await js.consumer_info("ORDERS", binding.consumer)).name == binding.consumer
         source.update([make_function("orders")])
@@ -269,12 +258,12 @@ async def wait_lines(log: Path, kind: str, count: int, *, what: str) -> None:
 
 
 async def test_a_message_stored_but_not_acked_when_the_trigger_is_killed_is_stored_once(
-        server, store_spec, tmp_path) -> None:
+        nats_server, store_spec, tmp_path) -> None:
     messages = 10
-    nc = await nats.connect(server.url)
+    nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="ORDERS", subjects=["orders.>"]))
-    common = {"nats": server.url, "store": store_spec, "subject": "orders.>", "stream": "ORDERS", "ack_wait": 2}
+    common = {"nats": nats_server.url, "store": store_spec, "subject": "orders.>", "stream": "ORDERS", "ack_wait": 2}
     first = TriggerProcess(tmp_path / "first.log", hold_acks=True, **common).start()
     second = TriggerProcess(tmp_path / "second.log", **common)
     try:

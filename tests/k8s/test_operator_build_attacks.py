@@ -12,8 +12,8 @@ from aiohttp import web
 
 from kfn_operator import builds
 from kfn_operator.config import OperatorConfig
-from tests.k8s.test_operator_builds import DIGEST, REQUIREMENTS, SECRET, FakeStore, build_jobs, key_of, patch_status
 from tests.support import kube
+from tests.support.builds import DIGEST, REQUIREMENTS, SECRET, FakeStore, build_jobs, key_of, patch_status, serving
 from tests.support.functions import function_manifest
 from tests.support.kube import create_function, deployment, function_status, ready_condition
 from tests.support.operator import running_operator
@@ -37,17 +37,8 @@ class FlakyStore(FakeStore):
 
 @pytest.fixture
 async def store() -> AsyncIterator[FlakyStore]:
-    fake = FlakyStore()
-    app = web.Application()
-    app.router.add_route("HEAD", "/system/archives/{namespace}/{key}", fake.head)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving(FlakyStore()) as fake:
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from kfn.core import naming
 from kfn_operator import builders
@@ -14,51 +13,17 @@ from kfn_operator.config import OperatorConfig
 from kfn_runtime import archive
 from kfn_runtime import build as building
 from tests.support import kube
+from tests.support.builds import DIGEST, REQUIREMENTS, SECRET, FakeStore, build_jobs, key_of, patch_status, serving
 from tests.support.functions import function_manifest
 from tests.support.kube import create_function, deployment, function_status, ready_condition
 from tests.support.operator import running_operator
 from tests.support.waiting import eventually
 
-SECRET = b"s" * 32
-JOBS = "batch/v1/jobs"
-PODS = "v1/pods"
-REQUIREMENTS = ["requests==2.32.3"]
-DIGEST = "sha256:" + "d" * 64
-
-
-class FakeStore:
-    """The gateway's archive store as the operator asks it: HEAD with a get token."""
-
-    def __init__(self) -> None:
-        self.archives: dict[tuple[str, str], str] = {}
-        self.url = ""
-
-    async def head(self, request: web.Request) -> web.Response:
-        namespace, key = request.match_info["namespace"], request.match_info["key"]
-        presented = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if not archive.token_matches(SECRET, archive.VERB_GET, namespace, key, presented):
-            return web.Response(status=403)
-        digest = self.archives.get((namespace, key))
-        if digest is None:
-            return web.Response(status=404)
-        return web.Response(status=200, headers={"X-Kfn-Archive-Digest": digest})
-
 
 @pytest.fixture
 async def store() -> AsyncIterator[FakeStore]:
-    fake = FakeStore()
-    app = web.Application()
-    app.router.add_route("HEAD", "/system/archives/{namespace}/{key}", fake.head)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(FakeStore()) as fake:
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -66,23 +31,6 @@ async def builder(cluster: kube.Cluster, store: FakeStore) -> AsyncIterator[None
     config = OperatorConfig(standalone=True, autoscaler=False, archive_url=store.url, archive_key=SECRET)
     async with running_operator(config):
         yield
-
-
-def key_of(fn_manifest: dict[str, Any]) -> str:
-    from kfn.core.functions import parse_function
-    return builders.archive_key(parse_function({**fn_manifest, "metadata": {**fn_manifest["metadata"],
-                                                                            "namespace": "default"}}),
-                                images=builders.RuntimeImages(), pip=builders.PipSettings())
-
-
-def build_jobs(cluster: kube.Cluster) -> list[dict[str, Any]]:
-    return cluster.list_objects(JOBS, "default", selector=f"{naming.LABEL_COMPONENT}={builders.COMPONENT_BUILD}")
-
-
-async def patch_status(cluster: kube.Cluster, path: str, status: dict[str, Any]) -> None:
-    async with cluster.patch(path, json={"status": status},
-                             headers={"Content-Type": "application/merge-patch+json"}) as r:
-        assert r.status == 200, await r.text()
 
 
 def instance_env(dep: dict[str, Any]) -> dict[str, str]:

@@ -12,4 +12,7 @@ offered by each tier's conftest.py).
     nats        a JetStream nats-server on 127.0.0.1
     kube        an emulated Kubernetes API server (kmock); kubelet: pods run as local processes
     operator    `kfn operator` in-process, in a thread of its own
+    builds      the operator's build Jobs: FakeStore (the archive store's HEAD), key_of, build_jobs, patch_status
+    archives    build archives packed or crafted member by member; the gateway's archive store as tests call it
+    schemas     supported_versions: the Kubernetes versions objects are validated against
 """

@@ -17,12 +17,7 @@ from kfn.archives.store import valid_name
 from kfn_gateway import archives_api
 from kfn_gateway.settings import GatewaySettings
 from kfn_runtime import archive
-from tests.unit.test_gateway_archives import KEY, archive_gateway, leftovers, make_archive, put_headers, token, url
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> DirectoryArchives:
-    return DirectoryArchives(tmp_path / "store")
+from tests.support.archives import KEY, archive_gateway, leftovers, make_archive, put_headers, token, url
 
 
 async def raw_request(port: int, head: str, body: bytes = b"", *, wait: float = 5.0) -> bytes:
@@ -199,16 +194,6 @@ async def test_many_heads_without_a_token_never_reach_the_store(tmp_path: Path) 
             async with gw.session.head(gw.url(url()), headers={"Authorization": "Bearer " + "0" * 64}) as response:
                 statuses.add(response.status)
     assert statuses == {403} and CountingArchives.asked == 0
-
-
-@pytest.fixture
-def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The directory the gateway's temporary files go to in this test."""
-    import tempfile
-    directory = tmp_path / "tmp"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
 
 
 async def test_a_gateway_stopped_mid_upload_leaves_no_temporary_file_and_nothing_stored(

@@ -3,91 +3,31 @@ tokens that open one archive of one namespace for one verb, fetched byte for byt
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kfn.archives.directory import DirectoryArchives
-from kfn.archives.store import ArchiveInfo, ArchiveStore, ArchivesUnavailable
+from kfn.archives.store import ArchiveInfo, ArchivesUnavailable
 from kfn_gateway.archives_api import HEADER_DIGEST
 from kfn_gateway.settings import GatewaySettings
 from kfn_runtime import archive, build, fetch
-from tests.support.backend import FakeBackend
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.archives import (
+    KEY,
+    SECRET,
+    archive_gateway,
+    digest_of,
+    leftovers,
+    make_archive,
+    put_headers,
+    token,
+    url,
+)
 from tests.support.keys import MutableKeys
 
-SECRET = b"the-signing-key-of-this-platform"
-KEY = archive.KEY_PREFIX + "0123456789abcdef0123456789abcdef"
 OTHER_KEY = archive.KEY_PREFIX + "fedcba9876543210fedcba9876543210"
-
-
-@dataclass(frozen=True)
-class Archive:
-    path: Path
-    digest: str
-
-    @property
-    def data(self) -> bytes:
-        return self.path.read_bytes()
-
-
-def make_archive(directory: Path, key: str = KEY, content: bytes = b"print('hi')\n") -> Archive:
-    """An archive of `key` as a build packs it, holding one module."""
-    tree = directory / f"tree-{os.urandom(4).hex()}"
-    (tree / "pkg").mkdir(parents=True)
-    (tree / "pkg" / "__init__.py").write_bytes(content)
-    path, digest = archive.pack_to_file(str(tree), str(directory), archive.manifest(
-        key=key, runtime="python3.12", installer="pip", requirements=["pkg==1"]))
-    return Archive(Path(path), digest)
-
-
-def leftovers(directory: Path) -> list[Path]:
-    return list(directory.iterdir())
-
-
-def digest_of(data: bytes) -> str:
-    return archive.DIGEST_PREFIX + hashlib.sha256(data).hexdigest()
-
-
-def url(namespace: str = "team", key: str = KEY) -> str:
-    return f"/system/archives/{namespace}/{key}"
-
-
-def token(verb: str, namespace: str = "team", key: str = KEY) -> dict[str, str]:
-    return {"Authorization": f"Bearer {archive.token(SECRET, verb, namespace, key)}"}
-
-
-def put_headers(digest: str, namespace: str = "team", key: str = KEY) -> dict[str, str]:
-    return {**token(archive.VERB_PUT, namespace, key), HEADER_DIGEST: digest, "Content-Type": archive.MEDIA_TYPE}
-
-
-@asynccontextmanager
-async def archive_gateway(store: ArchiveStore | None, *, key: bytes | None = SECRET,
-                          **kwargs: Any) -> AsyncIterator[RunningGateway]:
-    backend = FakeBackend()
-    async with backend, running_gateway(backend, archives=store, archive_key=key, **kwargs) as gw:
-        yield gw
-
-
-@pytest.fixture
-def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The directory the gateway's temporary files go to in this test."""
-    directory = tmp_path / "tmp"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> DirectoryArchives:
-    return DirectoryArchives(tmp_path / "store")
 
 
 async def test_an_archive_put_then_got_comes_back_byte_for_byte_with_its_digest(

@@ -6,7 +6,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from kubernetes_validate.utils import all_versions
 
 from kfn.core import naming
 from kfn.core.functions import Function
@@ -14,6 +13,7 @@ from kfn_operator import builders
 from kfn_operator.builders import RuntimeImages
 from kfn_runtime import contract
 from tests.support.functions import make_function
+from tests.support.schemas import supported_versions
 
 IMAGES = RuntimeImages()
 REGION = "us-east-1"
@@ -46,11 +46,6 @@ def every_object(fn: Function) -> list[dict[str, Any]]:
     if (cm := builders.build_code_configmap(fn)) is not None:
         objs.append(cm)
     return objs
-
-
-def supported_versions() -> list[str]:
-    versions = sorted(set(all_versions()), key=lambda v: tuple(int(p) for p in v.split(".")))
-    return [v for v in versions if tuple(int(p) for p in v.split(".")[:2]) >= (1, 29)]
 
 
 @pytest.mark.parametrize("version", supported_versions())

@@ -13,7 +13,7 @@ from kfn_operator.builders import Archive, PipSettings, RuntimeImages
 from kfn_runtime import archive, contract
 from kfn_runtime import build as building
 from tests.support.functions import make_function
-from tests.unit.test_operator_builders import supported_versions
+from tests.support.schemas import supported_versions
 
 IMAGES = RuntimeImages()
 PIP = PipSettings(index_url="http://pypi.internal/simple", trusted_hosts="pypi.internal")

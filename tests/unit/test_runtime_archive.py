@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kfn_runtime import archive
+from tests.support.archives import member, refused, written
 
 META = archive.manifest(key="deps-" + "0" * 32, runtime="python3.12", installer="pip", requirements=["six"])
 
@@ -24,35 +25,8 @@ def packed(source: Path, meta: dict[str, object] = META) -> io.BytesIO:
     return out
 
 
-def member(name: str, *, kind: bytes = tarfile.REGTYPE, data: bytes = b"", **fields: object) -> tuple[tarfile.TarInfo,
-                                                                                                     bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
-    for field, value in fields.items():
-        setattr(info, field, value)
-    return info, data
-
-
 def manifest_member(meta: object = META) -> tuple[tarfile.TarInfo, bytes]:
     return member(archive.MANIFEST_NAME, data=json.dumps(meta).encode())
-
-
-def written(*members: tuple[tarfile.TarInfo, bytes]) -> io.BytesIO:
-    """A gzip tar of `members` in order, as a hostile builder could write it."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    out.seek(0)
-    return out
-
-
-def refused(source: io.BytesIO, target: Path, **limits: int) -> str:
-    """The refusal's message; also checks the target was left empty."""
-    with pytest.raises(archive.ArchiveError) as info:
-        archive.unpack(source, str(target), **limits)
-    assert os.listdir(target) == []
-    return str(info.value)
 
 
 # -- pack and unpack --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ here are real HTTP servers on loopback; installers are real processes (a `pip` m
 """
 from __future__ import annotations
 
-import hashlib
 import http.server
 import io
 import json
@@ -25,38 +24,15 @@ from pathlib import Path
 import pytest
 
 from kfn_runtime import archive, build, contract, fetch
+from tests.support.archives import digest_of, member, refused, written
 
 KEY = archive.KEY_PREFIX + "0" * 32
 META = archive.manifest(key=KEY, runtime="python3.12", installer="pip", requirements=["six"])
 RUNTIME_DIR = Path(archive.__file__).resolve().parent.parent
 
 
-def member(name: str, *, kind: bytes = tarfile.REGTYPE, data: bytes = b"") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
-    return info, data
-
-
-def written(*members: tuple[tarfile.TarInfo, bytes]) -> io.BytesIO:
-    """A gzip tar of `members` in order, as a hostile builder could write it."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    out.seek(0)
-    return out
-
-
 def manifest_member(body: bytes = json.dumps(META).encode()) -> tuple[tarfile.TarInfo, bytes]:
     return member(archive.MANIFEST_NAME, data=body)
-
-
-def refused(source: io.BytesIO, target: Path) -> str:
-    """The refusal's message (an ArchiveError, nothing else); also checks the target was left empty."""
-    with pytest.raises(archive.ArchiveError) as info:
-        archive.unpack(source, str(target))
-    assert os.listdir(target) == []
-    return str(info.value)
 
 
 def packed_tree(tmp_path: Path) -> bytes:
@@ -67,10 +43,6 @@ def packed_tree(tmp_path: Path) -> bytes:
     out = io.BytesIO()
     archive.pack(str(source), out, META)
     return out.getvalue()
-
-
-def digest_of(data: bytes) -> str:
-    return archive.DIGEST_PREFIX + hashlib.sha256(data).hexdigest()
 
 
 # -- crafted archives -------------------------------------------------------------------------------
