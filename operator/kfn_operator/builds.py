@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 LOOKUP_TIMEOUT = 5.0
 # Seconds before asking the store again when it could not say whether a finished build stored its archive.
 STORE_RETRY = 10.0
+# How often a Function still Building is reconciled anyway: a Job that ended before the Function's
+# status named its key (kopf writes it once the reconcile returns) concerns no Function when its last
+# event comes, and nothing else would ever look again.
+BUILDING_RECHECK = 10.0
 # The header in which the store answers an archive's digest.
 DIGEST_HEADER = "X-Kfn-Archive-Digest"
 # Functions listed per page when looking for those waiting for a Job.

@@ -96,6 +96,7 @@ class Controller:
                 parts.add("API client", self._close_api)
             if self._store is not None:
                 parts.add("archive store client", self._store.close)
+                parts.task("builds recheck", self._recheck_building)
             backend = KubernetesBackend(self.api, namespaces=self.config.namespaces,
                                         sync_timeout=self.config.sync_timeout)
             synced = asyncio.Event()
@@ -216,6 +217,29 @@ class Controller:
                 return
             retrying = failed
             await asyncio.sleep(builds.STORE_RETRY)
+
+    async def _recheck_building(self) -> None:
+        """Every `builds.BUILDING_RECHECK` seconds, reconcile the Functions whose status still says
+        Building (see there why): runs until cancelled; a pass that fails is logged, and the next
+        one tries again."""
+        custom = client.CustomObjectsApi(self.api)
+        while True:
+            await asyncio.sleep(builds.BUILDING_RECHECK)
+            try:
+                listings = ([await custom.list_namespaced_custom_object(naming.GROUP, naming.VERSION, namespace,
+                                                                        naming.PLURAL)
+                             for namespace in self.config.namespaces] if self.config.namespaces else
+                            [await custom.list_cluster_custom_object(naming.GROUP, naming.VERSION, naming.PLURAL)])
+                for listing in listings:
+                    for item in cast(Mapping[str, Any], listing).get("items") or ():
+                        build = (item.get("status") or {}).get("build") or {}
+                        deleting = (item.get("metadata") or {}).get("deletionTimestamp")
+                        if build.get("state") == status.BUILD_BUILDING and not deleting:
+                            await self._reconcile_waiting(dict(item), logger)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the next pass tries again
+                logger.warning("could not look again at the Functions waiting for a build: %s", e)
 
     async def _reconcile_waiting(self, fn_body: dict[str, Any], log: Log) -> None:
         """Reconcile a Function a build Job concerns and write its status; kopf.TemporaryError and

@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,18 +14,13 @@ import pytest
 
 from kfn.core import naming
 from tests.support import kube
+from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(90)]
 
 HELLO = {"apiVersion": naming.API_VERSION, "kind": naming.KIND, "metadata": {"name": "hello", "namespace": "default"},
          "spec": {"handler": "main.handler", "source": {"files": {"main.py": "def handler(e, c):\n    return 1\n"}}}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

@@ -44,6 +44,7 @@ async def store() -> AsyncIterator[FlakyStore]:
 @pytest.fixture
 async def builder(cluster: kube.Cluster, store: FlakyStore, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     monkeypatch.setattr(builds, "STORE_RETRY", 0.5)
+    monkeypatch.setattr(builds, "BUILDING_RECHECK", 0.5)
     config = OperatorConfig(standalone=True, autoscaler=False, archive_url=store.url, archive_key=SECRET)
     async with running_operator(config):
         yield
@@ -161,3 +162,18 @@ async def test_an_operator_whose_key_the_store_refuses_says_so_and_starts_no_bui
     assert "signing key" in cond["message"] and "403" in cond["message"]
     assert function_status(cluster)["build"]["state"] == "Failed"
     assert build_jobs(cluster) == []
+
+
+async def test_a_job_that_ends_before_the_function_names_its_key_is_still_noticed(cluster, store, builder) -> None:
+    # kopf writes a reconcile's status once the reconcile returns: a Job ending before that finds no
+    # Function naming its key, and a finished Job sends no more events. Here the status names another
+    # key when the Job ends, as it would (or names none) in that moment.
+    manifest = function_manifest(requirements=REQUIREMENTS)
+    await create_function(cluster, manifest)
+    (job,) = await building(cluster)
+    await patch_status(cluster, f"{FUNCTIONS}/hello/status",
+                       {"build": {"key": "deps-" + "0" * 32, "state": "Building", "job": "kfn-build-elsewhere"}})
+    store.archives[("default", key_of(manifest))] = DIGEST
+    await complete(cluster, job["metadata"]["name"])
+    await eventually(lambda: deployment(cluster), what="the Deployment, once the Function is looked at again")
+    await eventually(lambda: function_status(cluster)["build"]["state"] == "Stored", what="status.build Stored")
