@@ -15,9 +15,12 @@ not even collected unless asked for: it needs the images built and a cluster up.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.nats import NatsServer
 
 TIERS = {"unit": "unit", "e2e": "e2e", "k8s": "k8s", "chart": "chart", "cluster": "cluster",
          "robustness": "robustness"}
@@ -35,3 +38,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = TIERS.get(folder)
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A JetStream nats-server of the test's own, stopped (by its PID) after it."""
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -139,13 +139,18 @@ class JetStreamArchives:
         info = api.ObjectInfo.from_response(json.loads(msg.data or b"{}"))
         return msg.seq or 0, None if info.deleted else info
 
-    async def info(self, namespace: str, key: str) -> ArchiveInfo | None:
+    async def _lookup(self, namespace: str, key: str) -> tuple[JetStreamContext, api.ObjectInfo | None]:
+        """JetStream and the object of archive `key` of `namespace` (None if absent); ArchivesUnavailable."""
         name = check_name(namespace, key)
         js = await self._jetstream()
         try:
             _, info = await self._meta(js, name)
         except NATS_ERRORS as e:
             raise ArchivesUnavailable(f"could not look up {name}: {e}") from e
+        return js, info
+
+    async def info(self, namespace: str, key: str) -> ArchiveInfo | None:
+        _, info = await self._lookup(namespace, key)
         return None if info is None else _archive_info(info)
 
     async def put(self, namespace: str, key: str, path: str, digest: str) -> ArchiveInfo:
@@ -208,12 +213,7 @@ class JetStreamArchives:
             await js.purge_stream(self._stream, subject=self._chunk_subject(nuid))
 
     async def read(self, namespace: str, key: str) -> AsyncIterator[bytes]:
-        name = check_name(namespace, key)
-        js = await self._jetstream()
-        try:
-            _, info = await self._meta(js, name)
-        except NATS_ERRORS as e:
-            raise ArchivesUnavailable(f"could not look up {name}: {e}") from e
+        js, info = await self._lookup(namespace, key)
         if info is None:
             raise NotStored(f"no archive {key} in {namespace}")
         return self._chunks(js, info)

@@ -208,7 +208,7 @@ class Controller:
                 if meta.get("deletionTimestamp") or (retrying is not None and meta["name"] not in retrying):
                     continue
                 try:
-                    await self._reconcile_waiting(fn_body, log)
+                    await self._reconcile_and_write(fn_body, log)
                 except (kopf.TemporaryError, ApiException) as e:
                     log.warning("Function %s, waiting for build Job %s: %s; trying again in %gs", meta["name"],
                                 (job.get("metadata") or {}).get("name"), e, builds.STORE_RETRY)
@@ -235,15 +235,15 @@ class Controller:
                         build = (item.get("status") or {}).get("build") or {}
                         deleting = (item.get("metadata") or {}).get("deletionTimestamp")
                         if build.get("state") == status.BUILD_BUILDING and not deleting:
-                            await self._reconcile_waiting(dict(item), logger)
+                            await self._reconcile_and_write(dict(item), logger)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the next pass tries again
                 logger.warning("could not look again at the Functions waiting for a build: %s", e)
 
-    async def _reconcile_waiting(self, fn_body: dict[str, Any], log: Log) -> None:
-        """Reconcile a Function a build Job concerns and write its status; kopf.TemporaryError and
-        API errors propagate."""
+    async def _reconcile_and_write(self, fn_body: dict[str, Any], log: Log) -> None:
+        """Reconcile a Function outside kopf's handlers (a build Job ended, a Deployment deleted, a
+        recheck) and write its status; kopf.TemporaryError and API errors propagate."""
         meta = fn_body["metadata"]
         patch: dict[str, Any] = {}
         try:
@@ -363,14 +363,7 @@ class Controller:
         if fn_body is None or (fn_body.get("metadata") or {}).get("deletionTimestamp"):
             return  # the Function is going away: the garbage collector took the Deployment
         log.warning("Deployment %s was deleted; recreating it", (deployment.get("metadata") or {}).get("name"))
-        patch: dict[str, Any] = {}
-        try:
-            await self.reconcile(fn_body, patch, log)  # type: ignore[arg-type]  # a dict serves as kopf.Patch
-        except kopf.PermanentError:
-            pass  # the InvalidSpec status below says why
-        if patch.get("status"):
-            meta = fn_body["metadata"]
-            await patch_function_status(self.api, FunctionRef(meta["namespace"], meta["name"]), patch["status"])
+        await self._reconcile_and_write(fn_body, log)
 
     async def _get_function(self, child: Mapping[str, Any]) -> dict[str, Any] | None:
         meta = child.get("metadata") or {}

@@ -35,13 +35,3 @@ async def store(backend: Backend) -> AsyncIterator[EventStore]:
     finally:
         await opened.close()
 
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A JetStream nats-server of the test's own, stopped (by its PID) after it."""
-    server = NatsServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -77,16 +77,6 @@ async def kfn_gateway(kubeconfig: Path, tmp_path: Path, *args: str, port: int | 
 def unreachable_kubeconfig(tmp_path: Path) -> Path:
     """A kubeconfig naming an API server on a port nobody listens on."""
     return kube.write_kubeconfig(tmp_path / "unreachable-kubeconfig", f"http://127.0.0.1:{free_port()}")
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # -- a part that cannot start --------------------------------------------------------------------------
