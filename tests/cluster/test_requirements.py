@@ -53,8 +53,12 @@ def test_a_function_with_requirements_is_ready_once_its_archive_is_stored(built_
     build = built_six["status"]["build"]
     assert build["state"] == "Stored", build
     assert build["digest"].startswith("sha256:") and build["key"].startswith("deps-"), build
-    job = platform.get("job", build["job"], namespace=fn_ns)
-    assert job is not None and job["status"].get("succeeded") == 1, job and job.get("status")
+    # Ready follows the stored archive, which the Job's last step PUTs: the Job itself is marked
+    # succeeded a moment later, once the job controller sees its pod end.
+    job = platform.wait_until(f"build Job {build['job']} succeeded", lambda: (
+        (found := platform.get("job", build["job"], namespace=fn_ns)) and found["status"].get("succeeded") == 1
+        and found), timeout=30)
+    assert not job["status"].get("failed"), job["status"]
 
 
 def test_pods_fetch_the_archive_and_never_run_pip(release: Release, built_six: dict[str, Any], fn_ns: str) -> None:
