@@ -1,29 +1,31 @@
-"""Cold starts on a real cluster: a bare runtime pod against a function through kfn's gateway.
+"""Cold starts on a real cluster: a bare runtime pod, kfn's Deployment path and kfn's warm pool.
 
     make bench-cluster            (scripts/test-cluster --bench: starts the cluster, loads the images)
     python bench/cluster_cold_start.py [--runs 10]      (with KUBECONFIG set and the images loaded)
 
-Installs its own release of charts/kfn (NodePort) in a namespace of its own, applies
-examples/hello.yaml (idleTimeout shortened so it goes back to zero quickly) and copies the pod
-template the operator built for it into a plain Deployment `bare-hello` that nothing of kfn
-watches. Then, alternating, `--runs` times each:
+Installs its own release of charts/kfn (NodePort, pool.size POOL_SIZE) in a namespace of its own and
+applies, with idleTimeout 1s so each goes back to zero quickly:
+- `hello` (examples/hello.yaml): a pool can serve it, so a cold start claims and specialises a
+  pool pod;
+- `hello-deploy`: the same code with resources outside the pool's class, so it takes the
+  Deployment path (a pod start); its pod template is copied into a plain Deployment `bare-hello`
+  that nothing of kfn watches;
+- `fastapi-hello` and `fastapi-deploy`: a FastAPI app behind Mangum (`requirements: [fastapi==0.*,
+  mangum==0.*]`, from a package index this bench serves on the node's address: pods have no
+  internet), through the pool and through the Deployment path. Their requirements are built once,
+  by a build Job (apply → Ready is printed: the build); each cold start fetches the archive.
 
+Then, alternating, `--runs` times each:
 - bare pod: the Deployment's scale subresource patched 0 → 1 (through `kubectl proxy`); the time
   from that call to the first 200 from the runtime on the pod's IP, polled every 5 ms as soon as a
-  watch reports the IP. The floor: what Kubernetes and the runtime take, with no readiness probe,
-  EndpointSlice or gateway in between.
-- through kfn: the function at zero replicas; the time from sending the request to the gateway's
-  NodePort on 127.0.0.1 to its 200 (the gateway scales from zero, waits for a ready endpoint and
-  forwards).
-- through kfn, with requirements: `fastapi-hello`, a FastAPI app behind Mangum
-  (`requirements: [fastapi==0.*, mangum==0.*]`, from a package index this bench serves on the node's
-  address: pods have no internet). Its requirements are built once, by a build Job (the time from
-  apply to Ready is printed: the build); each cold start fetches the archive in the init container,
-  with no installer.
+  watch reports the IP. The floor of a pod start: no readiness probe, EndpointSlice or gateway.
+- each function at zero: the time from sending the request to the gateway's NodePort on
+  127.0.0.1 to its 200; for pool runs also the pool's refill (the request → the pool has
+  POOL_SIZE ready idle pods again). Before a pool run the pool is full.
 
-Prints p50/p99 of each and their ratio against the targets (kfn p50 <= 1.2x, p99 <= 1.5x the bare
-pod's; with requirements p50 <= 1.3x) as PASS/MISS: information, never an assertion. Removes the
-release, its namespaces and the CRD at the end.
+Prints p50/p99 of each against the targets of issue 17 (pool p50 <= 150 ms, p99 <= 300 ms; FastAPI
+from the pool p50 <= 250 ms; the Deployment path with requirements p50 <= 1.3x the bare pod) as
+PASS/MISS: information, never an assertion. Removes the release, its namespaces and the CRD at the end.
 """
 from __future__ import annotations
 
@@ -49,7 +51,14 @@ from tests.cluster import platform  # noqa: E402 - the tier's helpers: kubectl, 
 
 TARGET_P50, TARGET_P99 = 1.2, 1.5
 TARGET_REQUIREMENTS_P50 = 1.3
+TARGET_POOL_P50, TARGET_POOL_P99 = 0.150, 0.300
+TARGET_POOL_FASTAPI_P50 = 0.250
+POOL_SIZE = 2
+# Resources outside the pool's class (its cpu request is 50m): the Deployment path.
+DEPLOYMENT_PATH_RESOURCES = {"requests": {"cpu": "51m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 FASTAPI = "fastapi-hello"
+FASTAPI_DEPLOY = "fastapi-deploy"
+HELLO_DEPLOY = "hello-deploy"
 FASTAPI_REQUIREMENTS = ["fastapi==0.*", "mangum==0.*"]
 FASTAPI_CODE = """
 from fastapi import FastAPI
@@ -153,46 +162,61 @@ def bare_cold_start(proxy: platform.ApiProxy, namespace: str, watch: PodIPWatch)
     return seconds
 
 
-def kfn_cold_start(release: platform.Release, namespace: str, watch: PodIPWatch,
-                   name: str = "hello") -> tuple[float, float | None]:
-    """(request → 200 through the gateway, request → the new pod's runtime ready on its IP).
+def kfn_cold_start(release: platform.Release, namespace: str, name: str, watch: PodIPWatch | None = None,
+                   *, pool_runtime: str | None = None) -> tuple[float, float | None]:
+    """(request → 200 through the gateway, a second figure or None).
 
-    The second is measured on the side, by polling the pod's /_/ready every 5 ms as soon as it
-    has an IP: the difference is what kfn adds after the runtime is ready (the kubelet's
-    readiness probe, the EndpointSlice, the gateway's informer and the proxying).
+    Deployment path (`watch` given): the second figure is request → the new pod's runtime ready on
+    its IP, polled every 5 ms as soon as it has one; the difference is what kfn adds after the
+    runtime is ready (the kubelet's readiness probe, the gateway's informer and the proxying).
+    Pool (`pool_runtime` given): the pool is full first, and the second figure is request → the
+    pool full again (its refill).
     """
     url = release.url(name, namespace, "name=bench")
-    direct: list[float] = []
+    side: list[float] = []
+    if pool_runtime is not None:
+        wait_pool_full(namespace, pool_runtime)
 
     def poll_pod() -> None:
+        assert watch is not None
         with contextlib.suppress(TimeoutError):
             ip = watch.wait(60)
-            direct.append(first_200(f"http://{ip}:8080/_/ready", time.monotonic() + 60))
+            side.append(first_200(f"http://{ip}:8080/_/ready", time.monotonic() + 60))
 
-    watch.arm()
+    if watch is not None:
+        watch.arm()
     poller = threading.Thread(target=poll_pod, name="pod-ready-poller", daemon=True)
     started = time.monotonic()
-    poller.start()
+    if watch is not None:
+        poller.start()
     answer = platform.http_get(url, timeout=60)
     seconds = time.monotonic() - started
-    poller.join(5)
+    if watch is not None:
+        poller.join(5)
     if answer.status != 200:
         raise RuntimeError(f"{name} answered {answer.status}: {answer.text}")
+    if pool_runtime is not None:
+        wait_pool_full(namespace, pool_runtime)
+        side.append(time.monotonic())
     # Back to zero by kfn's own means (idleTimeout), and every gateway replica knows it.
-    platform.wait_until(f"{name} scaled to zero", lambda: platform.deployment_replicas(name, namespace) == 0,
-                        timeout=60)
+    platform.wait_until(f"{name} scaled to zero", lambda: platform.instances(name, namespace) == 0, timeout=60)
     platform.wait_until(f"no {name} pod", lambda: not platform.function_pods(name, namespace), timeout=60)
     for base in release.gateway_pod_urls():
         platform.wait_until(f"{base} to see {name} at zero", lambda base=base: platform.http_get(
             base + "/system/functions/" + platform.cli_name(name, namespace), timeout=5,
             headers=release.system_headers()).json()["replicas"] == 0,
             timeout=30, interval=0.1)
-    return seconds, (direct[0] - started if direct else None)
+    return seconds, (side[0] - started if side else None)
+
+
+def wait_pool_full(namespace: str, runtime: str) -> None:
+    platform.wait_until(f"the {runtime} pool full", lambda: platform.idle_pool_ready(namespace, POOL_SIZE, runtime),
+                        timeout=90, interval=0.02)
 
 
 def bare_deployment(namespace: str) -> dict[str, Any]:
-    """A plain Deployment with the pod template the operator built for hello, at zero replicas."""
-    built = platform.get("deployment", "hello", namespace=namespace)
+    """A plain Deployment with the pod template the operator built for hello-deploy, at zero replicas."""
+    built = platform.get("deployment", HELLO_DEPLOY, namespace=namespace)
     template = built["spec"]["template"]
     template["metadata"] = {"labels": {"app": BARE}}
     return {
@@ -202,42 +226,51 @@ def bare_deployment(namespace: str) -> dict[str, Any]:
     }
 
 
-def report(bare: list[float], kfn: list[float], kfn_ready: list[float], fastapi: list[float],
-           build_seconds: float) -> None:
-    def ms(x: float) -> str:
-        return f"{x * 1000:8.0f} ms"
+def _ms(x: float) -> str:
+    return f"{x * 1000:8.0f} ms"
 
+
+def _row(label: str, values: list[float]) -> str:
+    return f"{label:50} {_ms(statistics.median(values))} {_ms(percentile(values, 99))} {_ms(min(values))}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def report(runs: dict[str, list[float]], build_seconds: float) -> None:
     version = platform.kubectl("version", "-o", "json").stdout
     server = json.loads(version).get("serverVersion", {}).get("gitVersion", "?")
+    bare, deploy, ready, pool, refill = (runs["bare"], runs["deploy"], runs["deploy ready"], runs["pool"],
+                                         runs["pool refill"])
+    fastapi_deploy, fastapi_pool = runs["fastapi deploy"], runs["fastapi pool"]
     print(f"\ncold starts on a real cluster: Kubernetes {server}, {os.cpu_count()} CPUs, "
           f"{len(bare)} runs each, alternating; p99 is nearest-rank (with 10 runs: the slowest)\n")
-    print(f"{'':44} {'p50':>11} {'p99':>11} {'min':>11}")
-    print(f"{'bare pod: scale 0→1 → 200 on the pod IP':44} {ms(statistics.median(bare))} "
-          f"{ms(percentile(bare, 99))} {ms(min(bare))}")
-    print(f"{'kfn: request at zero → 200 via the gateway':44} {ms(statistics.median(kfn))} "
-          f"{ms(percentile(kfn, 99))} {ms(min(kfn))}")
-    r50 = statistics.median(kfn) / statistics.median(bare)
-    r99 = percentile(kfn, 99) / percentile(bare, 99)
-    if kfn_ready:
-        print(f"{'  of which: request → runtime ready on pod IP':44} {ms(statistics.median(kfn_ready))} "
-              f"{ms(percentile(kfn_ready, 99))} {ms(min(kfn_ready))}")
-        after = [k - r for k, r in zip(kfn, kfn_ready, strict=True)]
-        print(f"{'  and: runtime ready → 200 via the gateway':44} {ms(statistics.median(after))} "
-              f"{ms(percentile(after, 99))} {ms(min(after))}")
-    print(f"{'kfn / bare pod':44} {r50:10.2f}x {r99:10.2f}x")
-    print(f"{'target':44} {'<= ' + format(TARGET_P50, '.1f') + 'x':>11} {'<= ' + format(TARGET_P99, '.1f') + 'x':>11}")
-    print(f"{'':44} {'PASS' if r50 <= TARGET_P50 else 'MISS':>11} {'PASS' if r99 <= TARGET_P99 else 'MISS':>11}")
-    if fastapi:
-        f50 = statistics.median(fastapi) / statistics.median(bare)
-        print(f"{'kfn, FastAPI + Mangum (archive fetched)':44} {ms(statistics.median(fastapi))} "
-              f"{ms(percentile(fastapi, 99))} {ms(min(fastapi))}")
-        print(f"{'  / bare pod (target p50 <= ' + format(TARGET_REQUIREMENTS_P50, '.1f') + 'x)':44} {f50:10.2f}x "
-              f"{'PASS' if f50 <= TARGET_REQUIREMENTS_P50 else 'MISS':>11}")
-        print(f"{'  its build (apply → Ready: Job, pip, store)':44} {build_seconds * 1000:8.0f} ms")
-    print("\nevery run (ms): bare " + " ".join(f"{x * 1000:.0f}" for x in bare))
-    print("                kfn  " + " ".join(f"{x * 1000:.0f}" for x in kfn))
-    if fastapi:
-        print("                fastapi " + " ".join(f"{x * 1000:.0f}" for x in fastapi))
+    print(f"{'':50} {'p50':>11} {'p99':>11} {'min':>11}")
+    print(_row("bare pod: scale 0→1 → 200 on the pod IP", bare))
+    print(_row("kfn, Deployment path: request at zero → 200", deploy))
+    if len(ready) == len(deploy):
+        print(_row("  of which: request → runtime ready on pod IP", ready))
+        print(_row("  and: runtime ready → 200 via the gateway", [k - r for k, r in zip(deploy, ready, strict=True)]))
+    r50 = statistics.median(deploy) / statistics.median(bare)
+    r99 = percentile(deploy, 99) / percentile(bare, 99)
+    print(f"{'  / bare pod (target <= 1.2x p50, <= 1.5x p99)':50} {r50:10.2f}x {r99:10.2f}x  "
+          f"{_verdict(r50 <= TARGET_P50)} {_verdict(r99 <= TARGET_P99)}")
+    print(_row("kfn, warm pool: request at zero → 200", pool))
+    p50, p99 = statistics.median(pool), percentile(pool, 99)
+    print(f"{'  target p50 <= 150 ms, p99 <= 300 ms':50} {_verdict(p50 <= TARGET_POOL_P50):>11} "
+          f"{_verdict(p99 <= TARGET_POOL_P99):>11}")
+    if refill:
+        print(_row(f"  the pool's refill: request → {POOL_SIZE} idle pods ready", refill))
+    print(_row("kfn, FastAPI + Mangum, Deployment path", fastapi_deploy))
+    f50 = statistics.median(fastapi_deploy) / statistics.median(bare)
+    print(f"{'  / bare pod (target p50 <= 1.3x)':50} {f50:10.2f}x {'':11}  {_verdict(f50 <= TARGET_REQUIREMENTS_P50)}")
+    print(_row("kfn, FastAPI + Mangum, warm pool", fastapi_pool))
+    print(f"{'  target p50 <= 250 ms':50} {_verdict(statistics.median(fastapi_pool) <= TARGET_POOL_FASTAPI_P50):>11}")
+    print(f"{'FastAPI + Mangum build (apply → Ready: Job, pip, store)':50} {build_seconds * 1000:8.0f} ms")
+    print("\nevery run (ms):")
+    for label, values in runs.items():
+        print(f"  {label:16} " + " ".join(f"{x * 1000:.0f}" for x in values))
 
 
 def main() -> int:
@@ -255,6 +288,7 @@ def main() -> int:
     host = index_url.split("/")[2].split(":")[0]
     release = platform.Release(f"kfn-bench-{platform.RUN_ID}", platform.create_namespace("kfn-bench"),
                                {"async": {"nats": {"persistence": {"enabled": False}}},
+                                "pool": {"size": POOL_SIZE},
                                 "functions": {"pip": {"indexUrl": index_url, "trustedHosts": [host]}}})
     try:
         started = time.monotonic()
@@ -263,6 +297,11 @@ def main() -> int:
         hello = yaml.safe_load((platform.EXAMPLES / "hello.yaml").read_text())
         hello["spec"]["scale"]["idleTimeout"] = "1s"
         release.deploy(hello, namespace)
+        deploy = yaml.safe_load((platform.EXAMPLES / "hello.yaml").read_text())
+        deploy["metadata"]["name"] = HELLO_DEPLOY
+        deploy["spec"]["scale"]["idleTimeout"] = "1s"
+        deploy["spec"]["resources"] = DEPLOYMENT_PATH_RESOURCES
+        release.deploy(deploy, namespace)
         platform.apply(bare_deployment(namespace), namespace=namespace)
         print(f"release installed and hello deployed in {time.monotonic() - started:.1f}s")
         started = time.monotonic()
@@ -270,30 +309,36 @@ def main() -> int:
                                          scale={"minReplicas": 0, "idleTimeout": "1s"}), namespace, timeout=600)
         build_seconds = time.monotonic() - started
         print(f"{FASTAPI}: requirements built in {build_seconds:.1f}s (apply → Ready)")
-        fastapi: list[float] = []
-        bare: list[float] = []
-        kfn: list[float] = []
-        kfn_ready: list[float] = []
+        release.deploy(platform.function(FASTAPI_DEPLOY, FASTAPI_CODE, runtime="python3.11",
+                                         requirements=FASTAPI_REQUIREMENTS, resources=DEPLOYMENT_PATH_RESOURCES,
+                                         scale={"minReplicas": 0, "idleTimeout": "1s"}), namespace, timeout=600)
+        runs: dict[str, list[float]] = {k: [] for k in ("bare", "deploy", "deploy ready", "pool", "pool refill",
+                                                        "fastapi deploy", "fastapi pool", "fastapi pool refill")}
         with platform.ApiProxy() as proxy:
             bare_watch = PodIPWatch(proxy, namespace, f"app={BARE}")
-            kfn_watch = PodIPWatch(proxy, namespace, "kfn.dev/function=hello,kfn.dev/component=function")
-            fastapi_watch = PodIPWatch(proxy, namespace, f"kfn.dev/function={FASTAPI},kfn.dev/component=function")
+            deploy_watch = PodIPWatch(proxy, namespace, f"kfn.dev/function={HELLO_DEPLOY},kfn.dev/component=function")
             try:
                 for run in range(1, args.runs + 1):
-                    bare.append(bare_cold_start(proxy, namespace, bare_watch))
-                    seconds, ready = kfn_cold_start(release, namespace, kfn_watch)
-                    kfn.append(seconds)
+                    runs["bare"].append(bare_cold_start(proxy, namespace, bare_watch))
+                    seconds, ready = kfn_cold_start(release, namespace, HELLO_DEPLOY, deploy_watch)
+                    runs["deploy"].append(seconds)
                     if ready is not None:
-                        kfn_ready.append(ready)
-                    fastapi.append(kfn_cold_start(release, namespace, fastapi_watch, FASTAPI)[0])
-                    print(f"run {run:2}: bare {bare[-1] * 1000:6.0f} ms   kfn {kfn[-1] * 1000:6.0f} ms"
-                          f" (runtime ready on its pod IP after {ready * 1000 if ready else float('nan'):.0f} ms)"
-                          f"   fastapi {fastapi[-1] * 1000:6.0f} ms", flush=True)
+                        runs["deploy ready"].append(ready)
+                    seconds, refill = kfn_cold_start(release, namespace, "hello", pool_runtime="python3.12")
+                    runs["pool"].append(seconds)
+                    if refill is not None:
+                        runs["pool refill"].append(refill)
+                    runs["fastapi deploy"].append(kfn_cold_start(release, namespace, FASTAPI_DEPLOY)[0])
+                    seconds, refill = kfn_cold_start(release, namespace, FASTAPI, pool_runtime="python3.11")
+                    runs["fastapi pool"].append(seconds)
+                    if refill is not None:
+                        runs["fastapi pool refill"].append(refill)
+                    print(f"run {run:2}: " + "   ".join(f"{k} {v[-1] * 1000:.0f} ms" for k, v in runs.items() if v),
+                          flush=True)
             finally:
                 bare_watch.close()
-                kfn_watch.close()
-                fastapi_watch.close()
-        report(bare, kfn, kfn_ready if len(kfn_ready) == len(kfn) else [], fastapi, build_seconds)
+                deploy_watch.close()
+        report(runs, build_seconds)
     finally:
         index.close()
         release.uninstall()

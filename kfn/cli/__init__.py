@@ -138,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive-uploads", type=int, default=None, metavar="N",
                    help="archives the store receives at once, each spooled to $TMPDIR while it arrives "
                         "(default 2); more are answered 503 and their builds retry")
+    p.add_argument("--pool-key-file", default=None, metavar="FILE",
+                   help="serve scales from zero from the warm pools: claim an idle pool pod and specialise it, "
+                        "signing with the key in this file (its raw bytes, 16 at least; the operator's pool "
+                        "key); default: no pools, every instance comes from its Deployment")
+    p.add_argument("--archive-url", default=None, metavar="URL",
+                   help="the archive store (this gateway's Service) as pods reach it, e.g. "
+                        "http://kfn-gateway.kfn.svc:8080: a pool pod specialised as a function with "
+                        "requirements fetches them there (with --archive-key-file); default: such functions "
+                        "take their Deployment")
     _connection_options(p)
     _limit_options(p)
     p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
@@ -171,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the archive store's signing key, the file the gateway has (default $KFN_ARCHIVE_KEY_FILE)")
     p.add_argument("--build-timeout", type=int, default=600, metavar="SECONDS",
                    help="how long a build Job may install requirements before it fails (default 600)")
+    p.add_argument("--pool-size", type=int, default=None, metavar="N",
+                   help="warm instances per runtime per namespace with Functions a pool can serve; 0: no "
+                        "warm pools (default $KFN_POOL_SIZE, else 1)")
+    p.add_argument("--pool-key-file", default=None, metavar="FILE",
+                   help="the platform's pool key, the file the gateway has (default $KFN_POOL_KEY_FILE; "
+                        "none: no warm pools)")
     return parser
 
 

@@ -29,13 +29,22 @@ request carries a token signed with the key in FILE (its raw bytes, read once at
 operator's `--archive-key-file` must hold the same). `--archive-max-bytes` bounds an archive
 stored (default 256Mi; it is spooled to $TMPDIR while it arrives). Without both flags, the archive
 routes answer 404.
+
+Warm pools (`--pool-key-file FILE`): a request for a function at zero replicas claims an idle pod
+of its namespace's pool and specialises it (`kfn.kube.pool.PoolClaimer`), signing with the key in
+FILE (raw bytes, the operator's pool key); a function with requirements is served so only with
+`--archive-url` (the archive store as pods reach it) and `--archive-key-file`. Claims are named
+after this pod ($HOSTNAME) or host. Without a key, every instance comes from its Deployment.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import signal
+import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -55,11 +64,12 @@ from kfn.events.jetstream import JetStreamStore
 from kfn.events.store import StoreUnavailable
 from kfn.keyfile import open_key_file
 from kfn.kube import KubernetesBackend, SecretKeys, connect
+from kfn.kube.pool import PoolClaimer
 from kfn.triggers.registry import TriggerSettings
 from kfn.triggers.service import TriggerService
 from kfn_gateway import Gateway, GatewaySettings, serve, serve_health
 from kfn_gateway.asyncinvoke import AsyncDelivery
-from kfn_runtime import archive
+from kfn_runtime import archive, specialize
 
 # Between attempts to reach a NATS server that did not answer at start.
 NATS_RETRY = 5.0
@@ -114,9 +124,17 @@ async def _start(parts: Parts, options: GatewayOptions) -> Gateway:
     parts.add("Kubernetes API client", api.close)
     key_file = open_key_file(options.keys) if options.keys is not None else None
     archive_key = _archive_key(options)
+    pool_key = _pool_key(options)
     if not options.system_auth:
         logger.warning("--no-system-auth: anyone who reaches the gateway can list functions and read their logs")
-    backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True, sync_timeout=options.sync_timeout)
+    pool = None
+    if pool_key is not None:
+        pool = functools.partial(PoolClaimer, api, secret=pool_key, region=options.region,
+                                 claimed_by=os.environ.get("HOSTNAME") or socket.gethostname(),
+                                 archive_url=options.archive_url, archive_secret=archive_key)
+        logger.info("warm pools: scales from zero claim idle pool pods")
+    backend = KubernetesBackend(api, namespaces=options.namespaces, probe=True, sync_timeout=options.sync_timeout,
+                                pool=pool)
     parts.add("Kubernetes backend", backend.close)   # before its start: informers retry until closed
     try:
         await backend.start()
@@ -172,6 +190,22 @@ def _archive_key(options: GatewayOptions) -> bytes | None:
         return archive.read_secret(str(options.archive_key_file))
     except ValueError as e:
         raise CommandError(str(e)) from None
+
+
+def _pool_key(options: GatewayOptions) -> bytes | None:
+    """The warm pools' key: the raw bytes of --pool-key-file (None without it). CommandError if it
+    cannot be read or is shorter than `specialize.MIN_KEY_BYTES`."""
+    if options.pool_key_file is None:
+        return None
+    path = options.pool_key_file
+    try:
+        key = path.read_bytes()
+    except OSError as e:
+        raise CommandError(f"--pool-key-file {path}: {e.strerror or e}") from None
+    if len(key) < specialize.MIN_KEY_BYTES:
+        raise CommandError(f"--pool-key-file {path}: {len(key)} bytes; a pool key needs "
+                           f"{specialize.MIN_KEY_BYTES} at least")
+    return key
 
 
 async def _unless_stopped(start: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

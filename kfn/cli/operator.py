@@ -21,7 +21,8 @@ def run_operator(options: OperatorOptions) -> int:
             runtime_images=options.runtime_images, gateway_selector=options.gateway_selector,
             autoscale_interval=options.autoscale_interval, metrics_port=options.metrics_port,
             health_port=options.health_port, sync_timeout=options.sync_timeout, archive_url=options.archive_url,
-            archive_key_file=options.archive_key_file, build_timeout=options.build_timeout)
+            archive_key_file=options.archive_key_file, build_timeout=options.build_timeout,
+            pool_size=options.pool_size, pool_key_file=options.pool_key_file)
     except ValueError as e:
         raise CommandError(str(e), exit_code=2) from None
     if (problem := configuration_problem()) is not None:

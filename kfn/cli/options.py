@@ -138,6 +138,8 @@ class GatewayOptions:
     archive_key_file: Path | None = None   # the archive store's signing key (none: no archive store)
     archive_max_bytes: int | None = None   # the largest archive it takes (None: the gateway's default)
     archive_uploads: int | None = None     # archives received at once (None: the gateway's default)
+    pool_key_file: Path | None = None      # the warm pools' key (none: no claims, Deployments only)
+    archive_url: str | None = None         # the archive store as pods reach it (pooled functions' requirements)
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,8 @@ class OperatorOptions:
     archive_url: str | None = None        # requirements built once: the store as pods reach it
     archive_key_file: str | None = None   # and its signing key
     build_timeout: int = 600              # seconds a build Job may run
+    pool_size: int | None = None          # warm pools: instances per runtime per namespace
+    pool_key_file: str | None = None      # and the platform's pool key
 
 
 def _port(value: int, flag: str, *, allow_zero: bool = True) -> int:
@@ -350,7 +354,20 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
                           region=_region(args.region), sync_timeout=_sync_timeout(args.sync_timeout),
                           archive_key_file=_archive_key_file(args.archive_key_file),
                           archive_max_bytes=_size(args.archive_max_bytes, "--archive-max-bytes"),
-                          archive_uploads=_positive(args.archive_uploads, "--archive-uploads"))
+                          archive_uploads=_positive(args.archive_uploads, "--archive-uploads"),
+                          pool_key_file=_archive_key_file(getattr(args, "pool_key_file", None)),
+                          archive_url=_url(getattr(args, "archive_url", None), "--archive-url"))
+
+
+def _url(value: str | None, flag: str) -> str | None:
+    """An http(s)://HOST[:PORT][/PATH] URL without its trailing slash, or None when not given."""
+    if value is None or not value.strip():
+        return None
+    url = value.strip().rstrip("/")
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise _usage(f"{flag} must look like http://HOST:PORT (got {value!r})")
+    return url
 
 
 def _archive_key_file(value: str | None) -> Path | None:
@@ -405,4 +422,5 @@ def operator(args: argparse.Namespace) -> OperatorOptions:
                            gateway_selector=args.gateway_selector, autoscale_interval=args.autoscale_interval,
                            metrics_port=args.metrics_port, health_port=args.health_port,
                            sync_timeout=_sync_timeout(args.sync_timeout), archive_url=args.archive_url,
-                           archive_key_file=args.archive_key_file, build_timeout=args.build_timeout)
+                           archive_key_file=args.archive_key_file, build_timeout=args.build_timeout,
+                           pool_size=args.pool_size, pool_key_file=args.pool_key_file)

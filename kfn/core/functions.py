@@ -157,6 +157,13 @@ class ObjectMeta(BaseModel):
                          f"(letters, digits and '-') (got {name!r})")
         return name
 
+    @field_validator("name")
+    @classmethod
+    def _not_a_pool(cls, name: str) -> str:
+        if name.startswith(naming.POOL_NAME_PREFIX):
+            raise invalid(f"must not start with {naming.POOL_NAME_PREFIX!r}: warm pools are named so (got {name!r})")
+        return name
+
 
 class Function(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

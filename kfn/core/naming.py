@@ -26,6 +26,24 @@ MANAGED_BY: Final = "kfn"
 # On a build Job and its pods: the key of the archive it builds (kfn_runtime.archive.deps_key).
 LABEL_ARCHIVE: Final = f"{GROUP}/archive"
 
+# A warm pool (kfn.core.pool): per namespace and runtime, a Deployment of generic instances
+# (LABEL_COMPONENT = COMPONENT_POOL, LABEL_POOL = the runtime, LABEL_POOL_STATE = POOL_IDLE). A
+# gateway claims one by one conditional patch (POOL_CLAIMED, LABEL_FUNCTION = the function, its
+# ReplicaSet lets it go and makes another), specialises it, then makes it one of the function's pods
+# (LABEL_COMPONENT = COMPONENT_FUNCTION, POOL_SPECIALIZED).
+LABEL_POOL: Final = f"{GROUP}/pool"
+LABEL_POOL_STATE: Final = f"{GROUP}/pool-state"
+COMPONENT_FUNCTION: Final = "function"
+COMPONENT_POOL: Final = "pool"
+POOL_IDLE: Final = "idle"
+POOL_CLAIMED: Final = "claimed"
+POOL_SPECIALIZED: Final = "specialized"
+ANNOTATION_CLAIMED_AT: Final = f"{GROUP}/claimed-at"          # unix seconds, when a gateway claimed it
+ANNOTATION_CLAIMED_BY: Final = f"{GROUP}/claimed-by"          # which gateway (its pod name)
+ANNOTATION_SPECIALIZED_HASH: Final = f"{GROUP}/specialized-hash"   # kfn.core.pool.specialized_hash
+# Pool Deployments are named this and the runtime: no Function may be (its Deployment would clash).
+POOL_NAME_PREFIX: Final = "kfn-pool-"
+
 # A Function's status, as the operator writes it (kfn_operator.status) and the gateway's backend
 # reads the part about its build (kfn.kube.builds): the Ready condition, the reasons it gives while
 # requirements are built, and status.build.state.

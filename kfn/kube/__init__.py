@@ -6,7 +6,8 @@
 - `backend`: `KubernetesBackend`, the instance backend of the gateway and the autoscaler, over
   `mirror` (Functions, Deployments, Pods by informers), `probes` (which pods serve), `rotation`
   (ready instances, failures, problems), `builds` (what a Function's status says of its build),
-  `scaling` (the scale subresource) and `logs`;
+  `scaling` (the scale subresource and pooled pods) and `logs`;
+- `pool`: `PoolClaimer`, the gateway's claims of warm pool pods and their specialisation;
 - `keys`: `SecretKeys`, the gateway's API keys from Secrets;
 - `resources`: writes as JSON patches.
 """

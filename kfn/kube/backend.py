@@ -10,6 +10,8 @@
   pods), instances out of rotation after a failure, why none starts (a pod's problem, or a failed
   build of its requirements: `kfn.kube.builds`);
 - `kfn.kube.scaling.Scaler`: the replica count asked for, and the `scale` subresource patch;
+- `kfn.kube.pool.PoolClaimer` (the gateway's, optional): a scale from zero served by claiming and
+  specialising a warm pool's pod; without one, pooled pods are only counted and scaled down;
 - `kfn.kube.logs`: the function containers' output (`function_logs`), its builds' (`build_logs`).
 
 The gateway, the autoscaler and the operator share this class.
@@ -27,6 +29,7 @@ from kfn.core.instances import Instance, Listener, StartProblem
 from kfn.kube.informer import Backoff
 from kfn.kube.logs import build_logs, function_logs
 from kfn.kube.mirror import ClusterMirror
+from kfn.kube.pool import PoolClaimer
 from kfn.kube.rotation import Rotation
 from kfn.kube.scaling import Scaler
 
@@ -35,19 +38,22 @@ class KubernetesBackend:
     """Functions, their pods and replica counts as the Kubernetes API reports them.
 
     `api` belongs to the caller (one API client per process). `namespaces` empty means all.
+    `pool` (a `kfn.kube.pool.PoolClaimer` over `mirror`, see `pool_claimer`) is closed with it.
     """
 
     def __init__(self, api: client.ApiClient, *, namespaces: Sequence[str] = (), backoff: Backoff | None = None,
                  failure_cooldown: float = 10.0, clock: Callable[[], float] = time.monotonic,
                  sync_timeout: float = 30.0, probe: bool = False, probe_interval: float = 0.01,
-                 probe_timeout: float = 120.0) -> None:
+                 probe_timeout: float = 120.0,
+                 pool: Callable[[ClusterMirror], PoolClaimer] | None = None) -> None:
         self._api = api
         self._mirror = ClusterMirror(api, namespaces=namespaces, backoff=backoff or Backoff(),
                                      sync_timeout=sync_timeout, probe=probe, probe_interval=probe_interval,
                                      probe_timeout=probe_timeout)
         # The rotation's cache must hear of changes before any other listener: it is the first.
         self._rotation = Rotation(self._mirror, failure_cooldown=failure_cooldown, clock=clock)
-        self._scaler = Scaler(api, self._mirror)
+        self._pool = pool(self._mirror) if pool is not None else None
+        self._scaler = Scaler(api, self._mirror, self._pool)
 
     async def start(self) -> None:
         """Start the informers; returns once each has listed once (or raises TimeoutError after
@@ -55,7 +61,10 @@ class KubernetesBackend:
         await self._mirror.start()
 
     async def close(self) -> None:
-        """Cancel the informers and probes and wait for them; the API client stays the caller's."""
+        """Cancel the pool's specialisations, the informers and probes and wait for them; the API
+        client stays the caller's."""
+        if self._pool is not None:
+            await self._pool.close()
         await self._mirror.close()
 
     def function(self, ref: FunctionRef) -> Function | None:
@@ -75,7 +84,8 @@ class KubernetesBackend:
         return self._rotation.problem(ref)
 
     async def scale(self, ref: FunctionRef, replicas: int, *, reason: str = "") -> None:
-        """One JSON patch of the Deployment's scale subresource (skipped if already asked for).
+        """Ask for `replicas` instances (`kfn.kube.scaling.Scaler.scale`): the Deployment's scale
+        subresource, a claimed pool pod from zero, pooled pods deleted first on the way down.
 
         Failures are logged, not raised: the caller sees no new instance and times out.
         """

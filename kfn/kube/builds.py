@@ -50,3 +50,22 @@ def build_job(function: Function) -> str | None:
     """The name of the Job of the function's latest build, or None if it has had none."""
     job = _build(function).get("job")
     return job if isinstance(job, str) and job else None
+
+
+def stored_build(function: Function) -> tuple[str, str] | None:
+    """The key and digest of the stored archive of the function's requirements, when the build the
+    status reports is of its current spec: state Stored with both set, and the Ready condition of
+    this generation (when both generations are known). None otherwise (no requirements, building,
+    failed, or a spec changed since)."""
+    build = _build(function)
+    key, digest = build.get("key"), build.get("digest")
+    if build.get("state") != naming.BUILD_STORED or not isinstance(key, str) or not isinstance(digest, str):
+        return None
+    if not key or not digest:
+        return None
+    ready = _condition(function, naming.CONDITION_READY)
+    observed = ready.get("observedGeneration") if ready is not None else None
+    generation = function.metadata.generation
+    if observed is not None and generation is not None and observed != generation:
+        return None
+    return key, digest

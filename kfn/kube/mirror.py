@@ -6,7 +6,8 @@ what they report for the other parts of `kfn.kube.backend.KubernetesBackend` to 
 - `functions`: Functions (`kfn.dev/v1alpha1`), parsed with `kfn.core.functions.parse_function`;
   an invalid one keeps its last valid definition (the operator reports the error in its status);
 - `replicas`: the spec.replicas of the Deployments kfn manages, by function;
-- `pods`: the functions' pods (`kfn.kube.pods.PodView`), each shown to `probes` as it changes.
+- `pods`: the functions' pods and the warm pools' (`kfn.kube.pods.PodView`), each shown to
+  `probes` as it changes; only a function's own pods (not an idle or claimed pool pod) name it.
 
 Listeners hear of every function whose definition, replica count or pods changed, or whose
 failed build (`kfn.kube.builds`) began or ceased to keep it from starting.
@@ -31,6 +32,10 @@ from kfn.kube.pods import PodView, view
 from kfn.kube.probes import ReadinessProbes
 
 logger = logging.getLogger(__name__)
+
+# The pods mirrored: the functions' and the warm pools' (`kfn.core.pool`), whose pods become a
+# function's by a change of this label.
+POD_SELECTOR = f"{naming.LABEL_COMPONENT} in ({naming.COMPONENT_FUNCTION},{naming.COMPONENT_POOL})"
 
 
 class ClusterMirror:
@@ -82,7 +87,7 @@ class ClusterMirror:
                 on_event=self._deployment_event, backoff=self._backoff))
             self._informers.append(Informer(
                 f"pods{_in(ns)}", *_lister(self._core, "pod", ns),
-                label_selector=f"{naming.LABEL_FUNCTION},{naming.LABEL_COMPONENT}=function",
+                label_selector=POD_SELECTOR,
                 on_replace=functools.partial(self._replace_pods, ns), on_event=self._pod_event,
                 backoff=self._backoff))
         self._tasks = [asyncio.create_task(i.run(), name=f"kfn-informer-{i.what}") for i in self._informers]
@@ -171,14 +176,12 @@ class ClusterMirror:
         for key, pod in list(self.pods.items()):
             if ns is None or key[0] == ns:
                 del self.pods[key]
-                if pod.function is not None:
-                    changed.add(pod.function)
+                changed.update(_functions_of(pod))
         for item in items:
             pod = view(item)
             self.pods[pod.key] = pod
             self.probes.saw(pod)
-            if pod.function is not None:
-                changed.add(pod.function)
+            changed.update(_functions_of(pod))
         self.probes.forget_gone()
         self.notify(changed)
 
@@ -189,7 +192,30 @@ class ClusterMirror:
             self.pods[pod.key] = pod
         self.probes.saw(pod, deleted=kind == DELETED)
         if old != pod or kind == DELETED:
-            self.notify({ref for ref in (pod.function, old.function if old else None) if ref is not None})
+            self.notify({*_functions_of(pod), *(_functions_of(old) if old else ())})
+
+    # ---- pool pods (kfn.core.pool)
+
+    def pooled(self, ref: FunctionRef) -> list[PodView]:
+        """The pool pods claimed for or specialised as the function, not being deleted, oldest
+        name first."""
+        return sorted((pod for pod in self.pods.values()
+                       if pod.pooled is not None and pod.pooled.function == ref and not pod.terminating
+                       and pod.pooled.state in (naming.POOL_CLAIMED, naming.POOL_SPECIALIZED)),
+                      key=lambda pod: pod.name)
+
+    def idle_pool_pods(self, namespace: str, runtime: str) -> list[PodView]:
+        """The idle pool pods of `runtime` in `namespace` that could be claimed now: with an
+        address, ready by the kubelet's word, not being deleted."""
+        return [pod for pod in self.pods.values()
+                if pod.pooled is not None and pod.namespace == namespace and pod.pooled.runtime == runtime
+                and pod.pooled.state == naming.POOL_IDLE and pod.ip is not None and pod.ready
+                and not pod.terminating]
+
+
+def _functions_of(pod: PodView) -> set[FunctionRef]:
+    """The functions a change of `pod` concerns: the one it serves, the one it was claimed for."""
+    return {ref for ref in (pod.function, pod.pooled.function if pod.pooled else None) if ref is not None}
 
 
 def _in(namespace: str | None) -> str:

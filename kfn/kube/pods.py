@@ -1,16 +1,19 @@
-"""What a function pod says about serving: its address, readiness, and why it cannot start.
+"""What a function pod says about serving: its address, readiness, and why it cannot start; and
+what a pod of a warm pool (`kfn.core.pool`) says about where it is between idle and specialised.
 
 Pure functions over the official client's `V1Pod` model: read once, as typed objects.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
 from kfn.core.instances import InitError, StartProblem, StartReason
+from kfn.core.pool import PooledPod
 from kfn_runtime import awslambda, contract
 
 # Container states that will not heal by waiting a second: worth telling a waiting caller.
@@ -20,18 +23,23 @@ _FAILING_WAITING_REASONS = frozenset({
 })
 _IMAGE_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
 _MESSAGE_LIMIT = 600
+# The container a pool pod's instance runs in, as a function pod's (its restarts count: `kfn.core.pool.reap`).
+_INSTANCE_CONTAINER = "function"
 
 
 @dataclass(frozen=True)
 class PodView:
     namespace: str
     name: str
-    function: FunctionRef | None     # from the kfn.dev/function label
+    function: FunctionRef | None     # from the kfn.dev/function label, on the function's pods only
     ip: str | None
     port: int
     ready: bool                      # the kubelet's Ready condition
     terminating: bool                # being deleted, or its containers have ended for good
     problem: StartProblem | None     # why it cannot start or serve, when that will not pass by itself
+    pooled: PooledPod | None = None  # a pod from a warm pool (it has a kfn.dev/pool-state label)
+    uid: str | None = None
+    resource_version: str | None = None   # as last seen: the precondition of a claim
 
     @property
     def key(self) -> tuple[str, str]:
@@ -40,23 +48,68 @@ class PodView:
 
 def view(pod: Any) -> PodView:
     """The serving view of a `V1Pod`."""
+    """The serving view of a `V1Pod`. Only a pod labelled as one of a function's
+    (kfn.dev/component=function) names its function: a pool pod, idle or claimed, is nobody's
+    instance until it is promoted (`kfn.core.pool.promote_patch`)."""
     meta = pod.metadata
     status = pod.status
+    labels = meta.labels or {}
     namespace = meta.namespace or naming.DEFAULT_NAMESPACE
-    function_name = (meta.labels or {}).get(naming.LABEL_FUNCTION)
+    function_name = labels.get(naming.LABEL_FUNCTION)
     phase = status.phase if status is not None else None
     conditions = (status.conditions or ()) if status is not None else ()
     ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    terminating = meta.deletion_timestamp is not None or phase in ("Succeeded", "Failed")
+    is_function = bool(function_name) and labels.get(naming.LABEL_COMPONENT) == naming.COMPONENT_FUNCTION
     return PodView(
         namespace=namespace,
         name=meta.name or "",
-        function=FunctionRef(namespace, function_name) if function_name else None,
+        function=FunctionRef(namespace, function_name) if is_function and function_name else None,
         ip=(status.pod_ip or None) if status is not None else None,
         port=_port(pod),
         ready=ready,
-        terminating=meta.deletion_timestamp is not None or phase in ("Succeeded", "Failed"),
+        terminating=terminating,
         problem=_problem(pod),
+        pooled=_pooled(pod, terminating),
+        uid=meta.uid or None,
+        resource_version=meta.resource_version or None,
     )
+
+
+def _pooled(pod: Any, terminating: bool) -> PooledPod | None:
+    """The pool's view of a pod with a kfn.dev/pool-state label, or None for any other pod."""
+    meta = pod.metadata
+    labels = meta.labels or {}
+    state = labels.get(naming.LABEL_POOL_STATE)
+    if not state:
+        return None
+    annotations = meta.annotations or {}
+    namespace = meta.namespace or naming.DEFAULT_NAMESPACE
+    function_name = labels.get(naming.LABEL_FUNCTION)
+    statuses = (pod.status.container_statuses if pod.status is not None else None) or ()
+    restarts = sum(int(c.restart_count or 0) for c in statuses if c.name == _INSTANCE_CONTAINER)
+    return PooledPod(
+        namespace=namespace,
+        name=meta.name or "",
+        state=state,
+        runtime=labels.get(naming.LABEL_POOL, ""),
+        function=FunctionRef(namespace, function_name) if function_name else None,
+        claimed_at=_seconds(annotations.get(naming.ANNOTATION_CLAIMED_AT)),
+        specialized_hash=annotations.get(naming.ANNOTATION_SPECIALIZED_HASH) or None,
+        restarts=restarts,
+        terminating=terminating,
+    )
+
+
+def _seconds(text: str | None) -> float | None:
+    """Unix seconds as an annotation says them, or None when absent or not a finite number."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _port(pod: Any) -> int:

@@ -23,11 +23,20 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from kfn.core import naming
+from kfn.core import naming, pool
 from kfn.core.codespec import DEFAULT_RUNTIME, RUNTIMES
-from kfn.core.functions import Function
+from kfn.core.functions import MAX_TIMEOUT_SECONDS, Function
+from kfn.core.instancespec import (
+    ENVIRONMENTS_DIR,
+    FUNCTION_VERSION,
+    TERMINATION_MARGIN_SECONDS,
+    Archive,
+    archive_env,
+    runtime_env,
+    termination_grace_seconds,
+)
 from kfn_runtime import archive as archives
 from kfn_runtime import build as building
 from kfn_runtime import contract
@@ -38,20 +47,12 @@ Manifest = dict[str, Any]
 CONTAINER_NAME = "function"          # the instance: `python -m kfn_runtime`, whose log is the function's
 ENVIRONMENTS_CONTAINER_NAME = "environments"   # a Lambda container image's environments (spec.image)
 INIT_CONTAINER_NAME = "requirements"   # pip, where requirements are not built once
-# Where an image function's instance and the launcher in its image share their FIFOs.
-ENVIRONMENTS_DIR = "/kfn/environments"
 # The instance beside a Lambda container image is small: it only relays invocations.
 HOST_RESOURCES = {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}
 PORT_NAME = "http"
 # A numeric non-root user: "restricted" needs runAsNonRoot, and a numeric uid lets the kubelet
 # verify it without reading the image's /etc/passwd. 65532 is distroless' "nonroot".
 RUN_AS_USER = 65532
-# After SIGTERM the runtime drains for spec.timeout + DEFAULT_DRAIN_EXTRA; the kubelet waits this
-# much longer before SIGKILL, so the runtime's own deadline always comes first.
-TERMINATION_MARGIN_SECONDS = 5
-# Functions are unpublished: their environments say "$LATEST", as Lambda's do (the code's hash is
-# on the pods' annotations).
-FUNCTION_VERSION = "$LATEST"
 # Bumped when what the builders make changes shape, so an operator upgrade rolls existing pods.
 LAYOUT_VERSION = 3
 # LAMBDA_RUNTIME_DIR of AWS's base images.
@@ -65,9 +66,13 @@ BUILD_CONTAINER_NAME = "build"
 # Kubernetes; while a failed one exists its key is not built again.
 BUILD_JOB_TTL_SECONDS = 3600
 
-COMPONENT_FUNCTION = "function"
+COMPONENT_FUNCTION = naming.COMPONENT_FUNCTION
 COMPONENT_CODE = "code"
 COMPONENT_BUILD = "build"
+COMPONENT_POOL = naming.COMPONENT_POOL
+# A pool instance may become any function, so it may drain as long as the longest one: the pod
+# deleter passes the function's own grace period, this is the ceiling.
+POOL_GRACE_SECONDS = math.ceil(MAX_TIMEOUT_SECONDS + contract.DEFAULT_DRAIN_EXTRA) + TERMINATION_MARGIN_SECONDS
 
 DEFAULT_IMAGE_REGISTRY = "ghcr.io/kfn-dev"
 ENV_RUNTIME_IMAGES = "KFN_RUNTIME_IMAGES"
@@ -113,14 +118,6 @@ class PipSettings:
     def sources(self) -> list[str]:
         """What is set, as `name=value` strings: part of an archive's key (another index, another build)."""
         return [f"{key}={value}" for key, value in self._set()]
-
-
-class Archive(NamedTuple):
-    """A function's built requirements in the archive store, as its pods' instances fetch them."""
-
-    url: str      # this archive's URL (archive_url)
-    token: str    # its get token (kfn_runtime.archive.token with VERB_GET)
-    digest: str   # sha256:..., what the store answered
 
 
 @dataclass(frozen=True)
@@ -207,14 +204,6 @@ def build_code_configmap(fn: Function) -> Manifest | None:
     }
 
 
-def drain_seconds(fn: Function) -> float:
-    return fn.spec.timeout + contract.DEFAULT_DRAIN_EXTRA
-
-
-def termination_grace_seconds(fn: Function) -> int:
-    return math.ceil(drain_seconds(fn)) + TERMINATION_MARGIN_SECONDS
-
-
 def _container_security() -> Manifest:
     return {
         "allowPrivilegeEscalation": False,
@@ -228,25 +217,7 @@ def _container_security() -> Manifest:
 
 
 def _runtime_env(fn: Function, *, region: str) -> list[Manifest]:
-    values = {
-        contract.ENV_RUNTIME: contract.RUNTIME_IMAGE if fn.spec.image else fn.spec.runtime,
-        contract.ENV_HANDLER: fn.spec.handler or "",
-        contract.ENV_CODE_DIR: contract.DEFAULT_CODE_DIR,
-        contract.ENV_DEPS_DIR: contract.DEFAULT_DEPS_DIR,
-        contract.ENV_FUNCTION_NAME: fn.name,
-        contract.ENV_FUNCTION_VERSION: FUNCTION_VERSION,
-        contract.ENV_NAMESPACE: fn.namespace,
-        contract.ENV_REGION: region,
-        contract.ENV_TIMEOUT: _number(fn.spec.timeout),
-        contract.ENV_CONCURRENCY: str(fn.spec.concurrency),
-        contract.ENV_MEMORY_MB: str(fn.spec.resources.memory_limit_mb),
-        contract.ENV_HOST: "0.0.0.0",
-        contract.ENV_PORT: str(naming.RUNTIME_PORT),
-        contract.ENV_DRAIN_TIMEOUT: _number(drain_seconds(fn)),
-    }
-    if fn.spec.image:
-        values[contract.ENV_ENVIRONMENTS_DIR] = ENVIRONMENTS_DIR
-    return [{"name": k, "value": v} for k, v in values.items()]
+    return [{"name": k, "value": v} for k, v in runtime_env(fn, region=region).items()]
 
 
 def _image_env(fn: Function, *, region: str) -> list[Manifest]:
@@ -258,10 +229,6 @@ def _image_env(fn: Function, *, region: str) -> list[Manifest]:
                                   task_root=contract.DEFAULT_CODE_DIR, runtime_dir=IMAGE_RUNTIME_DIR)
     return [*({"name": k, "value": v} for k, v in reserved.items()),
             *(v.model_dump(mode="json", exclude_none=True) for v in fn.spec.env)]
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def deployed_hash(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
@@ -280,11 +247,6 @@ def archive_key(fn: Function, *, images: RuntimeImages, pip: PipSettings) -> str
     requirements for the same runtime in the same image from the same sources."""
     return archives.deps_key(runtime=fn.spec.runtime, image=images.image_for(fn),
                              requirements=fn.spec.requirements, sources=pip.sources())
-
-
-def archive_url(base_url: str, namespace: str, key: str) -> str:
-    """Archive `key` of `namespace` in the store at `base_url` (the gateway's, as pods reach it)."""
-    return f"{base_url.rstrip('/')}/system/archives/{namespace}/{key}"
 
 
 def build_job_name(key: str) -> str:
@@ -385,6 +347,20 @@ def _init_container(fn: Function, *, image: str, images: RuntimeImages, pip: Pip
     }
 
 
+def _probes() -> Manifest:
+    return {
+        # Readiness is polled every second: scale-from-zero waits on it.
+        "readinessProbe": {
+            "httpGet": {"path": contract.PATH_READY, "port": PORT_NAME},
+            "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": contract.PATH_HEALTH, "port": PORT_NAME},
+            "initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3,
+        },
+    }
+
+
 def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
                        region: str, archive: Archive | None = None) -> Manifest:
     """The pods of `fn`'s Deployment. With `archive`, the instance fetches the requirements built once
@@ -413,9 +389,7 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
            # An image's environments get spec.env in their own container.
            *(() if fn.spec.image else (v.model_dump(mode="json", exclude_none=True) for v in fn.spec.env))]
     if archive is not None:
-        env += [{"name": building.ENV_URL, "value": archive.url},
-                {"name": building.ENV_TOKEN, "value": archive.token},
-                {"name": building.ENV_DIGEST, "value": archive.digest}]
+        env += [{"name": k, "value": v} for k, v in archive_env(archive).items()]
     container: Manifest = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -424,15 +398,7 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
         "env": env,
         "resources": (HOST_RESOURCES if fn.spec.image else
                       {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)}),
-        # Readiness is polled every second: scale-from-zero waits on it.
-        "readinessProbe": {
-            "httpGet": {"path": contract.PATH_READY, "port": PORT_NAME},
-            "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": contract.PATH_HEALTH, "port": PORT_NAME},
-            "initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3,
-        },
+        **_probes(),
         "securityContext": _container_security(),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -536,5 +502,90 @@ def build_service(fn: Function) -> Manifest:
             "type": "ClusterIP",
             "selector": selector(fn),
             "ports": [{"name": PORT_NAME, "port": naming.SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def pool_selector(runtime: str) -> dict[str, str]:
+    """What a pool Deployment selects its pods by: idle ones only, so a pod a gateway relabels
+    claimed leaves its ReplicaSet, which starts another."""
+    return {naming.LABEL_COMPONENT: COMPONENT_POOL, naming.LABEL_POOL: runtime,
+            naming.LABEL_POOL_STATE: naming.POOL_IDLE}
+
+
+def pool_hash(deployment: Manifest) -> str | None:
+    """The spec hash a pool Deployment was built with (None if it has none)."""
+    value = ((deployment.get("metadata") or {}).get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH)
+    return value if isinstance(value, str) else None
+
+
+def build_pool_deployment(namespace: str, runtime: str, *, images: RuntimeImages, size: int, key: str) -> Manifest:
+    """The warm pool of `runtime` in `namespace` (`kfn.core.pool`): `size` generic instances of the
+    runtime's image, each waiting for one signed specialisation (`key`: the namespace's pool key,
+    `kfn_runtime.specialize.namespace_key`). Its pods are a plain Python or Node.js function's in
+    all but their code, which comes later into the writable code volume; the spec hash annotation
+    (over the pod template) tells the operator when an upgrade changed what it would build."""
+    try:
+        image = images.images[runtime]
+    except KeyError:
+        raise ValueError(f"no runtime image configured for {runtime!r}") from None
+    pool_labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, **pool_selector(runtime)}
+    env: list[Manifest] = [
+        {"name": contract.ENV_POOL, "value": "1"},
+        {"name": contract.ENV_POOL_KEY, "value": key},
+        {"name": contract.ENV_POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": contract.ENV_RUNTIME, "value": runtime},
+        {"name": contract.ENV_HOST, "value": "0.0.0.0"},
+        {"name": contract.ENV_PORT, "value": str(naming.RUNTIME_PORT)},
+        {"name": contract.ENV_CODE_DIR, "value": contract.DEFAULT_CODE_DIR},
+        {"name": contract.ENV_DEPS_DIR, "value": contract.DEFAULT_DEPS_DIR},
+    ]
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": images.pull_policy,
+        "ports": [{"name": PORT_NAME, "containerPort": naming.RUNTIME_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": {"requests": dict(pool.POOL_RESOURCES.requests), "limits": dict(pool.POOL_RESOURCES.limits)},
+        **_probes(),
+        "securityContext": _container_security(),
+        # Not the image's WORKDIR (the code volume): `python -m` imports from the working directory
+        # first, and the function can write there (kfn_runtime refuses to start a pool instance so).
+        "workingDir": "/",
+        # All written once specialised: the code it is sent, the requirements it fetches.
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "deps", "mountPath": contract.DEFAULT_DEPS_DIR},
+            {"name": "code", "mountPath": contract.DEFAULT_CODE_DIR},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    template: Manifest = {
+        "metadata": {"labels": dict(pool_labels)},
+        "spec": {
+            "containers": [container],
+            "volumes": [{"name": name, "emptyDir": {}} for name in ("tmp", "deps", "code")],
+            "securityContext": _pod_security(),
+            "terminationGracePeriodSeconds": POOL_GRACE_SECONDS,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+        },
+    }
+    digest = hashlib.sha256(json.dumps([template, LAYOUT_VERSION], sort_keys=True).encode()).hexdigest()[:10]
+    template["metadata"]["annotations"] = {naming.ANNOTATION_SPEC_HASH: digest}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": pool.deployment_name(runtime),
+            "namespace": namespace,
+            "labels": dict(pool_labels),
+            "annotations": {naming.ANNOTATION_SPEC_HASH: digest},
+        },
+        "spec": {
+            "replicas": size,
+            "selector": {"matchLabels": pool_selector(runtime)},
+            "revisionHistoryLimit": 2,
+            "template": template,
         },
     }

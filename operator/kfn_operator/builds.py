@@ -28,6 +28,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from kfn.core import naming
 from kfn.core.functions import Function
+from kfn.core.instancespec import Archive, archive_url
 from kfn.kube.resources import manifest, typed
 from kfn_operator import builders, status
 from kfn_operator.config import OperatorConfig
@@ -67,7 +68,7 @@ KEY_REFUSED = ("the archive store answers 403 to this operator's tokens: the ope
 class Prepared:
     """What `prepare` found: the archive to deploy with (None: not yet, or never) and status.build."""
 
-    archive: builders.Archive | None
+    archive: Archive | None
     build: dict[str, Any]
 
 
@@ -81,14 +82,14 @@ class ArchiveStore:
         self._session: aiohttp.ClientSession | None = None
 
     def url(self, namespace: str, key: str) -> str:
-        return builders.archive_url(self._base_url, namespace, key)
+        return archive_url(self._base_url, namespace, key)
 
     def token(self, verb: str, namespace: str, key: str) -> str:
         return archives.token(self._secret, verb, namespace, key)
 
-    def archive(self, namespace: str, key: str, digest: str) -> builders.Archive:
+    def archive(self, namespace: str, key: str, digest: str) -> Archive:
         """What a pod of `namespace` needs to fetch archive `key`."""
-        return builders.Archive(self.url(namespace, key), self.token(archives.VERB_GET, namespace, key), digest)
+        return Archive(self.url(namespace, key), self.token(archives.VERB_GET, namespace, key), digest)
 
     async def lookup(self, namespace: str, key: str) -> str | Lookup:
         """The digest of archive `key` of `namespace`, or ABSENT, or REFUSED (logged: the store refuses

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfn_operator.builders import PipSettings, RuntimeImages, parse_image_map
-from kfn_runtime import archive, awslambda, contract
+from kfn_runtime import archive, awslambda, contract, specialize
 
 DEFAULT_GATEWAY_SELECTOR = "app.kubernetes.io/name=kfn-gateway"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
@@ -25,6 +25,14 @@ ENV_ARCHIVE_URL = "KFN_ARCHIVE_URL"
 ENV_ARCHIVE_KEY_FILE = "KFN_ARCHIVE_KEY_FILE"
 ENV_BUILD_RESOURCES = "KFN_BUILD_RESOURCES"
 DEFAULT_BUILD_TIMEOUT = 600
+# Warm pools (kfn_operator.pools): instances per runtime per namespace with eligible Functions
+# (0: none), and the file with the platform's pool key, the one the gateway reads (none: no pools).
+ENV_POOL_SIZE = "KFN_POOL_SIZE"
+ENV_POOL_KEY_FILE = "KFN_POOL_KEY_FILE"
+DEFAULT_POOL_SIZE = 1
+MAX_POOL_SIZE = 100
+DEFAULT_POOL_INTERVAL = 5.0
+MAX_POOL_KEY_BYTES = 4096   # a key file larger than this is a mistake (the chart's holds 32 bytes)
 DEFAULT_BUILD_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
@@ -58,6 +66,14 @@ class OperatorConfig:
     archive_key: bytes | None = field(default=None, repr=False)   # the store's signing key
     build_timeout: int = DEFAULT_BUILD_TIMEOUT  # seconds a build Job may run (activeDeadlineSeconds)
     build_resources: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_BUILD_RESOURCES))
+    pool_size: int = DEFAULT_POOL_SIZE          # warm instances per runtime per namespace (0: no pools)
+    pool_key: bytes | None = field(default=None, repr=False)   # the platform's pool key (None: no pools)
+    pool_interval: float = DEFAULT_POOL_INTERVAL   # seconds between passes over the pools
+
+    @property
+    def pools(self) -> bool:
+        """Whether warm pools are kept (a size and a key): else any found are deleted."""
+        return self.pool_size > 0 and self.pool_key is not None
 
     @property
     def builds(self) -> bool:
@@ -69,7 +85,8 @@ class OperatorConfig:
               runtime_images: tuple[str, ...] = (), gateway_selector: str | None = None,
               autoscale_interval: float = 2.0, metrics_port: int | None = None, health_port: int | None = None,
               sync_timeout: float = 30.0, archive_url: str | None = None, archive_key_file: str | None = None,
-              build_timeout: int = DEFAULT_BUILD_TIMEOUT, env: Mapping[str, str] | None = None) -> OperatorConfig:
+              build_timeout: int = DEFAULT_BUILD_TIMEOUT, pool_size: int | None = None,
+              pool_key_file: str | None = None, env: Mapping[str, str] | None = None) -> OperatorConfig:
         """The configuration from `kfn operator`'s options and the environment the chart sets.
 
         Raises ValueError naming what is wrong.
@@ -84,6 +101,7 @@ class OperatorConfig:
             overrides.update(parse_image_map(item))
         url = _archive_url(archive_url if archive_url is not None else env.get(ENV_ARCHIVE_URL, ""))
         key_file = archive_key_file if archive_key_file is not None else env.get(ENV_ARCHIVE_KEY_FILE, "").strip()
+        pool_file = pool_key_file if pool_key_file is not None else env.get(ENV_POOL_KEY_FILE, "").strip()
         return cls(
             images=RuntimeImages.from_environment(env, overrides=overrides),
             pip=PipSettings.from_environment(env),
@@ -105,7 +123,42 @@ class OperatorConfig:
             archive_key=archive.read_secret(key_file) if key_file else None,
             build_timeout=build_timeout,
             build_resources=_resources(env.get(ENV_BUILD_RESOURCES, "")),
+            pool_size=_pool_size(pool_size, env.get(ENV_POOL_SIZE, "")),
+            pool_key=read_pool_key(pool_file) if pool_file else None,
         )
+
+
+def _pool_size(flag: int | None, text: str) -> int:
+    """--pool-size, else $KFN_POOL_SIZE, else the default; ValueError outside 0..MAX_POOL_SIZE."""
+    if flag is not None:
+        value, source = flag, "--pool-size"
+    elif text.strip():
+        try:
+            value, source = int(text.strip()), f"${ENV_POOL_SIZE}"
+        except ValueError:
+            raise ValueError(f"${ENV_POOL_SIZE} must be a whole number (got {text!r})") from None
+    else:
+        return DEFAULT_POOL_SIZE
+    if not 0 <= value <= MAX_POOL_SIZE:
+        raise ValueError(f"{source} must be between 0 and {MAX_POOL_SIZE} (got {value})")
+    return value
+
+
+def read_pool_key(path: str) -> bytes:
+    """The platform's pool key: the raw bytes of the file at `path`; ValueError, naming the flag,
+    if it cannot be read or is shorter than `specialize.MIN_KEY_BYTES`."""
+    try:
+        with open(path, "rb") as f:
+            secret = f.read(MAX_POOL_KEY_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"--pool-key-file {path}: {e.strerror or e}") from None
+    if len(secret) > MAX_POOL_KEY_BYTES:
+        raise ValueError(f"--pool-key-file {path}: more than {MAX_POOL_KEY_BYTES} bytes; a pool key is a short "
+                         "random secret")
+    if len(secret) < specialize.MIN_KEY_BYTES:
+        raise ValueError(f"--pool-key-file {path}: {len(secret)} bytes; a pool key needs "
+                         f"{specialize.MIN_KEY_BYTES} at least")
+    return secret
 
 
 def _archive_url(value: str) -> str | None:

@@ -15,9 +15,9 @@ at import time, so tests and `kfn operator` build their own registries.
 - A build Job ended or deleted → the Functions waiting for it are reconciled (deployed, BuildFailed, or
   built again), those the store cannot answer for retried every `builds.STORE_RETRY` seconds.
 - Operator start/stop → the API client, the operator's one `kfn.kube.KubernetesBackend` (its
-  informers, listing in the background) and, sharing it, the autoscaler loop (`kfn_operator.lease`)
-  and the scheduler of schedule triggers (`kfn_operator.scheduler`), started in that order and
-  stopped in reverse.
+  informers, listing in the background) and, sharing it, the autoscaler loop (`kfn_operator.lease`),
+  the scheduler of schedule triggers (`kfn_operator.scheduler`) and the warm pools
+  (`kfn_operator.pools`), started in that order and stopped in reverse.
 
 kopf watches Functions and Deployments with its own client (logged in with the credentials of
 `kfn.kube.connection`); everything else goes through the official client's asyncio API.
@@ -38,6 +38,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from kfn._cogs.lifecycle import Parts
 from kfn.core import naming
 from kfn.core.functions import FieldError, Function, FunctionRef, InvalidFunction, parse_function
+from kfn.core.instancespec import Archive
 from kfn.kube import KubernetesBackend, connect
 from kfn.kube.resources import (
     conflicted,
@@ -51,6 +52,7 @@ from kfn.kube.resources import (
 from kfn_operator import builders, builds, status
 from kfn_operator.config import OperatorConfig
 from kfn_operator.lease import OperatorAutoscaler
+from kfn_operator.pools import Pools
 from kfn_operator.scheduler import OperatorScheduler
 
 logger = logging.getLogger(__name__)
@@ -100,9 +102,12 @@ class Controller:
             backend = KubernetesBackend(self.api, namespaces=self.config.namespaces,
                                         sync_timeout=self.config.sync_timeout)
             synced = asyncio.Event()
-            if self.config.autoscaler or (self.config.scheduler and self.config.nats_url):
+            if self.config.autoscaler or (self.config.scheduler and self.config.nats_url) or self.config.pools:
                 parts.add("Kubernetes backend", backend.close)   # its informers retry until closed
                 parts.task("Kubernetes backend sync", lambda: _sync(backend, synced))
+            # Warm pools (off: the pool Deployments there are deleted, then the task ends).
+            pools = Pools(self.api, self.config, backend, synced=synced, store=self._store)
+            parts.task("warm pools", pools.run)
             if self.config.autoscaler:
                 autoscaling = OperatorAutoscaler(self.api, self.config, backend, synced=synced)
                 await parts.start("autoscaler", autoscaling.start, autoscaling.close)
@@ -265,7 +270,7 @@ class Controller:
                 raise
 
     async def _ensure_deployment(self, fn: Function, owner: Mapping[str, Any], log: Log, *,
-                                 archive: builders.Archive | None) -> dict[str, Any]:
+                                 archive: Archive | None) -> dict[str, Any]:
         """Create the Deployment (its pods fetching `archive`, when given), or bring an existing one
         to the spec; returns it as a manifest."""
         apps = client.AppsV1Api(self.api)

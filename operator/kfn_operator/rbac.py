@@ -24,16 +24,19 @@ def operator_rules() -> list[Rule]:
         {"apiGroups": [naming.GROUP], "resources": [naming.PLURAL], "verbs": [*READ, "patch"]},
         # Status: conditions, replicas, the autoscaler's decision.
         {"apiGroups": [naming.GROUP], "resources": [f"{naming.PLURAL}/status"], "verbs": ["get", "patch"]},
-        # Children. No "update": changes are merge patches. "delete" for old code ConfigMaps.
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": [*READ, "create", "patch"]},
+        # Children. No "update": changes are merge patches. "delete" for old code ConfigMaps and
+        # for warm pools no namespace needs any more (kfn_operator.pools).
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": [*READ, "create", "patch", "delete"]},
+        # Scaling; and a replica more for a served pool pod that is replaced (kfn_operator.pools).
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": [*READ, "create", "patch"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": [*READ, "create", "patch", "delete"]},
         # Build Jobs installing requirements once (kfn_operator.builds): started, watched, and deleted
         # to build again an archive the store lost. Their pods say why a build failed (below).
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*READ, "create", "delete"]},
-        # Ready instances per function (the autoscaler counts pods, as the gateway routes to them).
-        {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
+        # Ready instances per function (the autoscaler counts pods, as the gateway routes to them);
+        # pooled pods nobody will finish or use are deleted (kfn_operator.pools).
+        {"apiGroups": [""], "resources": ["pods"], "verbs": [*READ, "delete"]},
         # The gateway replicas the autoscaler scrapes for load.
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
         # Failures are reported as Events (kopf posts through the core API; newer clients use events.k8s.io).
@@ -54,7 +57,9 @@ def gateway_rules() -> list[Rule]:
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": READ},
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
         # Pods are the instances (their IPs, readiness, why they fail); `kfn logs` reads their output.
-        {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
+        # A warm pool's pod is claimed and made a function's by patches of its labels, and a pod
+        # taken from a pool is deleted when its function scales down (kfn.kube.pool).
+        {"apiGroups": [""], "resources": ["pods"], "verbs": [*READ, "patch", "delete"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         # API keys of each namespace: this one Secret only (listed and watched by metadata.name).
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET_NAME], "verbs": READ},

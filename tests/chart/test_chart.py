@@ -162,6 +162,7 @@ def test_default_install_renders_these_kinds(default_objects: list[Manifest]) ->
         # The NATS server of asynchronous invocations (async.nats.install).
         "StatefulSet", "Service", "Service", "ConfigMap", "ServiceAccount",
         "Secret",   # the archive store's signing key (requirements built once, with NATS)
+        "Secret",   # the warm pools' key (pool.size 1)
     ])
 
 
@@ -824,3 +825,87 @@ def test_without_nats_each_pod_runs_pip_as_before(helm: Path, tmp_path: Path) ->
     assert not any(a.startswith("--archive") for a in _args(objects) + _operator_args(objects))
     for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
         assert not _mounts_the_archive_key(objects, deployment)
+
+
+# --- warm pools ---------------------------------------------------------------------------------------
+
+POOL_KEY_FILE = "/etc/kfn/pool/key"
+
+
+def _mounts_the_pool_key(objects: list[Manifest], deployment: str) -> bool:
+    pod = find(objects, "Deployment", deployment)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return any(m["mountPath"] == POOL_KEY_FILE.rsplit("/", 1)[0] and m.get("readOnly")
+               and volumes[m["name"]].get("secret", {}).get("secretName") == f"{RELEASE}-pool-key"
+               for m in c.get("volumeMounts", ()))
+
+
+def _rules(objects: list[Manifest], kind: str, component: str, namespace: str | None = None) -> dict[str, set[str]]:
+    """resource → verbs of one component's ClusterRole or Role (in `namespace`)."""
+    role = find(objects, kind, f"{RELEASE}-{component}", namespace=namespace)
+    out: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        for resource in rule["resources"]:
+            out.setdefault(resource, set()).update(rule["verbs"])
+    return out
+
+
+def test_warm_pools_have_a_generated_key_the_gateway_and_the_operator_read(default_objects: list[Manifest]) -> None:
+    import base64
+
+    secret = find(default_objects, "Secret", f"{RELEASE}-pool-key")
+    assert len(base64.b64decode(secret["data"]["key"])) == 32
+    for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
+        assert _mounts_the_pool_key(default_objects, deployment)
+
+
+def test_the_operator_keeps_pools_of_the_size_in_the_values(default_objects: list[Manifest]) -> None:
+    operator = build_parser().parse_args(_operator_args(default_objects))
+    assert (operator.pool_size, operator.pool_key_file) == (1, POOL_KEY_FILE)
+
+
+def test_the_gateway_signs_specialisations_and_names_the_operators_archive_store(
+        default_objects: list[Manifest]) -> None:
+    gateway = build_parser().parse_args(_args(default_objects))
+    operator = build_parser().parse_args(_operator_args(default_objects))
+    assert gateway.pool_key_file == POOL_KEY_FILE
+    assert gateway.archive_url == operator.archive_url is not None
+
+
+def test_a_pool_size_in_the_values_reaches_the_operator(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "pool: {size: 3}")
+    assert build_parser().parse_args(_operator_args(objects)).pool_size == 3
+
+
+def test_a_pool_size_of_zero_renders_no_pool_key_and_no_pool_flags(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "pool: {size: 0}")
+    assert not [s for s in of_kind(objects, "Secret") if s["metadata"]["name"] == f"{RELEASE}-pool-key"]
+    assert not any(a.startswith("--pool") for a in _args(objects) + _operator_args(objects))
+    for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
+        assert not _mounts_the_pool_key(objects, deployment)
+
+
+def test_a_negative_pool_size_is_rejected_naming_the_field(helm: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pool: {size: -1}\n")
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(bad))
+    assert result.returncode != 0 and "/pool/size" in result.stderr
+
+
+@pytest.mark.parametrize("install", ["cluster-wide", "namespaced"])
+def test_the_operator_may_delete_pooled_pods_and_pools_and_add_a_replica(
+        install: str, default_objects: list[Manifest], custom_objects: list[Manifest]) -> None:
+    rules = (_rules(default_objects, "ClusterRole", "operator", None) if install == "cluster-wide"
+             else _rules(custom_objects, "Role", "operator", CUSTOM_NAMESPACES[0]))
+    assert {"get", "list", "watch", "delete"} <= rules["pods"]
+    assert {"create", "patch", "delete"} <= rules["deployments"]
+    assert "patch" in rules["deployments/scale"]
+
+
+@pytest.mark.parametrize("install", ["cluster-wide", "namespaced"])
+def test_the_gateway_may_claim_and_delete_pooled_pods(
+        install: str, default_objects: list[Manifest], custom_objects: list[Manifest]) -> None:
+    rules = (_rules(default_objects, "ClusterRole", "gateway", None) if install == "cluster-wide"
+             else _rules(custom_objects, "Role", "gateway", CUSTOM_NAMESPACES[0]))
+    assert {"get", "list", "watch", "patch", "delete"} <= rules["pods"]

@@ -499,6 +499,38 @@ def function_pods(name: str, namespace: str) -> list[dict[str, Any]]:
     return pods(namespace, f"{LABEL_FUNCTION}={name},{LABEL_COMPONENT}=function")
 
 
+# -- warm pools (kfn.core.pool) ------------------------------------------------------------------
+
+LABEL_POOL = "kfn.dev/pool"
+LABEL_POOL_STATE = "kfn.dev/pool-state"
+POOL_RUNTIME = "python3.12"
+
+
+def pool_deployment(runtime: str = POOL_RUNTIME) -> str:
+    """The name of a namespace's pool Deployment of `runtime` (kfn.core.pool.deployment_name)."""
+    return "kfn-pool-" + runtime.replace(".", "-")
+
+
+def pool_pods(namespace: str, state: str | None = None) -> list[dict[str, Any]]:
+    """Pods that came from a pool of `namespace` (idle, claimed or specialised), not being deleted;
+    only those in `state` when given."""
+    selector = f"{LABEL_POOL_STATE}={state}" if state else LABEL_POOL_STATE
+    return [p for p in pods(namespace, selector) if not p["metadata"].get("deletionTimestamp")]
+
+
+def idle_pool_ready(namespace: str, size: int, runtime: str = POOL_RUNTIME) -> list[dict[str, Any]] | None:
+    """The pool's ready idle pods once there are `size` of them, else None (a wait_until probe)."""
+    ready = [p for p in ready_pods(namespace, f"{LABEL_POOL}={runtime},{LABEL_POOL_STATE}=idle")]
+    return ready if len(ready) >= size else None
+
+
+def instances(name: str, namespace: str) -> int:
+    """How many instances a function has asked for: its Deployment's replicas plus its pods that
+    came from a pool (claimed or specialised), as the autoscaler counts them."""
+    pooled = [p for p in pool_pods(namespace) if (p["metadata"].get("labels") or {}).get(LABEL_FUNCTION) == name]
+    return (deployment_replicas(name, namespace) or 0) + len(pooled)
+
+
 def deployment_replicas(name: str, namespace: str) -> int | None:
     deployment = get("deployment", name, namespace=namespace)
     return None if deployment is None else int(deployment["spec"].get("replicas") or 0)

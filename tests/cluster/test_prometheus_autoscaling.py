@@ -79,14 +79,14 @@ def test_on_prometheus_a_loaded_function_scales_up_and_back_to_zero_without_fail
         started = time.monotonic()
         deadline = started + 60
         while time.monotonic() < deadline and highest < 3:
-            highest = max(highest, platform.deployment_replicas(name, ns) or 0)
+            highest = max(highest, platform.instances(name, ns))
             time.sleep(0.25)
         time.sleep(3)  # a few more seconds at the top, through the autoscaler's next decisions
     stopped = time.monotonic()
     assert highest >= 3, f"12 callers on concurrency 4 never got 3 replicas in 60s (highest {highest})"
     assert load.report.failed == 0, load.report.summary()
     platform.wait_until(f"{name} back to 0 replicas once the load stopped",
-                        lambda: platform.deployment_replicas(name, ns) == 0, timeout=90)
+                        lambda: platform.instances(name, ns) == 0, timeout=90)
     platform.record("PromQL source: 12 callers → highest replicas, failed requests",
                     f"{highest}, {load.report.failed} of {load.report.total}")
     platform.record("PromQL source: last request → 0 replicas (idleTimeout 5s, window 30s)",
@@ -112,7 +112,7 @@ def test_with_the_gateway_scrape_target_down_a_loaded_function_is_held_not_scale
         held_since = time.monotonic()
         # Three idle timeouts and a stable window under load, with no metrics from any gateway.
         while time.monotonic() < held_since + 21:
-            replicas = platform.deployment_replicas(name, ns) or 0
+            replicas = platform.instances(name, ns)
             lowest = replicas if lowest is None else min(lowest, replicas)
             pods_seen |= {p["metadata"]["uid"] for p in platform.function_pods(name, ns)}
             time.sleep(0.5)

@@ -3,21 +3,18 @@ the archive from the store (here a local HTTP server) into its deps directory be
 the function, or exits EXIT_LOAD_FAILED saying so in its termination message."""
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kfn_runtime import archive, contract
-from tests.e2e.runtimes import invoke, launch, write_code
+from tests.e2e.runtimes import invoke, launch
+from tests.support.archives import KEY, TOKEN, Store, packed
 
 pytestmark = [pytest.mark.timeout(60)]
 
-KEY = archive.KEY_PREFIX + "0123456789abcdef" * 2
-TOKEN = "get-token"
 APP = '''
 import six_like
 
@@ -25,44 +22,6 @@ import six_like
 def handler(event, context):
     return six_like.answer()
 '''
-
-
-class Store:
-    """The archive store's GET: one archive at /system/archives/default/KEY for TOKEN, or 404."""
-
-    def __init__(self, body: bytes | None, digest: str = "") -> None:
-        self.body, self.digest = body, digest
-        store = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if store.body is None or self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", archive.MEDIA_TYPE)
-                self.send_header("Content-Length", str(len(store.body)))
-                self.end_headers()
-                self.wfile.write(store.body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/system/archives/default/{KEY}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def packed(tmp_path: Path) -> tuple[bytes, str]:
-    """An archive holding the module `six_like`; (its bytes, its digest)."""
-    deps = write_code(tmp_path / "built", {"six_like/__init__.py": "def answer():\n    return 'from six_like'\n"})
-    meta = archive.manifest(key=KEY, runtime="python3.12", installer="pip", requirements=["six_like"])
-    path, digest = archive.pack_to_file(str(deps), str(tmp_path), meta)
-    return Path(path).read_bytes(), digest
 
 
 @pytest.fixture

@@ -110,10 +110,13 @@ async def test_the_gateway_needs_nothing_beyond_its_rules(cluster) -> None:
     assert selectors == {"metadata.name=kfn-api-keys", "metadata.name=kfn-admin-keys"}
 
 
-def test_the_gateway_cannot_write_anything_but_the_scale_subresource() -> None:
+def test_the_gateway_cannot_write_anything_but_the_scale_subresource_and_pods() -> None:
     writes = {v for r in rbac.gateway_rules() for v in r["verbs"]} - {"get", "list", "watch"}
-    assert writes == {"patch"}
-    assert [r["resources"] for r in rbac.gateway_rules() if "patch" in r["verbs"]] == [["deployments/scale"]]
+    assert writes == {"patch", "delete"}
+    # Pods: a warm pool's pod is claimed and made a function's by patches, and deleted on scale-down.
+    assert [r["resources"] for r in rbac.gateway_rules() if "patch" in r["verbs"]] == [["deployments/scale"],
+                                                                                       ["pods"]]
+    assert [r["resources"] for r in rbac.gateway_rules() if "delete" in r["verbs"]] == [["pods"]]
 
 
 def test_no_rule_grants_wildcards_or_secrets_beyond_the_key_secrets_by_name() -> None:

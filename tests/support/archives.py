@@ -4,9 +4,11 @@ hostile builder could write them (`member`, `written`); and the gateway's archiv
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import os
 import tarfile
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from tests.support.backend import FakeBackend
 from tests.support.gateway import RunningGateway, running_gateway
 
 SECRET = b"the-signing-key-of-this-platform"
+TOKEN = "get-token"   # what `Store` takes as the archive's token
 KEY = archive.KEY_PREFIX + "0123456789abcdef0123456789abcdef"
 
 
@@ -109,3 +112,46 @@ async def archive_gateway(store: ArchiveStore | None, *, key: bytes | None = SEC
     backend = FakeBackend()
     async with backend, running_gateway(backend, archives=store, archive_key=key, **kwargs) as gw:
         yield gw
+
+
+# -- a stand-in for the store's GET, for instances -----------------------------------------------
+
+class Store:
+    """The archive store's GET on 127.0.0.1: one archive at /system/archives/default/KEY for TOKEN, or 404.
+    Served from a thread until `close`."""
+
+    def __init__(self, body: bytes | None, digest: str = "") -> None:
+        self.body, self.digest = body, digest
+        store = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if store.body is None or self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", archive.MEDIA_TYPE)
+                self.send_header("Content-Length", str(len(store.body)))
+                self.end_headers()
+                self.wfile.write(store.body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/system/archives/default/{KEY}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def packed(tmp_path: Path) -> tuple[bytes, str]:
+    """An archive of KEY holding the module `six_like`; (its bytes, its digest)."""
+    deps = tmp_path / f"built-{os.urandom(4).hex()}"
+    (deps / "six_like").mkdir(parents=True)
+    (deps / "six_like" / "__init__.py").write_text("def answer():\n    return 'from six_like'\n")
+    meta = archive.manifest(key=KEY, runtime="python3.12", installer="pip", requirements=["six_like"])
+    path, digest = archive.pack_to_file(str(deps), str(tmp_path), meta)
+    return Path(path).read_bytes(), digest

@@ -7,7 +7,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from kfn.core import naming
+from kfn.core import instancespec, naming
 from kfn_operator import builders, builds, status
 from kfn_operator.builders import Archive, PipSettings, RuntimeImages
 from kfn_runtime import archive, contract
@@ -28,14 +28,14 @@ RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory"
 
 
 def job(fn: Any = FN, key: str = KEY) -> dict[str, Any]:
-    url = builders.archive_url(STORE, fn.namespace, key)
+    url = instancespec.archive_url(STORE, fn.namespace, key)
     return builders.build_job(fn, key, images=IMAGES, pip=PIP, archive_url=url,
                               token=archive.token(SECRET, archive.VERB_PUT, fn.namespace, key), timeout=600,
                               resources=RESOURCES)
 
 
 def fetched(digest: str = "sha256:" + "a" * 64) -> Archive:
-    return Archive(builders.archive_url(STORE, FN.namespace, KEY),
+    return Archive(instancespec.archive_url(STORE, FN.namespace, KEY),
                    archive.token(SECRET, archive.VERB_GET, FN.namespace, KEY), digest)
 
 

@@ -125,6 +125,26 @@ when there is a NATS server. The store and the operator share a signing key, the
 
 {{- define "kfn.archive.keyDir" -}}/etc/kfn/archive{{- end -}}
 
+{{/* The archive store as function pods reach it: the gateway's Service. */}}
+{{- define "kfn.archive.url" -}}
+http://{{ include "kfn.componentName" (list . "gateway") }}.{{ .Release.Namespace }}.svc:{{ .Values.gateway.service.port }}
+{{- end -}}
+
+{{/*
+Warm pools: on ("true") when pool.size is above 0. The gateway (which specialises pool pods) and
+the operator (which gives each namespace's pool pods their key) share the pool key, the Secret
+<fullname>-pool-key, mounted at kfn.pool.keyDir.
+*/}}
+{{- define "kfn.pool.enabled" -}}
+{{- if gt (int .Values.pool.size) 0 }}true{{ end -}}
+{{- end -}}
+
+{{- define "kfn.pool.secretName" -}}
+{{- printf "%s-pool-key" (include "kfn.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kfn.pool.keyDir" -}}/etc/kfn/pool{{- end -}}
+
 {{/* A size in bytes from 256Mi, 1Gi, 512Ki or a plain number (the schema allows only these). */}}
 {{- define "kfn.bytes" -}}
 {{- $v := toString . -}}

@@ -44,6 +44,13 @@ ENV_ARCHIVE_URL: Final = "KFN_ARCHIVE_URL"          # .../system/archives/NAMESP
 ENV_ARCHIVE_TOKEN: Final = "KFN_ARCHIVE_TOKEN"      # its token: get (an instance), put (a build)
 ENV_ARCHIVE_DIGEST: Final = "KFN_ARCHIVE_DIGEST"    # sha256:..., what the store gave when it was stored
 
+# A warm pool's generic instance (kfn_runtime.specialize): it listens, answers its probes ready
+# ({"status": "pool"}), and waits for one POST PATH_SPECIALIZE from the platform naming the function it
+# becomes: signed with the key of its namespace's pools, bound to this pod's uid; one only.
+ENV_POOL: Final = "KFN_POOL"                        # "1": this instance starts generic, in a pool
+ENV_POOL_KEY: Final = "KFN_POOL_KEY"                # hex: the namespace's pool key (specialize.namespace_key)
+ENV_POD_UID: Final = "KFN_POD_UID"                  # the pod's metadata.uid (the downward API)
+
 ENV_ENVIRONMENTS_DIR: Final = "KFN_ENVIRONMENTS_DIR"  # RUNTIME_IMAGE: the directory shared with the launcher
 
 # KFN_RUNTIME of an instance whose environments run in a Lambda container image (spec.image): the
@@ -69,6 +76,14 @@ PATH_INVOKE: Final = "/2015-03-31/functions/function/invocations"
 PATH_HEALTH: Final = "/_/health"    # liveness: the process serves HTTP
 PATH_READY: Final = "/_/ready"      # readiness: an environment is initialised and the instance is not draining
 PATH_METRICS: Final = "/_/metrics"  # Prometheus text format
+# A pool instance only: POST, JSON {"env": {NAME: VALUE}, "files": {NAME: CONTENT}} (the KFN_* variables
+# and spec.env a Deployment's pod would have; the inline code), HEADER_SIGNATURE set. Answers 200
+# {"status": "ready", "startupMs": ...} once the function is initialised (its archive fetched first);
+# 401 for a wrong signature, 409 once specialised or specialising, 400 for a body it cannot use,
+# 502 with Lambda's error object when the function's init failed (the instance then exits).
+PATH_SPECIALIZE: Final = "/_/specialize"
+HEADER_SIGNATURE: Final = "X-Kfn-Signature"        # kfn_runtime.specialize.signature of the body
+STATUS_POOL: Final = "pool"                         # /_/ready's status of a pool instance not yet specialised
 
 # Headers on the invoke endpoint. Request: the invocation's id (the gateway's), the caller's
 # client context (base64 JSON, as Lambda's Invoke API takes it), a trace id, and a request for the

@@ -8,10 +8,14 @@ import json
 import time
 
 from kfn_runtime import awslambda, contract
-from kfn_runtime.execution import READY, Invocation, Rejected
+from kfn_runtime.execution import READY, HostConfig, Invocation, Rejected
 from kfn_runtime.host import InstanceHost
 from kfn_runtime.metrics import Metrics, MetricsUnavailable
 from kfn_runtime.wire import BadRequest, Request, RequestParser, response
+
+TYPE_CHECKING = False  # importing typing costs milliseconds on every cold start
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 JSON = ("Content-Type", "application/json")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -21,15 +25,39 @@ def _error(status: int, error_type: str, message: str, *extra: tuple[str, str], 
     return response(status, awslambda.error_payload(error_type, message), [JSON, *extra], close=close)
 
 
-class FrontServer:
-    """Serves one InstanceHost on host:port; `draining` answers new invocations 503."""
+class GenericHost:
+    """What a pool instance serves until it is specialised (`FrontServer.attach`): invocations are
+    rejected as loading; /_/ready says `contract.STATUS_POOL` while it waits, "loading" once its
+    specialisation began."""
 
-    def __init__(self, host: InstanceHost, *, metrics: Metrics | None = None) -> None:
-        self.host = host
-        self.metrics = metrics or Metrics(concurrency=host.config.concurrency, in_flight=lambda: host.in_flight,
-                                          environments=lambda: len(host.environments))
+    def __init__(self, *, max_payload: int) -> None:
+        self.config = HostConfig(function_name="", timeout=0.0, concurrency=0, memory_mb=1, region="",
+                                 max_payload=max_payload)
+        self.state = contract.STATUS_POOL
+        self.in_flight = 0
+        self.environments: list[object] = []
+
+    async def invoke(self, invocation: Invocation) -> Invocation:
+        raise Rejected(contract.REJECTED_LOADING, "the function is loading")
+
+
+class FrontServer:
+    """Serves one InstanceHost on host:port; `draining` answers new invocations 503.
+
+    A pool instance's starts with a `GenericHost` and `specialize` set: `POST contract.PATH_SPECIALIZE`
+    is answered by it (404 without it), and `attach` then puts the function's host in its place."""
+
+    def __init__(self, host: InstanceHost | GenericHost, *, metrics: Metrics | None = None) -> None:
+        self.host: InstanceHost | GenericHost = host
+        self.metrics = metrics or _metrics(host)
+        self.specialize: Callable[[Request], Awaitable[bytes]] | None = None
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
+
+    def attach(self, host: InstanceHost) -> None:
+        """Serve `host` from now on (a pool instance's function), with metrics of its own."""
+        self.host = host
+        self.metrics = _metrics(host)
 
     async def listen(self, address: str, port: int) -> int:
         """Start listening; returns the port (useful with port 0)."""
@@ -93,7 +121,7 @@ class FrontServer:
         if path == contract.PATH_HEALTH:
             return response(200, b'{"status": "ok"}', [JSON])
         if path == contract.PATH_READY:
-            ready = self.host.state == READY
+            ready = self.host.state in (READY, contract.STATUS_POOL)
             return response(200 if ready else 503, json.dumps({"status": self.host.state}).encode(), [JSON])
         try:
             body, content_type = self.metrics.render()
@@ -158,6 +186,11 @@ class _Connection(asyncio.Protocol):
                     answer = await server.invoke(request)
             elif path in (contract.PATH_HEALTH, contract.PATH_READY, contract.PATH_METRICS):
                 answer = server.probe(request)
+            elif path == contract.PATH_SPECIALIZE and server.specialize is not None:
+                if request.method != "POST":
+                    answer = _error(405, "MethodNotAllowed", "specialize with POST", ("Allow", "POST"))
+                else:
+                    answer = await server.specialize(request)
             else:
                 answer = _error(404, "NotFound", f"no such path: {path}")
             closing = not request.keep_alive or (server.host.state != READY and path == contract.PATH_INVOKE)
@@ -169,6 +202,11 @@ class _Connection(asyncio.Protocol):
                 return
             self._answering = False
             self._continue()
+
+
+def _metrics(host: InstanceHost | GenericHost) -> Metrics:
+    return Metrics(concurrency=host.config.concurrency, in_flight=lambda: host.in_flight,
+                   environments=lambda: len(host.environments))
 
 
 def _adjusted(answer: bytes, *, close: bool, head: bool) -> bytes:
