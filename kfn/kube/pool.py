@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 # Idle pods tried per claim: past this many lost races, the Deployment serves the function.
 DEFAULT_CLAIM_ATTEMPTS = 5
-# How long a specialisation (the instance fetching requirements and initialising the function) may take.
-DEFAULT_SPECIALIZE_TIMEOUT = 120.0
+# How long a specialisation (the instance fetching requirements and initialising the function) may take:
+# well within the claim deadline after which the operator reaps a claimed pod (kfn.core.pool).
+DEFAULT_SPECIALIZE_TIMEOUT = 60.0
 # How long closing the claimer may spend undoing the claims it leaves unfinished (deleting their pods,
 # scaling the Deployments instead).
 DEFAULT_UNDO_TIMEOUT = 5.0

@@ -133,14 +133,14 @@ class Controller:
             fn = parse_function(_plain(body))
         except InvalidFunction as e:
             patch.setdefault("status", {}).update(status.invalid_status(body, e))
-            kopf.warn(_body(body), reason=status.REASON_INVALID_SPEC, message=str(e))
+            await self.warn(body, status.REASON_INVALID_SPEC, str(e))
             raise kopf.PermanentError(f"invalid spec: {e}") from None
         try:
             self.config.images.image_for(fn)
         except ValueError as e:
             patch.setdefault("status", {}).update(status.invalid_status(
                 body, InvalidFunction([FieldError("spec.runtime", str(e))])))
-            kopf.warn(_body(body), reason=status.REASON_INVALID_SPEC, message=str(e))
+            await self.warn(body, status.REASON_INVALID_SPEC, str(e))
             raise kopf.PermanentError(str(e)) from None
 
         configmap = builders.build_code_configmap(fn)
@@ -151,7 +151,7 @@ class Controller:
                 prepared = await builds.Builds(self.api, self.config, self._store).prepare(fn, body, log)
                 if prepared.archive is None:
                     # Nothing is touched until the archive exists: the previous spec's pods keep serving.
-                    self._report_build(body, prepared.build, old_build)
+                    await self._report_build(body, prepared.build, old_build)
                     patch.setdefault("status", {}).update(status.build_status(body, prepared.build))
                     return
             if configmap is not None:
@@ -188,14 +188,31 @@ class Controller:
             new_status["build"] = None   # pip in each pod again, or no requirements any more
         patch.setdefault("status", {}).update(new_status)
 
-    @staticmethod
-    def _report_build(body: Mapping[str, Any], build: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+    async def _report_build(self, body: Mapping[str, Any], build: Mapping[str, Any],
+                            old: Mapping[str, Any] | None) -> None:
         """A Warning event when this Function's build of this key has just failed (once per failure)."""
         if build.get("state") != status.BUILD_FAILED:
             return
         if old and old.get("key") == build.get("key") and old.get("state") == status.BUILD_FAILED:
             return
-        kopf.warn(_body(body), reason=status.REASON_BUILD_FAILED, message=build.get("message") or "")
+        await self.warn(body, status.REASON_BUILD_FAILED, build.get("message") or "")
+
+    async def warn(self, fn_body: Mapping[str, Any], reason: str, message: str) -> None:
+        """Post a Warning Event about a Function through the operator's own API client; returns once
+        posted, and a failure is logged, never raised (the status says it too).
+
+        Not `kopf.warn`: that needs the context kopf sets only for its per-object handlers, and the
+        Functions are also reconciled outside them (the recheck of those still Building), where it
+        raises LookupError: the reconcile failed before writing its status, every time."""
+        event = status.warning_event(fn_body, reason=reason, message=message)
+        try:
+            await client.CoreV1Api(self.api).create_namespaced_event(
+                event["metadata"]["namespace"], typed(client.CoreV1Event, event))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an Event is best effort; never fail a reconcile for it
+            logger.warning("could not post the %s event of Function %s: %s", reason,
+                           (fn_body.get("metadata") or {}).get("name"), e)
 
     async def build_ended(self, job: Mapping[str, Any], log: Log, *, deleted: bool = False) -> None:
         """Reconcile the Functions waiting for a build Job that ended or was `deleted` (nothing while it
@@ -420,7 +437,7 @@ class Controller:
             was_failing = any(c.get("type") == status.READY and c.get("reason") == status.REASON_DEPLOYMENT_FAILED
                               for c in conditions)
             if ready["reason"] == status.REASON_DEPLOYMENT_FAILED and not was_failing:
-                kopf.warn(_body(fn_body), reason=status.REASON_DEPLOYMENT_FAILED, message=ready["message"])
+                await self.warn(fn_body, status.REASON_DEPLOYMENT_FAILED, ready["message"])
             return
 
 

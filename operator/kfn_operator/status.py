@@ -165,6 +165,36 @@ def invalid_status(fn_body: Mapping[str, Any], error: InvalidFunction, *, now: s
     return status
 
 
+# An Event's message is cut to this many characters (its start and end kept), as kopf cuts its own.
+EVENT_MESSAGE_LIMIT = 1024
+# Who posts the operator's Events (`kubectl describe` shows it as "From").
+EVENT_SOURCE = "kfn-operator"
+
+
+def warning_event(fn_body: Mapping[str, Any], *, reason: str, message: str, now: str | None = None) -> dict[str, Any]:
+    """A core/v1 Warning Event about the Function `fn_body`, as the operator posts it."""
+    meta = fn_body.get("metadata") or {}
+    if len(message) > EVENT_MESSAGE_LIMIT:
+        half = (EVENT_MESSAGE_LIMIT - 3) // 2
+        message = f"{message[:half]}...{message[-(EVENT_MESSAGE_LIMIT - 3 - half):]}"
+    when = now or now_rfc3339()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"namespace": meta.get("namespace"), "generateName": "kfn-event-"},
+        "involvedObject": {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": naming.KIND,
+                           "namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid")},
+        "type": "Warning",
+        "reason": reason,
+        "message": message,
+        "source": {"component": EVENT_SOURCE},
+        "reportingComponent": EVENT_SOURCE,
+        "firstTimestamp": when,
+        "lastTimestamp": when,
+        "count": 1,
+    }
+
+
 def decision_status(*, replicas: int, reason: str, now: str | None = None) -> dict[str, Any]:
     """The autoscaler's last decision, as written to the Function's status."""
     return {"desiredReplicas": replicas, "lastScaleReason": reason, "lastScaleTime": now or now_rfc3339()}

@@ -11,6 +11,9 @@ from kfn.kube import connect
 from kfn_operator.config import OperatorConfig
 from tests.support import kube
 from tests.support.operator import running_operator
+from tests.support.pools import backend, instance
+
+__all__ = ["backend", "instance"]   # warm pool fixtures (tests/support/pools.py)
 
 
 @pytest.fixture

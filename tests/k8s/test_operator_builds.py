@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kfn.core import naming
-from kfn_operator import builders
+from kfn_operator import builders, builds
 from kfn_operator.config import OperatorConfig
 from kfn_runtime import archive
 from kfn_runtime import build as building
@@ -122,3 +122,29 @@ async def test_functions_with_the_same_requirements_share_one_build(cluster, sto
                        {"conditions": [{"type": "Complete", "status": "True"}]})
     await eventually(lambda: deployment(cluster) and deployment(cluster, "other"), what="both Deployments")
     assert len(build_jobs(cluster)) == 1
+
+
+async def test_a_build_that_fails_before_the_function_names_its_key_is_reported_by_the_recheck(
+        cluster, store, monkeypatch) -> None:
+    # kopf writes a reconcile's status once the reconcile returns: a Job failing before that finds no
+    # Function naming its key, and a finished Job sends no more events. The leader's recheck of the
+    # Functions still Building, which runs outside kopf's handlers, must then report the failure.
+    monkeypatch.setattr(builds, "BUILDING_RECHECK", 0.5)
+    config = OperatorConfig(standalone=True, autoscaler=False, archive_url=store.url, archive_key=SECRET)
+    async with running_operator(config):
+        await create_function(cluster, function_manifest(requirements=["no-such-package-kfn"]))
+        await eventually(lambda: (function_status(cluster).get("build") or {}).get("state") == "Building",
+                         what="Building")
+        (job,) = build_jobs(cluster)
+        await patch_status(cluster, f"/apis/{naming.GROUP}/{naming.VERSION}/namespaces/default/functions/hello/status",
+                           {"build": {"key": "deps-" + "0" * 32, "state": "Building", "job": "kfn-build-elsewhere"}})
+        await patch_status(cluster, f"/apis/batch/v1/namespaces/default/jobs/{job['metadata']['name']}/status", {
+            "failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+        cond = await eventually(lambda: (c := ready_condition(cluster)) and c["reason"] == "BuildFailed" and c,
+                                what="BuildFailed, once the Function is looked at again")
+        events = await eventually(lambda: [e for e in cluster.list_objects(kube.EVENTS, "default")
+                                              if e.get("reason") == "BuildFailed"], what="a Warning event")
+    assert job["metadata"]["name"] in cond["message"]
+    assert function_status(cluster)["build"]["state"] == "Failed"
+    assert len(events) == 1 and events[0]["type"] == "Warning"
+    assert events[0]["involvedObject"]["name"] == "hello"

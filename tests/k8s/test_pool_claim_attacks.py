@@ -8,13 +8,13 @@ from typing import Any
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
-from tests.k8s.test_pool_claims import (
+from tests.support.functions import function_manifest
+from tests.support.kube import DEPLOYMENTS, create_function
+from tests.support.pools import (
     HELLO,
     POD,
     PODS,
-    backend,
     deployment,
-    instance,
     labels,
     new_backend,
     pool_pod,
@@ -23,11 +23,7 @@ from tests.k8s.test_pool_claims import (
     sees_idle_pod,
     setup,
 )
-from tests.support.functions import function_manifest
-from tests.support.kube import DEPLOYMENTS, create_function
 from tests.support.waiting import eventually
-
-__all__ = ["backend", "instance"]   # fixtures shared with test_pool_claims
 
 
 def stale_idle_view(backend: Any) -> Any:

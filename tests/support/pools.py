@@ -1,0 +1,134 @@
+"""A warm pool on the emulated API (tests/support/kube.py): an idle pool pod whose instance is a
+small HTTP server on 127.0.0.1 that records specialisations, and gateways' backends with a claimer
+(kfn.kube.pool). Shared by the k8s tier's pool tests; the fixtures are registered in
+tests/k8s/conftest.py."""
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from kubernetes.aio import client
+
+from kfn.core import naming
+from kfn.core.functions import FunctionRef
+from kfn.kube import Backoff, KubernetesBackend
+from kfn.kube.pool import PoolClaimer
+from kfn_runtime import contract
+from tests.support import kube
+from tests.support.functions import function_manifest
+from tests.support.kube import DEPLOYMENTS, create_function
+from tests.support.ports import free_port
+from tests.support.waiting import eventually
+
+PODS = "v1/pods"
+HELLO = FunctionRef("default", "hello")
+POOL_KEY = b"k" * 32
+POD = "kfn-pool-python3-12-abcde"
+
+
+@dataclass
+class PoolInstance:
+    """A pool instance's HTTP side: answers /_/ready, and /_/specialize with `status`, keeping what it got."""
+
+    port: int
+    status: int = 200
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answer: asyncio.Event = field(default_factory=asyncio.Event)   # cleared: holds its answer
+
+    def __post_init__(self) -> None:
+        self.answer.set()
+
+    async def specialize(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        async with asyncio.timeout(30):
+            await self.answer.wait()
+        return web.json_response({"status": "ready"} if self.status == 200 else {"errorType": "Runtime.Failed"},
+                                 status=self.status)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": contract.STATUS_POOL})
+
+
+@pytest.fixture
+async def instance() -> AsyncIterator[PoolInstance]:
+    found = PoolInstance(port=free_port())
+    app = web.Application()
+    app.router.add_post(contract.PATH_SPECIALIZE, found.specialize)
+    app.router.add_get(contract.PATH_READY, found.ready)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", found.port).start()
+    try:
+        yield found
+    finally:
+        await runner.cleanup()
+
+
+def pool_pod(port: int, name: str = POD) -> dict[str, Any]:
+    labels = {naming.LABEL_COMPONENT: naming.COMPONENT_POOL, naming.LABEL_POOL: "python3.12",
+              naming.LABEL_POOL_STATE: naming.POOL_IDLE, naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {"containers": [{"name": "function", "image": "x",
+                                     "ports": [{"name": "http", "containerPort": port}]}]},
+            "status": {"phase": "Running", "podIP": "127.0.0.1",
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    labels = naming.function_labels(name)
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "function", "image": "x"}]}}}}
+
+
+async def post(cluster: kube.Cluster, path: str, body: dict[str, Any]) -> None:
+    async with cluster.post(path, json=body) as r:
+        assert r.status == 201, await r.text()
+
+
+async def setup(cluster: kube.Cluster, instance: PoolInstance, **spec: Any) -> None:
+    """The function `hello` at zero replicas and one idle pool pod in front of `instance`."""
+    await create_function(cluster, function_manifest(**spec))
+    await post(cluster, "/apis/apps/v1/namespaces/default/deployments", deployment("hello", 0))
+    await post(cluster, "/api/v1/namespaces/default/pods", pool_pod(instance.port))
+
+
+def new_backend(api: client.ApiClient, name: str) -> KubernetesBackend:
+    claimer = functools.partial(PoolClaimer, api, secret=POOL_KEY, region="us-east-1", claimed_by=name,
+                                archive_url=None, archive_secret=None, specialize_timeout=10)
+    return KubernetesBackend(api, backoff=Backoff(initial=0.05, maximum=0.2), pool=claimer)
+
+
+@pytest.fixture
+async def backend(api: client.ApiClient) -> AsyncIterator[KubernetesBackend]:
+    backend = new_backend(api, "gateway-a")
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def sees_idle_pod(backend: KubernetesBackend) -> None:
+    await eventually(lambda: backend._mirror.idle_pool_pods("default", "python3.12"), what="the idle pool pod")
+
+
+def labels(cluster: kube.Cluster, name: str = POD) -> dict[str, str]:
+    return ((cluster.object(PODS, "default", name) or {}).get("metadata") or {}).get("labels") or {}
+
+
+def replicas(cluster: kube.Cluster) -> int:
+    return int((cluster.object(DEPLOYMENTS, "default", "hello") or {})["spec"]["replicas"])
+
+
+def specialized(cluster: kube.Cluster) -> bool:
+    return labels(cluster).get(naming.LABEL_POOL_STATE) == naming.POOL_SPECIALIZED
+
