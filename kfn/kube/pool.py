@@ -22,7 +22,7 @@ import aiohttp
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
-from kfn.core import pool
+from kfn.core import naming, pool
 from kfn.core.aiotasks import stop_tasks
 from kfn.core.functions import Function, FunctionRef
 from kfn.core.instancespec import Archive, archive_url, termination_grace_seconds
@@ -130,7 +130,8 @@ class PoolClaimer:
 
     async def claim(self, fn: Function) -> bool:
         """Claim an idle pool pod for `fn` and start specialising it in the background; True if one
-        was claimed. Returns after at most `claim_attempts` patches. False (the Deployment serves
+        was claimed (or, its claim refused, another gateway had claimed the pod for `fn` first: that pod
+        is the instance asked for). Returns after at most `claim_attempts` patches. False (the Deployment serves
         the function) when a pool cannot serve it, its requirements have no stored archive, no idle
         pod is left, or the API fails (logged)."""
         why = pool.ineligible(fn)
@@ -156,6 +157,12 @@ class PoolClaimer:
             except ApiException as e:
                 if e.status in (404, 409):
                     logger.debug("pool pod %s/%s was taken first (HTTP %s)", pod.namespace, pod.name, e.status)
+                    if e.status == 409 and await self._claimed_for(pod, fn):
+                        # Another gateway's scale from zero of the same function got there first: that
+                        # pod is its instance, and a second one (from the Deployment) is not asked for.
+                        logger.info("pool pod %s/%s was claimed for %s by another gateway", pod.namespace,
+                                    pod.name, fn.name)
+                        return True
                     continue
                 logger.warning("claiming pool pod %s/%s for %s failed: %s", pod.namespace, pod.name, fn.name,
                                describe(e))
@@ -172,6 +179,18 @@ class PoolClaimer:
             task.add_done_callback(functools.partial(self._done, pod.key))
             return True
         return False
+
+    async def _claimed_for(self, pod: PodView, fn: Function) -> bool:
+        """Whether `pod`, which someone else claimed first, was claimed for `fn` (read from the API;
+        False when it cannot be read)."""
+        try:
+            current = await self._core.read_namespaced_pod(pod.name, pod.namespace)
+        except (TimeoutError, ApiException, aiohttp.ClientError, OSError):
+            return False
+        meta = current.metadata
+        labels = (meta.labels or {}) if meta is not None else {}
+        return (meta is not None and meta.deletion_timestamp is None and labels.get(naming.LABEL_FUNCTION) == fn.name
+                and labels.get(naming.LABEL_POOL_STATE) in (naming.POOL_CLAIMED, naming.POOL_SPECIALIZED))
 
     def _done(self, key: tuple[str, str], _: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)

@@ -24,7 +24,9 @@ pods by then, deleted when their function scales down).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,7 +58,8 @@ MAX_REAPS_PER_PASS = 50
 FRESH_CLAIM_SECONDS = 10.0
 # The label selectors of what the loop lists.
 POOL_DEPLOYMENTS = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_COMPONENT}={naming.COMPONENT_POOL}"
-POOLED_PODS = naming.LABEL_POOL_STATE
+# Pods of kfn's only: a tenant's pod that carries a pool-state label is none of the reaper's business.
+POOLED_PODS = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_POOL_STATE}"
 _STATES = frozenset({naming.POOL_IDLE, naming.POOL_CLAIMED, naming.POOL_SPECIALIZED})
 _API_ERRORS = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
 
@@ -124,10 +127,22 @@ def pooled_pod(pod: client.V1Pod) -> pool.PooledPod | None:
 
 
 def _seconds(value: str | None) -> float | None:
+    """A claim time in unix seconds; None when it is not a finite number (nan or inf would keep a
+    claimed pod from ever being old enough to delete)."""
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
+
+
+def _not_after(pod: pool.PooledPod, first_seen: float) -> pool.PooledPod:
+    """`pod` with its claim time no later than when this operator first saw it: a claim time in
+    the future (a gateway's clock ahead, a hand-written annotation) delays its deletion by the
+    claim deadline from then at most, never indefinitely."""
+    if pod.claimed_at is None or pod.claimed_at <= first_seen:
+        return pod
+    return dataclasses.replace(pod, claimed_at=first_seen)
 
 
 def _claimed_for_unseen(pod: pool.PooledPod, expected: Mapping[FunctionRef, str], now: float) -> bool:
@@ -181,6 +196,7 @@ class Pools:
         self._pass_timeout = pass_timeout
         self._max_reaps = max_reaps
         self._replaced: set[tuple[str, str]] = set()   # pods whose Deployment was given a replica for them
+        self._first_seen: dict[tuple[str, str], float] = {}   # pooled pod → when a pass first listed it
 
     async def run(self) -> None:
         """Keep the pools every `config.pool_interval` seconds until cancelled. A pass that fails or
@@ -210,8 +226,11 @@ class Pools:
         errors propagate."""
         deployments = await self._list_deployments()
         functions = self._backend.functions() if self._backend is not None and self._config.pools else []
+        # A Function being deleted (its namespace going, a finalizer holding it) wants no pool: a
+        # create into a namespace being deleted is refused (403 NamespaceTerminating) pass after pass.
+        staying = [fn for fn in functions if not (fn.metadata.model_extra or {}).get("deletionTimestamp")]
         wanted = [self._build(namespace, runtime, size) for (namespace, runtime), size in pool.wanted_pools(
-            functions, size=self._config.pool_size if self._config.pools else 0,
+            staying, size=self._config.pool_size if self._config.pools else 0,
             runtimes=self._config.images.images).items()]
         failed = await self._write(plan_pools(wanted, deployments))
         if not self._config.pools:
@@ -220,6 +239,8 @@ class Pools:
         present = {(p.namespace, p.name) for p in pods}
         self._replaced &= present
         expected, now = expected_hashes(functions, self._store), self._clock()
+        self._first_seen = {key: self._first_seen.get(key, now) for key in present}
+        pods = [_not_after(p, self._first_seen[(p.namespace, p.name)]) for p in pods]
         pods = [p for p in pods if not _claimed_for_unseen(p, expected, now)]
         reaps = pool.reap(pods, expected, now=now)
         for reaped in reaps[:self._max_reaps]:
@@ -328,11 +349,13 @@ class Pools:
                 return
             raise
         current = (scale.spec.replicas if scale.spec is not None else None) or 0
-        # Conditional on the count read, so a concurrent scale is not added to blindly (a Scale at 0
-        # may omit the field, which a test could not match: then unconditional).
+        # Conditional on the count read, so a concurrent scale is not added to blindly. A Scale at 0
+        # omits the field (autoscaling/v1 replicas is omitempty), which a test could not match: then
+        # unconditional. `replace` as everywhere in kfn (kfn.kube.scaling): the API server's JSON
+        # patch replaces a member that is absent too.
         test = [{"op": "test", "path": "/spec/replicas", "value": current}] if current else []
         await apps.patch_namespaced_deployment_scale(ref.name, ref.namespace, [
-            *test, {"op": "add", "path": "/spec/replicas", "value": current + 1}])
+            *test, {"op": "replace", "path": "/spec/replicas", "value": current + 1}])
         logger.info("scaled %s/%s to %d (a pooled pod it had is replaced)", ref.namespace, ref.name, current + 1)
 
 

@@ -6,14 +6,19 @@ import asyncio
 import json
 
 from kfn.core import naming
+from kfn.core.functions import FunctionRef
 from kfn_runtime import contract, specialize
+from tests.support.functions import function_manifest
+from tests.support.kube import DEPLOYMENTS, create_function
 from tests.support.pools import (
     HELLO,
     POD,
     PODS,
     POOL_KEY,
+    deployment,
     labels,
     new_backend,
+    post,
     replicas,
     sees_idle_pod,
     setup,
@@ -73,7 +78,7 @@ async def test_a_second_instance_comes_from_the_deployment(cluster, backend, ins
     assert backend.desired(HELLO) == 2
 
 
-async def test_of_two_gateways_racing_for_one_idle_pod_one_claims_it_and_the_other_scales_the_deployment(
+async def test_two_gateways_starting_one_function_from_zero_at_once_give_it_one_instance(
         cluster, api, backend, instance) -> None:
     other = new_backend(api, "gateway-b")
     await other.start()
@@ -86,7 +91,28 @@ async def test_of_two_gateways_racing_for_one_idle_pod_one_claims_it_and_the_oth
         assert len(instance.received) == 1
         claimed_by = cluster.object(PODS, "default", POD)["metadata"]["annotations"][naming.ANNOTATION_CLAIMED_BY]
         assert claimed_by in ("gateway-a", "gateway-b")
-        assert replicas(cluster) == 1
+        assert replicas(cluster) == 0   # the loser found the pod claimed for the same function
+    finally:
+        await other.close()
+
+
+async def test_of_two_functions_racing_for_one_idle_pod_the_other_takes_the_deployment_path(
+        cluster, api, backend, instance) -> None:
+    other = new_backend(api, "gateway-b")
+    await other.start()
+    try:
+        await setup(cluster, instance)
+        await create_function(cluster, function_manifest("second"))
+        await post(cluster, "/apis/apps/v1/namespaces/default/deployments", deployment("second", 0))
+        await sees_idle_pod(backend)
+        await sees_idle_pod(other)
+        await eventually(lambda: other.function(FunctionRef("default", "second")), what="gateway-b knows second")
+        await asyncio.gather(backend.scale(HELLO, 1), other.scale(FunctionRef("default", "second"), 1))
+        await eventually(lambda: specialized(cluster), what="the pod specialised")
+        winner = labels(cluster)[naming.LABEL_FUNCTION]
+        loser = "second" if winner == "hello" else "hello"
+        assert int(cluster.object(DEPLOYMENTS, "default", loser)["spec"]["replicas"]) == 1
+        assert int(cluster.object(DEPLOYMENTS, "default", winner)["spec"]["replicas"]) == 0
     finally:
         await other.close()
 
