@@ -71,6 +71,12 @@ class ReadinessProbes:
 
     def saw(self, pod: PodView, *, deleted: bool = False) -> None:
         """Take in the latest state of a pod (listed, changed or `deleted`); probe it if it is new."""
+        if pod.function is None:
+            # A warm pool's pod: what the kubelet says of it now says nothing of it once it is a
+            # function's (specialised, it is probed like a new pod).
+            self._probed.discard(pod.key)
+            self._kubelet_ready.discard(pod.key)
+            return
         if deleted or pod.terminating or pod.ready:
             # Once the kubelet has a word on readiness it is the word: a pod it marks not ready
             # again (draining, overloaded) leaves rotation though a probe once found it ready.

@@ -1,6 +1,7 @@
 """Warm pools: a function at zero starts in a generic pool pod of its namespace, specialised on
-demand; the pool refills; the faults of issue 17 (racing gateways, a pod killed mid-specialisation,
-a burst of cold starts larger than the pool, the operator restarted with claims in flight).
+demand; the pool refills; the faults of issue 17 (racing gateways, a pod killed mid-specialisation, a burst
+of cold starts larger than the pool, the operator restarted with claims in flight, the archive store
+unreachable at specialisation).
 
 The cluster-wide release runs the chart's default pool (pool.size 1 per runtime and namespace).
 Each test has a namespace of its own, so it knows its pool.
@@ -172,3 +173,35 @@ def test_the_operator_restarted_with_claims_in_flight_leaves_no_pod_claimed_by_n
                                                                                release.selector("operator")),
                         timeout=60)
     _ready_pool(pool_ns)
+
+
+USES_SIX = """
+import six
+
+
+def handler(event, context):
+    return {"six": six.__version__, "function": context.function_name}
+"""
+
+
+def test_with_the_archive_store_unreachable_at_specialisation_the_request_waits_and_is_served_once_it_is_back(
+        release: Release, pool_ns: str) -> None:
+    release.deploy(platform.function("pooled-six", USES_SIX, requirements=["six"]), pool_ns, timeout=120)
+    _ready_pool(pool_ns)
+    nats_ready = lambda: (platform.get("statefulset", release.nats, namespace=release.namespace)  # noqa: E731
+                          or {}).get("status", {}).get("readyReplicas") == 1
+    platform.kubectl("scale", "statefulset", release.nats, "--replicas=0", namespace=release.namespace)
+    try:
+        platform.wait_until("no NATS pod", lambda: not platform.get("pod", f"{release.nats}-0",
+                                                                    namespace=release.namespace), timeout=60)
+        waiting = platform.get_in_background(release.url("pooled-six", pool_ns), timeout=110)
+        platform.wait_until("a pool pod claimed while the store is down", lambda: platform.pool_pods(
+            pool_ns, "claimed"), timeout=30, interval=0.05)
+        time.sleep(1)   # its instance is fetching from a store that does not answer
+    finally:
+        platform.kubectl("scale", "statefulset", release.nats, "--replicas=1", namespace=release.namespace)
+    platform.wait_until("NATS ready again", nats_ready, timeout=90)
+    answer = waiting.result(timeout=120)
+    assert answer.status == 200, answer.text
+    assert answer.json()["function"] == "pooled-six" and "six" in answer.json()
+    platform.wait_until("no pod left claimed", lambda: not platform.pool_pods(pool_ns, "claimed"), timeout=60)

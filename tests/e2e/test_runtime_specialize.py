@@ -2,10 +2,12 @@
 answers its probes "pool", and becomes the function one signed POST /_/specialize names."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -352,3 +354,29 @@ def test_a_specialise_request_pipelined_between_probes_is_answered_in_order(pool
     unsigned = (f"POST {contract.PATH_SPECIALIZE} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
                 .encode() + body)
     assert raw_exchange(pool, ready + unsigned + ready, 3) == [200, 401, 200]
+
+
+SLOW_IMPORT = """
+import time
+
+time.sleep(1.5)
+
+
+def handler(event, context):
+    return {"ok": True}
+"""
+
+
+def test_a_pool_instance_stays_ready_to_the_kubelet_while_it_is_specialised(pool: RuntimeProcess) -> None:
+    # Nothing routes to it until the platform makes it the function's, after the answer: a readiness
+    # the kubelet saw fail meanwhile would keep the new instance out of rotation for a probe period.
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        specialising = executor.submit(specialise, pool, body_of(files={"main.py": SLOW_IMPORT}))
+        answers = []
+        while not specialising.done() and len(answers) < 1000:
+            status, _, body = pool.request("GET", contract.PATH_READY)
+            answers.append((status, json.loads(body)["status"]))
+            time.sleep(0.005)
+        assert specialising.result()[0] == 200
+    assert "loading" in {state for _, state in answers}, answers[:5]
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:5]

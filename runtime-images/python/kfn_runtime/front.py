@@ -8,7 +8,7 @@ import json
 import time
 
 from kfn_runtime import awslambda, contract
-from kfn_runtime.execution import READY, HostConfig, Invocation, Rejected
+from kfn_runtime.execution import LOADING, READY, HostConfig, Invocation, Rejected
 from kfn_runtime.host import InstanceHost
 from kfn_runtime.metrics import Metrics, MetricsUnavailable
 from kfn_runtime.wire import BadRequest, Request, RequestParser, response
@@ -121,7 +121,11 @@ class FrontServer:
         if path == contract.PATH_HEALTH:
             return response(200, b'{"status": "ok"}', [JSON])
         if path == contract.PATH_READY:
-            ready = self.host.state in (READY, contract.STATUS_POOL)
+            # A pool instance stays ready to the kubelet while it is specialised: nothing routes to it
+            # until the platform, answered, makes it the function's; a readiness the kubelet flipped
+            # off meanwhile would keep it out of rotation up to a probe period after that.
+            ready = self.host.state in (READY, contract.STATUS_POOL) or (
+                self.specialize is not None and self.host.state == LOADING)
             return response(200 if ready else 503, json.dumps({"status": self.host.state}).encode(), [JSON])
         try:
             body, content_type = self.metrics.render()
