@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,7 +147,9 @@ class PoolClaimer:
                 return False
         candidates = [pod for pod in self._mirror.idle_pool_pods(fn.namespace, fn.spec.runtime)
                       if pod.key not in self._claims and pod.resource_version and pod.uid]
-        random.shuffle(candidates)
+        # Rendezvous order: gateways starting the same function try the same pod first (the loser
+        # finds it claimed for that function: one instance, not two), other functions other pods.
+        candidates.sort(key=lambda pod: hashlib.sha256(f"{fn.namespace}/{fn.name}/{pod.name}".encode()).digest())
         for pod in candidates[:self._claim_attempts]:
             assert pod.resource_version is not None
             patch = pool.claim_patch(fn, resource_version=pod.resource_version, claimed_by=self._claimed_by,

@@ -18,6 +18,7 @@ from tests.support.pools import (
     deployment,
     labels,
     new_backend,
+    pool_pod,
     post,
     replicas,
     sees_idle_pod,
@@ -171,3 +172,32 @@ async def test_an_idle_pool_pod_is_no_instance_of_anything(cluster, backend, ins
     assert backend.desired(HELLO) == 0
     assert backend.problem(HELLO) is None
     assert all(pod.function is None for pod in backend._mirror.pods.values())
+
+
+async def test_two_gateways_starting_one_function_with_two_idle_pods_claim_the_same_one(
+        cluster, api, backend, instance) -> None:
+    other = new_backend(api, "gateway-b")
+    await other.start()
+    try:
+        for round_ in range(4):   # with a random choice of pod, each round would pick two pods half the time
+            name = f"fn{round_}"
+            await create_function(cluster, function_manifest(name))
+            await post(cluster, "/apis/apps/v1/namespaces/default/deployments", deployment(name, 0))
+            pods = [f"kfn-pool-python3-12-r{round_}{side}" for side in "ab"]
+            for pod in pods:
+                await post(cluster, "/api/v1/namespaces/default/pods", pool_pod(instance.port, pod))
+            ref = FunctionRef("default", name)
+            for gateway in (backend, other):
+                await eventually(lambda gateway=gateway, ref=ref: len(gateway._mirror.idle_pool_pods(
+                    "default", "python3.12")) == 2 and gateway.function(ref), what="two idle pods seen")
+            await asyncio.gather(backend.scale(ref, 1), other.scale(ref, 1))
+            await eventually(lambda pods=pods: any(labels(cluster, p).get(naming.LABEL_POOL_STATE)
+                                                   == naming.POOL_SPECIALIZED for p in pods), what="one specialised")
+            states = sorted(labels(cluster, p)[naming.LABEL_POOL_STATE] for p in pods)
+            assert states == [naming.POOL_IDLE, naming.POOL_SPECIALIZED], (round_, states)
+            assert int(cluster.object(DEPLOYMENTS, "default", name)["spec"]["replicas"]) == 0
+            for pod in pods:   # out of the next round's way
+                async with cluster.delete(f"/api/v1/namespaces/default/pods/{pod}") as r:
+                    assert r.status == 200, await r.text()
+    finally:
+        await other.close()
