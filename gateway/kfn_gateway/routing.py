@@ -180,6 +180,10 @@ class Route:
                 if problem:
                     # A start failed while requests waited for it: tell them now, not at their timeout.
                     self._fail_waiters(StartFailed.of(self.ref, problem))
+                else:
+                    # The instance asked for may be gone before it served (a warm pool's pod claimed
+                    # and deleted, its fallback failing too): asked for again if nothing is desired.
+                    self._maybe_cold_start(self._waiters[0])
         ready = {instance.id for instance in self._instances}
         return [instance for instance in before if instance.id not in ready]
 

@@ -477,6 +477,11 @@ class FakeBackend:
         self._ready.setdefault(instance.function, []).append(instance)
         self._notify(instance.function)
 
+    def lose_desired(self, name: str | FunctionRef) -> None:
+        """Tell the listeners that the function's desired count changed (a test set `replicas`): as
+        a backend does when an instance it counted is gone before it was ready."""
+        self._notify(ref(name))
+
     def _notify(self, key: FunctionRef) -> None:
         for listener in self._listeners:
             listener(key)

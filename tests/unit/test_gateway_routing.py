@@ -244,6 +244,21 @@ async def test_a_scale_from_zero_the_backend_lost_is_asked_again_while_requests_
     assert [call.replicas for call in backend.scale_calls] == [1, 1, 1]
 
 
+async def test_an_instance_asked_for_and_lost_while_requests_wait_is_asked_for_again() -> None:
+    # A warm pool's pod claimed for the function and deleted before it served, its fallback
+    # failing too: the backend desires nothing again, and the waiting request must not just time out.
+    backend = FakeBackend(make_function("hello"), start_on_scale=False)
+    async with backend, running_gateway(backend, settings=GatewaySettings(queue_timeout=60)) as gw:
+        task = asyncio.create_task(gw.json("GET", "/function/hello"))
+        await eventually(lambda: len(backend.scale_calls) == 1, what="the cold start")
+        backend.replicas[ref("hello")] = 0
+        backend.lose_desired(ref("hello"))
+        await eventually(lambda: len(backend.scale_calls) == 2, what="the cold start asked again")
+        await backend.add_instance("hello")
+        assert (await task)[0] == 200
+    assert [(c.replicas, c.reason) for c in backend.scale_calls] == [(1, "cold start"), (1, "cold start")]
+
+
 async def test_an_unknown_function_is_404_json() -> None:
     backend = FakeBackend(make_function("hello"))
     async with backend, running_gateway(backend) as gw:
