@@ -3,36 +3,15 @@ server: a Deployment of the pool's name that is not kfn's, claim times from a wr
 Function being deleted, a scale patch that must match what the rest of kfn sends."""
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
 from kubernetes.aio import client
 
 from kfn.core import naming, pool
-from kfn.core.functions import Function, FunctionRef
 from kfn_operator import builders
-from kfn_operator.config import OperatorConfig
-from kfn_operator.pools import Pools
 from tests.support import kube
 from tests.support.functions import make_function
-
-POOL_KEY = b"p" * 32
-POOL = pool.deployment_name("python3.12")
-PODS = "v1/pods"
-
-
-class Functions:
-    """The Functions an operator's backend would mirror, as the test sets them."""
-
-    def __init__(self, *functions: Function) -> None:
-        self.items = list(functions)
-
-    def functions(self) -> list[Function]:
-        return list(self.items)
-
-    def function(self, ref: FunctionRef) -> Function | None:
-        return next((fn for fn in self.items if fn.ref == ref), None)
+from tests.support.pools import PODS, POOL, Functions, pooled_pod, pools, post
 
 
 class Clock:
@@ -43,26 +22,8 @@ class Clock:
         return self.now
 
 
-def pools(api: client.ApiClient, functions: Functions, *, clock: Clock | None = None) -> Pools:
-    synced = asyncio.Event()
-    synced.set()
-    return Pools(api, OperatorConfig(pool_size=1, pool_key=POOL_KEY, pool_interval=5.0), functions, synced=synced,
-                 clock=clock or time.time)
-
-
-async def create(cluster: kube.Cluster, path: str, body: dict[str, Any]) -> None:
-    async with cluster.post(path, json=body) as r:
-        assert r.status == 201, await r.text()
-
-
 async def claimed_pod(cluster: kube.Cluster, name: str, claimed_at: str) -> None:
-    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_POOL: "python3.12",
-              naming.LABEL_POOL_STATE: naming.POOL_CLAIMED, naming.LABEL_FUNCTION: "hello",
-              naming.LABEL_COMPONENT: naming.COMPONENT_POOL}
-    await create(cluster, "/api/v1/namespaces/a/pods", {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": labels, "annotations": {naming.ANNOTATION_CLAIMED_AT: claimed_at}},
-        "spec": {"containers": [{"name": builders.CONTAINER_NAME, "image": "x"}]}})
+    await pooled_pod(cluster, name, naming.POOL_CLAIMED, annotations={naming.ANNOTATION_CLAIMED_AT: claimed_at})
 
 
 def writes_to(cluster: kube.Cluster, plural: str, name: str) -> list[str]:
@@ -77,7 +38,7 @@ async def test_a_tenants_deployment_of_the_pools_name_is_never_written_to(api: c
                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "mine"}},
                         "template": {"metadata": {"labels": {"app": "mine"}},
                                      "spec": {"containers": [{"name": "c", "image": "mine:1"}]}}}}
-    await create(cluster, "/apis/apps/v1/namespaces/a/deployments", tenants)
+    await post(cluster, "/apis/apps/v1/namespaces/a/deployments", tenants)
     before = cluster.object(kube.DEPLOYMENTS, "a", POOL)
     keeper = pools(api, Functions(make_function(namespace="a")))
     for _ in range(2):
@@ -88,7 +49,7 @@ async def test_a_tenants_deployment_of_the_pools_name_is_never_written_to(api: c
 
 async def test_a_tenants_pod_with_a_pool_state_label_is_not_reaped(api: client.ApiClient,
                                                                    cluster: kube.Cluster) -> None:
-    await create(cluster, "/api/v1/namespaces/a/pods", {
+    await post(cluster, "/api/v1/namespaces/a/pods", {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "mine", "labels": {naming.LABEL_POOL_STATE: naming.POOL_CLAIMED,
                                                 naming.LABEL_FUNCTION: "nobody"}},
@@ -137,15 +98,9 @@ async def test_a_function_being_deleted_wants_no_pool(api: client.ApiClient, clu
 async def test_a_served_pod_is_replaced_with_the_scale_patch_the_rest_of_kfn_sends(api: client.ApiClient,
                                                                                   cluster: kube.Cluster) -> None:
     fn = make_function(namespace="a")
-    await create(cluster, "/apis/apps/v1/namespaces/a/deployments",
-                 builders.build_deployment(fn, images=builders.RuntimeImages(), region="us-east-1", replicas=0))
-    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_POOL: "python3.12",
-              naming.LABEL_POOL_STATE: naming.POOL_SPECIALIZED, naming.LABEL_FUNCTION: "hello",
-              naming.LABEL_COMPONENT: naming.COMPONENT_FUNCTION}
-    await create(cluster, "/api/v1/namespaces/a/pods", {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "old", "labels": labels, "annotations": {naming.ANNOTATION_SPECIALIZED_HASH: "0"}},
-        "spec": {"containers": [{"name": builders.CONTAINER_NAME, "image": "x"}]}})
+    await post(cluster, "/apis/apps/v1/namespaces/a/deployments",
+               builders.build_deployment(fn, images=builders.RuntimeImages(), region="us-east-1", replicas=0))
+    await pooled_pod(cluster, "old", naming.POOL_SPECIALIZED, annotations={naming.ANNOTATION_SPECIALIZED_HASH: "0"})
     await pools(api, Functions(fn)).reconcile()
     (patch,) = [r.data for r in cluster.served if r.method == "PATCH" and r.subresource == "scale"]
     assert patch == [{"op": "replace", "path": "/spec/replicas", "value": 1}]

@@ -13,58 +13,16 @@ import pytest
 from kubernetes.aio import client
 
 from kfn.core import naming, pool
-from kfn.core.functions import Function, FunctionRef
 from kfn.core.instancespec import termination_grace_seconds
 from kfn_operator import builders
 from kfn_operator.config import OperatorConfig
-from kfn_operator.pools import Pools
 from kfn_runtime import contract, specialize
 from tests.support import kube
 from tests.support.functions import function_manifest, make_function
 from tests.support.kube import create_function
 from tests.support.operator import running_operator
+from tests.support.pools import PODS, POOL, POOL_KEY, Functions, pooled_pod, pools, post
 from tests.support.waiting import eventually
-
-POOL_KEY = b"p" * 32
-POOL = pool.deployment_name("python3.12")
-PODS = "v1/pods"
-
-
-class Functions:
-    """The Functions an operator's backend would mirror, as the test sets them."""
-
-    def __init__(self, *functions: Function) -> None:
-        self.items = list(functions)
-
-    def functions(self) -> list[Function]:
-        return list(self.items)
-
-    def function(self, ref: FunctionRef) -> Function | None:
-        return next((fn for fn in self.items if fn.ref == ref), None)
-
-
-def pools(api: client.ApiClient, functions: Functions, *, size: int = 1, key: bytes | None = POOL_KEY,
-          interval: float = 5.0) -> Pools:
-    synced = asyncio.Event()
-    synced.set()
-    return Pools(api, OperatorConfig(pool_size=size, pool_key=key, pool_interval=interval), functions, synced=synced)
-
-
-async def create(cluster: kube.Cluster, path: str, body: dict[str, Any]) -> None:
-    async with cluster.post(path, json=body) as r:
-        assert r.status == 201, await r.text()
-
-
-async def pooled_pod(cluster: kube.Cluster, name: str, state: str, *, function: str = "hello",
-                     annotations: dict[str, str] | None = None) -> None:
-    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_POOL: "python3.12",
-              naming.LABEL_POOL_STATE: state, naming.LABEL_FUNCTION: function,
-              naming.LABEL_COMPONENT: naming.COMPONENT_FUNCTION if state == naming.POOL_SPECIALIZED
-              else naming.COMPONENT_POOL}
-    await create(cluster, "/api/v1/namespaces/a/pods", {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
-        "spec": {"containers": [{"name": builders.CONTAINER_NAME, "image": "x"}]}})
 
 
 def pool_deployments(cluster: kube.Cluster, namespace: str | None = None) -> list[dict[str, Any]]:
@@ -115,7 +73,7 @@ async def test_an_outdated_pool_deployment_is_brought_to_the_operators_spec(api:
                                             key=specialize.namespace_key(POOL_KEY, "a"))
     old = {**wanted, "metadata": {**wanted["metadata"], "annotations": {naming.ANNOTATION_SPEC_HASH: "old"}},
            "spec": {**wanted["spec"], "replicas": 4}}
-    await create(cluster, "/apis/apps/v1/namespaces/a/deployments", old)
+    await post(cluster, "/apis/apps/v1/namespaces/a/deployments", old)
     await pools(api, Functions(make_function(namespace="a"))).reconcile()
     (deployment,) = pool_deployments(cluster, "a")
     assert builders.pool_hash(deployment) == builders.pool_hash(wanted)
@@ -155,8 +113,8 @@ async def test_a_pod_claimed_long_ago_and_never_specialised_is_deleted(api: clie
 async def test_a_specialised_pod_of_an_older_spec_is_replaced_by_a_replica_then_deleted(api: client.ApiClient,
                                                                                         cluster: kube.Cluster) -> None:
     fn = make_function(namespace="a")
-    await create(cluster, "/apis/apps/v1/namespaces/a/deployments",
-                 builders.build_deployment(fn, images=builders.RuntimeImages(), region="us-east-1", replicas=1))
+    await post(cluster, "/apis/apps/v1/namespaces/a/deployments",
+               builders.build_deployment(fn, images=builders.RuntimeImages(), region="us-east-1", replicas=1))
     await pooled_pod(cluster, "old", naming.POOL_SPECIALIZED, annotations={naming.ANNOTATION_SPECIALIZED_HASH: "0"})
     current = pool.specialized_hash(fn, None)
     await pooled_pod(cluster, "new", naming.POOL_SPECIALIZED, annotations={naming.ANNOTATION_SPECIALIZED_HASH: current})

@@ -1,12 +1,14 @@
-"""A warm pool on the emulated API (tests/support/kube.py): an idle pool pod whose instance is a
-small HTTP server on 127.0.0.1 that records specialisations, and gateways' backends with a claimer
-(kfn.kube.pool). Shared by the k8s tier's pool tests; the fixtures are registered in
-tests/k8s/conftest.py."""
+"""A warm pool on the emulated API (tests/support/kube.py). Gateway side: an idle pool pod whose
+instance is a small HTTP server on 127.0.0.1 that records specialisations, and gateways' backends
+with a claimer (kfn.kube.pool). Operator side: the pool keeper (kfn_operator.pools) over Functions
+the test sets, and pooled pods in namespace "a". Shared by the k8s tier's pool tests; the fixtures
+are registered in tests/k8s/conftest.py."""
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,10 +16,13 @@ import pytest
 from aiohttp import web
 from kubernetes.aio import client
 
-from kfn.core import naming
-from kfn.core.functions import FunctionRef
+from kfn.core import naming, pool
+from kfn.core.functions import Function, FunctionRef
 from kfn.kube import Backoff, KubernetesBackend
 from kfn.kube.pool import PoolClaimer
+from kfn_operator import builders
+from kfn_operator.config import OperatorConfig
+from kfn_operator.pools import Pools
 from kfn_runtime import contract
 from tests.support import kube
 from tests.support.functions import function_manifest
@@ -27,8 +32,9 @@ from tests.support.waiting import eventually
 
 PODS = "v1/pods"
 HELLO = FunctionRef("default", "hello")
-POOL_KEY = b"k" * 32
+POOL_KEY = b"k" * 32   # the platform's pool secret, which gateways sign with and the operator hands out
 POD = "kfn-pool-python3-12-abcde"
+POOL = pool.deployment_name("python3.12")
 
 
 @dataclass
@@ -132,3 +138,39 @@ def replicas(cluster: kube.Cluster) -> int:
 def specialized(cluster: kube.Cluster) -> bool:
     return labels(cluster).get(naming.LABEL_POOL_STATE) == naming.POOL_SPECIALIZED
 
+
+# -- operator side --------------------------------------------------------------------------------
+
+class Functions:
+    """The Functions an operator's backend would mirror, as the test sets them."""
+
+    def __init__(self, *functions: Function) -> None:
+        self.items = list(functions)
+
+    def functions(self) -> list[Function]:
+        return list(self.items)
+
+    def function(self, ref: FunctionRef) -> Function | None:
+        return next((fn for fn in self.items if fn.ref == ref), None)
+
+
+def pools(api: client.ApiClient, functions: Functions, *, size: int = 1, key: bytes | None = POOL_KEY,
+          interval: float = 5.0, clock: Callable[[], float] = time.time) -> Pools:
+    """An operator's pool keeper over `functions`, its Functions already synced."""
+    synced = asyncio.Event()
+    synced.set()
+    return Pools(api, OperatorConfig(pool_size=size, pool_key=key, pool_interval=interval), functions, synced=synced,
+                 clock=clock)
+
+
+async def pooled_pod(cluster: kube.Cluster, name: str, state: str, *, function: str = "hello",
+                     annotations: dict[str, str] | None = None) -> None:
+    """A pod of the python3.12 pool in namespace "a", in pool state `state`, for `function`."""
+    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_POOL: "python3.12",
+              naming.LABEL_POOL_STATE: state, naming.LABEL_FUNCTION: function,
+              naming.LABEL_COMPONENT: naming.COMPONENT_FUNCTION if state == naming.POOL_SPECIALIZED
+              else naming.COMPONENT_POOL}
+    await post(cluster, "/api/v1/namespaces/a/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
+        "spec": {"containers": [{"name": builders.CONTAINER_NAME, "image": "x"}]}})

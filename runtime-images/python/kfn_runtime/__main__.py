@@ -171,16 +171,32 @@ async def _serve(config: Config, output: BatchedLines, requirements: Requirement
         if not fetching.result():
             front.close()
             return contract.EXIT_LOAD_FAILED
+    initialised = await _initialise(host, config, stopping, output, termination_log)
+    if initialised is not True:
+        front.close()
+        return contract.EXIT_LOAD_FAILED if isinstance(initialised, InitFailed) else contract.EXIT_OK
+    log("ready", port=port, function=config.function_name, runtime=running,
+        startupMs=round((time.monotonic() - started) * 1000, 1))
+    return await _until_stopped(host, front, config, stop, log)
+
+
+async def _initialise(host: InstanceHost, config: Config, stopping: asyncio.Task[Any], output: BatchedLines,
+                      termination_log: str) -> InitFailed | bool:
+    """Start `host`'s init and wait for it or for `stopping`, whichever ends first; runs as long as
+    the init (at most its timeout). True once the host is ready. False when `stopping` ended first:
+    the init is cancelled and the host closed. The InitFailed when the init failed: its error (and
+    Lambda's error object) is printed, left as the termination message, and the host closed."""
+    from kfn_runtime.execution import InitFailed
+
     # A Lambda image's first environment starts in the image's own container, which may still be
     # pulling: its init is given that long too.
-    init = loop.create_task(host.start(timeout=max(config.init_timeout, IMAGE_START_TIMEOUT)
-                                       if config.runtime == contract.RUNTIME_IMAGE else None))
+    init = asyncio.get_running_loop().create_task(host.start(
+        timeout=max(config.init_timeout, IMAGE_START_TIMEOUT) if config.runtime == contract.RUNTIME_IMAGE else None))
     done, _ = await asyncio.wait({init, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if init not in done:
         init.cancel()
         await host.close()
-        front.close()
-        return contract.EXIT_OK
+        return False
     try:
         init.result()
     except InitFailed as e:
@@ -190,11 +206,8 @@ async def _serve(config: Config, output: BatchedLines, requirements: Requirement
         sys.stderr.flush()
         write_termination_message(e, termination_log)
         await host.close()
-        front.close()
-        return contract.EXIT_LOAD_FAILED
-    log("ready", port=port, function=config.function_name, runtime=running,
-        startupMs=round((time.monotonic() - started) * 1000, 1))
-    return await _until_stopped(host, front, config, stop, log)
+        return e
+    return True
 
 
 async def _until_stopped(host: InstanceHost, front: FrontServer, config: Config, stop: asyncio.Event,
@@ -405,24 +418,12 @@ async def _start_specialised(config: Config, front: FrontServer, output: Batched
 
     host = build_host(config, log=environment_output)
     front.attach(host)
-    init = asyncio.get_running_loop().create_task(host.start(
-        timeout=max(config.init_timeout, IMAGE_START_TIMEOUT) if config.runtime == contract.RUNTIME_IMAGE else None))
-    done, _ = await asyncio.wait({init, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if init not in done:
-        init.cancel()
-        await host.close()
-        return await _pool_exit(front, reply, _stopping_answer(), contract.EXIT_OK, log)
-    try:
-        init.result()
-    except InitFailed as e:
-        output.flush()
-        sys.stderr.write(f"kfn-runtime: cannot initialise {config.handler or config.command}: {e}\n")
-        sys.stderr.write(e.payload.decode(errors="replace") + "\n")
-        sys.stderr.flush()
-        write_termination_message(e, termination_log)
-        await host.close()
-        failed = response(502, e.payload, [("Content-Type", "application/json")])
+    initialised = await _initialise(host, config, stopping, output, termination_log)
+    if isinstance(initialised, InitFailed):
+        failed = response(502, initialised.payload, [("Content-Type", "application/json")])
         return await _pool_exit(front, reply, failed, contract.EXIT_LOAD_FAILED, log)
+    if not initialised:
+        return await _pool_exit(front, reply, _stopping_answer(), contract.EXIT_OK, log)
     ms = round((time.monotonic() - started) * 1000, 1)
     reply.give(response(200, json.dumps({"status": "ready", "startupMs": ms}).encode(),
                         [("Content-Type", "application/json")]))
