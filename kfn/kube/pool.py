@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
