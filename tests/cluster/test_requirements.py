@@ -37,14 +37,26 @@ def test_chart_gives_the_operator_the_package_index(release: Release, index_url:
     assert "KFN_PIP_EXTRA_INDEX_URL" not in env and "KFN_PIP_FIND_LINKS" not in env  # empty lists: not set
 
 
+def stored_build_status(name: str, namespace: str) -> dict[str, Any]:
+    """The Function once its status names its stored build. Ready may come first, from the
+    Deployment's own status (scaled to zero), and status.build with the operator's write a moment
+    later: they are separate writes."""
+    def stored() -> dict[str, Any] | None:
+        found = platform.get("function", name, namespace=namespace)
+        build = (found or {}).get("status", {}).get("build") or {}
+        return found if build.get("state") == "Stored" else None
+
+    return platform.wait_until(f"{name}'s status naming its stored build", stored, timeout=30)
+
+
 @pytest.fixture(scope="module")
 def built_six(release: Release, fn_ns: str) -> Iterator[dict[str, Any]]:
     """`uses-six`, deployed and built: the Function as it is once Ready (its archive stored)."""
     name = "uses-six"
     started = time.monotonic()
-    fn = release.deploy(platform.function(name, USES_SIX, requirements=["six"]), fn_ns, timeout=BUILD_TIMEOUT)
+    release.deploy(platform.function(name, USES_SIX, requirements=["six"]), fn_ns, timeout=BUILD_TIMEOUT)
     platform.record("requirements (six) built: apply → Ready, the archive stored", time.monotonic() - started, "s")
-    yield fn
+    yield stored_build_status(name, fn_ns)
     platform.kubectl("delete", "function", name, "--ignore-not-found", "--wait=false", namespace=fn_ns, check=False)
 
 
@@ -81,7 +93,8 @@ def test_pods_fetch_the_archive_and_never_run_pip(release: Release, built_six: d
 def test_a_second_function_with_the_same_requirements_reuses_the_archive(
         release: Release, built_six: dict[str, Any], fn_ns: str, deployed: list[str]) -> None:
     deployed.append("uses-six-too")
-    fn = release.deploy(platform.function("uses-six-too", USES_SIX, requirements=["six"]), fn_ns)
+    release.deploy(platform.function("uses-six-too", USES_SIX, requirements=["six"]), fn_ns)
+    fn = stored_build_status("uses-six-too", fn_ns)
     key = built_six["status"]["build"]["key"]
     assert fn["status"]["build"]["key"] == key
     assert fn["status"]["build"]["digest"] == built_six["status"]["build"]["digest"]
