@@ -361,6 +361,22 @@ def _probes() -> Manifest:
     }
 
 
+def _instance_container(image: str, *, images: RuntimeImages, env: list[Manifest],
+                        resources: Mapping[str, Any]) -> Manifest:
+    """What every instance's container has, a Deployment's or a pool's: the runtime image on its
+    port, its env and resources, the probes, the hardened security context (callers add mounts)."""
+    return {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": images.pull_policy,
+        "ports": [{"name": PORT_NAME, "containerPort": naming.RUNTIME_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": resources,
+        **_probes(),
+        "securityContext": _container_security(),
+    }
+
+
 def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings = PipSettings(),
                        region: str, archive: Archive | None = None) -> Manifest:
     """The pods of `fn`'s Deployment. With `archive`, the instance fetches the requirements built once
@@ -391,15 +407,9 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
     if archive is not None:
         env += [{"name": k, "value": v} for k, v in archive_env(archive).items()]
     container: Manifest = {
-        "name": CONTAINER_NAME,
-        "image": image,
-        "imagePullPolicy": images.pull_policy,
-        "ports": [{"name": PORT_NAME, "containerPort": naming.RUNTIME_PORT, "protocol": "TCP"}],
-        "env": env,
-        "resources": (HOST_RESOURCES if fn.spec.image else
-                      {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)}),
-        **_probes(),
-        "securityContext": _container_security(),
+        **_instance_container(image, images=images, env=env, resources=(
+            HOST_RESOURCES if fn.spec.image else
+            {"requests": dict(fn.spec.resources.requests), "limits": dict(fn.spec.resources.limits)})),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -541,14 +551,8 @@ def build_pool_deployment(namespace: str, runtime: str, *, images: RuntimeImages
         {"name": contract.ENV_DEPS_DIR, "value": contract.DEFAULT_DEPS_DIR},
     ]
     container: Manifest = {
-        "name": CONTAINER_NAME,
-        "image": image,
-        "imagePullPolicy": images.pull_policy,
-        "ports": [{"name": PORT_NAME, "containerPort": naming.RUNTIME_PORT, "protocol": "TCP"}],
-        "env": env,
-        "resources": {"requests": dict(pool.POOL_RESOURCES.requests), "limits": dict(pool.POOL_RESOURCES.limits)},
-        **_probes(),
-        "securityContext": _container_security(),
+        **_instance_container(image, images=images, env=env, resources={
+            "requests": dict(pool.POOL_RESOURCES.requests), "limits": dict(pool.POOL_RESOURCES.limits)}),
         # Not the image's WORKDIR (the code volume): `python -m` imports from the working directory
         # first, and the function can write there (kfn_runtime refuses to start a pool instance so).
         "workingDir": "/",

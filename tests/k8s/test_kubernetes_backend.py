@@ -18,7 +18,8 @@ from kfn_gateway.routing import StartFailed
 from kfn_gateway.server import Gateway
 from tests.support import kube
 from tests.support.functions import function_manifest
-from tests.support.kube import create_function
+from tests.support.kube import create_function, post
+from tests.support.kube import deployment_manifest as deployment
 from tests.support.waiting import eventually
 
 PODS = "v1/pods"
@@ -45,18 +46,6 @@ def pod(function: str, name: str, ip: str | None, *, ready: bool = True, termina
             "status": status}
 
 
-def deployment(name: str, replicas: int) -> dict[str, Any]:
-    labels = naming.function_labels(name)
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": "default", "labels": labels},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": "function", "image": "x"}]}}}}
-
-
-async def post(cluster: kube.Cluster, path: str, body: dict[str, Any]) -> None:
-    async with cluster.post(path, json=body) as r:
-        assert r.status == 201, await r.text()
 
 
 async def add_pod(cluster: kube.Cluster, body: dict[str, Any]) -> None:

@@ -554,3 +554,19 @@ def function_status(cluster: Cluster, name: str = "hello") -> dict[str, Any]:
 def ready_condition(cluster: Cluster, name: str = "hello") -> dict[str, Any] | None:
     """The Ready condition of Function `name` in the default namespace, if it has one."""
     return next((c for c in function_status(cluster, name).get("conditions") or () if c["type"] == "Ready"), None)
+
+
+def deployment_manifest(name: str, replicas: int) -> dict[str, Any]:
+    """A function's Deployment in `default` as the operator would label it, at `replicas`."""
+    labels = naming.function_labels(name)
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "function", "image": "x"}]}}}}
+
+
+async def post(cluster: Cluster, path: str, body: dict[str, Any]) -> None:
+    """Create `body` at `path` on the emulated API (201 asserted)."""
+    async with cluster.post(path, json=body) as r:
+        assert r.status == 201, await r.text()

@@ -26,7 +26,8 @@ from kfn_operator.pools import Pools
 from kfn_runtime import contract
 from tests.support import kube
 from tests.support.functions import function_manifest
-from tests.support.kube import DEPLOYMENTS, create_function
+from tests.support.kube import DEPLOYMENTS, create_function, post
+from tests.support.kube import deployment_manifest as deployment
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
@@ -86,18 +87,6 @@ def pool_pod(port: int, name: str = POD) -> dict[str, Any]:
                        "conditions": [{"type": "Ready", "status": "True"}]}}
 
 
-def deployment(name: str, replicas: int) -> dict[str, Any]:
-    labels = naming.function_labels(name)
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": "default", "labels": labels},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": "function", "image": "x"}]}}}}
-
-
-async def post(cluster: kube.Cluster, path: str, body: dict[str, Any]) -> None:
-    async with cluster.post(path, json=body) as r:
-        assert r.status == 201, await r.text()
 
 
 async def setup(cluster: kube.Cluster, instance: PoolInstance, **spec: Any) -> None:
