@@ -16,10 +16,12 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import prometheus_client
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from kfn.core import naming
 from kfn.core.functions import FunctionRef, FunctionSpec
@@ -56,27 +58,29 @@ class _Track:
     desired_exported: int | None = None      # the value last set on the desired-replicas gauge
     # At rest: the last decision is a fixed point of `decide` for a quiet observation (see _rests).
     resting: bool = False
-    quiet: tuple[float, float] | None = None  # first and last time of the zero samples skipped at rest
+    quiet_first: float | None = None   # time of the first zero sample skipped at rest (None: none skipped)
+    quiet_last: float = 0.0            # and of the last
+    # Holds at rest are counted here, in the ticks from `holds_from` to `holds_to`, and added to the
+    # decisions counter when it is read or the function wakes (`Autoscaler._flush_holds`).
+    holds_from: int | None = None
+    holds_to: int = 0
     counters: dict[tuple[str, str], prometheus_client.Counter] | None = None   # decisions, by (kind, action)
 
     def skipped(self) -> list[Sample]:
         """The zero samples skipped at rest, as `decide` weighs them: two stand for them all (the
         first marks where the quiet run began, the last where it ended; all are zero)."""
-        if self.quiet is None:
+        first, last = self.quiet_first, self.quiet_last
+        if first is None:
             return []
-        first, last = self.quiet
         return [Sample(first, 0.0, 0)] + ([Sample(last, 0.0, 0)] if last > first else [])
 
     def recorded(self) -> tuple[Sample, ...]:
         """The history as `decide` would see it, the zero samples skipped at rest included."""
         return (*self.history, *self.skipped())
 
-    def quiet_sample(self, observation: Observation | Unobserved) -> float | None:
-        """The time of `observation`'s sample if it is quiet (`_quiet`) and newer than any kept."""
-        if not isinstance(observation, Observation) or not _quiet(observation) or observation.sample is None:
-            return None
-        last = self.quiet[1] if self.quiet is not None else self.history[-1].time if self.history else None
-        return observation.sample.time if last is None or observation.sample.time > last else None
+    def newest(self) -> float | None:
+        """The time of the newest sample kept or skipped, if any."""
+        return self.quiet_last if self.quiet_first is not None else self.history[-1].time if self.history else None
 
 
 class Autoscaler:
@@ -104,10 +108,13 @@ class Autoscaler:
         self._desired = prometheus_client.Gauge(
             naming.METRIC_AUTOSCALER_DESIRED, "Replicas the autoscaler last decided a function should run.",
             [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE], registry=self.registry)
+        # Registered through _Flushed: holds counted at rest are added before it is read.
         self._decisions = prometheus_client.Counter(
             naming.METRIC_AUTOSCALER_DECISIONS,
             f"Autoscaler decisions, by kind ({', '.join(DECISION_KINDS)}) and action (up, down, hold).",
-            [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE, "kind", "action"], registry=self.registry)
+            [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE, "kind", "action"], registry=None)
+        self.registry.register(_Flushed(self._decisions, self._flush_all_holds))
+        self._ticks = 0
         self._available = prometheus_client.Gauge(
             naming.METRIC_AUTOSCALER_SOURCE_AVAILABLE,
             "1 when the last collection of load metrics succeeded, 0 when the source was unavailable "
@@ -143,29 +150,52 @@ class Autoscaler:
         functions = {fn.ref: fn for fn in self._backend.functions()}
         # Without any function there is nothing to hold (and the gateways export no per-function series).
         self._set_problem(problem if functions else None)
-        for gone in set(self._tracks) - set(functions):
-            del self._tracks[gone]
+        tracks = self._tracks
+        for gone in tracks.keys() - functions.keys():
+            del tracks[gone]
             self._forget_metrics(gone)
 
+        self._ticks += 1
+        tick = self._ticks
+        desired = self._backend.desired
         decisions: dict[FunctionRef, Decision] = {}
+        unobserved = 0
+        # Quiet observations are mostly one object shared by every idle function (LoadSource's):
+        # whether it is quiet, and its time, are worked out once per object.
+        seen: Observation | Unobserved | None = None
+        quiet: float | None = None
         for ref, fn in functions.items():
             observation = observations.get(ref, missing)
-            track = self._tracks.get(ref)
-            if (track is not None and track.resting and track.spec is fn.spec and track.decision is not None
-                    and (quiet := track.quiet_sample(observation)) is not None and self._backend.desired(ref) == 0):
-                # At rest, and nothing happened: `decide` would answer what it did last time (its
-                # fixed point), so the decision is not made again; only its zero sample is kept.
-                track.quiet = (track.quiet[0] if track.quiet is not None else quiet, quiet)
-                self._count(ref, track, track.decision.kind, "hold")
-                decisions[ref] = track.decision
-                continue
+            track = tracks.get(ref)
+            if track is not None and track.resting and track.spec is fn.spec and track.decision is not None:
+                if observation is not seen:
+                    seen, quiet = observation, _quiet_time(observation)
+                newest = track.newest()
+                if quiet is not None and (newest is None or quiet > newest) and desired(ref) == 0:
+                    # At rest, and nothing happened: `decide` would answer what it did last time (its
+                    # fixed point), so the decision is not made again; only its zero sample is kept,
+                    # and its hold counted.
+                    if track.quiet_first is None:
+                        track.quiet_first = quiet
+                    track.quiet_last = quiet
+                    if track.holds_from is None:
+                        track.holds_from = tick
+                    track.holds_to = tick
+                    decisions[ref] = track.decision
+                    continue
+            if track is not None:
+                self._flush_holds(ref, track)   # counted under the decision it rested with
             try:
                 decisions[ref] = await self._handle(ref, fn.spec, observation, now)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("autoscaling %s failed", ref)
-        self._unobserved.set(sum(1 for ref in functions if ref in self._tracks and self._tracks[ref].unobserved))
+            # A function at rest was observed (see _rests): only those decided can be unobserved.
+            track = tracks.get(ref)
+            if track is not None and track.unobserved:
+                unobserved += 1
+        self._unobserved.set(unobserved)
         return decisions
 
     def _set_problem(self, problem: str | None) -> None:
@@ -201,7 +231,7 @@ class Autoscaler:
         settings = track.settings
         # Waking from rest: the zero samples skipped meanwhile weigh in the windows as they would have.
         track.history.extend(track.skipped())
-        track.quiet = None
+        track.quiet_first = None
         track.resting = False
         unobserved: Unobserved | None = None
         if isinstance(observation, Unobserved):
@@ -257,14 +287,25 @@ class Autoscaler:
                          and (self._on_decision is None or track.last_reported == key))
         return decision
 
-    def _count(self, ref: FunctionRef, track: _Track, kind: str, action: str) -> None:
+    def _count(self, ref: FunctionRef, track: _Track, kind: str, action: str, amount: int = 1) -> None:
         # Children are kept: looking a label set up is most of the cost of counting.
         if track.counters is None:
             track.counters = {}
         child = track.counters.get((kind, action))
         if child is None:
             child = track.counters[(kind, action)] = self._decisions.labels(ref.name, ref.namespace, kind, action)
-        child.inc()
+        child.inc(amount)
+
+    def _flush_holds(self, ref: FunctionRef, track: _Track) -> None:
+        """Add the holds counted at rest to the decisions counter."""
+        if track.holds_from is not None and track.decision is not None:
+            self._count(ref, track, track.decision.kind, "hold", track.holds_to - track.holds_from + 1)
+        track.holds_from = None
+
+    def _flush_all_holds(self) -> None:
+        for ref, track in self._tracks.items():
+            if track.holds_from is not None:
+                self._flush_holds(ref, track)
 
     def _forget_metrics(self, ref: FunctionRef) -> None:
         try:
@@ -295,6 +336,29 @@ def _rests(decision: Decision, *, before: ScalerState, current: int, observation
     return (unobserved is None and _quiet(observation) and current == 0 and decision.replicas == 0
             and decision.state == before and before.panicking_since is None and not decision.panic
             and (decision.kind == "idle" or (decision.kind == "stable" and before.last_active is None)))
+
+
+def _quiet_time(observation: Observation | Unobserved) -> float | None:
+    """The time of `observation`'s sample if it is quiet (`_quiet`), else None."""
+    if not isinstance(observation, Observation) or observation.sample is None or not _quiet(observation):
+        return None
+    return observation.sample.time
+
+
+class _Flushed(Collector):
+    """`metric` as registered, with `flush` called before each read (the registry reads collectors
+    on the event loop's thread, as the gateway's and the operator's /metrics handlers do)."""
+
+    def __init__(self, metric: prometheus_client.Counter, flush: Callable[[], None]) -> None:
+        self._metric = metric
+        self._flush = flush
+
+    def describe(self) -> Iterable[Metric]:
+        return self._metric.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        self._flush()
+        return self._metric.collect()
 
 
 def _quiet(observation: Observation) -> bool:

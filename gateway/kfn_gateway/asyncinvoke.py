@@ -15,19 +15,22 @@ API's InvocationType=Event, triggers through the store's `accept`); a `kfn.event
 - `async_configs(backend)`: every function's `AsyncConfig` (spec.async, timeout, concurrency).
 - `AsyncDelivery`: the engine of one gateway process, its configurations kept in step with the
   backend, and its queue metrics (`kfn.events.metrics.AsyncCollector`) on the gateway's registry,
-  which the autoscaler reads (`kfn_async_queue_depth`).
+  which the autoscaler reads (`kfn_async_queue_depth`); beside it, `kfn.events.orphans.Orphans`
+  removes the queued events of functions the backend has not listed for `OrphanSettings.grace`
+  (kfn_async_events_discarded_total on the same registry).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from kfn.core.asyncpolicy import AsyncConfig, InvocationFailed, NotInvoked
-from kfn.core.functions import FunctionRef
+from kfn.core.functions import Function, FunctionRef
 from kfn.core.instances import InstanceBackend, Invocation, InvocationResult
 from kfn.events.delivery import DeliveryEngine, DeliverySettings, Invoke, Post
 from kfn.events.metrics import AsyncCollector
+from kfn.events.orphans import Orphans, OrphanSettings
 from kfn.events.store import EventStore
 from kfn_gateway.dispatch import Dispatcher
 from kfn_gateway.http_api import status_of
@@ -66,16 +69,31 @@ def gateway_invoker(dispatcher: Dispatcher) -> Invoke:
     return invoke
 
 
-def async_configs(backend: InstanceBackend, *, region: str) -> dict[FunctionRef, AsyncConfig]:
-    """`AsyncConfig` of every function `backend` knows."""
+def async_configs(backend: InstanceBackend, *, region: str,
+                  memo: dict[FunctionRef, tuple[Function, AsyncConfig]] | None = None,
+                  ) -> dict[FunctionRef, AsyncConfig]:
+    """`AsyncConfig` of every function `backend` knows. With `memo` (kept by the caller between
+    calls), a function whose definition is the very object it was computed from keeps its config:
+    every pod change anywhere asks again, and with a thousand functions building each one anew
+    was a tenth of a gateway's time while they were applied."""
     out: dict[FunctionRef, AsyncConfig] = {}
     for function in backend.functions():
         try:
-            config = out[function.ref] = AsyncConfig.of(function, region=region)
+            known = memo.get(function.ref) if memo is not None else None
+            if known is not None and known[0] is function:
+                config = known[1]
+            else:
+                config = AsyncConfig.of(function, region=region)
+                if memo is not None:
+                    memo[function.ref] = (function, config)
+            out[function.ref] = config
             check_destinations(config, backend)
         except ValueError as e:   # a destination naming no valid function: its events wait, the rest go on
             out.pop(function.ref, None)
             logger.warning("function %s: its async settings cannot be used: %s", function.ref, e)
+    if memo is not None:
+        for ref in [ref for ref in memo if ref not in out]:
+            del memo[ref]
     return out
 
 
@@ -105,13 +123,15 @@ def delivery_margin(gateway: Gateway) -> float:
 class AsyncDelivery:
     """The delivery engine of one gateway process (local mode; each gateway replica on Kubernetes).
 
-    `start()` starts the engine and registers its metrics; `close()` stops claiming, lets the
-    deliveries in progress finish for up to `settings.drain_timeout` and unregisters the metrics.
-    The store is the caller's to start before and close after.
+    `start()` starts the engine and the removal of deleted functions' queues (`orphans`) and
+    registers their metrics; `close()` stops both (the engine lets the deliveries in progress
+    finish for up to `settings.drain_timeout`) and unregisters the metrics. The store is the
+    caller's to start before and close after.
     """
 
     def __init__(self, gateway: Gateway, store: EventStore, *, settings: DeliverySettings | None = None,
-                 post: Post | None = None) -> None:
+                 post: Post | None = None, orphans: OrphanSettings | None = None,
+                 known: Callable[[], Collection[FunctionRef] | None] | None = None) -> None:
         self.gateway = gateway
         self.store = store
         self._region = gateway.settings.region
@@ -121,15 +141,26 @@ class AsyncDelivery:
         margin = max(settings.timeout_margin, delivery_margin(gateway))
         self.engine = DeliveryEngine(store, gateway_invoker(gateway.dispatcher), self.configs, post=post,
                                      settings=dataclasses.replace(settings, timeout_margin=margin))
-        self._collector = AsyncCollector(self.engine)
+        # `known`: the functions that exist, None when not all can be read (default: the backend's).
+        self.orphans = Orphans(store, known or self._known, settings=orphans or OrphanSettings(),
+                               removed=self.engine.refresh_stats)
+        self._collector = AsyncCollector(self.engine, discarded=lambda: self.orphans.discarded)
         self._registered = False
         self._listening = False
+        self._memo: dict[FunctionRef, tuple[Function, AsyncConfig]] = {}
 
     def configs(self) -> Mapping[FunctionRef, AsyncConfig]:
         """Every function's async settings, computed again only after the backend changed."""
         if self._configs is None:
-            self._configs = async_configs(self.gateway.backend, region=self._region)
+            self._configs = async_configs(self.gateway.backend, region=self._region, memo=self._memo)
         return self._configs
+
+    def _known(self) -> Collection[FunctionRef]:
+        # A backend that can tell a Function that exists but is invalid (so not served) from a
+        # deleted one says so (`KubernetesBackend.existing`): its queue is not an orphan's.
+        existing = getattr(self.gateway.backend, "existing", None)
+        served = [function.ref for function in self.gateway.backend.functions()]
+        return served if existing is None else {*served, *existing()}
 
     def _on_change(self, ref: FunctionRef) -> None:
         # Every instance change is reported too; the next read recomputes, which is cheap.
@@ -145,10 +176,12 @@ class AsyncDelivery:
             self.gateway.registry.register(self._collector)
             self._registered = True
         await self.engine.start()
+        self.orphans.start()
 
     async def close(self) -> None:
-        """Stop delivering: at most `drain_timeout` for the deliveries in progress; events not
-        finished are left leased in the store and delivered again later."""
+        """Stop delivering: at most `drain_timeout` for the deliveries in progress; the events of
+        those not finished then are released, due again at once for the other replicas."""
+        await self.orphans.close()
         await self.engine.close()
         if self._registered:
             self.gateway.registry.unregister(self._collector)

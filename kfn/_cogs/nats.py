@@ -10,6 +10,12 @@ every 0.5 s; past it, the attempt has failed with the last error nats-py reporte
 (a bounded number, or until cancelled) are waited between as its `Backoff` says. The client's own
 errors (a refused connection, a slow consumer, a server's `-ERR`) are logged at debug level:
 whoever uses the connection learns of what matters from its calls. `disconnect` closes it.
+
+Credentials in the URL (`nats://USER:PASSWORD@HOST:4222`, percent-encoded; `kfn.core.natsurl`)
+are handed to nats-py as its user and password (or token), decoded, and the server URLs without
+them: nats-py's own messages never show them, and kfn's show the URL `natsurl.masked`. A server
+that refuses them fails the attempt like one that is away (nats-py reports "Authorization
+Violation").
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from kfn.core.natsurl import servers
+from kfn.core import natsurl
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ class NatsUnreachable(Exception):
     attempt's error."""
 
     def __init__(self, url: str, attempts: int, last: BaseException) -> None:
-        super().__init__(f"could not connect to NATS at {url}: {last}")
+        super().__init__(f"could not connect to NATS at {natsurl.masked(url)}: {last}")
         self.url = url
         self.attempts = attempts
         self.last = last
@@ -72,11 +78,13 @@ async def connect(url: str, *, name: str, attempts: int | None, backoff: Backoff
     the module docstring; after one that failed, `on_retry(error, wait)` is called and the next
     waits `wait` seconds (`backoff`). With `attempts` (at least 1) it gives up after that many,
     raising `NatsUnreachable`; with None it tries until cancelled. Raises ValueError at once
-    for a URL that is not one (`kfn.core.natsurl.servers`). `disconnected_cb` is called when the
-    connection is lost (and when it is closed), `reconnected_cb` when it is back."""
+    for a URL that is not one (`kfn.core.natsurl.servers`) or whose servers carry different
+    credentials. `disconnected_cb` is called when the connection is lost (and when it is
+    closed), `reconnected_cb` when it is back."""
     if attempts is not None and attempts < 1:
         raise ValueError(f"attempts must be at least 1 (got {attempts})")
-    urls = servers(url)
+    urls = natsurl.bare(url)
+    login = natsurl.credentials(url) or natsurl.Credentials()
     bound = ATTEMPT_TIMEOUT * len(urls)
     wait = backoff.first
     attempt = 0
@@ -89,7 +97,8 @@ async def connect(url: str, *, name: str, attempts: int | None, backoff: Backoff
                 return await nats.connect(urls, name=name, max_reconnect_attempts=-1,
                                           reconnect_time_wait=RECONNECT_WAIT, connect_timeout=CONNECT_TIMEOUT,
                                           error_cb=errors.report, disconnected_cb=disconnected_cb,
-                                          reconnected_cb=reconnected_cb)
+                                          reconnected_cb=reconnected_cb, user=login.user,
+                                          password=login.password, token=login.token)
         except NATS_ERRORS as e:
             error: Exception = e
             if deadline.expired():   # the attempt's bound: why, as nats-py reported it

@@ -38,6 +38,7 @@ from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE, OBJ_M
 
 from kfn._cogs.nats import NATS_ERRORS, Backoff, NatsUnreachable, connect, disconnect
 from kfn.archives.store import ArchiveInfo, ArchivesUnavailable, NotStored, check_name
+from kfn.core import natsurl
 from kfn_runtime import archive
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class JetStreamArchives:
                     await self._open()
         assert self._js is not None and self._nc is not None
         if not self._nc.is_connected:
-            raise ArchivesUnavailable(f"not connected to NATS at {self.url}")
+            raise ArchivesUnavailable(f"not connected to NATS at {natsurl.masked(self.url)}")
         return self._js
 
     async def _open(self) -> None:
@@ -108,7 +109,8 @@ class JetStreamArchives:
             await disconnect(nc)
             raise ArchivesUnavailable("the archive store is closed")
         self._nc, self._js, self._failed = nc, js, None
-        logger.info("build archives stored in the JetStream object store %s at %s", self.bucket, self.url)
+        logger.info("build archives stored in the JetStream object store %s at %s", self.bucket,
+                    natsurl.masked(self.url))
 
     async def _ensure_bucket(self, js: JetStreamContext) -> None:
         try:

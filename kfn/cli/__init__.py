@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1m,2m, Lambda's)")
     p.add_argument("--async-lease", default=None, metavar="DURATION",
                    help="an async event in flight when kfn local died is delivered again after this (default 30s)")
+    p.add_argument("--async-discard-after", default=None, metavar="DURATION",
+                   help="the queued async events of a function whose manifest has been gone this long are "
+                        "removed unrun and counted (default 1m)")
     p.add_argument("--init-timeout", default=None, metavar="DURATION",
                    help="how long a function's init (its import, up to its first poll for work) may take; longer "
                         "is the function's error, Sandbox.Timedout (default 10s, Lambda's)")
@@ -98,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", help="NAME or NAME.NAMESPACE")
     q.add_argument("ids", nargs="*", metavar="ID", help="invocation ids (default: every dead letter)")
 
+    p = sub.add_parser("secrets", help="Secrets made once (the chart's keys): create the missing ones")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("ensure", help="create each Secret that does not exist, with random values; never "
+                                          "change one that does (the chart's install and upgrade hook)")
+    q.add_argument("--namespace", required=True, metavar="NS", help="where the Secrets are")
+    q.add_argument("--secret", action="append", required=True, metavar="NAME:KEY[:FORMAT]",
+                   help="an entry KEY of the Secret NAME, generated as FORMAT: alnum (40 letters and digits, "
+                        "the default), letters (40 letters) or bytes (32 random bytes); repeat for more")
+    q.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label of each Secret created")
+    q.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE",
+                   help="an annotation of each Secret created (the chart: Helm's ownership, so that a release "
+                        "that later renders the Secret may adopt it)")
+    q.add_argument("--attempts", type=int, default=5, metavar="N",
+                   help="requests per Secret while the API answers 429/5xx or cannot be reached, 1 s apart "
+                        "and doubling (default 5)")
+
     p = sub.add_parser("gateway", help="run the gateway (on Kubernetes)")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
@@ -123,9 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nats-url", default=None, metavar="URL",
                    help="store asynchronous invocations in NATS JetStream there and run NATS triggers "
                         "(default $KFN_NATS_URL; none: async requests are answered 503)")
+    p.add_argument("--async-discard-after", default=None, metavar="DURATION",
+                   help="the queued async events of a Function deleted this long ago are removed unrun and "
+                        "counted (default 1m)")
     p.add_argument("--replicas", type=int, default=None, metavar="N",
                    help="gateway replicas sharing the async queue: each delivers 1/N of a function's async "
-                        "concurrency (default $KFN_GATEWAY_REPLICAS, else 1)")
+                        "concurrency (default $KFN_GATEWAY_REPLICAS, else 1); with --peers-service, only until "
+                        "the live count is known, or when it cannot be watched")
+    p.add_argument("--peers-service", default=None, metavar="NAME",
+                   help="this gateway's own Service in --admin-namespace: the ready endpoints of its "
+                        "EndpointSlices are the replicas sharing the async queue, followed as they come and go "
+                        "(needs list/watch of endpointslices there; default: none, --replicas is the count)")
     p.add_argument("--region", default=None, metavar="REGION",
                    help="the region the functions run in, as async destination records name it "
                         "(default $KFN_REGION, else us-east-1)")
@@ -287,6 +315,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.action == "list":
             return remote.async_list(options.async_list(args))
         return remote.async_replay(options.async_replay(args))
+    if args.command == "secrets":
+        require_kubernetes_extra()
+        from kfn.cli.secrets import ensure_secrets
+        return ensure_secrets(options.secrets_ensure(args))
     if args.command == "gateway":
         require_kubernetes_extra()
         from kfn.cli.gateway import run_gateway

@@ -16,10 +16,16 @@ admin key unless `--no-system-auth`.
 
 Asynchronous invocations (`--nats-url` / $KFN_NATS_URL): events are stored in NATS JetStream
 (`kfn.events.jetstream.JetStreamStore`) and every replica runs a delivery engine on the shared
-queue (each taking 1/`--replicas` of a function's async concurrency) and the NATS triggers
-(JetStream consumers and queue groups shared by the replicas); schedules are fired by the
-operator. A NATS server that cannot be reached at start is retried in the background meanwhile
-(async requests are 503 until it answers). Without a NATS URL, async requests are 503.
+queue (each taking its share of a function's async concurrency, `kfn.events.delivery.delivery_share`)
+and the NATS triggers (JetStream consumers and queue groups shared by the replicas); schedules are
+fired by the operator. The replicas sharing the queue: with `--peers-service NAME`, the ready
+endpoints of this gateway's own Service (its EndpointSlices in --admin-namespace, followed by
+`kfn.kube.peers.GatewayPeers`), this replica included, as an autoscaler or `kubectl scale` changes
+them; `--replicas` until they are first listed, and throughout when they cannot be (no RBAC for
+EndpointSlices there) or without --peers-service. On shutdown, deliveries still running when the
+drain time runs out are released to the other replicas at once (`DeliveryEngine.close`). A NATS
+server that cannot be reached at start is retried in the background meanwhile (async requests are
+503 until it answers). Without a NATS URL, async requests are 503.
 
 Requirements built once (`--archive-key-file FILE` and `--nats-url`): the gateway serves the archive
 store, `PUT/GET/HEAD /system/archives/NAMESPACE/KEY` (`kfn_gateway.archives_api`), keeping build
@@ -56,14 +62,17 @@ from kfn._cogs.lifecycle import Parts
 from kfn.archives.jetstream import JetStreamArchives
 from kfn.cli.local import with_options
 from kfn.cli.options import GatewayOptions
+from kfn.core import natsurl
 from kfn.core.aiotasks import stop_tasks
 from kfn.core.errors import CommandError
 from kfn.core.keys import KeySource
 from kfn.events.delivery import DeliverySettings
 from kfn.events.jetstream import JetStreamStore
+from kfn.events.orphans import OrphanSettings
 from kfn.events.store import StoreUnavailable
 from kfn.keyfile import open_key_file
 from kfn.kube import KubernetesBackend, SecretKeys, connect
+from kfn.kube.peers import GatewayPeers
 from kfn.kube.pool import PoolClaimer
 from kfn.triggers.registry import TriggerSettings
 from kfn.triggers.service import TriggerService
@@ -173,6 +182,14 @@ async def _start(parts: Parts, options: GatewayOptions) -> Gateway:
         asynchronous = AsyncService(gateway, store, options)
         asynchronous.start()
         parts.add("asynchronous invocations", asynchronous.close, timeout=asynchronous.stop_timeout)
+        if options.peers_service is not None:
+            peers = GatewayPeers(api, namespace=options.admin_namespace, service=options.peers_service,
+                                 on_change=asynchronous.delivery.engine.set_replicas,
+                                 own_pod=os.environ.get("HOSTNAME") or socket.gethostname())
+            peers.start()
+            parts.add("gateway peers", peers.close)
+            logger.info("async delivery shared among the ready endpoints of Service %s/%s (--replicas %d until "
+                        "they are listed)", options.admin_namespace, options.peers_service, options.replicas)
     else:
         logger.warning("no NATS server (--nats-url, $KFN_NATS_URL): asynchronous invocations are answered "
                        "503 and NATS triggers do not run")
@@ -282,13 +299,23 @@ async def _listen(gateway: Gateway, options: GatewayOptions) -> Listeners:
     return Listeners(main, health)
 
 
+def orphan_settings(options: GatewayOptions) -> OrphanSettings:
+    """When the queued events of a deleted Function go (`kfn.events.orphans`): only the
+    namespaces this gateway watches are its to look at."""
+    settings = OrphanSettings(namespaces=options.namespaces)
+    if options.async_discard_after is not None:
+        settings = replace(settings, grace=options.async_discard_after)
+    return settings
+
+
 class AsyncService:
     """The store's connection, the delivery engine and the NATS triggers of one gateway replica,
     started in the background (a NATS server down at start is retried) and closed in order."""
 
     def __init__(self, gateway: Gateway, store: JetStreamStore, options: GatewayOptions) -> None:
         self._store = store
-        self.delivery = AsyncDelivery(gateway, store, settings=DeliverySettings(replicas=options.replicas))
+        self.delivery = AsyncDelivery(gateway, store, settings=DeliverySettings(replicas=options.replicas),
+                                      orphans=orphan_settings(options))
         triggers = TriggerSettings(region=options.region, nats_url=options.nats_url)
         self.triggers = TriggerService(gateway.backend, store.accept, triggers, everywhere=("nats",))
         self._task: asyncio.Task[None] | None = None
@@ -311,7 +338,7 @@ class AsyncService:
             except StoreUnavailable as e:
                 logger.warning("asynchronous invocations wait for NATS: %s; trying again in %gs", e, NATS_RETRY)
             await asyncio.sleep(NATS_RETRY)
-        logger.info("asynchronous invocations stored in JetStream at %s", self._store.url)
+        logger.info("asynchronous invocations stored in JetStream at %s", natsurl.masked(self._store.url))
         await self._parts.start("delivery", self.delivery.start, self.delivery.close,
                                 timeout=self.delivery.engine.settings.drain_timeout + STOP_MARGIN)
         await self._parts.start("NATS triggers", self.triggers.start, self.triggers.close)

@@ -36,6 +36,8 @@ def settings(options: LocalOptions) -> LocalSettings:
                           state_dir=options.state_dir, nats_url=options.nats_url, delivery=delivery)
     if options.async_lease is not None:
         local = replace(local, async_lease=options.async_lease)
+    if options.async_discard_after is not None:
+        local = replace(local, async_discard_after=options.async_discard_after)
     if options.init_timeout is not None:
         local = replace(local, init_timeout=options.init_timeout)
     return local

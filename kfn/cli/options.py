@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ ENV_NATS_URL = "KFN_NATS_URL"
 # How many gateway replicas share the async queue (each delivers its share of a function's async
 # concurrency): --replicas, else this (the chart sets it to the Deployment's replica count).
 ENV_GATEWAY_REPLICAS = "KFN_GATEWAY_REPLICAS"
+# A Service's name (RFC 1035 label).
+_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def _usage(message: str) -> CommandError:
@@ -70,6 +73,7 @@ class LocalOptions:
     nats_url: str | None = None
     async_retry_delays: tuple[float, ...] | None = None   # None: Lambda's (1 and 2 minutes)
     async_lease: float | None = None
+    async_discard_after: float | None = None   # None: kfn.core.orphans.DEFAULT_GRACE
     init_timeout: float | None = None   # None: Lambda's 10 s
 
 
@@ -132,7 +136,8 @@ class GatewayOptions:
     connections: ConnectionOptions = ConnectionOptions()
     limits: LimitOptions = LimitOptions()
     nats_url: str | None = None   # async events in JetStream there (none: async requests are 503)
-    replicas: int = 1             # gateway replicas sharing the async queue
+    replicas: int = 1             # gateway replicas sharing the async queue (until peers_service tells)
+    peers_service: str | None = None   # the gateway's own Service: its ready endpoints are the replicas
     region: str = awslambda.DEFAULT_REGION   # the functions' region (functions.region): destination records say it
     sync_timeout: float = 30.0    # the Kubernetes API's first listing at start; past it, an error
     archive_key_file: Path | None = None   # the archive store's signing key (none: no archive store)
@@ -140,6 +145,7 @@ class GatewayOptions:
     archive_uploads: int | None = None     # archives received at once (None: the gateway's default)
     pool_key_file: Path | None = None      # the warm pools' key (none: no claims, Deployments only)
     archive_url: str | None = None         # the archive store as pods reach it (pooled functions' requirements)
+    async_discard_after: float | None = None   # a deleted Function's queued events go after this (None: 60 s)
 
 
 @dataclass(frozen=True)
@@ -194,11 +200,13 @@ def local(args: argparse.Namespace) -> LocalOptions:
                         state_dir=Path(args.state_dir) if args.state_dir else None, nats_url=nats_url(args.nats_url),
                         async_retry_delays=_retry_delays(args.async_retry_delays),
                         async_lease=_timeout(args.async_lease, "--async-lease"),
+                        async_discard_after=_timeout(args.async_discard_after, "--async-discard-after"),
                         init_timeout=_timeout(args.init_timeout, "--init-timeout"))
 
 
 def nats_url(flag: str | None) -> str | None:
-    """--nats-url, else $KFN_NATS_URL; None when neither says one. Checked to look like a NATS URL."""
+    """--nats-url, else $KFN_NATS_URL; None when neither says one. Checked to look like a NATS URL,
+    with the credentials of $KFN_NATS_USER and $KFN_NATS_PASSWORD where it carries none."""
     url = flag if flag is not None else os.environ.get(ENV_NATS_URL)
     if url is None or not url.strip():
         return None
@@ -207,7 +215,7 @@ def nats_url(flag: str | None) -> str | None:
         natsurl.servers(url)
     except ValueError as e:
         raise _usage(str(e)) from None
-    return url
+    return natsurl.in_environment(url, os.environ)
 
 
 def _retry_delays(value: str | None) -> tuple[float, ...] | None:
@@ -351,12 +359,15 @@ def gateway(args: argparse.Namespace) -> GatewayOptions:
                           system_auth=not args.no_system_auth, admin_namespace=admin_namespace,
                           keys=_keys_file(args.keys), connections=connections(args), limits=limits(args),
                           nats_url=nats_url(args.nats_url), replicas=_replicas(args.replicas),
+                          peers_service=_service_name(getattr(args, "peers_service", None)),
                           region=_region(args.region), sync_timeout=_sync_timeout(args.sync_timeout),
                           archive_key_file=_archive_key_file(args.archive_key_file),
                           archive_max_bytes=_size(args.archive_max_bytes, "--archive-max-bytes"),
                           archive_uploads=_positive(args.archive_uploads, "--archive-uploads"),
                           pool_key_file=_archive_key_file(getattr(args, "pool_key_file", None)),
-                          archive_url=_url(getattr(args, "archive_url", None), "--archive-url"))
+                          archive_url=_url(getattr(args, "archive_url", None), "--archive-url"),
+                          async_discard_after=_timeout(getattr(args, "async_discard_after", None),
+                                                       "--async-discard-after"))
 
 
 def _url(value: str | None, flag: str) -> str | None:
@@ -386,6 +397,17 @@ def _region(flag: str | None) -> str:
     """--region, else $KFN_REGION (what the operator gives the functions), else us-east-1."""
     value = (flag if flag is not None else os.environ.get(contract.ENV_REGION, "")).strip()
     return value or awslambda.DEFAULT_REGION
+
+
+def _service_name(value: str | None) -> str | None:
+    """--peers-service: a Service name (a DNS label), or None when not given."""
+    if value is None or not value.strip():
+        return None
+    name = value.strip()
+    if not _DNS_LABEL.fullmatch(name):
+        raise _usage(f"--peers-service must be a Service name (up to 63 lower-case letters, digits and '-', "
+                     f"starting with a letter; got {value!r})")
+    return name
 
 
 def _replicas(flag: int | None) -> int:
@@ -424,3 +446,69 @@ def operator(args: argparse.Namespace) -> OperatorOptions:
                            sync_timeout=_sync_timeout(args.sync_timeout), archive_url=args.archive_url,
                            archive_key_file=args.archive_key_file, build_timeout=args.build_timeout,
                            pool_size=args.pool_size, pool_key_file=args.pool_key_file)
+
+
+# -- kfn secrets ensure --------------------------------------------------------------------------------
+
+# What `kfn secrets ensure` may generate for an entry: FORMAT → (what it is, its size).
+SECRET_FORMATS = {
+    "alnum": "40 ASCII letters and digits",
+    # A NATS password: nats-server reads $VAR references of its configuration as values, so a
+    # password of digits first ("1e5...") would become a number; letters never do.
+    "letters": "40 ASCII letters",
+    "bytes": "32 random bytes",
+}
+
+
+@dataclass(frozen=True)
+class SecretEntry:
+    """One entry `kfn secrets ensure` generates: Secret `name`, data key `key`, value `format`."""
+
+    name: str
+    key: str
+    format: str = "alnum"
+
+
+@dataclass(frozen=True)
+class SecretsEnsureOptions:
+    namespace: str
+    entries: tuple[SecretEntry, ...]
+    labels: tuple[tuple[str, str], ...] = ()
+    attempts: int = 5
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
+def secrets_ensure(args: argparse.Namespace) -> SecretsEnsureOptions:
+    """--secret NAME:KEY[:FORMAT] (repeated), --label and --annotation KEY=VALUE, --namespace, --attempts."""
+    if not _DNS_SUBDOMAIN.fullmatch(args.namespace or ""):
+        raise _usage(f"--namespace must be a namespace name (got {args.namespace!r})")
+    entries = []
+    for spec in args.secret:
+        name, _, rest = spec.partition(":")
+        key, _, format_ = rest.partition(":")
+        format_ = format_ or "alnum"
+        if not _DNS_SUBDOMAIN.fullmatch(name) or not _DATA_KEY.fullmatch(key):
+            raise _usage(f"--secret must be NAME:KEY[:FORMAT], a Secret's name and a data key (got {spec!r})")
+        if format_ not in SECRET_FORMATS:
+            raise _usage(f"--secret {spec}: FORMAT must be one of {', '.join(SECRET_FORMATS)} (got {format_!r})")
+        entries.append(SecretEntry(name, key, format_))
+    labels = []
+    for label in args.label:
+        key, equals, value = label.partition("=")
+        if not equals or not key:
+            raise _usage(f"--label must be KEY=VALUE (got {label!r})")
+        labels.append((key, value))
+    annotations = []
+    for annotation in getattr(args, "annotation", None) or ():
+        key, equals, value = annotation.partition("=")
+        if not equals or not key:
+            raise _usage(f"--annotation must be KEY=VALUE (got {annotation!r})")
+        annotations.append((key, value))
+    if args.attempts < 1:
+        raise _usage(f"--attempts must be 1 or more (got {args.attempts})")
+    return SecretsEnsureOptions(namespace=args.namespace, entries=tuple(entries), labels=tuple(labels),
+                                attempts=args.attempts, annotations=tuple(annotations))

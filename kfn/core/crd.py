@@ -2,9 +2,15 @@
 
 The committed copy under charts/kfn/crds/ is this module's output; a test fails when they drift.
 Regenerate with `make crd` (or `kfn crd > charts/kfn/crds/functions.kfn.dev.yaml`).
+
+Helm installs `crds/` once and never upgrades it, so a cluster may run a newer operator over an
+older CRD. The CRD carries its `REVISION` and the digest of its definition as annotations, and the
+operator compares the installed CRD's with its own at start (`installed_problem`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,13 @@ from kfn.core.scalespec import ScaleSpec
 from kfn.core.triggerspec import NATS_SUBJECT_PATTERN, TRIGGER_KINDS
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "kfn" / "crds" / f"{naming.CRD_NAME}.yaml"
+
+# The CRD's revision: raised by one whenever what `crd_manifest` makes changes, with
+# REVISION_DIGEST set to the new `definition_digest()` (a test fails until both are done).
+REVISION = 1
+REVISION_DIGEST = "4169234f1e200a47"
+ANNOTATION_REVISION = f"{naming.GROUP}/crd-revision"
+ANNOTATION_DIGEST = f"{naming.GROUP}/crd-digest"
 
 # What the schema language can say beyond types and bounds, checked by the API server at once
 # (`kubectl apply` rejects it) instead of by the operator after the fact.
@@ -208,7 +221,47 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...
     return out
 
 
+def definition_digest() -> str:
+    """16 hex digits of SHA-256 over the CRD as generated, its revision annotations left out."""
+    blob = json.dumps(_definition(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def crd_manifest() -> dict[str, Any]:
+    """The CRD, annotated with its revision and the digest of its definition."""
+    manifest = _definition()
+    manifest["metadata"]["annotations"] = {ANNOTATION_REVISION: str(REVISION), ANNOTATION_DIGEST: definition_digest()}
+    return manifest
+
+
+def installed_problem(installed: dict[str, Any]) -> str | None:
+    """What is wrong with the installed CRD `installed` (a manifest as the API server returns it)
+    for this build of kfn, or None when it is this build's: older (a lower revision, or none: it
+    predates revisions), newer (this operator is older than the chart's CRD), or the same revision
+    with another definition."""
+    annotations = (installed.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(ANNOTATION_REVISION)
+    try:
+        revision = int(text) if text is not None else 0
+    except (TypeError, ValueError):
+        revision = 0
+    upgrade = ("apply this version's CRD: kubectl apply --server-side -f charts/kfn/crds/ "
+               "(Helm never upgrades crds/)")
+    if revision < REVISION:
+        found = f"revision {revision}" if text is not None else "no revision (it predates them)"
+        return (f"the installed CRD {naming.CRD_NAME} is older than this operator's (it has {found}, this "
+                f"operator was built with revision {REVISION}): fields added since are dropped by the API "
+                f"server; {upgrade}")
+    if revision > REVISION:
+        return (f"the installed CRD {naming.CRD_NAME} is newer than this operator's (revision {revision}, "
+                f"this operator was built with revision {REVISION}): upgrade the operator")
+    if annotations.get(ANNOTATION_DIGEST) != definition_digest():
+        return (f"the installed CRD {naming.CRD_NAME} has revision {REVISION} but another definition than "
+                f"this operator's (it was edited, or generated from other code); {upgrade}")
+    return None
+
+
+def _definition() -> dict[str, Any]:
     schema = {
         "type": "object",
         "required": ["spec"],

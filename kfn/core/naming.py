@@ -68,9 +68,9 @@ DEFAULT_GATEWAY_URL: Final = "http://127.0.0.1:8080"
 # The API key the CLI sends: --api-key, else $KFN_API_KEY.
 ENV_API_KEY: Final = "KFN_API_KEY"
 
-# The port every runtime listens on inside a pod, and the Service port in front of it.
+# The port every runtime listens on inside a pod (the gateway reaches each pod at its IP: a
+# function has no Service).
 RUNTIME_PORT: Final = 8080
-SERVICE_PORT: Final = 80
 
 # Gateway URL layout (OpenFaaS-compatible).
 FUNCTION_PATH_PREFIX: Final = "/function/"
@@ -115,6 +115,9 @@ METRIC_ASYNC_OLDEST_AGE: Final = "kfn_async_oldest_event_age_seconds"
 METRIC_ASYNC_IN_FLIGHT: Final = "kfn_async_in_flight"
 METRIC_ASYNC_EVENTS: Final = "kfn_async_events_total"
 METRIC_LABEL_OUTCOME: Final = "outcome"
+# Events removed unrun, by reason (`kfn.core.orphans.REASON_FUNCTION_DELETED`: their function is gone).
+METRIC_ASYNC_DISCARDED: Final = "kfn_async_events_discarded_total"
+METRIC_LABEL_REASON: Final = "reason"
 
 # Autoscaler metrics.
 METRIC_AUTOSCALER_DESIRED: Final = "kfn_autoscaler_desired_replicas"

@@ -2,8 +2,10 @@
 
 One engine runs per process that delivers (local mode; each gateway replica on Kubernetes). It
 keeps one consumer loop per function it is told of (`configs`), which claims due events from
-the store, never more at once than the function's async concurrency (`AsyncConfig.concurrency`,
-divided among `DeliverySettings.replicas` engines), and delivers each one through the injected
+the store, never more at once than its share of the function's async concurrency
+(`delivery_share`: `AsyncConfig.concurrency` divided among the engines sharing the store, which
+`set_replicas` updates as gateway replicas come and go; `DeliverySettings.replicas` until then),
+and delivers each one through the injected
 `invoke(function, payload, invocation_id)` — the gateway's dispatch, or a fake in tests — so the
 engine knows nothing of HTTP or instances. A consumer with nothing to do waits in the store's
 `claim` (`claim_wait`, long), which wakes it when an event of its function arrives or becomes due
@@ -29,6 +31,12 @@ For each event (`kfn.core.asyncpolicy` has the policy):
 
 Every step stores its result before the lease is given up, so a consumer killed at any point
 leaves the event to be delivered again: at least once, nothing lost.
+
+On `close`, deliveries still running when `drain_timeout` runs out are stopped and their events
+released (`EventStore.release`: due again at once, for another engine), not left leased until
+the lease runs out. Such an event may have run: it runs again (at least once, as Lambda's
+asynchronous invocations), and is counted (`Counters.released`, kfn_async_events_total's
+outcome "released"): the duplicates a shutdown may cause.
 """
 from __future__ import annotations
 
@@ -76,9 +84,24 @@ class DeliverySettings:
     destination_retry_for: float = 3600.0  # how long an unreachable destination is retried
     tells_per_function: int = 100      # events of a function telling their outcome at once (beside its concurrency)
     stats_interval: float = 5.0        # how often the queue statistics are refreshed
-    replicas: int = 1                  # engines sharing the store: each takes its share of the concurrency
+    replicas: int = 1                  # engines sharing the store until told otherwise (`set_replicas`)
     error_backoff: float = 1.0         # wait after the store failed, growing to 30 s
     drain_timeout: float = 10.0        # on close, how long deliveries in progress may finish
+    release_timeout: float = 2.0       # then, how long handing back the events still running may take
+
+
+def delivery_share(concurrency: int, replicas: int) -> int:
+    """How many of a function's events one engine delivers at once when `replicas` engines share
+    the store: its concurrency divided among them, rounded up, never 0."""
+    return max(1, math.ceil(concurrency / max(1, replicas)))
+
+
+def live_replicas(seen: int | None, last_known: int) -> int:
+    """The engines sharing the store: `seen` (the live count) when it is one or more, else
+    `last_known` (none seen, or a count not known yet), never below 1."""
+    if seen is not None and seen >= 1:
+        return seen
+    return max(1, last_known)
 
 
 @dataclass
@@ -93,6 +116,7 @@ class Counters:
     destinations: int = 0    # destination and callback messages delivered
     destination_errors: int = 0
     expired: int = 0         # given up for their age (also counted in dead_lettered)
+    released: int = 0        # still running at the drain timeout: handed back (they may run again)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -103,6 +127,7 @@ class _Consumer:
     task: asyncio.Task[None]
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)   # deliveries taking the concurrency
     telling: set[asyncio.Task[None]] = field(default_factory=set)     # deliveries only telling their outcome
+    held: dict[asyncio.Task[None], Delivery] = field(default_factory=dict)   # each delivery task's lease
 
 
 class DeliveryEngine:
@@ -126,6 +151,7 @@ class DeliveryEngine:
         self._stats_at: float | None = None
         self._closing = False
         self._wake = asyncio.Event()
+        self.replicas = live_replicas(None, settings.replicas)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -141,10 +167,18 @@ class DeliveryEngine:
         """The set of functions or their settings changed: reconcile consumers now."""
         self._wake.set()
 
+    def set_replicas(self, seen: int | None) -> None:
+        """The engines sharing the store are now `seen` (None or 0: not known, the last count
+        stays): each function's share (`delivery_share`) follows from the next claim on."""
+        replicas = live_replicas(seen, self.replicas)
+        if replicas != self.replicas:
+            logger.info("async delivery shared by %d gateway replicas (was %d)", replicas, self.replicas)
+            self.replicas = replicas
+
     async def close(self) -> None:
         """Stop claiming, let deliveries in progress finish for up to `drain_timeout`, then stop
-        the rest (their leases expire and the events are delivered again, by this engine after a
-        restart or by another)."""
+        the rest and release their events (due again at once, for another engine; for up to
+        `release_timeout`: an event not released is delivered again once its lease runs out)."""
         self._closing = True
         consumers = list(self._consumers.values())
         self._consumers.clear()
@@ -153,13 +187,34 @@ class DeliveryEngine:
         in_flight = [task for c in consumers for task in (*c.in_flight, *c.telling)]
         if in_flight:
             await asyncio.wait(in_flight, timeout=self.settings.drain_timeout)
+            unfinished = [c.held[task] for c in consumers for task in in_flight
+                          if not task.done() and task in c.held]
             await stop_tasks(in_flight, what="async deliveries")
+            if unfinished:
+                await self._release(unfinished)
         if self._session is not None:
             await self._session.close()
             self._session = None
         if self._lookups is not None:
             self._lookups.shutdown(wait=False, cancel_futures=True)   # a lookup still hanging ends on its own
             self._lookups = None
+
+    async def _release(self, deliveries: list[Delivery]) -> None:
+        """Hand back the events of deliveries stopped at the drain timeout, for at most
+        `release_timeout`; a failure is logged (that event waits for its lease to run out)."""
+        async def release(delivery: Delivery) -> None:
+            try:
+                await self.store.release(delivery)
+            except StoreUnavailable as e:
+                logger.warning("could not release async event %s: %s", delivery.event.id, e)
+                return
+            self.counters.released += 1
+
+        logger.warning("releasing %d async events still running after the drain timeout (%gs): other "
+                       "gateways deliver them again", len(deliveries), self.settings.drain_timeout)
+        tasks = [asyncio.create_task(release(d), name=f"kfn-async-release-{d.event.id}") for d in deliveries]
+        await asyncio.wait(tasks, timeout=self.settings.release_timeout)
+        await stop_tasks(tasks, what="async releases")
 
     # -- what others read ------------------------------------------------------------------------
 
@@ -205,7 +260,7 @@ class DeliveryEngine:
             await asyncio.sleep(self.settings.stats_interval)
 
     def _limit(self, config: AsyncConfig) -> int:
-        return max(1, math.ceil(config.concurrency / max(1, self.settings.replicas)))
+        return delivery_share(config.concurrency, self.replicas)
 
     async def _consume(self, ref: FunctionRef) -> None:
         consumer = self._consumers[ref]
@@ -240,8 +295,10 @@ class DeliveryEngine:
             for delivery in deliveries:
                 task = asyncio.create_task(self._deliver(config, delivery), name=f"kfn-async-{delivery.event.id}")
                 in_flight.add(task)
+                consumer.held[task] = delivery
                 task.add_done_callback(in_flight.discard)
                 task.add_done_callback(consumer.telling.discard)
+                task.add_done_callback(functools.partial(_forget, consumer.held))
 
     # -- one event -------------------------------------------------------------------------------
 
@@ -427,6 +484,10 @@ class DeliveryEngine:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 await _discard(response, self.settings.destination_answer_bytes)
             return response.status
+
+
+def _forget(held: dict[asyncio.Task[None], Delivery], task: asyncio.Task[None]) -> None:
+    held.pop(task, None)
 
 
 class _LookupLoop:

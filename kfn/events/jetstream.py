@@ -16,6 +16,8 @@ message to its files (see `kfn.events.jetstream_connection` for when those are f
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -36,6 +38,8 @@ from kfn.events.store import (
     QueueStats,
     dedup_key,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class JetStreamStore:
@@ -64,6 +68,17 @@ class JetStreamStore:
         await self._connection.open(self._streams)
 
     async def close(self) -> None:
+        """Hand back the events received and not claimed (`Leases.release_unclaimed`, up to the
+        publish timeout), then close the connection; leases of claimed events are the engine's
+        to end (it releases those it stops)."""
+        try:
+            async with asyncio.timeout(self._connection.publish_timeout):
+                released = await self._leases.release_unclaimed()
+            if released:
+                logger.info("handed back %d async events received and not yet claimed", released)
+        except TimeoutError:
+            logger.warning("could not hand back the async events received and not yet claimed within %gs: "
+                           "they are delivered again once their lease runs out", self._connection.publish_timeout)
         self._leases.forget()
         await self._connection.close()
 
@@ -111,3 +126,12 @@ class JetStreamStore:
 
     async def stats(self, functions: Sequence[FunctionRef]) -> dict[FunctionRef, QueueStats]:
         return await self._leases.stats(functions)
+
+    async def queued(self) -> dict[FunctionRef, int]:
+        return await self._leases.queued()
+
+    async def newest(self, function: FunctionRef) -> int:
+        return await self._leases.newest(function)
+
+    async def discard(self, function: FunctionRef, *, through: int | None = None) -> int:
+        return await self._leases.discard(function, through=through)

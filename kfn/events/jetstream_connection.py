@@ -20,6 +20,7 @@ from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
 from kfn._cogs.nats import NATS_ERRORS, Backoff, NatsUnreachable, connect, disconnect
+from kfn.core import natsurl
 from kfn.events.jetstream_layout import HEADER_MSG_ID
 from kfn.events.store import StoreUnavailable
 
@@ -89,10 +90,10 @@ class Connection:
     async def _on_disconnected(self) -> None:
         if self._closing:
             return
-        logger.warning("NATS: disconnected from %s; reconnecting", self.url)
+        logger.warning("NATS: disconnected from %s; reconnecting", natsurl.masked(self.url))
 
     async def _on_reconnected(self) -> None:
-        logger.warning("NATS: reconnected to %s", self.url)
+        logger.warning("NATS: reconnected to %s", natsurl.masked(self.url))
         # The server forgot the pull requests waiting: their claims ask again.
         self._reconnected.set()
         self._reconnected = asyncio.Event()
@@ -116,7 +117,7 @@ class Connection:
                 # Not published at all while NATS is away: nats-py would buffer the message and send
                 # it on reconnecting, after the caller had been told it was not stored (and waited
                 # the publish timeouts for it). Refused at once, it is the caller's to retry.
-                raise StoreUnavailable(f"not connected to NATS at {self.url}: {msg_id} not stored")
+                raise StoreUnavailable(f"not connected to NATS at {natsurl.masked(self.url)}: {msg_id} not stored")
             try:
                 ack = await js.publish(to, body, timeout=self.publish_timeout, headers=all_headers)
                 return bool(ack.duplicate)

@@ -41,6 +41,7 @@ IDS_STREAM = "KFN_ASYNC_IDS"
 SUBJECT_PREFIX = "kfn.async"
 DLQ_PREFIX = "kfn.dlq"
 IDS_PREFIX = "kfn.ids"
+JS_API = "$JS.API"   # the JetStream API's subjects (the default prefix, which the store's context uses)
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_NOT_BEFORE = "Kfn-Not-Before"
 DUPLICATE_WINDOW = 120.0

@@ -1,5 +1,6 @@
 """The queue of the JetStream event store: claims through each function's pull consumer, the
-leases JetStream keeps for them (`ack_wait`), and the queue statistics.
+leases JetStream keeps for them (`ack_wait`), the queue statistics, and removing a function's
+queue (a purge of its subject; its durable consumer stays, for a function of that name to come).
 
 Waiting: a claim is one pull request that the server holds for up to the claim's `wait` and
 answers as soon as a message is deliverable (new, retried after its delay, or its lease run
@@ -23,6 +24,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
@@ -31,6 +33,7 @@ from kfn.core.functions import FunctionRef
 from kfn.events.jetstream_connection import Connection
 from kfn.events.jetstream_layout import (
     HEADER_NOT_BEFORE,
+    JS_API,
     STREAM,
     SUBJECT_PREFIX,
     consumer,
@@ -154,6 +157,29 @@ class Leases:
         with contextlib.suppress(*NATS_ERRORS):
             await message.nak()
 
+    async def release_unclaimed(self) -> int:
+        """Hand back (NAK: due again at once, for the other consumers) what the subscriptions
+        received that no claim took: a claim cancelled while its pull request was answered (the
+        engine stopping) leaves messages in its subscription's queue, and the server goes on
+        sending more against the pull request until it expires, each leased to this process until
+        `ack_wait` runs out. Each subscription is unsubscribed first (nothing more comes), then its
+        queue emptied. Returns how many were handed back; a NAK that fails leaves that message to
+        its lease. Call it before closing the connection; the subscriptions are gone after it."""
+        released = 0
+        subs, self._subs = list(self._subs.values()), {}
+        for sub in subs:
+            with contextlib.suppress(*NATS_ERRORS, ValueError):
+                await sub.unsubscribe()
+            queue = sub._sub._pending_queue   # nats-py keeps no public way to take what is buffered
+            while not queue.empty():
+                message = queue.get_nowait()
+                if not message.reply:
+                    continue   # a status message (no messages, request expired): nothing leased
+                with contextlib.suppress(*NATS_ERRORS):
+                    await message.nak()
+                    released += 1
+        return released
+
     async def reschedule(self, delivery: Delivery, event: Event, *, delay: float) -> None:
         """Publish `event`, not due for `delay` seconds, then acknowledge `delivery` (see the
         module docstring). Raises StoreUnavailable."""
@@ -190,6 +216,64 @@ class Leases:
         except NATS_ERRORS as e:
             raise StoreUnavailable(f"could not read the queue statistics: {e!r}") from e
         return out
+
+    async def queued(self) -> dict[FunctionRef, int]:
+        """Every function with stored events, and how many: one request. Raises StoreUnavailable."""
+        try:
+            info = await self._connection.jetstream().stream_info(STREAM, subjects_filter=f"{SUBJECT_PREFIX}.>")
+        except NATS_ERRORS as e:
+            raise StoreUnavailable(f"could not read the queues: {e!r}") from e
+        out: dict[FunctionRef, int] = {}
+        for name, count in (info.state.subjects or {}).items():
+            function = function_of(name)
+            if function is not None and count > 0:
+                out[function] = count
+        return out
+
+    async def newest(self, function: FunctionRef) -> int:
+        """The stream sequence of the function's newest stored event (0: none): one request.
+        Raises StoreUnavailable."""
+        try:
+            raw = await self._connection.jetstream().get_msg(STREAM, subject=subject(function))
+        except nats.js.errors.NotFoundError:
+            return 0
+        except NATS_ERRORS as e:
+            raise StoreUnavailable(f"could not read the queue of {function}: {e!r}") from e
+        return int(raw.seq or 0)
+
+    async def discard(self, function: FunctionRef, *, through: int | None = None) -> int:
+        """Remove the stored events of `function` (a purge of its subject: one request, up to the
+        publish timeout), only those up to stream sequence `through` when given; returns how many
+        the server removed. An event in flight is removed too: its delivery goes on, and its end
+        (an ack) finds nothing to remove, so callers purge a queue only once none is in flight.
+        Raises StoreUnavailable."""
+        nc = self._connection.client
+        if nc is None:
+            raise StoreUnavailable("the event store is not open")
+        purge: dict[str, object] = {"filter": subject(function)}
+        if through is not None:
+            purge["seq"] = through + 1   # the server purges below `seq`, not including it
+        request = orjson.dumps(purge)
+        try:
+            # nats-py's purge_stream answers only whether it succeeded; the server also says how many.
+            reply = await nc.request(f"{JS_API}.STREAM.PURGE.{STREAM}", request,
+                                     timeout=self._connection.publish_timeout)
+            answer = orjson.loads(reply.data)
+        except (*NATS_ERRORS, orjson.JSONDecodeError) as e:
+            raise StoreUnavailable(f"could not remove the events of {function}: {e!r}") from e
+        if not isinstance(answer, dict) or answer.get("error") or not answer.get("success"):
+            error = answer.get("error") if isinstance(answer, dict) else answer
+            raise StoreUnavailable(f"could not remove the events of {function}: {error!r}")
+        return int(answer.get("purged") or 0)
+
+
+def function_of(stream_subject: str) -> FunctionRef | None:
+    """The function whose events `stream_subject` holds (`subject`'s inverse); None for another."""
+    prefix, dot, rest = stream_subject.partition(f"{SUBJECT_PREFIX}.")
+    namespace, dot, name = rest.partition(".")
+    if prefix or not namespace or not name:
+        return None
+    return FunctionRef(namespace, name)
 
 
 def stream_sequence(delivery: Delivery) -> int:

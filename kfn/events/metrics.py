@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kfn.core import naming
+from kfn.core.functions import FunctionRef
 from kfn.events.delivery import DeliveryEngine
 
 _LABELS = [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE]
@@ -15,11 +16,14 @@ _LABELS = [naming.METRIC_LABEL_FUNCTION, naming.METRIC_LABEL_NAMESPACE]
 
 class AsyncCollector(Collector):
     """Queue depth, oldest event age and in-flight deliveries per function (as the engine last
-    read them from the store), and the engine's counters by outcome."""
+    read them from the store), the engine's counters by outcome and, with `discarded`, the events
+    removed unrun per function and reason (`kfn.events.orphans.Orphans.discarded`)."""
 
-    def __init__(self, engine: DeliveryEngine, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: DeliveryEngine, *, clock: Callable[[], float] = time.time,
+                 discarded: Callable[[], Mapping[tuple[FunctionRef, str], int]] | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._discarded = discarded
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(naming.METRIC_ASYNC_QUEUE_DEPTH,
@@ -44,6 +48,13 @@ class AsyncCollector(Collector):
         yield age
         yield in_flight
         yield events
+        if self._discarded is not None:
+            discarded = CounterMetricFamily(
+                naming.METRIC_ASYNC_DISCARDED, "Asynchronous events removed unrun, by function and reason.",
+                labels=[*_LABELS, naming.METRIC_LABEL_REASON])
+            for (ref, reason), count in sorted(self._discarded().items()):
+                discarded.add_metric([ref.name, ref.namespace, reason], count)
+            yield discarded
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -142,3 +142,12 @@ class SqliteStore:
 
     async def stats(self, functions: Sequence[FunctionRef]) -> dict[FunctionRef, QueueStats]:
         return await self._leases.stats(functions)
+
+    async def queued(self) -> dict[FunctionRef, int]:
+        return await self._leases.queued()
+
+    async def newest(self, function: FunctionRef) -> int:
+        return await self._leases.newest(function)
+
+    async def discard(self, function: FunctionRef, *, through: int | None = None) -> int:
+        return await self._leases.discard(function, through=through)

@@ -1,4 +1,5 @@
-"""The queue of the SQLite event store: claims, the leases they take, and when to claim again.
+"""The queue of the SQLite event store: claims, the leases they take, when to claim again, and
+the queue statistics (and removing a function's queue, its events in flight excepted).
 
 Leases live in the rows of `events` (`lease_until`, `lease_owner`), so an event claimed by a
 process that dies is claimed again once its lease runs out, by whichever process sharing the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import sqlite3
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 # A claim's query, then when the function's next event is due (a retry's time, a lease's end).
 _NEXT_DUE = "SELECT min(max(not_before, lease_until)) FROM events WHERE namespace = ? AND name = ?"
 Rows = list[tuple[int, int, bytes]]
+
+# The largest `seq` SQLite stores: `discard` without a bound removes up to it.
+_LAST_SEQ = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,24 @@ class Leases:
             out[FunctionRef(namespace, name)] = QueueStats(depth, in_flight or 0, oldest)
         return out
 
+    async def queued(self) -> dict[FunctionRef, int]:
+        """Every function with stored events, and how many: one query. Raises StoreUnavailable."""
+        rows = await self._commits.run(_queued)
+        return {FunctionRef(namespace, name): count for namespace, name, count in rows}
+
+    async def newest(self, function: FunctionRef) -> int:
+        """The `seq` of the function's newest stored event (0: none): one query. Raises
+        StoreUnavailable."""
+        return await self._commits.run(functools.partial(_newest, function))
+
+    async def discard(self, function: FunctionRef, *, through: int | None = None) -> int:
+        """Remove the stored events of `function` that are not leased now (those in flight stay:
+        their deliveries are not interrupted), only those with a `seq` up to `through` when given;
+        returns how many. Raises StoreUnavailable."""
+        return await self._commits.statement(
+            "DELETE FROM events WHERE namespace = ? AND name = ? AND lease_until <= ? AND seq <= ?",
+            (function.namespace, function.name, self._clock(), _LAST_SEQ if through is None else through))
+
     def _stats(self, db: sqlite3.Connection) -> list[tuple[str, str, int, int, float]]:
         now = self._clock()
         return db.execute(
@@ -232,6 +255,16 @@ class Leases:
 def _data_version(db: sqlite3.Connection) -> int:
     # Changes only when another connection commits: one cheap query, however many functions.
     return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _newest(function: FunctionRef, db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT max(seq) FROM events WHERE namespace = ? AND name = ?",
+                     (function.namespace, function.name)).fetchone()
+    return int(row[0] or 0)
+
+
+def _queued(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    return db.execute("SELECT namespace, name, count(*) FROM events GROUP BY namespace, name").fetchall()
 
 
 def _all_due(db: sqlite3.Connection) -> list[tuple[FunctionRef, float]]:

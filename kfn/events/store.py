@@ -27,6 +27,10 @@ functions) see; `kfn.events.sqlite.SqliteStore` (local mode) and
 - `stats` gives, per function, the events stored (queued, waiting for a retry, or in flight),
   those in flight, and when the oldest was accepted: the queue-depth and oldest-age metrics and
   the autoscaler's queued-work input.
+- `queued` names every function with stored events (whichever namespace, known or not), `newest`
+  where a function's newest event stands, and `discard` removes a function's stored events unrun
+  (up to a `newest` read earlier): how the queues of deleted functions are removed
+  (`kfn.events.orphans`, by the rule of `kfn.core.orphans`).
 """
 from __future__ import annotations
 
@@ -246,6 +250,21 @@ class EventStore(Protocol):
 
     async def stats(self, functions: Sequence[FunctionRef]) -> dict[FunctionRef, QueueStats]:
         """Queue depth, in-flight count and oldest event, per function."""
+
+    async def queued(self) -> dict[FunctionRef, int]:
+        """Every function with stored events, and how many. Raises StoreUnavailable."""
+
+    async def newest(self, function: FunctionRef) -> int:
+        """Where the function's newest stored event stands in the store's order (a sequence that
+        only grows; 0 when it has none): what `discard(through=...)` takes. Raises
+        StoreUnavailable."""
+
+    async def discard(self, function: FunctionRef, *, through: int | None = None) -> int:
+        """Remove the function's stored events, unrun (SQLite leaves those in flight; JetStream
+        removes them too: call it for a queue with none in flight), only those stored at or
+        before `through` (a `newest` read earlier) when given, so an event accepted since is
+        kept; returns how many were removed, 0 when there were none (another process took them
+        first). Raises StoreUnavailable."""
 
 
 def _b64(data: bytes) -> str:

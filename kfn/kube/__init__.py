@@ -9,6 +9,8 @@
   `scaling` (the scale subresource and pooled pods) and `logs`;
 - `pool`: `PoolClaimer`, the gateway's claims of warm pool pods and their specialisation;
 - `keys`: `SecretKeys`, the gateway's API keys from Secrets;
+- `peers`: `GatewayPeers`, the gateway's live replicas from its own Service's EndpointSlices (how
+  they share async delivery);
 - `resources`: writes as JSON patches.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ from kfn.core.functions import Function, FunctionRef
 from kfn.core.instances import Instance, Listener, StartProblem
 from kfn.kube.informer import Backoff
 from kfn.kube.logs import build_logs, function_logs
-from kfn.kube.mirror import ClusterMirror
+from kfn.kube.mirror import ClusterMirror, DeploymentListener, DeploymentState
 from kfn.kube.pool import PoolClaimer
 from kfn.kube.rotation import Rotation
 from kfn.kube.scaling import Scaler
@@ -73,6 +73,11 @@ class KubernetesBackend:
     def functions(self) -> list[Function]:
         return list(self._mirror.functions.values())
 
+    def existing(self) -> set[FunctionRef]:
+        """Every Function that exists, those invalid with no valid definition yet included (not
+        served, not deleted): what decides that a function is gone (`kfn.events.orphans`)."""
+        return {*self._mirror.functions, *self._mirror.invalid}
+
     def ready(self, ref: FunctionRef) -> list[Instance]:
         return self._rotation.ready(ref)
 
@@ -96,6 +101,15 @@ class KubernetesBackend:
 
     def add_listener(self, listener: Listener) -> None:
         self._mirror.add_listener(listener)
+
+    def add_deployment_listener(self, listener: DeploymentListener) -> None:
+        """Call `listener(ref)` when the state of a function's Deployment changes (see
+        `kfn.kube.mirror.ClusterMirror.add_deployment_listener`)."""
+        self._mirror.add_deployment_listener(listener)
+
+    def deployment(self, ref: FunctionRef) -> DeploymentState | None:
+        """What the function's Deployment says of it (None: no Deployment seen)."""
+        return self._mirror.deployments.get(ref)
 
     def logs(self, ref: FunctionRef, *, tail: int, follow: bool,
              build: bool = False) -> AbstractAsyncContextManager[AsyncIterator[str]]:

@@ -4,20 +4,29 @@
 what they report for the other parts of `kfn.kube.backend.KubernetesBackend` to read:
 
 - `functions`: Functions (`kfn.dev/v1alpha1`), parsed with `kfn.core.functions.parse_function`;
-  an invalid one keeps its last valid definition (the operator reports the error in its status);
-- `replicas`: the spec.replicas of the Deployments kfn manages, by function;
+  an invalid one keeps its last valid definition, on a watch event and on a relist alike (the
+  operator reports the error in its status); `invalid` names those that exist with none (not
+  served, but not deleted either: their queued async events stay);
+- `replicas`: the spec.replicas of the Deployments kfn manages, by function, and `deployments`
+  what the operator's status of a function follows of its Deployment (`DeploymentState`);
 - `pods`: the functions' pods and the warm pools' (`kfn.kube.pods.PodView`), each shown to
   `probes` as it changes; only a function's own pods (not an idle or claimed pool pod) name it.
 
 Listeners hear of every function whose definition, replica count or pods changed, or whose
-failed build (`kfn.kube.builds`) began or ceased to keep it from starting.
+failed build (`kfn.kube.builds`) began or ceased to keep it from starting; deployment listeners
+(the operator's status writer) of every function whose `DeploymentState` changed, appeared or went,
+and of every Function that appeared, went, or whose status changed (so that a status written from
+an older view of the Deployment is seen and written again).
+One informer per kind serves every part of a process: the operator has no watch of Deployments
+besides this one.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.aio import client
@@ -38,6 +47,36 @@ logger = logging.getLogger(__name__)
 POD_SELECTOR = f"{naming.LABEL_COMPONENT} in ({naming.COMPONENT_FUNCTION},{naming.COMPONENT_POOL})"
 
 
+@dataclass(frozen=True)
+class DeploymentState:
+    """What a function's status follows of its Deployment: the replicas asked for, those ready,
+    and the conditions that say it cannot progress (`as_manifest` gives the same fields in a
+    Deployment's own shape)."""
+
+    replicas: int
+    ready_replicas: int
+    conditions: tuple[tuple[str, str, str, str], ...] = ()   # (type, status, reason, message)
+
+    @classmethod
+    def of(cls, deployment: Any) -> DeploymentState:
+        """From a typed V1Deployment."""
+        status = deployment.status
+        conditions = tuple((c.type or "", c.status or "", c.reason or "", c.message or "")
+                           for c in (status.conditions if status is not None else None) or ())
+        return cls(replicas=int(deployment.spec.replicas or 0),
+                   ready_replicas=int((status.ready_replicas if status is not None else 0) or 0),
+                   conditions=conditions)
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {"spec": {"replicas": self.replicas},
+                "status": {"readyReplicas": self.ready_replicas,
+                           "conditions": [{"type": t, "status": s, "reason": r, "message": m}
+                                          for t, s, r, m in self.conditions]}}
+
+
+DeploymentListener = Callable[[FunctionRef], None]
+
+
 class ClusterMirror:
     """The Functions, managed Deployments and function Pods of `namespaces` (empty: all).
 
@@ -54,11 +93,15 @@ class ClusterMirror:
         self._apps = client.AppsV1Api(api)
         self._core = client.CoreV1Api(api)
         self.functions: dict[FunctionRef, Function] = {}
+        # Functions that exist but never were valid here: not served, yet not deleted either.
+        self.invalid: set[FunctionRef] = set()
         self.replicas: dict[FunctionRef, int] = {}
+        self.deployments: dict[FunctionRef, DeploymentState] = {}
         self.pods: dict[tuple[str, str], PodView] = {}
         self.probes = ReadinessProbes(self.pods, self.functions, self.notify, enabled=probe,
                                       interval=probe_interval, timeout=probe_timeout)
         self._listeners: list[Listener] = []
+        self._deployment_listeners: list[DeploymentListener] = []
         self._informers: list[Informer] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -106,6 +149,20 @@ class ClusterMirror:
     def remove_listener(self, listener: Listener) -> None:
         self._listeners.remove(listener)
 
+    def add_deployment_listener(self, listener: DeploymentListener) -> None:
+        """Call `listener(ref)` after the `DeploymentState` of a function's Deployment changed,
+        appeared or went (gone: `deployments` has no entry for it), and after the function's
+        Function appeared, went or had its status changed."""
+        self._deployment_listeners.append(listener)
+
+    def _deployments_changed(self, refs: Iterable[FunctionRef]) -> None:
+        for ref in set(refs):
+            for listener in list(self._deployment_listeners):
+                try:
+                    listener(ref)
+                except Exception:
+                    logger.exception("deployment listener failed for %s", ref)
+
     def notify(self, refs: Iterable[FunctionRef]) -> None:
         """Tell every listener about each function of `refs`; a listener that raises is logged."""
         for ref in set(refs):
@@ -118,8 +175,17 @@ class ClusterMirror:
     # ---- functions
 
     def _replace_functions(self, ns: str | None, items: list[dict[str, Any]]) -> None:
-        fresh = {fn.ref: fn for item in items if (fn := _parse(item)) is not None}
         before = {ref: fn for ref, fn in self.functions.items() if ns is None or ref.namespace == ns}
+        fresh: dict[FunctionRef, Function] = {}
+        self.invalid = {ref for ref in self.invalid if ns is not None and ref.namespace != ns}
+        for item in items:
+            ref = _ref_of(item)
+            if (fn := _parse(item)) is not None:
+                fresh[fn.ref] = fn
+            elif ref in before:   # as on a watch event: the last valid definition keeps serving
+                fresh[ref] = before[ref]
+            else:
+                self.invalid.add(ref)
         for ref in before:
             del self.functions[ref]
         self.functions.update(fresh)
@@ -127,47 +193,67 @@ class ClusterMirror:
                    if ref not in before or ref not in fresh or _changed(before[ref], fresh[ref])}
         self.probes.probe_pods_of(set(fresh) - set(before))
         self.notify(changed)
+        self._deployments_changed({ref for ref in set(before) | set(fresh)
+                                   if ref not in before or ref not in fresh or before[ref].status != fresh[ref].status})
 
     def _function_event(self, kind: str, obj: dict[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        ref = FunctionRef(meta.get("namespace") or naming.DEFAULT_NAMESPACE, meta.get("name") or "")
+        ref = _ref_of(obj)
         if kind == DELETED:
+            self.invalid.discard(ref)
             if self.functions.pop(ref, None) is not None:
                 self.notify({ref})
+                self._deployments_changed({ref})
             return
         fn = _parse(obj)
         # An edit that makes a Function invalid is not rolled out by the operator either: the
         # running pods still serve the last valid definition, so keep routing to them.
         if fn is None:
+            if ref not in self.functions:
+                self.invalid.add(ref)
             return
+        self.invalid.discard(ref)
         previous = self.functions.get(ref)
         self.functions[ref] = fn
         if previous is None:
             self.probes.probe_pods_of({ref})
         if previous is None or _changed(previous, fn):
             self.notify({ref})
+        if previous is None or previous.status != fn.status:
+            # A status written by someone else (kopf's patch of a reconcile that read the
+            # Deployment before it changed, a hand): the status writer compares it again.
+            self._deployments_changed({ref})
 
     # ---- deployments
 
     def _replace_deployments(self, ns: str | None, items: list[Any]) -> None:
         before = dict(self.replicas)
+        states = dict(self.deployments)
         self.replicas = {ref: n for ref, n in self.replicas.items() if ns is not None and ref.namespace != ns}
+        self.deployments = {ref: d for ref, d in self.deployments.items() if ns is not None and ref.namespace != ns}
         for deployment in items:
             if (ref := _deployment_ref(deployment)) is not None:
                 self.replicas[ref] = int(deployment.spec.replicas or 0)
+                self.deployments[ref] = DeploymentState.of(deployment)
         self.notify({ref for ref in set(before) | set(self.replicas) if before.get(ref) != self.replicas.get(ref)})
+        self._deployments_changed({ref for ref in set(states) | set(self.deployments)
+                                   if states.get(ref) != self.deployments.get(ref)})
 
     def _deployment_event(self, kind: str, deployment: Any) -> None:
         ref = _deployment_ref(deployment)
         if ref is None:
             return
         before = self.replicas.get(ref)
+        state = self.deployments.get(ref)
         if kind == DELETED:
             self.replicas.pop(ref, None)
+            self.deployments.pop(ref, None)
         else:
             self.replicas[ref] = int(deployment.spec.replicas or 0)
+            self.deployments[ref] = DeploymentState.of(deployment)
         if self.replicas.get(ref) != before:
             self.notify({ref})
+        if self.deployments.get(ref) != state or kind == DELETED:
+            self._deployments_changed({ref})
 
     # ---- pods
 
@@ -235,12 +321,22 @@ def _lister(api: Any, kind: str, ns: str | None) -> tuple[Any, ...]:
 
 
 def _parse(item: dict[str, Any]) -> Function | None:
+    meta = item.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        # Server-side apply's field owners: kept by no part of kfn, and with a thousand Functions
+        # in every process that mirrors them, often the larger part of a Function's metadata.
+        item = {**item, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
     try:
         return parse_function(item)
     except InvalidFunction as e:
         meta = item.get("metadata") or {}
         logger.warning("ignoring invalid Function %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
         return None
+
+
+def _ref_of(item: dict[str, Any]) -> FunctionRef:
+    meta = item.get("metadata") or {}
+    return FunctionRef(meta.get("namespace") or naming.DEFAULT_NAMESPACE, meta.get("name") or "")
 
 
 def _changed(before: Function, after: Function) -> bool:
@@ -252,4 +348,8 @@ def _changed(before: Function, after: Function) -> bool:
 def _deployment_ref(deployment: Any) -> FunctionRef | None:
     meta = deployment.metadata
     name = (meta.labels or {}).get(naming.LABEL_FUNCTION)
-    return FunctionRef(meta.namespace or naming.DEFAULT_NAMESPACE, name) if name else None
+    if not name or meta.name != name:
+        # A function's Deployment is named after it; another carrying its labels (a copy made by
+        # hand) would otherwise stand for it, and its deletion pass for the function's own.
+        return None
+    return FunctionRef(meta.namespace or naming.DEFAULT_NAMESPACE, name)

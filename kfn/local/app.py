@@ -27,10 +27,12 @@ from pathlib import Path
 from aiohttp import web
 
 from kfn._cogs.lifecycle import Parts
-from kfn.core import naming
+from kfn.core import naming, orphans
+from kfn.core.codespec import DEFAULT_RUNTIME
 from kfn.core.errors import CommandError
 from kfn.core.functions import Function, FunctionRef
 from kfn.events.delivery import DeliverySettings
+from kfn.events.orphans import OrphanSettings
 from kfn.events.sqlite import FILE_NAME, SqliteStore
 from kfn.events.store import StoreUnavailable
 from kfn.keyfile import open_key_file
@@ -63,6 +65,7 @@ class LocalSettings:
     nats_url: str | None = None     # the NATS server of spec.triggers[].nats (none: those triggers do not run)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)   # retry delays of async events
     async_lease: float = 30.0       # an async event in flight when kfn local died is delivered again after this
+    async_discard_after: float = orphans.DEFAULT_GRACE   # queued events of a function whose manifest is gone this long
     strict_runtimes: bool = False   # refuse a function whose Python version is not on this machine (else: warn)
     init_timeout: float = contract.DEFAULT_INIT_TIMEOUT   # a function's init phase; past it, Sandbox.Timedout
     region: str = awslambda.DEFAULT_REGION   # the functions' AWS_REGION, and what their ARNs and events say
@@ -171,7 +174,11 @@ class LocalMode:
                                                  nats_url=self.settings.nats_url),
                                   everywhere=("nats",), leader_only=("schedule",),
                                   election=FileLock(state / SCHEDULER_LOCK))
+        # The default runtime's interpreter is chosen (its candidates run) while the manifests are read.
+        choosing = asyncio.create_task(asyncio.to_thread(backend.choose_runtime, DEFAULT_RUNTIME),
+                                       name="kfn-local-interpreter")
         async with Parts("kfn local") as parts:
+            parts.add("interpreter choice", lambda: _settle(choosing))
             stop = await parts.start("signal handlers", _stop_on_signals, _restore_signals)
             await parts.start("async event store", lambda: _open(store, state), store.close)  # all accepted is in it
             # SIGTERM every instance, SIGKILL stragglers, reap all: as long as the slowest function may take.
@@ -183,7 +190,9 @@ class LocalMode:
             drain = _drain_timeout(backend)
             delivery = AsyncDelivery(gateway, store, settings=replace(
                 self.settings.delivery, drain_timeout=drain,
-                heartbeat=min(self.settings.delivery.heartbeat, self.settings.async_lease / 3)))
+                heartbeat=min(self.settings.delivery.heartbeat, self.settings.async_lease / 3)),
+                orphans=OrphanSettings(grace=self.settings.async_discard_after),
+                known=lambda: None if manifests.unread() else [fn.ref for fn in backend.functions()])
             app = gateway.make_app()   # starts the gateway with the app, and closes it on cleanup
             LocalRoutes(backend, manifests, gateway, triggers).add_to(app)
             # As kfn_gateway.server.serve does, plus a drain as long as the slowest function may take.
@@ -253,6 +262,14 @@ class LocalMode:
             return python.refusal() if strict and python is not None else None
 
         return check
+
+
+async def _settle(task: asyncio.Task[object]) -> None:
+    """Wait for `task` (a thread's work: it cannot be cancelled), logging its failure."""
+    try:
+        await task
+    except Exception:
+        logger.exception("choosing the default runtime's interpreter failed")
 
 
 async def _open(store: SqliteStore, state: Path) -> None:

@@ -1,6 +1,11 @@
 """The Functions defined by the manifest files of one directory, kept in step with a backend.
 
-The directory is polled: adding, editing or deleting a file takes effect without a restart. A
+The directory is polled: adding, editing or deleting a file takes effect without a restart (within
+`interval`). Where the kernel reports changes (`kfn.local.watch`: Linux inotify), a poll is
+skipped while it reports none in the directory and in the directories its symbolic links lead
+to, so an idle directory of a thousand manifests is not listed and stat-ed every second; every
+`rescan` seconds it is all the same. A change that a rescan finds and the kernel never reported
+(a network filesystem, a bind mount from another machine) makes it poll every interval again. A
 broken file is reported (and its previous functions keep serving); a function defined by two
 files is served from the file that had it first, and the other file is reported. Each file is
 read and checked on its own, so one bad file never holds up another. A directory entry that
@@ -11,10 +16,12 @@ file is reported as invalid, as a broken one is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +29,17 @@ from typing import Protocol
 
 from kfn.core.functions import Function, FunctionRef
 from kfn.core.manifests import MANIFEST_SUFFIXES, ManifestError, load_text
+from kfn.local.watch import ChangeWatch, Watch
 from kfn.manifests import decode, read_bytes
 
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
+# While the kernel reports changes, a full look this often all the same (see the module docstring).
+RESCAN_INTERVAL = 10.0
 MAX_FILES = 10_000
+# Files read per hop to the worker thread (one hop per file was most of a thousand files' reading).
+READ_BATCH = 64
 # A check of each function a file defines: why local mode refuses it (naming the field), or None.
 Check = Callable[[Function], str | None]
 
@@ -51,45 +63,107 @@ class _File:
     error: str | None = None
 
 
-def _parse(path: Path, check: Check | None = None) -> tuple[str, list[Function] | None, str | None]:
-    """(digest, functions or None, error or None) of one file; never raises."""
+# (digest, functions or None, error or None) of one file, as read
+Parsed = tuple[str, list[Function] | None, str | None]
+
+
+def _parse(path: Path, check: Check | None = None) -> Parsed:
+    """One file, read and checked; never raises."""
     try:
         raw = read_bytes(path)
         digest = hashlib.sha256(raw).hexdigest()
         functions = load_text(decode(raw, file=str(path)), file=str(path))
-        refusals = [f"{fn.name}: {problem}" for fn in functions if check is not None and (problem := check(fn))]
-        if refusals:
-            raise ManifestError.of(str(path), "; ".join(refusals))
-        return digest, functions, None
     except ManifestError as e:
         return "", None, str(e)
     except Exception as e:
         logger.exception("reading %s failed", path)
         return "", None, f"{path}: cannot be read: {type(e).__name__}: {e}"
+    return _refused(str(path), (digest, functions, None), check) if check is not None else (digest, functions, None)
+
+
+def _refused(path: str, parsed: Parsed, check: Check) -> Parsed:
+    """`parsed` with `check` applied to its functions: an error naming the refused ones, if any."""
+    digest, functions, _ = parsed
+    if functions is None:
+        return parsed
+    try:
+        refusals = [f"{fn.name}: {problem}" for fn in functions if (problem := check(fn))]
+    except Exception as e:
+        logger.exception("checking %s failed", path)
+        return "", None, f"{path}: cannot be checked: {type(e).__name__}: {e}"
+    if refusals:
+        return "", None, str(ManifestError.of(path, "; ".join(refusals)))
+    return digest, functions, None
+
+
+def _parse_all(names: list[str]) -> list[Parsed]:
+    return [_parse(Path(name)) for name in names]
+
+
+def _checked(files: list[tuple[str, tuple[int, int]]], parsed: list[Parsed], check: Check) -> list[Parsed]:
+    return [_refused(name, result, check) for (name, _), result in zip(files, parsed, strict=True)]
 
 
 class ManifestDirectory:
-    """See the module docstring. `load` reads everything once; `run` keeps polling."""
+    """See the module docstring. `poll` reads everything once; `run` keeps polling."""
 
     def __init__(self, directory: Path, backend: FunctionSink, *, interval: float = POLL_INTERVAL,
-                 check: Check | None = None) -> None:
+                 rescan: float = RESCAN_INTERVAL, check: Check | None = None,
+                 watch: Callable[[], Watch | None] | None = ChangeWatch.open,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = directory
         self._backend = backend
         self._interval = interval
+        self._rescan = rescan
         self._check = check
+        self._open_watch = watch
+        self._clock = clock
         self._files: dict[str, _File] = {}          # by path, as listed
         self._owners: dict[FunctionRef, Path] = {}   # function → the file serving it
         self._conflicts: dict[Path, list[str]] = {}  # file → messages about names it cannot have
         self._listing_error: str | None = None
+        self._linked: set[str] = set()               # directories the symbolic links listed lead to
+        self.trusts_watch = False                    # whether `run` skips polls the kernel reports no change for
 
     async def run(self) -> None:
-        """Polls the directory every interval until cancelled; never raises on bad files."""
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.poll()
-            except Exception:
-                logger.exception("could not reload manifests from %s", self.directory)
+        """Polls the directory every interval until cancelled (skipping polls while a change
+        watch reports nothing, see the module docstring); never raises on bad files. A watch
+        that cannot be had or kept is logged at debug level and every interval is polled."""
+        watch = self._open_watch() if self._open_watch is not None else None
+        try:
+            self.trusts_watch = watch is not None
+            looked: float | None = None   # when the last full poll began (None: none yet under the watch)
+            carried = False               # a change reported while the last poll was checked
+            while True:
+                if watch is not None:
+                    # Watched before looking: a change made while looking is reported at the next tick.
+                    watched = watch.watch([str(self.directory), *sorted(self._linked)])
+                    reported = watch.changed() or carried
+                    due = (reported or not watched or not self.trusts_watch or looked is None
+                           or self._clock() - looked >= self._rescan)
+                else:
+                    reported, due = False, True
+                carried = False
+                if due:
+                    rescan = looked is not None and not reported
+                    looked = self._clock()
+                    try:
+                        found = await self._poll()
+                    except Exception:
+                        logger.exception("could not reload manifests from %s", self.directory)
+                    else:
+                        if watch is not None and self.trusts_watch:
+                            # Reported since the listing began: looked at again at the next tick.
+                            carried = watch.changed()
+                            if found and rescan and not carried:
+                                # A rescan found what the kernel never reported: it cannot be relied on here.
+                                logger.info("changes in %s are not all reported by the kernel: polling it every "
+                                            "%gs", self.directory, self._interval)
+                                self.trusts_watch = False
+                await asyncio.sleep(self._interval)
+        finally:
+            if watch is not None:
+                watch.close()
 
     async def poll(self) -> None:
         """One pass: reads every changed file, then adds, rolls and removes functions accordingly.
@@ -98,36 +172,57 @@ class ManifestDirectory:
         loop keeps serving); the first call is how local mode knows all its functions before it
         serves any.
         """
+        await self._poll()
+
+    async def _poll(self) -> bool:
+        """`poll`; True if any file was added, removed or touched since the last pass."""
         try:
-            paths = await asyncio.to_thread(self._list)
+            paths, linked = await asyncio.to_thread(self._list)
         except OSError as e:
             message = f"{self.directory}: cannot list manifests: {e.strerror or e}; still serving the last ones read"
             if message != self._listing_error:
                 logger.error("%s", message)
             self._listing_error = message
-            return
+            return False
         self._listing_error = None
+        self._linked = linked
         changed = False
+        found = False
         for name in self._files.keys() - paths.keys():
             del self._files[name]
             logger.info("%s: removed", name)
-            changed = True
-        for name, stamp in paths.items():
-            known = self._files.get(name)
-            if known is not None and known.stamp == stamp:
-                continue
-            if await self._read(Path(name), stamp, known):
+            changed = found = True
+        stale = [(name, stamp) for name, stamp in paths.items()
+                 if (known := self._files.get(name)) is None or known.stamp != stamp]
+        parsed: list[Parsed] = []
+        for start in range(0, len(stale), READ_BATCH):
+            names = [name for name, _ in stale[start:start + READ_BATCH]]
+            parsed += await asyncio.to_thread(_parse_all, names)
+        if self._check is not None and parsed:
+            # Checked once all are read: the first check may wait for a look at the machine (local
+            # mode's choice of interpreter, begun meanwhile), which the reading need not wait for.
+            parsed = await asyncio.to_thread(_checked, stale, parsed, self._check)
+        for (name, stamp), result in zip(stale, parsed, strict=True):
+            found = True
+            if self._read(Path(name), stamp, self._files.get(name), result):
                 changed = True
         if changed:
             self._apply()
+        return found
 
-    def _list(self) -> dict[str, tuple[int, int]]:
-        # Runs every interval over every file: plain strings, no Path objects (it is most of idle's cost).
+    def _list(self) -> tuple[dict[str, tuple[int, int]], set[str]]:
+        """Every manifest file's stamp, and the directories (other than this one) that the
+        symbolic links among them lead to."""
+        # Runs at every poll over every file: plain strings, no Path objects.
         out: dict[str, tuple[int, int]] = {}
+        linked: set[str] = set()
         with os.scandir(self.directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 if entry.name.startswith(".") or os.path.splitext(entry.name)[1] not in MANIFEST_SUFFIXES:
                     continue
+                with contextlib.suppress(OSError):
+                    if entry.is_symlink():
+                        linked.add(os.path.dirname(os.path.realpath(entry.path)))
                 try:
                     st = entry.stat()
                 except OSError as e:
@@ -145,11 +240,13 @@ class ManifestDirectory:
                     out[entry.path] = (st.st_mtime_ns, st.st_size)
                 if len(out) >= MAX_FILES:
                     break
-        return out
+        linked.discard(os.path.realpath(self.directory))
+        return out, linked
 
-    async def _read(self, path: Path, stamp: tuple[int, int], known: _File | None) -> bool:
-        """Reads one file; True if what it defines (or its error) changed."""
-        digest, functions, error = await asyncio.to_thread(_parse, path, self._check)
+    def _read(self, path: Path, stamp: tuple[int, int], known: _File | None,
+              parsed: tuple[str, list[Function] | None, str | None]) -> bool:
+        """Takes in one file as read (`_parse`); True if what it defines (or its error) changed."""
+        digest, functions, error = parsed
         if known is not None and digest and known.digest == digest and known.error is None:
             known.stamp = stamp
             return False
@@ -200,6 +297,8 @@ class ManifestDirectory:
                 self._backend.remove_function(ref)
         for ref, fn in wanted.items():
             current = self._backend.function(ref)
+            if current is fn:
+                continue   # from a file unchanged since it was set: nothing to compare (a thousand spec hashes)
             if current is None:
                 logger.info("function %s: added from %s", ref, owners[ref])
                 self._backend.set_function(fn)
@@ -221,6 +320,13 @@ class ManifestDirectory:
                 out.append({"file": str(entry.path), "error": "\n".join(messages),
                             "functions": [f.name for f in entry.functions if self._owners.get(f.ref) == entry.path]})
         return out
+
+    def unread(self) -> bool:
+        """Whether some functions may be defined where they cannot be read now: the directory
+        cannot be listed, or a file is broken without a valid version read before (which
+        functions it defines is not known)."""
+        return self._listing_error is not None or any(
+            entry.error is not None and not entry.functions for entry in self._files.values())
 
     def file_of(self, ref: FunctionRef) -> Path | None:
         return self._owners.get(ref)

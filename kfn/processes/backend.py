@@ -162,6 +162,11 @@ class ProcessBackend:
             return None
         return self._interpreters.choose(function.spec.runtime)
 
+    def choose_runtime(self, runtime: str) -> Choice | None:
+        """`choose_python` for any function of `runtime`: blocks while the first choice looks at
+        the machine's interpreters, so a caller may begin it early in a worker thread."""
+        return self._interpreters.choose(runtime) if runtime.startswith("python") else None
+
     def python(self, ref: FunctionRef) -> Choice | None:
         """The interpreter the function's new instances run on, or None (not Python, or unknown)."""
         fleet = self._live(ref)

@@ -148,6 +148,7 @@ class Interpreters:
         self._find = find
         self._lock = threading.Lock()
         self._chosen: dict[str, Choice] = {}
+        self._choosing: dict[str, threading.Lock] = {}   # per runtime: one look at a time
 
     def default_version(self) -> str:
         """The version of the interpreter used when none of the declared version exists."""
@@ -159,18 +160,25 @@ class Interpreters:
         """The interpreter for `runtime` (e.g. python3.13): of that version when the machine has
         one, else the default one (a substitution the Choice reports). Chosen once per runtime (a
         Python installed later is used after a restart); the first call may run each candidate once
-        to read its version (bounded, 10 s each), so call it off the event loop first."""
+        to read its version (bounded, 10 s each), so call it off the event loop first. A call
+        while another thread chooses for the same runtime waits for that choice."""
         with self._lock:
             known = self._chosen.get(runtime)
-        if known is not None:
-            return known
-        wanted = wanted_version(runtime)
-        default_version = self.default_version()
-        if default_version == wanted:
-            choice = Choice(runtime, self._default, wanted)
-        else:
-            found = self._find(wanted)
-            choice = (Choice(runtime, found, wanted) if found is not None
-                      else Choice(runtime, self._default, default_version or "?"))
-        with self._lock:
-            return self._chosen.setdefault(runtime, choice)
+            if known is not None:
+                return known
+            choosing = self._choosing.setdefault(runtime, threading.Lock())
+        with choosing:
+            with self._lock:
+                known = self._chosen.get(runtime)
+            if known is not None:
+                return known
+            wanted = wanted_version(runtime)
+            default_version = self.default_version()
+            if default_version == wanted:
+                choice = Choice(runtime, self._default, wanted)
+            else:
+                found = self._find(wanted)
+                choice = (Choice(runtime, found, wanted) if found is not None
+                          else Choice(runtime, self._default, default_version or "?"))
+            with self._lock:
+                return self._chosen.setdefault(runtime, choice)

@@ -51,6 +51,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from kfn._cogs.nats import NATS_ERRORS, Backoff, connect, disconnect
+from kfn.core import natsurl
 from kfn.core.aiotasks import stop_tasks
 from kfn.core.functions import Function, FunctionRef
 from kfn.core.triggerspec import NatsTrigger
@@ -213,9 +214,10 @@ class NatsSubjectSource:
         problem and it tries again (0.5 s later, doubling up to 15 s)."""
 
         def unreachable(error: BaseException, wait: float) -> None:
-            logger.warning("NATS triggers: cannot connect to %s (%s); trying again in %.1fs", self.url, error, wait)
+            logger.warning("NATS triggers: cannot connect to %s (%s); trying again in %.1fs",
+                           natsurl.masked(self.url), error, wait)
             for binding in self._wanted:
-                self._problems[binding.function] = f"NATS at {self.url} unreachable: {error}"
+                self._problems[binding.function] = f"NATS at {natsurl.masked(self.url)} unreachable: {error}"
 
         return await connect(self.url, name=self._name, attempts=None, backoff=Backoff(0.5, factor=2.0, most=15.0),
                              on_retry=unreachable)

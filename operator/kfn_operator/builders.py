@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,11 @@ POOL_GRACE_SECONDS = math.ceil(MAX_TIMEOUT_SECONDS + contract.DEFAULT_DRAIN_EXTR
 
 DEFAULT_IMAGE_REGISTRY = "ghcr.io/kfn-dev"
 ENV_RUNTIME_IMAGES = "KFN_RUNTIME_IMAGES"
+# Secrets (of the function's namespace) the kubelet pulls function, pool and build images with:
+# names separated by spaces or commas, as the chart's functions.imagePullSecrets gives them.
+ENV_IMAGE_PULL_SECRETS = "KFN_IMAGE_PULL_SECRETS"
+# A Secret's name is a DNS subdomain.
+MAX_SECRET_NAME_LENGTH = 253
 # Where init containers install spec.requirements from: the chart passes its values here, and the
 # operator hands them to pip in the pod as pip's own variables (space-separated lists).
 ENV_PIP = {"index_url": "KFN_PIP_INDEX_URL", "extra_index_urls": "KFN_PIP_EXTRA_INDEX_URL",
@@ -126,6 +132,13 @@ class RuntimeImages:
 
     images: Mapping[str, str] = field(default_factory=_default_images)
     pull_policy: str = "IfNotPresent"
+    # imagePullSecrets of every pod the operator makes (Secrets in the function's own namespace).
+    pull_secrets: tuple[str, ...] = ()
+
+    def pull_secrets_field(self) -> dict[str, list[Manifest]]:
+        """A pod spec's imagePullSecrets entry, or nothing when there are none (so that pods, and
+        the spec hashes over them, stay as they were without any)."""
+        return {"imagePullSecrets": [{"name": name} for name in self.pull_secrets]} if self.pull_secrets else {}
 
     def image_for(self, fn: Function) -> str:
         """The image of the instance's container: the runtime's (for an image function, the
@@ -139,12 +152,29 @@ class RuntimeImages:
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None, *,
                          overrides: Mapping[str, str] | None = None) -> RuntimeImages:
-        """Defaults, then $KFN_RUNTIME_IMAGES (JSON object or `rt=image,rt=image`), then `overrides`."""
+        """Defaults, then $KFN_RUNTIME_IMAGES (JSON object or `rt=image,rt=image`), then `overrides`;
+        the pull secrets from $KFN_IMAGE_PULL_SECRETS. ValueError when either is malformed."""
         env = os.environ if env is None else env
         images = _default_images()
         images.update(parse_image_map(env.get(ENV_RUNTIME_IMAGES, "")))
         images.update(overrides or {})
-        return cls(images=images)
+        return cls(images=images, pull_secrets=parse_pull_secrets(env.get(ENV_IMAGE_PULL_SECRETS, "")))
+
+
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def parse_pull_secrets(text: str) -> tuple[str, ...]:
+    """`regcred other` or `regcred,other` → ("regcred", "other") (repeats dropped, order kept);
+    ValueError naming a name that is not a Secret's (a DNS subdomain)."""
+    names: list[str] = []
+    for name in text.replace(",", " ").split():
+        if len(name) > MAX_SECRET_NAME_LENGTH or not _SECRET_NAME.match(name):
+            raise ValueError(f"${ENV_IMAGE_PULL_SECRETS}: {name[:80]!r} is not a Secret name "
+                             "(lowercase letters, digits, '-' and '.')")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def parse_image_map(text: str) -> dict[str, str]:
@@ -238,6 +268,9 @@ def deployed_hash(fn: Function, *, images: RuntimeImages, pip: PipSettings = Pip
     parts: list[Any] = [fn.spec_hash(), images.image_for(fn), images.pull_policy, pip.env(), region, LAYOUT_VERSION]
     if archive is not None:
         parts.append(list(archive))
+    if images.pull_secrets:
+        # Only when set: an upgrade that adds none leaves every Deployment's hash as it was.
+        parts.append(["pull-secrets", *images.pull_secrets])
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -315,6 +348,7 @@ def build_job(fn: Function, key: str, *, images: RuntimeImages, pip: PipSettings
                     "securityContext": _pod_security(),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    **images.pull_secrets_field(),
                 },
             },
         },
@@ -427,6 +461,7 @@ def build_pod_template(fn: Function, *, images: RuntimeImages, pip: PipSettings 
         "automountServiceAccountToken": False,
         # Service links put one env var per Service in the namespace into every container.
         "enableServiceLinks": False,
+        **images.pull_secrets_field(),
     }
     if fn.spec.image:
         # The instance kills an environment that timed out, in the image's container, by its PID.
@@ -499,23 +534,6 @@ def build_deployment(fn: Function, *, images: RuntimeImages, pip: PipSettings = 
     }
 
 
-def build_service(fn: Function) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": fn.name,
-            "namespace": fn.namespace,
-            "labels": labels(fn, COMPONENT_FUNCTION),
-        },
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector(fn),
-            "ports": [{"name": PORT_NAME, "port": naming.SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
-        },
-    }
-
-
 def pool_selector(runtime: str) -> dict[str, str]:
     """What a pool Deployment selects its pods by: idle ones only, so a pod a gateway relabels
     claimed leaves its ReplicaSet, which starts another."""
@@ -573,6 +591,7 @@ def build_pool_deployment(namespace: str, runtime: str, *, images: RuntimeImages
             "terminationGracePeriodSeconds": POOL_GRACE_SECONDS,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
+            **images.pull_secrets_field(),
         },
     }
     digest = hashlib.sha256(json.dumps([template, LAYOUT_VERSION], sort_keys=True).encode()).hexdigest()[:10]
@@ -591,5 +610,55 @@ def build_pool_deployment(namespace: str, runtime: str, *, images: RuntimeImages
             "selector": {"matchLabels": pool_selector(runtime)},
             "revisionHistoryLimit": 2,
             "template": template,
+        },
+    }
+
+
+# The NetworkPolicy the operator keeps in each function namespace (kfn_operator.network_policies).
+NETWORK_POLICY_NAME = "kfn-functions"
+COMPONENT_NETWORK_POLICY = "network-policy"
+# The label every namespace carries with its own name (Kubernetes sets it, 1.22 and later).
+LABEL_NAMESPACE_NAME = "kubernetes.io/metadata.name"
+
+
+@dataclass(frozen=True)
+class FunctionIngress:
+    """Who may reach function and warm pool pods: the gateway's pods (by their labels, in their
+    namespace) and any further peers (NetworkPolicyPeer objects, as the chart's
+    networkPolicy.functions.extraFrom gives them)."""
+
+    gateway_namespace: str
+    gateway_labels: Mapping[str, str]
+    extra_from: tuple[Mapping[str, Any], ...] = ()
+
+
+def network_policy_selector() -> Manifest:
+    """The pods the function namespace's policy is about: function pods and warm pool pods (a
+    claimed pool pod becomes a function pod), not build Jobs' pods (they serve nothing)."""
+    return {"matchLabels": {naming.LABEL_MANAGED_BY: naming.MANAGED_BY},
+            "matchExpressions": [{"key": naming.LABEL_COMPONENT, "operator": "In",
+                                  "values": [COMPONENT_FUNCTION, COMPONENT_POOL]}]}
+
+
+def build_network_policy(namespace: str, ingress: FunctionIngress) -> Manifest:
+    """The NetworkPolicy `kfn-functions` of `namespace`: function and pool pods take connections on
+    the instance's port from the gateway's pods (and `ingress.extra_from`) only. Ingress only: what
+    functions may reach is the namespace's own policies' business."""
+    peers: list[Manifest] = [{
+        "namespaceSelector": {"matchLabels": {LABEL_NAMESPACE_NAME: ingress.gateway_namespace}},
+        "podSelector": {"matchLabels": dict(ingress.gateway_labels)},
+    }, *(dict(peer) for peer in ingress.extra_from)]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": NETWORK_POLICY_NAME,
+            "namespace": namespace,
+            "labels": {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_COMPONENT: COMPONENT_NETWORK_POLICY},
+        },
+        "spec": {
+            "podSelector": network_policy_selector(),
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": naming.RUNTIME_PORT}]}],
         },
     }

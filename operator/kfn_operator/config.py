@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kfn_operator.builders import PipSettings, RuntimeImages, parse_image_map
+from kfn.core import natsurl
+from kfn_operator.builders import FunctionIngress, PipSettings, RuntimeImages, parse_image_map
 from kfn_runtime import archive, awslambda, contract, specialize
 
 DEFAULT_GATEWAY_SELECTOR = "app.kubernetes.io/name=kfn-gateway"
@@ -33,6 +34,9 @@ DEFAULT_POOL_SIZE = 1
 MAX_POOL_SIZE = 100
 DEFAULT_POOL_INTERVAL = 5.0
 MAX_POOL_KEY_BYTES = 4096   # a key file larger than this is a mistake (the chart's holds 32 bytes)
+# Who may reach function pods (a JSON object: gatewayNamespace, gatewayLabels, extraFrom), for the
+# NetworkPolicy the operator keeps in each function namespace; unset: it makes none.
+ENV_NETWORK_POLICY = "KFN_NETWORK_POLICY"
 DEFAULT_BUILD_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
@@ -69,6 +73,7 @@ class OperatorConfig:
     pool_size: int = DEFAULT_POOL_SIZE          # warm instances per runtime per namespace (0: no pools)
     pool_key: bytes | None = field(default=None, repr=False)   # the platform's pool key (None: no pools)
     pool_interval: float = DEFAULT_POOL_INTERVAL   # seconds between passes over the pools
+    function_ingress: FunctionIngress | None = None   # a NetworkPolicy per function namespace (None: none)
 
     @property
     def pools(self) -> bool:
@@ -115,7 +120,7 @@ class OperatorConfig:
             # The gateway is installed next to the operator (one chart release).
             gateway_namespace=env.get(ENV_POD_NAMESPACE) or None,
             identity=env.get(ENV_POD_NAME) or socket.gethostname(),
-            nats_url=env.get(ENV_NATS_URL, "").strip() or None,
+            nats_url=natsurl.in_environment(env.get(ENV_NATS_URL, "").strip(), env) or None,
             metrics_port=metrics_port,
             health_port=health_port,
             sync_timeout=sync_timeout,
@@ -125,7 +130,30 @@ class OperatorConfig:
             build_resources=_resources(env.get(ENV_BUILD_RESOURCES, "")),
             pool_size=_pool_size(pool_size, env.get(ENV_POOL_SIZE, "")),
             pool_key=read_pool_key(pool_file) if pool_file else None,
+            function_ingress=_function_ingress(env.get(ENV_NETWORK_POLICY, "")),
         )
+
+
+def _function_ingress(text: str) -> FunctionIngress | None:
+    """$KFN_NETWORK_POLICY (a JSON object: gatewayNamespace, gatewayLabels, extraFrom), or None
+    when unset; ValueError naming what is malformed."""
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"${ENV_NETWORK_POLICY} must be a JSON object (got {text[:200]!r})")
+    namespace, labels, extra = value.get("gatewayNamespace"), value.get("gatewayLabels"), value.get("extraFrom") or []
+    if not isinstance(namespace, str) or not namespace:
+        raise ValueError(f"${ENV_NETWORK_POLICY}: gatewayNamespace must be a namespace's name")
+    if (not isinstance(labels, dict) or not labels
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+        raise ValueError(f"${ENV_NETWORK_POLICY}: gatewayLabels must be an object of label → value, not empty")
+    if not isinstance(extra, list) or not all(isinstance(peer, dict) for peer in extra):
+        raise ValueError(f"${ENV_NETWORK_POLICY}: extraFrom must be a list of NetworkPolicyPeer objects")
+    return FunctionIngress(gateway_namespace=namespace, gateway_labels=labels, extra_from=tuple(extra))
 
 
 def _pool_size(flag: int | None, text: str) -> int:

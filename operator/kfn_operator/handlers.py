@@ -5,13 +5,18 @@ at import time, so tests and `kfn operator` build their own registries.
 
 - Function created / changed / seen at operator start → `Controller.reconcile`: parse (invalid →
   Ready=False/InvalidSpec, an Event, and a permanent error: kopf does not retry until the spec
-  changes), then create-or-patch the children (adopted: deleting the Function deletes them),
-  never touching the Deployment's replicas after creation (the autoscaler owns them).
+  changes), then create-or-patch the children, a code ConfigMap and a Deployment (adopted:
+  deleting the Function deletes them; a function has no Service: the gateway reaches its pods at
+  their IPs), never touching the Deployment's replicas after creation (the autoscaler owns them).
 - A Function with requirements, where they are built once (`kfn_operator.builds`): its pods fetch
   the archive once it is stored; until then the build Job runs, the Function is Ready=False/Building
   and its Deployment (if any: the previous spec's, which keeps serving) is left alone.
-- Deployment changes → the Function's status (replicas, readyReplicas, Ready condition); a
-  Deployment deleted while its Function lives is recreated.
+- Deployment changes, as the operator's one `KubernetesBackend` mirrors them (kopf watches no
+  Deployments), and Function status changes (a status written from an older view of the
+  Deployment, by kopf's patch or by hand) → a work queue (`kfn._cogs.workqueue`, each function
+  once at a time, changes within `STATUS_DELAY` making one write, a failure tried again until it
+  succeeds) → the Function's status (replicas, readyReplicas, Ready condition), written only when
+  it differs from the Deployment's; a Deployment deleted while its Function lives is recreated.
 - A build Job ended or deleted → the Functions waiting for it are reconciled (deployed, BuildFailed, or
   built again), those the store cannot answer for retried every `builds.STORE_RETRY` seconds.
 - Operator start/stop → the API client, the operator's one `kfn.kube.KubernetesBackend` (its
@@ -19,7 +24,7 @@ at import time, so tests and `kfn operator` build their own registries.
   the scheduler of schedule triggers (`kfn_operator.scheduler`) and the warm pools
   (`kfn_operator.pools`), started in that order and stopped in reverse.
 
-kopf watches Functions and Deployments with its own client (logged in with the credentials of
+kopf watches Functions and build Jobs with its own client (logged in with the credentials of
 `kfn.kube.connection`); everything else goes through the official client's asyncio API.
 """
 from __future__ import annotations
@@ -36,6 +41,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from kfn._cogs.lifecycle import Parts
+from kfn._cogs.workqueue import WorkQueue
 from kfn.core import naming
 from kfn.core.functions import FieldError, Function, FunctionRef, InvalidFunction, parse_function
 from kfn.core.instancespec import Archive
@@ -49,9 +55,10 @@ from kfn.kube.resources import (
     set_ops,
     typed,
 )
-from kfn_operator import builders, builds, status
+from kfn_operator import builders, builds, installed_crd, status
 from kfn_operator.config import OperatorConfig
 from kfn_operator.lease import OperatorAutoscaler
+from kfn_operator.network_policies import NetworkPolicies
 from kfn_operator.pools import Pools
 from kfn_operator.scheduler import OperatorScheduler
 
@@ -62,6 +69,10 @@ logger = logging.getLogger(__name__)
 KEPT_CODE_CONFIGMAPS = 2
 # How often a Function's status is read and written again when the write met a newer Function (409).
 STATUS_WRITE_ATTEMPTS = 5
+# Seconds between a Deployment's change and the write of its Function's status (changes meanwhile
+# make one write), and how many statuses are written at once.
+STATUS_DELAY = 1.0
+STATUS_WORKERS = 4
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -80,6 +91,10 @@ class Controller:
         self._parts = Parts("operator")
         self._store = (builds.ArchiveStore(config.archive_url, config.archive_key)
                        if config.archive_url and config.archive_key else None)
+        self._backend: KubernetesBackend | None = None
+        self._statuses: WorkQueue[FunctionRef] | None = None
+        self._deployed: set[FunctionRef] = set()   # functions whose Deployment the mirror has shown
+        self._policies = NetworkPolicies(config.function_ingress)
 
     @property
     def api(self) -> client.ApiClient:
@@ -96,16 +111,31 @@ class Controller:
             if self._api is None:
                 self._api = await connect()
                 parts.add("API client", self._close_api)
+            if not self.config.namespaces:
+                # Helm never upgrades crds/: say so when the installed CRD is not this build's (a
+                # namespaced operator may read nothing outside its namespaces, the CRD included).
+                parts.task("installed CRD check", lambda: installed_crd.check(
+                    self.api, event_namespace=self.config.lease_namespace))
             if self._store is not None:
                 parts.add("archive store client", self._store.close)
                 parts.task("builds recheck", self._recheck_building)
-            backend = KubernetesBackend(self.api, namespaces=self.config.namespaces,
-                                        sync_timeout=self.config.sync_timeout)
+            backend = self._backend = KubernetesBackend(self.api, namespaces=self.config.namespaces,
+                                                        sync_timeout=self.config.sync_timeout)
             synced = asyncio.Event()
-            if self.config.autoscaler or (self.config.scheduler and self.config.nats_url) or self.config.pools:
-                parts.add("Kubernetes backend", backend.close)   # its informers retry until closed
-                parts.task("Kubernetes backend sync", lambda: _sync(backend, synced))
+            parts.add("Kubernetes backend", backend.close)   # its informers retry until closed
+            parts.task("Kubernetes backend sync", lambda: _sync(backend, synced))
+            # Functions' status from their Deployments, as the backend's one Deployment informer
+            # mirrors them (kopf watches no Deployments): a change waits STATUS_DELAY, so that the
+            # few changes of a new or rolling Deployment make one write, and the write of the
+            # reconcile that made it is seen first.
+            # A key is never dropped: a Deployment deleted while the API fails is recreated by no
+            # other event (a function deleted meanwhile succeeds at once: nothing to do).
+            statuses = self._statuses = WorkQueue("function status", self.sync_status,
+                                                  workers=STATUS_WORKERS, retries=None)
+            backend.add_deployment_listener(self._deployment_changed)
+            parts.task("function status", statuses.run)
             # Warm pools (off: the pool Deployments there are deleted, then the task ends).
+            parts.task("old Services", self._delete_old_services)
             pools = Pools(self.api, self.config, backend, synced=synced, store=self._store)
             parts.task("warm pools", pools.run)
             if self.config.autoscaler:
@@ -114,6 +144,39 @@ class Controller:
             if self.config.scheduler:
                 scheduling = OperatorScheduler(self.api, self.config, backend, synced=synced)
                 await parts.start("scheduler", scheduling.start, scheduling.close)
+
+    async def _delete_old_services(self) -> None:
+        """Delete the Services earlier versions of kfn made for each Function (the gateway reaches
+        pods at their IPs; a Service only put the instance's port in front of every pod of the
+        cluster, and a thousand of them cost kube-proxy a rule sync each). One pass, at start;
+        a failure is logged and left for the next start."""
+        core = client.CoreV1Api(self.api)
+        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY},{naming.LABEL_COMPONENT}={naming.COMPONENT_FUNCTION}"
+        try:
+            listings = ([await core.list_namespaced_service(ns, label_selector=selector)
+                         for ns in self.config.namespaces] if self.config.namespaces else
+                        [await core.list_service_for_all_namespaces(label_selector=selector)])
+            for listing in listings:
+                for service in listing.items or ():
+                    meta = service.metadata
+                    if meta is None or not meta.name or not meta.namespace:
+                        continue
+                    if (meta.labels or {}).get(naming.LABEL_FUNCTION) != meta.name or not any(
+                            ref.kind == naming.KIND and ref.api_version == f"{naming.GROUP}/{naming.VERSION}"
+                            and ref.name == meta.name for ref in meta.owner_references or ()):
+                        # Not one kfn made: those were named after their Function, and labelled so
+                        # (a user's copy under another name keeps the labels and the owner).
+                        continue
+                    try:
+                        await core.delete_namespaced_service(meta.name, meta.namespace)
+                        logger.info("deleted the Service %s/%s an earlier kfn made", meta.namespace, meta.name)
+                    except ApiException as e:
+                        if e.status != 404:
+                            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the next start tries again
+            logger.warning("could not delete the Services earlier versions of kfn made for functions: %s", e)
 
     async def close(self) -> None:
         """Stop what `start` started, last first (waits for each, bounded); failures are logged."""
@@ -159,9 +222,7 @@ class Controller:
                 await self._ensure_configmap(configmap, log)
             deployment = await self._ensure_deployment(fn, body, log,
                                                        archive=prepared.archive if prepared is not None else None)
-            service = builders.build_service(fn)
-            kopf.adopt(service, owner=_body(body))
-            await self._ensure_service(fn, service, log)
+            await self._policies.ensure(self.api, fn.namespace, log)   # once per namespace; never raises
         except ApiException as e:
             if conflicted(e):
                 # A child changed between reading and patching it (its controller wrote its status):
@@ -175,7 +236,10 @@ class Controller:
             # retried; the Function's own deletion follows.
             log.info("namespace %s is being deleted: %s is not built", fn.namespace, fn.name)
             return
-        if configmap is not None:
+        old_code = (body.get("status") or {}).get("codeHash")
+        if configmap is not None and old_code is not None and old_code != fn.code_hash():
+            # Only when the code changed: a new Function has no old code to list (one list per
+            # Function created costs the API server a scan of the namespace's ConfigMaps).
             await self._collect_old_code(fn, body, keep=configmap["metadata"]["name"], log=log)
 
         new_status = status.deployment_status(body, deployment,
@@ -186,7 +250,11 @@ class Controller:
             new_status["build"] = prepared.build
         elif old_build is not None:
             new_status["build"] = None   # pip in each pod again, or no requirements any more
-        patch.setdefault("status", {}).update(new_status)
+        changed = _changed_status(body.get("status") or {}, new_status)
+        if changed:
+            # Only what changed: an unchanged Function (every one, when the operator starts and kopf
+            # resumes them all) costs no status write.
+            patch.setdefault("status", {}).update(changed)
 
     async def _report_build(self, body: Mapping[str, Any], build: Mapping[str, Any],
                             old: Mapping[str, Any] | None) -> None:
@@ -289,14 +357,14 @@ class Controller:
     async def _ensure_deployment(self, fn: Function, owner: Mapping[str, Any], log: Log, *,
                                  archive: Archive | None) -> dict[str, Any]:
         """Create the Deployment (its pods fetching `archive`, when given), or bring an existing one
-        to the spec; returns it as a manifest."""
+        to the spec; returns it as a manifest. A Function never reconciled before (no
+        status.observedGeneration) has its Deployment created without reading first: one call
+        fewer per Function of a batch; a 409 then reads what is there and brings it to the spec."""
         apps = client.AppsV1Api(self.api)
-        try:
-            existing: dict[str, Any] | None = manifest(await apps.read_namespaced_deployment(fn.name, fn.namespace))
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            existing = None
+        existing: dict[str, Any] | None = None
+        first = (owner.get("status") or {}).get("observedGeneration") is None
+        if not first:
+            existing = await self._read_deployment(fn)
         if existing is None:
             deployment = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip,
                                                   region=self.config.region, replicas=fn.spec.scale.minReplicas,
@@ -307,11 +375,16 @@ class Controller:
             except ApiException as e:
                 if e.status != 409:
                     raise
-                # Created meanwhile (another replica of the operator, or a restart mid-way): the
-                # next reconcile brings it to the spec; this one must not make a second one.
+                created = None
+            if created is not None:
+                log.info("created Deployment %s with %d replicas", fn.name, fn.spec.scale.minReplicas)
+                return manifest(created)
+            # It exists: created meanwhile (another replica of the operator, or a restart mid-way),
+            # or this Function's status was never written. Never a second one: bring it to the spec,
+            # or, when it cannot be read back yet, let the next reconcile do so.
+            existing = await self._read_deployment(fn) if first else None
+            if existing is None:
                 raise kopf.TemporaryError("the Deployment appeared while creating it", delay=1) from None
-            log.info("created Deployment %s with %d replicas", fn.name, fn.spec.scale.minReplicas)
-            return manifest(created)
         wanted = builders.build_deployment(fn, images=self.config.images, pip=self.config.pip,
                                            region=self.config.region, replicas=None, archive=archive)
         kopf.adopt(wanted, owner=_body(owner))
@@ -320,7 +393,10 @@ class Controller:
             "annotations") or {}
         digest = wanted["metadata"]["annotations"][naming.ANNOTATION_SPEC_HASH]
         if (template_annotations.get(naming.ANNOTATION_SPEC_HASH) == digest
-                and (meta.get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH) == digest):
+                and (meta.get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH) == digest
+                and _owners(meta) == _owners(wanted["metadata"])):
+            # Left alone only when this Function owns it: one an older Function of the same name
+            # left (its garbage collection pending) is adopted, not deleted from under the new one.
             return dict(existing)
         # Everything but replicas (the autoscaler's) and the selector (immutable).
         ops = set_ops({
@@ -334,31 +410,14 @@ class Controller:
         log.info("updated Deployment %s (code %s)", fn.name, fn.code_hash())
         return manifest(updated)
 
-    async def _ensure_service(self, fn: Function, service: dict[str, Any], log: Log) -> None:
-        core = client.CoreV1Api(self.api)
+    async def _read_deployment(self, fn: Function) -> dict[str, Any] | None:
+        """The function's Deployment as a manifest, or None when there is none."""
         try:
-            await core.create_namespaced_service(fn.namespace, typed(client.V1Service, service))
-            log.info("created Service %s", fn.name)
-            return
+            return manifest(await client.AppsV1Api(self.api).read_namespaced_deployment(fn.name, fn.namespace))
         except ApiException as e:
-            if e.status != 409:
+            if e.status != 404:
                 raise
-        existing = manifest(await core.read_namespaced_service(fn.name, fn.namespace))
-        meta = existing.get("metadata") or {}
-        spec = existing.get("spec") or {}
-        wanted = builders.build_service(fn)
-        if (spec.get("selector") == wanted["spec"]["selector"]
-                and [(p.get("name"), p.get("port")) for p in spec.get("ports") or ()]
-                == [(p["name"], p["port"]) for p in wanted["spec"]["ports"]]
-                and meta.get("ownerReferences") == service["metadata"]["ownerReferences"]):
-            return
-        await core.patch_namespaced_service(fn.name, fn.namespace, set_ops({
-            pointer("metadata", "labels"): {**(meta.get("labels") or {}), **wanted["metadata"]["labels"]},
-            pointer("metadata", "ownerReferences"): service["metadata"]["ownerReferences"],
-            pointer("spec", "selector"): wanted["spec"]["selector"],
-            pointer("spec", "ports"): wanted["spec"]["ports"],
-        }, resource_version=meta.get("resourceVersion")))
-        log.info("updated Service %s", fn.name)
+            return None
 
     async def _collect_old_code(self, fn: Function, owner: Mapping[str, Any], *, keep: str, log: Log) -> None:
         core = client.CoreV1Api(self.api)
@@ -379,23 +438,20 @@ class Controller:
                 if e.status != 404:
                     raise
 
-    async def restore(self, deployment: Mapping[str, Any], log: Log) -> None:
-        """Recreate a Function's children after its Deployment was deleted from under it."""
-        fn_body = await self._get_function(deployment)
+    async def restore(self, ref: FunctionRef, log: Log) -> bool:
+        """Recreate a Function's children after its Deployment was deleted from under it; False
+        when the Function is gone or going (nothing to recreate). API errors propagate."""
+        fn_body = await self._get_function(ref)
         if fn_body is None or (fn_body.get("metadata") or {}).get("deletionTimestamp"):
-            return  # the Function is going away: the garbage collector took the Deployment
-        log.warning("Deployment %s was deleted; recreating it", (deployment.get("metadata") or {}).get("name"))
+            return False  # the Function is going away: the garbage collector took the Deployment
+        log.warning("Deployment %s was deleted; recreating it", ref.name)
         await self._reconcile_and_write(fn_body, log)
+        return True
 
-    async def _get_function(self, child: Mapping[str, Any]) -> dict[str, Any] | None:
-        meta = child.get("metadata") or {}
-        name = (meta.get("labels") or {}).get(naming.LABEL_FUNCTION)
-        namespace = meta.get("namespace")
-        if not name or not namespace:
-            return None
+    async def _get_function(self, ref: FunctionRef) -> dict[str, Any] | None:
         try:
             found = await client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-                naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name)
+                naming.GROUP, naming.VERSION, ref.namespace, naming.PLURAL, ref.name)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -404,18 +460,44 @@ class Controller:
 
     # ---- status
 
-    async def sync_status(self, deployment: Mapping[str, Any]) -> None:
-        """Copy a Deployment's state into its Function's status (only when something changed).
+    def _deployment_changed(self, ref: FunctionRef) -> None:
+        """The mirror's word that the function's Deployment, or its Function's status, changed."""
+        if self._backend is not None and self._backend.deployment(ref) is not None:
+            self._deployed.add(ref)   # gone later while its Function stays: recreated (sync_status)
+        if self._statuses is not None:
+            self._statuses.add_after(ref, STATUS_DELAY)
 
-        The write is conditional on the Function as read, so a concurrent InvalidSpec wins. When
-        the Function changed in between (409: kopf's own annotations, a status written elsewhere),
-        it is read again and the status computed anew, up to STATUS_WRITE_ATTEMPTS times; a
-        conflict after that, like any other API error, propagates (the next Deployment event retries).
+    async def sync_status(self, ref: FunctionRef) -> None:
+        """Copy the state of a function's Deployment, as the operator's one Deployment informer
+        mirrors it, into the Function's status, only when something changed; recreate the
+        Deployment when it went while its Function stays.
+
+        The Function comes from the mirror too (no read per change); the write is conditional on
+        the Function as seen, so a concurrent InvalidSpec wins. When the Function changed in between
+        (409: kopf's own annotations, a status written elsewhere, a mirror behind), it is read
+        through the API and the status computed anew, up to STATUS_WRITE_ATTEMPTS times; a conflict
+        after that, like any other API error, propagates (the status queue tries again later).
         """
+        backend = self._backend
+        if backend is None:
+            return
+        fn = backend.function(ref)
+        if fn is None or fn.metadata.model_extra and fn.metadata.model_extra.get("deletionTimestamp"):
+            self._deployed.discard(ref)
+            return  # being deleted: the garbage collector takes the Deployment too
+        state = backend.deployment(ref)
+        if state is None:
+            # Recreated once: the Deployment it makes is seen again (and a failure here is retried
+            # by the queue, the function still remembered); forgotten once the Function is gone.
+            if ref in self._deployed and not await self.restore(ref, logger):
+                self._deployed.discard(ref)
+            return
+        deployment = state.as_manifest()
+        fn_body: dict[str, Any] | None = {"metadata": fn.metadata.model_dump(exclude_defaults=True),
+                                           "status": fn.status or {}}
         for attempt in range(1, STATUS_WRITE_ATTEMPTS + 1):
-            fn_body = await self._get_function(deployment)
-            if fn_body is None:
-                return  # being deleted: the garbage collector takes the Deployment too
+            if fn_body is None or (fn_body.get("metadata") or {}).get("deletionTimestamp"):
+                return
             meta = fn_body["metadata"]
             current = fn_body.get("status") or {}
             conditions = current.get("conditions") or ()
@@ -427,11 +509,11 @@ class Controller:
                     _same_conditions(conditions, new["conditions"]):
                 return
             try:
-                await patch_function_status(self.api, FunctionRef(meta["namespace"], meta["name"]), new,
-                                            resource_version=meta.get("resourceVersion"))
+                await patch_function_status(self.api, ref, new, resource_version=meta.get("resourceVersion"))
             except ApiException as e:
                 if not conflicted(e) or attempt == STATUS_WRITE_ATTEMPTS:
                     raise
+                fn_body = await self._get_function(ref)
                 continue
             ready = next(c for c in new["conditions"] if c["type"] == status.READY)
             was_failing = any(c.get("type") == status.READY and c.get("reason") == status.REASON_DEPLOYMENT_FAILED
@@ -453,6 +535,28 @@ async def _sync(backend: KubernetesBackend, synced: asyncio.Event) -> None:
             continue
         synced.set()
         return
+
+
+def _changed_status(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of `new` that differ from `current` (conditions compared without their
+    transition times; a field set to None differs only from one present)."""
+    changed: dict[str, Any] = {}
+    for key, value in new.items():
+        if key == "conditions":
+            if not _same_conditions(current.get(key), value):
+                changed[key] = value
+        elif value is None:
+            if current.get(key) is not None:
+                changed[key] = None
+        elif current.get(key) != value:
+            changed[key] = value
+    return changed
+
+
+def _owners(meta: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    """The (uid, controller) of each owner in `meta`, the fields adoption decides."""
+    return sorted(((o.get("uid"), bool(o.get("controller"))) for o in meta.get("ownerReferences") or ()),
+                  key=str)
 
 
 def _same_conditions(old: Any, new: list[dict[str, Any]]) -> bool:
@@ -524,19 +628,6 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.update(*resource, registry=registry, field="spec")
     async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Log, **_: Any) -> None:
         await controller.reconcile(body, patch, logger)
-
-    @kopf.on.event("apps", "v1", "deployments", registry=registry,
-                   labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_FUNCTION: kopf.PRESENT})
-    async def deployment_changed(type: str, body: kopf.Body, logger: Log, **_: Any) -> None:
-        try:
-            if type == "DELETED":
-                await controller.restore(dict(body), logger)
-            else:
-                await controller.sync_status(dict(body))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the next Deployment event retries; never crash the watch
-            logger.warning("could not update the status of %s: %s", body.get("metadata", {}).get("name"), e)
 
     if controller.config.builds:
         @kopf.on.event("batch", "v1", "jobs", registry=registry,

@@ -29,7 +29,8 @@ def operator_rules() -> list[Rule]:
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": [*READ, "create", "patch", "delete"]},
         # Scaling; and a replica more for a served pool pod that is replaced (kfn_operator.pools).
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
-        {"apiGroups": [""], "resources": ["services"], "verbs": [*READ, "create", "patch"]},
+        # A function has no Service; those earlier versions made are deleted at start (handlers).
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "delete"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": [*READ, "create", "patch", "delete"]},
         # Build Jobs installing requirements once (kfn_operator.builds): started, watched, and deleted
         # to build again an archive the store lost. Their pods say why a build failed (below).
@@ -37,6 +38,8 @@ def operator_rules() -> list[Rule]:
         # Ready instances per function (the autoscaler counts pods, as the gateway routes to them);
         # pooled pods nobody will finish or use are deleted (kfn_operator.pools).
         {"apiGroups": [""], "resources": ["pods"], "verbs": [*READ, "delete"]},
+        # The NetworkPolicy kfn-functions of each function namespace (kfn_operator.network_policies).
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "patch"]},
         # The gateway replicas the autoscaler scrapes for load.
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
         # Failures are reported as Events (kopf posts through the core API; newer clients use events.k8s.io).
@@ -67,8 +70,11 @@ def gateway_rules() -> list[Rule]:
 
 
 def gateway_release_rules() -> list[Rule]:
-    """The gateway in its own namespace: the admin keys of /system/* (that one Secret only)."""
-    return [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [ADMIN_SECRET_NAME], "verbs": READ}]
+    """The gateway in its own namespace: the admin keys of /system/* (that one Secret only), and
+    the EndpointSlices of its own Service (kfn.kube.peers: the live replicas sharing async delivery;
+    without them, `--replicas`)."""
+    return [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [ADMIN_SECRET_NAME], "verbs": READ},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ}]
 
 
 # Only a cluster-wide operator needs these: with --namespace, kopf's cluster scanning is off, so

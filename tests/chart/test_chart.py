@@ -84,6 +84,15 @@ def of_kind(objects: list[Manifest], kind: str) -> list[Manifest]:
     return [o for o in objects if o["kind"] == kind]
 
 
+def is_hook(obj: Manifest) -> bool:
+    return "helm.sh/hook" in (obj["metadata"].get("annotations") or {})
+
+
+def release_objects(objects: list[Manifest]) -> list[Manifest]:
+    """The objects of the release itself, without Helm hooks (which Helm deletes once they ran)."""
+    return [o for o in objects if not is_hook(o)]
+
+
 def pod_specs(objects: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
     for o in objects:
         if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
@@ -130,6 +139,8 @@ def test_chart_passes_strict_lint(helm: Path, values: Path | None) -> None:
     ("async: {nats: {url: kfn-nats:4222}}", "/async/nats/url"),
     ("async: {nats: {persistence: {enabled: maybe}}}", "/async/nats/persistence/enabled"),
     ("async: {nats: {maxFileStore: lots}}", "/async/nats/maxFileStore"),
+    ("gateway: {autoscaling: {enabled: true, minReplicas: 0}}", "/gateway/autoscaling/minReplicas"),
+    ("gateway: {autoscaling: {enabled: yes please}}", "/gateway/autoscaling/enabled"),
 ])
 def test_bad_values_are_rejected_naming_the_field(helm: Path, tmp_path: Path, values: str, field: str) -> None:
     bad = tmp_path / "bad.yaml"
@@ -158,16 +169,18 @@ def test_default_install_renders_these_kinds(default_objects: list[Manifest]) ->
     assert kinds == sorted([
         "CustomResourceDefinition", "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
         "ClusterRole", "ClusterRoleBinding", "Deployment", "Deployment", "Service", "PodDisruptionBudget",
-        "Role", "RoleBinding", "Secret",   # the gateway's admin keys, and reading them
+        "Role", "RoleBinding",   # the gateway's, reading its admin keys
         # The NATS server of asynchronous invocations (async.nats.install).
         "StatefulSet", "Service", "Service", "ConfigMap", "ServiceAccount",
-        "Secret",   # the archive store's signing key (requirements built once, with NATS)
-        "Secret",   # the warm pools' key (pool.size 1)
+        # The install hook that creates the generated Secrets (admin, archive and pool keys, NATS password).
+        "ServiceAccount", "Role", "RoleBinding", "Job",
+        "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",   # NATS, the gateway, the operator (networkPolicy)
+        "FlowSchema",   # the gateway's instance-starting requests at their own priority (apiPriority)
     ])
 
 
 def test_objects_are_in_the_release_namespace(objects: list[Manifest]) -> None:
-    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "FlowSchema"}
     for obj in objects:
         if obj["kind"] in cluster_scoped:
             assert "namespace" not in obj["metadata"]
@@ -192,7 +205,7 @@ def test_crd_is_installed_from_the_chart(default_objects: list[Manifest]) -> Non
 
 def test_every_pod_follows_the_restricted_profile(objects: list[Manifest]) -> None:
     specs = list(pod_specs(objects))
-    assert len(specs) == 3   # operator, gateway, NATS
+    assert len(specs) == 4   # operator, gateway, NATS, the install hook's Job
     for name, spec in specs:
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True, name
@@ -214,6 +227,8 @@ def test_every_container_has_resources_and_probes(objects: list[Manifest]) -> No
     for name, spec in pod_specs(objects):
         for c in spec["containers"]:
             assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], name
+            if name == f"{RELEASE}-secrets":
+                continue   # a Job that ends: bounded by its activeDeadlineSeconds, not probed
             assert c["livenessProbe"]["httpGet"]["path"].partition("?")[0] == "/healthz", name
             assert c["imagePullPolicy"] == "IfNotPresent", name
 
@@ -403,9 +418,9 @@ def test_ingress_routes_the_host_to_the_gateway_service(custom_objects: list[Man
 def test_optional_objects_are_off_by_default(default_objects: list[Manifest]) -> None:
     kinds = {o["kind"] for o in default_objects}
     assert not kinds & {"Ingress", "ServiceMonitor", "PodMonitor"}
-    # The one Role of a cluster-wide install: the gateway's, for its admin keys.
-    assert [o["metadata"]["name"] for o in default_objects if o["kind"] in ("Role", "RoleBinding")] == [
-        f"{RELEASE}-gateway", f"{RELEASE}-gateway"]
+    # The one Role of a cluster-wide install: the gateway's, for its admin keys (and the install hook's).
+    assert [o["metadata"]["name"] for o in release_objects(default_objects) if o["kind"] in ("Role", "RoleBinding")] \
+        == [f"{RELEASE}-gateway", f"{RELEASE}-gateway"]
 
 
 # --- Prometheus Operator objects (checked by shape: not a Kubernetes API) -----------------------------
@@ -473,8 +488,9 @@ def test_chart_rules_file_is_generated_from_kfn_operator_rbac() -> None:
 
 
 def _rbac_by_key(objects: list[Manifest]) -> dict[tuple[str, str | None, str], list[Manifest]]:
+    """The components' Roles (not the install hook's: see test_the_install_hook_*)."""
     return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o["rules"]
-            for o in objects if o["kind"] in ("Role", "ClusterRole")}
+            for o in release_objects(objects) if o["kind"] in ("Role", "ClusterRole")}
 
 
 def test_cluster_wide_install_has_exactly_the_operator_module_rules(default_objects: list[Manifest]) -> None:
@@ -519,13 +535,10 @@ def _args(objects: list[Manifest]) -> list[str]:
     return container(objects, f"{RELEASE}-gateway")["args"]
 
 
-def test_the_chart_creates_an_admin_key_and_the_gateway_requires_it_for_the_system_paths(
+def test_the_install_hook_generates_an_admin_key_and_the_gateway_requires_it_for_the_system_paths(
         default_objects: list[Manifest]) -> None:
-    import base64
-
-    secret = find(default_objects, "Secret", "kfn-admin-keys")
-    key = base64.b64decode(secret["data"]["admin"]).decode()
-    assert len(key) >= 16 and key.isalnum()
+    assert "kfn-admin-keys:admin:alnum" in generated(default_objects)
+    assert not [s for s in of_kind(default_objects, "Secret") if s["metadata"]["name"] == "kfn-admin-keys"]
     args = _args(default_objects)
     assert "--no-system-auth" not in args
     assert f"--admin-namespace={NAMESPACE}" in args
@@ -536,8 +549,12 @@ def test_a_given_admin_key_is_the_one_in_the_secret(helm: Path, tmp_path: Path) 
 
     values = tmp_path / "values.yaml"
     values.write_text("gateway: {auth: {adminKey: my-own-admin-key-0123456789}}\n")
-    secret = find(render(helm, values), "Secret", "kfn-admin-keys")
+    objects = render(helm, values)
+    secret = find(objects, "Secret", "kfn-admin-keys")
     assert base64.b64decode(secret["data"]["admin"]).decode() == "my-own-admin-key-0123456789"
+    assert not [e for e in generated(objects) if e.startswith("kfn-admin-keys:")]
+    # Kept when adminKey is removed later, or the release uninstalled, as a generated key is.
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
 @pytest.mark.parametrize(("values", "secret", "flag"), [
@@ -550,6 +567,7 @@ def test_the_admin_key_secret_can_be_left_out(helm: Path, tmp_path: Path, values
     path.write_text(values + "\n")
     objects = render(helm, path)
     assert bool([s for s in of_kind(objects, "Secret") if s["metadata"]["name"] == "kfn-admin-keys"]) == secret
+    assert not [e for e in generated(objects) if e.startswith("kfn-admin-keys:")]
     assert ("--no-system-auth" in _args(objects)) == flag
 
 
@@ -593,7 +611,7 @@ def test_a_gateway_health_port_that_is_the_main_port_is_refused(helm: Path, tmp_
 
 
 def test_the_gateway_may_read_only_the_key_secrets_by_name(objects: list[Manifest]) -> None:
-    for role in (o for o in objects if o["kind"] in ("Role", "ClusterRole")):
+    for role in (o for o in release_objects(objects) if o["kind"] in ("Role", "ClusterRole")):
         for rule in role["rules"]:
             if "secrets" in rule["resources"]:
                 assert role["metadata"]["name"] == f"{RELEASE}-gateway"
@@ -662,7 +680,7 @@ def test_nats_stores_in_the_volume_and_fsyncs_before_acknowledging(default_objec
     assert conf["sync_interval"] == "always"   # a 202'd event survives a crash of the node
     assert conf["max_payload"] == "8MB"
     c = nats_container(default_objects)
-    assert c["args"] == ["--config", "/etc/nats/nats.conf"]
+    assert c["args"][:2] == ["--config", "/etc/nats/nats.conf"]
     (config,) = [v for v in find(default_objects, "StatefulSet", NATS)["spec"]["template"]["spec"]["volumes"]
                  if v["name"] == "config"]
     assert config["configMap"]["name"] == NATS
@@ -718,6 +736,53 @@ def test_gateways_share_each_async_queue_by_their_replica_count(default_objects:
     for objects in (default_objects, custom_objects):
         replicas = find(objects, "Deployment", f"{RELEASE}-gateway")["spec"]["replicas"]
         assert build_parser().parse_args(_args(objects)).replicas == replicas
+
+
+def test_gateways_share_each_async_queue_among_the_ready_endpoints_of_their_service(
+        objects: list[Manifest]) -> None:
+    gateway = options.gateway(build_parser().parse_args(_args(objects)))
+    service = find(objects, "Service", f"{RELEASE}-gateway")
+    assert (gateway.admin_namespace, gateway.peers_service) == (service["metadata"]["namespace"],
+                                                                service["metadata"]["name"])
+
+
+@pytest.mark.parametrize("rules", ["clusterWide", "namespaced"])
+def test_the_gateway_may_watch_the_endpointslices_of_its_own_namespace(default_objects: list[Manifest],
+                                                                       custom_objects: list[Manifest],
+                                                                       rules: str) -> None:
+    objects = default_objects if rules == "clusterWide" else custom_objects
+    role = find(objects, "Role", f"{RELEASE}-gateway")
+    assert {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"]} in role["rules"]
+
+
+def test_the_gateway_autoscaler_is_off_by_default(objects: list[Manifest]) -> None:
+    assert of_kind(objects, "HorizontalPodAutoscaler") == []
+
+
+def test_an_enabled_gateway_autoscaler_owns_the_gateway_replicas(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "gateway: {replicas: 4, autoscaling: {enabled: true, minReplicas: 2, "
+                                            "maxReplicas: 6, targetCPUUtilizationPercentage: 70}}")
+    hpa = find(objects, "HorizontalPodAutoscaler", f"{RELEASE}-gateway")["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{RELEASE}-gateway"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+    assert hpa["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    # No replicas of the chart's: an upgrade would otherwise reset what the autoscaler chose.
+    assert "replicas" not in find(objects, "Deployment", f"{RELEASE}-gateway")["spec"]
+    # Until the gateway lists its Service's endpoints, it shares the async queue as if at the minimum.
+    assert build_parser().parse_args(_args(objects)).replicas == 2
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(find(objects, "HorizontalPodAutoscaler", f"{RELEASE}-gateway"), version,
+                                     strict=True)
+
+
+def test_a_gateway_autoscaler_minimum_above_its_maximum_is_refused(helm: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gateway: {autoscaling: {enabled: true, minReplicas: 5, maxReplicas: 3}}\n")
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(bad))
+    assert result.returncode != 0
+    assert "gateway.autoscaling.minReplicas must not exceed gateway.autoscaling.maxReplicas" in result.stderr
 
 
 def test_nats_image_defaults_to_the_one_scripts_images_builds(default_objects: list[Manifest]) -> None:
@@ -799,10 +864,7 @@ def _mounts_the_archive_key(objects: list[Manifest], deployment: str) -> bool:
 
 
 def test_with_nats_requirements_are_built_once_with_a_shared_signing_key(default_objects: list[Manifest]) -> None:
-    import base64
-
-    secret = find(default_objects, "Secret", f"{RELEASE}-archive-key")
-    assert len(base64.b64decode(secret["data"]["key"])) == 32
+    assert f"{RELEASE}-archive-key:key:bytes" in generated(default_objects)   # 32 random bytes
     assert f"--archive-key-file={ARCHIVE_KEY_FILE}" in _args(default_objects)
     operator = build_parser().parse_args(_operator_args(default_objects))
     assert operator.archive_key_file == ARCHIVE_KEY_FILE
@@ -821,7 +883,7 @@ def test_without_nats_each_pod_runs_pip_as_before(helm: Path, tmp_path: Path) ->
     path = tmp_path / "values.yaml"
     path.write_text("async: {nats: {install: false}}\n")
     objects = render(helm, path)
-    assert not [s for s in of_kind(objects, "Secret") if s["metadata"]["name"] == f"{RELEASE}-archive-key"]
+    assert not [e for e in generated(objects) if e.startswith(f"{RELEASE}-archive-key:")]
     assert not any(a.startswith("--archive") for a in _args(objects) + _operator_args(objects))
     for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
         assert not _mounts_the_archive_key(objects, deployment)
@@ -852,10 +914,7 @@ def _rules(objects: list[Manifest], kind: str, component: str, namespace: str | 
 
 
 def test_warm_pools_have_a_generated_key_the_gateway_and_the_operator_read(default_objects: list[Manifest]) -> None:
-    import base64
-
-    secret = find(default_objects, "Secret", f"{RELEASE}-pool-key")
-    assert len(base64.b64decode(secret["data"]["key"])) == 32
+    assert f"{RELEASE}-pool-key:key:bytes" in generated(default_objects)   # 32 random bytes
     for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
         assert _mounts_the_pool_key(default_objects, deployment)
 
@@ -880,7 +939,7 @@ def test_a_pool_size_in_the_values_reaches_the_operator(helm: Path, tmp_path: Pa
 
 def test_a_pool_size_of_zero_renders_no_pool_key_and_no_pool_flags(helm: Path, tmp_path: Path) -> None:
     objects = render_values(helm, tmp_path, "pool: {size: 0}")
-    assert not [s for s in of_kind(objects, "Secret") if s["metadata"]["name"] == f"{RELEASE}-pool-key"]
+    assert not [e for e in generated(objects) if e.startswith(f"{RELEASE}-pool-key:")]
     assert not any(a.startswith("--pool") for a in _args(objects) + _operator_args(objects))
     for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
         assert not _mounts_the_pool_key(objects, deployment)
@@ -909,3 +968,222 @@ def test_the_gateway_may_claim_and_delete_pooled_pods(
     rules = (_rules(default_objects, "ClusterRole", "gateway", None) if install == "cluster-wide"
              else _rules(custom_objects, "Role", "gateway", CUSTOM_NAMESPACES[0]))
     assert {"get", "list", "watch", "patch", "delete"} <= rules["pods"]
+
+
+# --- Secrets the chart generates: an install hook, no random value in any render ----------------------
+
+HOOK = f"{RELEASE}-secrets"
+
+
+def hook_objects(objects: list[Manifest]) -> list[Manifest]:
+    return [o for o in objects if is_hook(o)]
+
+
+def generated(objects: list[Manifest]) -> list[str]:
+    """The NAME:KEY:FORMAT entries the install hook's Job generates (none without a hook)."""
+    jobs = [o for o in hook_objects(objects) if o["kind"] == "Job"]
+    if not jobs:
+        return []
+    (c,) = jobs[0]["spec"]["template"]["spec"]["containers"]
+    return [a.removeprefix("--secret=") for a in c["args"] if a.startswith("--secret=")]
+
+
+@pytest.mark.parametrize("values", [None, CUSTOM_VALUES, ROOT / "hack" / "kind-values.yaml"],
+                         ids=["default", "custom", "kind"])
+def test_two_renders_of_the_chart_are_byte_identical(helm: Path, values: Path | None) -> None:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, *(["--values", str(values)] if values else [])]
+    first, second = run_helm(helm, *args), run_helm(helm, *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+
+
+def test_no_template_generates_a_value_or_looks_up_the_cluster() -> None:
+    import re
+
+    call = re.compile(r"\{\{[^}]*\b(lookup|randAlphaNum|randAlpha|randBytes|randNumeric|randAscii|uuidv4|now)\b")
+    comment = re.compile(r"/\*.*?\*/", re.DOTALL)
+    for template in (CHART / "templates").iterdir():
+        assert not call.search(comment.sub("", template.read_text())), template.name
+
+
+def test_the_install_hook_generates_each_secret_the_values_do_not_name(default_objects: list[Manifest]) -> None:
+    assert sorted(generated(default_objects)) == sorted([
+        "kfn-admin-keys:admin:alnum", f"{RELEASE}-archive-key:key:bytes", f"{RELEASE}-pool-key:key:bytes",
+        f"{RELEASE}-nats-auth:password:letters"])
+    # None of them is an object of the release (Helm would own, and delete, it).
+    assert not of_kind(default_objects, "Secret")
+
+
+def test_the_install_hook_runs_before_install_and_upgrade_its_rbac_first_and_goes_once_it_succeeded(
+        default_objects: list[Manifest]) -> None:
+    hooks = {o["kind"]: o["metadata"]["annotations"] for o in hook_objects(default_objects)}
+    assert sorted(hooks) == ["Job", "Role", "RoleBinding", "ServiceAccount"]
+    for said in hooks.values():
+        assert said["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert said["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    weight = {kind: int(a["helm.sh/hook-weight"]) for kind, a in hooks.items()}
+    assert weight["ServiceAccount"] <= weight["Role"] < weight["RoleBinding"] < weight["Job"]
+
+
+def test_the_install_hook_may_only_create_secrets_and_read_those_it_makes(default_objects: list[Manifest]) -> None:
+    (role,) = [o for o in hook_objects(default_objects) if o["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    rules = role["rules"]
+    assert all(r["apiGroups"] == [""] and r["resources"] == ["secrets"] for r in rules)
+    assert sorted(v for r in rules for v in r["verbs"]) == ["create", "get", "patch"]
+    (get,) = [r for r in rules if r["verbs"] == ["get", "patch"]]
+    assert sorted(get["resourceNames"]) == sorted({e.split(":")[0] for e in generated(default_objects)})
+    (binding,) = [o for o in hook_objects(default_objects) if o["kind"] == "RoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": HOOK}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": HOOK, "namespace": NAMESPACE}]
+
+
+def test_the_install_hook_runs_kfn_secrets_ensure_in_the_platform_image(objects: list[Manifest]) -> None:
+    (job,) = [o for o in hook_objects(objects) if o["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == container(objects, f"{RELEASE}-operator")["image"]
+    assert pod["serviceAccountName"] == HOOK and pod["restartPolicy"] == "Never"
+    parsed = build_parser().parse_args(c["args"])   # exits (SystemExit) on an argument kfn does not know
+    ensure = options.secrets_ensure(parsed)
+    assert ensure.namespace == NAMESPACE
+    assert ("app.kubernetes.io/instance", RELEASE) in ensure.labels
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+
+
+def test_secrets_of_your_own_are_used_and_not_generated(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "build: {existingSecret: my-archive-key}\n"
+                                            "pool: {existingSecret: my-pool-key}\n"
+                                            "async: {nats: {auth: {existingSecret: my-nats}}}")
+    assert generated(objects) == ["kfn-admin-keys:admin:alnum"]
+    for deployment in (f"{RELEASE}-gateway", f"{RELEASE}-operator"):
+        volumes = {v["name"]: v.get("secret", {}).get("secretName")
+                   for v in find(objects, "Deployment", deployment)["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["archive-key"] == "my-archive-key" and volumes["pool-key"] == "my-pool-key"
+        assert nats_password_secret(objects, deployment) == "my-nats"
+    assert nats_password_secret(objects, NATS, kind="StatefulSet", variable="NATS_PASSWORD") == "my-nats"
+
+
+def test_with_every_secret_given_no_hook_is_rendered(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "gateway: {auth: {existingSecret: true}}\n"
+                                            "build: {existingSecret: my-archive-key}\n"
+                                            "pool: {existingSecret: my-pool-key}\n"
+                                            "async: {nats: {auth: {existingSecret: my-nats}}}")
+    assert not hook_objects(objects)
+
+
+# --- NATS with credentials -----------------------------------------------------------------------------
+
+def nats_password_secret(objects: list[Manifest], workload: str, *, kind: str = "Deployment",
+                         variable: str = "KFN_NATS_PASSWORD") -> str | None:
+    """The Secret a workload's container takes `variable` from (entry "password"), None if it has none."""
+    (c,) = find(objects, kind, workload)["spec"]["template"]["spec"]["containers"]
+    for e in c.get("env") or ():
+        if e["name"] == variable:
+            ref = e["valueFrom"]["secretKeyRef"]
+            assert ref["key"] == "password"
+            return str(ref["name"])
+    return None
+
+
+def test_the_nats_server_admits_only_the_platform_user(default_objects: list[Manifest]) -> None:
+    # On the command line, not in nats.conf (whose parser would read the password as configuration).
+    assert nats_container(default_objects)["args"][2:] == ["--user", "kfn", "--pass", "$(NATS_PASSWORD)"]
+    assert nats_password_secret(default_objects, NATS, kind="StatefulSet", variable="NATS_PASSWORD") \
+        == f"{RELEASE}-nats-auth"
+
+
+def test_the_nats_configuration_is_one_nats_server_accepts(default_objects: list[Manifest], tmp_path: Path) -> None:
+    from tests.support.nats import nats_server_binary
+
+    binary = nats_server_binary()
+    text = find(default_objects, "ConfigMap", NATS)["data"]["nats.conf"].replace("/data", str(tmp_path))
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    if version.startswith("nats-server: v2.9."):   # this host's test server: sync_interval came with 2.10
+        text = "\n".join(line for line in text.splitlines() if "sync_interval" not in line)
+    conf = tmp_path / "nats.conf"
+    conf.write_text(text)
+    result = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30,
+                            env={"POD_NAME": "kfn-nats-0", "NATS_PASSWORD": "a" * 40})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("component", ["gateway", "operator"])
+def test_gateway_and_operator_get_the_platform_users_credentials(default_objects: list[Manifest],
+                                                                 component: str) -> None:
+    env = {e["name"]: e for e in container(default_objects, f"{RELEASE}-{component}")["env"]}
+    assert env["KFN_NATS_USER"]["value"] == "kfn"
+    assert nats_password_secret(default_objects, f"{RELEASE}-{component}") == f"{RELEASE}-nats-auth"
+    # The URL itself carries none: the pod spec shows no password.
+    assert "@" not in env["KFN_NATS_URL"]["value"]
+
+
+def test_nats_without_auth_takes_any_client(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "async: {nats: {auth: {enabled: false}}}")
+    assert "authorization" not in find(objects, "ConfigMap", NATS)["data"]["nats.conf"]
+    assert nats_container(objects)["args"] == ["--config", "/etc/nats/nats.conf"]
+    assert not [e for e in generated(objects) if "nats-auth" in e]
+    for workload, kind, variable in ((f"{RELEASE}-gateway", "Deployment", "KFN_NATS_PASSWORD"),
+                                     (f"{RELEASE}-operator", "Deployment", "KFN_NATS_PASSWORD"),
+                                     (NATS, "StatefulSet", "NATS_PASSWORD")):
+        assert nats_password_secret(objects, workload, kind=kind, variable=variable) is None
+
+
+def test_a_nats_url_of_your_own_gets_the_password_of_the_secret_named(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "async: {nats: {url: 'nats://nats.messaging.svc:4222', "
+                                            "auth: {user: platform, existingSecret: messaging-nats}}}")
+    for component in ("gateway", "operator"):
+        env = {e["name"]: e for e in container(objects, f"{RELEASE}-{component}")["env"]}
+        assert env["KFN_NATS_USER"]["value"] == "platform"
+        assert nats_password_secret(objects, f"{RELEASE}-{component}") == "messaging-nats"
+    assert not [e for e in generated(objects) if "nats" in e]
+
+
+def test_a_nats_url_of_your_own_without_a_secret_gets_no_credentials(helm: Path, tmp_path: Path) -> None:
+    objects = render_values(helm, tmp_path, "async: {nats: {url: 'nats://nats.messaging.svc:4222'}}")
+    for component in ("gateway", "operator"):
+        assert nats_password_secret(objects, f"{RELEASE}-{component}") is None
+
+
+@pytest.mark.parametrize("component", ["gateway", "operator"])
+def test_the_components_put_the_credentials_into_the_nats_url(default_objects: list[Manifest], component: str) -> None:
+    from kfn.core import natsurl
+
+    env = {e["name"]: e.get("value") for e in container(default_objects, f"{RELEASE}-{component}")["env"]}
+    env["KFN_NATS_PASSWORD"] = "secret-from-the-Secret"
+    url = natsurl.in_environment(str(env["KFN_NATS_URL"]), env)
+    assert natsurl.credentials(url) == natsurl.Credentials(user="kfn", password="secret-from-the-Secret")
+
+
+def test_install_notes_name_the_keys_the_hook_makes_and_the_nats_user(helm: Path) -> None:
+    result = run_helm(helm, "install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.partition("NOTES:")[2]
+    assert f"Keys made once by the install hook ({HOOK}" in notes
+    for line in ("kfn-admin-keys (admin)", f"{RELEASE}-archive-key (key)", f"{RELEASE}-pool-key (key)",
+                 f"{RELEASE}-nats-auth (password)"):
+        assert line in notes
+    assert f"NATS admits only the user kfn (password: Secret {RELEASE}-nats-auth" in notes
+
+
+# --- API Priority and Fairness ---------------------------------------------------------------------
+
+def test_the_flow_schema_serves_the_gateways_service_account_ahead_of_other_service_accounts(
+        default_objects: list[Manifest]) -> None:
+    (schema,) = of_kind(default_objects, "FlowSchema")
+    gateway = next(d for d in of_kind(default_objects, "Deployment") if d["metadata"]["name"].endswith("-gateway"))
+    account = gateway["spec"]["template"]["spec"]["serviceAccountName"]
+    (rule,) = schema["spec"]["rules"]
+    assert rule["subjects"] == [{"kind": "ServiceAccount",
+                                 "serviceAccount": {"name": account, "namespace": NAMESPACE}}]
+    assert {(r["apiGroups"][0], r["resources"][0]) for r in rule["resourceRules"]} == {
+        ("", "pods"), ("apps", "deployments/scale")}
+    assert schema["spec"]["priorityLevelConfiguration"]["name"] == "workload-high"
+    # Kubernetes' own catch-all of service accounts (service-accounts) has precedence 9000.
+    assert schema["spec"]["matchingPrecedence"] < 9000
+
+
+def test_without_api_priority_no_flow_schema_is_rendered(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("apiPriority: {enabled: false}\n")
+    assert of_kind(render(helm, values), "FlowSchema") == []

@@ -808,6 +808,19 @@ class Release:
             self._admin_key = base64.b64decode(secret["data"]["admin"]).decode()
         return self._admin_key
 
+    @property
+    def nats_password(self) -> str:
+        """The platform user's NATS password (the install hook generated it into <name>-nats-auth)."""
+        import base64
+
+        secret = get("secret", f"{self.name}-nats-auth", namespace=self.namespace)
+        assert secret is not None, f"no NATS password Secret in {self.namespace}"
+        return base64.b64decode(secret["data"]["password"]).decode()
+
+    def nats_url(self, host: str, port: int = 4222) -> str:
+        """nats://kfn:PASSWORD@HOST:PORT: the platform user's URL (the chart's user is kfn)."""
+        return f"nats://kfn:{self.nats_password}@{host}:{port}"
+
     def system_headers(self) -> dict[str, str]:
         """What a request to /system/* needs: the admin key."""
         return {"Authorization": f"Bearer {self.admin_key}"}

@@ -361,7 +361,8 @@ def test_a_nats_subject_trigger_runs_the_function_once_per_message(release: Rele
                                      scale={"minReplicas": 1, "maxReplicas": 1}), fn_ns)
     count = 30
     with platform.port_forward(f"service/{release.nats}", 4222, namespace=release.namespace) as port:
-        ids = asyncio.run(publish_requests(f"nats://127.0.0.1:{port}", subject, count))
+        # Publishers log in as the platform user: the chart's NATS refuses clients without credentials.
+        ids = asyncio.run(publish_requests(release.nats_url("127.0.0.1", port), subject, count))
     assert len(ids) == count
     seen = wait_delivered(name, fn_ns, set(ids.values()), timeout=120)
     markers = collections.Counter(m for m, _ in _DELIVERED.findall(platform.function_log(name, fn_ns)))

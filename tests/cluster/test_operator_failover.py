@@ -59,9 +59,12 @@ def test_the_standby_operator_takes_over_from_a_killed_leader_mid_batch_without_
         applying.join(60)
         platform.apply(batch[BATCH:], namespace=namespace)
         if leader_elected:
-            platform.wait_until("the standby to take the Lease", lambda: lease_holder(release) == standby,
-                                timeout=60)
-            platform.record("operator leader SIGKILLed: the standby leads after", time.monotonic() - died, "s")
+            # The standby, or the replica the ReplicaSet starts in the killed one's place: whichever asks
+            # first once the Lease has run out (both are replicas that never led; either is right).
+            standby = platform.wait_until(
+                "a replica other than the killed one to take the Lease",
+                lambda: (holder := lease_holder(release)) not in (None, leader) and holder, timeout=60)
+            platform.record("operator leader SIGKILLed: another replica leads after", time.monotonic() - died, "s")
         for name in names:
             platform.wait_ready(name, namespace, timeout=90)
         converged = time.monotonic() - died
@@ -70,7 +73,7 @@ def test_the_standby_operator_takes_over_from_a_killed_leader_mid_batch_without_
         for kind in ("deployments", "services", "configmaps"):
             for obj in platform.items(kind, namespace=namespace, selector=platform.LABEL_FUNCTION):
                 per_function[obj["metadata"]["labels"][platform.LABEL_FUNCTION]][kind] += 1
-        expected = {"deployments": 1, "services": 1, "configmaps": 1}
+        expected = {"deployments": 1, "configmaps": 1}   # and no Service: the gateway reaches pods at their IPs
         assert {name: dict(per_function[name]) for name in names} == {name: expected for name in names}
         survivor = platform.get("pod", standby, namespace=release.namespace)
         assert survivor is not None

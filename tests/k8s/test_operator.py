@@ -26,13 +26,13 @@ def code_configmaps(cluster: kube.Cluster, name: str = "hello") -> list[str]:
         kube.CONFIGMAPS, "default", selector=f"{naming.LABEL_FUNCTION}={name},{naming.LABEL_COMPONENT}=code"))
 
 
-async def test_a_new_function_gets_a_configmap_deployment_and_service_it_owns(cluster, operator) -> None:
+async def test_a_new_function_gets_a_configmap_and_deployment_it_owns_and_no_service(cluster, operator) -> None:
     created = await create_function(cluster, function_manifest())
     uid = created["metadata"]["uid"]
-    await eventually(lambda: cluster.object(kube.SERVICES, "default", "hello"), what="the Service")
-    children = [deployment(cluster), cluster.object(kube.SERVICES, "default", "hello"),
-                *(cluster.object(kube.CONFIGMAPS, "default", n) for n in code_configmaps(cluster))]
-    assert len(children) == 3
+    await eventually(lambda: ready_condition(cluster), what="the status")
+    children = [deployment(cluster), *(cluster.object(kube.CONFIGMAPS, "default", n) for n in code_configmaps(cluster))]
+    assert len(children) == 2
+    assert cluster.object(kube.SERVICES, "default", "hello") is None
     for child in children:
         (owner,) = child["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("Function", "hello", uid, True)
@@ -149,12 +149,11 @@ async def test_an_invalid_spec_is_reported_once_and_the_operator_keeps_working(c
 
 async def test_deleting_a_function_deletes_its_children(cluster, operator) -> None:
     await create_function(cluster, function_manifest())
-    await eventually(lambda: cluster.object(kube.SERVICES, "default", "hello"), what="the Service")
+    await eventually(lambda: deployment(cluster), what="the Deployment")
     async with cluster.delete(f"{FUNCTIONS_PATH}/hello") as r:
         assert r.status == 200, await r.text()
     await eventually(lambda: cluster.object(kube.FUNCTIONS, "default", "hello") is None, what="the Function gone")
     assert deployment(cluster) is None
-    assert cluster.object(kube.SERVICES, "default", "hello") is None
     assert code_configmaps(cluster) == []
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from kfn.core import naming
+from kfn.core.functions import Function, FunctionRef, parse_function
+from kfn.kube.mirror import DeploymentState
 from kfn_operator.config import OperatorConfig
 from kfn_operator.handlers import Controller
 from tests.support import kube
@@ -52,9 +53,9 @@ class Replica(Controller):
         self.reconciled.append((self.terms, body["metadata"]["name"]))
         await super().reconcile(body, patch, log)
 
-    async def sync_status(self, deployment: Mapping[str, Any]) -> None:
+    async def sync_status(self, ref: FunctionRef) -> None:
         self.status_syncs += 1
-        await super().sync_status(deployment)
+        await super().sync_status(ref)
 
 
 def operator_holder(cluster: kube.Cluster) -> str | None:
@@ -119,27 +120,31 @@ async def test_a_leader_that_cannot_renew_the_lease_stops_acting_until_it_leads_
 
 
 async def test_a_status_write_that_meets_a_newer_function_is_computed_and_written_again(cluster, api) -> None:
-    """A careless second writer changes the Function between the read and the conditional write:
-    the 409 is answered by reading again, and Ready is written."""
-    await create_function(cluster, function_manifest("hello"))
+    """The mirror's Function is older than the cluster's (a careless second writer changed it): the
+    conditional write meets a 409, the Function is read again, and Ready is written."""
+    created = await create_function(cluster, function_manifest("hello"))
     path = "/apis/kfn.dev/v1alpha1/namespaces/default/functions/hello"
+    async with cluster.patch(path, json={"metadata": {"annotations": {"someone/else": "wrote"}}},
+                             headers={"Content-Type": "application/merge-patch+json"}) as r:
+        assert r.status == 200
 
-    class Raced(Controller):
+    class Mirror:   # what the operator's KubernetesBackend shows: the Function as it was created
+        def function(self, ref: FunctionRef) -> Function | None:
+            return parse_function(created)
+
+        def deployment(self, ref: FunctionRef) -> DeploymentState | None:
+            return DeploymentState(replicas=1, ready_replicas=1)
+
+    class Counted(Controller):
         reads = 0
 
-        async def _get_function(self, child: Mapping[str, Any]) -> dict[str, Any] | None:
-            found = await super()._get_function(child)
-            Raced.reads += 1
-            if Raced.reads == 1:
-                async with cluster.patch(path, json={"metadata": {"annotations": {"someone/else": "wrote"}}},
-                                         headers={"Content-Type": "application/merge-patch+json"}) as r:
-                    assert r.status == 200
-            return found
+        async def _get_function(self, ref: FunctionRef) -> dict[str, Any] | None:
+            Counted.reads += 1
+            return await super()._get_function(ref)
 
-    controller = Raced(OperatorConfig(standalone=True, autoscaler=False, scheduler=False), api=api)
-    await controller.sync_status({
-        "metadata": {"name": "hello", "namespace": "default", "labels": {naming.LABEL_FUNCTION: "hello"}},
-        "spec": {"replicas": 1}, "status": {"readyReplicas": 1}})
-    assert Raced.reads == 2
+    controller = Counted(OperatorConfig(standalone=True, autoscaler=False, scheduler=False), api=api)
+    controller._backend = Mirror()  # type: ignore[assignment]
+    await controller.sync_status(FunctionRef("default", "hello"))
+    assert Counted.reads == 1
     ready = ready_condition(cluster)
     assert ready is not None and (ready["status"], ready["reason"]) == ("True", "Ready")

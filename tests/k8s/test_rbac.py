@@ -8,6 +8,7 @@ import yaml
 from kfn.core import naming
 from kfn.core.functions import FunctionRef
 from kfn.kube import KubernetesBackend, SecretKeys, connect
+from kfn.kube.peers import GatewayPeers
 from kfn_operator import rbac
 from kfn_operator.config import OperatorConfig
 from tests.support import kube
@@ -77,8 +78,12 @@ async def test_the_gateway_needs_nothing_beyond_its_rules(cluster) -> None:
     api = await connect()
     backend = KubernetesBackend(api)
     keys = SecretKeys(api, admin_namespace="kfn-system", sync_timeout=5)
+    peers = GatewayPeers(api, namespace="kfn-system", service="kfn-gateway", on_change=lambda n: None,
+                         own_pod="gw-1")
     try:
         await keys.start()
+        peers.start()
+        await eventually(lambda: peers.replicas is not None, what="the gateway replicas listed")
         async with cluster.post("/apis/kfn.dev/v1alpha1/namespaces/default/functions", json={
             "apiVersion": naming.API_VERSION, "kind": naming.KIND,
             "metadata": {"name": "hello", "namespace": "default"},
@@ -95,7 +100,10 @@ async def test_the_gateway_needs_nothing_beyond_its_rules(cluster) -> None:
         await backend.start()
         await eventually(lambda: backend.function(FunctionRef("default", "hello")), what="the function")
         await backend.scale(FunctionRef("default", "hello"), 1)
+        await eventually(lambda: ("discovery.k8s.io", "endpointslices", "watch") in calls(cluster),
+                         what="the gateway replicas watched")
     finally:
+        await peers.close()
         await keys.close()
         await backend.close()
         await api.close()

@@ -1,6 +1,7 @@
 """The accepting side of an event store, in memory, for the gateway's asynchronous invocations."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from kfn.core.functions import FunctionRef
@@ -22,3 +23,13 @@ class FakeStore:
             return Accepted(invocation_id, duplicate=True)
         self.events[invocation_id] = (function, payload)
         return Accepted(invocation_id)
+
+
+class KnownFunctions:
+    """The functions a process knows (`kfn.events.orphans.Orphans`' `known`), as a test changes them."""
+
+    def __init__(self, *known: FunctionRef) -> None:
+        self.known = set(known)
+
+    def __call__(self) -> Collection[FunctionRef]:
+        return set(self.known)

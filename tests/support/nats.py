@@ -24,12 +24,14 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A JetStream nats-server on 127.0.0.1 with its store in `directory`."""
+    """A JetStream nats-server on 127.0.0.1 with its store in `directory`; with `user` and
+    `password`, it refuses clients without them."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, user: str | None = None, password: str | None = None) -> None:
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.login = ["--user", user, "--pass", password] if user and password else []
 
     @property
     def url(self) -> str:
@@ -39,7 +41,7 @@ class NatsServer:
         log = open(self.directory / "nats-server.log", "ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-js", "-sd", str(self.directory / "store"), "-a", "127.0.0.1",
-             "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+             "-p", str(self.port), *self.login], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -17,6 +17,7 @@ import pytest
 
 import kfn_autoscaler.autoscaler as autoscaler_module
 import kfn_gateway.metrics as metrics_module
+from kfn.core import naming
 from kfn.core.functions import FunctionRef
 from kfn.core.scaling import Decision, Observation, Sample, ScalerState, ScaleSettings, decide
 from kfn.events.store import QueueStats
@@ -249,3 +250,20 @@ async def test_the_gateway_source_measures_load_after_idle_collections_over_the_
     assert busy[FunctionRef.parse("quiet")] == Observation(Sample(5.0, 0.0, 0), 0.0)
     # A function first seen now is measured since the source began (5 request-seconds over 5 s).
     assert busy[FunctionRef.parse("late")] == Observation(Sample(5.0, 1.0, 1), 0.0)
+
+
+async def test_the_holds_of_a_function_at_rest_are_in_the_decisions_counter_whenever_it_is_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = FakeBackend(make_function("hello", scale={**TICK_SCALE, "idleTimeout": 5}), replicas=0)
+    counting = CountingDecide()
+    monkeypatch.setattr(autoscaler_module, "decide", counting)
+    registry = prometheus_client.CollectorRegistry()
+    clock = FakeClock()
+    autoscaler = Autoscaler(backend, ScriptedSource(["hello"], {}), clock=clock, registry=registry)
+    labels = {naming.METRIC_LABEL_FUNCTION: "hello", naming.METRIC_LABEL_NAMESPACE: "default", "action": "hold"}
+    for tick in range(1, 11):
+        clock.now += 1
+        decision = (await autoscaler.tick())[ref("hello")]
+        assert registry.get_sample_value(naming.METRIC_AUTOSCALER_DECISIONS,
+                                         {**labels, "kind": decision.kind}) == tick
+    assert counting.calls < 10   # it did rest

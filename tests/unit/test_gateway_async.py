@@ -568,3 +568,15 @@ def test_a_key_protected_function_of_another_namespace_is_no_destination() -> No
     configs = async_configs(FakeBackend(secret, public, own, sneaky, fine, same), region="us-east-1")
     assert sneaky.ref not in configs   # its events wait, as for any destination that cannot be used
     assert fine.ref in configs and same.ref in configs
+
+
+def test_async_configs_reuse_the_config_of_a_function_whose_definition_did_not_change() -> None:
+    hello, other = make_function("hello"), make_function("other")
+    memo: dict = {}  # type: ignore[type-arg]
+    first = async_configs(FakeBackend(hello, other), region="us-east-1", memo=memo)
+    changed = make_function("other", timeout=9)
+    second = async_configs(FakeBackend(hello, changed), region="us-east-1", memo=memo)
+    assert second[hello.ref] is first[hello.ref]          # the same definition: not built again
+    assert second[changed.ref] is not first[other.ref]    # a new definition: built anew
+    third = async_configs(FakeBackend(hello), region="us-east-1", memo=memo)
+    assert set(third) == {hello.ref} and set(memo) == {hello.ref}   # a function gone is forgotten

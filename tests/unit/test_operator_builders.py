@@ -41,8 +41,7 @@ FROM_IMAGE = make(source=None, image="registry.example/team/fn:1.0")
 
 
 def every_object(fn: Function) -> list[dict[str, Any]]:
-    objs = [builders.build_deployment(fn, **BUILD, replicas=fn.spec.scale.minReplicas),
-            builders.build_service(fn)]
+    objs = [builders.build_deployment(fn, **BUILD, replicas=fn.spec.scale.minReplicas)]
     if (cm := builders.build_code_configmap(fn)) is not None:
         objs.append(cm)
     return objs
@@ -259,12 +258,8 @@ def test_everything_carries_the_function_labels() -> None:
     assert deployment["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
 
 
-def test_the_service_maps_the_service_port_to_the_runtime_port() -> None:
-    service = builders.build_service(FULL)
-    assert service["spec"]["type"] == "ClusterIP"
-    assert service["spec"]["ports"] == [{"name": "http", "port": naming.SERVICE_PORT, "targetPort": "http",
-                                         "protocol": "TCP"}]
-    assert service["spec"]["selector"] == builders.selector(FULL)
+def test_a_function_has_no_service_the_gateway_reaches_its_pods_at_their_ips() -> None:
+    assert not hasattr(builders, "build_service")
 
 
 def test_builders_do_not_modify_their_input() -> None:

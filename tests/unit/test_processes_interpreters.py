@@ -2,7 +2,9 @@
 substituted and said. Fake interpreters are shell scripts answering the version probe."""
 from __future__ import annotations
 
+import concurrent.futures
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,26 @@ def test_a_shim_resolves_to_the_interpreter_it_runs(nowhere: Path) -> None:
 def test_an_interpreter_answering_nonsense_is_passed_over(nowhere: Path) -> None:
     fake_python(nowhere / "bin", "python3.13", "pyenv: python3.13: command not found")
     assert find_python("3.13") is None
+
+
+def test_a_choice_asked_for_while_another_thread_makes_it_waits_for_it_and_searches_no_more() -> None:
+    searching = threading.Event()
+    release = threading.Event()
+    asked: list[str] = []
+
+    def find(version: str) -> str | None:
+        asked.append(version)
+        searching.set()
+        release.wait(timeout=10)
+        return "/opt/py/bin/python" + version
+
+    chooser = Interpreters(find=find)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(chooser.choose, f"python{OTHER}")
+        assert searching.wait(timeout=10)
+        second = pool.submit(chooser.choose, f"python{OTHER}")
+        with pytest.raises(concurrent.futures.TimeoutError):
+            second.result(timeout=0.2)   # waiting for the first's search, not searching again
+        release.set()
+        assert first.result(timeout=10) == second.result(timeout=10)
+    assert asked == [OTHER]

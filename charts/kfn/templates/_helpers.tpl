@@ -120,7 +120,7 @@ when there is a NATS server. The store and the operator share a signing key, the
 {{- end -}}
 
 {{- define "kfn.archive.secretName" -}}
-{{- printf "%s-archive-key" (include "kfn.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- .Values.build.existingSecret | default (printf "%s-archive-key" (include "kfn.fullname" .) | trunc 63 | trimSuffix "-") -}}
 {{- end -}}
 
 {{- define "kfn.archive.keyDir" -}}/etc/kfn/archive{{- end -}}
@@ -140,7 +140,7 @@ the operator (which gives each namespace's pool pods their key) share the pool k
 {{- end -}}
 
 {{- define "kfn.pool.secretName" -}}
-{{- printf "%s-pool-key" (include "kfn.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- .Values.pool.existingSecret | default (printf "%s-pool-key" (include "kfn.fullname" .) | trunc 63 | trimSuffix "-") -}}
 {{- end -}}
 
 {{- define "kfn.pool.keyDir" -}}/etc/kfn/pool{{- end -}}
@@ -154,10 +154,80 @@ the operator (which gives each namespace's pool pods their key) share the pool k
 {{- else -}}{{ $v | int64 }}{{- end -}}
 {{- end -}}
 
-{{/* The KFN_NATS_URL entry of a container's env, when there is a NATS server. */}}
+{{/*
+The platform's NATS credentials: the user async.nats.auth.user, its password in the Secret
+kfn.nats.auth.secretName (entry "password"). On ("true") for the chart's server with
+async.nats.auth.enabled, and for a server of yours (async.nats.url) whose Secret is named.
+*/}}
+{{- define "kfn.nats.auth.enabled" -}}
+{{- $auth := .Values.async.nats.auth -}}
+{{- if include "kfn.nats.runs" . -}}
+{{- if $auth.enabled }}true{{ end -}}
+{{- else if and .Values.async.nats.url $auth.existingSecret -}}true
+{{- end -}}
+{{- end -}}
+
+{{- define "kfn.nats.auth.secretName" -}}
+{{- .Values.async.nats.auth.existingSecret | default (printf "%s-nats-auth" (include "kfn.fullname" .) | trunc 63 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+The KFN_NATS_URL entry of a container's env, when there is a NATS server, and the credentials
+(KFN_NATS_USER, KFN_NATS_PASSWORD from the Secret) that kfn puts into it (kfn.core.natsurl).
+*/}}
 {{- define "kfn.nats.env" -}}
 {{- with include "kfn.nats.url" . }}
 - name: KFN_NATS_URL
   value: {{ . | quote }}
 {{- end }}
+{{- if include "kfn.nats.auth.enabled" . }}
+- name: KFN_NATS_USER
+  value: {{ .Values.async.nats.auth.user | quote }}
+- name: KFN_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kfn.nats.auth.secretName" . }}
+      key: password
+{{- end }}
+{{- end -}}
+
+{{/*
+The entries the install hook (templates/secrets-hook.yaml) generates, as `kfn secrets ensure
+--secret NAME:KEY:FORMAT` takes them: each Secret the chart needs and the values do not name.
+A JSON list (empty: no hook).
+*/}}
+{{- define "kfn.secrets.generated" -}}
+{{- $entries := list -}}
+{{- $auth := .Values.gateway.auth -}}
+{{- if and $auth.system (not $auth.existingSecret) (not $auth.adminKey) -}}
+{{- $entries = append $entries "kfn-admin-keys:admin:alnum" -}}
+{{- end -}}
+{{- if and (include "kfn.archive.enabled" .) (not .Values.build.existingSecret) -}}
+{{- $entries = append $entries (printf "%s:key:bytes" (include "kfn.archive.secretName" .)) -}}
+{{- end -}}
+{{- if and (include "kfn.pool.enabled" .) (not .Values.pool.existingSecret) -}}
+{{- $entries = append $entries (printf "%s:key:bytes" (include "kfn.pool.secretName" .)) -}}
+{{- end -}}
+{{- if and (include "kfn.nats.runs" .) .Values.async.nats.auth.enabled (not .Values.async.nats.auth.existingSecret) -}}
+{{- $entries = append $entries (printf "%s:password:letters" (include "kfn.nats.auth.secretName" .)) -}}
+{{- end -}}
+{{- $entries | toJson -}}
+{{- end -}}
+
+{{/* functions.imagePullSecrets as $KFN_IMAGE_PULL_SECRETS reads them: names separated by spaces. */}}
+{{- define "kfn.functions.pullSecrets" -}}
+{{- $names := list -}}
+{{- range .Values.functions.imagePullSecrets -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- join " " $names -}}
+{{- end -}}
+
+{{/*
+$KFN_NETWORK_POLICY: who may reach function pods, for the policy the operator keeps in each function
+namespace (kfn_operator.network_policies): the gateway's pods, by their labels and namespace.
+*/}}
+{{- define "kfn.functions.networkPolicy" -}}
+{{- $labels := include "kfn.selectorLabels" (list . "gateway") | fromYaml -}}
+{{- dict "gatewayNamespace" .Release.Namespace "gatewayLabels" $labels "extraFrom" .Values.networkPolicy.functions.extraFrom | toJson -}}
 {{- end -}}
