@@ -129,9 +129,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    if platform.get("crd", platform.CRD_NAME) is not None:
-        print(f"bench: the cluster already has the {platform.CRD_NAME} CRD (another kfn?); this bench installs "
-              "its own release and removes the CRD at the end, so it does not run next to it", file=sys.stderr)
+    if platform.another_kfn("bench"):
         return 1
     rows: list[tuple[str, str, str, str]] = []
     with platform.local_storage(1):
@@ -168,8 +166,7 @@ def main() -> int:
         finally:
             release.uninstall()
             platform.delete_namespaces()
-            platform.kubectl("delete", "crd", platform.CRD_NAME, "--ignore-not-found", "--timeout=90s", check=False,
-                             timeout=120)
+            platform.delete_crd()
     report(rows, args.events, args.clients)
     return 0
 

@@ -277,9 +277,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    if platform.get("crd", platform.CRD_NAME) is not None:
-        print(f"bench: the cluster already has the {platform.CRD_NAME} CRD (another kfn?); this bench installs "
-              "its own release and removes the CRD at the end, so it does not run next to it", file=sys.stderr)
+    if platform.another_kfn("bench"):
         return 1
     # The NATS store in an emptyDir: no claim to bind on a cluster without a provisioner, and cold
     # starts do not touch it.
@@ -343,8 +341,7 @@ def main() -> int:
         index.close()
         release.uninstall()
         platform.delete_namespaces()
-        platform.kubectl("delete", "crd", platform.CRD_NAME, "--ignore-not-found", "--timeout=90s", check=False,
-                         timeout=120)
+        platform.delete_crd()
     return 0
 
 

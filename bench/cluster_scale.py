@@ -239,9 +239,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="100,300,1000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    if platform.get("crd", platform.CRD_NAME) is not None:
-        print(f"bench: the cluster already has the {platform.CRD_NAME} CRD (another kfn?); this bench installs "
-              "its own release and removes the CRD at the end, so it does not run next to it", file=sys.stderr)
+    if platform.another_kfn("bench"):
         return 1
     release = platform.Release(f"kfn-scale-{platform.RUN_ID}", platform.create_namespace("kfn-scale"),
                                {"async": {"nats": {"persistence": {"enabled": False}}}})
@@ -270,8 +268,7 @@ def main() -> int:
     finally:
         release.uninstall()
         platform.delete_namespaces()
-        platform.kubectl("delete", "crd", platform.CRD_NAME, "--ignore-not-found", "--timeout=90s", check=False,
-                         timeout=120)
+        platform.delete_crd()
     return 0
 
 

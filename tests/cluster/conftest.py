@@ -134,8 +134,7 @@ def cluster() -> Iterator[None]:
         collector.stop()
         platform.delete_namespaces()
         # Deleting the CRD deletes every Function left, and their children with them.
-        platform.kubectl("delete", "crd", platform.CRD_NAME, "--ignore-not-found", "--timeout=90s",
-                         check=False, timeout=120)
+        platform.delete_crd()
         volumes.close()   # after the namespaces: a volume goes once its claim has
 
 

@@ -223,6 +223,21 @@ def delete_namespaces() -> None:
         delete_namespace(name)
 
 
+def delete_crd() -> None:
+    """Delete the Function CRD (and with it every Function left, and their children); bounded, never raises."""
+    kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--timeout=90s", check=False, timeout=120)
+
+
+def another_kfn(what: str) -> bool:
+    """True, after saying so on stderr, when the cluster already has the Function CRD: `what` (a bench)
+    installs its own release and removes the CRD at the end, so it must not run next to another kfn."""
+    if get("crd", CRD_NAME) is None:
+        return False
+    print(f"{what}: the cluster already has the {CRD_NAME} CRD (another kfn?); this bench installs its own "
+          "release and removes the CRD at the end, so it does not run next to it", file=sys.stderr)
+    return True
+
+
 # -- HTTP --------------------------------------------------------------------------------------------
 
 @dataclass

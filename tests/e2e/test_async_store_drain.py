@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -108,14 +108,9 @@ async def test_a_delivery_finishing_within_the_drain_time_is_completed_not_relea
 
 
 @pytest.fixture
-def nats_backend(tmp_path: Path) -> Iterator[Backend]:
+def nats_backend(nats_server: NatsServer, tmp_path: Path) -> Backend:
     """JetStream only: its claims are pull requests the server answers later."""
-    server = NatsServer(tmp_path)
-    server.start()
-    try:
-        yield Backend("jetstream", tmp_path, server)
-    finally:
-        server.stop()
+    return Backend("jetstream", tmp_path, nats_server)
 
 
 async def test_events_sent_to_a_stopped_claim_are_handed_out_at_once_once_its_store_closes(
